@@ -1,0 +1,1 @@
+"""The ``palyra`` command line: a thin client of the daemon's admin API."""

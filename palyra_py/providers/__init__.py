@@ -1,0 +1,1 @@
+"""Signature schemes, one small pure class each."""

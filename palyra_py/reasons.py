@@ -1,0 +1,93 @@
+"""Every answer the ingress gives, with its stable reason code and HTTP status.
+
+This table is the single source for the ingress answers, the metric labels and the
+table in ``docs/reasons.md`` (a test keeps the two in step).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    ACCEPTED = "accepted"
+    DUPLICATE = "duplicate"
+    IGNORED = "ignored"
+    URL_VERIFICATION = "url_verification"
+    MALFORMED_JSON = "malformed_json"
+    SCHEMA_VIOLATION = "schema_violation"
+    SIGNATURE_MISSING = "signature_missing"
+    SIGNATURE_MISMATCH = "signature_mismatch"
+    TIMESTAMP_OUT_OF_TOLERANCE = "timestamp_out_of_tolerance"
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
+    UNKNOWN_INTEGRATION = "unknown_integration"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
+    UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
+    INTEGRATION_DISABLED = "integration_disabled"
+    SECRET_UNAVAILABLE = "secret_unavailable"
+    JOURNAL_UNAVAILABLE = "journal_unavailable"
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    status: int
+    key: str  # "status" for successes, "error" for rejections
+    summary: str
+
+
+ANSWERS: dict[Reason, Answer] = {
+    Reason.ACCEPTED: Answer(202, "status", "Verified and journaled (fsync'd); body has event_id and seq."),
+    Reason.DUPLICATE: Answer(
+        200, "status", "Delivery id already journaled inside the replay window; not journaled again."
+    ),
+    Reason.IGNORED: Answer(200, "status", "Verified, but the event type is not in allowed_events."),
+    Reason.URL_VERIFICATION: Answer(
+        200, "status", "Slack url_verification handshake: the challenge is echoed back."
+    ),
+    Reason.MALFORMED_JSON: Answer(
+        400, "error", "Body is not valid UTF-8 JSON (or form data), or nests deeper than allowed."
+    ),
+    Reason.SCHEMA_VIOLATION: Answer(
+        400, "error", "The envelope built from the request fails webhook-envelope.v1.json."
+    ),
+    Reason.SIGNATURE_MISSING: Answer(401, "error", "The provider's signature header is absent."),
+    Reason.SIGNATURE_MISMATCH: Answer(
+        401, "error", "The signature is malformed or does not match any current secret."
+    ),
+    Reason.TIMESTAMP_OUT_OF_TOLERANCE: Answer(
+        401, "error", "The signed timestamp is further than timestamp_tolerance_s from now."
+    ),
+    Reason.SOURCE_NOT_ALLOWED: Answer(403, "error", "Remote address not in allowed_sources."),
+    Reason.UNKNOWN_INTEGRATION: Answer(404, "error", "No integration with this id."),
+    Reason.METHOD_NOT_ALLOWED: Answer(405, "error", "Only POST is accepted on /hooks/{id}."),
+    Reason.PAYLOAD_TOO_LARGE: Answer(
+        413, "error", "Content-Length (checked before reading) or body over max_payload_bytes."
+    ),
+    Reason.UNSUPPORTED_MEDIA_TYPE: Answer(
+        415, "error", "Content-Type is neither JSON nor form-encoded."
+    ),
+    Reason.INTEGRATION_DISABLED: Answer(
+        503, "error", "Integration disabled; Retry-After is set so the provider retries later."
+    ),
+    Reason.SECRET_UNAVAILABLE: Answer(
+        503, "error", "The integration's secret_ref cannot be resolved; Retry-After is set."
+    ),
+    Reason.JOURNAL_UNAVAILABLE: Answer(
+        503, "error", "The journal could not make the event durable; nothing was acknowledged."
+    ),
+}
+
+
+class Rejection(Exception):
+    """A typed refusal of an inbound request. ``detail`` never holds a secret or signature."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        super().__init__(f"{reason.value}: {detail}" if detail else reason.value)
+        self.reason = reason
+        self.detail = detail
+
+    @property
+    def status(self) -> int:
+        return ANSWERS[self.reason].status
