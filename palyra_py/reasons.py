@@ -23,6 +23,7 @@ class Reason(StrEnum):
     SOURCE_NOT_ALLOWED = "source_not_allowed"
     UNKNOWN_INTEGRATION = "unknown_integration"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    REQUEST_TIMEOUT = "request_timeout"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTEGRATION_DISABLED = "integration_disabled"
@@ -62,6 +63,9 @@ ANSWERS: dict[Reason, Answer] = {
     Reason.SOURCE_NOT_ALLOWED: Answer(403, "error", "Remote address not in allowed_sources."),
     Reason.UNKNOWN_INTEGRATION: Answer(404, "error", "No integration with this id."),
     Reason.METHOD_NOT_ALLOWED: Answer(405, "error", "Only POST is accepted on /hooks/{id}."),
+    Reason.REQUEST_TIMEOUT: Answer(
+        408, "error", "The body did not arrive within ingress.body_timeout_s (slow senders)."
+    ),
     Reason.PAYLOAD_TOO_LARGE: Answer(
         413, "error", "Content-Length (checked before reading) or body over max_payload_bytes."
     ),

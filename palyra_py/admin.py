@@ -1,0 +1,72 @@
+"""Admin API: daemon status and registry reload. The other resources live in
+``admin_webhooks`` and ``admin_events``."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from palyra_py import __version__
+from palyra_py.admin_errors import ApiError
+from palyra_py.registry import RegistryError
+
+if TYPE_CHECKING:
+    from palyra_py.daemon import Daemon
+
+
+class AdminApi:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def routes(self) -> list[web.RouteDef]:
+        return [web.get("/v1/status", self.status), web.post("/v1/reload", self.reload)]
+
+    async def status(self, request: web.Request) -> web.Response:
+        d = self.d
+        readiness = await asyncio.gather(
+            *(d.readiness_of(i) for i in d.registry.integrations.values())
+        )
+        counts = Counter(r for r, _ in readiness)
+        by_readiness = {k: counts.get(k, 0) for k in
+                        ("ready", "disabled", "invalid_secret_ref", "secret_not_found")}
+        now = d.clock()
+        return web.json_response({
+            "version": __version__,
+            "pid": os.getpid(),
+            "started_at": d.started_at,
+            "uptime_s": round(now - d.started_at, 3),
+            "state_dir": str(d.state_dir),
+            "listeners": [{"kind": x.kind, "address": x.address} for x in d.listeners],
+            "admin_socket": str(d.socket_path),
+            "registry": str(d.registry_file.path),
+            "journal": {
+                "path": str(d.journal_path),
+                "size_bytes": d.journal.size_bytes(),
+                "last_seq": await d.journal.last_seq(),
+                "commits": getattr(d.journal, "commits", None),
+                "retention": {
+                    "days": d.settings.get("journal", "retention_days"),
+                    "max_bytes": d.settings.get("journal", "retention_max_bytes"),
+                },
+            },
+            "integrations": {"total": len(d.registry.integrations), "by_readiness": by_readiness},
+            "ingress": {"answers": dict(d.ingress.stats.by_reason),
+                        "rejections_pending": d.rejections.pending()},
+            "keyring": {"backend": d.secrets.backend_name, "fallback": d.secrets.is_fallback},
+            "settings": d.settings.table(),
+        })
+
+    async def reload(self, request: web.Request) -> web.Response:
+        try:
+            registry = await self.d.reload()
+        except RegistryError as exc:
+            extra = {"location": exc.location} if exc.location else {}
+            raise ApiError(422, "registry_invalid",
+                           f"{exc} (the previous registry stays in force)", **extra) from None
+        return web.json_response(
+            {"status": "reloaded", "integrations": len(registry.integrations)}
+        )

@@ -1,0 +1,168 @@
+"""Admin API: the journal (``/v1/events``, ``/v1/events/stream``, ``/v1/journal/verify``)."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from palyra_py.admin_errors import invalid, read_json_object
+from palyra_py.journal import EventFilter, JournalEvent
+from palyra_py.redact import redact
+
+if TYPE_CHECKING:
+    from palyra_py.daemon import Daemon
+
+EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
+RESERVED_PREFIXES = ("webhook.", "integration.", "subscription.", "delivery.", "daemon.",
+                     "stream.", "palyra.")
+SEVERITIES = ("info", "warn", "error")
+MAX_SUMMARY_BYTES = 240
+MAX_DATA_BYTES = 8 * 1024
+MAX_LIST_LIMIT = 10_000
+STREAM_PAGE = 500
+HEARTBEAT_S = 15.0
+
+
+def parse_time_ms(value: str, name: str) -> int:
+    """RFC 3339 or unix seconds -> unix ms."""
+    text = value.strip()
+    try:
+        return int(float(text) * 1000)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise invalid(f"{name}: expected RFC 3339 or unix seconds, got {text[:40]!r}",
+                      name) from None
+    if dt.tzinfo is None:
+        raise invalid(f"{name}: give a time zone (e.g. Z)", name)
+    return int(dt.timestamp() * 1000)
+
+
+def parse_int(value: str | None, name: str, default: int, lo: int, hi: int) -> int:
+    if value is None or value == "":
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise invalid(f"{name}: expected an integer, got {value[:40]!r}", name) from None
+    if not lo <= number <= hi:
+        raise invalid(f"{name}: must be from {lo} to {hi}", name)
+    return number
+
+
+def filter_from_query(request: web.Request) -> EventFilter:
+    q = request.query
+    types = tuple(t for t in q.getall("type", []) if t)
+    if len(types) > 64 or any(len(t) > 128 for t in types):
+        raise invalid("type: at most 64 patterns of at most 128 characters", "type")
+    return EventFilter(
+        types=types,
+        integration_id=q.get("integration") or None,
+        source=q.get("source") or None,
+        since_ms=parse_time_ms(q["since"], "since") if q.get("since") else None,
+        until_ms=parse_time_ms(q["until"], "until") if q.get("until") else None,
+    )
+
+
+def sse_frame(event: JournalEvent) -> bytes:
+    data = json.dumps(event.to_dict(), separators=(",", ":"))
+    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
+
+
+class EventsApi:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/events", self.list),
+            web.get("/v1/events/stream", self.stream),
+            web.post("/v1/events", self.emit),
+            web.post("/v1/journal/verify", self.verify),
+        ]
+
+    async def list(self, request: web.Request) -> web.Response:
+        flt = filter_from_query(request)
+        after = parse_int(request.query.get("after_seq"), "after_seq", 0, 0, 2**62)
+        limit = parse_int(request.query.get("limit"), "limit", 100, 1, MAX_LIST_LIMIT)
+        events = await self.d.journal.list(flt, after_seq=after, limit=limit)
+        next_after = events[-1].seq if len(events) == limit else None
+        return web.json_response(
+            {"events": [e.to_dict() for e in events], "next_after_seq": next_after}
+        )
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: replay from the cursor, then follow the journal head. The
+        journal is read by seq, so a reconnect with ``Last-Event-ID`` never misses one."""
+        flt = filter_from_query(request)
+        last_id = request.headers.get("Last-Event-ID", "")
+        default_after = await self.d.journal.last_seq()
+        cursor = parse_int(request.query.get("after_seq"), "after_seq", default_after, 0, 2**62)
+        if last_id.strip():
+            cursor = parse_int(last_id.strip(), "Last-Event-ID", cursor, 0, 2**62)
+        response = web.StreamResponse(
+            headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                     "X-Accel-Buffering": "no"}
+        )
+        await response.prepare(request)
+        await response.write(b": palyra event stream\n\n")
+        while True:
+            events = await self.d.journal.list(EventFilter(), after_seq=cursor, limit=STREAM_PAGE)
+            for event in events:
+                cursor = event.seq
+                if flt.matches(event):
+                    await response.write(sse_frame(event))
+            if len(events) == STREAM_PAGE:
+                continue
+            head = await self.d.bus.wait_beyond(cursor, timeout=HEARTBEAT_S)
+            if head <= cursor:
+                await response.write(b": keepalive\n\n")
+
+    async def emit(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        name = body.get("type", body.get("name"))
+        if not isinstance(name, str) or not EVENT_NAME.fullmatch(name.strip().lower()):
+            raise invalid("type: 1-64 characters of a-z 0-9 . _ : -", "type")
+        name = name.strip().lower()
+        if name.startswith(RESERVED_PREFIXES):
+            raise invalid(
+                f"type: the prefixes {', '.join(RESERVED_PREFIXES)} are reserved for the daemon",
+                "type",
+            )
+        severity = body.get("severity", "info")
+        if severity not in SEVERITIES:
+            raise invalid(f"severity: one of {', '.join(SEVERITIES)}", "severity")
+        summary = body.get("summary", "")
+        if not isinstance(summary, str) or len(summary.encode()) > MAX_SUMMARY_BYTES:
+            raise invalid(f"summary: a string of at most {MAX_SUMMARY_BYTES} bytes", "summary")
+        data = body.get("data", {})
+        if not isinstance(data, dict):
+            raise invalid("data: must be a JSON object", "data")
+        if len(json.dumps(data).encode()) > MAX_DATA_BYTES:
+            raise invalid(f"data: at most {MAX_DATA_BYTES} bytes of JSON", "data")
+        actor = body.get("actor")
+        if actor is not None and (not isinstance(actor, str) or len(actor) > 128):
+            raise invalid("actor: a string of at most 128 characters", "actor")
+        clean, redacted = redact(data)
+        payload: dict[str, Any] = {"data": clean}
+        if summary:
+            payload["summary"] = summary
+        result = await self.d.append(
+            kind=name, source="operator", payload=payload, actor=actor or "operator",
+            event_type=name, severity=severity, redacted=redacted,
+        )
+        return web.json_response({"event_id": result.event_id, "seq": result.seq}, status=201)
+
+    async def verify(self, request: web.Request) -> web.Response:
+        result = await self.d.journal.verify()
+        return web.json_response(
+            {"ok": result.ok, "checked": result.checked, "first_seq": result.first_seq,
+             "last_seq": result.last_seq, "first_broken_seq": result.first_broken_seq,
+             "reason": result.reason}
+        )

@@ -1,0 +1,356 @@
+"""Admin API: integrations (``/v1/webhooks``). The daemon is the registry's only writer."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from aiohttp import web
+
+from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
+from palyra_py.ingress import resolve_secrets
+from palyra_py.registry import (
+    RegistryError,
+    add_integration,
+    normalize_id,
+    remove_integration,
+    update_integration,
+    validate_integration_fields,
+)
+from palyra_py.secrets import SecretNotFound, SecretRefError, generate_secret, parse_secret_ref
+
+if TYPE_CHECKING:
+    from palyra_py.daemon import Daemon
+
+EDITABLE = (
+    "display_name", "allowed_events", "allowed_sources", "enabled", "signature_required",
+    "max_payload_bytes", "timestamp_tolerance_s", "replay_window_s", "provider_options",
+)
+TEST_OUTCOMES = {
+    "accepted": "accepted",
+    "duplicate": "duplicate",
+    "ignored": "ignored",
+    "integration_disabled": "disabled",
+    "secret_unavailable": "not_ready",
+    "signature_missing": "signature_missing",
+    "malformed_json": "invalid_payload",
+    "schema_violation": "invalid_payload",
+    "payload_too_large": "invalid_payload",
+}
+
+
+def keyring_name(integration_id: str, previous: bool = False) -> str:
+    return f"webhook:{integration_id}" + (":previous" if previous else "")
+
+
+def registry_error(exc: RegistryError) -> ApiError:
+    extra: dict[str, Any] = {}
+    if exc.field:
+        extra["field"] = exc.field
+    if exc.line is not None and exc.location:
+        extra["location"] = exc.location
+    status, code = (422, "registry_invalid") if exc.line is not None else (400, "invalid_request")
+    if "already exists" in exc.message:
+        status, code = 409, "conflict"
+    return ApiError(status, code, str(exc) if exc.line is not None else exc.message, **extra)
+
+
+class WebhooksApi:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/webhooks", self.list),
+            web.post("/v1/webhooks", self.add),
+            web.get("/v1/webhooks/readiness", self.readiness),
+            web.get("/v1/webhooks/{id}", self.show),
+            web.patch("/v1/webhooks/{id}", self.patch),
+            web.delete("/v1/webhooks/{id}", self.remove),
+            web.post("/v1/webhooks/{id}/enable", self.enable),
+            web.post("/v1/webhooks/{id}/disable", self.disable),
+            web.post("/v1/webhooks/{id}/rotate-secret", self.rotate_secret),
+            web.post("/v1/webhooks/{id}/test", self.test),
+        ]
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _id(self, request: web.Request) -> str:
+        raw = request.match_info["id"]
+        try:
+            integration_id = normalize_id(raw)
+        except RegistryError:
+            raise not_found(f"no integration {raw[:64]!r}") from None
+        if integration_id not in self.d.registry.integrations:
+            raise not_found(f"no integration {integration_id!r}")
+        return integration_id
+
+    async def _public(self, integration_id: str) -> dict[str, Any]:
+        integ = self.d.registry.integrations[integration_id]
+        data = integ.to_dict()
+        readiness, _ = await self.d.readiness_of(integ)
+        data["readiness"] = readiness
+        data["ingress_url"] = self.d.ingress_url_for(integration_id)
+        return data
+
+    async def _edit(self, change: Any) -> None:
+        try:
+            await self.d.edit_registry(change)
+        except RegistryError as exc:
+            raise registry_error(exc) from None
+        except KeyError as exc:
+            raise not_found(f"no integration {exc.args[0]!r}") from None
+
+    def _secret_source(self, body: Mapping[str, Any], provider: str) -> tuple[str | None, str | None]:
+        """-> (secret value to store, or None; ref to use, or None)."""
+        spec = body.get("secret")
+        if spec is None:
+            return None, None
+        if not isinstance(spec, dict):
+            raise invalid("secret must be an object: {generate: true} | {value} | {ref}", "secret")
+        given = [k for k in ("generate", "value", "ref") if spec.get(k) not in (None, False)]
+        if len(given) != 1:
+            raise invalid("give exactly one of secret.generate, secret.value, secret.ref", "secret")
+        if given == ["generate"]:
+            return generate_secret(provider), None
+        if given == ["value"]:
+            value = spec["value"]
+            if not isinstance(value, str) or not value or len(value) > 4096:
+                raise invalid("secret.value must be a non-empty string of at most 4096 chars",
+                              "secret.value")
+            return value, None
+        ref = spec["ref"]
+        try:
+            parse_secret_ref(str(ref))
+        except SecretRefError as exc:
+            raise invalid(str(exc), "secret.ref") from None
+        return None, str(ref)
+
+    # -- handlers ------------------------------------------------------------------------
+
+    async def list(self, request: web.Request) -> web.Response:
+        ids = sorted(self.d.registry.integrations)
+        return web.json_response({"webhooks": [await self._public(i) for i in ids]})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return web.json_response({"webhook": await self._public(self._id(request))})
+
+    async def add(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        fields = {k: body[k] for k in ("integration_id", "provider", *EDITABLE) if k in body}
+        unknown = set(body) - set(fields) - {"secret"}
+        if unknown:
+            raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
+        try:
+            fields = validate_integration_fields(fields)
+        except RegistryError as exc:
+            raise registry_error(exc) from None
+        integration_id = fields["integration_id"]
+        if integration_id in self.d.registry.integrations:
+            raise ApiError(409, "conflict", f"integration {integration_id!r} already exists",
+                           field="integration_id")
+        value, ref = self._secret_source(body, fields["provider"])
+        if value is None and ref is None and fields.get("signature_required", True):
+            raise invalid("a secret is required: secret.generate, secret.value or secret.ref",
+                          "secret")
+        stored_name = None
+        if value is not None:
+            stored_name = keyring_name(integration_id)
+            ref = await asyncio.to_thread(self.d.secrets.store, stored_name, value)
+            self.d.secrets.forget_cached(ref)
+        fields["secret_ref"] = ref
+        now = self.d.now_dt()
+        try:
+            await self._edit(lambda doc: add_integration(doc, fields, now))
+        except ApiError:
+            if stored_name is not None:
+                await asyncio.to_thread(self.d.secrets.delete, stored_name)
+            raise
+        await self.d.journal_admin("integration.created", integration_id,
+                                   {"provider": fields["provider"], "secret_ref": ref})
+        answer: dict[str, Any] = {"webhook": await self._public(integration_id)}
+        if body.get("secret", {}).get("generate"):
+            answer["secret"] = value  # shown once, never stored outside the keyring
+        return web.json_response(answer, status=201)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        integration_id = self._id(request)
+        body = await read_json_object(request)
+        unknown = set(body) - set(EDITABLE)
+        if unknown:
+            raise invalid(f"field(s) not editable here: {', '.join(sorted(unknown))}",
+                          sorted(unknown)[0])
+        current = self.d.registry.integrations[integration_id]
+        merged = {**current.to_dict(), **body}
+        check = {k: merged[k] for k in ("integration_id", "provider", *EDITABLE) if k in merged}
+        try:
+            normalised = validate_integration_fields(check)
+        except RegistryError as exc:
+            raise registry_error(exc) from None
+        changes = {k: normalised.get(k) for k in body}
+        now = self.d.now_dt()
+        await self._edit(lambda doc: update_integration(doc, integration_id, changes, now))
+        await self.d.journal_admin("integration.updated", integration_id,
+                                   {"changed": sorted(changes)})
+        return web.json_response({"webhook": await self._public(integration_id)})
+
+    async def remove(self, request: web.Request) -> web.Response:
+        integration_id = self._id(request)
+        integ = self.d.registry.integrations[integration_id]
+        await self._edit(lambda doc: remove_integration(doc, integration_id))
+        # Keyring entries the daemon created for this integration go with it.
+        for previous in (False, True):
+            name = keyring_name(integration_id, previous)
+            if f"keyring:{name}" in (integ.secret_ref, integ.previous_secret_ref):
+                await asyncio.to_thread(self.d.secrets.delete, name)
+                self.d.secrets.forget_cached(f"keyring:{name}")
+        await self.d.journal_admin("integration.deleted", integration_id, {})
+        return web.json_response({"status": "deleted", "integration_id": integration_id})
+
+    async def _set_enabled(self, request: web.Request, enabled: bool) -> web.Response:
+        integration_id = self._id(request)
+        now = self.d.now_dt()
+        await self._edit(
+            lambda doc: update_integration(doc, integration_id, {"enabled": enabled}, now)
+        )
+        kind = "integration.enabled" if enabled else "integration.disabled"
+        await self.d.journal_admin(kind, integration_id, {})
+        return web.json_response({"webhook": await self._public(integration_id)})
+
+    async def enable(self, request: web.Request) -> web.Response:
+        return await self._set_enabled(request, True)
+
+    async def disable(self, request: web.Request) -> web.Response:
+        return await self._set_enabled(request, False)
+
+    async def rotate_secret(self, request: web.Request) -> web.Response:
+        integration_id = self._id(request)
+        integ = self.d.registry.integrations[integration_id]
+        body = await read_json_object(request)
+        grace = body.get("grace_s", 86400)
+        if isinstance(grace, bool) or not isinstance(grace, int | float) or not (
+            0 <= grace <= 30 * 86400
+        ):
+            raise invalid("grace_s must be a number of seconds from 0 to 2592000", "grace_s")
+        if "secret" not in body:
+            body["secret"] = {"generate": True}
+        value, new_ref = self._secret_source(body, integ.provider)
+        old_ref = integ.secret_ref
+        current_name = keyring_name(integration_id)
+        prev_name = keyring_name(integration_id, previous=True)
+        prev_ref = old_ref
+        store = self.d.secrets
+        if value is not None:
+            if old_ref == f"keyring:{current_name}" and grace > 0:
+                # The current value moves aside so that both are accepted during the grace.
+                try:
+                    old_value = await asyncio.to_thread(store.resolve, old_ref)
+                except (SecretNotFound, SecretRefError):
+                    old_value = None
+                if old_value is not None:
+                    prev_ref = await asyncio.to_thread(store.store, prev_name, old_value)
+                else:
+                    prev_ref = None
+            new_ref = await asyncio.to_thread(store.store, current_name, value)
+        store.forget_cached()
+        now = self.d.now_dt()
+        until = now + timedelta(seconds=grace) if grace > 0 and prev_ref else None
+        changes = {
+            "secret_ref": new_ref,
+            "previous_secret_ref": prev_ref if until else None,
+            "previous_valid_until": until,
+        }
+        await self._edit(lambda doc: update_integration(doc, integration_id, changes, now))
+        await self.d.journal_admin(
+            "integration.secret_rotated", integration_id,
+            {"grace_s": grace, "previous_valid_until": until.isoformat() if until else None},
+        )
+        answer: dict[str, Any] = {
+            "webhook": await self._public(integration_id),
+            "previous_valid_until": until.astimezone(UTC).isoformat().replace("+00:00", "Z")
+            if until else None,
+        }
+        if body["secret"].get("generate"):
+            answer["secret"] = value
+        return web.json_response(answer)
+
+    async def readiness(self, request: web.Request) -> web.Response:
+        wanted = request.query.get("integration_id")
+        rows = []
+        for integration_id in sorted(self.d.registry.integrations):
+            if wanted and integration_id != wanted:
+                continue
+            readiness, detail = await self.d.readiness_of(
+                self.d.registry.integrations[integration_id]
+            )
+            rows.append({"integration_id": integration_id, "readiness": readiness,
+                         "detail": detail})
+        if wanted and not rows:
+            raise not_found(f"no integration {wanted!r}")
+        return web.json_response({"readiness": rows})
+
+    async def test(self, request: web.Request) -> web.Response:
+        """Sign a sample (or given) event exactly as the provider would, send it through the
+        real ingress, and record the verdict as ``last_test_*``."""
+        integration_id = self._id(request)
+        body = await read_json_object(request)
+        active = self.d.active[integration_id]
+        integ = active.integration
+        event_type, sample = active.provider.sample_event()
+        if body.get("event") is not None:
+            event_type = str(body["event"])[:128]
+        if body.get("payload") is not None:
+            if not isinstance(body["payload"], dict):
+                raise invalid("payload must be a JSON object", "payload")
+            import json
+
+            sample = json.dumps(body["payload"]).encode()
+        result: dict[str, Any] = {"integration_id": integration_id}
+        now = self.d.clock()
+        try:
+            secrets = await resolve_secrets(active, self.d.secrets, now)
+        except (SecretNotFound, SecretRefError) as exc:
+            result.update(outcome="not_ready", status_code=None, reason=str(exc))
+        else:
+            import ulid
+
+            signed = active.provider.sign(sample, secrets[0], now, event_type, str(ulid.ULID()))
+            headers = dict(signed.headers)
+            if body.get("tamper"):
+                headers = tamper_signature(headers)
+            url = self.d.ingress_url_for(integration_id, local=True)
+            timeout = aiohttp.ClientTimeout(total=15)
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
+                url, data=signed.body, headers=headers, ssl=False
+            ) as resp:
+                answer = await resp.json(content_type=None)
+            reason = str(answer.get("status") or answer.get("error") or "")
+            result.update(
+                outcome=TEST_OUTCOMES.get(reason, "rejected"), status_code=resp.status,
+                reason=reason, seq=answer.get("seq"), event_id=answer.get("event_id"),
+            )
+        message = f"{result['outcome']}: HTTP {result['status_code']} {result['reason']}"[:240]
+        now_dt = self.d.now_dt()
+        changes = {"last_test_status": result["outcome"], "last_test_at": now_dt,
+                   "last_test_message": message}
+        if integ.integration_id in self.d.registry.integrations:
+            await self._edit(lambda doc: update_integration(doc, integration_id, changes, now_dt))
+        return web.json_response(result)
+
+
+def tamper_signature(headers: Mapping[str, str]) -> dict[str, str]:
+    """Flip one character of every signature-looking header value (``--tamper``)."""
+    out = dict(headers)
+    for key, value in headers.items():
+        lk = key.lower()
+        if ("signature" in lk or "hmac" in lk or "token" in lk) and value:
+            last = value[-1]
+            out[key] = value[:-1] + ("A" if last != "A" else "B")
+    return out
+
+
+def utc_now(clock_value: float) -> datetime:
+    return datetime.fromtimestamp(clock_value, tz=UTC).replace(microsecond=0)

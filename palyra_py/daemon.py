@@ -1,0 +1,435 @@
+"""The daemon: one process, two listeners (public ingress on TCP, admin API on a 0600 Unix
+socket), one journal. :class:`Daemon` is an app factory that tests start in one line;
+:func:`run_daemon` is what ``palyra daemon run`` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import stat
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+import tomlkit
+from aiohttp import web
+
+from palyra_py import __version__
+from palyra_py.admin_errors import ApiError, error_middleware
+from palyra_py.admin_events import EventsApi
+from palyra_py.admin_webhooks import WebhooksApi
+from palyra_py.bus import SeqBus
+from palyra_py.ingress import ActiveIntegration, Ingress
+from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
+from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
+from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
+from palyra_py.rejections import RejectionLog
+from palyra_py.secrets import SecretStore
+from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
+
+log = structlog.get_logger("palyra.daemon")
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+
+def prepare_state_dir(state_dir: Path) -> None:
+    """Create the state dir 0700 (and tighten an existing one: it holds the journal, the
+    registry, the admin socket and maybe the fallback secrets file)."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    mode = stat.S_IMODE(state_dir.stat().st_mode)
+    if mode != 0o700:
+        os.chmod(state_dir, 0o700)
+        log.warning("state_dir_permissions_tightened", path=str(state_dir), was=oct(mode))
+
+
+def claim_socket(path: Path) -> None:
+    """Remove a stale socket; refuse if another daemon answers on it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise DaemonError(f"another daemon is running on {path}; stop it first")
+    finally:
+        probe.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    kind: str
+    address: str
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        secrets: SecretStore | None = None,
+    ) -> None:
+        self.settings = settings
+        self.state_dir = settings.state_dir
+        self.clock = clock
+        self._secrets = secrets
+        self.bus = SeqBus()
+        self.rejections = RejectionLog()
+        self.registry_file = RegistryFile(self.state_dir / REGISTRY_FILE)
+        self.registry = Registry(self.registry_file.path, {})
+        self.active: dict[str, ActiveIntegration] = {}
+        self.journal = Journal(
+            self.state_dir / JOURNAL_FILE,
+            clock=clock,
+            batch_max=settings.get("journal", "batch_max"),
+            on_commit=self.bus.publish,
+        )
+        self.listeners: list[Listener] = []
+        self.started_at = 0.0
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._edit_lock = asyncio.Lock()
+        self._ingress: Ingress | None = None
+        self.ingress_port = 0
+        self._ingress_host = "127.0.0.1"
+        self._tls = False
+        self.stopped = asyncio.Event()
+
+    # -- parts ---------------------------------------------------------------------------
+
+    @property
+    def secrets(self) -> SecretStore:
+        assert self._secrets is not None, "daemon not started"
+        return self._secrets
+
+    @property
+    def ingress(self) -> Ingress:
+        assert self._ingress is not None, "daemon not started"
+        return self._ingress
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / JOURNAL_FILE
+
+    @property
+    def socket_path(self) -> Path:
+        return socket_path(self.state_dir)
+
+    def now_dt(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=UTC).replace(microsecond=0)
+
+    def ingress_url_for(self, integration_id: str, *, local: bool = False) -> str:
+        public = self.settings.get("daemon", "public_url")
+        if public and not local:
+            return f"{public.rstrip('/')}/hooks/{integration_id}"
+        host = self._ingress_host
+        if local and host in ("0.0.0.0", "::", ""):  # noqa: S104
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{host}:{self.ingress_port}/hooks/{integration_id}"
+
+    async def readiness_of(self, integ: Integration) -> tuple[str, str]:
+        if not integ.enabled:
+            return "disabled", "integration is disabled"
+        if not integ.signature_required:
+            return "ready", "signature not required"
+        readiness, detail = await asyncio.to_thread(self.secrets.readiness, integ.secret_ref)
+        return readiness, detail
+
+    # -- registry ------------------------------------------------------------------------
+
+    def _activate(self, registry: Registry) -> None:
+        active: dict[str, ActiveIntegration] = {}
+        for integration_id, integ in registry.integrations.items():
+            previous = self.active.get(integration_id)
+            entry = ActiveIntegration.build(integ)
+            if previous is not None and previous.integration == integ:
+                entry.secrets, entry.secrets_until = previous.secrets, previous.secrets_until
+            active[integration_id] = entry
+        self.registry, self.active = registry, active
+
+    async def edit_registry(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
+        async with self._edit_lock:
+            registry = await asyncio.to_thread(self.registry_file.edit, change)
+            self._activate(registry)
+            return registry
+
+    async def reload(self) -> Registry:
+        """Re-read ``webhooks.toml``. An invalid file raises ``RegistryError`` and the last
+        good registry stays in force."""
+        async with self._edit_lock:
+            registry = await asyncio.to_thread(self.registry_file.load)
+            self.secrets.forget_cached()
+            for entry in self.active.values():
+                entry.secrets = None
+            self._activate(registry)
+        await self.append(kind="daemon.reloaded", source="daemon",
+                          payload={"integrations": len(registry.integrations)})
+        return registry
+
+    # -- journal -------------------------------------------------------------------------
+
+    async def append(self, *, kind: str, source: str, payload: dict[str, Any],
+                     **fields: Any) -> AppendResult:
+        try:
+            return await self.journal.append(
+                NewEvent(kind=kind, source=source, payload=payload, **fields)
+            )
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
+
+    async def journal_admin(self, kind: str, integration_id: str,
+                            payload: Mapping[str, Any]) -> None:
+        await self.append(kind=kind, source="admin", integration_id=integration_id,
+                          event_type=kind, payload={"integration_id": integration_id, **payload})
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cert, key = self.settings.get("daemon", "tls_cert"), self.settings.get("daemon", "tls_key")
+        if not cert and not key:
+            return None
+        if not (cert and key):
+            raise DaemonError("TLS needs both daemon.tls_cert and daemon.tls_key")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise DaemonError(f"cannot load TLS certificate/key: {exc}") from None
+        return ctx
+
+    def _ingress_app(self) -> web.Application:
+        app = web.Application(client_max_size=32 * 1024 * 1024 + 1)
+        app.add_routes(self.ingress.routes())
+        app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)])
+        return app
+
+    def _admin_app(self) -> web.Application:
+        from palyra_py.admin import AdminApi
+
+        app = web.Application(
+            middlewares=[error_middleware],
+            client_max_size=self.settings.get("admin", "max_body_bytes"),
+        )
+        app.add_routes(AdminApi(self).routes())
+        app.add_routes(WebhooksApi(self).routes())
+        app.add_routes(EventsApi(self).routes())
+        return app
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        ready = self._ingress is not None and not self.stopped.is_set()
+        return web.json_response({"status": "ready" if ready else "not_ready"},
+                                 status=200 if ready else 503)
+
+    async def start(self) -> None:
+        prepare_state_dir(self.state_dir)
+        ssl_ctx = self._ssl_context()
+        host, port = parse_listen(self.settings.get("daemon", "listen"))
+        sock_path = self.socket_path
+        claim_socket(sock_path)
+        if self._secrets is None:
+            self._secrets = SecretStore(self.state_dir)
+        if self.secrets.is_fallback:
+            log.warning("keyring_fallback", backend=self.secrets.backend_name,
+                        hint="no usable OS keyring; secrets are kept in a 0600 file")
+        try:
+            registry = self.registry_file.load()
+        except RegistryError as exc:
+            raise DaemonError(f"registry invalid: {exc}") from None
+        self._activate(registry)
+        try:
+            await self.journal.start()
+        except Exception as exc:
+            raise DaemonError(f"cannot open the journal: {exc}") from None
+        self.bus.publish(await self.journal.last_seq())
+        self._ingress = Ingress(
+            integrations=lambda: self.active,
+            secrets=self.secrets,
+            journal=self.journal,
+            rejections=self.rejections,
+            clock=self.clock,
+            body_timeout_s=self.settings.get("ingress", "body_timeout_s"),
+            retry_after_s=self.settings.get("ingress", "retry_after_s"),
+        )
+        ingress_runner = web.AppRunner(
+            self._ingress_app(), access_log=None,
+            max_headers=self.settings.get("ingress", "max_headers"),
+            max_field_size=self.settings.get("ingress", "max_header_bytes"),
+            max_line_size=self.settings.get("ingress", "max_header_bytes"),
+        )
+        await ingress_runner.setup()
+        self._runners.append(ingress_runner)
+        site = web.TCPSite(ingress_runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.ingress_port = sockets[0].getsockname()[1] if sockets else port
+        self._ingress_host, self._tls = host, ssl_ctx is not None
+        admin_runner = web.AppRunner(self._admin_app(), access_log=None)
+        await admin_runner.setup()
+        self._runners.append(admin_runner)
+        old_umask = os.umask(0o077)  # the socket is born 0600: no window with looser modes
+        try:
+            await web.UnixSite(admin_runner, str(sock_path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock_path, 0o600)
+        self.listeners = [
+            Listener("ingress", self.ingress_url_for("{id}", local=True).rsplit("/hooks", 1)[0]),
+            Listener("admin", str(sock_path)),
+        ]
+        self.started_at = self.clock()
+        await self.append(
+            kind="daemon.started", source="daemon",
+            payload={"version": __version__, "pid": os.getpid(),
+                     "listeners": [vars_of(x) for x in self.listeners],
+                     "keyring_backend": self.secrets.backend_name},
+        )
+        self._tasks.append(asyncio.create_task(self._flush_rejections_forever()))
+        self._tasks.append(asyncio.create_task(self._retention_forever()))
+        log.info("daemon_started", version=__version__, ingress=self.listeners[0].address,
+                 admin_socket=str(sock_path), state_dir=str(self.state_dir),
+                 registry_integrations=len(self.registry.integrations))
+
+    async def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        with contextlib.suppress(JournalUnavailable, RuntimeError):
+            await self.rejections.flush(self.journal)
+            await self.journal.append(NewEvent(kind="daemon.stopped", source="daemon",
+                                               payload={"pid": os.getpid()}))
+        await self.journal.close()
+        with contextlib.suppress(FileNotFoundError):
+            if self.listeners:
+                self.socket_path.unlink()
+        log.info("daemon_stopped")
+
+    async def _flush_rejections_forever(self) -> None:
+        window = self.settings.get("ingress", "rejection_window_s")
+        while True:
+            await asyncio.sleep(window)
+            if self.rejections.pending():
+                await self.rejections.flush(self.journal)
+
+    async def _retention_forever(self) -> None:
+        days = self.settings.get("journal", "retention_days")
+        max_bytes = self.settings.get("journal", "retention_max_bytes")
+        interval = self.settings.get("journal", "retention_interval_s")
+        if not days and not max_bytes:
+            return
+        while True:
+            try:
+                removed = await self.journal.apply_retention(
+                    max_age_s=days * 86400 if days else None, max_bytes=max_bytes or None
+                )
+                if removed:
+                    log.info("journal_retention", removed=removed)
+            except JournalUnavailable as exc:
+                log.warning("journal_retention_failed", error=str(exc))
+            await asyncio.sleep(interval)
+
+
+def vars_of(listener: Listener) -> dict[str, str]:
+    return {"kind": listener.kind, "address": listener.address}
+
+
+async def _serve(daemon: Daemon) -> None:
+    await daemon.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+
+    def on_hup() -> None:
+        async def reload() -> None:
+            try:
+                registry = await daemon.reload()
+                log.info("registry_reloaded", integrations=len(registry.integrations))
+            except RegistryError as exc:
+                log.error("registry_reload_refused", error=str(exc))
+            except ApiError as exc:
+                log.error("registry_reload_failed", error=exc.message)
+
+        loop.create_task(reload())  # noqa: RUF006 (fire and forget: it logs its own outcome)
+
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()
+
+
+def run_daemon(
+    *,
+    state_dir: Path | None,
+    listen: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    log_level: str | None = None,
+    log_format: str | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the registry. Returns the exit code."""
+    from palyra_py.logs import configure_logging
+
+    flags = {
+        ("daemon", "listen"): listen,
+        ("daemon", "tls_cert"): str(tls_cert) if tls_cert else None,
+        ("daemon", "tls_key"): str(tls_key) if tls_key else None,
+        ("daemon", "log_level"): log_level,
+        ("daemon", "log_format"): log_format,
+    }
+    resolved = resolve_state_dir(state_dir)
+    try:
+        settings = load_settings(resolved, flags=flags)
+    except SettingsError as exc:
+        configure_logging()
+        log.error("settings_invalid", error=str(exc))
+        return 2
+    configure_logging(settings.get("daemon", "log_level"), settings.get("daemon", "log_format"))
+    daemon = Daemon(settings)
+    try:
+        asyncio.run(_serve(daemon))
+    except DaemonError as exc:
+        log.error("daemon_cannot_start", error=str(exc))
+        return 1
+    except SettingsError as exc:
+        log.error("settings_invalid", error=str(exc))
+        return 2
+    return 0
+
+
+def load_for_tests(state_dir: Path, env: Mapping[str, str] | None = None,
+                   **flags: Any) -> Settings:
+    """Settings for an in-process daemon: ``listen="127.0.0.1:0"`` by default."""
+    values = {("daemon", "listen"): flags.pop("listen", "127.0.0.1:0")}
+    values.update({tuple(k.split("__", 1)): v for k, v in flags.items()})  # type: ignore[misc]
+    return load_settings(state_dir, env=env or {}, flags=values)

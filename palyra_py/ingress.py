@@ -1,0 +1,358 @@
+"""Public ingress: ``POST /hooks/{integration_id}``.
+
+Order of checks (cheapest and least trusting first): integration known → source address
+allowed → integration enabled → Content-Length within bounds (before any byte is read) →
+media type → body read with a hard cap and deadline → signature (on the raw bytes) → JSON →
+event type allowed → envelope schema → journal append with the replay key in the same commit.
+Only after the append's commit (fsync) is anything answered 2xx.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Any
+from urllib.parse import parse_qsl
+
+import structlog
+import ulid
+from aiohttp import web
+
+from palyra_py.envelope import build_envelope, json_depth_ok, make_nonce, validate_envelope
+from palyra_py.journal import Journal, JournalUnavailable, NewEvent, ReplayKey
+from palyra_py.providers import get_provider
+from palyra_py.providers.base import Provider, Verified
+from palyra_py.reasons import ANSWERS, Reason, Rejection
+from palyra_py.registry import Integration
+from palyra_py.rejections import RejectionLog
+from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
+
+log = structlog.get_logger("palyra.ingress")
+
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(slots=True)
+class ActiveIntegration:
+    """An integration as the ingress uses it: its provider object and parsed networks are
+    built once per registry load; resolved secrets are cached here."""
+
+    integration: Integration
+    provider: Provider
+    networks: tuple[IpNetwork, ...]
+    secrets: tuple[str, ...] | None = None
+    secrets_until: float = float("inf")
+    """When the cached secret list must be rebuilt (end of a rotation grace period)."""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, integration: Integration) -> ActiveIntegration:
+        provider = get_provider(integration.provider, integration.provider_options)
+        networks = tuple(
+            ipaddress.ip_network(src, strict=False) for src in integration.allowed_sources
+        )
+        return cls(integration, provider, networks)
+
+    def source_allowed(self, remote: str | None) -> bool:
+        if not self.networks:
+            return True
+        if remote is None:
+            return False
+        try:
+            addr = ipaddress.ip_address(remote)
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.networks)
+
+    def event_allowed(self, event_type: str) -> bool:
+        patterns = self.integration.allowed_events
+        return not patterns or any(fnmatchcase(event_type, p) for p in patterns)
+
+
+async def resolve_secrets(
+    active: ActiveIntegration, store: SecretStore, now: float
+) -> tuple[str, ...]:
+    """Current secret first, then the previous one while its grace period lasts. Cached on
+    ``active``; resolution (keyring, file) runs in a thread so it never blocks the loop."""
+    if active.secrets is not None and now < active.secrets_until:
+        return active.secrets
+    integ = active.integration
+    if integ.secret_ref is None:
+        raise SecretNotFound("no secret_ref set")
+    current = await asyncio.to_thread(store.resolve, integ.secret_ref)
+    found = [current]
+    until = float("inf")
+    if integ.previous_secret_ref and integ.previous_valid_until is not None:
+        valid_until = integ.previous_valid_until.timestamp()
+        if now < valid_until:
+            try:
+                found.append(await asyncio.to_thread(store.resolve, integ.previous_secret_ref))
+                until = valid_until
+            except (SecretNotFound, SecretRefError):
+                log.warning("previous_secret_unavailable", integration_id=integ.integration_id)
+    active.secrets, active.secrets_until = tuple(found), until
+    return active.secrets
+
+
+def parse_json_strict(raw: bytes) -> Any:
+    """JSON as RFC 8259 says, tighter than ``json.loads``: UTF-8 only, no NaN/Infinity, no
+    duplicate keys (two parsers could disagree on which value wins), bounded nesting."""
+
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            raise ValueError("duplicate key")
+        return obj
+
+    try:
+        text = raw.decode("utf-8")
+        value = json.loads(text, parse_constant=no_constants, object_pairs_hook=no_duplicates)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        detail = "nested too deep" if isinstance(exc, RecursionError) else type(exc).__name__
+        if isinstance(exc, ValueError) and str(exc) in ("duplicate key",):
+            detail = "duplicate key"
+        raise Rejection(Reason.MALFORMED_JSON, detail) from None
+    if not json_depth_ok(value):
+        raise Rejection(Reason.MALFORMED_JSON, "nested too deep")
+    return value
+
+
+def parse_payload(raw: bytes, form: bool) -> dict[str, Any]:
+    """The provider payload as an object. Form bodies (Slack commands, GitHub's form mode)
+    become an object of their fields; a single ``payload`` field holding JSON is unwrapped."""
+    if form:
+        try:
+            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=2048)
+        except (UnicodeDecodeError, ValueError):
+            raise Rejection(Reason.MALFORMED_JSON, "bad form encoding") from None
+        fields: dict[str, Any] = {}
+        for key, value in pairs:
+            if key in fields:
+                prior = fields[key]
+                fields[key] = [*prior, value] if isinstance(prior, list) else [prior, value]
+            else:
+                fields[key] = value
+        if set(fields) == {"payload"} and isinstance(fields["payload"], str):
+            inner = parse_json_strict(fields["payload"].encode())
+            if isinstance(inner, dict):
+                return inner
+        return fields
+    value = parse_json_strict(raw) if raw.strip() else {}
+    if not isinstance(value, dict):
+        raise Rejection(Reason.SCHEMA_VIOLATION, "payload: the body must be a JSON object")
+    return value
+
+
+def media_kind(content_type: str) -> str | None:
+    """``"json"``, ``"form"`` or ``None`` for a type we do not take."""
+    ctype = content_type.split(";", 1)[0].strip().lower()
+    if ctype in ("", "application/json", "text/json") or ctype.endswith("+json"):
+        return "json"
+    if ctype == "application/x-www-form-urlencoded":
+        return "form"
+    return None
+
+
+def answer(reason: Reason, extra: Mapping[str, Any] | None = None, *,
+           retry_after: int | None = None) -> web.Response:
+    spec = ANSWERS[reason]
+    body: dict[str, Any] = {spec.key: reason.value}
+    if extra:
+        body.update(extra)
+    headers = {"Retry-After": str(retry_after)} if retry_after is not None else None
+    return web.json_response(body, status=spec.status, headers=headers)
+
+
+@dataclass(slots=True)
+class IngressStats:
+    by_reason: dict[str, int] = field(default_factory=dict)
+
+    def count(self, reason: Reason) -> None:
+        self.by_reason[reason.value] = self.by_reason.get(reason.value, 0) + 1
+
+
+class Ingress:
+    """The ``/hooks/{id}`` handler. Everything it needs is handed in, so tests build one
+    around a real journal and registry without the rest of the daemon."""
+
+    def __init__(
+        self,
+        *,
+        integrations: Callable[[], Mapping[str, ActiveIntegration]],
+        secrets: SecretStore,
+        journal: Journal,
+        rejections: RejectionLog,
+        clock: Callable[[], float] = time.time,
+        body_timeout_s: float = 30.0,
+        retry_after_s: int = 60,
+    ) -> None:
+        self._integrations = integrations
+        self._secrets = secrets
+        self._journal = journal
+        self._rejections = rejections
+        self._clock = clock
+        self._body_timeout_s = body_timeout_s
+        self._retry_after_s = retry_after_s
+        self.stats = IngressStats()
+
+    def routes(self) -> Sequence[web.AbstractRouteDef]:
+        return [web.route("*", "/hooks/{integration_id}", self.handle)]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        requested = request.match_info["integration_id"]
+        active = self._integrations().get(requested)
+        try:
+            response = await self._handle(request, requested, active)
+        except Rejection as rej:
+            now_ms = int(self._clock() * 1000)
+            integ_id = active.integration.integration_id if active else None
+            self._rejections.record(
+                integ_id, rej.reason, request.remote, now_ms,
+                requested_id=None if active else requested,
+            )
+            self.stats.count(rej.reason)
+            log.info(
+                "webhook_rejected", integration_id=integ_id, reason=rej.reason.value,
+                detail=rej.detail, remote=request.remote,
+            )
+            retry = self._retry_after_s if rej.status == 503 else None
+            extra = {"detail": rej.detail} if rej.detail else None
+            return answer(rej.reason, extra, retry_after=retry)
+        return response
+
+    async def _handle(
+        self, request: web.Request, requested: str, active: ActiveIntegration | None
+    ) -> web.StreamResponse:
+        if active is None:
+            raise Rejection(Reason.UNKNOWN_INTEGRATION)
+        integ = active.integration
+        if request.method != "POST":
+            raise Rejection(Reason.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not POST")
+        if not active.source_allowed(request.remote):
+            raise Rejection(Reason.SOURCE_NOT_ALLOWED)
+        if not integ.enabled:
+            raise Rejection(Reason.INTEGRATION_DISABLED)
+        limit = integ.max_payload_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise Rejection(Reason.PAYLOAD_TOO_LARGE, f"limit is {limit} bytes")
+        kind = media_kind(request.headers.get("Content-Type", ""))
+        if kind is None:
+            raise Rejection(Reason.UNSUPPORTED_MEDIA_TYPE, "send application/json")
+        body = await self._read_body(request, limit)
+        now = self._clock()
+        verified = await self._verify(active, request, body, now)
+        if verified.challenge is not None:
+            self.stats.count(Reason.URL_VERIFICATION)
+            return web.json_response({"challenge": verified.challenge})
+        if verified.envelope is not None:
+            payload_obj = verified.envelope.get("payload")
+            if not isinstance(payload_obj, dict):
+                raise Rejection(Reason.SCHEMA_VIOLATION, "payload: must be an object")
+            payload = payload_obj
+        else:
+            payload = parse_payload(body, kind == "form")
+        if not active.event_allowed(verified.event_type):
+            self.stats.count(Reason.IGNORED)
+            return answer(Reason.IGNORED, {"event": verified.event_type})
+        envelope, replay_key = self._envelope(active, verified, payload, body, now)
+        try:
+            result = await self._journal.append(
+                NewEvent(
+                    kind="webhook.received",
+                    source=integ.integration_id,
+                    payload=envelope,
+                    actor=integ.provider,
+                    integration_id=integ.integration_id,
+                    event_type=envelope["event"],
+                    event_id=envelope["id"],
+                    replay_key=replay_key,
+                )
+            )
+        except JournalUnavailable as exc:
+            log.error("journal_unavailable", integration_id=integ.integration_id, error=str(exc))
+            raise Rejection(Reason.JOURNAL_UNAVAILABLE) from None
+        if result.duplicate:
+            self.stats.count(Reason.DUPLICATE)
+            return answer(Reason.DUPLICATE, {"event_id": result.event_id, "seq": result.seq})
+        self.stats.count(Reason.ACCEPTED)
+        return answer(Reason.ACCEPTED, {"event_id": result.event_id, "seq": result.seq})
+
+    async def _read_body(self, request: web.Request, limit: int) -> bytes:
+        """Read at most ``limit`` bytes; a body that goes past it (chunked, or a lying
+        Content-Length) is refused as soon as the excess arrives, and a body that trickles
+        for longer than the deadline is cut off."""
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self._body_timeout_s):
+                while True:
+                    chunk = await request.content.read(65536)
+                    if not chunk:
+                        break
+                    size += len(chunk)
+                    if size > limit:
+                        raise Rejection(Reason.PAYLOAD_TOO_LARGE, f"limit is {limit} bytes")
+                    chunks.append(chunk)
+        except TimeoutError:
+            raise Rejection(Reason.REQUEST_TIMEOUT, "body not received in time") from None
+        return b"".join(chunks)
+
+    async def _verify(
+        self, active: ActiveIntegration, request: web.Request, body: bytes, now: float
+    ) -> Verified:
+        integ = active.integration
+        headers = request.headers
+        if not integ.signature_required:
+            return active.provider.verify_unsigned(headers, body)  # type: ignore[attr-defined,no-any-return]
+        try:
+            secrets = await resolve_secrets(active, self._secrets, now)
+        except (SecretNotFound, SecretRefError):
+            log.error("secret_unavailable", integration_id=integ.integration_id)
+            raise Rejection(Reason.SECRET_UNAVAILABLE) from None
+        return active.provider.verify(headers, body, secrets, now, integ.timestamp_tolerance_s)
+
+    def _envelope(
+        self,
+        active: ActiveIntegration,
+        verified: Verified,
+        payload: dict[str, Any],
+        body: bytes,
+        now: float,
+    ) -> tuple[dict[str, Any], ReplayKey]:
+        integ = active.integration
+        if verified.delivery_id:
+            dedupe = verified.delivery_id
+        else:
+            # No idempotency key from the provider: the signed content itself is the key.
+            signed_ts = "" if verified.timestamp is None else str(int(verified.timestamp))
+            dedupe = "sha256:" + hashlib.sha256(signed_ts.encode() + b"." + body).hexdigest()
+        now_ms = int(now * 1000)
+        ts_ms = now_ms if verified.timestamp is None else int(verified.timestamp * 1000)
+        headers = dict(verified.headers_kept)
+        if verified.envelope is not None and isinstance(verified.envelope.get("id"), str):
+            headers["palyra-envelope-id"] = str(verified.envelope["id"])[:64]
+        envelope = build_envelope(
+            event_id=str(ulid.ULID.from_timestamp(now)),
+            integration_id=integ.integration_id,
+            provider=integ.provider,
+            event_type=verified.event_type,
+            payload=payload,
+            nonce=make_nonce(integ.integration_id, dedupe),
+            timestamp_ms=ts_ms,
+            received_at_ms=now_ms,
+            max_payload_bytes=integ.max_payload_bytes,
+            headers={k: v[:1024] for k, v in list(headers.items())[:32]},
+        )
+        validate_envelope(envelope)
+        return envelope, ReplayKey(integ.integration_id, dedupe[:256], integ.replay_window_s)

@@ -1,0 +1,187 @@
+"""Daemon settings: built-in defaults < ``<state>/palyra.toml`` < ``PALYRA_<SECTION>_<KEY>``
+environment variables < ``daemon run`` flags. Every effective value remembers its source so
+``palyra daemon status`` can say where it came from."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+Source = Literal["default", "file", "env", "flag"]
+
+
+@dataclass(frozen=True, slots=True)
+class SettingSpec:
+    section: str
+    key: str
+    kind: type
+    default: Any
+    help: str
+    choices: tuple[str, ...] = ()
+    minimum: float | None = None
+
+
+SPECS: tuple[SettingSpec, ...] = (
+    SettingSpec("daemon", "listen", str, "127.0.0.1:8787", "HOST:PORT of the public ingress"),
+    SettingSpec("daemon", "tls_cert", str, "", "PEM certificate for the ingress (with tls_key)"),
+    SettingSpec("daemon", "tls_key", str, "", "PEM private key for the ingress"),
+    SettingSpec("daemon", "public_url", str, "", "Base URL providers use (shown as ingress_url)"),
+    SettingSpec(
+        "daemon", "log_level", str, "info", "Log level",
+        choices=("debug", "info", "warning", "error"),
+    ),
+    SettingSpec("daemon", "log_format", str, "console", "Log format", choices=("console", "json")),
+    SettingSpec(
+        "journal", "retention_days", float, 30.0, "Drop events older than this (0 = keep)",
+        minimum=0,
+    ),
+    SettingSpec(
+        "journal", "retention_max_bytes", int, 0, "Drop oldest events above this size (0 = off)",
+        minimum=0,
+    ),
+    SettingSpec(
+        "journal", "retention_interval_s", float, 3600.0, "How often retention runs", minimum=1
+    ),
+    SettingSpec("journal", "batch_max", int, 512, "Most appends in one group commit", minimum=1),
+    SettingSpec(
+        "ingress", "body_timeout_s", float, 30.0, "Longest time to read one request body",
+        minimum=0.1,
+    ),
+    SettingSpec(
+        "ingress", "retry_after_s", int, 60, "Retry-After sent with 503 answers", minimum=1
+    ),
+    SettingSpec(
+        "ingress", "rejection_window_s", float, 10.0,
+        "Rejections are journaled as one aggregate per integration and reason per window",
+        minimum=0.1,
+    ),
+    SettingSpec("ingress", "max_headers", int, 100, "Most request headers accepted", minimum=8),
+    SettingSpec(
+        "ingress", "max_header_bytes", int, 8190, "Longest request header line", minimum=256
+    ),
+    SettingSpec(
+        "admin", "max_body_bytes", int, 1024 * 1024, "Largest admin API request body", minimum=1024
+    ),
+)
+
+_BY_NAME = {(s.section, s.key): s for s in SPECS}
+
+
+class SettingsError(ValueError):
+    """A setting with a bad value; the message names the setting and where it came from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    section: str
+    key: str
+    value: Any
+    source: Source
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    values: Mapping[tuple[str, str], Setting] = field(default_factory=dict)
+
+    def get(self, section: str, key: str) -> Any:
+        return self.values[(section, key)].value
+
+    def table(self) -> list[dict[str, Any]]:
+        return [
+            {"section": s.section, "key": s.key, "value": s.value, "source": s.source}
+            for s in self.values.values()
+        ]
+
+
+def _coerce(spec: SettingSpec, raw: Any, origin: str) -> Any:
+    name = f"{spec.section}.{spec.key}"
+    try:
+        if spec.kind is bool:
+            if isinstance(raw, bool):
+                value: Any = raw
+            elif str(raw).strip().lower() in ("1", "true", "yes", "on"):
+                value = True
+            elif str(raw).strip().lower() in ("0", "false", "no", "off"):
+                value = False
+            else:
+                raise ValueError
+        elif spec.kind is int:
+            if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+                raise ValueError
+            value = int(raw)
+        elif spec.kind is float:
+            if isinstance(raw, bool):
+                raise ValueError
+            value = float(raw)
+        else:
+            if not isinstance(raw, str):
+                raise ValueError
+            value = raw
+    except (TypeError, ValueError):
+        raise SettingsError(
+            f"{name} (from {origin}): expected {spec.kind.__name__}, got {raw!r}"
+        ) from None
+    if spec.choices and value not in spec.choices:
+        raise SettingsError(
+            f"{name} (from {origin}): must be one of {', '.join(spec.choices)}, got {value!r}"
+        )
+    if spec.minimum is not None and value < spec.minimum:
+        raise SettingsError(f"{name} (from {origin}): must be at least {spec.minimum}, got {value}")
+    return value
+
+
+def load_settings(
+    state_dir: Path,
+    *,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[tuple[str, str], Any] | None = None,
+) -> Settings:
+    """Merge the four layers. A flag whose value is ``None`` is "not given"."""
+    env = os.environ if env is None else env
+    file_path = state_dir / "palyra.toml"
+    file_values: dict[str, Any] = {}
+    if file_path.exists():
+        try:
+            file_values = tomllib.loads(file_path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise SettingsError(f"{file_path}: {exc}") from None
+        for section, body in file_values.items():
+            if not isinstance(body, dict):
+                raise SettingsError(f"{file_path}: [{section}] must be a table")
+            for key in body:
+                if (section, key) not in _BY_NAME:
+                    known = ", ".join(f"{s.section}.{s.key}" for s in SPECS)
+                    raise SettingsError(
+                        f"{file_path}: unknown setting {section}.{key} (known: {known})"
+                    )
+    values: dict[tuple[str, str], Setting] = {}
+    for spec in SPECS:
+        name = (spec.section, spec.key)
+        value, source = spec.default, "default"
+        section_values = file_values.get(spec.section, {})
+        if spec.key in section_values:
+            value = _coerce(spec, section_values[spec.key], str(file_path))
+            source = "file"
+        env_name = f"PALYRA_{spec.section}_{spec.key}".upper()
+        if env.get(env_name, "") != "":
+            value = _coerce(spec, env[env_name], f"${env_name}")
+            source = "env"
+        if flags and flags.get(name) is not None:
+            value = _coerce(spec, flags[name], "the command line")
+            source = "flag"
+        values[name] = Setting(spec.section, spec.key, value, source)  # type: ignore[arg-type]
+    return Settings(state_dir=state_dir, values=values)
+
+
+def parse_listen(value: str) -> tuple[str, int]:
+    """``"127.0.0.1:8787"`` / ``"[::1]:8787"`` / ``":8787"`` -> (host, port)."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise SettingsError(f"daemon.listen: expected HOST:PORT, got {value!r}")
+    host = host.strip("[]") or "0.0.0.0"  # noqa: S104 (an explicit ":PORT" asks for all)
+    return host, int(port_text)

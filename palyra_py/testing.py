@@ -1,0 +1,85 @@
+"""Supported test helpers (for our own tests and for users' integration tests): a real
+in-memory keyring backend, a clock you move by hand, and a daemon started in-process on
+loopback and a temporary Unix socket in one line."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from keyring.backend import KeyringBackend
+from keyring.errors import PasswordDeleteError
+
+from palyra_py.daemon import Daemon, load_for_tests
+from palyra_py.secrets import SecretStore
+
+
+class MemoryKeyring(KeyringBackend):
+    """A keyring backend that keeps passwords in a dict (``keyring``'s own API)."""
+
+    priority = 1  # type: ignore[assignment]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.passwords: dict[tuple[str, str], str] = {}
+
+    def get_password(self, service: str, username: str) -> str | None:
+        return self.passwords.get((service, username))
+
+    def set_password(self, service: str, username: str, password: str) -> None:
+        self.passwords[(service, username)] = password
+
+    def delete_password(self, service: str, username: str) -> None:
+        if self.passwords.pop((service, username), None) is None:
+            raise PasswordDeleteError(username)
+
+
+class ManualClock:
+    """A clock that moves only when told. Call it for the time in seconds."""
+
+    def __init__(self, start: float = 1_800_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def short_state_dir(prefix: str = "palyra-") -> Path:
+    """A fresh state dir with a short path (Unix socket paths are limited to ~107 bytes,
+    which pytest's ``tmp_path`` can exceed)."""
+    return Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+
+
+@contextlib.asynccontextmanager
+async def running_daemon(
+    state_dir: Path | None = None,
+    *,
+    clock: Any = None,
+    keyring: KeyringBackend | None = None,
+    **settings: Any,
+) -> AsyncIterator[Daemon]:
+    """Start a real daemon (ingress on 127.0.0.1, ephemeral port; admin API on
+    ``<state_dir>/palyra.sock``) and stop it on exit. ``settings`` are ``section__key``
+    overrides, e.g. ``ingress__rejection_window_s=0.5``. A state dir made here is removed."""
+    own = state_dir is None
+    state = state_dir or short_state_dir()
+    daemon_kwargs: dict[str, Any] = {
+        "secrets": SecretStore(state, backend=keyring or MemoryKeyring())
+    }
+    if clock is not None:
+        daemon_kwargs["clock"] = clock
+    daemon = Daemon(load_for_tests(state, **settings), **daemon_kwargs)
+    await daemon.start()
+    try:
+        yield daemon
+    finally:
+        await daemon.stop()
+        if own:
+            shutil.rmtree(state, ignore_errors=True)

@@ -1,0 +1,168 @@
+"""The admin API on the real daemon's Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import stat
+
+import aiohttp
+
+from palyra_py.daemon import Daemon
+from tests.helpers import add_integration, events
+
+
+async def test_state_files_are_private(daemon: Daemon, admin: aiohttp.ClientSession) -> None:
+    await add_integration(admin, "gh")
+    assert stat.S_IMODE(daemon.state_dir.stat().st_mode) == 0o700
+    for name in ("palyra.sock", "webhooks.toml", "journal.db"):
+        mode = stat.S_IMODE((daemon.state_dir / name).stat().st_mode)
+        assert mode == 0o600, (name, oct(mode))
+
+
+async def test_status_reports_parts_and_setting_sources(
+    daemon: Daemon, admin: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "gh")
+    await add_integration(admin, "env-missing", secret="x")
+    async with admin.patch("/v1/webhooks/env-missing", json={"enabled": False}) as resp:
+        assert resp.status == 200
+    async with admin.get("/v1/status") as resp:
+        status = await resp.json()
+    assert status["integrations"]["by_readiness"]["ready"] == 1
+    assert status["integrations"]["by_readiness"]["disabled"] == 1
+    assert status["journal"]["last_seq"] >= 3
+    assert status["keyring"]["backend"]
+    sources = {(s["section"], s["key"]): s["source"] for s in status["settings"]}
+    assert sources[("daemon", "listen")] == "flag"
+    assert sources[("journal", "retention_days")] == "default"
+
+
+async def test_add_validation_names_the_field(admin: aiohttp.ClientSession) -> None:
+    cases = [
+        ({"integration_id": "Bad Id!", "provider": "github"}, "integration_id"),
+        ({"integration_id": "ok", "provider": "carrier-pigeon"}, "provider"),
+        ({"integration_id": "ok", "provider": "github", "max_payload_bytes": 0},
+         "max_payload_bytes"),
+    ]
+    for body, field in cases:
+        body["secret"] = {"value": "s"}
+        async with admin.post("/v1/webhooks", json=body) as resp:
+            answer = await resp.json()
+            assert resp.status == 400, answer
+            assert answer["error"] == "invalid_request" and field in answer["message"]
+    await add_integration(admin, "dup")
+    async with admin.post("/v1/webhooks", json={"integration_id": "DUP", "provider": "github",
+                                                "secret": {"value": "s"}}) as resp:
+        assert resp.status == 409
+
+
+async def test_generated_secret_is_shown_once(admin: aiohttp.ClientSession) -> None:
+    async with admin.post("/v1/webhooks", json={
+        "integration_id": "sw", "provider": "standard-webhooks", "secret": {"generate": True},
+    }) as resp:
+        created = await resp.json()
+    assert created["secret"].startswith("whsec_")
+    async with admin.get("/v1/webhooks/sw") as resp:
+        shown = await resp.text()
+    assert created["secret"] not in shown
+    assert json.loads(shown)["webhook"]["readiness"] == "ready"
+
+
+async def test_broken_hand_edit_is_refused_and_old_registry_serves(
+    daemon: Daemon, admin: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "gh")
+    path = daemon.state_dir / "webhooks.toml"
+    good = path.read_text()
+    path.write_text(good + "\n[[webhooks]]\nintegration_id = \"x\"\nprovider = \n")
+    async with admin.post("/v1/reload") as resp:
+        answer = await resp.json()
+    assert resp.status == 422 and answer["error"] == "registry_invalid"
+    assert answer["location"].startswith(f"{path}:")
+    line = int(answer["location"].split(":")[-2])
+    assert path.read_text().splitlines()[line - 1].startswith("provider")
+    async with admin.get("/v1/webhooks") as resp:
+        assert [w["integration_id"] for w in (await resp.json())["webhooks"]] == ["gh"]
+    path.write_text(good.replace('display_name = ""', 'display_name = "renamed"') +
+                    "\n# a comment\n")
+    async with admin.post("/v1/reload") as resp:
+        assert resp.status == 200
+    assert "daemon.reloaded" in [e["kind"] for e in await events(admin)]
+
+
+async def test_emit_then_list_with_filters_and_paging(admin: aiohttp.ClientSession) -> None:
+    for i in range(7):
+        async with admin.post("/v1/events", json={
+            "type": "deploy.finished" if i % 2 else "qa.validation_failed",
+            "data": {"n": i, "api_token": "tok-123"}, "severity": "warn",
+        }) as resp:
+            assert resp.status == 201, await resp.text()
+    got = await events(admin, type="qa.*")
+    assert [e["payload"]["data"]["n"] for e in got] == [0, 2, 4, 6]
+    assert all(e["source"] == "operator" and e["redacted"] for e in got)
+    assert "tok-123" not in json.dumps(got)
+    page1 = await events(admin, type="deploy.*", limit=2)
+    page2 = await events(admin, type="deploy.*", limit=2, after_seq=page1[-1]["seq"])
+    assert [e["payload"]["data"]["n"] for e in page1 + page2] == [1, 3, 5]
+
+
+async def test_emit_refuses_reserved_and_malformed_names(admin: aiohttp.ClientSession) -> None:
+    for name in ("webhook.received", "daemon.started", "has space", "", "x" * 65):
+        async with admin.post("/v1/events", json={"type": name}) as resp:
+            answer = await resp.json()
+            assert resp.status == 400 and answer["field"] == "type", name
+    async with admin.post("/v1/events", data=b"{oops") as resp:
+        assert resp.status == 400 and (await resp.json())["error"] == "invalid_request"
+
+
+async def test_verify_catches_a_row_changed_behind_the_daemons_back(
+    daemon: Daemon, admin: aiohttp.ClientSession
+) -> None:
+    seqs = []
+    for i in range(5):
+        async with admin.post("/v1/events", json={"type": "t.x", "data": {"i": i}}) as resp:
+            seqs.append((await resp.json())["seq"])
+    tampered_seq = seqs[2]
+    async with admin.post("/v1/journal/verify") as resp:
+        assert (await resp.json())["ok"] is True
+    db = sqlite3.connect(daemon.journal_path)
+    for (name,) in db.execute("SELECT name FROM sqlite_master WHERE type='trigger'").fetchall():
+        db.execute(f"DROP TRIGGER {name}")
+    db.execute("UPDATE journal_events SET payload_json = ? WHERE seq = ?",
+               ('{"data":{"i":99}}', tampered_seq))
+    db.commit()
+    db.close()
+    async with admin.post("/v1/journal/verify") as resp:
+        result = await resp.json()
+    assert result["ok"] is False and result["first_broken_seq"] == tampered_seq
+
+
+async def test_stream_pushes_new_events_and_resumes_by_last_event_id(
+    admin: aiohttp.ClientSession,
+) -> None:
+    async def read_events(resp: aiohttp.ClientResponse, n: int) -> list[dict[str, object]]:
+        got: list[dict[str, object]] = []
+        async for raw in resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                got.append(json.loads(line[6:]))
+                if len(got) == n:
+                    break
+        return got
+
+    async with admin.get("/v1/events/stream", params={"type": "app.*"}) as resp:
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        reader = asyncio.create_task(read_events(resp, 2))
+        for name in ("app.one", "other.skip", "app.two"):
+            async with admin.post("/v1/events", json={"type": name}) as r:
+                assert r.status == 201
+        first = await asyncio.wait_for(reader, 10)
+    assert [e["kind"] for e in first] == ["app.one", "app.two"]
+    async with admin.post("/v1/events", json={"type": "app.three"}) as r:
+        assert r.status == 201
+    headers = {"Last-Event-ID": str(first[-1]["seq"])}
+    async with admin.get("/v1/events/stream", params={"type": "app.*"}, headers=headers) as resp:
+        resumed = await asyncio.wait_for(read_events(resp, 1), 10)
+    assert [e["kind"] for e in resumed] == ["app.three"]

@@ -1,0 +1,159 @@
+"""The real daemon on loopback and a temp socket: signed requests in, every documented
+answer out, and what reaches the journal."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+
+from palyra_py.daemon import Daemon
+from palyra_py.testing import ManualClock
+from tests.helpers import add_integration, events, send_signed
+
+PUSH = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "abc"}]}).encode()
+
+
+async def test_signed_github_push_is_journaled_once(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "gh")
+    status, body, _ = await send_signed(http, daemon, "gh", PUSH)
+    assert status == 202 and body["status"] == "accepted"
+    seq, event_id = body["seq"], body["event_id"]
+
+    status, again, _ = await send_signed(http, daemon, "gh", PUSH)  # a redelivery
+    assert status == 200 and again == {"status": "duplicate", "event_id": event_id, "seq": seq}
+
+    received = await events(admin, type="webhook.received")
+    assert [e["seq"] for e in received] == [seq]
+    envelope = received[0]["payload"]
+    assert envelope["v"] == 1 and envelope["id"] == event_id
+    assert envelope["event"] == "push" and envelope["source"] == "gh"
+    assert envelope["payload"]["ref"] == "refs/heads/main"
+    assert envelope["replay_protection"]["nonce"] == "8f7d1c3e-0000-4000-8000-000000000001"
+    assert not any("signature" in h.lower() for h in envelope["headers"])
+
+
+async def test_a_new_delivery_id_is_a_new_event(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "gh")
+    first = await send_signed(http, daemon, "gh", PUSH, delivery_id="a" * 36)
+    second = await send_signed(http, daemon, "gh", PUSH, delivery_id="b" * 36)
+    assert first[0] == second[0] == 202
+    assert second[1]["seq"] == first[1]["seq"] + 1
+
+
+async def test_replay_window_expiry_journals_again(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+    clock: ManualClock,
+) -> None:
+    await add_integration(admin, "gh", replay_window_s=3600)
+    assert (await send_signed(http, daemon, "gh", PUSH))[0] == 202
+    clock.advance(3599)
+    assert (await send_signed(http, daemon, "gh", PUSH))[1]["status"] == "duplicate"
+    clock.advance(2)
+    assert (await send_signed(http, daemon, "gh", PUSH))[0] == 202
+
+
+async def test_refusals_have_documented_status_and_reason(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+    clock: ManualClock,
+) -> None:
+    await add_integration(admin, "gh", max_payload_bytes=1024)
+    await add_integration(admin, "st", provider="stripe", secret="whsec_test")
+    await add_integration(admin, "only-ci", allowed_sources=["10.1.0.0/16"])
+    await add_integration(admin, "off", enabled=False)
+    url = daemon.ingress_url_for("gh", local=True)
+
+    async def post(url: str, **kw: object) -> tuple[int, dict[str, object]]:
+        async with http.post(url, **kw) as resp:  # type: ignore[arg-type]
+            return resp.status, await resp.json()
+
+    assert await post(daemon.ingress_url_for("nope", local=True), data=b"{}") == (
+        404, {"error": "unknown_integration"})
+    async with http.get(url) as resp:
+        assert resp.status == 405 and (await resp.json())["error"] == "method_not_allowed"
+    status, body = await post(url, data=PUSH, headers={"Content-Type": "application/json"})
+    assert (status, body["error"]) == (401, "signature_missing")
+    status, body, _ = await send_signed(http, daemon, "gh", PUSH, secret="wrong")
+    assert (status, body["error"]) == (401, "signature_mismatch")
+    stale = clock() - 301
+    status, body, _ = await send_signed(
+        http, daemon, "st", json.dumps({"id": "evt_1", "type": "charge.succeeded"}).encode(),
+        provider="stripe", secret="whsec_test", now=stale)
+    assert (status, body["error"]) == (401, "timestamp_out_of_tolerance")
+    status, body, _ = await send_signed(http, daemon, "only-ci", PUSH)
+    assert (status, body["error"]) == (403, "source_not_allowed")
+    status, body, headers = await send_signed(http, daemon, "off", PUSH)
+    assert (status, body["error"]) == (503, "integration_disabled")
+    assert int(headers["Retry-After"]) > 0
+    status, body = await post(url, data=b"x" * 1025, headers={"Content-Type": "application/json"})
+    assert (status, body["error"]) == (413, "payload_too_large")
+
+    async def chunks() -> object:
+        for _ in range(4):
+            yield b"x" * 512
+
+    status, body = await post(url, data=chunks(), headers={"Content-Type": "application/json"})
+    assert (status, body["error"]) == (413, "payload_too_large")
+    status, body, _ = await send_signed(http, daemon, "gh", PUSH,
+                                        extra_headers={"Content-Type": "text/plain"})
+    assert (status, body["error"]) == (415, "unsupported_media_type")
+    status, body, _ = await send_signed(http, daemon, "gh", b"{not json")
+    assert (status, body["error"]) == (400, "malformed_json")
+    status, body, _ = await send_signed(http, daemon, "gh", b"[1, 2]")
+    assert (status, body["error"]) == (400, "schema_violation")
+    assert await events(admin, type="webhook.received") == []
+    async with http.get(daemon.ingress_url_for("x", local=True).replace("/hooks/x", "/healthz")
+                        ) as resp:
+        assert resp.status == 200
+
+
+async def test_event_type_not_allowed_is_ignored(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "gh", allowed_events=["pull_request*", "ping"])
+    status, body, _ = await send_signed(http, daemon, "gh", PUSH, event="push")
+    assert (status, body["status"]) == (200, "ignored")
+    status, body, _ = await send_signed(http, daemon, "gh", PUSH, event="pull_request_review")
+    assert status == 202
+
+
+async def test_rejections_are_journaled_as_bounded_aggregates(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    for i in range(300):
+        async with http.post(daemon.ingress_url_for(f"ghost{i}", local=True), data=b"{}") as r:
+            assert r.status == 404
+    await daemon.rejections.flush(daemon.journal)
+    rejected = await events(admin, type="webhook.rejected")
+    assert len(rejected) == 1
+    payload = rejected[0]["payload"]
+    assert payload["reason"] == "unknown_integration" and payload["count"] == 300
+    assert len(payload["requested_ids"]) <= 5
+
+
+async def test_secret_rotation_accepts_both_during_grace(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+    clock: ManualClock,
+) -> None:
+    await add_integration(admin, "gh", secret="old-secret")
+    async with admin.post("/v1/webhooks/gh/rotate-secret",
+                          json={"grace_s": 3600, "secret": {"value": "new-secret"}}) as resp:
+        assert resp.status == 200
+        rotated = await resp.json()
+    assert "secret" not in rotated  # a given value is never echoed back
+    assert rotated["webhook"]["previous_secret_ref"] == "keyring:webhook:gh:previous"
+    for n, secret in enumerate(["old-secret", "new-secret"]):
+        status, _, _ = await send_signed(http, daemon, "gh", PUSH, secret=secret,
+                                         delivery_id=f"rotation-delivery-{n:04d}")
+        assert status == 202
+    clock.advance(3601)
+    status, body, _ = await send_signed(http, daemon, "gh", PUSH, secret="old-secret",
+                                        delivery_id="rotation-delivery-0009")
+    assert (status, body["error"]) == (401, "signature_mismatch")
+    status, _, _ = await send_signed(http, daemon, "gh", PUSH, secret="new-secret",
+                                     delivery_id="rotation-delivery-0010")
+    assert status == 202
