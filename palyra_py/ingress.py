@@ -314,7 +314,7 @@ class Ingress:
         integ = active.integration
         headers = request.headers
         if not integ.signature_required:
-            return active.provider.verify_unsigned(headers, body)  # type: ignore[attr-defined,no-any-return]
+            return active.provider.verify_unsigned(headers, body)
         try:
             secrets = await resolve_secrets(active, self._secrets, now)
         except (SecretNotFound, SecretRefError):

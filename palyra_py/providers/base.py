@@ -5,6 +5,10 @@ the epoch as a float), no logging. They raise :class:`palyra_py.reasons.Rejectio
 of ``SIGNATURE_MISSING``, ``SIGNATURE_MISMATCH``, ``TIMESTAMP_OUT_OF_TOLERANCE`` (or
 ``MALFORMED_JSON`` / ``SCHEMA_VIOLATION`` for the ``palyra`` provider, whose body is itself
 an envelope). A rejection's detail never contains a secret or a full signature.
+
+The limits every scheme shares (header size, how many signatures of a list are compared,
+timestamp syntax and tolerance edges, event type and delivery id bounds) are written down in
+``palyra_py.providers._common``; each provider's class docstring says what is its own.
 """
 
 from __future__ import annotations
@@ -64,8 +68,12 @@ class Provider(Protocol):
     """One signature scheme. Instances are cheap; construct one per integration."""
 
     name: ClassVar[str]
-    timestamped: ClassVar[bool]
-    """Whether the scheme signs a timestamp (so the tolerance check applies)."""
+
+    @property
+    def timestamped(self) -> bool:
+        """Whether the scheme signs a timestamp (so the tolerance check applies). A class
+        attribute for most schemes; ``generic`` answers per instance (``timestamp_header``)."""
+        ...
 
     def verify(
         self,
@@ -77,6 +85,13 @@ class Provider(Protocol):
     ) -> Verified:
         """Check ``body`` against ``secrets`` (the current one first, then any still inside a
         rotation grace period; a match on any of them is accepted). Raise ``Rejection``."""
+        ...
+
+    def verify_unsigned(self, headers: Headers, body: bytes) -> Verified:
+        """For integrations with ``signature_required = false``: read the event type, delivery
+        id and challenge without checking any signature or timestamp (``timestamp`` is then
+        ``None``, except for ``palyra`` whose envelope carries one). Never raises for a missing
+        or bad signature; only ``palyra`` raises (``MALFORMED_JSON`` / ``SCHEMA_VIOLATION``)."""
         ...
 
     def sign(
