@@ -1,21 +1,56 @@
 """Append-only journal: SQLite (WAL, synchronous=FULL), one writer thread, group commit,
 SHA-256 hash chain, replay keys in the same commit, retention with a checkpoint.
 
-INTERFACE STUB: the public names and signatures below are the contract used by the daemon.
+Every system event is appended with a contiguous, increasing ``seq``; when ``append``
+returns, the event is durable (its commit was fsync'd). The SQL is in ``journal_store``.
 """
 
 from __future__ import annotations
 
+import asyncio
+import fnmatch
+import json
+import logging
+import queue
+import sqlite3
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+import ulid
+
+from palyra_py.journal_store import (
+    ChainWalk,
+    JournalStore,
+    PendingRow,
+    Row,
+    encode_payload,
+    is_storable_text,
+    related_files,
+    restrict_permissions,
+    where_clause,
+)
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+DEFAULT_BUSY_TIMEOUT_MS = 5000
+DEFAULT_MAX_PENDING = 10_000
+_LIST_CHUNK_MIN = 256
+_LIST_CHUNK_MAX = 4096
 
 
 class JournalUnavailable(Exception):
     """The journal could not make an append durable (disk full, locked, removed...).
     Nothing of the failed batch was committed."""
+
+
+class DuplicateEventId(ValueError):
+    """A caller-supplied ``event_id`` is already in the journal; nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +96,9 @@ class JournalEvent:
 
     def to_dict(self) -> dict[str, Any]:
         """The admin API's ``Event`` object (adds ``time`` as RFC 3339 with ms, UTC)."""
-        raise NotImplementedError
+        fields = {name: getattr(self, name) for name in self.__slots__}
+        return {"seq": self.seq, "event_id": self.event_id,
+                "time": format_time_ms(self.ts_unix_ms), **fields}
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,14 +113,30 @@ class AppendResult:
 @dataclass(frozen=True, slots=True)
 class EventFilter:
     types: Sequence[str] = ()
-    """Glob patterns on ``kind`` OR ``event_type``... see ``matches``."""
+    """``fnmatch`` globs (case-sensitive): an event matches if any pattern matches its
+    ``kind`` or its ``event_type``. Empty: every type."""
     integration_id: str | None = None
     source: str | None = None
     since_ms: int | None = None
+    """Inclusive lower bound on ``ts_unix_ms``."""
     until_ms: int | None = None
+    """Exclusive upper bound on ``ts_unix_ms``."""
 
     def matches(self, event: JournalEvent) -> bool:
-        raise NotImplementedError
+        """The rules ``Journal.list`` applies, for live streams."""
+        if self.types and not any(
+            fnmatch.fnmatchcase(event.kind, pattern)
+            or (event.event_type is not None and fnmatch.fnmatchcase(event.event_type, pattern))
+            for pattern in self.types
+        ):
+            return False
+        if self.integration_id is not None and event.integration_id != self.integration_id:
+            return False
+        if self.source is not None and event.source != self.source:
+            return False
+        if self.since_ms is not None and event.ts_unix_ms < self.since_ms:
+            return False
+        return self.until_ms is None or event.ts_unix_ms < self.until_ms
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,11 +145,225 @@ class VerifyResult:
     checked: int
     first_seq: int | None
     last_seq: int | None
+    """The last row that verified."""
     first_broken_seq: int | None
     reason: str
+    """``ok``, ``seq gap`` (``first_broken_seq`` is the first missing seq), ``prev_hash
+    does not link`` or ``hash mismatch``."""
+
+
+def format_time_ms(ts_unix_ms: int) -> str:
+    """RFC 3339, UTC, milliseconds, ``Z``: ``2024-05-01T12:00:00.123Z``."""
+    moment = datetime.fromtimestamp(ts_unix_ms // 1000, UTC)
+    moment += timedelta(milliseconds=ts_unix_ms % 1000)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _event_from_row(row: Row) -> JournalEvent:
+    try:
+        payload = json.loads(row[9])
+    except (TypeError, ValueError):
+        payload = None
+    if not isinstance(payload, dict):
+        # Only a row altered behind the daemon's back gets here; verify names it.
+        payload = {"_unreadable_payload": True}
+    return JournalEvent(
+        int(row[0]), str(row[1]), int(row[2]), str(row[3]), str(row[4]), row[5], row[6],
+        row[7], str(row[8]), payload, bool(row[10]), str(row[11]), str(row[12]),
+    )
+
+
+def _describe(exc: BaseException, action: str = "write") -> str:
+    """A short reason for JournalUnavailable. SQLite's messages name the failure (locked,
+    full, read-only...), never bound values, so no payload or secret leaks through."""
+    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return f"journal {action} failed ({code}): {str(exc)[:120]}"
+
+
+def _pending_row(event: NewEvent) -> PendingRow:
+    """Check and serialize on the caller's side, so that a bad event fails its own append
+    and never the batch it would have joined."""
+    for name in ("kind", "source", "actor", "integration_id", "event_type", "severity"):
+        value = getattr(event, name)
+        if value is not None and not (isinstance(value, str) and is_storable_text(value)):
+            raise ValueError(f"NewEvent.{name} must be valid Unicode text")
+    key = event.replay_key
+    return PendingRow(
+        event_id=event.event_id if event.event_id is not None else str(ulid.ULID()),
+        kind=event.kind,
+        source=event.source,
+        actor=event.actor,
+        integration_id=event.integration_id,
+        event_type=event.event_type,
+        severity=event.severity,
+        payload_json=encode_payload(event.payload),
+        redacted=event.redacted,
+        replay_key=None if key is None else (
+            key.integration_id, key.delivery_id, int(key.window_s * 1000)
+        ),
+    )
+
+
+# -- the writer thread ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class _AppendJob:
+    row: PendingRow
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass(frozen=True, slots=True)
+class _RetentionJob:
+    max_age_s: float | None
+    max_bytes: int | None
+    future: asyncio.Future[int]
+
+
+_STOP = object()
+_Outcome = tuple["asyncio.Future[Any]", Any]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, value in outcomes:
+        if future.done():  # the caller was cancelled: nobody is waiting for this one
+            continue
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+
+class GroupCommitWriter(threading.Thread):
+    """The journal's only writer. Takes the first queued job, then everything else queued
+    (up to ``batch_max``), and commits the appends among them in one transaction: one
+    fsync for many concurrent appends."""
+
+    def __init__(
+        self,
+        store: JournalStore,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        batch_max: int,
+        on_commit: Callable[[int], None] | None,
+        head: tuple[int, str],
+    ) -> None:
+        super().__init__(name="palyra-journal-writer", daemon=True)
+        self._store = store
+        self._loop = loop
+        self._clock = clock
+        self._batch_max = max(1, batch_max)
+        self._on_commit = on_commit
+        # The chain head as committed; None after a failure until re-read from the file.
+        self._head: tuple[int, str] | None = head
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.commits = 0
+        self.failed_batches = 0
+
+    def submit(self, job: _AppendJob | _RetentionJob) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """Finish every job queued so far, then end the thread and close its connection."""
+        self._queue.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                batch = [first]
+                while len(batch) < self._batch_max:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        stopping = True
+                        break
+                    batch.append(job)
+                self._run_batch(batch)
+        finally:
+            self._store.close()
+
+    def _run_batch(self, batch: list[object]) -> None:
+        appends: list[_AppendJob] = []
+        for job in batch:
+            if isinstance(job, _AppendJob):
+                appends.append(job)
+            elif isinstance(job, _RetentionJob):
+                # Queue order holds: appends queued before the retention commit first.
+                if appends:
+                    self._commit(appends)
+                    appends = []
+                self._retain(job)
+        if appends:
+            self._commit(appends)
+
+    def _deliver(self, outcomes: list[_Outcome], committed_seq: int | None = None) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+            if committed_seq is not None and self._on_commit is not None:
+                self._loop.call_soon_threadsafe(self._on_commit, committed_seq)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody is waiting any more
+
+    def _commit(self, jobs: list[_AppendJob]) -> None:
+        try:
+            now_ms = int(self._clock() * 1000)
+            stored, head = self._store.append_batch(
+                [job.row for job in jobs], now_ms=now_ms, head=self._head
+            )
+        except Exception as exc:
+            if not isinstance(exc, sqlite3.Error | OSError):
+                _log.exception("journal writer: unexpected error")
+            self.failed_batches += 1
+            self._head = self._reload_head()
+            error = JournalUnavailable(_describe(exc))
+            self._deliver([(job.future, error) for job in jobs])
+            return
+        self.commits += 1
+        outcomes: list[_Outcome] = []
+        for job, result in zip(jobs, stored, strict=True):
+            if result.status == "id_conflict":
+                outcomes.append((job.future, DuplicateEventId("event_id already journaled")))
+            else:
+                value = AppendResult(result.seq, result.event_id, result.status == "duplicate")
+                outcomes.append((job.future, value))
+        written = self._head is None or head[0] != self._head[0]
+        self._head = head
+        self._deliver(outcomes, head[0] if written else None)
+
+    def _reload_head(self) -> tuple[int, str] | None:
+        try:
+            return self._store.head()
+        except sqlite3.Error:
+            return None  # the next batch reads it inside its transaction
+
+    def _retain(self, job: _RetentionJob) -> None:
+        result: int | JournalUnavailable
+        try:
+            now_ms = int(self._clock() * 1000)
+            result = self._store.apply_retention(
+                older_than_ms=None if job.max_age_s is None else now_ms - int(job.max_age_s * 1000),
+                max_bytes=job.max_bytes,
+            )
+        except Exception as exc:
+            if not isinstance(exc, sqlite3.Error | OSError):
+                _log.exception("journal retention: unexpected error")
+            result = JournalUnavailable(_describe(exc))
+        self._deliver([(job.future, result)])
+
+
+# -- the journal ----------------------------------------------------------------------
 
 
 class Journal:
+    """The journal of one state root. Use it from the event loop that ran ``start``."""
+
     def __init__(
         self,
         path: Path,
@@ -104,16 +371,194 @@ class Journal:
         clock: Callable[[], float] = time.time,
         batch_max: int = 512,
         on_commit: Callable[[int], None] | None = None,
+        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
-        raise NotImplementedError
+        """``on_commit(last_seq)`` runs in the event loop after each commit that wrote
+        rows. ``max_pending`` bounds appends waiting for the writer; beyond it, append
+        raises ``JournalUnavailable``."""
+        self.path = Path(path)
+        self._clock = clock
+        self._batch_max = batch_max
+        self._on_commit = on_commit
+        self._busy_timeout_ms = busy_timeout_ms
+        self._max_pending = max_pending
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._writer: GroupCommitWriter | None = None
+        self._reader: JournalStore | None = None
+        self._read_lock = threading.Lock()
+        self._pending = 0
+        self._closed = False
 
-    async def start(self) -> None: ...
-    async def close(self) -> None: ...
-    async def append(self, event: NewEvent) -> AppendResult: ...
+    @property
+    def commits(self) -> int:
+        """Append transactions committed so far (one fsync each), for tests and metrics."""
+        return 0 if self._writer is None else self._writer.commits
+
+    @property
+    def failed_batches(self) -> int:
+        """Append batches answered with ``JournalUnavailable`` so far."""
+        return 0 if self._writer is None else self._writer.failed_batches
+
+    async def start(self) -> None:
+        """Create or open the file (0600, WAL, schema) and start the writer thread.
+        Raises ``JournalUnavailable`` if the file cannot be used."""
+        if self._closed:
+            raise JournalUnavailable("journal is closed")
+        if self._writer is not None:
+            return
+        try:
+            writer_store, reader_store, head = await asyncio.to_thread(self._open)
+        except (sqlite3.Error, OSError) as exc:
+            raise JournalUnavailable(_describe(exc, "open")) from exc
+        self._loop = asyncio.get_running_loop()
+        self._reader = reader_store
+        self._writer = GroupCommitWriter(
+            writer_store,
+            loop=self._loop,
+            clock=self._clock,
+            batch_max=self._batch_max,
+            on_commit=self._on_commit,
+            head=head,
+        )
+        self._writer.start()
+
+    def _open(self) -> tuple[JournalStore, JournalStore, tuple[int, str]]:
+        writer = JournalStore.open(self.path, busy_timeout_ms=self._busy_timeout_ms, create=True)
+        try:
+            writer.ensure_schema()
+            head = writer.head()
+            restrict_permissions(self.path)
+            reader = JournalStore.open(
+                self.path, busy_timeout_ms=self._busy_timeout_ms, create=False
+            )
+        except BaseException:
+            writer.close()
+            raise
+        return writer, reader, head
+
+    async def close(self) -> None:
+        """Finish every append already queued, stop the writer, close the connections.
+        Later appends raise ``JournalUnavailable``."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._writer is not None:
+            self._writer.stop()
+            await asyncio.to_thread(self._writer.join)
+        with self._read_lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
+
+    def _live_writer(self) -> tuple[GroupCommitWriter, asyncio.AbstractEventLoop]:
+        if self._writer is None or self._loop is None or self._closed:
+            raise JournalUnavailable("journal is closed")
+        return self._writer, self._loop
+
+    async def append(self, event: NewEvent) -> AppendResult:
+        """Append ``event``; return once it is durable, or is a duplicate of a live replay
+        key. Raises ``JournalUnavailable`` (nothing written), ``DuplicateEventId``, or
+        ``ValueError``/``TypeError`` for an event that cannot be stored (e.g. NaN)."""
+        writer, loop = self._live_writer()
+        if self._pending >= self._max_pending:
+            raise JournalUnavailable("journal write queue is full")
+        job = _AppendJob(_pending_row(event), loop.create_future())
+        self._pending += 1
+        try:
+            writer.submit(job)
+            return await job.future
+        finally:
+            self._pending -= 1
+
+    async def apply_retention(self, *, max_age_s: float | None, max_bytes: int | None) -> int:
+        """Remove the oldest rows older than ``max_age_s`` and/or beyond ``max_bytes`` of
+        estimated row size, never the newest row, keeping the chain verifiable through a
+        checkpoint. Runs on the writer thread between append batches, so appends never
+        fail because of it. Returns the number of rows removed."""
+        writer, loop = self._live_writer()
+        if max_age_s is None and max_bytes is None:
+            return 0
+        job = _RetentionJob(max_age_s, max_bytes, loop.create_future())
+        writer.submit(job)
+        return await job.future
+
+    async def _read(self, fn: Callable[[JournalStore], _T]) -> _T:
+        def run() -> _T:
+            with self._read_lock:
+                if self._reader is None:
+                    raise JournalUnavailable("journal is closed")
+                return fn(self._reader)
+
+        try:
+            return await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise JournalUnavailable(_describe(exc, "read")) from exc
+
     async def list(
         self, flt: EventFilter, *, after_seq: int = 0, limit: int = 100
-    ) -> list[JournalEvent]: ...
-    async def last_seq(self) -> int: ...
-    async def verify(self) -> VerifyResult: ...
-    async def apply_retention(self, *, max_age_s: float | None, max_bytes: int | None) -> int: ...
-    def size_bytes(self) -> int: ...
+    ) -> list[JournalEvent]:
+        """Events with ``seq > after_seq`` matching ``flt``, in seq order, at most
+        ``limit`` (no other cap). Page on with ``after_seq`` = the last seq returned."""
+        where = where_clause(
+            types=tuple(flt.types),
+            integration_id=flt.integration_id,
+            source=flt.source,
+            since_ms=flt.since_ms,
+            until_ms=flt.until_ms,
+        )
+        found: list[JournalEvent] = []
+        cursor = after_seq
+        while len(found) < limit:
+            want = limit - len(found)
+            # An exact SQL filter reads only what is needed; a coarse one (glob classes)
+            # reads bigger chunks and the rest of the filtering happens here.
+            chunk = want if where.exact else min(max(want, _LIST_CHUNK_MIN), _LIST_CHUNK_MAX)
+
+            def page(store: JournalStore, after: int = cursor, size: int = chunk) -> list[Row]:
+                return store.select_events(where, after_seq=after, limit=size)
+
+            rows = await self._read(page)
+            for row in rows:
+                event = _event_from_row(row)
+                if flt.matches(event):
+                    found.append(event)
+                    if len(found) >= limit:
+                        break
+            if len(rows) < chunk:
+                break
+            cursor = int(rows[-1][0])
+        return found
+
+    async def last_seq(self) -> int:
+        """The newest seq (0 for an empty journal; retention never removes the newest)."""
+        return await self._read(lambda store: store.head()[0])
+
+    async def verify(self) -> VerifyResult:
+        """Walk the whole chain (from the retention checkpoint, if any) recomputing every
+        hash, on a connection of its own and in one snapshot, so appends and listing go
+        on meanwhile. Also works on a closed journal."""
+        try:
+            walk = await asyncio.to_thread(self._walk_chain)
+        except sqlite3.Error as exc:
+            raise JournalUnavailable(_describe(exc, "read")) from exc
+        return VerifyResult(walk.first_broken_seq is None, *walk)
+
+    def _walk_chain(self) -> ChainWalk:
+        store = JournalStore.open(self.path, busy_timeout_ms=self._busy_timeout_ms, create=False)
+        try:
+            store.begin_read()
+            return store.walk_chain()
+        finally:
+            store.rollback()
+            store.close()
+
+    def size_bytes(self) -> int:
+        """Bytes on disk of the database file and its write-ahead log."""
+        total = 0
+        for file in related_files(self.path)[:2]:
+            try:
+                total += file.stat().st_size
+            except FileNotFoundError:
+                continue
+        return total
