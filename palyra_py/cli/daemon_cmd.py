@@ -1,0 +1,213 @@
+"""``palyra daemon run|status|reload``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.panel import Panel
+
+from palyra_py.cli import output
+from palyra_py.cli.session import JsonOption, StateDirOption, admin_session, usage_error
+from palyra_py.paths import SocketPathTooLong, resolve_state_dir, socket_path
+
+app = typer.Typer(help="Run the daemon, see its status, reload its registry.", no_args_is_help=True)
+
+
+class LogLevel(StrEnum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+
+
+class LogFormat(StrEnum):
+    console = "console"
+    json = "json"
+
+
+def _check_listen(value: str) -> None:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        usage_error(
+            f"{value!r} is not HOST:PORT (for example 127.0.0.1:8080 or [::]:8443)",
+            param="--listen",
+        )
+
+
+@app.command("run")
+def run(
+    ctx: typer.Context,
+    listen: Annotated[
+        str | None,
+        typer.Option(
+            "--listen",
+            metavar="HOST:PORT",
+            help="Address of the public ingress (POST /hooks/ID). Default from settings.",
+        ),
+    ] = None,
+    state_dir: StateDirOption = None,
+    tls_cert: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-cert",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="PEM certificate: serve the ingress over HTTPS (needs --tls-key).",
+        ),
+    ] = None,
+    tls_key: Annotated[
+        Path | None,
+        typer.Option(
+            "--tls-key",
+            metavar="FILE",
+            exists=True,
+            dir_okay=False,
+            help="PEM private key for --tls-cert.",
+        ),
+    ] = None,
+    log_level: Annotated[
+        LogLevel | None, typer.Option("--log-level", case_sensitive=False, help="Log verbosity.")
+    ] = None,
+    log_format: Annotated[
+        LogFormat | None,
+        typer.Option("--log-format", case_sensitive=False, help="console (people) or json."),
+    ] = None,
+) -> None:
+    """Run the daemon in the foreground until SIGINT or SIGTERM.
+
+    It serves the public ingress (POST /hooks/ID) on --listen and the admin API
+    on STATE_DIR/palyra.sock (mode 0600). SIGHUP reloads webhooks.toml.
+
+    Example:
+
+    $ palyra daemon run --state-dir ~/.palyra --listen 0.0.0.0:8080
+    """
+    if listen is not None:
+        _check_listen(listen)
+    if (tls_cert is None) != (tls_key is None):
+        usage_error("--tls-cert and --tls-key go together", param="--tls-cert")
+    try:
+        socket_path(resolve_state_dir(state_dir))
+    except SocketPathTooLong as exc:
+        usage_error(str(exc), param="--state-dir")
+    source = ctx.get_parameter_source("state_dir")
+    if source is not None and source.name == "ENVIRONMENT":
+        # The daemon reads PALYRA_STATE_DIR itself, so its settings table can say "env".
+        state_dir = None
+
+    from palyra_py.daemon import run_daemon  # the only place the CLI loads the daemon
+
+    code = run_daemon(
+        state_dir=state_dir,
+        listen=listen,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        log_level=log_level.value if log_level else None,
+        log_format=log_format.value if log_format else None,
+    )
+    raise typer.Exit(code)
+
+
+@app.command("status")
+def status(state_dir: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """Show the running daemon's version, uptime, journal and effective settings.
+
+    Also: the listeners, integrations by readiness, the keyring backend (and
+    whether it is a fallback), and each setting's source (default, file, env,
+    flag).
+
+    Example:
+
+    $ palyra daemon status --json | jq .journal.last_seq
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.status()
+    if json_output:
+        output.print_json(answer)
+        return
+    _render_status(answer)
+
+
+def _listeners(value: Any) -> str:
+    """One line per listener: ``ingress  http://...`` (plain strings are kept as is)."""
+    if not isinstance(value, list) or not value:
+        return output.text(value)
+    lines = []
+    for item in value:
+        if isinstance(item, dict):
+            lines.append(f"{output.text(item.get('kind'))}  {output.text(item.get('address'))}")
+        else:
+            lines.append(output.text(item))
+    return "\n".join(lines)
+
+
+def _render_status(answer: dict[str, Any]) -> None:
+    journal = answer.get("journal") or {}
+    integrations = answer.get("integrations") or {}
+    keyring = answer.get("keyring") or {}
+    by_readiness = integrations.get("by_readiness") or {}
+
+    keyring_text = output.text(keyring.get("backend"))
+    if keyring.get("fallback"):
+        keyring_text += " [yellow](fallback: no OS keyring available)[/]"
+    counts = [f"{output.readiness(name)} {n}" for name, n in by_readiness.items() if n]
+    integrations_text = output.text(integrations.get("total"))
+    if counts:
+        integrations_text += f" ({', '.join(counts)})"
+    daemon_rows = [
+        ("version", output.text(answer.get("version"))),
+        ("pid", output.text(answer.get("pid"))),
+        ("started", output.moment(answer.get("started_at"))),
+        ("uptime", output.duration(answer.get("uptime_s"))),
+        ("state dir", output.text(answer.get("state_dir"))),
+        ("admin socket", output.text(answer.get("admin_socket"))),
+        ("listeners", _listeners(answer.get("listeners"))),
+        ("journal", output.text(journal.get("path"))),
+        ("journal size", output.size(journal.get("size_bytes"))),
+        ("last seq", output.text(journal.get("last_seq"))),
+        ("retention", output.text(journal.get("retention"))),
+        ("integrations", integrations_text),
+        ("keyring", keyring_text),
+    ]
+    settings = answer.get("settings") or []
+    settings_table = output.table(
+        ("section", "key", "value", "source"),
+        (
+            (
+                output.text(item.get("section")),
+                output.text(item.get("key")),
+                output.text(item.get("value")),
+                output.text(item.get("source")),
+            )
+            for item in settings
+        ),
+        title="Effective settings",
+    )
+    console = output.console()
+    console.print(Panel(output.key_value_table(daemon_rows), title="palyra daemon", expand=False))
+    console.print(settings_table)
+
+
+@app.command("reload")
+def reload(state_dir: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """Re-read webhooks.toml after a hand edit (same as SIGHUP).
+
+    If the file does not validate, the daemon keeps the registry it has and the
+    error names the line and column (exit code 1).
+
+    Example:
+
+    $ palyra daemon reload
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.reload()
+    if json_output:
+        output.print_json(answer)
+        return
+    count = answer.get("integrations", "?")
+    output.success(f"Registry reloaded: {count} integration{'' if count == 1 else 's'}.")
+

@@ -1,0 +1,203 @@
+"""Rendering: JSON on stdout for scripts, rich tables and panels for people, and plain
+one-line messages on stderr (never wrapped, so they stay greppable)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cache
+from typing import Any
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+READINESS_STYLE = {
+    "ready": "green",
+    "disabled": "dim",
+    "invalid_secret_ref": "bold red",
+    "secret_not_found": "bold red",
+}
+SEVERITY_STYLE = {"info": "", "warn": "yellow", "error": "bold red"}
+
+
+@cache
+def console() -> Console:
+    """The stdout console. It looks up ``sys.stdout`` at each print, so redirection and
+    test runners that swap the stream keep working."""
+    return Console(highlight=False)
+
+
+# --- machine output ------------------------------------------------------------------
+
+
+def print_json(doc: Any) -> None:
+    """One JSON document on stdout, indented, UTF-8 kept as is."""
+    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def print_json_line(doc: Any) -> None:
+    """One compact JSON object per line, flushed at once (for followers and pipes)."""
+    sys.stdout.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")
+    sys.stdout.flush()
+
+
+# --- messages on stderr --------------------------------------------------------------
+
+
+def error(message: str) -> None:
+    typer.echo(f"palyra: {message}", err=True)
+
+
+def note(message: str) -> None:
+    typer.echo(message, err=True)
+
+
+def success(message: str) -> None:
+    """A short confirmation for people, on stdout."""
+    console().print(Text(message, style="green"))
+
+
+# --- small formatters ----------------------------------------------------------------
+
+
+def text(value: Any) -> str:
+    """A table cell: ``-`` for null/empty, lists joined, everything escaped for rich."""
+    if value is None or value == "" or value == []:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return escape(", ".join(str(item) for item in value))
+    if isinstance(value, dict):
+        if not value:
+            return "-"
+        return escape(", ".join(f"{key}={item}" for key, item in value.items()))
+    return escape(str(value))
+
+
+def moment(value: Any) -> str:
+    """A time the API gives as RFC 3339 text or as unix seconds."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        stamp = datetime.fromtimestamp(value, tz=UTC)
+        return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+    return text(value)
+
+
+def readiness(value: Any) -> str:
+    name = str(value) if value is not None else "-"
+    style = READINESS_STYLE.get(name, "yellow")
+    return f"[{style}]{escape(name)}[/]" if style else escape(name)
+
+
+def severity(value: Any) -> str:
+    name = text(value)
+    style = SEVERITY_STYLE.get(name, "")
+    return f"[{style}]{name}[/]" if style else name
+
+
+def size(num_bytes: Any) -> str:
+    if not isinstance(num_bytes, int | float):
+        return "-"
+    value = float(num_bytes)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def duration(seconds: Any) -> str:
+    """``93784`` -> ``1d 2h 3m 4s`` (largest units first, zeros left out)."""
+    if not isinstance(seconds, int | float):
+        return "-"
+    rest = int(seconds)
+    parts: list[str] = []
+    for unit, length in (("d", 86400), ("h", 3600), ("m", 60)):
+        if rest >= length:
+            parts.append(f"{rest // length}{unit}")
+            rest %= length
+    if rest or not parts:
+        parts.append(f"{rest}s")
+    return " ".join(parts)
+
+
+def key_value_table(rows: Iterable[tuple[str, str]], *, title: str | None = None) -> Table:
+    """Two columns, field names dim; values must already be rich-escaped."""
+    table = Table(show_header=False, box=None, title=title, title_justify="left", pad_edge=False)
+    table.add_column(style="dim", no_wrap=True)
+    table.add_column(overflow="fold")
+    for key, value in rows:
+        table.add_row(key, value)
+    return table
+
+
+def table(
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    title: str | None = None,
+    no_wrap: Collection[str] = (),
+) -> Table:
+    """A table with a header; cells must already be rich-escaped. Columns named in
+    ``no_wrap`` keep their width (ids, timestamps), the others fold."""
+    result = Table(title=title, title_justify="left", header_style="bold")
+    for name in columns:
+        result.add_column(name, overflow="fold", no_wrap=name in no_wrap)
+    for row in rows:
+        result.add_row(*row)
+    return result
+
+
+# --- events ---------------------------------------------------------------------------
+
+
+def event_origin(event: Mapping[str, Any]) -> str:
+    integration = event.get("integration_id")
+    source = event.get("source")
+    if integration and source and integration != source:
+        return f"{source}/{integration}"
+    return str(integration or source or "-")
+
+
+def event_line(event: Mapping[str, Any]) -> Text:
+    """``time  seq  kind  source/integration  event_type`` on one line."""
+    severity = str(event.get("severity") or "info")
+    line = Text()
+    line.append(str(event.get("time", "-")), style="dim")
+    line.append(f"  {event.get('seq', '-')!s:>8}  ", style="cyan")
+    line.append(f"{event.get('kind', '-')!s:<18}", style="bold")
+    line.append(f"  {event_origin(event)}  ")
+    line.append(str(event.get("event_type") or "-"), style=SEVERITY_STYLE.get(severity, ""))
+    return line
+
+
+def event_name(event: Mapping[str, Any]) -> str:
+    """``kind (event_type)``, or just ``kind`` when the type adds nothing; styled by
+    severity."""
+    kind, event_type = event.get("kind"), event.get("event_type")
+    name = text(kind)
+    if event_type and event_type != kind:
+        name += f" ({text(event_type)})"
+    style = SEVERITY_STYLE.get(str(event.get("severity") or "info"), "")
+    return f"[{style}]{name}[/]" if style else name
+
+
+def events_table(events: Sequence[Mapping[str, Any]]) -> Table:
+    """seq, time, event (kind and type), from; severity only when some event is not info
+    (every field is in ``--json``)."""
+    with_severity = any((event.get("severity") or "info") != "info" for event in events)
+    columns = ["seq", "time", "event", "from"] + (["severity"] if with_severity else [])
+    rows = []
+    for event in events:
+        row = [text(event.get("seq")), text(event.get("time")), event_name(event)]
+        row.append(text(event_origin(event)))
+        if with_severity:
+            row.append(severity(event.get("severity")))
+        rows.append(row)
+    return table(columns, rows, no_wrap=("seq", "time"))

@@ -1,0 +1,424 @@
+"""``palyra webhooks ...``: register, inspect, change and test inbound integrations."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from palyra_py.admin_client import JsonObject
+from palyra_py.cli import output, webhook_views
+from palyra_py.cli.session import (
+    ExitCode,
+    JsonOption,
+    StateDirOption,
+    admin_session,
+    check_failed,
+)
+from palyra_py.cli.webhook_inputs import (
+    duration_option,
+    load_payload,
+    provider_options,
+    secret_source,
+    split_list,
+)
+
+app = typer.Typer(
+    help="Inbound integrations: one per provider endpoint, each with its own secret.",
+    no_args_is_help=True,
+)
+
+IdArgument = Annotated[
+    str, typer.Argument(metavar="ID", help="Integration id.", show_default=False)
+]
+GenerateSecretOption = Annotated[
+    bool,
+    typer.Option(
+        "--generate-secret",
+        help="The daemon generates a strong secret and shows it once.",
+    ),
+]
+SecretStdinOption = Annotated[
+    bool,
+    typer.Option(
+        "--secret-stdin",
+        help="Read the secret from one line of standard input (prompted, hidden, on a TTY).",
+    ),
+]
+SecretRefOption = Annotated[
+    str | None,
+    typer.Option(
+        "--secret-ref",
+        metavar="REF",
+        help="Use a secret kept elsewhere: keyring:NAME, env:VAR or file:PATH.",
+    ),
+]
+
+READY_ENOUGH = frozenset({"ready", "disabled"})
+
+
+def _show_secret_answer(answer: JsonObject) -> None:
+    """Print a generated secret once, then where to point the provider and what next."""
+    hook = answer.get("webhook") or {}
+    console = output.console()
+    secret = answer.get("secret")
+    if isinstance(secret, str) and secret:
+        console.print(webhook_views.secret_panel(secret, str(hook.get("integration_id", "?"))))
+    console.print(webhook_views.next_steps(hook, secret_shown=bool(secret)))
+
+
+@app.command("add")
+def add(
+    integration_id: IdArgument,
+    provider: Annotated[
+        str,
+        typer.Option(
+            "--provider",
+            "-p",
+            help="github, stripe, slack, gitlab, shopify, standard-webhooks or generic.",
+            show_default=False,
+        ),
+    ],
+    display_name: Annotated[
+        str | None, typer.Option("--display-name", help="A human name for listings.")
+    ] = None,
+    events: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--events",
+            "-e",
+            metavar="GLOB",
+            help="Accept only these event types (repeatable or comma-separated). Default: all.",
+        ),
+    ] = None,
+    sources: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--sources",
+            metavar="CIDR",
+            help="Accept only from these addresses (repeatable). Default: anywhere.",
+        ),
+    ] = None,
+    max_payload_bytes: Annotated[
+        int | None, typer.Option("--max-payload-bytes", min=1, metavar="N", help="Body limit.")
+    ] = None,
+    timestamp_tolerance: Annotated[
+        str | None,
+        typer.Option(
+            "--timestamp-tolerance",
+            metavar="DURATION",
+            help="Largest clock skew for signed timestamps (300, 5m).",
+        ),
+    ] = None,
+    replay_window: Annotated[
+        str | None,
+        typer.Option(
+            "--replay-window",
+            metavar="DURATION",
+            help="How long delivery ids are remembered to drop duplicates (7d).",
+        ),
+    ] = None,
+    no_signature_required: Annotated[
+        bool,
+        typer.Option(
+            "--no-signature-required",
+            help="Accept unsigned deliveries (verify them when a signature is present).",
+        ),
+    ] = False,
+    option: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            metavar="KEY=VALUE",
+            help="Provider option (repeatable), e.g. for generic: header=X-Signature.",
+        ),
+    ] = None,
+    generate_secret: GenerateSecretOption = False,
+    secret_stdin: SecretStdinOption = False,
+    secret_ref: SecretRefOption = None,
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="Register it disabled (answers 503 until enabled).")
+    ] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Register an integration (one provider endpoint with its own secret).
+
+    Exactly one secret source is required: --generate-secret, --secret-stdin
+    or --secret-ref. A generated secret is printed once, with the ingress URL
+    to give the provider; with --json it is in the JSON answer, once.
+
+    Examples:
+
+    $ palyra webhooks add gh --provider github -e push,pull_request --generate-secret
+    $ palyra webhooks add shop --provider stripe --secret-stdin < whsec.txt
+    $ palyra webhooks add ci --provider generic --secret-ref env:CI_SECRET -o header=X-Sig
+    """
+    secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=False)
+    fields: JsonObject = {"integration_id": integration_id, "provider": provider, "secret": secret}
+    optional: dict[str, Any] = {
+        "display_name": display_name,
+        "allowed_events": split_list(events),
+        "allowed_sources": split_list(sources),
+        "max_payload_bytes": max_payload_bytes,
+        "timestamp_tolerance_s": duration_option(
+            timestamp_tolerance, "--timestamp-tolerance"
+        ),
+        "replay_window_s": duration_option(replay_window, "--replay-window"),
+        "signature_required": False if no_signature_required else None,
+        "enabled": False if disabled else None,
+        "provider_options": provider_options(option),
+    }
+    fields.update({key: value for key, value in optional.items() if value is not None})
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.add_webhook(fields)
+    if json_output:
+        output.print_json(answer)
+        return
+    hook = answer.get("webhook") or {}
+    output.success(
+        f"Added {hook.get('integration_id', integration_id)} "
+        f"(readiness: {hook.get('readiness', '?')})."
+    )
+    _show_secret_answer(answer)
+
+
+@app.command("list")
+def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """List integrations with their readiness and last test.
+
+    Example:
+
+    $ palyra webhooks list
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.list_webhooks()
+    if json_output:
+        output.print_json(answer)
+        return
+    hooks = answer.get("webhooks") or []
+    if not hooks:
+        output.note("No integrations yet. Add one: palyra webhooks add ID --provider P ...")
+        return
+    output.console().print(webhook_views.webhooks_table(hooks))
+
+
+@app.command("show")
+def show(integration_id: IdArgument, state_dir: StateDirOption = None,
+         json_output: JsonOption = False) -> None:
+    """Show every field of one integration (its secret reference, never the secret).
+
+    Example:
+
+    $ palyra webhooks show gh
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.get_webhook(integration_id)
+    if json_output:
+        output.print_json(answer)
+        return
+    output.console().print(webhook_views.webhook_details(answer.get("webhook") or {}))
+
+
+@app.command("remove")
+def remove(
+    integration_id: IdArgument,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Remove an integration; its journaled events stay.
+
+    Asks for confirmation unless --yes. Without a terminal, --yes is required
+    (exit code 2 otherwise, and also when you answer no).
+
+    Example:
+
+    $ palyra webhooks remove old-hook --yes
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            output.error(f"not removing {integration_id} without confirmation: add --yes")
+            raise typer.Exit(ExitCode.USAGE)
+        if not typer.confirm(f"Remove integration {integration_id}?", default=False):
+            output.note("Nothing removed.")
+            raise typer.Exit(ExitCode.USAGE)
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.remove_webhook(integration_id)
+    if json_output:
+        output.print_json(answer)
+        return
+    output.success(f"Removed {answer.get('integration_id', integration_id)}.")
+
+
+def _set_enabled(integration_id: str, enabled: bool, state_dir: Path | None,
+                 json_output: bool) -> None:
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.set_webhook_enabled(integration_id, enabled)
+    if json_output:
+        output.print_json(answer)
+        return
+    hook = answer.get("webhook") or {}
+    verb = "Enabled" if enabled else "Disabled"
+    output.success(f"{verb} {integration_id} (readiness: {hook.get('readiness', '?')}).")
+
+
+@app.command("enable")
+def enable(integration_id: IdArgument, state_dir: StateDirOption = None,
+           json_output: JsonOption = False) -> None:
+    """Accept deliveries for an integration again.
+
+    Example:
+
+    $ palyra webhooks enable gh
+    """
+    _set_enabled(integration_id, True, state_dir, json_output)
+
+
+@app.command("disable")
+def disable(integration_id: IdArgument, state_dir: StateDirOption = None,
+            json_output: JsonOption = False) -> None:
+    """Stop accepting deliveries for an integration (503 with Retry-After).
+
+    Providers retry later instead of dropping the events.
+
+    Example:
+
+    $ palyra webhooks disable gh
+    """
+    _set_enabled(integration_id, False, state_dir, json_output)
+
+
+@app.command("rotate-secret")
+def rotate_secret(
+    integration_id: IdArgument,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace",
+            metavar="DURATION",
+            help="How long the previous secret keeps working (0 ends it now).",
+        ),
+    ] = "24h",
+    generate_secret: GenerateSecretOption = False,
+    secret_stdin: SecretStdinOption = False,
+    secret_ref: SecretRefOption = None,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Replace an integration's secret, keeping the old one valid for a grace period.
+
+    Both secrets verify during --grace, so the provider can be switched
+    without losing deliveries. Without a source flag a new secret is
+    generated and printed once.
+
+    Examples:
+
+    $ palyra webhooks rotate-secret gh
+    $ palyra webhooks rotate-secret shop --secret-ref keyring:shop-2 --grace 1h
+    """
+    grace_s = duration_option(grace, "--grace")
+    secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.rotate_secret(integration_id, grace_s=grace_s, secret=secret)
+    if json_output:
+        output.print_json(answer)
+        return
+    hook = answer.get("webhook") or {}
+    until = output.moment(answer.get("previous_valid_until"))
+    console = output.console()
+    output.success(f"Rotated the secret of {integration_id}.")
+    new_secret = answer.get("secret")
+    if isinstance(new_secret, str) and new_secret:
+        console.print(webhook_views.secret_panel(new_secret, integration_id))
+    shown = bool(new_secret)
+    console.print(webhook_views.rotation_steps(hook, until=until, secret_shown=shown))
+
+
+@app.command("readiness")
+def readiness(
+    integration_id: Annotated[
+        str | None, typer.Argument(metavar="ID", help="Only this integration.")
+    ] = None,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Check that each integration's secret can be resolved.
+
+    Exits 4 if any integration is not ready (invalid_secret_ref or
+    secret_not_found); disabled ones do not count.
+
+    Example:
+
+    $ palyra webhooks readiness || echo "a secret is missing"
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.readiness(integration_id)
+    items = answer.get("readiness") or []
+    if json_output:
+        output.print_json(answer)
+    elif items:
+        output.console().print(webhook_views.readiness_table(items))
+    else:
+        output.note("No integrations.")
+    not_ready = [item for item in items if item.get("readiness") not in READY_ENOUGH]
+    if not_ready:
+        if not json_output:
+            names = ", ".join(str(item.get("integration_id")) for item in not_ready)
+            output.error(f"not ready: {names}")
+        check_failed()
+
+
+@app.command("test")
+def test(
+    integration_id: IdArgument,
+    event: Annotated[
+        str | None, typer.Option("--event", metavar="TYPE", help="Event type to send.")
+    ] = None,
+    payload: Annotated[
+        Path | None,
+        typer.Option("--payload", metavar="FILE", help="JSON object to send ('-' for stdin)."),
+    ] = None,
+    tamper: Annotated[
+        bool,
+        typer.Option(
+            "--tamper",
+            help="Corrupt the signature: the check passes when the ingress REJECTS it.",
+        ),
+    ] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Send a signed test delivery through the real ingress path.
+
+    Prints the outcome, HTTP status, reason and the journal seq and event id.
+    Exits 4 unless the outcome is accepted; with --tamper, unless it is
+    rejected (a tampered signature must be refused).
+
+    Examples:
+
+    $ palyra webhooks test gh --event push --payload push.json
+    $ palyra webhooks test gh --tamper
+    """
+    body: JsonObject = {}
+    if event is not None:
+        body["event"] = event
+    loaded = load_payload(payload)
+    if loaded is not None:
+        body["payload"] = loaded
+    if tamper:
+        body["tamper"] = True
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.test_webhook(integration_id, body)
+    if json_output:
+        output.print_json(answer)
+    else:
+        output.console().print(webhook_views.test_result(answer, tamper=tamper))
+    expected = "rejected" if tamper else "accepted"
+    if answer.get("outcome") != expected:
+        if not json_output:
+            output.error(f"expected outcome {expected}, got {answer.get('outcome')}")
+        check_failed()
