@@ -104,7 +104,9 @@ class WebhooksApi:
         except KeyError as exc:
             raise not_found(f"no integration {exc.args[0]!r}") from None
 
-    def _secret_source(self, body: Mapping[str, Any], provider: str) -> tuple[str | None, str | None]:
+    def _secret_source(
+        self, body: Mapping[str, Any], provider: str
+    ) -> tuple[str | None, str | None]:
         """-> (secret value to store, or None; ref to use, or None)."""
         spec = body.get("secret")
         if spec is None:

@@ -26,7 +26,7 @@ class SeqBus:
             # Wake every waiter once; later waiters get a fresh event.
             self._changed = asyncio.Event()
 
-    async def wait_beyond(self, seq: int, timeout: float | None = None) -> int:
+    async def wait_beyond(self, seq: int, timeout: float | None = None) -> int:  # noqa: ASYNC109
         """Return the head as soon as it is greater than ``seq`` (at once if it already is),
         or the unchanged head after ``timeout`` seconds."""
         while self._head <= seq:

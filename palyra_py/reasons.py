@@ -27,7 +27,7 @@ class Reason(StrEnum):
     PAYLOAD_TOO_LARGE = "payload_too_large"
     UNSUPPORTED_MEDIA_TYPE = "unsupported_media_type"
     INTEGRATION_DISABLED = "integration_disabled"
-    SECRET_UNAVAILABLE = "secret_unavailable"
+    SECRET_UNAVAILABLE = "secret_unavailable"  # noqa: S105 (a reason code, not a secret)
     JOURNAL_UNAVAILABLE = "journal_unavailable"
 
 
@@ -39,11 +39,16 @@ class Answer:
 
 
 ANSWERS: dict[Reason, Answer] = {
-    Reason.ACCEPTED: Answer(202, "status", "Verified and journaled (fsync'd); body has event_id and seq."),
-    Reason.DUPLICATE: Answer(
-        200, "status", "Delivery id already journaled inside the replay window; not journaled again."
+    Reason.ACCEPTED: Answer(
+        202, "status", "Verified and journaled (fsync'd); body has event_id and seq."
     ),
-    Reason.IGNORED: Answer(200, "status", "Verified, but the event type is not in allowed_events."),
+    Reason.DUPLICATE: Answer(
+        200, "status",
+        "Delivery id already journaled inside the replay window; not journaled again.",
+    ),
+    Reason.IGNORED: Answer(
+        200, "status", "Verified, but the event type is not in allowed_events."
+    ),
     Reason.URL_VERIFICATION: Answer(
         200, "status", "Slack url_verification handshake: the challenge is echoed back."
     ),

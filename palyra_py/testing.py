@@ -21,10 +21,10 @@ from palyra_py.secrets import SecretStore
 class MemoryKeyring(KeyringBackend):
     """A keyring backend that keeps passwords in a dict (``keyring``'s own API)."""
 
-    priority = 1  # type: ignore[assignment]
+    priority = 1
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         self.passwords: dict[tuple[str, str], str] = {}
 
     def get_password(self, service: str, username: str) -> str | None:
