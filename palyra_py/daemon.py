@@ -363,25 +363,33 @@ def vars_of(listener: Listener) -> dict[str, str]:
 
 
 async def _serve(daemon: Daemon) -> None:
-    await daemon.start()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    loop.add_signal_handler(signal.SIGINT, stop.set)
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            registry = await daemon.reload()
+            log.info("registry_reloaded", integrations=len(registry.integrations))
+        except RegistryError as exc:
+            log.error("registry_reload_refused", error=str(exc))
+        except ApiError as exc:
+            log.error("registry_reload_failed", error=exc.message)
 
     def on_hup() -> None:
-        async def reload() -> None:
-            try:
-                registry = await daemon.reload()
-                log.info("registry_reloaded", integrations=len(registry.integrations))
-            except RegistryError as exc:
-                log.error("registry_reload_refused", error=str(exc))
-            except ApiError as exc:
-                log.error("registry_reload_failed", error=exc.message)
+        if daemon.started_at == 0.0:
+            log.warning("registry_reload_ignored", reason="the daemon is still starting")
+            return
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
 
-        loop.create_task(reload())  # noqa: RUF006 (fire and forget: it logs its own outcome)
-
+    # Handlers go in before start() says "started": a SIGHUP that follows that line at
+    # once must reload, not kill the process with the default action.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
     loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await daemon.start()
     try:
         await stop.wait()
     finally:

@@ -26,6 +26,7 @@ class DaemonProcess:
         self.proc: asyncio.subprocess.Process | None = None
         self.ingress = ""
         self.log: list[dict[str, Any]] = []
+        self._logged = asyncio.Event()
 
     async def start(self) -> DaemonProcess:
         self.proc = await asyncio.create_subprocess_exec(
@@ -43,7 +44,7 @@ class DaemonProcess:
             if record.get("event") == "daemon_started":
                 self.ingress = str(record["ingress"])
                 break
-        asyncio.get_running_loop().create_task(self._drain())
+        self._drainer = asyncio.get_running_loop().create_task(self._drain())
         return self
 
     def _record(self, line: bytes) -> dict[str, Any]:
@@ -52,12 +53,23 @@ class DaemonProcess:
         except ValueError:
             record = {"raw": line.decode(errors="replace")}
         self.log.append(record)
+        self._logged.set()
         return record
 
     async def _drain(self) -> None:
         assert self.proc is not None and self.proc.stderr is not None
         async for line in self.proc.stderr:
             self._record(line)
+
+    async def wait_for_log(self, events: tuple[str, ...], start: int = 0) -> dict[str, Any]:
+        """The first log record from index ``start`` on whose event is in ``events``."""
+        while True:
+            for record in self.log[start:]:
+                if record.get("event") in events:
+                    return record
+            start = len(self.log)
+            self._logged.clear()
+            await asyncio.wait_for(self._logged.wait(), 30)
 
     def kill(self) -> None:
         assert self.proc is not None

@@ -80,3 +80,33 @@ async def test_sigkill_while_sending_loses_no_acknowledged_event(state_dir: Path
         assert verdict["ok"], verdict
     finally:
         await restarted.stop()
+
+
+async def test_sighup_reloads_a_hand_edit_and_refuses_a_broken_one(state_dir: Path) -> None:
+    import signal
+
+    daemon = await DaemonProcess(state_dir).start()
+    try:
+        registry = state_dir / "webhooks.toml"
+        registry.write_text(
+            "version = 1\n# hand-written\n[[webhooks]]\nintegration_id = \"hand\"\n"
+            "provider = \"gitlab\"\nsecret_ref = \"env:HAND_TOKEN\"\n"
+        )
+        assert daemon.proc is not None
+        seen = len(daemon.log)
+        daemon.proc.send_signal(signal.SIGHUP)
+        record = await daemon.wait_for_log(("registry_reloaded", "registry_reload_refused"), seen)
+        assert record["event"] == "registry_reloaded" and record["integrations"] == 1
+
+        registry.write_text(registry.read_text() + "max_payload_bytes = -1\n")
+        seen = len(daemon.log)
+        daemon.proc.send_signal(signal.SIGHUP)
+        record = await daemon.wait_for_log(("registry_reloaded", "registry_reload_refused"), seen)
+        assert record["event"] == "registry_reload_refused"
+        assert f"{registry}:7:" in record["error"] and "max_payload_bytes" in record["error"]
+        async with await admin_session(state_dir) as admin:
+            async with admin.get("/v1/webhooks") as resp:
+                hooks = (await resp.json())["webhooks"]
+        assert [h["integration_id"] for h in hooks] == ["hand"]
+    finally:
+        await daemon.stop()
