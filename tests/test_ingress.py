@@ -157,3 +157,57 @@ async def test_secret_rotation_accepts_both_during_grace(
     status, _, _ = await send_signed(http, daemon, "gh", PUSH, secret="new-secret",
                                      delivery_id="rotation-delivery-0010")
     assert status == 202
+
+
+async def test_slack_handshake_and_form_encoded_command(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "sl", provider="slack", secret="8f742231b10e8888abcd99yyyzzz85a5")
+    handshake = json.dumps({"type": "url_verification", "challenge": "3eZbrw1aBm2rZgRNFdxV"})
+    status, body, _ = await send_signed(http, daemon, "sl", handshake.encode(), provider="slack",
+                                        secret="8f742231b10e8888abcd99yyyzzz85a5")
+    assert (status, body) == (200, {"challenge": "3eZbrw1aBm2rZgRNFdxV"})
+    command = b"command=%2Fdeploy&text=prod&trigger_id=123.456.abc&user_id=U1"
+    status, body, _ = await send_signed(
+        http, daemon, "sl", command, provider="slack", secret="8f742231b10e8888abcd99yyyzzz85a5",
+        extra_headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert status == 202, body
+    (event,) = await events(admin, type="webhook.received")
+    assert event["event_type"] == "/deploy"
+    assert event["payload"]["payload"] == {"command": "/deploy", "text": "prod",
+                                           "trigger_id": "123.456.abc", "user_id": "U1"}
+
+
+async def test_palyra_sender_posts_its_own_envelope(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "peer", provider="palyra", secret="peer-secret")
+    envelope = {
+        "v": 1, "id": "01J9ZQ4M7G7Y6K2Y3V8W9X0A1B", "event": "entry.created",
+        "source": "kb-sync", "payload": {"entry": 42},
+        "replay_protection": {"nonce": "n" * 20, "timestamp_unix_ms": 0},
+    }
+    status, body, _ = await send_signed(http, daemon, "peer", json.dumps(envelope).encode(),
+                                        provider="palyra", secret="peer-secret",
+                                        delivery_id="nonce-0000000000001")
+    assert status == 202, body
+    (event,) = await events(admin, type="entry.created")
+    assert event["payload"]["payload"] == {"entry": 42}
+    assert event["payload"]["headers"]["palyra-envelope-id"] == envelope["id"]
+    status, body, _ = await send_signed(http, daemon, "peer", json.dumps(envelope).encode(),
+                                        provider="palyra", secret="peer-secret",
+                                        delivery_id="nonce-0000000000001")
+    assert body["status"] == "duplicate"
+
+
+async def test_unsigned_integration_still_dedupes_on_the_body(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    async with admin.post("/v1/webhooks", json={
+        "integration_id": "open", "provider": "generic", "signature_required": False,
+    }) as resp:
+        assert resp.status == 201, await resp.text()
+    url = daemon.ingress_url_for("open", local=True)
+    for expected in ("accepted", "duplicate"):
+        async with http.post(url, json={"type": "ping"}) as resp:
+            assert (await resp.json())["status"] == expected
