@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
+import ulid
 from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
@@ -302,13 +304,17 @@ class WebhooksApi:
         active = self.d.active[integration_id]
         integ = active.integration
         event_type, sample = active.provider.sample_event()
-        if body.get("event") is not None:
-            event_type = str(body["event"])[:128]
+        wanted = body.get("event")
+        if wanted is None and not active.event_allowed(event_type):
+            # Test with an event the integration takes, so the verdict is about the set-up.
+            plain = [p for p in integ.allowed_events if not set(p) & set("*?[")]
+            wanted = plain[0] if plain else None
+        if wanted is not None:
+            event_type = str(wanted)[:128]
+            sample = with_event_type(sample, event_type)
         if body.get("payload") is not None:
             if not isinstance(body["payload"], dict):
                 raise invalid("payload must be a JSON object", "payload")
-            import json
-
             sample = json.dumps(body["payload"]).encode()
         result: dict[str, Any] = {"integration_id": integration_id}
         now = self.d.clock()
@@ -317,8 +323,6 @@ class WebhooksApi:
         except (SecretNotFound, SecretRefError) as exc:
             result.update(outcome="not_ready", status_code=None, reason=str(exc))
         else:
-            import ulid
-
             signed = active.provider.sign(sample, secrets[0], now, event_type, str(ulid.ULID()))
             headers = dict(signed.headers)
             if body.get("tamper"):
@@ -341,6 +345,19 @@ class WebhooksApi:
         if integ.integration_id in self.d.registry.integrations:
             await self._edit(lambda doc: update_integration(doc, integration_id, changes, now_dt))
         return web.json_response(result)
+
+
+def with_event_type(sample: bytes, event_type: str) -> bytes:
+    """Providers that name the event in the body (Stripe, Standard Webhooks...) get it
+    written there too; GitHub-style providers take it from ``sign``'s header."""
+    try:
+        doc = json.loads(sample)
+    except ValueError:
+        return sample
+    if isinstance(doc, dict) and isinstance(doc.get("type"), str):
+        doc["type"] = event_type
+        return json.dumps(doc).encode()
+    return sample
 
 
 def tamper_signature(headers: Mapping[str, str]) -> dict[str, str]:

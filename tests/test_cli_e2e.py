@@ -134,3 +134,18 @@ async def test_twenty_concurrent_adds_all_land_and_comments_survive(daemon: Daem
 async def test_cli_says_when_the_daemon_is_not_running(state_dir: Path) -> None:
     code, _, err = await palyra(state_dir, "webhooks", "list")
     assert code == 3 and "not running" in err and "palyra daemon run" in err
+
+
+async def test_test_sends_an_allowed_event_when_the_sample_is_filtered_out(
+    daemon: Daemon,
+) -> None:
+    sd = daemon.state_dir
+    for integration_id, provider in (("gh", "github"), ("st", "stripe")):
+        code, _, err = await palyra(sd, "webhooks", "add", integration_id, "--provider",
+                                    provider, "--events", "invoice.paid,push",
+                                    "--generate-secret")
+        assert code == 0, err
+        verdict = await palyra_json(sd, "webhooks", "test", integration_id)
+        assert verdict["outcome"] == "accepted", verdict
+    code, _, err = await palyra(sd, "webhooks", "test", "gh", "--event", "issues")
+    assert code == 0 and "not in allowed_events" in err

@@ -395,8 +395,11 @@ def test(
     """Send a signed test delivery through the real ingress path.
 
     Prints the outcome, HTTP status, reason and the journal seq and event id.
-    Exits 4 unless the outcome is accepted; with --tamper, unless it is
-    rejected (a tampered signature must be refused).
+    Exits 4 unless the signature was verified (outcome accepted, or ignored
+    when the event type is not in the integration's allowed events); with
+    --tamper, unless it is rejected (a tampered signature must be refused).
+    Without --event, the provider's sample event is sent, or the first plain
+    name in allowed events when the sample's type is not allowed.
 
     Examples:
 
@@ -417,8 +420,12 @@ def test(
         output.print_json(answer)
     else:
         output.console().print(webhook_views.test_result(answer, tamper=tamper))
-    expected = "rejected" if tamper else "accepted"
-    if answer.get("outcome") != expected:
+    outcome = answer.get("outcome")
+    passed = outcome == "rejected" if tamper else outcome in ("accepted", "ignored")
+    if not passed:
         if not json_output:
-            output.error(f"expected outcome {expected}, got {answer.get('outcome')}")
+            expected = "rejected" if tamper else "accepted"
+            output.error(f"expected outcome {expected}, got {outcome}")
         check_failed()
+    if outcome == "ignored" and not json_output:
+        output.error("the signature was verified, but the event type is not in allowed_events")
