@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from datetime import datetime
@@ -112,6 +113,18 @@ class EventsApi:
         )
         await response.prepare(request)
         await response.write(b": palyra event stream\n\n")
+        # The daemon cancels open streams when it stops; a stream otherwise only notices a
+        # gone client at its next write (at most one heartbeat later).
+        task = asyncio.current_task()
+        assert task is not None
+        self.d.streams.add(task)
+        try:
+            await self._follow(response, flt, cursor)
+        finally:
+            self.d.streams.discard(task)
+        return response
+
+    async def _follow(self, response: web.StreamResponse, flt: EventFilter, cursor: int) -> None:
         while True:
             events = await self.d.journal.list(EventFilter(), after_seq=cursor, limit=STREAM_PAGE)
             for event in events:

@@ -133,6 +133,18 @@ class WebhooksApi:
             raise invalid(str(exc), "secret.ref") from None
         return None, str(ref)
 
+    async def _store_secret(self, name: str, value: str) -> str:
+        """Store in the keyring; a backend failure is a 422 ``secret_error`` that names the
+        backend and the error class, never the value."""
+        try:
+            return await asyncio.to_thread(self.d.secrets.store, name, value)
+        except Exception as exc:
+            raise ApiError(
+                422, "secret_error",
+                f"could not store the secret in {self.d.secrets.backend_name}: "
+                f"{type(exc).__name__}",
+            ) from None
+
     # -- handlers ------------------------------------------------------------------------
 
     async def list(self, request: web.Request) -> web.Response:
@@ -163,7 +175,7 @@ class WebhooksApi:
         stored_name = None
         if value is not None:
             stored_name = keyring_name(integration_id)
-            ref = await asyncio.to_thread(self.d.secrets.store, stored_name, value)
+            ref = await self._store_secret(stored_name, value)
             self.d.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
         now = self.d.now_dt()
@@ -176,7 +188,7 @@ class WebhooksApi:
         await self.d.journal_admin("integration.created", integration_id,
                                    {"provider": fields["provider"], "secret_ref": ref})
         answer: dict[str, Any] = {"webhook": await self._public(integration_id)}
-        if body.get("secret", {}).get("generate"):
+        if (body.get("secret") or {}).get("generate"):
             answer["secret"] = value  # shown once, never stored outside the keyring
         return web.json_response(answer, status=201)
 
@@ -239,7 +251,7 @@ class WebhooksApi:
             0 <= grace <= 30 * 86400
         ):
             raise invalid("grace_s must be a number of seconds from 0 to 2592000", "grace_s")
-        if "secret" not in body:
+        if body.get("secret") is None:
             body["secret"] = {"generate": True}
         value, new_ref = self._secret_source(body, integ.provider)
         old_ref = integ.secret_ref
@@ -255,10 +267,10 @@ class WebhooksApi:
                 except (SecretNotFound, SecretRefError):
                     old_value = None
                 if old_value is not None:
-                    prev_ref = await asyncio.to_thread(store.store, prev_name, old_value)
+                    prev_ref = await self._store_secret(prev_name, old_value)
                 else:
                     prev_ref = None
-            new_ref = await asyncio.to_thread(store.store, current_name, value)
+            new_ref = await self._store_secret(current_name, value)
         store.forget_cached()
         now = self.d.now_dt()
         until = now + timedelta(seconds=grace) if grace > 0 and prev_ref else None

@@ -106,6 +106,7 @@ class Daemon:
         self._ingress_host = "127.0.0.1"
         self._tls = False
         self.stopped = asyncio.Event()
+        self.streams: set[asyncio.Task[Any]] = set()
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -316,7 +317,7 @@ class Daemon:
         if self.stopped.is_set():
             return
         self.stopped.set()
-        for task in self._tasks:
+        for task in [*self._tasks, *self.streams]:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):

@@ -10,6 +10,7 @@ import stat
 import aiohttp
 
 from palyra_py.daemon import Daemon
+from palyra_py.testing import MemoryKeyring
 from tests.helpers import add_integration, events
 
 
@@ -166,3 +167,33 @@ async def test_stream_pushes_new_events_and_resumes_by_last_event_id(
     async with admin.get("/v1/events/stream", params={"type": "app.*"}, headers=headers) as resp:
         resumed = await asyncio.wait_for(read_events(resp, 1), 10)
     assert [e["kind"] for e in resumed] == ["app.three"]
+
+
+async def test_secret_null_means_default(admin: aiohttp.ClientSession) -> None:
+    async with admin.post("/v1/webhooks", json={
+        "integration_id": "open", "provider": "generic", "signature_required": False,
+        "secret": None,
+    }) as resp:
+        assert resp.status == 201, await resp.text()
+    await add_integration(admin, "gh")
+    async with admin.post("/v1/webhooks/gh/rotate-secret", json={"secret": None}) as resp:
+        rotated = await resp.json()
+        assert resp.status == 200, rotated
+    assert rotated["secret"] and rotated["webhook"]["readiness"] == "ready"
+
+
+async def test_keyring_failure_is_a_secret_error_without_the_value(
+    admin: aiohttp.ClientSession, memory_keyring: MemoryKeyring
+) -> None:
+    def broken(service: str, username: str, password: str) -> None:
+        raise RuntimeError(f"backend exploded with {password}")
+
+    memory_keyring.set_password = broken  # type: ignore[method-assign]
+    async with admin.post("/v1/webhooks", json={
+        "integration_id": "gh", "provider": "github", "secret": {"value": "do-not-echo"},
+    }) as resp:
+        answer = await resp.json()
+    assert resp.status == 422 and answer["error"] == "secret_error"
+    assert "do-not-echo" not in json.dumps(answer)
+    async with admin.get("/v1/webhooks") as resp:
+        assert (await resp.json())["webhooks"] == []
