@@ -1,24 +1,65 @@
 """The TOML registry ``webhooks.toml``: integrations (and, later, subscriptions).
 
-INTERFACE STUB: the public names and signatures below are the contract used by the daemon.
+The file is meant to be edited by people as well as by the daemon, so it is read and written
+with tomlkit: comments, blank lines and key order survive every change the daemon makes.
+Every value is checked on load; an error names the field (``webhooks[2].max_payload_bytes``,
+records counted from 0), says what is allowed and, when it comes from the file, carries the
+line and column. Writes are atomic and serialised between threads and processes.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import importlib
+import ipaddress
+import re
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, date, datetime, time
 from pathlib import Path
 from typing import Any
 
 import tomlkit
+from tomlkit.exceptions import ParseError
+from tomlkit.items import AoT, Array, Comment, InlineTable, Null, Table, Trivia, Whitespace
 
+from palyra_py.keyring_file import exclusive_lock, write_atomic
+from palyra_py.secrets import SecretRefError, parse_secret_ref
+
+REGISTRY_VERSION = 1
 MAX_INTEGRATIONS = 1024
 MAX_ALLOWED_EVENTS = 64
+MAX_ALLOWED_SOURCES = 64
+MAX_PATTERN_BYTES = 128
+MAX_DISPLAY_NAME_BYTES = 128
+MAX_TEST_MESSAGE_BYTES = 1024
+MAX_PROVIDER_OPTIONS = 64
 DEFAULT_MAX_PAYLOAD_BYTES = 1024 * 1024
 MAX_MAX_PAYLOAD_BYTES = 32 * 1024 * 1024
 DEFAULT_TIMESTAMP_TOLERANCE_S = 300
+MAX_TIMESTAMP_TOLERANCE_S = 24 * 3600
 DEFAULT_REPLAY_WINDOW_S = 7 * 24 * 3600
+MIN_REPLAY_WINDOW_S = 60
+MAX_REPLAY_WINDOW_S = 90 * 24 * 3600
+MAX_REGISTRY_BYTES = 16 * 1024 * 1024
+FALLBACK_PROVIDER_NAMES = (
+    "generic",
+    "github",
+    "gitlab",
+    "palyra",
+    "shopify",
+    "slack",
+    "standard-webhooks",
+    "stripe",
+)
+NEW_REGISTRY_TEXT = (
+    "# palyra-py webhook registry. Every field is explained in webhooks.example.toml.\n"
+    "version = 1\n"
+)
+# Top-level keys; `subscriptions` is reserved for outbound subscriptions and ignored here.
+TOP_LEVEL_KEYS = ("version", "webhooks", "subscriptions")
 
 
 class RegistryError(Exception):
@@ -78,7 +119,7 @@ class Integration:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (datetimes as RFC 3339 strings, tuples as lists)."""
-        raise NotImplementedError
+        return {name: _jsonable(getattr(self, name)) for name in FIELDS}
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,54 +128,735 @@ class Registry:
     integrations: Mapping[str, Integration]
 
 
+FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Integration))
+DEFAULTS: dict[str, Any] = {
+    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+    for f in dataclasses.fields(Integration)
+    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+}
+# A new record always shows these, even at their defaults, so that a person reading the
+# file sees what matters; everything else is written only when it differs from the default.
+ALWAYS_WRITTEN = frozenset(
+    {
+        "integration_id",
+        "provider",
+        "display_name",
+        "secret_ref",
+        "enabled",
+        "created_at",
+        "updated_at",
+    }
+)
+
+
+def _rfc3339(value: datetime) -> str:
+    text = value.astimezone(UTC).isoformat()
+    return text[: -len("+00:00")] + "Z" if text.endswith("+00:00") else text
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return _rfc3339(value)
+    if isinstance(value, (date, time)):
+        return value.isoformat()
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def _providers_attr(name: str) -> Any:
+    # Lazy: providers are written alongside this module; until they offer `name`, the
+    # registry falls back to its own list and skips option checks.
+    try:
+        module = importlib.import_module("palyra_py.providers")
+    except ImportError:
+        return None
+    return getattr(module, name, None)
+
+
+# ---------------------------------------------------------------------------------------
+# Field checks: each takes (value, field name) and returns the normalised value.
+
+
+def _fail(field_name: str, message: str) -> RegistryError:
+    return RegistryError(f"{field_name}: {message}", field=field_name)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+_ID = re.compile(r"[a-z0-9._-]{1,64}")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL_BUT_NEWLINES = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_STATUS = re.compile(r"[a-z0-9_]{1,64}")
+
+
 def normalize_id(value: str, *, field: str = "integration_id") -> str:
-    """Trim, lowercase, check ``[a-z0-9._-]{1,64}``; raise ``RegistryError(field=...)``."""
-    raise NotImplementedError
+    """Trim, lowercase, check ``[a-z0-9._-]{1,64}``; raise ``RegistryError(field=...)``.
+    ``.`` and ``..`` are refused too: an id is a URL path segment."""
+    rule = "must be 1 to 64 characters of a-z 0-9 . _ - (trimmed and lowercased)"
+    if not isinstance(value, str):
+        raise _fail(field, f"{rule}, got {_show(value)}")
+    norm = value.strip().lower()
+    if not _ID.fullmatch(norm) or norm in (".", ".."):
+        raise _fail(field, f"{rule}, got {_show(value)}")
+    return norm
+
+
+def _provider_names() -> tuple[str, ...]:
+    names = _providers_attr("PROVIDER_NAMES")
+    return tuple(names) if names else FALLBACK_PROVIDER_NAMES
+
+
+def _check_provider(value: Any, name: str) -> str:
+    allowed = _provider_names()
+    norm = value.strip().lower() if isinstance(value, str) else None
+    if norm not in allowed:
+        raise _fail(name, f"must be one of {', '.join(allowed)}, got {_show(value)}")
+    return norm
+
+
+def _check_display_name(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(name, f"must be a string, got {_show(value)}")
+    norm = value.strip()
+    if len(norm.encode("utf-8", "surrogatepass")) > MAX_DISPLAY_NAME_BYTES:
+        raise _fail(name, f"must be at most {MAX_DISPLAY_NAME_BYTES} bytes of UTF-8")
+    if _CONTROL.search(norm):
+        raise _fail(name, "must not contain control characters")
+    return norm
+
+
+def _check_secret_ref(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(name, "must be a string: keyring:NAME, env:VAR or file:/absolute/path")
+    try:
+        parse_secret_ref(value.strip())
+    except SecretRefError as exc:
+        raise _fail(name, str(exc)) from None
+    return value.strip()
+
+
+def _check_datetime(value: Any, name: str) -> datetime:
+    rule = "must be an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z"
+    if isinstance(value, str):
+        try:
+            value = datetime.fromisoformat(value.strip())
+        except ValueError:
+            raise _fail(name, f"{rule}, got {_show(value)}") from None
+    if not isinstance(value, datetime):
+        raise _fail(name, f"{rule}, got {_show(value)}")
+    if value.utcoffset() is None:
+        raise _fail(name, f"{rule} (this one has no offset)")
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise _fail(name, f"{rule}, got {_show(value)} (out of range)") from None
+    # tomlkit's DateTime item is a datetime subclass; keep plain datetimes in Integration.
+    return datetime(
+        value.year, value.month, value.day,
+        value.hour, value.minute, value.second, value.microsecond, tzinfo=UTC,
+    )  # fmt: skip
+
+
+def _check_bool(value: Any, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise _fail(name, f"must be true or false, got {_show(value)}")
+    return value
+
+
+def _int_range(low: int, high: int) -> Callable[[Any, str], int]:
+    def check(value: Any, name: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise _fail(name, f"must be an integer from {low} to {high}, got {_show(value)}")
+        return int(value)
+
+    return check
+
+
+def _check_list(
+    value: Any, name: str, limit: int, item: Callable[[Any, str], str]
+) -> tuple[str, ...]:
+    if not isinstance(value, (list, tuple)):
+        raise _fail(name, f"must be an array (empty = allow all), got {_show(value)}")
+    seen: dict[str, None] = {}
+    for index, entry in enumerate(value):
+        seen.setdefault(item(entry, f"{name}[{index}]"), None)
+    if len(seen) > limit:
+        raise _fail(name, f"must have at most {limit} distinct entries, got {len(seen)}")
+    return tuple(seen)
+
+
+def _check_event_pattern(value: Any, name: str) -> str:
+    # Spaces are allowed inside: GitLab's event types are "Push Hook", "Merge Request Hook".
+    rule = (
+        f"must be an event type or glob pattern (1 to {MAX_PATTERN_BYTES} bytes, no control"
+        " characters)"
+    )
+    if not isinstance(value, str):
+        raise _fail(name, f"{rule}, got {_show(value)}")
+    norm = value.strip()
+    size = len(norm.encode("utf-8", "surrogatepass"))
+    if not 1 <= size <= MAX_PATTERN_BYTES or _CONTROL.search(norm):
+        raise _fail(name, f"{rule}, got {_show(value)}")
+    return norm
+
+
+def _check_source(value: Any, name: str) -> str:
+    rule = "must be an IP address or CIDR network such as 192.0.2.0/24 or 2001:db8::/32"
+    if not isinstance(value, str):
+        raise _fail(name, f"{rule}, got {_show(value)}")
+    try:
+        return str(ipaddress.ip_network(value.strip(), strict=False))
+    except ValueError:
+        raise _fail(name, f"{rule}, got {_show(value)}") from None
+
+
+def _check_events(value: Any, name: str) -> tuple[str, ...]:
+    return _check_list(value, name, MAX_ALLOWED_EVENTS, _check_event_pattern)
+
+
+def _check_sources(value: Any, name: str) -> tuple[str, ...]:
+    return _check_list(value, name, MAX_ALLOWED_SOURCES, _check_source)
+
+
+def _check_options(value: Any, name: str) -> dict[str, Any]:
+    if not isinstance(value, Mapping):
+        raise _fail(name, f"must be a table of provider options, got {_show(value)}")
+    if len(value) > MAX_PROVIDER_OPTIONS:
+        raise _fail(name, f"must have at most {MAX_PROVIDER_OPTIONS} options")
+    plain: dict[str, Any] = _plain(value)
+    return plain
+
+
+def _plain(value: Any) -> Any:
+    """A deep copy made of builtin types (tomlkit items unwrapped)."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    unwrap = getattr(value, "unwrap", None)
+    return unwrap() if callable(unwrap) else value
+
+
+def _check_status(value: Any, name: str) -> str:
+    norm = value.strip().lower() if isinstance(value, str) else None
+    if norm is None or not _STATUS.fullmatch(norm):
+        raise _fail(name, f"must be a word of a-z 0-9 _ (e.g. accepted), got {_show(value)}")
+    return norm
+
+
+def _check_message(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise _fail(name, f"must be a string, got {_show(value)}")
+    if len(value.encode("utf-8", "surrogatepass")) > MAX_TEST_MESSAGE_BYTES:
+        raise _fail(name, f"must be at most {MAX_TEST_MESSAGE_BYTES} bytes of UTF-8")
+    if _CONTROL_BUT_NEWLINES.search(value):
+        raise _fail(name, "must not contain control characters other than tab and newline")
+    return value
+
+
+CHECKS: dict[str, Callable[[Any, str], Any]] = {
+    "integration_id": lambda value, name: normalize_id(value, field=name),
+    "provider": _check_provider,
+    "display_name": _check_display_name,
+    "secret_ref": _check_secret_ref,
+    "previous_secret_ref": _check_secret_ref,
+    "previous_valid_until": _check_datetime,
+    "allowed_events": _check_events,
+    "allowed_sources": _check_sources,
+    "enabled": _check_bool,
+    "signature_required": _check_bool,
+    "max_payload_bytes": _int_range(1, MAX_MAX_PAYLOAD_BYTES),
+    "timestamp_tolerance_s": _int_range(1, MAX_TIMESTAMP_TOLERANCE_S),
+    "replay_window_s": _int_range(MIN_REPLAY_WINDOW_S, MAX_REPLAY_WINDOW_S),
+    "provider_options": _check_options,
+    "created_at": _check_datetime,
+    "updated_at": _check_datetime,
+    "last_test_status": _check_status,
+    "last_test_at": _check_datetime,
+    "last_test_message": _check_message,
+}
+assert set(CHECKS) == set(FIELDS)
 
 
 def validate_integration_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Normalise and check a dict of integration fields (as given by the admin API or read
-    from TOML); return the normalised dict; raise ``RegistryError`` naming the field."""
-    raise NotImplementedError
+    from TOML); return the normalised dict; raise ``RegistryError`` naming the field.
+
+    ``integration_id`` and ``provider`` are required; a ``None`` value counts as absent, and
+    absent keys are absent from the result (``Integration(**result)`` fills the defaults).
+    """
+    return _validate_record(fields, "")
+
+
+def _validate_record(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    if not isinstance(fields, Mapping):
+        raise _fail(prefix.rstrip(".") or "integration", "must be a table of fields")
+    for key in fields:
+        if key not in CHECKS:
+            hint = difflib.get_close_matches(str(key), FIELDS, n=1)
+            guess = f" did you mean {hint[0]!r}?" if hint else ""
+            raise _fail(f"{prefix}{key}", f"unknown key;{guess} allowed: {', '.join(FIELDS)}")
+    out: dict[str, Any] = {}
+    for key in FIELDS:
+        if fields.get(key) is not None:
+            out[key] = CHECKS[key](fields[key], f"{prefix}{key}")
+    for key in ("integration_id", "provider"):
+        if key not in out:
+            raise _fail(f"{prefix}{key}", "is required")
+    if ("previous_secret_ref" in out) != ("previous_valid_until" in out):
+        missing = "previous_valid_until" if "previous_secret_ref" in out else "previous_secret_ref"
+        raise _fail(
+            f"{prefix}{missing}",
+            "is required with the other one: previous_secret_ref stays accepted until"
+            " previous_valid_until",
+        )
+    get_provider = _providers_attr("get_provider")
+    if callable(get_provider):
+        try:
+            get_provider(out["provider"], out.get("provider_options") or None)
+        except Exception as exc:
+            # Any failure to build the provider means these options cannot work.
+            raise _fail(f"{prefix}provider_options", str(exc)) from None
+    return out
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing, with positions for errors.
 
 
 def parse_registry(text: str, path: Path) -> Registry:
     """Parse and validate registry text; errors carry line and column."""
-    raise NotImplementedError
+    try:
+        data = tomlkit.parse(text).unwrap()
+    except ParseError as exc:
+        message = str(exc).rsplit(" at line ", 1)[0]
+        # tomlkit reports the end of the text as the character NUL.
+        message = message.replace("Unexpected character: '\\x00'", "unexpected end of file")
+        # tomlkit counts columns from 0; editors and compilers count from 1.
+        raise RegistryError(
+            f"TOML syntax error: {message}", path=path, line=exc.line, col=exc.col + 1
+        ) from None
+    except Exception as exc:
+        # tomlkit may fail on pathological input with other exceptions (deep nesting...);
+        # the daemon must get a RegistryError whatever the text.
+        raise RegistryError(f"TOML syntax error ({type(exc).__name__})", path=path) from None
+    try:
+        integrations = _build(data)
+    except RegistryError as exc:
+        line, col = _locate(text, exc.field or "")
+        raise RegistryError(exc.message, path=path, line=line, col=col, field=exc.field) from None
+    return Registry(path=path, integrations=integrations)
+
+
+def _build(data: Mapping[str, Any]) -> dict[str, Integration]:
+    for key in data:
+        if key not in TOP_LEVEL_KEYS:
+            hint = difflib.get_close_matches(key, TOP_LEVEL_KEYS[:2], n=1)
+            guess = f" did you mean {hint[0]!r}?" if hint else ""
+            raise _fail(key, f"unknown top-level key;{guess} allowed: version, [[webhooks]]")
+    version = data.get("version", REGISTRY_VERSION)
+    if isinstance(version, bool) or version != REGISTRY_VERSION:
+        raise _fail(
+            "version",
+            f"must be {REGISTRY_VERSION} (the only format this palyra-py reads),"
+            f" got {_show(version)}",
+        )
+    records = data.get("webhooks", [])
+    if not isinstance(records, list):
+        raise _fail("webhooks", "must be an array of tables, written [[webhooks]]")
+    if len(records) > MAX_INTEGRATIONS:
+        raise _fail(
+            f"webhooks[{MAX_INTEGRATIONS}]",
+            f"at most {MAX_INTEGRATIONS} integrations are allowed, found {len(records)}",
+        )
+    out: dict[str, Integration] = {}
+    first: dict[str, int] = {}
+    for index, record in enumerate(records):
+        prefix = f"webhooks[{index}]"
+        if not isinstance(record, dict):
+            raise _fail(prefix, f"must be a table of fields, got {_show(record)}")
+        norm = _validate_record(record, prefix + ".")
+        integration_id = norm["integration_id"]
+        if integration_id in first:
+            raise _fail(
+                f"{prefix}.integration_id",
+                f"duplicate id {integration_id!r}"
+                f" (already used by webhooks[{first[integration_id]}])",
+            )
+        first[integration_id] = index
+        out[integration_id] = Integration(**norm)
+    return out
+
+
+_FIELD_PATH = re.compile(r"webhooks\[(\d+)\](?:\.([A-Za-z0-9_-]+))?")
+
+
+def _key_pattern(key: str) -> str:
+    quoted = re.escape(key)
+    return f"(?:{quoted}|\"{quoted}\"|'{quoted}')"
+
+
+_WEBHOOKS = _key_pattern("webhooks")
+_RECORD_HEADER = re.compile(rf"(\s*)\[\[\s*{_WEBHOOKS}\s*\]\]")
+_SUB_TABLE_HEADER = re.compile(rf"\s*\[\s*{_WEBHOOKS}\s*\.")
+_ANY_HEADER = re.compile(r"\s*\[")
+
+
+def _locate(text: str, field_name: str) -> tuple[int | None, int | None]:
+    """Line and column (1-based) of the key a field error is about.
+
+    tomlkit keeps no positions, so the text is scanned: the N-th ``[[webhooks]]`` header,
+    then ``key =`` (or ``key.x =``, or a ``[webhooks.key]`` header) inside that record. A
+    missing key points at the record's header; anything else found nowhere gives no
+    position rather than a wrong one.
+    """
+    lines = _code_lines(text)
+    match = _FIELD_PATH.match(field_name)
+    if match is None:
+        top = re.match(r"[^.\[]+", field_name)
+        return _find_top_level(lines, top.group(0)) if top else (None, None)
+    index, key = int(match.group(1)), match.group(2)
+    headers = [
+        (n, len(found.group(1)) + 1) for n, line in lines if (found := _RECORD_HEADER.match(line))
+    ]
+    if index >= len(headers):
+        return _find_top_level(lines, "webhooks")
+    header_pos: tuple[int | None, int | None] = headers[index]
+    start = headers[index][0]
+    if key is None:
+        return header_pos
+    assignment = re.compile(rf"(\s*){_key_pattern(key)}\s*[=.]")
+    sub_table = re.compile(rf"(\s*)\[\s*{_WEBHOOKS}\s*\.\s*{_key_pattern(key)}\s*[\].]")
+    for n, line in lines:
+        if n <= start:
+            continue
+        if _ANY_HEADER.match(line) and not _SUB_TABLE_HEADER.match(line):
+            break
+        found = assignment.match(line) or sub_table.match(line)
+        if found:
+            return n, len(found.group(1)) + 1
+    return header_pos
+
+
+def _find_top_level(lines: list[tuple[int, str]], key: str) -> tuple[int | None, int | None]:
+    assignment = re.compile(rf"(\s*){_key_pattern(key)}\s*[=.]")
+    header = re.compile(rf"(\s*)\[\[?\s*{_key_pattern(key)}\s*[\].]")
+    in_table = False
+    for n, line in lines:
+        found = header.match(line)
+        if not found and not in_table:
+            found = assignment.match(line)
+        if found:
+            return n, len(found.group(1)) + 1
+        in_table = in_table or bool(_ANY_HEADER.match(line))
+    return None, None
+
+
+def _code_lines(text: str) -> list[tuple[int, str]]:
+    """``(line number, line)`` for every line that starts outside a multi-line string."""
+    out: list[tuple[int, str]] = []
+    open_delimiter: str | None = None
+    for number, line in enumerate(text.splitlines(), start=1):
+        if open_delimiter is not None:
+            end = line.find(open_delimiter)
+            if end < 0:
+                continue
+            open_delimiter = _opens_multiline(line[end + 3 :])
+            continue
+        out.append((number, line))
+        open_delimiter = _opens_multiline(line)
+    return out
+
+
+def _opens_multiline(line: str) -> str | None:
+    """The delimiter of a multi-line string left open at the end of ``line``, if any."""
+    i = 0
+    while i < len(line):
+        if line.startswith(('"""', "'''"), i):
+            delimiter = line[i : i + 3]
+            end = line.find(delimiter, i + 3)
+            if end < 0:
+                return delimiter
+            i = end + 3
+        elif line[i] == "#":
+            return None
+        elif line[i] == '"':
+            i += 1
+            while i < len(line) and line[i] != '"':
+                i += 2 if line[i] == "\\" else 1
+            i += 1
+        elif line[i] == "'":
+            end = line.find("'", i + 1)
+            i = len(line) if end < 0 else end + 1
+        else:
+            i += 1
+    return None
+
+
+# ---------------------------------------------------------------------------------------
+# The file.
 
 
 class RegistryFile:
     """The on-disk registry. All writes are atomic and serialised by an inter-process lock."""
 
     def __init__(self, path: Path) -> None:
-        raise NotImplementedError
+        self.path = Path(path)
+        self.lock_path = self.path.with_name(self.path.name + ".lock")
+        self._lock = threading.Lock()
 
     def load(self) -> Registry:
         """Read and validate the file; a missing file is an empty registry."""
-        raise NotImplementedError
+        text = self._read_text()
+        if text is None:
+            return Registry(path=self.path, integrations={})
+        return parse_registry(text, self.path)
+
+    def _read_text(self) -> str | None:
+        try:
+            raw = self.path.read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            message = f"cannot read the registry ({exc.strerror})"
+            raise RegistryError(message, path=self.path) from None
+        if len(raw) > MAX_REGISTRY_BYTES:
+            raise RegistryError(f"larger than {MAX_REGISTRY_BYTES} bytes", path=self.path)
+        try:
+            return raw.decode("utf-8-sig")
+        except UnicodeDecodeError as exc:
+            line = raw.count(b"\n", 0, exc.start) + 1
+            col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise RegistryError("not UTF-8 text", path=self.path, line=line, col=col) from None
 
     def edit(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
         """Under the lock: read the file as it is on disk (or a new ``version = 1`` document),
         apply ``change`` to the tomlkit document, validate the result, write it atomically
         (temp file in the same dir, fsync, rename, fsync dir; mode 0600), and return it. If
         validation fails nothing is written and ``RegistryError`` is raised."""
-        raise NotImplementedError
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock, exclusive_lock(self.lock_path):
+            text = self._read_text()
+            exists = text is not None
+            if text is None:
+                text = NEW_REGISTRY_TEXT
+            # Validate what is on disk first: if the change leaves a hand-made error in
+            # place, that error is reported with its true line and column.
+            try:
+                parse_registry(text, self.path)
+                on_disk_error: RegistryError | None = None
+            except RegistryError as exc:
+                if exc.field is None:  # not even TOML: there is no document to change
+                    raise
+                on_disk_error = exc
+            doc = tomlkit.parse(text)
+            change(doc)
+            new_text = doc.as_string()
+            try:
+                registry = parse_registry(new_text, self.path)
+            except RegistryError as exc:
+                if on_disk_error is not None and on_disk_error.message == exc.message:
+                    raise on_disk_error from None
+                # Positions would point into text that was never written: leave them out.
+                raise RegistryError(exc.message, path=self.path, field=exc.field) from None
+            if not exists or new_text != text:
+                write_atomic(self.path, new_text.encode("utf-8"))
+            return registry
+
+
+# ---------------------------------------------------------------------------------------
+# Editing the document in place, keeping what a person wrote.
+
+
+def _records(doc: tomlkit.TOMLDocument) -> AoT | Array | None:
+    if "webhooks" not in doc:
+        return None
+    item = doc.item("webhooks")
+    if isinstance(item, (AoT, Array)):
+        return item
+    raise _fail("webhooks", "must be an array of tables, written [[webhooks]]")
+
+
+def _find(doc: tomlkit.TOMLDocument, integration_id: str) -> tuple[AoT | Array, int]:
+    try:
+        target = normalize_id(integration_id)
+    except RegistryError:
+        raise KeyError(integration_id) from None
+    records = _records(doc)
+    for index, record in enumerate(records or ()):
+        value = record.get("integration_id") if isinstance(record, Mapping) else None
+        if isinstance(value, str) and value.strip().lower() == target:
+            assert records is not None
+            return records, index
+    raise KeyError(integration_id)
+
+
+def _toml_value(value: Any) -> Any:
+    if isinstance(value, (list, tuple)):
+        array = tomlkit.array()
+        array.extend(value)
+        if sum(len(str(v)) + 4 for v in value) > 72:
+            array.multiline(True)
+        return array
+    if isinstance(value, Mapping):
+        table = tomlkit.inline_table()
+        table.update(value)
+        return table
+    return value
 
 
 def add_integration(doc: tomlkit.TOMLDocument, fields: Mapping[str, Any], now: datetime) -> None:
     """Append a ``[[webhooks]]`` record (sets created_at/updated_at); raise ``RegistryError``
     if the id exists (field ``integration_id``) or the limit is reached."""
-    raise NotImplementedError
+    norm = validate_integration_fields({**fields, "created_at": now, "updated_at": now})
+    records = _records(doc)
+    if records is not None:
+        if len(records) >= MAX_INTEGRATIONS:
+            raise _fail("webhooks", f"at most {MAX_INTEGRATIONS} integrations are allowed")
+        try:
+            _find(doc, norm["integration_id"])
+        except KeyError:
+            pass
+        else:
+            raise _fail("integration_id", f"{norm['integration_id']!r} already exists")
+    table = tomlkit.table()
+    for key in FIELDS:
+        value = norm.get(key, DEFAULTS.get(key))
+        if value is not None and (key in ALWAYS_WRITTEN or value != DEFAULTS.get(key)):
+            table.append(key, _toml_value(value))
+    if records is None:
+        aot = tomlkit.aot()
+        aot.append(table)
+        doc.append("webhooks", aot)
+    elif isinstance(records, AoT):
+        if records.body and not records.body[-1].as_string().endswith("\n\n"):
+            table.trivia.indent = "\n"
+        records.append(table)
+    else:
+        inline = tomlkit.inline_table()
+        inline.update({k: v for k, v in table.items()})
+        records.append(inline)
 
 
 def update_integration(
     doc: tomlkit.TOMLDocument, integration_id: str, changes: Mapping[str, Any], now: datetime
 ) -> None:
     """Change fields of one record in place (``None`` removes a key), bump updated_at, keep
-    comments and order. Raise ``KeyError`` if the id is unknown."""
-    raise NotImplementedError
+    comments and order. Raise ``KeyError`` if the id is unknown, ``RegistryError`` naming
+    the field for a bad value or an attempt to change ``integration_id``."""
+    records, index = _find(doc, integration_id)
+    record = records[index]
+    current = _plain(record)
+    new_id = changes.get("integration_id")
+    if new_id is not None and normalize_id(new_id) != normalize_id(current["integration_id"]):
+        raise _fail("integration_id", "cannot be changed; remove the integration and add it again")
+    merged = {**current, **changes, "updated_at": now}
+    norm = validate_integration_fields({k: v for k, v in merged.items() if v is not None})
+    for key in [*changes, "updated_at"]:
+        if key not in norm:
+            if key in record:
+                del record[key]
+        elif key in record:
+            record[key] = _toml_value(norm[key])
+        else:
+            _append_key(record, key, _toml_value(norm[key]))
+
+
+def _append_key(record: Table | InlineTable, key: str, value: Any) -> None:
+    """Add a key after the record's last key, before the comments that trail it (in
+    tomlkit those belong to the record but are written above the next header)."""
+    if not isinstance(record, Table):
+        record[key] = value
+        return
+    body = record.value.body
+    cut = len(body)
+    while cut and body[cut - 1][0] is None:
+        cut -= 1
+    # Only key-less trivia (comments, blank lines) is cut off, so key indices stay valid.
+    trailing = [item for _, item in body[cut:] if not isinstance(item, Null)]
+    del body[cut:]
+    record.append(key, value)
+    for item in trailing:
+        record.append(None, item)
 
 
 def remove_integration(doc: tomlkit.TOMLDocument, integration_id: str) -> None:
-    """Remove one record; raise ``KeyError`` if unknown."""
-    raise NotImplementedError
+    """Remove one record; raise ``KeyError`` if unknown.
+
+    The comment block right above the record's header goes with it; comments after its last
+    key are kept (they may introduce the next record)."""
+    records, index = _find(doc, integration_id)
+    if isinstance(records, Array):
+        del records[index]
+        return
+    tables = records.body
+    victim = tables[index]
+    keep = _trailing_text(victim)
+    blank_before = False
+    slot = next((i for i, (_, item) in enumerate(doc.body) if item is records), None)
+    if index > 0:
+        previous = tables[index - 1].value.body
+        _drop_leading_comments(previous, len(previous))
+        blank_before = _ends_with_blank_line(previous, len(previous))
+    elif slot is not None:
+        _drop_leading_comments(doc.body, slot)
+        blank_before = _ends_with_blank_line(doc.body, slot)
+    if blank_before:
+        keep = keep.lstrip("\n")
+    del records[index]
+    if index < len(records):
+        following = records[index]
+        following.trivia.indent = keep + following.trivia.indent
+    elif index > 0:
+        if keep:
+            records[index - 1].append(None, _verbatim(keep))
+        else:
+            _drop_trailing_blank_lines(records[index - 1].value.body)
+    elif slot is not None:
+        # The last record is gone: drop the key rather than leave `webhooks = []`, which
+        # tomlkit would write at the top of the file.
+        doc.remove("webhooks")
+        if keep:
+            doc.body[slot] = (None, _verbatim(keep))
+
+
+def _trailing_text(table: Table) -> str:
+    body = table.value.body
+    cut = len(body)
+    while cut and body[cut - 1][0] is None:
+        cut -= 1
+    return "".join(item.as_string() for _, item in body[cut:])
+
+
+def _drop_leading_comments(body: list[tuple[Any, Any]], end: int) -> None:
+    """Blank out the comment lines directly above position ``end`` (no blank line between).
+    Items become ``Null`` rather than being deleted, as tomlkit does, so indices hold."""
+    i = end - 1
+    while i >= 0 and body[i][0] is None and isinstance(body[i][1], (Comment, Null)):
+        body[i] = (None, Null())
+        i -= 1
+
+
+def _ends_with_blank_line(body: list[tuple[Any, Any]], end: int) -> bool:
+    for _, item in reversed(body[:end]):
+        if not isinstance(item, Null):
+            return isinstance(item, Whitespace) or item.as_string().endswith("\n\n")
+    return False
+
+
+def _drop_trailing_blank_lines(body: list[tuple[Any, Any]]) -> None:
+    i = len(body) - 1
+    while i >= 0 and body[i][0] is None and isinstance(body[i][1], (Whitespace, Null)):
+        body[i] = (None, Null())
+        i -= 1
+
+
+def _verbatim(text: str) -> Comment:
+    """An item that renders ``text`` as it is (already-rendered comments and blank lines)."""
+    return Comment(Trivia(indent="", comment_ws="", comment=text, trail=""))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from keyring.backend import KeyringBackend
+from keyring.compat import properties
 from keyring.errors import PasswordDeleteError
 
 from palyra_py.daemon import Daemon, load_for_tests
@@ -19,9 +20,14 @@ from palyra_py.secrets import SecretStore
 
 
 class MemoryKeyring(KeyringBackend):
-    """A keyring backend that keeps passwords in a dict (``keyring``'s own API)."""
+    """A keyring backend that keeps passwords in a dict (``keyring``'s own API). It is only
+    used where passed explicitly (``SecretStore(backend=...)`` or ``keyring.set_keyring``):
+    keyring's auto-detection sees it as not viable, so importing this module never changes
+    which keyring a process uses."""
 
-    priority = 1
+    @properties.classproperty
+    def priority(cls) -> float:
+        raise RuntimeError("MemoryKeyring is never chosen by keyring's auto-detection")
 
     def __init__(self) -> None:
         super().__init__()  # type: ignore[no-untyped-call]
