@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from palyra_py.admin_errors import invalid, read_json_object
-from palyra_py.journal import EventFilter, JournalEvent
+from palyra_py.journal import EventFilter, JournalEvent, ReplayKey
 from palyra_py.redact import redact
 
 if TYPE_CHECKING:
@@ -21,6 +21,10 @@ EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
 RESERVED_PREFIXES = ("webhook.", "integration.", "subscription.", "delivery.", "daemon.",
                      "stream.", "palyra.")
 SEVERITIES = ("info", "warn", "error")
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
+RESERVED_SOURCES = ("daemon", "admin", "ingress")
+PUBLISH_NAMESPACE = "(publish)"  # not a valid integration id, so never collides with one
+IDEMPOTENCY_WINDOW_S = 24 * 3600
 MAX_SUMMARY_BYTES = 240
 MAX_DATA_BYTES = 8 * 1024
 MAX_LIST_LIMIT = 10_000
@@ -138,7 +142,9 @@ class EventsApi:
                 await response.write(b": keepalive\n\n")
 
     async def emit(self, request: web.Request) -> web.Response:
+        """Publish an event (``palyra system events emit``, the Python client, apps)."""
         body = await read_json_object(request)
+        default_source = request.get("token_name") or "operator"
         name = body.get("type", body.get("name"))
         if not isinstance(name, str) or not EVENT_NAME.fullmatch(name.strip().lower()):
             raise invalid("type: 1-64 characters of a-z 0-9 . _ : -", "type")
@@ -160,17 +166,32 @@ class EventsApi:
         if len(json.dumps(data).encode()) > MAX_DATA_BYTES:
             raise invalid(f"data: at most {MAX_DATA_BYTES} bytes of JSON", "data")
         actor = body.get("actor")
-        if actor is not None and (not isinstance(actor, str) or len(actor) > 128):
-            raise invalid("actor: a string of at most 128 characters", "actor")
+        if actor is not None and (not isinstance(actor, str) or not 0 < len(actor) <= 128):
+            raise invalid("actor: a string of 1 to 128 characters", "actor")
+        source = body.get("source", default_source)
+        if not isinstance(source, str) or not SOURCE_NAME.fullmatch(source):
+            raise invalid("source: 1-128 characters of A-Z a-z 0-9 . _ : / @ -", "source")
+        if source in RESERVED_SOURCES:
+            raise invalid(f"source: {', '.join(RESERVED_SOURCES)} are the daemon's own", "source")
+        key = body.get("idempotency_key")
+        replay_key = None
+        if key is not None:
+            if not isinstance(key, str) or not 0 < len(key) <= 128 or not key.isprintable():
+                raise invalid("idempotency_key: 1 to 128 printable characters", "idempotency_key")
+            # The same mechanism as inbound replay protection, in its own namespace.
+            replay_key = ReplayKey(PUBLISH_NAMESPACE, key, IDEMPOTENCY_WINDOW_S)
         clean, redacted = redact(data)
         payload: dict[str, Any] = {"data": clean}
         if summary:
             payload["summary"] = summary
         result = await self.d.append(
-            kind=name, source="operator", payload=payload, actor=actor or "operator",
-            event_type=name, severity=severity, redacted=redacted,
+            kind=name, source=source, payload=payload, actor=actor or source,
+            event_type=name, severity=severity, redacted=redacted, replay_key=replay_key,
         )
-        return web.json_response({"event_id": result.event_id, "seq": result.seq}, status=201)
+        return web.json_response(
+            {"event_id": result.event_id, "seq": result.seq, "duplicate": result.duplicate},
+            status=200 if result.duplicate else 201,
+        )
 
     async def verify(self, request: web.Request) -> web.Response:
         result = await self.d.journal.verify()

@@ -10,7 +10,7 @@ import stat
 import aiohttp
 
 from palyra_py.daemon import Daemon
-from palyra_py.testing import MemoryKeyring
+from palyra_py.testing import ManualClock, MemoryKeyring
 from tests.helpers import add_integration, events
 
 
@@ -197,3 +197,24 @@ async def test_keyring_failure_is_a_secret_error_without_the_value(
     assert "do-not-echo" not in json.dumps(answer)
     async with admin.get("/v1/webhooks") as resp:
         assert (await resp.json())["webhooks"] == []
+
+
+async def test_publish_with_idempotency_key_publishes_once_per_day(
+    admin: aiohttp.ClientSession, clock: ManualClock
+) -> None:
+    body = {"type": "sync.finished", "data": {"n": 1}, "source": "kb-sync",
+            "idempotency_key": "sync-2026-11-23"}
+    async with admin.post("/v1/events", json=body) as resp:
+        first = await resp.json()
+        assert resp.status == 201 and first["duplicate"] is False
+    async with admin.post("/v1/events", json={**body, "data": {"n": 2}}) as resp:
+        again = await resp.json()
+        assert resp.status == 200
+    assert again == {**first, "duplicate": True}
+    clock.advance(24 * 3600 + 1)
+    async with admin.post("/v1/events", json=body) as resp:
+        assert resp.status == 201 and (await resp.json())["seq"] > first["seq"]
+    (event, *_) = await events(admin, type="sync.*")
+    assert (event["source"], event["actor"]) == ("kb-sync", "kb-sync")
+    async with admin.post("/v1/events", json={"type": "x.y", "source": "daemon"}) as resp:
+        assert resp.status == 400 and (await resp.json())["field"] == "source"
