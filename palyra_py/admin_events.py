@@ -122,10 +122,12 @@ class EventsApi:
         task = asyncio.current_task()
         assert task is not None
         self.d.streams.add(task)
+        self.d.metrics.sse_clients.inc()
         try:
             await self._follow(response, flt, cursor)
         finally:
             self.d.streams.discard(task)
+            self.d.metrics.sse_clients.dec()
         return response
 
     async def _follow(self, response: web.StreamResponse, flt: EventFilter, cursor: int) -> None:

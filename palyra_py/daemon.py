@@ -29,6 +29,7 @@ from palyra_py.admin_webhooks import WebhooksApi
 from palyra_py.bus import SeqBus
 from palyra_py.ingress import ActiveIntegration, Ingress
 from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
+from palyra_py.metrics import Metrics
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
 from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.rejections import RejectionLog
@@ -86,6 +87,7 @@ class Daemon:
         self.clock = clock
         self._secrets = secrets
         self.bus = SeqBus()
+        self.metrics = Metrics()
         self.rejections = RejectionLog()
         self.registry_file = RegistryFile(self.state_dir / REGISTRY_FILE)
         self.registry = Registry(self.registry_file.path, {})
@@ -94,7 +96,7 @@ class Daemon:
             self.state_dir / JOURNAL_FILE,
             clock=clock,
             batch_max=settings.get("journal", "batch_max"),
-            on_commit=self.bus.publish,
+            on_commit=self._committed,
         )
         self.listeners: list[Listener] = []
         self.started_at = 0.0
@@ -107,6 +109,10 @@ class Daemon:
         self._tls = False
         self.stopped = asyncio.Event()
         self.streams: set[asyncio.Task[Any]] = set()
+
+    def _committed(self, seq: int) -> None:
+        self.metrics.committed(seq)
+        self.bus.publish(seq)
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -216,7 +222,8 @@ class Daemon:
     def _ingress_app(self) -> web.Application:
         app = web.Application(client_max_size=32 * 1024 * 1024 + 1)
         app.add_routes(self.ingress.routes())
-        app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz)])
+        app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz),
+                        web.get("/metrics", self._metrics)])
         return app
 
     def _admin_app(self) -> web.Application:
@@ -230,6 +237,10 @@ class Daemon:
         app.add_routes(WebhooksApi(self).routes())
         app.add_routes(EventsApi(self).routes())
         return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": self.metrics.content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -268,6 +279,7 @@ class Daemon:
             clock=self.clock,
             body_timeout_s=self.settings.get("ingress", "body_timeout_s"),
             retry_after_s=self.settings.get("ingress", "retry_after_s"),
+            metrics=self.metrics,
         )
         ingress_runner = web.AppRunner(
             self._ingress_app(), access_log=None,

@@ -26,6 +26,7 @@ from aiohttp import web
 
 from palyra_py.envelope import build_envelope, json_depth_ok, make_nonce, validate_envelope
 from palyra_py.journal import Journal, JournalUnavailable, NewEvent, ReplayKey
+from palyra_py.metrics import UNKNOWN, Metrics
 from palyra_py.providers import get_provider
 from palyra_py.providers.base import Provider, Verified
 from palyra_py.reasons import ANSWERS, Reason, Rejection
@@ -177,9 +178,14 @@ def answer(reason: Reason, extra: Mapping[str, Any] | None = None, *,
 @dataclass(slots=True)
 class IngressStats:
     by_reason: dict[str, int] = field(default_factory=dict)
+    metrics: Metrics | None = None
 
-    def count(self, reason: Reason) -> None:
+    def count(self, reason: Reason, integration_id: str | None = None) -> None:
         self.by_reason[reason.value] = self.by_reason.get(reason.value, 0) + 1
+        if self.metrics is not None:
+            self.metrics.ingress_requests.labels(
+                integration_id or UNKNOWN, str(ANSWERS[reason].status), reason.value
+            ).inc()
 
 
 class Ingress:
@@ -196,6 +202,7 @@ class Ingress:
         clock: Callable[[], float] = time.time,
         body_timeout_s: float = 30.0,
         retry_after_s: int = 60,
+        metrics: Metrics | None = None,
     ) -> None:
         self._integrations = integrations
         self._secrets = secrets
@@ -204,7 +211,8 @@ class Ingress:
         self._clock = clock
         self._body_timeout_s = body_timeout_s
         self._retry_after_s = retry_after_s
-        self.stats = IngressStats()
+        self.stats = IngressStats(metrics=metrics)
+        self._metrics = metrics
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.route("*", "/hooks/{integration_id}", self.handle)]
@@ -221,7 +229,7 @@ class Ingress:
                 integ_id, rej.reason, request.remote, now_ms,
                 requested_id=None if active else requested,
             )
-            self.stats.count(rej.reason)
+            self.stats.count(rej.reason, integ_id)
             log.info(
                 "webhook_rejected", integration_id=integ_id, reason=rej.reason.value,
                 detail=rej.detail, remote=request.remote,
@@ -253,7 +261,7 @@ class Ingress:
         now = self._clock()
         verified = await self._verify(active, request, body, now)
         if verified.challenge is not None:
-            self.stats.count(Reason.URL_VERIFICATION)
+            self.stats.count(Reason.URL_VERIFICATION, integ.integration_id)
             return web.json_response({"challenge": verified.challenge})
         if verified.envelope is not None:
             payload_obj = verified.envelope.get("payload")
@@ -263,9 +271,10 @@ class Ingress:
         else:
             payload = parse_payload(body, kind == "form")
         if not active.event_allowed(verified.event_type):
-            self.stats.count(Reason.IGNORED)
+            self.stats.count(Reason.IGNORED, integ.integration_id)
             return answer(Reason.IGNORED, {"event": verified.event_type})
         envelope, replay_key = self._envelope(active, verified, payload, body, now)
+        started = time.perf_counter()
         try:
             result = await self._journal.append(
                 NewEvent(
@@ -282,10 +291,12 @@ class Ingress:
         except JournalUnavailable as exc:
             log.error("journal_unavailable", integration_id=integ.integration_id, error=str(exc))
             raise Rejection(Reason.JOURNAL_UNAVAILABLE) from None
+        if self._metrics is not None:
+            self._metrics.journal_append_seconds.observe(time.perf_counter() - started)
         if result.duplicate:
-            self.stats.count(Reason.DUPLICATE)
+            self.stats.count(Reason.DUPLICATE, integ.integration_id)
             return answer(Reason.DUPLICATE, {"event_id": result.event_id, "seq": result.seq})
-        self.stats.count(Reason.ACCEPTED)
+        self.stats.count(Reason.ACCEPTED, integ.integration_id)
         return answer(Reason.ACCEPTED, {"event_id": result.event_id, "seq": result.seq})
 
     async def _read_body(self, request: web.Request, limit: int) -> bytes:

@@ -211,3 +211,25 @@ async def test_unsigned_integration_still_dedupes_on_the_body(
     for expected in ("accepted", "duplicate"):
         async with http.post(url, json={"type": "ping"}) as resp:
             assert (await resp.json())["status"] == expected
+
+
+async def test_metrics_count_answers_with_bounded_labels(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    await add_integration(admin, "gh")
+    assert (await send_signed(http, daemon, "gh", PUSH))[0] == 202
+    assert (await send_signed(http, daemon, "gh", PUSH, secret="bad"))[0] == 401
+    for i in range(3):
+        async with http.post(daemon.ingress_url_for(f"stranger-{i}", local=True)) as resp:
+            assert resp.status == 404
+    base = daemon.ingress_url_for("x", local=True).rsplit("/hooks", 1)[0]
+    async with http.get(f"{base}/metrics") as resp:
+        text = await resp.text()
+    assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
+    assert ('palyra_ingress_requests_total{integration="gh",reason="accepted",status="202"} 1.0'
+            in text)
+    assert 'reason="signature_mismatch",status="401"} 1.0' in text
+    assert ('palyra_ingress_requests_total{integration="(unknown)",'
+            'reason="unknown_integration",status="404"} 3.0') in text
+    assert "stranger" not in text
+    assert "palyra_journal_append_seconds_count 1.0" in text
