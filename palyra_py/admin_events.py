@@ -10,9 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from palyra_py.admin_errors import invalid, read_json_object
+from palyra_py.admin_errors import ApiError, invalid, read_json_object
 from palyra_py.journal import EventFilter, JournalEvent, ReplayKey
 from palyra_py.redact import redact
+from palyra_py.stream import Feed, Overflow, TooManyClients
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -28,7 +29,6 @@ IDEMPOTENCY_WINDOW_S = 24 * 3600
 MAX_SUMMARY_BYTES = 240
 MAX_DATA_BYTES = 8 * 1024
 MAX_LIST_LIMIT = 10_000
-STREAM_PAGE = 500
 HEARTBEAT_S = 15.0
 
 
@@ -115,33 +115,37 @@ class EventsApi:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                      "X-Accel-Buffering": "no"}
         )
-        await response.prepare(request)
-        await response.write(b": palyra event stream\n\n")
         # The daemon cancels open streams when it stops; a stream otherwise only notices a
         # gone client at its next write (at most one heartbeat later).
         task = asyncio.current_task()
         assert task is not None
-        self.d.streams.add(task)
-        self.d.metrics.sse_clients.inc()
         try:
-            await self._follow(response, flt, cursor)
-        finally:
-            self.d.streams.discard(task)
-            self.d.metrics.sse_clients.dec()
+            async with self.d.stream_hub.subscribe(flt, cursor) as feed:
+                await response.prepare(request)
+                await response.write(b": palyra event stream\n\n")
+                self.d.streams.add(task)
+                self.d.metrics.sse_clients.inc()
+                try:
+                    await self._follow(response, feed)
+                finally:
+                    self.d.streams.discard(task)
+                    self.d.metrics.sse_clients.dec()
+        except TooManyClients as exc:
+            raise ApiError(503, "too_many_streams", str(exc)) from None
         return response
 
-    async def _follow(self, response: web.StreamResponse, flt: EventFilter, cursor: int) -> None:
+    async def _follow(self, response: web.StreamResponse, feed: Feed) -> None:
         while True:
-            events = await self.d.journal.list(EventFilter(), after_seq=cursor, limit=STREAM_PAGE)
-            for event in events:
-                cursor = event.seq
-                if flt.matches(event):
-                    await response.write(sse_frame(event))
-            if len(events) == STREAM_PAGE:
-                continue
-            head = await self.d.bus.wait_beyond(cursor, timeout=HEARTBEAT_S)
-            if head <= cursor:
+            try:
+                event = await feed.next(HEARTBEAT_S)
+            except Overflow as exc:
+                note = json.dumps({"reason": str(exc), "last_seq": feed.last_seq})
+                await response.write(f"event: stream.overflow\ndata: {note}\n\n".encode())
+                return
+            if event is None:
                 await response.write(b": keepalive\n\n")
+            else:
+                await response.write(sse_frame(event))
 
     async def emit(self, request: web.Request) -> web.Response:
         """Publish an event (``palyra system events emit``, the Python client, apps)."""

@@ -35,6 +35,7 @@ from palyra_py.registry import Integration, Registry, RegistryError, RegistryFil
 from palyra_py.rejections import RejectionLog
 from palyra_py.secrets import SecretStore
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
+from palyra_py.stream import StreamHub
 
 log = structlog.get_logger("palyra.daemon")
 
@@ -88,6 +89,7 @@ class Daemon:
         self._secrets = secrets
         self.bus = SeqBus()
         self.metrics = Metrics()
+        self.stream_hub: StreamHub
         self.rejections = RejectionLog()
         self.registry_file = RegistryFile(self.state_dir / REGISTRY_FILE)
         self.registry = Registry(self.registry_file.path, {})
@@ -271,6 +273,12 @@ class Daemon:
         except Exception as exc:
             raise DaemonError(f"cannot open the journal: {exc}") from None
         self.bus.publish(await self.journal.last_seq())
+        self.stream_hub = StreamHub(
+            self.journal, self.bus,
+            max_clients=self.settings.get("stream", "max_clients"),
+            buffer=self.settings.get("stream", "buffer_events"),
+        )
+        self._tasks.append(asyncio.create_task(self.stream_hub.run()))
         self._ingress = Ingress(
             integrations=lambda: self.active,
             secrets=self.secrets,

@@ -64,6 +64,14 @@ SPECS: tuple[SettingSpec, ...] = (
         "ingress", "max_header_bytes", int, 8190, "Longest request header line", minimum=256
     ),
     SettingSpec(
+        "stream", "max_clients", int, 2000, "Most live stream (SSE) clients at once", minimum=1
+    ),
+    SettingSpec(
+        "stream", "buffer_events", int, 1000,
+        "Events buffered per stream client; a client further behind is sent stream.overflow",
+        minimum=10,
+    ),
+    SettingSpec(
         "admin", "max_body_bytes", int, 1024 * 1024, "Largest admin API request body", minimum=1024
     ),
 )
