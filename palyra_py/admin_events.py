@@ -12,6 +12,7 @@ from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, read_json_object
 from palyra_py.journal import EventFilter, JournalEvent, ReplayKey
+from palyra_py.published import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.redact import redact
 from palyra_py.stream import Feed, Overflow, TooManyClients
 
@@ -19,11 +20,9 @@ if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
 
 EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
-RESERVED_PREFIXES = ("webhook.", "integration.", "subscription.", "delivery.", "daemon.",
-                     "stream.", "palyra.")
 SEVERITIES = ("info", "warn", "error")
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
-RESERVED_SOURCES = ("daemon", "admin", "ingress")
+RESERVED_SOURCES = tuple(sorted(SYSTEM_SOURCES))
 PUBLISH_NAMESPACE = "(publish)"  # not a valid integration id, so never collides with one
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 MAX_SUMMARY_BYTES = 240

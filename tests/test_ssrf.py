@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.abc import AbstractResolver, ResolveResult
+from aiohttp.test_utils import TestServer
+
+from palyra_py.ssrf import (
+    AddressPolicy,
+    GuardedResolver,
+    SsrfBlocked,
+    check_url,
+    find_ssrf_blocked,
+)
+
+BLOCKED = [
+    ("127.0.0.1", "loopback"),
+    ("127.255.0.9", "loopback"),
+    ("::1", "loopback"),
+    ("10.0.0.1", "private"),
+    ("172.16.5.4", "private"),
+    ("172.31.255.255", "private"),
+    ("192.168.1.1", "private"),
+    ("fd12:3456::1", "private"),
+    ("169.254.169.254", "metadata"),
+    ("169.254.170.2", "metadata"),
+    ("fd00:ec2::254", "metadata"),
+    ("169.254.1.1", "link-local"),
+    ("fe80::1", "link-local"),
+    ("fe80::1%eth0", "link-local"),
+    ("100.64.0.1", "cgnat"),
+    ("100.127.255.254", "cgnat"),
+    ("0.0.0.0", "unspecified"),
+    ("0.1.2.3", "unspecified"),
+    ("::", "unspecified"),
+    ("224.0.0.1", "multicast"),
+    ("ff02::1", "multicast"),
+    ("240.0.0.1", "reserved"),
+    ("255.255.255.255", "reserved"),
+    ("192.0.2.10", "reserved"),
+    ("2001:db8::1", "reserved"),
+    ("::ffff:127.0.0.1", "loopback"),
+    ("::ffff:10.1.2.3", "private"),
+    ("::ffff:169.254.169.254", "metadata"),
+    ("64:ff9b::7f00:1", "loopback"),  # NAT64 of 127.0.0.1
+    ("2002:a00:1::", "private"),  # 6to4 of 10.0.0.1
+    ("::127.0.0.1", "reserved"),  # IPv4-compatible (deprecated)
+]
+
+ALLOWED = ["93.184.216.34", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2606:4700::1111",
+           "::ffff:8.8.8.8", "64:ff9b::808:808", "2002:808:808::"]
+
+
+@pytest.mark.parametrize(("ip", "reason"), BLOCKED)
+def test_blocked_by_default(ip: str, reason: str) -> None:
+    assert AddressPolicy().check(ip) == reason
+
+
+@pytest.mark.parametrize("ip", ALLOWED)
+def test_public_addresses_allowed(ip: str) -> None:
+    assert AddressPolicy().check(ip) is None
+
+
+def test_invalid_text() -> None:
+    assert AddressPolicy().check("localhost") == "invalid"
+    assert AddressPolicy().check("") == "invalid"
+
+
+@pytest.mark.parametrize(("ip", "reason"), [b for b in BLOCKED if b[1] != "metadata"])
+def test_allow_private_allows_all_but_metadata(ip: str, reason: str) -> None:
+    assert AddressPolicy(allow_private=True).check(ip) is None
+
+
+@pytest.mark.parametrize("ip", ["169.254.169.254", "::ffff:169.254.169.254", "fd00:ec2::254"])
+def test_metadata_needs_an_exact_allow_entry(ip: str) -> None:
+    assert AddressPolicy(allow_private=True).check(ip) == "metadata"
+    broad = AddressPolicy(allow_cidrs=["169.254.0.0/16", "0.0.0.0/0", "::/0"])
+    assert broad.check(ip) == "metadata"
+    exact = AddressPolicy(allow_cidrs=["169.254.169.254/32", "fd00:ec2::254"])
+    assert exact.check(ip) is None
+
+
+def test_allow_cidrs_win_over_the_block() -> None:
+    policy = AddressPolicy(allow_cidrs=["10.0.0.0/8", "127.0.0.1/32", "fd12::/16"])
+    assert policy.check("10.0.0.1") is None
+    assert policy.check("::ffff:10.9.9.9") is None
+    assert policy.check("127.0.0.1") is None
+    assert policy.check("127.0.0.2") == "loopback"
+    assert policy.check("192.168.1.1") == "private"
+    assert policy.check("fd12:3456::1") is None
+
+
+def test_bad_cidr_is_refused() -> None:
+    with pytest.raises(ValueError, match="allow_cidrs"):
+        AddressPolicy(allow_cidrs=["10.0.0.1/8"])
+    with pytest.raises(ValueError, match="allow_cidrs"):
+        AddressPolicy(allow_cidrs=["intranet"])
+
+
+def test_check_literal_host() -> None:
+    policy = AddressPolicy()
+    for host in ("127.0.0.1", "[::1]", "[::ffff:127.0.0.1]", "169.254.169.254"):
+        with pytest.raises(SsrfBlocked) as info:
+            policy.check_literal_host(host)
+        assert info.value.host == host
+    policy.check_literal_host("example.com")  # names are the resolver's job
+    policy.check_literal_host("8.8.8.8")
+    AddressPolicy(allow_private=True).check_literal_host("[::1]")
+
+
+@pytest.mark.parametrize(
+    ("url", "https_only", "problem"),
+    [
+        ("https://hooks.example.com/x?y=1", False, None),
+        ("http://hooks.example.com:8080/x", False, None),
+        ("HTTPS://Hooks.Example.com/", True, None),
+        ("http://hooks.example.com/", True, "https"),
+        ("ftp://hooks.example.com/", False, "scheme"),
+        ("file:///etc/passwd", False, "scheme"),
+        ("https://user:pass@hooks.example.com/", False, "credentials"),
+        ("https://user@hooks.example.com/", False, "credentials"),
+        ("https:///path", False, "no host"),
+        ("https://hooks.example.com:99999/", False, "malformed"),
+        ("https://[::1/", False, "malformed"),
+        ("https://hooks.example.com/a b", False, "whitespace"),
+        ("https://hooks.example.com/\n", False, "whitespace"),
+        ("https://e.com/" + "a" * 2048, False, "2048"),
+    ],
+)
+def test_check_url(url: str, https_only: bool, problem: str | None) -> None:
+    result = check_url(url, https_only)
+    if problem is None:
+        assert result is None
+    else:
+        assert result is not None and problem in result
+
+
+class StaticResolver(AbstractResolver):
+    """Answers every name with fixed addresses: a DNS record we control."""
+
+    def __init__(self, *ips: str) -> None:
+        self.ips = ips
+        self.closed = False
+
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
+        return [ResolveResult(hostname=host, host=ip, port=port, family=socket.AF_INET,
+                              proto=0, flags=0) for ip in self.ips]
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_any_blocked_address_refuses_the_name() -> None:
+    inner = StaticResolver("8.8.8.8", "10.0.0.7")
+    resolver = GuardedResolver(AddressPolicy(), inner)
+    with pytest.raises(SsrfBlocked) as info:
+        await resolver.resolve("mixed.example", 443)
+    assert (info.value.host, info.value.ip, info.value.reason) == ("mixed.example", "10.0.0.7",
+                                                                   "private")
+    assert isinstance(info.value, OSError)
+    ok = await GuardedResolver(AddressPolicy(), StaticResolver("8.8.8.8")).resolve("p.example")
+    assert [r["host"] for r in ok] == ["8.8.8.8"]
+    await resolver.close()
+    assert inner.closed
+
+
+@pytest.fixture
+async def local_server() -> AsyncIterator[TestServer]:
+    app = web.Application()
+
+    async def hello(request: web.Request) -> web.Response:
+        return web.Response(text="reached")
+
+    app.router.add_get("/", hello)
+    server = TestServer(app, host="127.0.0.1")
+    await server.start_server()
+    yield server
+    await server.close()
+
+
+async def test_real_request_to_localhost_is_refused(local_server: TestServer) -> None:
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(AddressPolicy()))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        with pytest.raises(aiohttp.ClientConnectionError) as info:
+            await session.get(f"http://localhost:{local_server.port}/")
+    blocked = find_ssrf_blocked(info.value)
+    assert blocked is not None
+    assert (blocked.host, blocked.ip, blocked.reason) == ("localhost", "127.0.0.1", "loopback")
+
+
+async def test_real_request_to_localhost_allowed_by_policy(local_server: TestServer) -> None:
+    connector = aiohttp.TCPConnector(resolver=GuardedResolver(AddressPolicy(allow_private=True)))
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(f"http://localhost:{local_server.port}/") as response:
+            assert response.status == 200
+            assert await response.text() == "reached"
+
+
+async def test_ip_literal_skips_the_resolver_so_check_it_first(local_server: TestServer) -> None:
+    # Documents the aiohttp behaviour behind check_literal_host: with an IP literal the
+    # resolver is never asked, so the connection would go through.
+    resolver = GuardedResolver(AddressPolicy())
+    connector = aiohttp.TCPConnector(resolver=resolver)
+    async with aiohttp.ClientSession(connector=connector) as session:
+        async with session.get(f"http://127.0.0.1:{local_server.port}/") as response:
+            assert response.status == 200
+    with pytest.raises(SsrfBlocked):
+        resolver.check_literal_host("127.0.0.1")
+
+
+def test_find_ssrf_blocked_on_unrelated_errors() -> None:
+    assert find_ssrf_blocked(None) is None
+    assert find_ssrf_blocked(ValueError("x")) is None
+    try:
+        try:
+            raise SsrfBlocked("h", "10.0.0.1", "private")
+        except SsrfBlocked as exc:
+            raise RuntimeError("wrapped") from exc
+    except RuntimeError as outer:
+        found = find_ssrf_blocked(outer)
+    assert found is not None and found.reason == "private"
