@@ -1,0 +1,683 @@
+"""The SQLite side of the delivery store: ``deliveries.db`` (file mode, pragmas, schema),
+every SQL statement, and the one writer thread that owns the write connection.
+
+``delivery_store.py`` owns the rules (transitions, ids, health, stats) and the dataclasses;
+this module stores and fetches rows as tuples in the column orders below, so that a
+PostgreSQL store can be added beside it behind the same methods.
+
+A ``DeliverySql`` wraps one connection and is not thread-safe: the store gives the writer
+thread one and guards the reader's with a lock. Its write methods run inside the
+transaction the writer opened and do not commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+_log = logging.getLogger(__name__)
+_T = TypeVar("_T")
+
+SCHEMA_VERSION = 1
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+MAX_ERROR_DETAIL_CHARS = 512
+MAX_RESPONSE_EXCERPT_BYTES = 4096
+
+DELIVERY_COLUMNS: tuple[str, ...] = (
+    "delivery_id", "subscription_id", "event_seq", "event_id", "event_type", "status",
+    "attempts", "next_attempt_ms", "created_ms", "updated_ms", "last_status_code",
+    "last_error_class",
+)
+"""Column order of every delivery row this module returns."""
+
+ATTEMPT_COLUMNS: tuple[str, ...] = (
+    "delivery_id", "attempt_no", "started_ms", "duration_ms", "status_code", "error_class",
+    "error_detail", "response_excerpt",
+)
+"""Column order of every attempt row this module returns or accepts."""
+
+Row = tuple[Any, ...]
+
+_D_COLS = ", ".join(DELIVERY_COLUMNS)
+_A_COLS = ", ".join(ATTEMPT_COLUMNS)
+
+_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS cursors (
+        subscription_id TEXT PRIMARY KEY,
+        seq INTEGER NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS deliveries (
+        delivery_id TEXT PRIMARY KEY,
+        subscription_id TEXT NOT NULL,
+        event_seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        event_type TEXT NOT NULL,
+        status TEXT NOT NULL CHECK (status IN ('pending', 'succeeded', 'failed')),
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_ms INTEGER,
+        created_ms INTEGER NOT NULL,
+        updated_ms INTEGER NOT NULL,
+        last_status_code INTEGER,
+        last_error_class TEXT,
+        UNIQUE (subscription_id, event_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (status, next_attempt_ms)",
+    "CREATE INDEX IF NOT EXISTS deliveries_subscription_seq"
+    " ON deliveries (subscription_id, event_seq)",
+    "CREATE INDEX IF NOT EXISTS deliveries_subscription_created"
+    " ON deliveries (subscription_id, created_ms)",
+    # Ordered subscriptions ask for their lowest pending seq on every step; without this
+    # partial index that walks the subscription's whole (mostly finished) history.
+    "CREATE INDEX IF NOT EXISTS deliveries_pending_seq"
+    " ON deliveries (subscription_id, event_seq) WHERE status = 'pending'",
+    f"""CREATE TABLE IF NOT EXISTS attempts (
+        delivery_id TEXT NOT NULL REFERENCES deliveries (delivery_id) ON DELETE CASCADE,
+        attempt_no INTEGER NOT NULL,
+        started_ms INTEGER NOT NULL,
+        duration_ms INTEGER NOT NULL,
+        status_code INTEGER,
+        error_class TEXT,
+        error_detail TEXT CHECK (length(error_detail) <= {MAX_ERROR_DETAIL_CHARS}),
+        response_excerpt TEXT
+            CHECK (length(CAST(response_excerpt AS BLOB)) <= {MAX_RESPONSE_EXCERPT_BYTES}),
+        PRIMARY KEY (delivery_id, attempt_no)
+    )""",
+    "CREATE INDEX IF NOT EXISTS attempts_started ON attempts (started_ms)",
+    """CREATE TABLE IF NOT EXISTS subscription_health (
+        subscription_id TEXT PRIMARY KEY,
+        last_success_ms INTEGER,
+        failing_since_ms INTEGER
+    )""",
+)
+
+
+class DeliveryStoreUnavailable(Exception):
+    """The store could not read or make a write durable (disk full, locked, closed...).
+    Nothing of the failed write was committed."""
+
+
+def describe_error(exc: BaseException, action: str) -> str:
+    """A short reason for DeliveryStoreUnavailable. SQLite's messages name the failure,
+    never bound values, so no payload leaks through."""
+    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return f"delivery store {action} failed ({code}): {str(exc)[:120]}"
+
+
+def related_files(path: Path) -> list[Path]:
+    """The database file and its WAL companions (which may not exist yet)."""
+    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+
+
+def restrict_permissions(path: Path) -> None:
+    """chmod 0600 the database and whichever of its -wal/-shm files exist."""
+    for file in related_files(path):
+        try:
+            os.chmod(file, FILE_MODE)
+        except FileNotFoundError:
+            continue
+
+
+def _in_list(column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
+    """``column IN (...)`` for any number of values, as one bound parameter."""
+    sql = f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608 (a constant name)
+    return sql, (json.dumps(list(values)),)
+
+
+class _Where:
+    """AND-ed conditions with their parameters, built from optional filters."""
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.params: list[Any] = []
+
+    def add(self, sql: str, *params: Any) -> None:
+        self.parts.append(sql)
+        self.params.extend(params)
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.parts) if self.parts else "1"
+
+
+class DeliverySql:
+    """All SQL of the delivery store over one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_ms: int, create: bool) -> DeliverySql:
+        """Open the database; with ``create``, create it (mode 0600, directory 0700) and
+        switch it to WAL with foreign keys on, else open it query-only. Every connection
+        gets ``synchronous=FULL`` (a commit is fsync'd) and the busy timeout."""
+        if create and not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+            # Created here with 0600 rather than by SQLite under the umask: SQLite gives
+            # the -wal and -shm files the mode of the database file.
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
+        elif not path.exists():
+            raise sqlite3.OperationalError(f"delivery store file not found: {path}")
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            if create:
+                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+                if str(mode).lower() != "wal":
+                    raise sqlite3.OperationalError(f"cannot switch deliveries.db to WAL ({mode})")
+                # Attempts go with their delivery when prune removes it.
+                conn.execute("PRAGMA foreign_keys = ON")
+            else:
+                conn.execute("PRAGMA query_only = ON")
+            conn.execute("PRAGMA synchronous = FULL")
+        except BaseException:
+            conn.close()
+            raise
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def ensure_schema(self) -> None:
+        """Create the tables and indexes if missing (idempotent)."""
+        if self._user_version() == SCHEMA_VERSION:
+            return
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self._user_version()
+            if version > SCHEMA_VERSION:
+                raise sqlite3.DatabaseError(
+                    f"deliveries.db schema version {version} is newer than {SCHEMA_VERSION}"
+                )
+            for statement in _SCHEMA:
+                self._conn.execute(statement)
+            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+
+    def _user_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    # -- transactions ------------------------------------------------------------------
+
+    def begin_write(self) -> None:
+        self._conn.execute("BEGIN IMMEDIATE")
+
+    def begin_read(self) -> None:
+        """Start a read transaction: every query until ``rollback`` sees one snapshot."""
+        self._conn.execute("BEGIN DEFERRED")
+
+    def commit(self) -> None:
+        self._conn.execute("COMMIT")
+
+    def rollback(self) -> None:
+        """Roll back if a transaction is open; never raises."""
+        try:
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def savepoint(self) -> None:
+        self._conn.execute("SAVEPOINT job")
+
+    def release_savepoint(self) -> None:
+        self._conn.execute("RELEASE job")
+
+    def rollback_to_savepoint(self) -> None:
+        """Undo everything since ``savepoint``; the enclosing transaction stays open."""
+        self._conn.execute("ROLLBACK TO job")
+        self._conn.execute("RELEASE job")
+
+    # -- cursors -----------------------------------------------------------------------
+
+    def cursor(self, subscription_id: str) -> int | None:
+        row = self._conn.execute(
+            "SELECT seq FROM cursors WHERE subscription_id = ?", (subscription_id,)
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_cursor(self, subscription_id: str, seq: int) -> None:
+        self._conn.execute(
+            "INSERT INTO cursors (subscription_id, seq) VALUES (?, ?)"
+            " ON CONFLICT (subscription_id) DO UPDATE SET seq = excluded.seq",
+            (subscription_id, seq),
+        )
+
+    def advance_cursor(self, subscription_id: str, seq: int) -> None:
+        """Set the cursor to ``seq`` unless it is already further."""
+        self._conn.execute(
+            "INSERT INTO cursors (subscription_id, seq) VALUES (?, ?)"
+            " ON CONFLICT (subscription_id) DO UPDATE SET seq = max(seq, excluded.seq)",
+            (subscription_id, seq),
+        )
+
+    # -- deliveries --------------------------------------------------------------------
+
+    def max_delivery_id(self) -> str | None:
+        row = self._conn.execute("SELECT max(delivery_id) FROM deliveries").fetchone()
+        return None if row[0] is None else str(row[0])
+
+    def insert_pending(self, rows: Sequence[Row]) -> int:
+        """Insert ``(delivery_id, subscription_id, event_seq, event_id, event_type,
+        next_attempt_ms, created_ms)`` rows as pending; a row whose ``(subscription_id,
+        event_id)`` exists is skipped. Returns how many were inserted."""
+        if not rows:
+            return 0
+        cur = self._conn.executemany(
+            "INSERT INTO deliveries (delivery_id, subscription_id, event_seq, event_id,"
+            " event_type, status, attempts, next_attempt_ms, created_ms, updated_ms)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?7)"
+            " ON CONFLICT (subscription_id, event_id) DO NOTHING",
+            rows,
+        )
+        return max(cur.rowcount, 0)
+
+    def delivery(self, delivery_id: str) -> Row | None:
+        row: Row | None = self._conn.execute(
+            f"SELECT {_D_COLS} FROM deliveries WHERE delivery_id = ?",  # noqa: S608
+            (delivery_id,),
+        ).fetchone()
+        return row
+
+    def insert_attempt(self, row: Row) -> None:
+        """Insert an attempt row (``ATTEMPT_COLUMNS`` order). Raises
+        ``sqlite3.IntegrityError`` if that attempt number is already recorded."""
+        self._conn.execute(
+            f"INSERT INTO attempts ({_A_COLS})"  # noqa: S608 (constant column names)
+            f" VALUES ({', '.join('?' for _ in ATTEMPT_COLUMNS)})",
+            row,
+        )
+
+    def attempts_of(self, delivery_id: str) -> list[Row]:
+        return self._conn.execute(
+            f"SELECT {_A_COLS} FROM attempts WHERE delivery_id = ?"  # noqa: S608
+            " ORDER BY attempt_no",
+            (delivery_id,),
+        ).fetchall()
+
+    def update_after_attempt(
+        self,
+        delivery_id: str,
+        *,
+        status: str,
+        next_attempt_ms: int | None,
+        status_code: int | None,
+        error_class: str | None,
+        now_ms: int,
+    ) -> None:
+        self._conn.execute(
+            "UPDATE deliveries SET attempts = attempts + 1, status = ?, next_attempt_ms = ?,"
+            " last_status_code = ?, last_error_class = ?, updated_ms = ? WHERE delivery_id = ?",
+            (status, next_attempt_ms, status_code, error_class, now_ms, delivery_id),
+        )
+
+    def make_pending(self, delivery_id: str, now_ms: int) -> None:
+        self._conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?, updated_ms = ?"
+            " WHERE delivery_id = ?",
+            (now_ms, now_ms, delivery_id),
+        )
+
+    def recover(
+        self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
+    ) -> int:
+        where = _Where()
+        where.add("subscription_id = ?", subscription_id)
+        where.add("status = 'failed'")
+        where.add("created_ms >= ?", since_ms)
+        if until_ms is not None:
+            where.add("created_ms < ?", until_ms)
+        cur = self._conn.execute(
+            "UPDATE deliveries SET status = 'pending', next_attempt_ms = ?, updated_ms = ?"  # noqa: S608
+            f" WHERE {where.sql}",
+            (now_ms, now_ms, *where.params),
+        )
+        return max(cur.rowcount, 0)
+
+    def forget_subscription(self, subscription_id: str, error_class: str, now_ms: int) -> int:
+        """Delete the cursor and health row; mark pending deliveries failed. Returns how
+        many deliveries were marked."""
+        self._conn.execute("DELETE FROM cursors WHERE subscription_id = ?", (subscription_id,))
+        self._conn.execute(
+            "DELETE FROM subscription_health WHERE subscription_id = ?", (subscription_id,)
+        )
+        cur = self._conn.execute(
+            "UPDATE deliveries SET status = 'failed', next_attempt_ms = NULL,"
+            " last_error_class = ?, updated_ms = ?"
+            " WHERE subscription_id = ? AND status = 'pending'",
+            (error_class, now_ms, subscription_id),
+        )
+        return max(cur.rowcount, 0)
+
+    def prune_chunk(self, before_ms: int, limit: int) -> int:
+        """Delete up to ``limit`` finished deliveries last updated before ``before_ms``
+        (their attempts go by cascade). Returns how many."""
+        cur = self._conn.execute(
+            "DELETE FROM deliveries WHERE delivery_id IN (SELECT delivery_id FROM deliveries"
+            " WHERE status IN ('succeeded', 'failed') AND updated_ms < ? LIMIT ?)",
+            (before_ms, limit),
+        )
+        return max(cur.rowcount, 0)
+
+    # -- health ------------------------------------------------------------------------
+
+    def health(self, subscription_id: str) -> tuple[int | None, int | None]:
+        row = self._conn.execute(
+            "SELECT last_success_ms, failing_since_ms FROM subscription_health"
+            " WHERE subscription_id = ?",
+            (subscription_id,),
+        ).fetchone()
+        return (None, None) if row is None else (row[0], row[1])
+
+    def health_success(self, subscription_id: str, now_ms: int) -> None:
+        self._conn.execute(
+            "INSERT INTO subscription_health (subscription_id, last_success_ms,"
+            " failing_since_ms) VALUES (?, ?, NULL) ON CONFLICT (subscription_id)"
+            " DO UPDATE SET last_success_ms = excluded.last_success_ms, failing_since_ms = NULL",
+            (subscription_id, now_ms),
+        )
+
+    def health_failure(self, subscription_id: str, now_ms: int) -> None:
+        self._conn.execute(
+            "INSERT INTO subscription_health (subscription_id, last_success_ms,"
+            " failing_since_ms) VALUES (?, NULL, ?) ON CONFLICT (subscription_id)"
+            " DO UPDATE SET failing_since_ms"
+            " = coalesce(failing_since_ms, excluded.failing_since_ms)",
+            (subscription_id, now_ms),
+        )
+
+    # -- queue reads -------------------------------------------------------------------
+
+    def due(self, now_ms: int, limit: int, exclude: Sequence[str]) -> list[Row]:
+        where = _Where()
+        where.add("status = 'pending'")
+        where.add("next_attempt_ms <= ?", now_ms)
+        if exclude:
+            sql, params = _in_list("subscription_id", exclude)
+            where.add(f"NOT {sql}", *params)
+        return self._conn.execute(
+            f"SELECT {_D_COLS} FROM deliveries WHERE {where.sql}"  # noqa: S608
+            " ORDER BY next_attempt_ms, event_seq, delivery_id LIMIT ?",
+            (*where.params, limit),
+        ).fetchall()
+
+    def next_due_ms(self, exclude: Sequence[str]) -> int | None:
+        where = _Where()
+        where.add("status = 'pending'")
+        where.add("next_attempt_ms IS NOT NULL")
+        if exclude:
+            sql, params = _in_list("subscription_id", exclude)
+            where.add(f"NOT {sql}", *params)
+        row = self._conn.execute(
+            f"SELECT next_attempt_ms FROM deliveries WHERE {where.sql}"  # noqa: S608
+            " ORDER BY next_attempt_ms LIMIT 1",
+            tuple(where.params),
+        ).fetchone()
+        return None if row is None else int(row[0])
+
+    def oldest_pending(self, subscription_id: str) -> Row | None:
+        row: Row | None = self._conn.execute(
+            f"SELECT {_D_COLS} FROM deliveries"  # noqa: S608
+            " WHERE subscription_id = ? AND status = 'pending'"
+            " ORDER BY event_seq, delivery_id LIMIT 1",
+            (subscription_id,),
+        ).fetchone()
+        return row
+
+    def pending_count(self, subscription_id: str | None) -> int:
+        if subscription_id is None:
+            row = self._conn.execute(
+                "SELECT count(*) FROM deliveries WHERE status = 'pending'"
+            ).fetchone()
+        else:
+            row = self._conn.execute(
+                "SELECT count(*) FROM deliveries WHERE subscription_id = ?"
+                " AND status = 'pending'",
+                (subscription_id,),
+            ).fetchone()
+        return int(row[0])
+
+    def oldest_pending_created_ms(self) -> int | None:
+        row = self._conn.execute(
+            "SELECT min(created_ms) FROM deliveries WHERE status = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    # -- listing -----------------------------------------------------------------------
+
+    def list_deliveries(
+        self,
+        *,
+        subscription_id: str | None,
+        status: str | None,
+        since_ms: int | None,
+        until_ms: int | None,
+        after: str | None,
+        limit: int,
+    ) -> list[Row]:
+        """Matching rows in ``delivery_id`` order (creation order), after ``after``;
+        ``since_ms`` inclusive and ``until_ms`` exclusive on ``created_ms``."""
+        where = _Where()
+        if subscription_id is not None:
+            where.add("subscription_id = ?", subscription_id)
+        if status is not None:
+            where.add("status = ?", status)
+        if since_ms is not None:
+            where.add("created_ms >= ?", since_ms)
+        if until_ms is not None:
+            where.add("created_ms < ?", until_ms)
+        if after is not None:
+            where.add("delivery_id > ?", after)
+        return self._conn.execute(
+            f"SELECT {_D_COLS} FROM deliveries WHERE {where.sql}"  # noqa: S608
+            " ORDER BY delivery_id LIMIT ?",
+            (*where.params, limit),
+        ).fetchall()
+
+    # -- stats (call inside begin_read for one snapshot) -------------------------------
+
+    def status_counts(self, subscription_id: str | None, since_ms: int | None) -> dict[str, int]:
+        where = _deliveries_where(subscription_id, since_ms)
+        rows = self._conn.execute(
+            f"SELECT status, count(*) FROM deliveries WHERE {where.sql}"  # noqa: S608
+            " GROUP BY status",
+            tuple(where.params),
+        ).fetchall()
+        return {str(status): int(n) for status, n in rows}
+
+    def attempt_counts(self, subscription_id: str | None, since_ms: int | None) -> tuple[int, int]:
+        """``(attempts, attempts without an error class)`` started at or after
+        ``since_ms``."""
+        source, where = _attempts_where(subscription_id, since_ms)
+        row = self._conn.execute(
+            f"SELECT count(*), ifnull(sum(a.error_class IS NULL), 0) FROM {source}"  # noqa: S608
+            f" WHERE {where.sql}",
+            tuple(where.params),
+        ).fetchone()
+        return int(row[0]), int(row[1])
+
+    def recent_durations(
+        self, subscription_id: str | None, since_ms: int | None, limit: int
+    ) -> list[int]:
+        """Durations of the ``limit`` most recently started attempts in range."""
+        source, where = _attempts_where(subscription_id, since_ms)
+        rows = self._conn.execute(
+            f"SELECT a.duration_ms FROM {source} WHERE {where.sql}"  # noqa: S608
+            " ORDER BY a.started_ms DESC LIMIT ?",
+            (*where.params, limit),
+        ).fetchall()
+        return [int(row[0]) for row in rows]
+
+    def failures_by_class(
+        self, subscription_id: str | None, since_ms: int | None
+    ) -> dict[str, int]:
+        source, where = _attempts_where(subscription_id, since_ms)
+        where.add("a.error_class IS NOT NULL")
+        rows = self._conn.execute(
+            f"SELECT a.error_class, count(*) FROM {source} WHERE {where.sql}"  # noqa: S608
+            " GROUP BY a.error_class ORDER BY count(*) DESC, a.error_class",
+            tuple(where.params),
+        ).fetchall()
+        return {str(cls): int(n) for cls, n in rows}
+
+    def busiest(
+        self, subscription_id: str | None, since_ms: int | None, limit: int
+    ) -> list[tuple[str, int]]:
+        where = _deliveries_where(subscription_id, since_ms)
+        rows = self._conn.execute(
+            f"SELECT subscription_id, count(*) AS n FROM deliveries WHERE {where.sql}"  # noqa: S608
+            " GROUP BY subscription_id ORDER BY n DESC, subscription_id LIMIT ?",
+            (*where.params, limit),
+        ).fetchall()
+        return [(str(sub), int(n)) for sub, n in rows]
+
+
+def _deliveries_where(subscription_id: str | None, since_ms: int | None) -> _Where:
+    where = _Where()
+    if subscription_id is not None:
+        where.add("subscription_id = ?", subscription_id)
+    if since_ms is not None:
+        where.add("created_ms >= ?", since_ms)
+    return where
+
+
+def _attempts_where(subscription_id: str | None, since_ms: int | None) -> tuple[str, _Where]:
+    """The FROM clause (attempts ``a``, joined to deliveries ``d`` only when filtering by
+    subscription) and the conditions."""
+    where = _Where()
+    source = "attempts a"
+    if subscription_id is not None:
+        source = "attempts a JOIN deliveries d ON d.delivery_id = a.delivery_id"
+        where.add("d.subscription_id = ?", subscription_id)
+    if since_ms is not None:
+        where.add("a.started_ms >= ?", since_ms)
+    return source, where
+
+
+# -- the writer thread ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class WriteJob(Generic[_T]):
+    """``run`` is called on the writer thread inside the open transaction; ``future``
+    (of the writer's event loop) gets its result or exception after the commit."""
+
+    run: Callable[[DeliverySql], _T]
+    future: asyncio.Future[_T]
+
+
+_STOP = object()
+_Outcome = tuple["asyncio.Future[Any]", Any]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, value in outcomes:
+        if future.done():  # the caller was cancelled: nobody is waiting for this one
+            continue
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+
+class DeliveryWriter(threading.Thread):
+    """The store's only writer. Takes the first queued job and whatever else is queued
+    (up to ``batch_max``) and runs them in one transaction, each in a savepoint."""
+
+    def __init__(
+        self, sql: DeliverySql, *, loop: asyncio.AbstractEventLoop, batch_max: int
+    ) -> None:
+        super().__init__(name="palyra-delivery-writer", daemon=True)
+        self._sql = sql
+        self._loop = loop
+        self._batch_max = max(1, batch_max)
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.commits = 0
+
+    def submit(self, job: WriteJob[Any]) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """Finish every job queued so far, then end the thread and close its connection."""
+        self._queue.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                batch: list[WriteJob[Any]] = [first]  # type: ignore[list-item]
+                while len(batch) < self._batch_max:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        stopping = True
+                        break
+                    batch.append(job)  # type: ignore[arg-type]
+                self._run_batch(batch)
+        finally:
+            self._sql.close()
+
+    def _run_batch(self, jobs: list[WriteJob[Any]]) -> None:
+        try:
+            outcomes = self._transaction(jobs)
+        except Exception as exc:
+            self._sql.rollback()
+            if len(jobs) > 1:
+                # One job may have broken the shared transaction: give each its own, so
+                # the others do not fail on its account.
+                for job in jobs:
+                    self._run_batch([job])
+                return
+            outcomes = [(jobs[0].future, self._failure(exc))]
+        self._deliver(outcomes)
+
+    def _transaction(self, jobs: list[WriteJob[Any]]) -> list[_Outcome]:
+        sql = self._sql
+        sql.begin_write()
+        outcomes: list[_Outcome] = []
+        for job in jobs:
+            sql.savepoint()
+            try:
+                value = job.run(sql)
+            except (ValueError, LookupError) as exc:
+                # The job refused (bad input, unknown id): undo its writes only.
+                sql.rollback_to_savepoint()
+                outcomes.append((job.future, exc))
+            else:
+                sql.release_savepoint()
+                outcomes.append((job.future, value))
+        sql.commit()
+        self.commits += 1
+        return outcomes
+
+    @staticmethod
+    def _failure(exc: Exception) -> Exception:
+        if isinstance(exc, sqlite3.Error | OSError):
+            return DeliveryStoreUnavailable(describe_error(exc, "write"))
+        _log.exception("delivery writer: unexpected error")
+        return exc
+
+    def _deliver(self, outcomes: list[_Outcome]) -> None:
+        try:
+            self._loop.call_soon_threadsafe(_settle, outcomes)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody is waiting any more
