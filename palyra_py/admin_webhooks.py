@@ -14,14 +14,8 @@ from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
 from palyra_py.ingress import resolve_secrets
-from palyra_py.registry import (
-    RegistryError,
-    add_integration,
-    normalize_id,
-    remove_integration,
-    update_integration,
-    validate_integration_fields,
-)
+from palyra_py.registry import RegistryError, normalize_id, validate_integration_fields
+from palyra_py.registry_edit import add_integration, remove_integration, update_integration
 from palyra_py.secrets import SecretNotFound, SecretRefError, generate_secret, parse_secret_ref
 
 if TYPE_CHECKING:

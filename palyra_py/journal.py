@@ -2,7 +2,9 @@
 SHA-256 hash chain, replay keys in the same commit, retention with a checkpoint.
 
 Every system event is appended with a contiguous, increasing ``seq``; when ``append``
-returns, the event is durable (its commit was fsync'd). The SQL is in ``journal_store``.
+returns, the event is durable (its commit was fsync'd). The writer thread is in
+``journal_writer``, the SQL in ``journal_store`` and ``journal_chain``; every public name
+of the journal can be imported from here.
 """
 
 from __future__ import annotations
@@ -10,8 +12,6 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
-import logging
-import queue
 import sqlite3
 import threading
 import time
@@ -23,34 +23,48 @@ from typing import Any, TypeVar
 
 import ulid
 
+from palyra_py.journal_chain import ChainWalk, Row
 from palyra_py.journal_store import (
-    ChainWalk,
     JournalStore,
     PendingRow,
-    Row,
     encode_payload,
     is_storable_text,
     related_files,
     restrict_permissions,
     where_clause,
 )
+from palyra_py.journal_writer import (
+    AppendJob,
+    AppendResult,
+    DuplicateEventId,
+    GroupCommitWriter,
+    JournalUnavailable,
+    RetentionJob,
+    describe_failure,
+)
 
-_log = logging.getLogger(__name__)
+__all__ = [
+    "DEFAULT_BUSY_TIMEOUT_MS",
+    "DEFAULT_MAX_PENDING",
+    "AppendResult",
+    "DuplicateEventId",
+    "EventFilter",
+    "GroupCommitWriter",
+    "Journal",
+    "JournalEvent",
+    "JournalUnavailable",
+    "NewEvent",
+    "ReplayKey",
+    "VerifyResult",
+    "format_time_ms",
+]
+
 _T = TypeVar("_T")
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 DEFAULT_MAX_PENDING = 10_000
 _LIST_CHUNK_MIN = 256
 _LIST_CHUNK_MAX = 4096
-
-
-class JournalUnavailable(Exception):
-    """The journal could not make an append durable (disk full, locked, removed...).
-    Nothing of the failed batch was committed."""
-
-
-class DuplicateEventId(ValueError):
-    """A caller-supplied ``event_id`` is already in the journal; nothing was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,15 +113,6 @@ class JournalEvent:
         fields = {name: getattr(self, name) for name in self.__slots__}
         return {"seq": self.seq, "event_id": self.event_id,
                 "time": format_time_ms(self.ts_unix_ms), **fields}
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    seq: int
-    event_id: str
-    duplicate: bool
-    """True when the replay key was already present: ``seq``/``event_id`` are the original's
-    and nothing new was written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -173,13 +178,6 @@ def _event_from_row(row: Row) -> JournalEvent:
     )
 
 
-def _describe(exc: BaseException, action: str = "write") -> str:
-    """A short reason for JournalUnavailable. SQLite's messages name the failure (locked,
-    full, read-only...), never bound values, so no payload or secret leaks through."""
-    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    return f"journal {action} failed ({code}): {str(exc)[:120]}"
-
-
 def _pending_row(event: NewEvent) -> PendingRow:
     """Check and serialize on the caller's side, so that a bad event fails its own append
     and never the batch it would have joined."""
@@ -202,160 +200,6 @@ def _pending_row(event: NewEvent) -> PendingRow:
             key.integration_id, key.delivery_id, int(key.window_s * 1000)
         ),
     )
-
-
-# -- the writer thread ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class _AppendJob:
-    row: PendingRow
-    future: asyncio.Future[AppendResult]
-
-
-@dataclass(frozen=True, slots=True)
-class _RetentionJob:
-    max_age_s: float | None
-    max_bytes: int | None
-    future: asyncio.Future[int]
-
-
-_STOP = object()
-_Outcome = tuple["asyncio.Future[Any]", Any]
-
-
-def _settle(outcomes: list[_Outcome]) -> None:
-    for future, value in outcomes:
-        if future.done():  # the caller was cancelled: nobody is waiting for this one
-            continue
-        if isinstance(value, BaseException):
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-
-
-class GroupCommitWriter(threading.Thread):
-    """The journal's only writer. Takes the first queued job, then everything else queued
-    (up to ``batch_max``), and commits the appends among them in one transaction: one
-    fsync for many concurrent appends."""
-
-    def __init__(
-        self,
-        store: JournalStore,
-        *,
-        loop: asyncio.AbstractEventLoop,
-        clock: Callable[[], float],
-        batch_max: int,
-        on_commit: Callable[[int], None] | None,
-        head: tuple[int, str],
-    ) -> None:
-        super().__init__(name="palyra-journal-writer", daemon=True)
-        self._store = store
-        self._loop = loop
-        self._clock = clock
-        self._batch_max = max(1, batch_max)
-        self._on_commit = on_commit
-        # The chain head as committed; None after a failure until re-read from the file.
-        self._head: tuple[int, str] | None = head
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
-        self.commits = 0
-        self.failed_batches = 0
-
-    def submit(self, job: _AppendJob | _RetentionJob) -> None:
-        self._queue.put(job)
-
-    def stop(self) -> None:
-        """Finish every job queued so far, then end the thread and close its connection."""
-        self._queue.put(_STOP)
-
-    def run(self) -> None:
-        try:
-            stopping = False
-            while not stopping:
-                first = self._queue.get()
-                if first is _STOP:
-                    break
-                batch = [first]
-                while len(batch) < self._batch_max:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is _STOP:
-                        stopping = True
-                        break
-                    batch.append(job)
-                self._run_batch(batch)
-        finally:
-            self._store.close()
-
-    def _run_batch(self, batch: list[object]) -> None:
-        appends: list[_AppendJob] = []
-        for job in batch:
-            if isinstance(job, _AppendJob):
-                appends.append(job)
-            elif isinstance(job, _RetentionJob):
-                # Queue order holds: appends queued before the retention commit first.
-                if appends:
-                    self._commit(appends)
-                    appends = []
-                self._retain(job)
-        if appends:
-            self._commit(appends)
-
-    def _deliver(self, outcomes: list[_Outcome], committed_seq: int | None = None) -> None:
-        try:
-            self._loop.call_soon_threadsafe(_settle, outcomes)
-            if committed_seq is not None and self._on_commit is not None:
-                self._loop.call_soon_threadsafe(self._on_commit, committed_seq)
-        except RuntimeError:
-            pass  # the event loop is closed: nobody is waiting any more
-
-    def _commit(self, jobs: list[_AppendJob]) -> None:
-        try:
-            now_ms = int(self._clock() * 1000)
-            stored, head = self._store.append_batch(
-                [job.row for job in jobs], now_ms=now_ms, head=self._head
-            )
-        except Exception as exc:
-            if not isinstance(exc, sqlite3.Error | OSError):
-                _log.exception("journal writer: unexpected error")
-            self.failed_batches += 1
-            self._head = self._reload_head()
-            error = JournalUnavailable(_describe(exc))
-            self._deliver([(job.future, error) for job in jobs])
-            return
-        self.commits += 1
-        outcomes: list[_Outcome] = []
-        for job, result in zip(jobs, stored, strict=True):
-            if result.status == "id_conflict":
-                outcomes.append((job.future, DuplicateEventId("event_id already journaled")))
-            else:
-                value = AppendResult(result.seq, result.event_id, result.status == "duplicate")
-                outcomes.append((job.future, value))
-        written = self._head is None or head[0] != self._head[0]
-        self._head = head
-        self._deliver(outcomes, head[0] if written else None)
-
-    def _reload_head(self) -> tuple[int, str] | None:
-        try:
-            return self._store.head()
-        except sqlite3.Error:
-            return None  # the next batch reads it inside its transaction
-
-    def _retain(self, job: _RetentionJob) -> None:
-        result: int | JournalUnavailable
-        try:
-            now_ms = int(self._clock() * 1000)
-            result = self._store.apply_retention(
-                older_than_ms=None if job.max_age_s is None else now_ms - int(job.max_age_s * 1000),
-                max_bytes=job.max_bytes,
-            )
-        except Exception as exc:
-            if not isinstance(exc, sqlite3.Error | OSError):
-                _log.exception("journal retention: unexpected error")
-            result = JournalUnavailable(_describe(exc))
-        self._deliver([(job.future, result)])
 
 
 # -- the journal ----------------------------------------------------------------------
@@ -410,7 +254,7 @@ class Journal:
         try:
             writer_store, reader_store, head = await asyncio.to_thread(self._open)
         except (sqlite3.Error, OSError) as exc:
-            raise JournalUnavailable(_describe(exc, "open")) from exc
+            raise JournalUnavailable(describe_failure(exc, "open")) from exc
         self._loop = asyncio.get_running_loop()
         self._reader = reader_store
         self._writer = GroupCommitWriter(
@@ -463,7 +307,7 @@ class Journal:
         writer, loop = self._live_writer()
         if self._pending >= self._max_pending:
             raise JournalUnavailable("journal write queue is full")
-        job = _AppendJob(_pending_row(event), loop.create_future())
+        job = AppendJob(_pending_row(event), loop.create_future())
         self._pending += 1
         try:
             writer.submit(job)
@@ -479,7 +323,7 @@ class Journal:
         writer, loop = self._live_writer()
         if max_age_s is None and max_bytes is None:
             return 0
-        job = _RetentionJob(max_age_s, max_bytes, loop.create_future())
+        job = RetentionJob(max_age_s, max_bytes, loop.create_future())
         writer.submit(job)
         return await job.future
 
@@ -493,7 +337,7 @@ class Journal:
         try:
             return await asyncio.to_thread(run)
         except sqlite3.Error as exc:
-            raise JournalUnavailable(_describe(exc, "read")) from exc
+            raise JournalUnavailable(describe_failure(exc, "read")) from exc
 
     async def list(
         self, flt: EventFilter, *, after_seq: int = 0, limit: int = 100
@@ -541,7 +385,7 @@ class Journal:
         try:
             walk = await asyncio.to_thread(self._walk_chain)
         except sqlite3.Error as exc:
-            raise JournalUnavailable(_describe(exc, "read")) from exc
+            raise JournalUnavailable(describe_failure(exc, "read")) from exc
         return VerifyResult(walk.first_broken_seq is None, *walk)
 
     def _walk_chain(self) -> ChainWalk:

@@ -1,8 +1,9 @@
-"""SQLite storage for the journal: file creation, pragmas, schema and every SQL statement.
+"""SQLite storage for the journal: file creation, pragmas, schema, transactions, and the SQL
+of appends and reads; the hash chain's SQL (verification, retention) is in ``journal_chain``.
 
-``journal.py`` owns the rules (hash chain, group commit, replay semantics); this module
-only stores and fetches rows. It knows nothing of the journal's dataclasses, so that a
-PostgreSQL store can be added beside it behind the same methods.
+``journal.py`` owns the rules (group commit, replay semantics); this module only stores and
+fetches rows. It knows nothing of the journal's dataclasses, so that a PostgreSQL store can
+be added beside it behind the same methods.
 
 A ``JournalStore`` wraps one connection and is not thread-safe: the journal gives the
 writer thread one store and guards the reader's with a lock.
@@ -10,37 +11,28 @@ writer thread one store and guards the reader's with a lock.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
+
+from palyra_py.journal_chain import (
+    EVENT_COLUMNS,
+    ZERO_HASH,
+    ChainWalk,
+    Row,
+    chain_hash,
+    read_checkpoint,
+    remove_through,
+    retention_cut,
+    walk_chain,
+)
 
 SCHEMA_VERSION = 1
-ZERO_HASH = "0" * 64
 FILE_MODE = 0o600
-
-EVENT_COLUMNS: tuple[str, ...] = (
-    "seq",
-    "event_id",
-    "ts_unix_ms",
-    "kind",
-    "source",
-    "actor",
-    "integration_id",
-    "event_type",
-    "severity",
-    "payload_json",
-    "redacted",
-    "prev_hash",
-    "hash",
-)
-"""Column order of every row this module returns or accepts."""
-
-Row = tuple[Any, ...]
 
 _COLS = ", ".join(EVENT_COLUMNS)
 _INSERT_EVENT = (
@@ -100,35 +92,6 @@ _SCHEMA: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS replay_keys_expiry ON replay_keys (expires_at_ms)",
 )
 
-# Estimated stored bytes of one row, for size-based retention: the text columns plus a
-# fixed allowance for the integers and SQLite's record overhead.
-_ROW_BYTES = (
-    "(48 + "
-    + " + ".join(
-        f"ifnull(length(CAST({col} AS BLOB)), 0)"
-        for col in EVENT_COLUMNS
-        if col not in ("seq", "ts_unix_ms", "redacted")
-    )
-    + ")"
-)
-
-
-def canonical_json(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
-
-
-def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
-    """``sha256(prev_hash + "\\n" + canonical JSON of record)`` in hex, where ``record``
-    maps every column of the row except ``hash`` to its stored value."""
-    data = prev_hash + "\n" + canonical_json(record)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
-
-
-def row_hash(row: Row) -> str:
-    """The hash a stored row should carry, recomputed from its other columns."""
-    return chain_hash(str(row[11]), dict(zip(EVENT_COLUMNS[:-1], row[:-1], strict=True)))
-
-
 def encode_payload(payload: Any) -> str:
     """The ``payload_json`` column: compact, sorted keys, UTF-8 text. Raises ``TypeError``
     / ``ValueError`` for what JSON cannot hold (NaN and infinities included)."""
@@ -177,14 +140,6 @@ class Stored:
     seq: int
     event_id: str
     status: Literal["new", "duplicate", "id_conflict"]
-
-
-class ChainWalk(NamedTuple):
-    checked: int
-    first_seq: int | None
-    last_seq: int | None
-    first_broken_seq: int | None
-    reason: str
 
 
 def related_files(path: Path) -> list[Path]:
@@ -362,8 +317,7 @@ class JournalStore:
 
     def checkpoint(self) -> tuple[int, str] | None:
         """``(seq, hash)`` of the last row removed by retention, if any."""
-        row = self._conn.execute("SELECT seq, hash FROM journal_checkpoint WHERE id = 1").fetchone()
-        return None if row is None else (int(row[0]), str(row[1]))
+        return read_checkpoint(self._conn)
 
     def head(self) -> tuple[int, str]:
         """``(seq, hash)`` the next append chains onto: the newest row, else the
@@ -470,8 +424,8 @@ class JournalStore:
         """
         self._conn.execute("BEGIN IMMEDIATE")
         try:
-            cut = self._retention_cut(older_than_ms, max_bytes)
-            removed = 0 if cut is None else self._remove_through(cut)
+            cut = retention_cut(self._conn, older_than_ms, max_bytes)
+            removed = 0 if cut is None else remove_through(self._conn, cut)
             self._conn.execute("COMMIT")
         except BaseException:
             self.rollback()
@@ -483,48 +437,6 @@ class JournalStore:
             except sqlite3.Error:
                 pass
         return removed
-
-    def _retention_cut(self, older_than_ms: int | None, max_bytes: int | None) -> int | None:
-        bounds = self._conn.execute("SELECT min(seq), max(seq) FROM journal_events").fetchone()
-        if bounds[0] is None:
-            return None
-        first, newest = int(bounds[0]), int(bounds[1])
-        cut = first - 1
-        if older_than_ms is not None:
-            row = self._conn.execute(
-                "SELECT seq FROM journal_events WHERE ts_unix_ms >= ? ORDER BY seq LIMIT 1",
-                (older_than_ms,),
-            ).fetchone()
-            cut = max(cut, newest if row is None else int(row[0]) - 1)
-        if max_bytes is not None:
-            total = self._conn.execute(
-                f"SELECT ifnull(sum({_ROW_BYTES}), 0) FROM journal_events"  # noqa: S608
-            ).fetchone()[0]
-            excess = int(total) - max_bytes
-            if excess > 0:
-                removed = 0
-                # The cursor streams rows: memory stays bounded however long the scan.
-                for seq, size in self._conn.execute(
-                    f"SELECT seq, {_ROW_BYTES} FROM journal_events ORDER BY seq"  # noqa: S608
-                ):
-                    removed += int(size)
-                    if removed >= excess:
-                        cut = max(cut, int(seq))
-                        break
-        cut = min(cut, newest - 1)
-        return cut if cut >= first else None
-
-    def _remove_through(self, seq: int) -> int:
-        last = self._conn.execute("SELECT hash FROM journal_events WHERE seq = ?", (seq,))
-        last_hash = str(last.fetchone()[0])
-        self._conn.execute("UPDATE journal_guard SET retention_running = 1 WHERE id = 1")
-        cur = self._conn.execute("DELETE FROM journal_events WHERE seq <= ?", (seq,))
-        self._conn.execute("UPDATE journal_guard SET retention_running = 0 WHERE id = 1")
-        self._conn.execute(
-            "INSERT OR REPLACE INTO journal_checkpoint (id, seq, hash) VALUES (1, ?, ?)",
-            (seq, last_hash),
-        )
-        return max(cur.rowcount, 0)
 
     # -- reads -------------------------------------------------------------------------
 
@@ -541,28 +453,4 @@ class JournalStore:
         checkpoint (or seq 1 and ``ZERO_HASH``): contiguous seqs, each ``prev_hash`` equal
         to the previous row's hash, each hash recomputed from the stored columns. Call
         inside ``begin_read`` for one consistent snapshot."""
-        checkpoint = self.checkpoint()
-        expected, prev_hash = checkpoint or (0, ZERO_HASH)
-        expected += 1
-        checked, first, last = 0, None, None
-        after = 0
-        while True:
-            rows = self._conn.execute(
-                f"SELECT {_COLS} FROM journal_events"  # noqa: S608
-                " WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after, chunk),
-            ).fetchall()
-            for row in rows:
-                seq = int(row[0])
-                first = seq if first is None else first
-                if seq != expected:
-                    # The first missing seq (or a row that sits before the checkpoint).
-                    return ChainWalk(checked, first, last, min(seq, expected), "seq gap")
-                if row[11] != prev_hash:
-                    return ChainWalk(checked, first, last, seq, "prev_hash does not link")
-                if row_hash(row) != row[12]:
-                    return ChainWalk(checked, first, last, seq, "hash mismatch")
-                checked, last, prev_hash, expected = checked + 1, seq, str(row[12]), seq + 1
-            if len(rows) < chunk:
-                return ChainWalk(checked, first, last, None, "ok")
-            after = int(rows[-1][0])
+        return walk_chain(self._conn, chunk=chunk)

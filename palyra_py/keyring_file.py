@@ -1,5 +1,4 @@
-"""The fallback keyring (a 0600 JSON file in the state dir) and the file primitives it shares
-with the registry: an inter-process lock and an atomic, durable, private write.
+"""The fallback keyring: a 0600 JSON file in the state dir, written with ``atomic_files``.
 
 The fallback exists for machines with no usable OS keyring (headless servers, containers):
 secrets then sit in ``<state_dir>/secrets.json``, readable by the daemon's user only. That is
@@ -9,10 +8,7 @@ no weaker than the state dir itself, which already holds the journal.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
-import os
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,55 +16,9 @@ from pathlib import Path
 from keyring.backend import KeyringBackend
 from keyring.errors import KeyringError, PasswordDeleteError
 
+from palyra_py.atomic_files import exclusive_lock, write_atomic
+
 FILE_FORMAT_VERSION = 1
-
-
-@contextlib.contextmanager
-def exclusive_lock(lock_path: Path) -> Iterator[None]:
-    """Hold ``flock(LOCK_EX)`` on ``lock_path`` (created 0600) for the ``with`` body.
-
-    ``flock`` locks belong to the open file description, so two opens in the same process
-    exclude each other too; the lock is released by the kernel if the holder dies.
-    """
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        # Closing the descriptor releases the lock.
-        os.close(fd)
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Replace ``path`` with ``data`` so that a crash leaves either the old or the new file.
-
-    A temporary file in the same directory (mode 0600) is written, flushed and fsync'd, then
-    renamed over ``path``, and the directory is fsync'd so the rename itself is durable. The
-    result is mode 0600 whatever the old file's mode was.
-    """
-    directory = path.parent
-    # mkstemp creates the file 0600 whatever the umask.
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as tmp:
-            tmp.write(data)
-            tmp.flush()
-            os.fsync(tmp.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        raise
-    fsync_dir(directory)
-
-
-def fsync_dir(directory: Path) -> None:
-    """fsync a directory so that renames and creations inside it survive a power cut."""
-    dir_fd = os.open(directory, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 class StateDirKeyring(KeyringBackend):

@@ -5,6 +5,9 @@ with tomlkit: comments, blank lines and key order survive every change the daemo
 Every value is checked on load; an error names the field (``webhooks[2].max_payload_bytes``,
 records counted from 0), says what is allowed and, when it comes from the file, carries the
 line and column. Writes are atomic and serialised between threads and processes.
+
+Here: the model, the field rules, ``parse_registry``. ``RegistryFile`` and the document edits
+are in ``registry_edit`` (and importable from here); error positions in ``registry_positions``.
 """
 
 from __future__ import annotations
@@ -14,19 +17,23 @@ import difflib
 import importlib
 import ipaddress
 import re
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tomlkit
 from tomlkit.exceptions import ParseError
-from tomlkit.items import AoT, Array, Comment, InlineTable, Null, Table, Trivia, Whitespace
 
-from palyra_py.keyring_file import exclusive_lock, write_atomic
+from palyra_py.registry_positions import locate
 from palyra_py.secrets import SecretRefError, parse_secret_ref
+
+if TYPE_CHECKING:
+    from palyra_py.registry_edit import RegistryFile as RegistryFile
+    from palyra_py.registry_edit import add_integration as add_integration
+    from palyra_py.registry_edit import remove_integration as remove_integration
+    from palyra_py.registry_edit import update_integration as update_integration
 
 REGISTRY_VERSION = 1
 MAX_INTEGRATIONS = 1024
@@ -449,7 +456,7 @@ def parse_registry(text: str, path: Path) -> Registry:
     try:
         integrations = _build(data)
     except RegistryError as exc:
-        line, col = _locate(text, exc.field or "")
+        line, col = locate(text, exc.field or "")
         raise RegistryError(exc.message, path=path, line=line, col=col, field=exc.field) from None
     return Registry(path=path, integrations=integrations)
 
@@ -494,369 +501,16 @@ def _build(data: Mapping[str, Any]) -> dict[str, Integration]:
     return out
 
 
-_FIELD_PATH = re.compile(r"webhooks\[(\d+)\](?:\.([A-Za-z0-9_-]+))?")
+# registry_edit builds on this module, so its names are re-exported on first use: importing
+# them at load time would be circular. mypy reads the TYPE_CHECKING imports at the top
+# instead, which keeps a misspelt import from this module an error.
+_FROM_REGISTRY_EDIT = frozenset(
+    {"RegistryFile", "add_integration", "remove_integration", "update_integration"}
+)
 
+if not TYPE_CHECKING:
 
-def _key_pattern(key: str) -> str:
-    quoted = re.escape(key)
-    return f"(?:{quoted}|\"{quoted}\"|'{quoted}')"
-
-
-_WEBHOOKS = _key_pattern("webhooks")
-_RECORD_HEADER = re.compile(rf"(\s*)\[\[\s*{_WEBHOOKS}\s*\]\]")
-_SUB_TABLE_HEADER = re.compile(rf"\s*\[\s*{_WEBHOOKS}\s*\.")
-_ANY_HEADER = re.compile(r"\s*\[")
-
-
-def _locate(text: str, field_name: str) -> tuple[int | None, int | None]:
-    """Line and column (1-based) of the key a field error is about.
-
-    tomlkit keeps no positions, so the text is scanned: the N-th ``[[webhooks]]`` header,
-    then ``key =`` (or ``key.x =``, or a ``[webhooks.key]`` header) inside that record. A
-    missing key points at the record's header; anything else found nowhere gives no
-    position rather than a wrong one.
-    """
-    lines = _code_lines(text)
-    match = _FIELD_PATH.match(field_name)
-    if match is None:
-        top = re.match(r"[^.\[]+", field_name)
-        return _find_top_level(lines, top.group(0)) if top else (None, None)
-    index, key = int(match.group(1)), match.group(2)
-    headers = [
-        (n, len(found.group(1)) + 1) for n, line in lines if (found := _RECORD_HEADER.match(line))
-    ]
-    if index >= len(headers):
-        return _find_top_level(lines, "webhooks")
-    header_pos: tuple[int | None, int | None] = headers[index]
-    start = headers[index][0]
-    if key is None:
-        return header_pos
-    assignment = re.compile(rf"(\s*){_key_pattern(key)}\s*[=.]")
-    sub_table = re.compile(rf"(\s*)\[\s*{_WEBHOOKS}\s*\.\s*{_key_pattern(key)}\s*[\].]")
-    for n, line in lines:
-        if n <= start:
-            continue
-        if _ANY_HEADER.match(line) and not _SUB_TABLE_HEADER.match(line):
-            break
-        found = assignment.match(line) or sub_table.match(line)
-        if found:
-            return n, len(found.group(1)) + 1
-    return header_pos
-
-
-def _find_top_level(lines: list[tuple[int, str]], key: str) -> tuple[int | None, int | None]:
-    assignment = re.compile(rf"(\s*){_key_pattern(key)}\s*[=.]")
-    header = re.compile(rf"(\s*)\[\[?\s*{_key_pattern(key)}\s*[\].]")
-    in_table = False
-    for n, line in lines:
-        found = header.match(line)
-        if not found and not in_table:
-            found = assignment.match(line)
-        if found:
-            return n, len(found.group(1)) + 1
-        in_table = in_table or bool(_ANY_HEADER.match(line))
-    return None, None
-
-
-def _code_lines(text: str) -> list[tuple[int, str]]:
-    """``(line number, line)`` for every line that starts outside a multi-line string."""
-    out: list[tuple[int, str]] = []
-    open_delimiter: str | None = None
-    for number, line in enumerate(text.splitlines(), start=1):
-        if open_delimiter is not None:
-            end = line.find(open_delimiter)
-            if end < 0:
-                continue
-            open_delimiter = _opens_multiline(line[end + 3 :])
-            continue
-        out.append((number, line))
-        open_delimiter = _opens_multiline(line)
-    return out
-
-
-def _opens_multiline(line: str) -> str | None:
-    """The delimiter of a multi-line string left open at the end of ``line``, if any."""
-    i = 0
-    while i < len(line):
-        if line.startswith(('"""', "'''"), i):
-            delimiter = line[i : i + 3]
-            end = line.find(delimiter, i + 3)
-            if end < 0:
-                return delimiter
-            i = end + 3
-        elif line[i] == "#":
-            return None
-        elif line[i] == '"':
-            i += 1
-            while i < len(line) and line[i] != '"':
-                i += 2 if line[i] == "\\" else 1
-            i += 1
-        elif line[i] == "'":
-            end = line.find("'", i + 1)
-            i = len(line) if end < 0 else end + 1
-        else:
-            i += 1
-    return None
-
-
-# ---------------------------------------------------------------------------------------
-# The file.
-
-
-class RegistryFile:
-    """The on-disk registry. All writes are atomic and serialised by an inter-process lock."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock = threading.Lock()
-
-    def load(self) -> Registry:
-        """Read and validate the file; a missing file is an empty registry."""
-        text = self._read_text()
-        if text is None:
-            return Registry(path=self.path, integrations={})
-        return parse_registry(text, self.path)
-
-    def _read_text(self) -> str | None:
-        try:
-            raw = self.path.read_bytes()
-        except FileNotFoundError:
-            return None
-        except OSError as exc:
-            message = f"cannot read the registry ({exc.strerror})"
-            raise RegistryError(message, path=self.path) from None
-        if len(raw) > MAX_REGISTRY_BYTES:
-            raise RegistryError(f"larger than {MAX_REGISTRY_BYTES} bytes", path=self.path)
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise RegistryError("not UTF-8 text", path=self.path, line=line, col=col) from None
-
-    def edit(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
-        """Under the lock: read the file as it is on disk (or a new ``version = 1`` document),
-        apply ``change`` to the tomlkit document, validate the result, write it atomically
-        (temp file in the same dir, fsync, rename, fsync dir; mode 0600), and return it. If
-        validation fails nothing is written and ``RegistryError`` is raised."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._lock, exclusive_lock(self.lock_path):
-            text = self._read_text()
-            exists = text is not None
-            if text is None:
-                text = NEW_REGISTRY_TEXT
-            # Validate what is on disk first: if the change leaves a hand-made error in
-            # place, that error is reported with its true line and column.
-            try:
-                parse_registry(text, self.path)
-                on_disk_error: RegistryError | None = None
-            except RegistryError as exc:
-                if exc.field is None:  # not even TOML: there is no document to change
-                    raise
-                on_disk_error = exc
-            doc = tomlkit.parse(text)
-            change(doc)
-            new_text = doc.as_string()
-            try:
-                registry = parse_registry(new_text, self.path)
-            except RegistryError as exc:
-                if on_disk_error is not None and on_disk_error.message == exc.message:
-                    raise on_disk_error from None
-                # Positions would point into text that was never written: leave them out.
-                raise RegistryError(exc.message, path=self.path, field=exc.field) from None
-            if not exists or new_text != text:
-                write_atomic(self.path, new_text.encode("utf-8"))
-            return registry
-
-
-# ---------------------------------------------------------------------------------------
-# Editing the document in place, keeping what a person wrote.
-
-
-def _records(doc: tomlkit.TOMLDocument) -> AoT | Array | None:
-    if "webhooks" not in doc:
-        return None
-    item = doc.item("webhooks")
-    if isinstance(item, (AoT, Array)):
-        return item
-    raise _fail("webhooks", "must be an array of tables, written [[webhooks]]")
-
-
-def _find(doc: tomlkit.TOMLDocument, integration_id: str) -> tuple[AoT | Array, int]:
-    try:
-        target = normalize_id(integration_id)
-    except RegistryError:
-        raise KeyError(integration_id) from None
-    records = _records(doc)
-    for index, record in enumerate(records or ()):
-        value = record.get("integration_id") if isinstance(record, Mapping) else None
-        if isinstance(value, str) and value.strip().lower() == target:
-            assert records is not None
-            return records, index
-    raise KeyError(integration_id)
-
-
-def _toml_value(value: Any) -> Any:
-    if isinstance(value, (list, tuple)):
-        array = tomlkit.array()
-        array.extend(value)
-        if sum(len(str(v)) + 4 for v in value) > 72:
-            array.multiline(True)
-        return array
-    if isinstance(value, Mapping):
-        table = tomlkit.inline_table()
-        table.update(value)
-        return table
-    return value
-
-
-def add_integration(doc: tomlkit.TOMLDocument, fields: Mapping[str, Any], now: datetime) -> None:
-    """Append a ``[[webhooks]]`` record (sets created_at/updated_at); raise ``RegistryError``
-    if the id exists (field ``integration_id``) or the limit is reached."""
-    norm = validate_integration_fields({**fields, "created_at": now, "updated_at": now})
-    records = _records(doc)
-    if records is not None:
-        if len(records) >= MAX_INTEGRATIONS:
-            raise _fail("webhooks", f"at most {MAX_INTEGRATIONS} integrations are allowed")
-        try:
-            _find(doc, norm["integration_id"])
-        except KeyError:
-            pass
-        else:
-            raise _fail("integration_id", f"{norm['integration_id']!r} already exists")
-    table = tomlkit.table()
-    for key in FIELDS:
-        value = norm.get(key, DEFAULTS.get(key))
-        if value is not None and (key in ALWAYS_WRITTEN or value != DEFAULTS.get(key)):
-            table.append(key, _toml_value(value))
-    if records is None:
-        aot = tomlkit.aot()
-        aot.append(table)
-        doc.append("webhooks", aot)
-    elif isinstance(records, AoT):
-        if records.body and not records.body[-1].as_string().endswith("\n\n"):
-            table.trivia.indent = "\n"
-        records.append(table)
-    else:
-        inline = tomlkit.inline_table()
-        inline.update({k: v for k, v in table.items()})
-        records.append(inline)
-
-
-def update_integration(
-    doc: tomlkit.TOMLDocument, integration_id: str, changes: Mapping[str, Any], now: datetime
-) -> None:
-    """Change fields of one record in place (``None`` removes a key), bump updated_at, keep
-    comments and order. Raise ``KeyError`` if the id is unknown, ``RegistryError`` naming
-    the field for a bad value or an attempt to change ``integration_id``."""
-    records, index = _find(doc, integration_id)
-    record = records[index]
-    current = _plain(record)
-    new_id = changes.get("integration_id")
-    if new_id is not None and normalize_id(new_id) != normalize_id(current["integration_id"]):
-        raise _fail("integration_id", "cannot be changed; remove the integration and add it again")
-    merged = {**current, **changes, "updated_at": now}
-    norm = validate_integration_fields({k: v for k, v in merged.items() if v is not None})
-    for key in [*changes, "updated_at"]:
-        if key not in norm:
-            if key in record:
-                del record[key]
-        elif key in record:
-            record[key] = _toml_value(norm[key])
-        else:
-            _append_key(record, key, _toml_value(norm[key]))
-
-
-def _append_key(record: Table | InlineTable, key: str, value: Any) -> None:
-    """Add a key after the record's last key, before the comments that trail it (in
-    tomlkit those belong to the record but are written above the next header)."""
-    if not isinstance(record, Table):
-        record[key] = value
-        return
-    body = record.value.body
-    cut = len(body)
-    while cut and body[cut - 1][0] is None:
-        cut -= 1
-    # Only key-less trivia (comments, blank lines) is cut off, so key indices stay valid.
-    trailing = [item for _, item in body[cut:] if not isinstance(item, Null)]
-    del body[cut:]
-    record.append(key, value)
-    for item in trailing:
-        record.append(None, item)
-
-
-def remove_integration(doc: tomlkit.TOMLDocument, integration_id: str) -> None:
-    """Remove one record; raise ``KeyError`` if unknown.
-
-    The comment block right above the record's header goes with it; comments after its last
-    key are kept (they may introduce the next record)."""
-    records, index = _find(doc, integration_id)
-    if isinstance(records, Array):
-        del records[index]
-        return
-    tables = records.body
-    victim = tables[index]
-    keep = _trailing_text(victim)
-    blank_before = False
-    slot = next((i for i, (_, item) in enumerate(doc.body) if item is records), None)
-    if index > 0:
-        previous = tables[index - 1].value.body
-        _drop_leading_comments(previous, len(previous))
-        blank_before = _ends_with_blank_line(previous, len(previous))
-    elif slot is not None:
-        _drop_leading_comments(doc.body, slot)
-        blank_before = _ends_with_blank_line(doc.body, slot)
-    if blank_before:
-        keep = keep.lstrip("\n")
-    del records[index]
-    if index < len(records):
-        following = records[index]
-        following.trivia.indent = keep + following.trivia.indent
-    elif index > 0:
-        if keep:
-            records[index - 1].append(None, _verbatim(keep))
-        else:
-            _drop_trailing_blank_lines(records[index - 1].value.body)
-    elif slot is not None:
-        # The last record is gone: drop the key rather than leave `webhooks = []`, which
-        # tomlkit would write at the top of the file.
-        doc.remove("webhooks")
-        if keep:
-            doc.body[slot] = (None, _verbatim(keep))
-
-
-def _trailing_text(table: Table) -> str:
-    body = table.value.body
-    cut = len(body)
-    while cut and body[cut - 1][0] is None:
-        cut -= 1
-    return "".join(item.as_string() for _, item in body[cut:])
-
-
-def _drop_leading_comments(body: list[tuple[Any, Any]], end: int) -> None:
-    """Blank out the comment lines directly above position ``end`` (no blank line between).
-    Items become ``Null`` rather than being deleted, as tomlkit does, so indices hold."""
-    i = end - 1
-    while i >= 0 and body[i][0] is None and isinstance(body[i][1], (Comment, Null)):
-        body[i] = (None, Null())
-        i -= 1
-
-
-def _ends_with_blank_line(body: list[tuple[Any, Any]], end: int) -> bool:
-    for _, item in reversed(body[:end]):
-        if not isinstance(item, Null):
-            return isinstance(item, Whitespace) or item.as_string().endswith("\n\n")
-    return False
-
-
-def _drop_trailing_blank_lines(body: list[tuple[Any, Any]]) -> None:
-    i = len(body) - 1
-    while i >= 0 and body[i][0] is None and isinstance(body[i][1], (Whitespace, Null)):
-        body[i] = (None, Null())
-        i -= 1
-
-
-def _verbatim(text: str) -> Comment:
-    """An item that renders ``text`` as it is (already-rendered comments and blank lines)."""
-    return Comment(Trivia(indent="", comment_ws="", comment=text, trail=""))
+    def __getattr__(name: str) -> Any:
+        if name in _FROM_REGISTRY_EDIT:
+            return getattr(importlib.import_module("palyra_py.registry_edit"), name)
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,206 @@
+"""The journal's writer thread: group commit over one SQLite connection.
+
+``Journal`` hands each append or retention run to ``GroupCommitWriter`` as a job carrying an
+asyncio future. The thread runs jobs in the order they were queued, commits the appends
+queued together in one transaction (one fsync for the lot), and settles each future in the
+event loop once its outcome is final: an ``AppendResult`` (for retention, the number of rows
+removed) after the commit, or ``JournalUnavailable`` / ``DuplicateEventId``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from palyra_py.journal_store import JournalStore, PendingRow
+
+_log = logging.getLogger(__name__)
+
+
+class JournalUnavailable(Exception):
+    """The journal could not make an append durable (disk full, locked, removed...).
+    Nothing of the failed batch was committed."""
+
+
+class DuplicateEventId(ValueError):
+    """A caller-supplied ``event_id`` is already in the journal; nothing was written."""
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    seq: int
+    event_id: str
+    duplicate: bool
+    """True when the replay key was already present: ``seq``/``event_id`` are the original's
+    and nothing new was written."""
+
+
+def describe_failure(exc: BaseException, action: str = "write") -> str:
+    """A short reason for JournalUnavailable. SQLite's messages name the failure (locked,
+    full, read-only...), never bound values, so no payload or secret leaks through."""
+    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return f"journal {action} failed ({code}): {str(exc)[:120]}"
+
+
+@dataclass(frozen=True, slots=True)
+class AppendJob:
+    row: PendingRow
+    future: asyncio.Future[AppendResult]
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionJob:
+    max_age_s: float | None
+    max_bytes: int | None
+    future: asyncio.Future[int]
+
+
+_STOP = object()
+_Outcome = tuple["asyncio.Future[Any]", Any]
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    for future, value in outcomes:
+        if future.done():  # the caller was cancelled: nobody is waiting for this one
+            continue
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+
+class GroupCommitWriter(threading.Thread):
+    """The journal's only writer. Takes the first queued job, then everything else queued
+    (up to ``batch_max``), and commits the appends among them in one transaction: one
+    fsync for many concurrent appends."""
+
+    def __init__(
+        self,
+        store: JournalStore,
+        *,
+        loop: asyncio.AbstractEventLoop,
+        clock: Callable[[], float],
+        batch_max: int,
+        on_commit: Callable[[int], None] | None,
+        head: tuple[int, str],
+    ) -> None:
+        super().__init__(name="palyra-journal-writer", daemon=True)
+        self._store = store
+        self._loop = loop
+        self._clock = clock
+        self._batch_max = max(1, batch_max)
+        self._on_commit = on_commit
+        # The chain head as committed; None after a failure until re-read from the file.
+        self._head: tuple[int, str] | None = head
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+        self.commits = 0
+        self.failed_batches = 0
+
+    def submit(self, job: AppendJob | RetentionJob) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """Finish every job queued so far, then end the thread and close its connection."""
+        self._queue.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                batch = [first]
+                while len(batch) < self._batch_max:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        stopping = True
+                        break
+                    batch.append(job)
+                self._run_batch(batch)
+        finally:
+            self._store.close()
+
+    def _run_batch(self, batch: list[object]) -> None:
+        appends: list[AppendJob] = []
+        for job in batch:
+            if isinstance(job, AppendJob):
+                appends.append(job)
+            elif isinstance(job, RetentionJob):
+                # Queue order holds: appends queued before the retention commit first.
+                if appends:
+                    self._commit(appends)
+                    appends = []
+                self._retain(job)
+        if appends:
+            self._commit(appends)
+
+    def _deliver(self, outcomes: list[_Outcome], committed_seq: int | None = None) -> None:
+        on_commit = self._on_commit if committed_seq is not None else None
+
+        def settle() -> None:
+            # One loop callback: the head moves (on_commit) before any caller resumes, so a
+            # caller that just got its seq never sees an older head on the bus.
+            if on_commit is not None and committed_seq is not None:
+                on_commit(committed_seq)
+            _settle(outcomes)
+
+        try:
+            self._loop.call_soon_threadsafe(settle)
+        except RuntimeError:
+            pass  # the event loop is closed: nobody is waiting any more
+
+    def _commit(self, jobs: list[AppendJob]) -> None:
+        try:
+            now_ms = int(self._clock() * 1000)
+            stored, head = self._store.append_batch(
+                [job.row for job in jobs], now_ms=now_ms, head=self._head
+            )
+        except Exception as exc:
+            if not isinstance(exc, sqlite3.Error | OSError):
+                _log.exception("journal writer: unexpected error")
+            self.failed_batches += 1
+            self._head = self._reload_head()
+            error = JournalUnavailable(describe_failure(exc))
+            self._deliver([(job.future, error) for job in jobs])
+            return
+        self.commits += 1
+        outcomes: list[_Outcome] = []
+        for job, result in zip(jobs, stored, strict=True):
+            if result.status == "id_conflict":
+                outcomes.append((job.future, DuplicateEventId("event_id already journaled")))
+            else:
+                value = AppendResult(result.seq, result.event_id, result.status == "duplicate")
+                outcomes.append((job.future, value))
+        written = self._head is None or head[0] != self._head[0]
+        self._head = head
+        self._deliver(outcomes, head[0] if written else None)
+
+    def _reload_head(self) -> tuple[int, str] | None:
+        try:
+            return self._store.head()
+        except sqlite3.Error:
+            return None  # the next batch reads it inside its transaction
+
+    def _retain(self, job: RetentionJob) -> None:
+        result: int | JournalUnavailable
+        try:
+            now_ms = int(self._clock() * 1000)
+            result = self._store.apply_retention(
+                older_than_ms=None if job.max_age_s is None else now_ms - int(job.max_age_s * 1000),
+                max_bytes=job.max_bytes,
+            )
+        except Exception as exc:
+            if not isinstance(exc, sqlite3.Error | OSError):
+                _log.exception("journal retention: unexpected error")
+            result = JournalUnavailable(describe_failure(exc))
+        self._deliver([(job.future, result)])
