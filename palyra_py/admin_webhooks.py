@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -13,10 +12,18 @@ import ulid
 from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
+from palyra_py.admin_secrets import (
+    SecretChoice,
+    grace_seconds,
+    rfc3339,
+    rotate,
+    secret_choice,
+    store_secret,
+)
 from palyra_py.ingress import resolve_secrets
 from palyra_py.registry import RegistryError, normalize_id, validate_integration_fields
 from palyra_py.registry_edit import add_integration, remove_integration, update_integration
-from palyra_py.secrets import SecretNotFound, SecretRefError, generate_secret, parse_secret_ref
+from palyra_py.secrets import SecretNotFound, SecretRefError, generate_secret
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -100,45 +107,6 @@ class WebhooksApi:
         except KeyError as exc:
             raise not_found(f"no integration {exc.args[0]!r}") from None
 
-    def _secret_source(
-        self, body: Mapping[str, Any], provider: str
-    ) -> tuple[str | None, str | None]:
-        """-> (secret value to store, or None; ref to use, or None)."""
-        spec = body.get("secret")
-        if spec is None:
-            return None, None
-        if not isinstance(spec, dict):
-            raise invalid("secret must be an object: {generate: true} | {value} | {ref}", "secret")
-        given = [k for k in ("generate", "value", "ref") if spec.get(k) not in (None, False)]
-        if len(given) != 1:
-            raise invalid("give exactly one of secret.generate, secret.value, secret.ref", "secret")
-        if given == ["generate"]:
-            return generate_secret(provider), None
-        if given == ["value"]:
-            value = spec["value"]
-            if not isinstance(value, str) or not value or len(value) > 4096:
-                raise invalid("secret.value must be a non-empty string of at most 4096 chars",
-                              "secret.value")
-            return value, None
-        ref = spec["ref"]
-        try:
-            parse_secret_ref(str(ref))
-        except SecretRefError as exc:
-            raise invalid(str(exc), "secret.ref") from None
-        return None, str(ref)
-
-    async def _store_secret(self, name: str, value: str) -> str:
-        """Store in the keyring; a backend failure is a 422 ``secret_error`` that names the
-        backend and the error class, never the value."""
-        try:
-            return await asyncio.to_thread(self.d.secrets.store, name, value)
-        except Exception as exc:
-            raise ApiError(
-                422, "secret_error",
-                f"could not store the secret in {self.d.secrets.backend_name}: "
-                f"{type(exc).__name__}",
-            ) from None
-
     # -- handlers ------------------------------------------------------------------------
 
     async def list(self, request: web.Request) -> web.Response:
@@ -162,14 +130,16 @@ class WebhooksApi:
         if integration_id in self.d.registry.integrations:
             raise ApiError(409, "conflict", f"integration {integration_id!r} already exists",
                            field="integration_id")
-        value, ref = self._secret_source(body, fields["provider"])
+        provider = fields["provider"]
+        choice = secret_choice(body, lambda: generate_secret(provider))
+        value, ref = (choice.value, choice.ref) if choice else (None, None)
         if value is None and ref is None and fields.get("signature_required", True):
             raise invalid("a secret is required: secret.generate, secret.value or secret.ref",
                           "secret")
         stored_name = None
         if value is not None:
             stored_name = keyring_name(integration_id)
-            ref = await self._store_secret(stored_name, value)
+            ref = await store_secret(self.d.secrets, stored_name, value)
             self.d.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
         now = self.d.now_dt()
@@ -182,7 +152,7 @@ class WebhooksApi:
         await self.d.journal_admin("integration.created", integration_id,
                                    {"provider": fields["provider"], "secret_ref": ref})
         answer: dict[str, Any] = {"webhook": await self._public(integration_id)}
-        if (body.get("secret") or {}).get("generate"):
+        if choice is not None and choice.generated:
             answer["secret"] = value  # shown once, never stored outside the keyring
         return web.json_response(answer, status=201)
 
@@ -240,51 +210,25 @@ class WebhooksApi:
         integration_id = self._id(request)
         integ = self.d.registry.integrations[integration_id]
         body = await read_json_object(request)
-        grace = body.get("grace_s", 86400)
-        if isinstance(grace, bool) or not isinstance(grace, int | float) or not (
-            0 <= grace <= 30 * 86400
-        ):
-            raise invalid("grace_s must be a number of seconds from 0 to 2592000", "grace_s")
-        if body.get("secret") is None:
-            body["secret"] = {"generate": True}
-        value, new_ref = self._secret_source(body, integ.provider)
-        old_ref = integ.secret_ref
-        current_name = keyring_name(integration_id)
-        prev_name = keyring_name(integration_id, previous=True)
-        prev_ref = old_ref
-        store = self.d.secrets
-        if value is not None:
-            if old_ref == f"keyring:{current_name}" and grace > 0:
-                # The current value moves aside so that both are accepted during the grace.
-                try:
-                    old_value = await asyncio.to_thread(store.resolve, old_ref)
-                except (SecretNotFound, SecretRefError):
-                    old_value = None
-                if old_value is not None:
-                    prev_ref = await self._store_secret(prev_name, old_value)
-                else:
-                    prev_ref = None
-            new_ref = await self._store_secret(current_name, value)
-        store.forget_cached()
+        grace = grace_seconds(body)
+        choice = secret_choice(body, lambda: generate_secret(integ.provider)) or SecretChoice(
+            generate_secret(integ.provider), None, True)
         now = self.d.now_dt()
-        until = now + timedelta(seconds=grace) if grace > 0 and prev_ref else None
-        changes = {
-            "secret_ref": new_ref,
-            "previous_secret_ref": prev_ref if until else None,
-            "previous_valid_until": until,
-        }
-        await self._edit(lambda doc: update_integration(doc, integration_id, changes, now))
+        rotation = await rotate(self.d.secrets, current_name=keyring_name(integration_id),
+                                old_ref=integ.secret_ref, choice=choice, grace_s=grace, now=now)
+        await self._edit(
+            lambda doc: update_integration(doc, integration_id, rotation.changes, now)
+        )
         await self.d.journal_admin(
             "integration.secret_rotated", integration_id,
-            {"grace_s": grace, "previous_valid_until": until.isoformat() if until else None},
+            {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)},
         )
         answer: dict[str, Any] = {
             "webhook": await self._public(integration_id),
-            "previous_valid_until": until.astimezone(UTC).isoformat().replace("+00:00", "Z")
-            if until else None,
+            "previous_valid_until": rfc3339(rotation.until),
         }
-        if body["secret"].get("generate"):
-            answer["secret"] = value
+        if choice.generated:
+            answer["secret"] = choice.value
         return web.json_response(answer)
 
     async def readiness(self, request: web.Request) -> web.Response:
@@ -375,7 +319,3 @@ def tamper_signature(headers: Mapping[str, str]) -> dict[str, str]:
             last = value[-1]
             out[key] = value[:-1] + ("A" if last != "A" else "B")
     return out
-
-
-def utc_now(clock_value: float) -> datetime:
-    return datetime.fromtimestamp(clock_value, tz=UTC).replace(microsecond=0)

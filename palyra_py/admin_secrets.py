@@ -1,0 +1,126 @@
+"""Secrets as the admin API handles them, for integrations and subscriptions alike: where a
+new secret comes from (generated, given, or a reference), storing it in the keyring, and
+rotation with a grace period during which the previous secret still counts."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from palyra_py.admin_errors import ApiError, invalid
+from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore, parse_secret_ref
+
+MAX_GRACE_S = 30 * 86400
+
+
+@dataclass(frozen=True, slots=True)
+class SecretChoice:
+    value: str | None
+    """A secret to store in the keyring (generated or given)."""
+    ref: str | None
+    """An existing reference to use as is."""
+    generated: bool
+
+
+def secret_choice(
+    body: Mapping[str, Any],
+    generate: Callable[[], str],
+    check_value: Callable[[str], None] | None = None,
+) -> SecretChoice | None:
+    """Read ``body["secret"]`` (``{generate: true} | {value} | {ref}``); ``None`` if absent.
+    ``check_value`` raises ``ValueError`` for a value of the wrong form."""
+    spec = body.get("secret")
+    if spec is None:
+        return None
+    if not isinstance(spec, dict):
+        raise invalid("secret must be an object: {generate: true} | {value} | {ref}", "secret")
+    given = [k for k in ("generate", "value", "ref") if spec.get(k) not in (None, False)]
+    if len(given) != 1:
+        raise invalid("give exactly one of secret.generate, secret.value, secret.ref", "secret")
+    if given == ["generate"]:
+        return SecretChoice(generate(), None, True)
+    if given == ["value"]:
+        value = spec["value"]
+        if not isinstance(value, str) or not value or len(value) > 4096:
+            raise invalid("secret.value must be a non-empty string of at most 4096 chars",
+                          "secret.value")
+        if check_value is not None:
+            try:
+                check_value(value)
+            except ValueError as exc:
+                raise invalid(f"secret.value: {exc}", "secret.value") from None
+        return SecretChoice(value, None, False)
+    ref = str(spec["ref"])
+    try:
+        parse_secret_ref(ref)
+    except SecretRefError as exc:
+        raise invalid(str(exc), "secret.ref") from None
+    return SecretChoice(None, ref, False)
+
+
+async def store_secret(store: SecretStore, name: str, value: str) -> str:
+    """Store in the keyring; a backend failure is a 422 ``secret_error`` that names the
+    backend and the error class, never the value."""
+    try:
+        return await asyncio.to_thread(store.store, name, value)
+    except Exception as exc:
+        raise ApiError(
+            422, "secret_error",
+            f"could not store the secret in {store.backend_name}: {type(exc).__name__}",
+        ) from None
+
+
+def grace_seconds(body: Mapping[str, Any]) -> float:
+    grace = body.get("grace_s", 86400)
+    if isinstance(grace, bool) or not isinstance(grace, int | float) or not (
+        0 <= grace <= MAX_GRACE_S
+    ):
+        raise invalid(f"grace_s must be a number of seconds from 0 to {MAX_GRACE_S}", "grace_s")
+    return float(grace)
+
+
+@dataclass(frozen=True, slots=True)
+class Rotation:
+    changes: dict[str, Any]
+    """Registry changes: secret_ref, previous_secret_ref, previous_valid_until."""
+    until: datetime | None
+
+
+async def rotate(
+    store: SecretStore,
+    *,
+    current_name: str,
+    old_ref: str | None,
+    choice: SecretChoice,
+    grace_s: float,
+    now: datetime,
+) -> Rotation:
+    """Put the new secret in place. A keyring-held current secret (``keyring:<current_name>``)
+    is first copied to ``<current_name>:previous`` so both count during the grace period."""
+    prev_ref = old_ref
+    new_ref = choice.ref
+    if choice.value is not None:
+        if old_ref == f"keyring:{current_name}" and grace_s > 0:
+            try:
+                old_value: str | None = await asyncio.to_thread(store.resolve, old_ref)
+            except (SecretNotFound, SecretRefError):
+                old_value = None
+            prev_ref = (await store_secret(store, f"{current_name}:previous", old_value)
+                        if old_value is not None else None)
+        new_ref = await store_secret(store, current_name, choice.value)
+    store.forget_cached()
+    until = now + timedelta(seconds=grace_s) if grace_s > 0 and prev_ref else None
+    return Rotation(
+        {"secret_ref": new_ref, "previous_secret_ref": prev_ref if until else None,
+         "previous_valid_until": until},
+        until,
+    )
+
+
+def rfc3339(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
