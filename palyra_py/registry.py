@@ -1,4 +1,4 @@
-"""The TOML registry ``webhooks.toml``: integrations (and, later, subscriptions).
+"""The TOML registry ``webhooks.toml``: integrations, outbound subscriptions, API tokens.
 
 The file is meant to be edited by people as well as by the daemon, so it is read and written
 with tomlkit: comments, blank lines and key order survive every change the daemon makes.
@@ -6,8 +6,11 @@ Every value is checked on load; an error names the field (``webhooks[2].max_payl
 records counted from 0), says what is allowed and, when it comes from the file, carries the
 line and column. Writes are atomic and serialised between threads and processes.
 
-Here: the model, the field rules, ``parse_registry``. ``RegistryFile`` and the document edits
-are in ``registry_edit`` (and importable from here); error positions in ``registry_positions``.
+Here: the integration model and field rules, the checks the other record kinds share, and
+``parse_registry``. ``RegistryFile`` and the document edits are in ``registry_edit`` (and
+importable from here); ``[[subscriptions]]`` in ``subscriptions``, ``[[tokens]]`` in ``tokens``;
+``RegistryError`` and error positions in ``registry_positions`` (``RegistryError`` is
+importable from here).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import tomlkit
 from tomlkit.exceptions import ParseError
 
+from palyra_py.registry_positions import RegistryError as RegistryError
 from palyra_py.registry_positions import locate
 from palyra_py.secrets import SecretRefError, parse_secret_ref
 
@@ -34,6 +38,8 @@ if TYPE_CHECKING:
     from palyra_py.registry_edit import add_integration as add_integration
     from palyra_py.registry_edit import remove_integration as remove_integration
     from palyra_py.registry_edit import update_integration as update_integration
+    from palyra_py.subscriptions import Subscription
+    from palyra_py.tokens import ApiToken
 
 REGISTRY_VERSION = 1
 MAX_INTEGRATIONS = 1024
@@ -52,54 +58,13 @@ MIN_REPLAY_WINDOW_S = 60
 MAX_REPLAY_WINDOW_S = 90 * 24 * 3600
 MAX_REGISTRY_BYTES = 16 * 1024 * 1024
 FALLBACK_PROVIDER_NAMES = (
-    "generic",
-    "github",
-    "gitlab",
-    "palyra",
-    "shopify",
-    "slack",
-    "standard-webhooks",
-    "stripe",
+    "generic", "github", "gitlab", "palyra", "shopify", "slack", "standard-webhooks", "stripe",
 )
 NEW_REGISTRY_TEXT = (
     "# palyra-py webhook registry. Every field is explained in webhooks.example.toml.\n"
     "version = 1\n"
 )
-# Top-level keys; `subscriptions` is reserved for outbound subscriptions and ignored here.
-TOP_LEVEL_KEYS = ("version", "webhooks", "subscriptions")
-
-
-class RegistryError(Exception):
-    """A registry that cannot be used. ``str()`` is ``file:line:col: message`` when the
-    position is known, else ``file: message``; ``field`` names the faulty field."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        path: Path | None = None,
-        line: int | None = None,
-        col: int | None = None,
-        field: str | None = None,
-    ) -> None:
-        self.message = message
-        self.path = path
-        self.line = line
-        self.col = col
-        self.field = field
-        super().__init__(self.location_prefix() + message)
-
-    @property
-    def location(self) -> str | None:
-        if self.path is None:
-            return None
-        if self.line is None:
-            return str(self.path)
-        return f"{self.path}:{self.line}:{self.col or 1}"
-
-    def location_prefix(self) -> str:
-        loc = self.location
-        return f"{loc}: " if loc else ""
+TOP_LEVEL_KEYS = ("version", "webhooks", "subscriptions", "tokens")
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,27 +98,27 @@ class Integration:
 class Registry:
     path: Path
     integrations: Mapping[str, Integration]
+    subscriptions: Mapping[str, Subscription] = field(default_factory=dict)
+    tokens: Mapping[str, ApiToken] = field(default_factory=dict)
+
+
+def record_defaults(model: Any) -> dict[str, Any]:
+    """``{field: default}`` of a record dataclass, for the fields that have one."""
+    return {
+        f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+        for f in dataclasses.fields(model)
+        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+    }
 
 
 FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Integration))
-DEFAULTS: dict[str, Any] = {
-    f.name: f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
-    for f in dataclasses.fields(Integration)
-    if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-}
+DEFAULTS: dict[str, Any] = record_defaults(Integration)
 # A new record always shows these, even at their defaults, so that a person reading the
 # file sees what matters; everything else is written only when it differs from the default.
 ALWAYS_WRITTEN = frozenset(
-    {
-        "integration_id",
-        "provider",
-        "display_name",
-        "secret_ref",
-        "enabled",
-        "created_at",
-        "updated_at",
-    }
-)
+    {"integration_id", "provider", "display_name", "secret_ref", "enabled", "created_at",
+     "updated_at"}
+)  # fmt: skip
 
 
 def _rfc3339(value: datetime) -> str:
@@ -185,6 +150,9 @@ def _providers_attr(name: str) -> Any:
 
 # ---------------------------------------------------------------------------------------
 # Field checks: each takes (value, field name) and returns the normalised value.
+
+
+Check = Callable[[Any, str], Any]
 
 
 def _fail(field_name: str, message: str) -> RegistryError:
@@ -367,7 +335,7 @@ def _check_message(value: Any, name: str) -> str:
     return value
 
 
-CHECKS: dict[str, Callable[[Any, str], Any]] = {
+CHECKS: dict[str, Check] = {
     "integration_id": lambda value, name: normalize_id(value, field=name),
     "provider": _check_provider,
     "display_name": _check_display_name,
@@ -401,21 +369,30 @@ def validate_integration_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     return _validate_record(fields, "")
 
 
-def _validate_record(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+def check_record(
+    fields: Mapping[str, Any], prefix: str, checks: Mapping[str, Check], required: tuple[str, ...]
+) -> dict[str, Any]:
+    """What every record kind checks: unknown keys refused (the closest known key as a hint),
+    each non-``None`` value run through its check in ``checks`` order, ``required`` present.
+    Field names are ``prefix + key``."""
     if not isinstance(fields, Mapping):
-        raise _fail(prefix.rstrip(".") or "integration", "must be a table of fields")
+        raise _fail(prefix.rstrip(".") or "fields", "must be a table of fields")
+    known = tuple(checks)
     for key in fields:
-        if key not in CHECKS:
-            hint = difflib.get_close_matches(str(key), FIELDS, n=1)
+        if key not in checks:
+            hint = difflib.get_close_matches(str(key), known, n=1)
             guess = f" did you mean {hint[0]!r}?" if hint else ""
-            raise _fail(f"{prefix}{key}", f"unknown key;{guess} allowed: {', '.join(FIELDS)}")
-    out: dict[str, Any] = {}
-    for key in FIELDS:
-        if fields.get(key) is not None:
-            out[key] = CHECKS[key](fields[key], f"{prefix}{key}")
-    for key in ("integration_id", "provider"):
+            raise _fail(f"{prefix}{key}", f"unknown key;{guess} allowed: {', '.join(known)}")
+    out = {key: check(fields[key], f"{prefix}{key}")
+           for key, check in checks.items() if fields.get(key) is not None}
+    for key in required:
         if key not in out:
             raise _fail(f"{prefix}{key}", "is required")
+    return out
+
+
+def check_rotation_pair(out: Mapping[str, Any], prefix: str) -> None:
+    """``previous_secret_ref`` and ``previous_valid_until`` come together or not at all."""
     if ("previous_secret_ref" in out) != ("previous_valid_until" in out):
         missing = "previous_valid_until" if "previous_secret_ref" in out else "previous_secret_ref"
         raise _fail(
@@ -423,6 +400,11 @@ def _validate_record(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
             "is required with the other one: previous_secret_ref stays accepted until"
             " previous_valid_until",
         )
+
+
+def _validate_record(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    out = check_record(fields, prefix, CHECKS, ("integration_id", "provider"))
+    check_rotation_pair(out, prefix)
     get_provider = _providers_attr("get_provider")
     if callable(get_provider):
         try:
@@ -454,19 +436,22 @@ def parse_registry(text: str, path: Path) -> Registry:
         # the daemon must get a RegistryError whatever the text.
         raise RegistryError(f"TOML syntax error ({type(exc).__name__})", path=path) from None
     try:
-        integrations = _build(data)
+        return _build(data, path)
     except RegistryError as exc:
         line, col = locate(text, exc.field or "")
         raise RegistryError(exc.message, path=path, line=line, col=col, field=exc.field) from None
-    return Registry(path=path, integrations=integrations)
 
 
-def _build(data: Mapping[str, Any]) -> dict[str, Integration]:
+def _build(data: Mapping[str, Any], path: Path) -> Registry:
+    from palyra_py.subscriptions import parse_subscriptions  # both build on this module
+    from palyra_py.tokens import parse_tokens
+
     for key in data:
         if key not in TOP_LEVEL_KEYS:
-            hint = difflib.get_close_matches(key, TOP_LEVEL_KEYS[:2], n=1)
+            hint = difflib.get_close_matches(key, TOP_LEVEL_KEYS, n=1)
             guess = f" did you mean {hint[0]!r}?" if hint else ""
-            raise _fail(key, f"unknown top-level key;{guess} allowed: version, [[webhooks]]")
+            allowed = "version, [[webhooks]], [[subscriptions]], [[tokens]]"
+            raise _fail(key, f"unknown top-level key;{guess} allowed: {allowed}")
     version = data.get("version", REGISTRY_VERSION)
     if isinstance(version, bool) or version != REGISTRY_VERSION:
         raise _fail(
@@ -474,30 +459,44 @@ def _build(data: Mapping[str, Any]) -> dict[str, Integration]:
             f"must be {REGISTRY_VERSION} (the only format this palyra-py reads),"
             f" got {_show(version)}",
         )
-    records = data.get("webhooks", [])
+    records = collect_records(
+        data, "webhooks", "integration_id", MAX_INTEGRATIONS, "integrations", _validate_record
+    )
+    integrations = {key: Integration(**norm) for key, norm in records.items()}
+    return Registry(path, integrations, parse_subscriptions(data), parse_tokens(data))
+
+
+def collect_records(
+    data: Mapping[str, Any],
+    table: str,
+    id_key: str,
+    limit: int,
+    noun: str,
+    validate: Callable[[Mapping[str, Any], str], dict[str, Any]],
+) -> dict[str, dict[str, Any]]:
+    """The ``[[table]]`` records of parsed TOML, each validated by ``validate(record,
+    "table[i].")``, keyed by their ``id_key`` in file order: at most ``limit``, ids unique."""
+    records = data.get(table, [])
     if not isinstance(records, list):
-        raise _fail("webhooks", "must be an array of tables, written [[webhooks]]")
-    if len(records) > MAX_INTEGRATIONS:
-        raise _fail(
-            f"webhooks[{MAX_INTEGRATIONS}]",
-            f"at most {MAX_INTEGRATIONS} integrations are allowed, found {len(records)}",
-        )
-    out: dict[str, Integration] = {}
+        raise _fail(table, f"must be an array of tables, written [[{table}]]")
+    if len(records) > limit:
+        raise _fail(f"{table}[{limit}]",
+                    f"at most {limit} {noun} are allowed, found {len(records)}")
+    out: dict[str, dict[str, Any]] = {}
     first: dict[str, int] = {}
     for index, record in enumerate(records):
-        prefix = f"webhooks[{index}]"
+        prefix = f"{table}[{index}]"
         if not isinstance(record, dict):
             raise _fail(prefix, f"must be a table of fields, got {_show(record)}")
-        norm = _validate_record(record, prefix + ".")
-        integration_id = norm["integration_id"]
-        if integration_id in first:
+        norm = validate(record, prefix + ".")
+        record_id = norm[id_key]
+        if record_id in first:
             raise _fail(
-                f"{prefix}.integration_id",
-                f"duplicate id {integration_id!r}"
-                f" (already used by webhooks[{first[integration_id]}])",
+                f"{prefix}.{id_key}",
+                f"duplicate id {record_id!r} (already used by {table}[{first[record_id]}])",
             )
-        first[integration_id] = index
-        out[integration_id] = Integration(**norm)
+        first[record_id] = index
+        out[record_id] = norm
     return out
 
 

@@ -3,14 +3,17 @@
 ``RegistryFile`` reads the file and runs every change as one locked read-change-validate-
 write cycle; ``add_integration``, ``update_integration`` and ``remove_integration`` are the
 changes it applies to the tomlkit document, in place, so comments, blank lines and key
-order survive. The model, the field rules and ``parse_registry`` are in ``registry``, which
-re-exports every public name of this module.
+order survive. They are ``add_record``, ``update_record`` and ``remove_record`` for the
+``INTEGRATIONS`` ``RecordKind``; ``subscriptions`` and ``tokens`` use the same for theirs.
+The model, the field rules and ``parse_registry`` are in ``registry``, which re-exports the
+integration edits and ``RegistryFile``.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -107,30 +110,9 @@ class RegistryFile:
 # Editing the document in place, keeping what a person wrote.
 
 
-def _records(doc: tomlkit.TOMLDocument) -> AoT | Array | None:
-    if "webhooks" not in doc:
-        return None
-    item = doc.item("webhooks")
-    if isinstance(item, (AoT, Array)):
-        return item
-    raise _fail("webhooks", "must be an array of tables, written [[webhooks]]")
-
-
-def _find(doc: tomlkit.TOMLDocument, integration_id: str) -> tuple[AoT | Array, int]:
-    try:
-        target = normalize_id(integration_id)
-    except RegistryError:
-        raise KeyError(integration_id) from None
-    records = _records(doc)
-    for index, record in enumerate(records or ()):
-        value = record.get("integration_id") if isinstance(record, Mapping) else None
-        if isinstance(value, str) and value.strip().lower() == target:
-            assert records is not None
-            return records, index
-    raise KeyError(integration_id)
-
-
-def _toml_value(value: Any) -> Any:
+def toml_value(value: Any) -> Any:
+    """A normalised field value as tomlkit should write it: lists as arrays (multi-line when
+    long), mappings as inline tables (keys quoted where TOML needs it); others unchanged."""
     if isinstance(value, (list, tuple)):
         array = tomlkit.array()
         array.extend(value)
@@ -144,37 +126,153 @@ def _toml_value(value: Any) -> Any:
     return value
 
 
-def add_integration(doc: tomlkit.TOMLDocument, fields: Mapping[str, Any], now: datetime) -> None:
-    """Append a ``[[webhooks]]`` record (sets created_at/updated_at); raise ``RegistryError``
-    if the id exists (field ``integration_id``) or the limit is reached."""
-    norm = validate_integration_fields({**fields, "created_at": now, "updated_at": now})
-    records = _records(doc)
+def _write_as_is(key: str, value: Any) -> Any:
+    return toml_value(value)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordKind:
+    """One kind of ``[[table]]`` record, for the generic edits below. ``fields`` is the order
+    a new record is written in; a field is written when it is in ``always_written`` or
+    differs from ``defaults``. ``validate`` is the kind's ``validate_*_fields``; ``to_toml``
+    turns a normalised value into what the file holds (``(key, value) -> value``)."""
+
+    table: str
+    id_key: str
+    noun: str
+    limit: int
+    fields: tuple[str, ...]
+    defaults: Mapping[str, Any]
+    always_written: frozenset[str]
+    validate: Callable[[Mapping[str, Any]], dict[str, Any]]
+    to_toml: Callable[[str, Any], Any] = _write_as_is
+
+
+INTEGRATIONS = RecordKind(
+    "webhooks", "integration_id", "integration", MAX_INTEGRATIONS, FIELDS, DEFAULTS,
+    ALWAYS_WRITTEN, validate_integration_fields,
+)  # fmt: skip
+
+
+def _records(doc: tomlkit.TOMLDocument, kind: RecordKind) -> AoT | Array | None:
+    if kind.table not in doc:
+        return None
+    item = doc.item(kind.table)
+    if isinstance(item, (AoT, Array)):
+        return item
+    raise _fail(kind.table, f"must be an array of tables, written [[{kind.table}]]")
+
+
+def _find(doc: tomlkit.TOMLDocument, kind: RecordKind, record_id: str) -> tuple[AoT | Array, int]:
+    try:
+        target = normalize_id(record_id, field=kind.id_key)
+    except RegistryError:
+        raise KeyError(record_id) from None
+    records = _records(doc, kind)
+    for index, record in enumerate(records or ()):
+        value = record.get(kind.id_key) if isinstance(record, Mapping) else None
+        if isinstance(value, str) and value.strip().lower() == target:
+            assert records is not None
+            return records, index
+    raise KeyError(record_id)
+
+
+def add_record(doc: tomlkit.TOMLDocument, kind: RecordKind, norm: Mapping[str, Any]) -> None:
+    """Append a record of already-validated fields; raise ``RegistryError`` if its id exists
+    (field ``kind.id_key``) or the kind's limit is reached."""
+    records = _records(doc, kind)
+    record_id = norm[kind.id_key]
     if records is not None:
-        if len(records) >= MAX_INTEGRATIONS:
-            raise _fail("webhooks", f"at most {MAX_INTEGRATIONS} integrations are allowed")
+        if len(records) >= kind.limit:
+            raise _fail(kind.table, f"at most {kind.limit} {kind.noun}s are allowed")
         try:
-            _find(doc, norm["integration_id"])
+            _find(doc, kind, record_id)
         except KeyError:
             pass
         else:
-            raise _fail("integration_id", f"{norm['integration_id']!r} already exists")
+            raise _fail(kind.id_key, f"{record_id!r} already exists")
     table = tomlkit.table()
-    for key in FIELDS:
-        value = norm.get(key, DEFAULTS.get(key))
-        if value is not None and (key in ALWAYS_WRITTEN or value != DEFAULTS.get(key)):
-            table.append(key, _toml_value(value))
+    for key in kind.fields:
+        value = norm.get(key, kind.defaults.get(key))
+        if value is not None and (key in kind.always_written or value != kind.defaults.get(key)):
+            table.append(key, kind.to_toml(key, value))
     if records is None:
         aot = tomlkit.aot()
         aot.append(table)
-        doc.append("webhooks", aot)
+        doc.append(kind.table, aot)
     elif isinstance(records, AoT):
-        if records.body and not records.body[-1].as_string().endswith("\n\n"):
-            table.trivia.indent = "\n"
-        records.append(table)
+        _append_table(doc, records, table)
     else:
         inline = tomlkit.inline_table()
         inline.update({k: v for k, v in table.items()})
         records.append(inline)
+
+
+def _append_table(doc: tomlkit.TOMLDocument, records: AoT, table: Table) -> None:
+    """Append after the last record. When more of the file follows, the comment block that
+    ends the last record (after its last blank line) introduces what follows, so it moves
+    below the new record and stays right above the next header."""
+    moved: list[Any] = []
+    if records.body and _is_followed(doc, records):
+        body = records.body[-1].value.body
+        cut = len(body)
+        while cut and body[cut - 1][0] is None:
+            cut -= 1
+        blank = max((i for i in range(cut, len(body)) if isinstance(body[i][1], Whitespace)),
+                    default=None)
+        if blank is not None or cut < len(body):
+            start = cut if blank is None else blank
+            moved = [item for _, item in body[start:] if not isinstance(item, Null)]
+            del body[start:]
+    if records.body and not records.body[-1].as_string().endswith("\n\n"):
+        table.trivia.indent = "\n"
+    records.append(table)
+    for item in moved:
+        table.append(None, item)
+
+
+def _is_followed(doc: tomlkit.TOMLDocument, records: AoT) -> bool:
+    slot = next((i for i, (_, item) in enumerate(doc.body) if item is records), None)
+    return slot is not None and any(key is not None for key, _ in doc.body[slot + 1 :])
+
+
+def update_record(
+    doc: tomlkit.TOMLDocument,
+    kind: RecordKind,
+    record_id: str,
+    changes: Mapping[str, Any],
+    now: datetime,
+) -> None:
+    """Change fields of one record in place (``None`` removes a key, so the field is back to
+    its default), set ``updated_at``, keep comments and order. Raise ``KeyError`` if the id
+    is unknown, ``RegistryError`` naming the field for a bad value or a changed id."""
+    records, index = _find(doc, kind, record_id)
+    record = records[index]
+    current = _plain(record)
+    new_id = changes.get(kind.id_key)
+    if new_id is not None and normalize_id(new_id, field=kind.id_key) != normalize_id(
+        current[kind.id_key], field=kind.id_key
+    ):
+        raise _fail(
+            kind.id_key, f"cannot be changed; remove the {kind.noun} and add it again"
+        )
+    merged = {**current, **changes, "updated_at": now}
+    norm = kind.validate({k: v for k, v in merged.items() if v is not None})
+    for key in [*changes, "updated_at"]:
+        if key not in norm:
+            if key in record:
+                del record[key]
+        elif key in record:
+            record[key] = kind.to_toml(key, norm[key])
+        else:
+            _append_key(record, key, kind.to_toml(key, norm[key]))
+
+
+def add_integration(doc: tomlkit.TOMLDocument, fields: Mapping[str, Any], now: datetime) -> None:
+    """Append a ``[[webhooks]]`` record (sets created_at/updated_at); raise ``RegistryError``
+    if the id exists (field ``integration_id``) or the limit is reached."""
+    norm = validate_integration_fields({**fields, "created_at": now, "updated_at": now})
+    add_record(doc, INTEGRATIONS, norm)
 
 
 def update_integration(
@@ -183,22 +281,12 @@ def update_integration(
     """Change fields of one record in place (``None`` removes a key), bump updated_at, keep
     comments and order. Raise ``KeyError`` if the id is unknown, ``RegistryError`` naming
     the field for a bad value or an attempt to change ``integration_id``."""
-    records, index = _find(doc, integration_id)
-    record = records[index]
-    current = _plain(record)
-    new_id = changes.get("integration_id")
-    if new_id is not None and normalize_id(new_id) != normalize_id(current["integration_id"]):
-        raise _fail("integration_id", "cannot be changed; remove the integration and add it again")
-    merged = {**current, **changes, "updated_at": now}
-    norm = validate_integration_fields({k: v for k, v in merged.items() if v is not None})
-    for key in [*changes, "updated_at"]:
-        if key not in norm:
-            if key in record:
-                del record[key]
-        elif key in record:
-            record[key] = _toml_value(norm[key])
-        else:
-            _append_key(record, key, _toml_value(norm[key]))
+    update_record(doc, INTEGRATIONS, integration_id, changes, now)
+
+
+def remove_integration(doc: tomlkit.TOMLDocument, integration_id: str) -> None:
+    """Remove one record; raise ``KeyError`` if unknown (see ``remove_record``)."""
+    remove_record(doc, INTEGRATIONS, integration_id)
 
 
 def _append_key(record: Table | InlineTable, key: str, value: Any) -> None:
@@ -219,12 +307,12 @@ def _append_key(record: Table | InlineTable, key: str, value: Any) -> None:
         record.append(None, item)
 
 
-def remove_integration(doc: tomlkit.TOMLDocument, integration_id: str) -> None:
+def remove_record(doc: tomlkit.TOMLDocument, kind: RecordKind, record_id: str) -> None:
     """Remove one record; raise ``KeyError`` if unknown.
 
     The comment block right above the record's header goes with it; comments after its last
     key are kept (they may introduce the next record)."""
-    records, index = _find(doc, integration_id)
+    records, index = _find(doc, kind, record_id)
     if isinstance(records, Array):
         del records[index]
         return
@@ -238,8 +326,9 @@ def remove_integration(doc: tomlkit.TOMLDocument, integration_id: str) -> None:
         _drop_leading_comments(previous, len(previous))
         blank_before = _ends_with_blank_line(previous, len(previous))
     elif slot is not None:
-        _drop_leading_comments(doc.body, slot)
-        blank_before = _ends_with_blank_line(doc.body, slot)
+        above, end = _body_above(doc, slot)
+        _drop_leading_comments(above, end)
+        blank_before = _ends_with_blank_line(above, end)
     if blank_before:
         keep = keep.lstrip("\n")
     del records[index]
@@ -254,9 +343,23 @@ def remove_integration(doc: tomlkit.TOMLDocument, integration_id: str) -> None:
     elif slot is not None:
         # The last record is gone: drop the key rather than leave `webhooks = []`, which
         # tomlkit would write at the top of the file.
-        doc.remove("webhooks")
+        doc.remove(kind.table)
         if keep:
             doc.body[slot] = (None, _verbatim(keep))
+
+
+def _body_above(doc: tomlkit.TOMLDocument, slot: int) -> tuple[list[tuple[Any, Any]], int]:
+    """The item list holding the lines right above ``doc.body[slot]``, and where they end:
+    when another array of tables comes first, tomlkit keeps those lines at the end of its
+    last table."""
+    if slot > 0:
+        item = doc.body[slot - 1][1]
+        if isinstance(item, AoT) and item.body:
+            last = item.body[-1].value.body
+            return last, len(last)
+        if isinstance(item, Table):
+            return item.value.body, len(item.value.body)
+    return doc.body, slot
 
 
 def _trailing_text(table: Table) -> str:

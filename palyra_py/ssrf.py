@@ -13,15 +13,16 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Sequence
-from urllib.parse import urlsplit
 
 from aiohttp import ThreadedResolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 
+# check_url and MAX_URL_CHARS live in the aiohttp-free urls module; re-exported here.
+from palyra_py.urls import MAX_URL_CHARS as MAX_URL_CHARS
+from palyra_py.urls import check_url as check_url
+
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-MAX_URL_CHARS = 2048
 
 
 def _nets(*cidrs: str) -> tuple[Network, ...]:
@@ -205,31 +206,4 @@ def find_ssrf_blocked(exc: BaseException | None) -> SsrfBlocked | None:
         if isinstance(os_error, SsrfBlocked):
             return os_error
         exc = exc.__cause__ or exc.__context__
-    return None
-
-
-def check_url(url: str, https_only: bool = False) -> str | None:
-    """``None`` when ``url`` may be a delivery target, else what is wrong with it: scheme
-    ``http``/``https`` (``https`` only with ``https_only``), a host, no ``user:password@``,
-    at most 2048 characters, no whitespace or control characters. Addresses are not checked
-    here (see ``AddressPolicy``)."""
-    if len(url) > MAX_URL_CHARS:
-        return f"URL is longer than {MAX_URL_CHARS} characters"
-    if any(ch.isspace() or not ch.isprintable() for ch in url):
-        return "URL contains whitespace or control characters"
-    try:
-        parts = urlsplit(url)
-        hostname = parts.hostname
-        _ = parts.port  # raises ValueError for a bad port
-    except ValueError:
-        return "URL is malformed"
-    scheme = parts.scheme.lower()
-    if scheme not in ("http", "https"):
-        return "URL scheme must be http or https"
-    if https_only and scheme != "https":
-        return "URL must be https (https_only is set)"
-    if "@" in parts.netloc:
-        return "URL must not contain credentials (user:password@)"
-    if not hostname:
-        return "URL has no host"
     return None

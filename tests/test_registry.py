@@ -466,9 +466,17 @@ def test_semantic_errors(text: str, field: str, line: int, fragment: str) -> Non
     assert fragment in str(info.value)
 
 
-def test_version_defaults_to_1_and_subscriptions_are_left_alone() -> None:
+def test_version_defaults_to_1_and_subscriptions_are_validated() -> None:
+    # [[subscriptions]] used to be ignored; it is now checked like [[webhooks]].
     text = '[[webhooks]]\nintegration_id = "a"\nprovider = "github"\n[[subscriptions]]\nx = 1\n'
-    assert list(parse_registry(text, Path("w")).integrations) == ["a"]
+    with pytest.raises(RegistryError) as info:
+        parse_registry(text, Path("w"))
+    assert info.value.field == "subscriptions[0].x"
+    assert info.value.line == 5
+    text = text.replace("x = 1", 'subscription_id = "s"\nurl = "https://example.com/hook"')
+    registry = parse_registry(text, Path("w"))
+    assert list(registry.integrations) == ["a"]
+    assert list(registry.subscriptions) == ["s"]
     assert parse_registry("", Path("w")).integrations == {}
 
 

@@ -1,0 +1,171 @@
+"""API tokens: the ``[[tokens]]`` records of ``webhooks.toml``.
+
+A token lets an HTTP client publish events and read the stream on the ingress listener. Its
+text is ``plt_<token_id>_<random>``; the registry holds the id, a name, and the
+``secret_ref`` of the whole token text (``keyring:token:<token_id>``), never the token. The
+daemon takes the id out of a presented token with ``split_token``, resolves that token's
+``secret_ref`` and compares the whole text in constant time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import tomlkit
+
+from palyra_py.registry import (
+    Check,
+    _check_datetime,
+    _check_secret_ref,
+    _fail,
+    _jsonable,
+    _show,
+    check_record,
+    collect_records,
+    record_defaults,
+)
+from palyra_py.registry_edit import RecordKind, add_record, remove_record
+
+MAX_TOKENS = 256
+MAX_NAME_CHARS = 64
+MAX_DESCRIPTION_CHARS = 256
+TOKEN_PREFIX = "plt_"  # noqa: S105 (the public prefix of every token, not a secret)
+TOKEN_ID_CHARS = 12
+# Lowercase base32: no "_" (the separator inside a token) and nothing to mistype or quote.
+_ID_ALPHABET = "abcdefghijklmnopqrstuvwxyz234567"
+_TOKEN_ID = re.compile(r"[a-z0-9]{8,32}")
+_TOKEN_RANDOM = re.compile(r"[A-Za-z0-9_-]{16,128}")  # what secrets.token_urlsafe gives
+_MAX_TOKEN_CHARS = len(TOKEN_PREFIX) + 32 + 1 + 128
+
+
+@dataclass(frozen=True, slots=True)
+class ApiToken:
+    token_id: str
+    name: str
+    secret_ref: str
+    description: str = ""
+    created_at: datetime | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """``{token_id, name, description, created_at}``, JSON-ready; neither the token nor
+        where it is kept."""
+        return {name: _jsonable(getattr(self, name)) for name in PUBLIC_FIELDS}
+
+
+PUBLIC_FIELDS = ("token_id", "name", "description", "created_at")
+# The order a new record is written in.
+FIELDS = ("token_id", "name", "description", "secret_ref", "created_at")
+assert set(FIELDS) == {f.name for f in dataclasses.fields(ApiToken)}
+DEFAULTS: dict[str, Any] = record_defaults(ApiToken)
+
+
+def new_token_id() -> str:
+    """A fresh random token id: 12 lowercase base32 characters (60 bits)."""
+    return "".join(secrets.choice(_ID_ALPHABET) for _ in range(TOKEN_ID_CHARS))
+
+
+def token_secret_ref(token_id: str) -> str:
+    """Where the daemon keeps a token's text: ``keyring:token:<token_id>``."""
+    return f"keyring:token:{token_id}"
+
+
+def format_token(token_id: str, secret_random: str) -> str:
+    """``plt_<token_id>_<random>``. ``ValueError`` unless ``token_id`` is 8 to 32 of a-z 0-9
+    and ``secret_random`` 16 to 128 of A-Z a-z 0-9 _ - (e.g. ``secrets.token_urlsafe(32)``)."""
+    if not _TOKEN_ID.fullmatch(token_id):
+        raise ValueError("token_id must be 8 to 32 characters of a-z 0-9")
+    if not _TOKEN_RANDOM.fullmatch(secret_random):
+        raise ValueError("the random part must be 16 to 128 characters of A-Z a-z 0-9 _ -")
+    return f"{TOKEN_PREFIX}{token_id}_{secret_random}"
+
+
+def split_token(text: str) -> tuple[str, str] | None:
+    """``(token_id, text)`` when ``text`` has the shape ``format_token`` gives, else
+    ``None``. It says nothing about whether the token is valid: compare ``text`` with the
+    stored token (``hmac.compare_digest``) for that."""
+    if len(text) > _MAX_TOKEN_CHARS or not text.startswith(TOKEN_PREFIX):
+        return None
+    token_id, sep, random_part = text[len(TOKEN_PREFIX) :].partition("_")
+    if not sep or not _TOKEN_ID.fullmatch(token_id) or not _TOKEN_RANDOM.fullmatch(random_part):
+        return None
+    return token_id, text
+
+
+# ---------------------------------------------------------------------------------------
+# Field checks.
+
+
+def _check_token_id(value: Any, name: str) -> str:
+    norm = value.strip().lower() if isinstance(value, str) else None
+    if norm is None or not _TOKEN_ID.fullmatch(norm):
+        raise _fail(name, f"must be 8 to 32 characters of a-z 0-9, got {_show(value)}")
+    return norm
+
+
+def _printable(low: int, high: int) -> Check:
+    def check(value: Any, name: str) -> str:
+        norm = value.strip() if isinstance(value, str) else None
+        if norm is None or not low <= len(norm) <= high or not norm.isprintable():
+            raise _fail(name, f"must be {low} to {high} printable characters, got {_show(value)}")
+        return norm
+
+    return check
+
+
+CHECKS: dict[str, Check] = {
+    "token_id": _check_token_id,
+    "name": _printable(1, MAX_NAME_CHARS),
+    "description": _printable(0, MAX_DESCRIPTION_CHARS),
+    "secret_ref": _check_secret_ref,
+    "created_at": _check_datetime,
+}
+assert tuple(CHECKS) == FIELDS
+
+
+def validate_token_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
+    """Normalise and check token fields; return the normalised dict (``ApiToken(**result)``);
+    raise ``RegistryError`` naming the field. ``token_id``, ``name`` and ``secret_ref`` are
+    required; ``None`` counts as absent."""
+    return _validate(fields, "")
+
+
+def _validate(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    return check_record(fields, prefix, CHECKS, ("token_id", "name", "secret_ref"))
+
+
+def parse_tokens(data: Mapping[str, Any]) -> dict[str, ApiToken]:
+    """The ``[[tokens]]`` of parsed registry TOML by id, in file order: at most 256, ids
+    unique. Field names in errors are ``tokens[i].key``."""
+    records = collect_records(data, "tokens", "token_id", MAX_TOKENS, "tokens", _validate)
+    return {key: ApiToken(**norm) for key, norm in records.items()}
+
+
+TOKENS = RecordKind(
+    "tokens", "token_id", "token", MAX_TOKENS, FIELDS, DEFAULTS, frozenset(FIELDS),
+    validate_token_fields,
+)  # fmt: skip
+
+
+def add_token(doc: tomlkit.TOMLDocument, fields: Mapping[str, Any], now: datetime) -> None:
+    """Append a ``[[tokens]]`` record with ``created_at = now``. Without ``token_id`` a new
+    one is drawn (give one: the caller must know it to store the token's text first); without
+    ``secret_ref`` it is ``token_secret_ref(token_id)``. ``RegistryError`` if the id exists
+    (field ``token_id``), 256 tokens exist already, or a field is invalid."""
+    token_id = fields.get("token_id") or new_token_id()
+    merged = {**fields, "token_id": token_id, "created_at": now}
+    if merged.get("secret_ref") is None and isinstance(token_id, str):
+        merged["secret_ref"] = token_secret_ref(token_id.strip().lower())
+    norm = validate_token_fields(merged)
+    add_record(doc, TOKENS, norm)
+
+
+def remove_token(doc: tomlkit.TOMLDocument, token_id: str) -> None:
+    """Remove one token record with the comment block right above it; ``KeyError`` if
+    unknown. The caller deletes the token's secret."""
+    remove_record(doc, TOKENS, token_id)
