@@ -12,12 +12,15 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import orjson
+
 from palyra_py.reasons import Reason, Rejection
 
 SCHEMA_NAME = "webhook-envelope.v1.json"
 PALYRA_MAX_LIMIT = 1024 * 1024  # the schema's bound on limits.max_payload_bytes
 NONCE_MIN, NONCE_MAX = 16, 128
 MAX_JSON_DEPTH = 64
+MAX_PAYLOAD_PROPERTIES = 2048  # the schema's bound on payload
 
 
 def load_schema() -> dict[str, Any]:
@@ -106,3 +109,13 @@ def build_envelope(
     if max_payload_bytes <= PALYRA_MAX_LIMIT:
         envelope["limits"] = {"max_payload_bytes": max_payload_bytes}
     return envelope
+
+
+def encode_envelope(envelope: dict[str, Any], raw_payload: bytes | None = None) -> str:
+    """The envelope as JSON text. With ``raw_payload`` (the verified request body, already
+    parsed once as a JSON object), the payload is spliced in byte for byte instead of
+    being encoded again: faster, and the journal keeps exactly what the provider signed."""
+    if raw_payload is None:
+        return orjson.dumps(envelope).decode()
+    head = orjson.dumps({k: v for k, v in envelope.items() if k != "payload"})
+    return (head[:-1] + b',"payload":' + raw_payload.strip() + b"}").decode()

@@ -21,6 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
+import orjson
 import ulid
 
 from palyra_py.journal_chain import ChainWalk, Row
@@ -48,6 +49,7 @@ __all__ = [
     "DEFAULT_MAX_PENDING",
     "AppendResult",
     "DuplicateEventId",
+    "EncodedPayload",
     "EventFilter",
     "GroupCommitWriter",
     "Journal",
@@ -75,13 +77,23 @@ class ReplayKey:
     """How long the key stays; after that a redelivery is journaled again."""
 
 
+class EncodedPayload:
+    """A payload the caller already encoded as the text of one JSON object (the ingress
+    splices a provider's verified body in as it came). Stored as is: the caller vouches."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
 @dataclass(frozen=True, slots=True)
 class NewEvent:
     kind: str
     """``webhook.received``, ``integration.created``, ``daemon.started``, an operator name..."""
     source: str
     """Integration id for webhooks, ``daemon``, ``operator``..."""
-    payload: dict[str, Any]
+    payload: dict[str, Any] | EncodedPayload
     actor: str | None = None
     integration_id: str | None = None
     event_type: str | None = None
@@ -166,9 +178,12 @@ def format_time_ms(ts_unix_ms: int) -> str:
 
 def _event_from_row(row: Row) -> JournalEvent:
     try:
-        payload = json.loads(row[9])
+        payload = orjson.loads(row[9])
     except (TypeError, ValueError):
-        payload = None
+        try:  # orjson refuses escaped lone surrogates, which encode_payload may keep
+            payload = json.loads(row[9])
+        except (TypeError, ValueError):
+            payload = None
     if not isinstance(payload, dict):
         # Only a row altered behind the daemon's back gets here; verify names it.
         payload = {"_unreadable_payload": True}
@@ -194,7 +209,8 @@ def _pending_row(event: NewEvent) -> PendingRow:
         integration_id=event.integration_id,
         event_type=event.event_type,
         severity=event.severity,
-        payload_json=encode_payload(event.payload),
+        payload_json=(event.payload.text if isinstance(event.payload, EncodedPayload)
+                      else encode_payload(event.payload)),
         redacted=event.redacted,
         replay_key=None if key is None else (
             key.integration_id, key.delivery_id, int(key.window_s * 1000)

@@ -59,10 +59,14 @@ def canonical_json(value: Any) -> str:
 
 
 def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
-    """``sha256(prev_hash + "\\n" + canonical JSON of record)`` in hex, where ``record``
-    maps every column of the row except ``hash`` to its stored value."""
-    data = prev_hash + "\n" + canonical_json(record)
-    return hashlib.sha256(data.encode("utf-8")).hexdigest()
+    """``sha256(prev_hash + "\\n" + canonical JSON of the other columns + "\\n" +
+    payload_json)`` in hex, where ``record`` maps every column of the row except ``hash`` to
+    its stored value. The payload text is hashed as stored rather than escaped again inside
+    the canonical JSON: it is the bulk of a row, and the writer holds the GIL meanwhile."""
+    fields = {k: v for k, v in record.items() if k != "payload_json"}
+    digest = hashlib.sha256(f"{prev_hash}\n{canonical_json(fields)}\n".encode())
+    digest.update(str(record.get("payload_json", "")).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
 
 
 def row_hash(row: Row) -> str:

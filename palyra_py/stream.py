@@ -62,7 +62,12 @@ class StreamHub:
     async def run(self) -> None:
         """Follow the journal head for as long as the daemon runs."""
         while True:
-            await self._bus.wait_beyond(self._cursor)
+            head = await self._bus.wait_beyond(self._cursor)
+            if not self._clients:
+                # Nobody listens: move on without reading (new clients catch up from the
+                # journal anyway), so an idle hub costs the ingress nothing.
+                self._cursor = head
+                continue
             try:
                 events = await self._journal.list(EventFilter(), after_seq=self._cursor,
                                                   limit=PAGE)
