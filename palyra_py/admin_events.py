@@ -21,6 +21,8 @@ if TYPE_CHECKING:
 
 EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
 SEVERITIES = ("info", "warn", "error")
+TOKEN_SOURCE = web.RequestKey("token_source", str)
+"""Set on requests that came over TCP with a valid token: the token's source name."""
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
 RESERVED_SOURCES = tuple(sorted(SYSTEM_SOURCES))
 PUBLISH_NAMESPACE = "(publish)"  # not a valid integration id, so never collides with one
@@ -149,7 +151,7 @@ class EventsApi:
     async def emit(self, request: web.Request) -> web.Response:
         """Publish an event (``palyra system events emit``, the Python client, apps)."""
         body = await read_json_object(request)
-        default_source = request.get("token_name") or "operator"
+        default_source = request.get(TOKEN_SOURCE) or "operator"
         name = body.get("type", body.get("name"))
         if not isinstance(name, str) or not EVENT_NAME.fullmatch(name.strip().lower()):
             raise invalid("type: 1-64 characters of a-z 0-9 . _ : -", "type")

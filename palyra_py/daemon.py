@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import os
 import signal
 import socket
 import ssl
 import stat
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,19 +24,27 @@ import tomlkit
 from aiohttp import web
 
 from palyra_py import __version__
+from palyra_py.admin_deliveries import DeliveriesApi
 from palyra_py.admin_errors import ApiError, error_middleware
-from palyra_py.admin_events import EventsApi
+from palyra_py.admin_events import SOURCE_NAME, TOKEN_SOURCE, EventsApi
+from palyra_py.admin_subscriptions import SubscriptionsApi
 from palyra_py.admin_webhooks import WebhooksApi
 from palyra_py.bus import SeqBus
+from palyra_py.delivery_store import DELIVERIES_FILE, DeliveryStore
+from palyra_py.dispatcher import Dispatcher
 from palyra_py.ingress import ActiveIntegration, Ingress
 from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
 from palyra_py.metrics import Metrics
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
 from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.rejections import RejectionLog
-from palyra_py.secrets import SecretStore
+from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
+from palyra_py.sender import Sender
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
+from palyra_py.ssrf import AddressPolicy
 from palyra_py.stream import StreamHub
+from palyra_py.subscriptions import update_subscription
+from palyra_py.tokens import split_token
 
 log = structlog.get_logger("palyra.daemon")
 
@@ -100,6 +109,14 @@ class Daemon:
             batch_max=settings.get("journal", "batch_max"),
             on_commit=self._committed,
         )
+        self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
+        cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
+                 if c.strip()]
+        self.sender = Sender(
+            AddressPolicy(settings.get("delivery", "allow_private_networks"), cidrs),
+            max_connections=settings.get("delivery", "max_in_flight_total"),
+        )
+        self._dispatcher: Dispatcher | None = None
         self.listeners: list[Listener] = []
         self.started_at = 0.0
         self._runners: list[web.AppRunner] = []
@@ -124,6 +141,11 @@ class Daemon:
         return self._secrets
 
     @property
+    def dispatcher(self) -> Dispatcher:
+        assert self._dispatcher is not None, "daemon not started"
+        return self._dispatcher
+
+    @property
     def ingress(self) -> Ingress:
         assert self._ingress is not None, "daemon not started"
         return self._ingress
@@ -135,6 +157,9 @@ class Daemon:
     @property
     def socket_path(self) -> Path:
         return socket_path(self.state_dir)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
 
     def now_dt(self) -> datetime:
         return datetime.fromtimestamp(self.clock(), tz=UTC).replace(microsecond=0)
@@ -170,6 +195,54 @@ class Daemon:
                 entry.secrets, entry.secrets_until = previous.secrets, previous.secrets_until
             active[integration_id] = entry
         self.registry, self.active = registry, active
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
+
+    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
+        """Disable (410 Gone, days of failures, an operator) and journal why."""
+        if subscription_id not in self.registry.subscriptions:
+            return
+        now = self.now_dt()
+        try:
+            await self.edit_registry(lambda doc: update_subscription(
+                doc, subscription_id, {"enabled": False, "disabled_reason": reason[:240]}, now))
+        except (RegistryError, KeyError) as exc:
+            log.error("subscription_disable_failed", subscription_id=subscription_id,
+                      error=str(exc))
+            return
+        await self.append(kind="subscription.disabled", source="daemon",
+                          event_type="subscription.disabled",
+                          payload={"subscription_id": subscription_id, "reason": reason})
+        log.warning("subscription_disabled", subscription_id=subscription_id, reason=reason)
+
+    async def _journal_from_dispatcher(self, kind: str, payload: dict[str, Any]) -> None:
+        with contextlib.suppress(ApiError):
+            await self.append(kind=kind, source="daemon", event_type=kind, payload=payload)
+
+    # -- tokens (publishing and streaming over TCP) ---------------------------------------
+
+    async def authorize(self, request: web.Request) -> str:
+        """The caller's source name for a valid ``Authorization: Bearer`` token, else 401."""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        parsed = split_token(value.strip()) if scheme.lower() == "bearer" else None
+        token = self.registry.tokens.get(parsed[0]) if parsed else None
+        if parsed is None or token is None or token.secret_ref is None:
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
+        try:
+            expected = await asyncio.to_thread(self.secrets.resolve, token.secret_ref)
+        except (SecretNotFound, SecretRefError):
+            raise ApiError(401, "unauthorized", "the token's secret is unavailable") from None
+        if not hmac.compare_digest(expected.encode(), parsed[1].encode()):
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
+        return token.name if SOURCE_NAME.fullmatch(token.name) else f"token:{token.token_id}"
+
+    def _token_required(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                        ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            request[TOKEN_SOURCE] = await self.authorize(request)
+            return await handler(request)
+
+        return guarded
 
     async def edit_registry(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
         async with self._edit_lock:
@@ -222,8 +295,14 @@ class Daemon:
         return ctx
 
     def _ingress_app(self) -> web.Application:
-        app = web.Application(client_max_size=32 * 1024 * 1024 + 1)
+        app = web.Application(client_max_size=32 * 1024 * 1024 + 1,
+                              middlewares=[error_middleware])
         app.add_routes(self.ingress.routes())
+        events = EventsApi(self)
+        app.add_routes([
+            web.post("/v1/events", self._token_required(events.emit)),
+            web.get("/v1/events/stream", self._token_required(events.stream)),
+        ])
         app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz),
                         web.get("/metrics", self._metrics)])
         return app
@@ -238,6 +317,8 @@ class Daemon:
         app.add_routes(AdminApi(self).routes())
         app.add_routes(WebhooksApi(self).routes())
         app.add_routes(EventsApi(self).routes())
+        app.add_routes(SubscriptionsApi(self).routes())
+        app.add_routes(DeliveriesApi(self).routes())
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
@@ -279,6 +360,21 @@ class Daemon:
             buffer=self.settings.get("stream", "buffer_events"),
         )
         self._tasks.append(asyncio.create_task(self.stream_hub.run()))
+        try:
+            await self.deliveries.start()
+        except Exception as exc:
+            raise DaemonError(f"cannot open the delivery store: {exc}") from None
+        await self.sender.start()
+        self._dispatcher = Dispatcher(
+            journal=self.journal, bus=self.bus, store=self.deliveries, sender=self.sender,
+            subscriptions=lambda: self.registry.subscriptions, secrets=self.secrets,
+            journal_event=self._journal_from_dispatcher,
+            disable_subscription=self.disable_subscription, clock=self.clock,
+            metrics=self.metrics,
+            disable_after_s=self.settings.get("delivery", "disable_after_s"),
+            max_in_flight_total=self.settings.get("delivery", "max_in_flight_total"),
+        )
+        self._tasks.append(asyncio.create_task(self._dispatcher.run()))
         self._ingress = Ingress(
             integrations=lambda: self.active,
             secrets=self.secrets,
@@ -348,6 +444,8 @@ class Daemon:
             await self.rejections.flush(self.journal)
             await self.journal.append(NewEvent(kind="daemon.stopped", source="daemon",
                                                payload={"pid": os.getpid()}))
+        await self.sender.close()
+        await self.deliveries.close()
         await self.journal.close()
         with contextlib.suppress(FileNotFoundError):
             if self.listeners:

@@ -72,6 +72,28 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=10,
     ),
     SettingSpec(
+        "delivery", "allow_private_networks", bool, False,
+        "Allow deliveries to loopback and private addresses (cloud metadata stays blocked)",
+    ),
+    SettingSpec(
+        "delivery", "allow_cidrs", str, "",
+        "Comma-separated CIDRs deliveries may reach even though they are internal",
+    ),
+    SettingSpec(
+        "delivery", "https_only", bool, False, "Refuse subscription URLs that are not https"
+    ),
+    SettingSpec(
+        "delivery", "disable_after_s", float, 5 * 86400.0,
+        "Disable a subscription that has failed without a success for this long", minimum=60,
+    ),
+    SettingSpec(
+        "delivery", "max_subscriptions_per_owner", int, 5, "Subscriptions one owner may have",
+        minimum=1,
+    ),
+    SettingSpec(
+        "delivery", "max_in_flight_total", int, 256, "Most delivery attempts at once", minimum=1
+    ),
+    SettingSpec(
         "admin", "max_body_bytes", int, 1024 * 1024, "Largest admin API request body", minimum=1024
     ),
 )

@@ -1,0 +1,262 @@
+"""Admin API: outbound subscriptions (``/v1/subscriptions``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import TYPE_CHECKING, Any
+
+import ulid
+from aiohttp import web
+
+from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
+from palyra_py.admin_secrets import (
+    SecretChoice,
+    grace_seconds,
+    rfc3339,
+    rotate,
+    secret_choice,
+    store_secret,
+)
+from palyra_py.admin_webhooks import registry_error
+from palyra_py.delivery_store import format_time_ms
+from palyra_py.journal import NewEvent
+from palyra_py.registry import RegistryError, normalize_id
+from palyra_py.signing import StandardWebhooksSigner, generate_subscription_secret
+from palyra_py.subscriptions import (
+    add_subscription,
+    remove_subscription,
+    update_subscription,
+    validate_subscription_fields,
+)
+
+if TYPE_CHECKING:
+    from palyra_py.daemon import Daemon
+
+EDITABLE = (
+    "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
+    "ordered", "format", "signature_format", "timeout_s", "retry_schedule", "headers",
+    "description",
+)
+
+
+def keyring_name(subscription_id: str) -> str:
+    return f"subscription:{subscription_id}"
+
+
+def check_whsec(value: str) -> None:
+    StandardWebhooksSigner([value])  # raises ValueError for anything but whsec_<base64>
+
+
+class SubscriptionsApi:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/subscriptions", self.list),
+            web.post("/v1/subscriptions", self.add),
+            web.get("/v1/subscriptions/{id}", self.show),
+            web.patch("/v1/subscriptions/{id}", self.patch),
+            web.delete("/v1/subscriptions/{id}", self.remove),
+            web.post("/v1/subscriptions/{id}/enable", self.enable),
+            web.post("/v1/subscriptions/{id}/disable", self.disable),
+            web.post("/v1/subscriptions/{id}/rotate-secret", self.rotate_secret),
+            web.post("/v1/subscriptions/{id}/test", self.test),
+        ]
+
+    def _id(self, request: web.Request) -> str:
+        raw = request.match_info["id"]
+        try:
+            subscription_id = normalize_id(raw, field="subscription_id")
+        except RegistryError:
+            raise not_found(f"no subscription {raw[:64]!r}") from None
+        if subscription_id not in self.d.registry.subscriptions:
+            raise not_found(f"no subscription {subscription_id!r}")
+        return subscription_id
+
+    async def _public(self, subscription_id: str) -> dict[str, Any]:
+        sub = self.d.registry.subscriptions[subscription_id]
+        data = sub.to_dict()
+        last_success, failing_since = await self.d.deliveries.health(subscription_id)
+        data["health"] = {
+            "last_success_at": format_time_ms(last_success) if last_success else None,
+            "failing_since": format_time_ms(failing_since) if failing_since else None,
+        }
+        data["pending"] = await self.d.deliveries.pending_count(subscription_id)
+        return data
+
+    async def _edit(self, change: Any) -> None:
+        try:
+            await self.d.edit_registry(change)
+        except RegistryError as exc:
+            raise registry_error(exc) from None
+        except KeyError as exc:
+            raise not_found(f"no subscription {exc.args[0]!r}") from None
+        self.d.dispatcher.wake()
+
+    async def _journal(self, kind: str, subscription_id: str, payload: dict[str, Any]) -> None:
+        await self.d.append(kind=kind, source="admin", event_type=kind,
+                            payload={"subscription_id": subscription_id, **payload})
+
+    async def list(self, request: web.Request) -> web.Response:
+        ids = sorted(self.d.registry.subscriptions)
+        return web.json_response({"subscriptions": [await self._public(i) for i in ids]})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return web.json_response({"subscription": await self._public(self._id(request))})
+
+    async def add(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        fields = {k: body[k] for k in ("subscription_id", *EDITABLE) if k in body}
+        unknown = set(body) - set(fields) - {"secret"}
+        if unknown:
+            raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
+        try:
+            fields = validate_subscription_fields(fields)
+        except RegistryError as exc:
+            raise registry_error(exc) from None
+        subscription_id = fields["subscription_id"]
+        if subscription_id in self.d.registry.subscriptions:
+            raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
+                           field="subscription_id")
+        owner = fields.get("owner", "default")
+        limit = self.d.settings.get("delivery", "max_subscriptions_per_owner")
+        owned = sum(1 for s in self.d.registry.subscriptions.values() if s.owner == owner)
+        if owned >= limit:
+            raise ApiError(422, "limit_reached",
+                           f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
+                           "([delivery] max_subscriptions_per_owner)", field="owner")
+        choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
+            generate_subscription_secret(), None, True)
+        ref = choice.ref
+        if choice.value is not None:
+            ref = await store_secret(self.d.secrets, keyring_name(subscription_id), choice.value)
+            self.d.secrets.forget_cached(ref)
+        fields["secret_ref"] = ref
+        # The subscription starts with the next event, not with the journal's history.
+        await self.d.dispatcher.start_at_head(subscription_id)
+        now = self.d.now_dt()
+        try:
+            await self._edit(lambda doc: add_subscription(doc, fields, now))
+        except ApiError:
+            if choice.value is not None:
+                await asyncio.to_thread(self.d.secrets.delete, keyring_name(subscription_id))
+            raise
+        await self._journal("subscription.created", subscription_id,
+                            {"url": fields["url"], "events": list(fields.get("events", ()))})
+        answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
+        if choice.generated:
+            answer["secret"] = choice.value
+        return web.json_response(answer, status=201)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        body = await read_json_object(request)
+        unknown = set(body) - set(EDITABLE)
+        if unknown:
+            raise invalid(f"field(s) not editable here: {', '.join(sorted(unknown))}",
+                          sorted(unknown)[0])
+        current = self.d.registry.subscriptions[subscription_id].to_dict()
+        merged = {**current, **{k: v for k, v in body.items() if v is not None}}
+        check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
+        try:
+            normalised = validate_subscription_fields(check)
+        except RegistryError as exc:
+            raise registry_error(exc) from None
+        changes = {k: (None if body[k] is None else normalised.get(k)) for k in body}
+        now = self.d.now_dt()
+        await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
+        self.d.dispatcher.forget_cursor(subscription_id)
+        await self._journal("subscription.updated", subscription_id,
+                            {"changed": sorted(changes)})
+        return web.json_response({"subscription": await self._public(subscription_id)})
+
+    async def remove(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        sub = self.d.registry.subscriptions[subscription_id]
+        await self._edit(lambda doc: remove_subscription(doc, subscription_id))
+        await self.d.deliveries.forget_subscription(subscription_id, now_ms=self.d.now_ms())
+        self.d.dispatcher.forget_cursor(subscription_id)
+        name = keyring_name(subscription_id)
+        for ref in (f"keyring:{name}", f"keyring:{name}:previous"):
+            if ref in (sub.secret_ref, sub.previous_secret_ref):
+                await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+        self.d.secrets.forget_cached()
+        await self._journal("subscription.deleted", subscription_id, {})
+        return web.json_response({"status": "deleted", "subscription_id": subscription_id})
+
+    async def enable(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        body = await read_json_object(request)
+        catch_up = body.get("catch_up", False)
+        if not isinstance(catch_up, bool):
+            raise invalid("catch_up must be true or false", "catch_up")
+        if not catch_up:
+            await self.d.dispatcher.start_at_head(subscription_id)
+        now = self.d.now_dt()
+        await self._edit(lambda doc: update_subscription(
+            doc, subscription_id, {"enabled": True, "disabled_reason": None}, now))
+        self.d.dispatcher.forget_cursor(subscription_id)
+        await self._journal("subscription.enabled", subscription_id, {"catch_up": catch_up})
+        return web.json_response({"subscription": await self._public(subscription_id)})
+
+    async def disable(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        await self.d.disable_subscription(subscription_id, "disabled by an operator")
+        return web.json_response({"subscription": await self._public(subscription_id)})
+
+    async def rotate_secret(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        sub = self.d.registry.subscriptions[subscription_id]
+        body = await read_json_object(request)
+        grace = grace_seconds(body)
+        choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
+            generate_subscription_secret(), None, True)
+        now = self.d.now_dt()
+        rotation = await rotate(self.d.secrets, current_name=keyring_name(subscription_id),
+                                old_ref=sub.secret_ref, choice=choice, grace_s=grace, now=now)
+        await self._edit(
+            lambda doc: update_subscription(doc, subscription_id, rotation.changes, now)
+        )
+        self.d.dispatcher.forget_cursor(subscription_id)
+        await self._journal("subscription.secret_rotated", subscription_id,
+                            {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)})
+        answer: dict[str, Any] = {"subscription": await self._public(subscription_id),
+                                  "previous_valid_until": rfc3339(rotation.until)}
+        if choice.generated:
+            answer["secret"] = choice.value
+        return web.json_response(answer)
+
+    async def test(self, request: web.Request) -> web.Response:
+        """Publish ``palyra.test`` to this subscription alone and wait for its first attempt."""
+        subscription_id = self._id(request)
+        sub = self.d.registry.subscriptions[subscription_id]
+        if not sub.enabled:
+            raise ApiError(409, "conflict", f"subscription {subscription_id!r} is disabled")
+        body = await read_json_object(request)
+        data = body.get("data", {"message": "a test event from palyra"})
+        if not isinstance(data, dict):
+            raise invalid("data must be a JSON object", "data")
+        event_id = str(ulid.ULID())
+        first = self.d.dispatcher.first_attempt(event_id)
+        try:
+            result = await self.d.journal.append(NewEvent(
+                kind="palyra.test", source="admin", event_type="palyra.test", event_id=event_id,
+                payload={"subscription_id": subscription_id, "data": data},
+            ))
+        except Exception:
+            first.cancel()
+            raise
+        self.d.dispatcher.wake()
+        attempt = None
+        with contextlib.suppress(TimeoutError):
+            attempt = await asyncio.wait_for(asyncio.shield(first), sub.timeout_s + 5)
+        delivery = None
+        if attempt is not None:
+            found = await self.d.deliveries.get(attempt.delivery_id)
+            delivery = found[0].to_dict() if found else None
+        return web.json_response({
+            "event_id": result.event_id, "seq": result.seq, "delivery": delivery,
+            "attempt": attempt.to_dict() if attempt else None,
+        })

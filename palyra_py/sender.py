@@ -1,0 +1,100 @@
+"""One outbound HTTP attempt: POST, no redirects, bounded time and response, classified.
+
+The session resolves every host through :class:`GuardedResolver`, so the address checked by
+the SSRF policy is the address connected to; IP-literal URLs (which aiohttp never resolves)
+are checked here before connecting. Proxies from the environment are ignored for the same
+reason: behind a proxy only the proxy's address would be checked."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from palyra_py import __version__
+from palyra_py.ssrf import AddressPolicy, GuardedResolver, SsrfBlocked, find_ssrf_blocked
+
+EXCERPT_BYTES = 4096
+USER_AGENT = f"palyra-py/{__version__} (+webhooks)"
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptOutcome:
+    status_code: int | None
+    error_class: str | None
+    """None on success (2xx); else timeout, connect, dns, tls, http_status, ssrf_blocked."""
+    error_detail: str | None
+    excerpt: str | None
+    duration_ms: int
+    retry_after: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error_class is None
+
+
+class Sender:
+    def __init__(self, policy: AddressPolicy, *, max_connections: int = 256) -> None:
+        self._policy = policy
+        self._max_connections = max_connections
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            resolver=GuardedResolver(self._policy), limit=self._max_connections,
+            limit_per_host=0, ttl_dns_cache=None, use_dns_cache=False,
+        )
+        self._session = aiohttp.ClientSession(
+            connector=connector, trust_env=False, auto_decompress=False,
+            headers={"User-Agent": USER_AGENT},
+        )
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def post(
+        self, url: str, body: bytes, headers: dict[str, str], timeout_s: float
+    ) -> AttemptOutcome:
+        assert self._session is not None, "sender not started"
+        started = time.perf_counter()
+
+        def done(status: int | None, error: str | None, detail: str | None = None,
+                 excerpt: str | None = None, retry_after: str | None = None) -> AttemptOutcome:
+            elapsed = int((time.perf_counter() - started) * 1000)
+            return AttemptOutcome(status, error, detail and detail[:512], excerpt, elapsed,
+                                  retry_after)
+
+        try:
+            host = urlsplit(url).hostname or ""
+            self._policy.check_literal_host(host)
+            async with asyncio.timeout(timeout_s), self._session.post(
+                url, data=body, headers=headers, allow_redirects=False,
+            ) as resp:
+                # Never read more than the excerpt: an endless or huge answer costs 4 KiB.
+                raw = await resp.content.read(EXCERPT_BYTES)
+                excerpt = raw.decode("utf-8", errors="replace")
+                if 200 <= resp.status < 300:
+                    return done(resp.status, None, None, excerpt)
+                return done(resp.status, "http_status", f"HTTP {resp.status}", excerpt,
+                            resp.headers.get("Retry-After"))
+        except SsrfBlocked as exc:
+            return done(None, "ssrf_blocked", f"{exc.ip} is {exc.reason}")
+        except TimeoutError:
+            return done(None, "timeout", f"no answer within {timeout_s:g} s")
+        except aiohttp.ClientConnectorDNSError as exc:
+            blocked = find_ssrf_blocked(exc)
+            if blocked is not None:
+                return done(None, "ssrf_blocked", f"{blocked.ip} is {blocked.reason}")
+            return done(None, "dns", f"cannot resolve {exc.host}")
+        except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
+            return done(None, "tls", type(exc).__name__)
+        except (aiohttp.ClientError, OSError) as exc:
+            blocked = find_ssrf_blocked(exc)
+            if blocked is not None:
+                return done(None, "ssrf_blocked", f"{blocked.ip} is {blocked.reason}")
+            return done(None, "connect", f"{type(exc).__name__}: {exc}"[:200])
