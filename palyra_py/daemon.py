@@ -242,7 +242,10 @@ class Daemon:
             request[TOKEN_SOURCE] = await self.authorize(request)
             return await handler(request)
 
-        return guarded
+        async def rendered(request: web.Request) -> web.StreamResponse:
+            return await error_middleware(request, guarded)
+
+        return rendered
 
     async def edit_registry(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
         async with self._edit_lock:
@@ -295,8 +298,9 @@ class Daemon:
         return ctx
 
     def _ingress_app(self) -> web.Application:
-        app = web.Application(client_max_size=32 * 1024 * 1024 + 1,
-                              middlewares=[error_middleware])
+        # No middleware here: every /hooks request would pay for it; the token routes get
+        # the admin error rendering through their own wrapper.
+        app = web.Application(client_max_size=32 * 1024 * 1024 + 1)
         app.add_routes(self.ingress.routes())
         events = EventsApi(self)
         app.add_routes([
