@@ -25,6 +25,9 @@ QueryValue = str | int | Sequence[str] | None
 DEFAULT_TIMEOUT_S = 30.0
 # The daemon sends a keepalive comment every 15 s, so a silent minute means it is stuck.
 STREAM_TIMEOUT_S = 60.0
+# POST /v1/subscriptions/{id}/test waits for the first attempt: up to timeout_s (at most
+# 60 s) plus 5 s, so the client waits a little longer than the daemon can.
+SUBSCRIPTION_TEST_TIMEOUT_S = 75.0
 USER_AGENT = f"palyra-cli/{__version__}"
 
 
@@ -217,8 +220,12 @@ class AdminClient:
         *,
         query: Mapping[str, QueryValue] | None = None,
         body: JsonObject | None = None,
+        timeout: float | None = None,
     ) -> JsonObject:
-        conn = UnixHTTPConnection(self.socket_path, timeout=self.timeout)
+        """One exchange; ``timeout`` (seconds) overrides the client's for routes that wait
+        on purpose (``test_subscription``)."""
+        wait = self.timeout if timeout is None else timeout
+        conn = UnixHTTPConnection(self.socket_path, timeout=wait)
         try:
             response = self._send(conn, method, path + _build_query(query), body)
             raw = self._guard(response.read)
@@ -382,3 +389,79 @@ class AdminClient:
 
     def verify_journal(self) -> JsonObject:
         return self.request("POST", "/v1/journal/verify")
+
+    # -- outbound: subscriptions --
+
+    def list_subscriptions(self) -> JsonObject:
+        return self.request("GET", "/v1/subscriptions")
+
+    def add_subscription(self, fields: JsonObject) -> JsonObject:
+        return self.request("POST", "/v1/subscriptions", body=fields)
+
+    def get_subscription(self, subscription_id: str) -> JsonObject:
+        return self.request("GET", f"/v1/subscriptions/{_segment(subscription_id)}")
+
+    def update_subscription(self, subscription_id: str, fields: JsonObject) -> JsonObject:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}"
+        return self.request("PATCH", path, body=fields)
+
+    def remove_subscription(self, subscription_id: str) -> JsonObject:
+        return self.request("DELETE", f"/v1/subscriptions/{_segment(subscription_id)}")
+
+    def enable_subscription(self, subscription_id: str, *, catch_up: bool = False) -> JsonObject:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/enable"
+        return self.request("POST", path, body={"catch_up": catch_up})
+
+    def disable_subscription(self, subscription_id: str) -> JsonObject:
+        return self.request("POST", f"/v1/subscriptions/{_segment(subscription_id)}/disable")
+
+    def rotate_subscription_secret(
+        self, subscription_id: str, *, grace_s: int | None, secret: JsonObject | None
+    ) -> JsonObject:
+        body: JsonObject = {}
+        if grace_s is not None:
+            body["grace_s"] = grace_s
+        if secret is not None:
+            body["secret"] = secret
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/rotate-secret"
+        return self.request("POST", path, body=body)
+
+    def test_subscription(
+        self, subscription_id: str, body: JsonObject, *,
+        timeout: float = SUBSCRIPTION_TEST_TIMEOUT_S,
+    ) -> JsonObject:
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/test"
+        return self.request("POST", path, body=body, timeout=timeout)
+
+    # -- outbound: deliveries --
+
+    def list_deliveries(self, query: Mapping[str, QueryValue]) -> JsonObject:
+        return self.request("GET", "/v1/deliveries", query=query)
+
+    def get_delivery(self, delivery_id: str) -> JsonObject:
+        return self.request("GET", f"/v1/deliveries/{_segment(delivery_id)}")
+
+    def retry_delivery(self, delivery_id: str) -> JsonObject:
+        return self.request("POST", f"/v1/deliveries/{_segment(delivery_id)}/retry")
+
+    def recover_deliveries(
+        self, subscription_id: str, *, since: str, until: str | None = None
+    ) -> JsonObject:
+        body: JsonObject = {"subscription_id": subscription_id, "since": since}
+        if until is not None:
+            body["until"] = until
+        return self.request("POST", "/v1/deliveries/recover", body=body)
+
+    def delivery_stats(self, query: Mapping[str, QueryValue]) -> JsonObject:
+        return self.request("GET", "/v1/deliveries/stats", query=query)
+
+    # -- outbound: publishing tokens --
+
+    def list_tokens(self) -> JsonObject:
+        return self.request("GET", "/v1/tokens")
+
+    def create_token(self, fields: JsonObject) -> JsonObject:
+        return self.request("POST", "/v1/tokens", body=fields)
+
+    def revoke_token(self, token_id: str) -> JsonObject:
+        return self.request("DELETE", f"/v1/tokens/{_segment(token_id)}")

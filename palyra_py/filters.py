@@ -13,9 +13,10 @@ import json
 import math
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from palyra_py.published import PublishedEvent
+if TYPE_CHECKING:  # at run time only the matcher needs it: the CLI imports the parsers
+    from palyra_py.published import PublishedEvent
 
 Scalar = str | int | float | bool
 

@@ -1,5 +1,6 @@
 """The CLI without a daemon: start-up cost, exit codes, argument checks, time parsing,
-SSE parsing, and the admin client against a canned HTTP peer on a Unix socket."""
+SSE parsing, outbound flag parsing, and the admin client and the commands against a canned
+HTTP peer on a Unix socket."""
 
 from __future__ import annotations
 
@@ -20,8 +21,15 @@ from typer.testing import CliRunner, Result
 
 from palyra_py import __version__
 from palyra_py.admin_client import AdminClient, ApiError, SseDecoder, SseEvent, iter_sse
+from palyra_py.cli import output
 from palyra_py.cli.main import app
+from palyra_py.cli.subscription_inputs import (
+    parse_filters,
+    parse_headers,
+    parse_retry_schedule,
+)
 from palyra_py.cli.timeparse import TimeParseError, parse_duration, parse_time
+from palyra_py.cli.tokens_cmd import publish_base_url
 from palyra_py.paths import SocketPathTooLong, resolve_state_dir, socket_path
 
 runner = CliRunner()
@@ -70,8 +78,9 @@ def test_every_help_page_loads_no_daemon_dependency() -> None:
     report = json.loads(done.stdout)
     assert report["loaded"] == []
     assert set(report["codes"]) == {0}
-    assert {"", "daemon run", "webhooks add", "system events tail"} <= set(report["paths"])
-    assert len(report["paths"]) >= 20
+    assert {"", "daemon run", "webhooks add", "system events tail", "subscriptions add",
+            "subscriptions test", "deliveries stats", "tokens create"} <= set(report["paths"])
+    assert len(report["paths"]) >= 40
 
 
 def test_python_m_shows_quick_start_exit_codes_and_version() -> None:
@@ -275,7 +284,7 @@ class CannedDaemon:
         return route
 
 
-def _handler(daemon: CannedDaemon) -> type[BaseHTTPRequestHandler]:
+def canned_handler(daemon: CannedDaemon) -> type[BaseHTTPRequestHandler]:
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
 
@@ -319,7 +328,7 @@ def _handler(daemon: CannedDaemon) -> type[BaseHTTPRequestHandler]:
 def canned(state_dir: Path) -> Iterator[CannedDaemon]:
     daemon = CannedDaemon(state_dir)
     server = socketserver.ThreadingUnixStreamServer(
-        str(state_dir / "palyra.sock"), _handler(daemon)
+        str(state_dir / "palyra.sock"), canned_handler(daemon)
     )
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
@@ -479,3 +488,411 @@ def test_broken_chain_and_unready_integration_exit_4(canned: CannedDaemon) -> No
     readiness = cli(canned, "webhooks", "readiness")
     assert readiness.exit_code == 4
     assert readiness.stderr.strip() == "palyra: not ready: b"
+
+
+# --- outbound: flag parsing (no daemon needed) ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "value"),
+    [("docs", "docs"), ("true", True), ("false", False), ("3", 3), ("-2", -2), ("1.5", 1.5),
+     ("1e3", 1000.0), ('"3"', "3"), ('"true"', "true"), ('"a\\"b"', 'a"b'), ("True", "True"),
+     ("", ""), ("a=b", "a=b"), ('"unclosed', '"unclosed'), ("null", "null")],
+)
+def test_filter_values_are_typed(text: str, value: object) -> None:
+    parsed = parse_filters([f"data.x={text}"])
+    assert parsed is not None
+    assert parsed["data.x"] == value and type(parsed["data.x"]) is type(value)
+
+
+def test_parse_filters_builds_the_filter_object() -> None:
+    assert parse_filters(None) is None
+    assert parse_filters(["data.kb=docs", " data.n =3", "data.q=a=b", 'data.v="7"']) == {
+        "data.kb": "docs", "data.n": 3, "data.q": "a=b", "data.v": "7",
+    }
+
+
+def test_parse_headers_and_retry_schedule() -> None:
+    assert parse_headers(["Authorization: Bearer abc", "X-Team:ops "]) == {
+        "Authorization": "Bearer abc", "X-Team": "ops",
+    }
+    assert parse_retry_schedule(" 0s, 5s,5m ,2h") == ["0s", "5s", "5m", "2h"]
+    assert parse_retry_schedule(None) is None
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--filter", "data.kb"), "'data.kb' is not PATH=VALUE"),
+        (("--filter", "=docs"), "the path needs dot-separated names"),
+        (("--filter", "data..kb=x"), "the path needs dot-separated names"),
+        (("--filter", "a=1", "--filter", "a=2"), "'a' is given twice"),
+        (("--header", "X-Team ops"), "is not 'Name: value'"),
+        (("--header", "A: 1", "--header", "a: 2"), "'a' is given twice"),
+        (("--retry-schedule", "0s,soon"), "retry schedule entry 2"),
+        (("--secret-stdin", "--generate-secret"),
+         "choose one secret source, not --generate-secret and --secret-stdin"),
+        (("--format", "teams"), "'teams' is not one of"),
+    ],
+)
+def test_subscription_add_usage_errors(
+    state_dir: Path, args: tuple[str, ...], message: str
+) -> None:
+    result = run("subscriptions", "add", "ci", "--url", "https://ci.example/h", *args,
+                 "--state-dir", str(state_dir))
+    assert result.exit_code == 2
+    assert message in flat(result.stderr)
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("subscriptions", "remove", "ci"), ("tokens", "revoke", "t1")],
+)
+def test_outbound_removals_need_yes_without_a_terminal(
+    state_dir: Path, args: tuple[str, ...]
+) -> None:
+    result = run(*args, "--state-dir", str(state_dir))
+    assert result.exit_code == 2
+    assert "add --yes" in result.stderr
+
+
+def test_outbound_time_and_limit_flags_are_checked_before_connecting(state_dir: Path) -> None:
+    recover = run("deliveries", "recover", "ci", "--since", "last week",
+                  "--state-dir", str(state_dir))
+    assert recover.exit_code == 2
+    assert "invalid time 'last week'" in flat(recover.stderr)
+    missing = run("deliveries", "recover", "ci", "--state-dir", str(state_dir))
+    assert missing.exit_code == 2
+    assert "--since" in flat(missing.stderr)
+    limit = run("deliveries", "list", "--limit", "5000", "--state-dir", str(state_dir))
+    assert limit.exit_code == 2
+
+
+# --- outbound: commands against the canned daemon ----------------------------------------
+
+
+def wide(canned: CannedDaemon, *args: str, input: str | None = None) -> Result:
+    """``cli`` with a 250-column console, so table cells are not folded."""
+    output.console.cache_clear()  # the console keeps the width it was created with
+    try:
+        return runner.invoke(
+            app, [*args, "--state-dir", str(canned.state_dir)], input=input,
+            env={"PALYRA_STATE_DIR": None, "COLUMNS": "250"},
+        )
+    finally:
+        output.console.cache_clear()
+
+
+SUB = {
+    "subscription_id": "ci", "url": "https://ci.example/hook", "enabled": True,
+    "events": ["github.*"], "filter": {"data.kb": "docs"}, "format": "standard",
+    "signature_format": "github", "secret_ref": "keyring:subscription:ci",
+    "headers": {"Authorization": "Bearer receiver-auth-value", "X-Team": "ops"},
+    "pending": 3, "health": {"last_success_at": "2024-05-01T12:00:00.000Z",
+                             "failing_since": None},
+}
+
+
+def test_subscription_add_sends_the_fields_and_shows_the_secret_once(
+    canned: CannedDaemon,
+) -> None:
+    canned.routes[("POST", "/v1/subscriptions")] = (
+        201, {"subscription": SUB, "secret": "whsec_c2VjcmV0LXNob3duLW9uY2U="},
+    )
+    result = wide(
+        canned, "subscriptions", "add", "ci", "--url", "https://ci.example/hook",
+        "-e", "github.*,stripe.charge.*", "--filter", "data.kb=docs", "--filter", "data.n=2",
+        "--format", "slack", "--signature-format", "github", "--ordered", "--rate-limit", "2.5",
+        "--max-in-flight", "4", "--timeout", "20", "--retry-schedule", "0s,1m,1h",
+        "-H", "X-Team: ops", "--owner", "team-a", "--description", "CI", "--disabled",
+    )
+    assert result.exit_code == 0, result.output
+    assert canned.requests[0]["body"] == {
+        "subscription_id": "ci", "url": "https://ci.example/hook",
+        "secret": {"generate": True},
+        "events": ["github.*", "stripe.charge.*"], "filter": {"data.kb": "docs", "data.n": 2},
+        "format": "slack", "signature_format": "github", "ordered": True,
+        "rate_limit_per_s": 2.5, "max_in_flight": 4, "timeout_s": 20.0,
+        "retry_schedule": ["0s", "1m", "1h"], "headers": {"X-Team": "ops"},
+        "owner": "team-a", "description": "CI", "enabled": False,
+    }
+    text = flat(result.stdout)
+    assert result.stdout.count("whsec_c2VjcmV0LXNob3duLW9uY2U=") == 1
+    assert "will not be shown again" in text
+    assert "webhook-id, webhook-timestamp (unix s), webhook-signature" in text
+    assert "X-Hub-Signature-256" in text  # signature_format github explains the extra header
+    assert "palyra subscriptions test ci" in text
+
+
+def test_subscription_add_minimal_json_and_stdin_secret(canned: CannedDaemon) -> None:
+    answer = {"subscription": {**SUB, "signature_format": "standard"}}
+    canned.routes[("POST", "/v1/subscriptions")] = (201, answer)
+    result = cli(canned, "subscriptions", "add", "ci", "--url", "https://ci.example/hook",
+                 "--secret-stdin", "--json", input="whsec_from_stdin\n")
+    assert result.exit_code == 0, result.output
+    assert canned.requests[0]["body"] == {
+        "subscription_id": "ci", "url": "https://ci.example/hook",
+        "secret": {"value": "whsec_from_stdin"},
+    }
+    assert json.loads(result.stdout) == answer
+    assert "whsec_from_stdin" not in result.output
+
+
+def test_subscription_list_and_show(canned: CannedDaemon) -> None:
+    failing = {**SUB, "subscription_id": "pager", "events": [],
+               "health": {"failing_since": "2024-05-02T08:00:00.000Z"}}
+    off = {**SUB, "subscription_id": "old", "enabled": False, "disabled_reason": "http_410"}
+    new = {**SUB, "subscription_id": "fresh", "health": {}}
+    listing = {"subscriptions": [SUB, failing, off, new]}
+    canned.routes[("GET", "/v1/subscriptions")] = (200, listing)
+    canned.routes[("GET", "/v1/subscriptions/ci")] = (200, {"subscription": SUB})
+    table = wide(canned, "subscriptions", "list")
+    assert table.exit_code == 0, table.output
+    rows = {line.split("│")[1].strip(): flat(line) for line in table.stdout.splitlines()
+            if line.count("│") > 2}
+    assert "https://ci.example/hook" in rows["ci"] and " ok" in rows["ci"]
+    assert "github.*" in rows["ci"] and " 3 " in rows["ci"]
+    assert "all" in rows["pager"] and "failing since 2024-05-02T08:00:00.000Z" in rows["pager"]
+    assert "disabled (http_410)" in rows["old"]
+    assert "no delivery yet" in rows["fresh"]
+    machine = cli(canned, "subscriptions", "list", "--json")
+    assert json.loads(machine.stdout) == listing
+    show = wide(canned, "subscriptions", "show", "ci")
+    assert show.exit_code == 0
+    text = flat(show.stdout)
+    assert "Authorization: ***" in text and "X-Team: ops" in text
+    assert "receiver-auth-value" not in show.stdout  # masked for people; in --json only
+    assert "keyring:subscription:ci" in text and "data.kb=docs" in text
+    assert "last success 2024-05-01T12:00:00.000Z" in text
+
+
+def test_subscription_enable_disable_rotate_remove(canned: CannedDaemon) -> None:
+    for action in ("enable", "disable", "rotate-secret"):
+        canned.routes[("POST", f"/v1/subscriptions/ci/{action}")] = (
+            200, {"subscription": SUB, "secret": "whsec_bmV3LXNlY3JldA==",
+                  "previous_valid_until": "2024-05-02T12:00:00.000Z"},
+        )
+    canned.routes[("DELETE", "/v1/subscriptions/ci")] = (
+        200, {"status": "deleted", "subscription_id": "ci"},
+    )
+    assert cli(canned, "subscriptions", "enable", "ci", "--catch-up").exit_code == 0
+    skipped = cli(canned, "subscriptions", "enable", "ci")
+    assert "--catch-up delivers them" in flat(skipped.stdout)
+    assert cli(canned, "subscriptions", "disable", "ci").exit_code == 0
+    rotated = wide(canned, "subscriptions", "rotate-secret", "ci", "--grace", "1h")
+    assert rotated.exit_code == 0, rotated.output
+    assert rotated.stdout.count("whsec_bmV3LXNlY3JldA==") == 1
+    assert "both signatures until 2024-05-02T12:00:00.000Z" in flat(rotated.stdout)
+    removed = cli(canned, "subscriptions", "remove", "ci", "--yes", "--json")
+    assert json.loads(removed.stdout) == {"status": "deleted", "subscription_id": "ci"}
+    assert [(r["method"], r["target"], r["body"]) for r in canned.requests] == [
+        ("POST", "/v1/subscriptions/ci/enable", {"catch_up": True}),
+        ("POST", "/v1/subscriptions/ci/enable", {"catch_up": False}),
+        ("POST", "/v1/subscriptions/ci/disable", None),
+        ("POST", "/v1/subscriptions/ci/rotate-secret",
+         {"grace_s": 3600, "secret": {"generate": True}}),
+        ("DELETE", "/v1/subscriptions/ci", None),
+    ]
+
+
+def _test_answer(status: str, attempt: dict[str, Any] | None) -> dict[str, Any]:
+    return {"event_id": "01J0TEST", "seq": 77,
+            "delivery": {"delivery_id": "d-1", "status": status}, "attempt": attempt}
+
+
+def test_subscription_test_shows_the_attempt_and_exits_0_when_delivered(
+    canned: CannedDaemon,
+) -> None:
+    attempt = {"attempt_no": 1, "status_code": 204, "duration_ms": 42, "error_class": None,
+               "response_excerpt": ""}
+    canned.routes[("POST", "/v1/subscriptions/ci/test")] = (200, _test_answer("succeeded", attempt))
+    result = wide(canned, "subscriptions", "test", "ci", "-d", '{"hello": "world"}')
+    assert result.exit_code == 0, result.output
+    assert canned.requests[0]["body"] == {"data": {"hello": "world"}}
+    text = flat(result.stdout)
+    assert "HTTP 204" in text and "42 ms" in text and "succeeded" in text
+    assert "01J0TEST (seq 77)" in text
+
+
+def test_subscription_test_exits_4_and_defuses_the_receivers_answer(
+    canned: CannedDaemon,
+) -> None:
+    hostile = "\x1b[2J\x1b]0;pwned\x07[bold]oops[/bold]" + "x" * 400
+    attempt = {"attempt_no": 1, "status_code": 500, "duration_ms": 12_500,
+               "error_class": "http_status", "response_excerpt": hostile}
+    canned.routes[("POST", "/v1/subscriptions/ci/test")] = (200, _test_answer("pending", attempt))
+    result = wide(canned, "subscriptions", "test", "ci")
+    assert result.exit_code == 4
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    text = flat(result.stdout)
+    assert "\\x1b[2J" in text and "[bold]oops[/bold]" in text  # shown, not obeyed
+    assert "HTTP 500" in text and "http_status" in text and "12s" in text
+    assert "more characters; see --json" in text
+    assert "palyra deliveries show d-1" in flat(result.stderr)
+    none_yet = {**_test_answer("pending", None), "delivery": None}
+    canned.routes[("POST", "/v1/subscriptions/ci/test")] = (200, none_yet)
+    machine = cli(canned, "subscriptions", "test", "ci", "--json")
+    assert machine.exit_code == 4
+    assert json.loads(machine.stdout) == none_yet
+    human = cli(canned, "subscriptions", "test", "ci")
+    assert human.exit_code == 4
+    assert "none yet" in flat(human.stdout)
+    assert "no attempt within the wait" in human.stderr
+
+
+DELIVERY = {"delivery_id": "d-1", "subscription_id": "ci", "event_seq": 41,
+            "event_id": "01J0EVENT", "event_type": "github.push", "status": "failed",
+            "attempts": 2, "next_attempt_at": None, "created_at": "2024-05-01T12:00:00.000Z",
+            "updated_at": "2024-05-01T12:05:00.000Z", "last_status_code": None,
+            "last_error_class": "timeout"}
+
+
+def test_deliveries_list_all_follows_next_after(canned: CannedDaemon) -> None:
+    canned.routes[("GET", "/v1/deliveries")] = [
+        (200, {"deliveries": [DELIVERY], "next_after": "d-1"}),
+        (200, {"deliveries": [{**DELIVERY, "delivery_id": "d-2"}], "next_after": None}),
+    ]
+    result = cli(canned, "deliveries", "list", "--all", "-s", "ci", "--status", "failed",
+                 "--since", "2024-05-01", "--limit", "1", "--json")
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {
+        "deliveries": [DELIVERY, {**DELIVERY, "delivery_id": "d-2"}], "next_after": None,
+    }
+    first = "/v1/deliveries?subscription=ci&status=failed&since=2024-05-01T00%3A00%3A00.000Z"
+    assert [r["target"] for r in canned.requests] == [f"{first}&limit=1",
+                                                      f"{first}&limit=1&after=d-1"]
+
+
+def test_deliveries_list_table_says_when_there_is_more(canned: CannedDaemon) -> None:
+    canned.routes[("GET", "/v1/deliveries")] = (
+        200, {"deliveries": [DELIVERY], "next_after": "d-1"},
+    )
+    result = wide(canned, "deliveries", "list")
+    assert result.exit_code == 0
+    text = flat(result.stdout)
+    assert "d-1" in text and "github.push (seq 41)" in text and "failed" in text
+    assert "timeout" in text
+    assert "add --all" in result.stderr
+
+
+def test_deliveries_show_retry_recover(canned: CannedDaemon) -> None:
+    attempts = [
+        {"delivery_id": "d-1", "attempt_no": 1, "started_at": "2024-05-01T12:00:00.000Z",
+         "duration_ms": 15000, "status_code": None, "error_class": "timeout",
+         "error_detail": "no answer in 15 s", "response_excerpt": None},
+        {"delivery_id": "d-1", "attempt_no": 2, "started_at": "2024-05-01T12:00:05.000Z",
+         "duration_ms": 80, "status_code": 503, "error_class": "http_status",
+         "error_detail": None, "response_excerpt": "busy"},
+    ]
+    canned.routes[("GET", "/v1/deliveries/d-1")] = (
+        200, {"delivery": {**DELIVERY, "created_ms": 1714564800000}, "attempts": attempts},
+    )
+    canned.routes[("POST", "/v1/deliveries/d-1/retry")] = (
+        200, {"delivery": {**DELIVERY, "status": "pending"}},
+    )
+    canned.routes[("POST", "/v1/deliveries/recover")] = (200, {"recovered": 12})
+    show = wide(canned, "deliveries", "show", "d-1")
+    assert show.exit_code == 0, show.output
+    text = flat(show.stdout)
+    assert "Attempts" in text and "no answer in 15 s" in text
+    assert "created_ms" not in text  # created_at says it for people
+    assert "HTTP 503" in text and "busy" in text and "80 ms" in text
+    assert "(http_status)" not in text  # the status code says it already
+    retry = cli(canned, "deliveries", "retry", "d-1")
+    assert "d-1 is pending again" in flat(retry.stdout)
+    recover = cli(canned, "deliveries", "recover", "ci", "--since", "1714564800",
+                  "--until", "2024-05-01T14:00:00+02:00")
+    assert recover.exit_code == 0, recover.output
+    assert "Re-sending 12 failed deliveries of ci" in flat(recover.stdout)
+    assert canned.requests[-1]["body"] == {
+        "subscription_id": "ci", "since": "2024-05-01T12:00:00.000Z",
+        "until": "2024-05-01T12:00:00.000Z",
+    }
+
+
+def test_deliveries_stats(canned: CannedDaemon) -> None:
+    stats = {"deliveries": {"pending": 4, "succeeded": 95, "failed": 1}, "attempts": 120,
+             "success_rate": 0.95, "latency_ms": {"p50": 35, "p95": 870},
+             "failures_by_class": {"timeout": 3, "http_status": 9},
+             "busiest": [{"subscription_id": "ci", "deliveries": 70}],
+             "oldest_pending_age_ms": 3_723_000}
+    canned.routes[("GET", "/v1/deliveries/stats")] = (200, stats)
+    result = wide(canned, "deliveries", "stats", "--subscription", "ci", "--since", "1714564800")
+    assert result.exit_code == 0, result.output
+    assert canned.requests[0]["target"] == (
+        "/v1/deliveries/stats?subscription=ci&since=2024-05-01T12%3A00%3A00.000Z"
+    )
+    text = flat(result.stdout)
+    assert "succeeded 95, failed 1, pending 4" in text
+    assert "95.0 %" in text and "35 ms" in text and "870 ms" in text
+    assert "1h 2m 3s" in text
+    assert text.index("http_status 9") < text.index("timeout 3")  # most failures first
+    assert "ci 70" in text
+    assert json.loads(cli(canned, "deliveries", "stats", "--json").stdout) == stats
+
+
+def test_token_create_shows_it_once_with_a_curl_example(canned: CannedDaemon) -> None:
+    canned.routes[("GET", "/v1/status")] = (
+        200, {"listeners": [{"kind": "ingress", "address": "http://127.0.0.1:8080"},
+                            {"kind": "admin", "address": "/x/palyra.sock"}],
+              "settings": [{"section": "daemon", "key": "public_url", "value": "",
+                            "source": "default"}]},
+    )
+    token = {"token_id": "t1", "name": "ci", "description": "deploys",
+             "created_at": "2024-05-01T12:00:00.000Z"}
+    canned.routes[("POST", "/v1/tokens")] = (201, {"token": token, "secret": "plt_t1_s3cr3t"})
+    result = wide(canned, "tokens", "create", "ci", "--description", "deploys")
+    assert result.exit_code == 0, result.output
+    assert canned.requests[-1]["body"] == {"name": "ci", "description": "deploys"}
+    assert result.stdout.count("plt_t1_s3cr3t") == 1
+    text = flat(result.stdout)
+    assert "will not be shown again" in text
+    assert "curl -sS -X POST http://127.0.0.1:8080/v1/events" in text
+    assert 'Authorization: Bearer $PALYRA_TOKEN' in text
+    canned.requests.clear()
+    machine = cli(canned, "tokens", "create", "ci", "--json")
+    assert json.loads(machine.stdout) == {"token": token, "secret": "plt_t1_s3cr3t"}
+    assert [r["target"] for r in canned.requests] == ["/v1/tokens"]  # no status lookup
+
+
+def test_token_curl_example_prefers_the_public_url() -> None:
+    status = {"listeners": [{"kind": "ingress", "address": "http://0.0.0.0:8080"}],
+              "settings": [{"section": "daemon", "key": "public_url",
+                            "value": "https://hooks.example/", "source": "file"}]}
+    assert publish_base_url(status) == "https://hooks.example"
+    assert publish_base_url({"listeners": status["listeners"]}) == "http://0.0.0.0:8080"
+    assert publish_base_url({}) == "http://HOST:PORT"
+
+
+def test_token_list_and_revoke(canned: CannedDaemon) -> None:
+    tokens = {"tokens": [{"token_id": "t1", "name": "ci", "description": None,
+                          "created_at": "2024-05-01T12:00:00.000Z"}]}
+    canned.routes[("GET", "/v1/tokens")] = (200, tokens)
+    canned.routes[("DELETE", "/v1/tokens/t1")] = (200, {"status": "revoked", "token_id": "t1"})
+    listing = wide(canned, "tokens", "list")
+    assert "t1" in listing.stdout and "2024-05-01T12:00:00.000Z" in listing.stdout
+    assert json.loads(cli(canned, "tokens", "list", "--json").stdout) == tokens
+    revoked = cli(canned, "tokens", "revoke", "t1", "--yes")
+    assert revoked.exit_code == 0
+    assert "Revoked token t1" in revoked.stdout
+
+
+def test_emit_with_idempotency_key_and_source(canned: CannedDaemon) -> None:
+    canned.routes[("POST", "/v1/events")] = [
+        (201, {"event_id": "01J0A", "seq": 5, "duplicate": False}),
+        (200, {"event_id": "01J0A", "seq": 5, "duplicate": True}),
+        (200, {"event_id": "01J0A", "seq": 5, "duplicate": True}),
+    ]
+    args = ("system", "events", "emit", "deploy.done", "--idempotency-key", "job-42",
+            "--source", "ci")
+    first = cli(canned, *args)
+    assert first.exit_code == 0
+    assert "Journaled deploy.done as seq 5" in flat(first.stdout)
+    again = cli(canned, *args)
+    assert again.exit_code == 0
+    assert "Duplicate: this idempotency key already published seq 5" in flat(again.stdout)
+    machine = cli(canned, *args, "--json")
+    assert json.loads(machine.stdout)["duplicate"] is True
+    assert canned.requests[0]["body"] == {
+        "type": "deploy.done", "source": "ci", "idempotency_key": "job-42",
+    }

@@ -255,10 +255,12 @@ def _follow(
     )
 
 
-def _load_data(value: str | None) -> JsonObject | None:
+def load_data(value: str | None, param: str = "--data") -> JsonObject | None:
+    """The JSON object given inline, as ``@file`` or as ``@-`` (stdin); None when the
+    option is absent. Anything else is a usage error naming ``param``."""
     if value is None:
         return None
-    source = "--data"
+    source = param
     try:
         if value.startswith("@"):
             source = value[1:]
@@ -267,11 +269,11 @@ def _load_data(value: str | None) -> JsonObject | None:
             raw = value
         data = json.loads(raw)
     except OSError as exc:
-        usage_error(f"cannot read {source}: {exc.strerror}", param="--data")
+        usage_error(f"cannot read {source}: {exc.strerror}", param=param)
     except ValueError as exc:
-        usage_error(f"{source} is not valid JSON: {exc}", param="--data")
+        usage_error(f"{source} is not valid JSON: {exc}", param=param)
     if not isinstance(data, dict):
-        usage_error("the data must be a JSON object", param="--data")
+        usage_error("the data must be a JSON object", param=param)
     return data
 
 
@@ -293,32 +295,63 @@ def emit(
     summary: Annotated[
         str | None, typer.Option("--summary", "-s", help="One line for people (240 bytes max).")
     ] = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            metavar="KEY",
+            help="Publish at most once per KEY within 24 h (1-128 printable characters).",
+        ),
+    ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source",
+            metavar="SOURCE",
+            help="Who publishes it (default: operator); subscriptions can filter on it.",
+        ),
+    ] = None,
     state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
     """Append an operator event (a deploy, an incident, a note) to the journal.
 
     It is journaled next to the webhooks it explains and reaches every
-    stream and subscription like any other event.
+    stream and subscription like any other event. With --idempotency-key,
+    a second emit with the same key within 24 hours publishes nothing and
+    answers with the first event (duplicate: true in --json; exit code 0).
 
-    Example:
+    Examples:
 
     $ palyra system events emit deploy.done --summary "v2.3 live" -d '{"version": "2.3"}'
+    $ palyra system events emit deploy.done --source ci --idempotency-key "$JOB"
     """
     body: JsonObject = {"type": name}
-    details = _load_data(data)
+    details = load_data(data)
     if details is not None:
         body["data"] = details
     if severity is not None:
         body["severity"] = severity.value
     if summary is not None:
         body["summary"] = summary
+    if source is not None:
+        body["source"] = source
+    if idempotency_key is not None:
+        if not idempotency_key:
+            usage_error("the key is empty", param="--idempotency-key")
+        body["idempotency_key"] = idempotency_key
     with admin_session(state_dir, json_output=json_output) as client:
         answer = client.emit_event(body)
     if json_output:
         output.print_json(answer)
         return
     seq, event_id = answer.get("seq", "?"), answer.get("event_id", "?")
+    if answer.get("duplicate") is True:
+        output.success(
+            f"Duplicate: this idempotency key already published seq {seq} "
+            f"(event id {event_id}); nothing new was journaled."
+        )
+        return
     output.success(f"Journaled {name} as seq {seq} (event id {event_id}).")
 
 

@@ -12,7 +12,14 @@ from typing import Annotated
 import typer
 
 from palyra_py import __version__
-from palyra_py.cli import daemon_cmd, events_cmd, webhooks_cmd
+from palyra_py.cli import (
+    daemon_cmd,
+    deliveries_cmd,
+    events_cmd,
+    subscriptions_cmd,
+    tokens_cmd,
+    webhooks_cmd,
+)
 
 EPILOG = """[bold]Quick start[/bold]
 
@@ -21,6 +28,8 @@ EPILOG = """[bold]Quick start[/bold]
   palyra webhooks add gh --provider github --generate-secret
   palyra webhooks test gh
   palyra system events tail -f
+  palyra subscriptions add ci --url https://ci.example/hook -e 'github.*'
+  palyra subscriptions test ci
 
 [bold]Exit codes[/bold]
 
@@ -28,7 +37,8 @@ EPILOG = """[bold]Quick start[/bold]
   1  the daemon answered an error (printed; with --json, its JSON on stdout)
   2  usage error, or a removal not confirmed
   3  the daemon is not reachable (not running, or no access to its socket)
-  4  a check failed: broken journal chain, test not accepted, not ready
+  4  a check failed: broken journal chain, test not accepted or not
+     delivered, integration not ready
 
 Reference: docs/cli.md"""
 
@@ -51,6 +61,9 @@ system_app.add_typer(events_cmd.app, name="events")
 app.add_typer(daemon_cmd.app, name="daemon")
 app.add_typer(webhooks_cmd.app, name="webhooks")
 app.add_typer(system_app, name="system")
+app.add_typer(subscriptions_cmd.app, name="subscriptions")
+app.add_typer(deliveries_cmd.app, name="deliveries")
+app.add_typer(tokens_cmd.app, name="tokens")
 
 
 def _show_version(value: bool) -> None:
@@ -75,7 +88,8 @@ def root(
 
     The daemon receives signed webhooks (GitHub, Stripe, Slack, GitLab, Shopify,
     Standard Webhooks, generic HMAC), verifies them and records them in a durable
-    journal. This command line talks to it over its Unix socket.
+    journal, and delivers published events to subscribed endpoints. This
+    command line talks to it over its Unix socket.
     """
 
 

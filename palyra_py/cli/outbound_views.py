@@ -1,0 +1,448 @@
+"""How ``palyra subscriptions|deliveries|tokens ...`` answers look to people (``--json``
+bypasses all of this).
+
+Response excerpts and error details come from receivers we do not trust: they are shown
+with control characters replaced and cut short, so a hostile endpoint cannot drive the
+operator's terminal.
+"""
+
+from __future__ import annotations
+
+import shlex
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from rich.console import Group, RenderableType
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from palyra_py.cli import output
+from palyra_py.redact import is_secret_key
+
+DELIVERY_STATUS_STYLE = {"succeeded": "green", "pending": "yellow", "failed": "bold red"}
+EXCERPT_CHARS = 300
+MASK = "***"
+
+SUBSCRIPTION_FIELDS = (
+    "subscription_id",
+    "url",
+    "enabled",
+    "disabled_reason",
+    "health",
+    "pending",
+    "owner",
+    "description",
+    "events",
+    "filter",
+    "format",
+    "signature_format",
+    "ordered",
+    "rate_limit_per_s",
+    "max_in_flight",
+    "timeout_s",
+    "retry_schedule",
+    "headers",
+    "secret_ref",
+    "previous_secret_ref",
+    "previous_valid_until",
+    "created_at",
+    "updated_at",
+)
+DELIVERY_FIELDS = (
+    "delivery_id",
+    "subscription_id",
+    "status",
+    "event_type",
+    "event_id",
+    "event_seq",
+    "attempts",
+    "last_status_code",
+    "last_error_class",
+    "next_attempt_at",
+    "created_at",
+    "updated_at",
+)
+
+
+# --- small formatters ----------------------------------------------------------------
+
+
+def untrusted(value: Any, limit: int = EXCERPT_CHARS) -> str:
+    """Text from a receiver, safe for a table cell: control characters (except newline
+    and tab) shown as ``\\xNN``, cut to ``limit`` characters, rich-escaped."""
+    if value is None or value == "":
+        return "-"
+    raw = str(value)
+    cut = raw[:limit]
+    clean = "".join(
+        ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in cut
+    )
+    if len(raw) > limit:
+        clean += f"… ({len(raw) - limit} more characters; see --json)"
+    return output.text(clean)
+
+
+def delivery_status(value: Any) -> str:
+    name = output.text(value)
+    style = DELIVERY_STATUS_STYLE.get(name, "")
+    return f"[{style}]{name}[/]" if style else name
+
+
+def milliseconds(value: Any) -> str:
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value:.0f} ms" if value < 10_000 else output.duration(value / 1000)
+
+
+def percent(value: Any) -> str:
+    """``success_rate`` is a fraction from 0 to 1 (null when nothing was attempted)."""
+    if not isinstance(value, int | float) or isinstance(value, bool):
+        return "-"
+    return f"{value * 100:.1f} %"
+
+
+def health(sub: Mapping[str, Any]) -> str:
+    """One word or phrase: disabled (why), failing since, ok, or no delivery yet."""
+    info = sub.get("health") or {}
+    if not isinstance(info, Mapping):
+        info = {}
+    if sub.get("enabled") is False:
+        reason = sub.get("disabled_reason")
+        return f"[dim]disabled{f' ({output.text(reason)})' if reason else ''}[/]"
+    if info.get("failing_since"):
+        return f"[bold red]failing since {output.moment(info['failing_since'])}[/]"
+    if info.get("last_success_at"):
+        return "[green]ok[/]"
+    return "[dim]no delivery yet[/]"
+
+
+def headers_text(headers: Any) -> str:
+    """``Name: value`` lines; values of secret-looking names (Authorization, X-Api-Key...)
+    are masked here (they are in ``--json``)."""
+    if not isinstance(headers, Mapping) or not headers:
+        return "-"
+    return "\n".join(
+        output.text(f"{name}: {MASK if is_secret_key(name) else value}")
+        for name, value in headers.items()
+    )
+
+
+def attempt_result(attempt: Mapping[str, Any]) -> str:
+    """``HTTP 200`` / ``HTTP 503`` / ``timeout`` / ``HTTP 200 (ssrf_blocked)``: the error
+    class is named unless the status code already says it (``http_status``)."""
+    code, error = attempt.get("status_code"), attempt.get("error_class")
+    if code is None:
+        return output.text(error)
+    text = f"HTTP {output.text(code)}"
+    if error and error != "http_status":
+        text += f" ({output.text(error)})"
+    ok = isinstance(code, int) and 200 <= code < 300 and not error
+    return f"[green]{text}[/]" if ok else f"[red]{text}[/]"
+
+
+# --- subscriptions --------------------------------------------------------------------
+
+
+def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:
+    rows = (
+        (
+            output.text(sub.get("subscription_id")),
+            output.text(sub.get("url")),
+            output.text(sub.get("enabled")),
+            output.text(sub.get("events")) if sub.get("events") else "all",
+            output.text(sub.get("format")),
+            output.text(sub.get("pending")),
+            health(sub),
+        )
+        for sub in subs
+    )
+    return output.table(
+        ("id", "url", "enabled", "events", "format", "pending", "health"),
+        rows,
+        no_wrap=("id",),
+    )
+
+
+def subscription_details(sub: Mapping[str, Any]) -> Panel:
+    rows: list[tuple[str, str]] = []
+    for name in (*SUBSCRIPTION_FIELDS, *sorted(set(sub) - set(SUBSCRIPTION_FIELDS))):
+        if name not in sub:
+            continue
+        value = sub[name]
+        if name == "health":
+            rendered = health(sub)
+            info = value if isinstance(value, Mapping) else {}
+            if info.get("last_success_at"):
+                rendered += f" (last success {output.moment(info['last_success_at'])})"
+        elif name == "events" and not value:
+            rendered = "all but the daemon's own (name those to get them)"
+        elif name == "headers":
+            rendered = headers_text(value)
+        elif name in ("created_at", "updated_at", "previous_valid_until"):
+            rendered = output.moment(value)
+        else:
+            rendered = output.text(value)
+        rows.append((name, rendered))
+    title = output.text(sub.get("subscription_id"))
+    return Panel(output.key_value_table(rows), title=title, expand=False)
+
+
+def receiver_instructions(signature_format: str | None) -> Text:
+    """How a receiver checks a delivery signed with the secret (Standard Webhooks v1)."""
+    lines = Text()
+    lines.append("How the receiver verifies each delivery (Standard Webhooks):\n", style="bold")
+    lines.append("  headers  webhook-id, webhook-timestamp (unix s), webhook-signature\n")
+    lines.append("  key      base64-decode the part of the secret after whsec_\n")
+    lines.append("  signed   {webhook-id}.{webhook-timestamp}.{raw body}, HMAC-SHA256, base64\n")
+    lines.append("  accept   if one space-separated v1,<base64> entry matches (several during\n")
+    lines.append("           a rotation), compared in constant time, and the timestamp is\n")
+    lines.append("           within 5 minutes; dedupe on webhook-id (kept across retries)\n")
+    lines.append("  libraries: the standardwebhooks package (Python, JavaScript, Go, ...)")
+    if signature_format == "github":
+        lines.append("\n\nAlso sent: X-Hub-Signature-256: sha256=<hex HMAC-SHA256 of the raw\n")
+        lines.append("body>, keyed with the whole secret text as shown (whsec_ included),\n")
+        lines.append("as a GitHub-style receiver expects.")
+    return lines
+
+
+def secret_panel(secret: str, subscription_id: str, signature_format: str | None) -> Panel:
+    """The one and only display of a subscription's generated signing secret."""
+    body = Group(
+        Text(secret, style="bold"),
+        Text(""),
+        Text(
+            "This secret is shown only this once and will not be shown again.\n"
+            "Give it to the receiver now.",
+            style="yellow",
+        ),
+        Text(""),
+        receiver_instructions(signature_format),
+    )
+    return Panel(
+        body,
+        title=f"Signing secret for {subscription_id}",
+        title_align="left",
+        border_style="bold yellow",
+        expand=False,
+    )
+
+
+def subscription_next_steps(sub: Mapping[str, Any]) -> Text:
+    quoted = shlex.quote(str(sub.get("subscription_id", "ID")))
+    lines = Text()
+    lines.append("Next steps:\n")
+    lines.append("  1. Send a test event:   ")
+    lines.append(f"palyra subscriptions test {quoted}\n", style="bold")
+    lines.append("  2. Watch deliveries:    ")
+    lines.append(f"palyra deliveries list --subscription {quoted}", style="bold")
+    return lines
+
+
+def rotation_note(sub: Mapping[str, Any], *, until: str, secret_shown: bool) -> Text:
+    quoted = shlex.quote(str(sub.get("subscription_id", "ID")))
+    new = "the one above" if secret_shown else f"the value behind {sub.get('secret_ref')}"
+    lines = Text()
+    if until == "-":
+        lines.append("Deliveries are signed with the new secret only, from now on.\n")
+    else:
+        lines.append(f"Deliveries carry both signatures until {until}.\n")
+    lines.append(f"Next: give the receiver the new secret ({new}), then check with\n  ")
+    lines.append(f"palyra subscriptions test {quoted}", style="bold")
+    return lines
+
+
+def test_result(answer: Mapping[str, Any], subscription_id: str) -> Panel:
+    """The test event's delivery and its first attempt (or that none happened yet)."""
+    delivery = answer.get("delivery") or {}
+    attempt = answer.get("attempt")
+    rows = [
+        ("delivery", delivery_status(delivery.get("status"))),
+        ("event", f"{output.text(answer.get('event_id'))} (seq {output.text(answer.get('seq'))})"),
+        ("delivery id", output.text(delivery.get("delivery_id"))),
+    ]
+    if isinstance(attempt, Mapping):
+        rows += [
+            ("result", attempt_result(attempt)),
+            ("status code", output.text(attempt.get("status_code"))),
+            ("duration", milliseconds(attempt.get("duration_ms"))),
+            ("error class", output.text(attempt.get("error_class"))),
+            ("error", untrusted(attempt.get("error_detail"))),
+            ("response", untrusted(attempt.get("response_excerpt"))),
+        ]
+    else:
+        rows.append(("attempt", "[yellow]none yet (the daemon stopped waiting)[/]"))
+    title = output.text(f"test delivery to {subscription_id}")
+    return Panel(output.key_value_table(rows), title=title, expand=False)
+
+
+# --- deliveries -----------------------------------------------------------------------
+
+
+def delivery_event(delivery: Mapping[str, Any]) -> str:
+    seq = output.text(delivery.get("event_seq"))
+    return f"{output.text(delivery.get('event_type'))} (seq {seq})"
+
+
+def last_result(delivery: Mapping[str, Any]) -> str:
+    code, error = delivery.get("last_status_code"), delivery.get("last_error_class")
+    if code is None and not error:
+        return "-"
+    return attempt_result({"status_code": code, "error_class": error})
+
+
+def deliveries_table(deliveries: Sequence[Mapping[str, Any]]) -> Table:
+    """One row per delivery; the next-attempt column only when some delivery has one."""
+    with_next = any(item.get("next_attempt_at") for item in deliveries)
+    columns = ["id", "subscription", "event", "status", "attempts", "last"]
+    columns += ["next attempt"] if with_next else []
+    rows = []
+    for item in deliveries:
+        row = [
+            output.text(item.get("delivery_id")),
+            output.text(item.get("subscription_id")),
+            delivery_event(item),
+            delivery_status(item.get("status")),
+            output.text(item.get("attempts")),
+            last_result(item),
+        ]
+        if with_next:
+            row.append(output.moment(item.get("next_attempt_at")))
+        rows.append(row)
+    return output.table(columns, rows, no_wrap=("id", "status", "next attempt"))
+
+
+def attempts_table(attempts: Sequence[Mapping[str, Any]]) -> Table:
+    rows = (
+        (
+            output.text(item.get("attempt_no")),
+            output.moment(item.get("started_at")),
+            milliseconds(item.get("duration_ms")),
+            attempt_result(item),
+            untrusted(item.get("error_detail"), 120),
+            untrusted(item.get("response_excerpt"), 120),
+        )
+        for item in attempts
+    )
+    return output.table(
+        ("#", "started", "duration", "result", "error", "response"),
+        rows,
+        title="Attempts",
+        no_wrap=("#", "started"),
+    )
+
+
+def _shown_as_time(name: str, record: Mapping[str, Any]) -> bool:
+    """``created_ms`` and the like, when ``created_at`` says the same for people."""
+    return name.endswith("_ms") and f"{name[:-3]}_at" in record
+
+
+def delivery_details(delivery: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> Group:
+    rows: list[tuple[str, str]] = []
+    for name in (*DELIVERY_FIELDS, *sorted(set(delivery) - set(DELIVERY_FIELDS))):
+        if name not in delivery or _shown_as_time(name, delivery):
+            continue
+        value = delivery[name]
+        if name == "status":
+            rendered = delivery_status(value)
+        elif name.endswith("_at"):
+            rendered = output.moment(value)
+        else:
+            rendered = output.text(value)
+        rows.append((name, rendered))
+    panel = Panel(
+        output.key_value_table(rows), title=output.text(delivery.get("delivery_id")), expand=False
+    )
+    parts: list[RenderableType] = [panel]
+    parts.append(attempts_table(attempts) if attempts else Text("No attempt yet.", style="dim"))
+    return Group(*parts)
+
+
+def stats_view(stats: Mapping[str, Any]) -> Group:
+    counts = stats.get("deliveries") or {}
+    latency = stats.get("latency_ms") or {}
+    oldest = stats.get("oldest_pending_age_ms")
+    rows = [
+        ("deliveries", ", ".join(
+            f"{delivery_status(name)} {output.text(counts.get(name, 0))}"
+            for name in ("succeeded", "failed", "pending")
+        )),
+        ("attempts", output.text(stats.get("attempts"))),
+        ("success rate", percent(stats.get("success_rate"))),
+        ("latency p50", milliseconds(latency.get("p50"))),
+        ("latency p95", milliseconds(latency.get("p95"))),
+        ("oldest pending", "-" if not isinstance(oldest, int | float)
+         else output.duration(oldest / 1000)),
+    ]
+    parts: list[RenderableType] = [
+        Panel(output.key_value_table(rows), title="Deliveries", title_align="left", expand=False)
+    ]
+    failures = stats.get("failures_by_class") or {}
+    if failures:
+        ranked = sorted(failures.items(), key=lambda item: (-int(item[1] or 0), item[0]))
+        parts.append(output.table(
+            ("error class", "failed attempts"),
+            ((output.text(name), output.text(count)) for name, count in ranked),
+            title="Failures by class",
+        ))
+    busiest = stats.get("busiest") or []
+    if busiest:
+        parts.append(output.table(
+            ("subscription", "deliveries"),
+            ((output.text(item.get("subscription_id")), output.text(item.get("deliveries")))
+             for item in busiest),
+            title="Busiest subscriptions",
+        ))
+    return Group(*parts)
+
+
+# --- tokens ---------------------------------------------------------------------------
+
+
+def tokens_table(tokens: Sequence[Mapping[str, Any]]) -> Table:
+    rows = (
+        (
+            output.text(item.get("token_id")),
+            output.text(item.get("name")),
+            output.text(item.get("description")),
+            output.moment(item.get("created_at")),
+        )
+        for item in tokens
+    )
+    return output.table(("id", "name", "description", "created"), rows, no_wrap=("id", "created"))
+
+
+def curl_example(base_url: str) -> str:
+    """Publishing an event with the token kept in ``$PALYRA_TOKEN`` (so it is printed
+    once, in the panel, and not again in a command line)."""
+    return (
+        f"curl -sS -X POST {shlex.quote(base_url.rstrip('/') + '/v1/events')} \\\n"
+        '  -H "Authorization: Bearer $PALYRA_TOKEN" \\\n'
+        "  -H 'Content-Type: application/json' \\\n"
+        """  -d '{"type": "deploy.done", "data": {"version": "2.3"},\n"""
+        """       "idempotency_key": "deploy-2.3"}'"""
+    )
+
+
+def token_panel(secret: str, token: Mapping[str, Any], base_url: str) -> Panel:
+    """The one and only display of a publishing token, with how to use it."""
+    name = str(token.get("name") or token.get("token_id") or "?")
+    token_id = shlex.quote(str(token.get("token_id", "ID")))
+    body = Group(
+        Text(secret, style="bold"),
+        Text(""),
+        Text(
+            "This token is shown only this once and will not be shown again.\n"
+            "Store it where the publishing application reads its secrets.",
+            style="yellow",
+        ),
+        Text(""),
+        Text("Publish an event over HTTP (the ingress listener):", style="bold"),
+        Text("export PALYRA_TOKEN='<the token above>'"),
+        Text(curl_example(base_url)),
+        Text(""),
+        Text(f"Revoke it with: palyra tokens revoke {token_id}", style="dim"),
+    )
+    return Panel(
+        body, title=f"Token {name}", title_align="left", border_style="bold yellow", expand=False
+    )

@@ -1,0 +1,431 @@
+"""``palyra subscriptions ...``: outbound webhook endpoints that receive published events."""
+
+from __future__ import annotations
+
+import sys
+from enum import StrEnum
+from typing import Annotated, Any
+
+import typer
+
+from palyra_py.admin_client import JsonObject
+from palyra_py.cli import outbound_views, output
+from palyra_py.cli.events_cmd import load_data
+from palyra_py.cli.session import (
+    ExitCode,
+    JsonOption,
+    StateDirOption,
+    admin_session,
+    check_failed,
+)
+from palyra_py.cli.subscription_inputs import parse_filters, parse_headers, parse_retry_schedule
+from palyra_py.cli.webhook_inputs import duration_option, secret_source, split_list
+
+app = typer.Typer(
+    help="Outbound subscriptions: HTTP endpoints that receive published events, signed.",
+    no_args_is_help=True,
+)
+
+
+class PayloadFormat(StrEnum):
+    standard = "standard"
+    slack = "slack"
+    discord = "discord"
+
+
+class SignatureFormat(StrEnum):
+    standard = "standard"
+    github = "github"
+
+
+IdArgument = Annotated[
+    str, typer.Argument(metavar="ID", help="Subscription id.", show_default=False)
+]
+GenerateSecretOption = Annotated[
+    bool,
+    typer.Option(
+        "--generate-secret",
+        help="The daemon generates a whsec_ signing secret and shows it once (the default).",
+    ),
+]
+SecretStdinOption = Annotated[
+    bool,
+    typer.Option(
+        "--secret-stdin",
+        help="Read a whsec_ secret from one line of standard input (hidden on a TTY).",
+    ),
+]
+SecretRefOption = Annotated[
+    str | None,
+    typer.Option(
+        "--secret-ref",
+        metavar="REF",
+        help="Use a secret kept elsewhere: keyring:NAME, env:VAR or file:PATH.",
+    ),
+]
+
+
+@app.command("add")
+def add(
+    subscription_id: IdArgument,
+    url: Annotated[
+        str,
+        typer.Option("--url", metavar="URL", help="http(s) endpoint to POST to.",
+                     show_default=False),
+    ],
+    events: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--events",
+            "-e",
+            metavar="GLOB",
+            help="Published types to send (repeatable or comma-separated). "
+            "Default: all but the daemon's own.",
+        ),
+    ] = None,
+    filters: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--filter",
+            metavar="PATH=VALUE",
+            help="Only events whose PATH equals VALUE (repeatable, all must match): "
+            "data.kb=docs, data.n=3, data.ok=true, 'data.v=\"3\"' for a string.",
+        ),
+    ] = None,
+    payload_format: Annotated[
+        PayloadFormat | None,
+        typer.Option("--format", help="Body shape: Standard Webhooks JSON, or a chat message."),
+    ] = None,
+    signature_format: Annotated[
+        SignatureFormat | None,
+        typer.Option("--signature-format", help="github also sends X-Hub-Signature-256."),
+    ] = None,
+    ordered: Annotated[
+        bool,
+        typer.Option(
+            "--ordered", help="Strict order: each event waits until the previous one is done."
+        ),
+    ] = False,
+    rate_limit: Annotated[
+        float | None,
+        typer.Option("--rate-limit", min=0, metavar="N", help="At most N requests a second."),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        typer.Option("--max-in-flight", min=1, metavar="N", help="Concurrent requests (1-100)."),
+    ] = None,
+    timeout: Annotated[
+        float | None,
+        typer.Option("--timeout", min=1, metavar="S", help="Seconds per attempt (1-60)."),
+    ] = None,
+    retry_schedule: Annotated[
+        str | None,
+        typer.Option(
+            "--retry-schedule",
+            metavar="LIST",
+            help="Delay before each attempt: 0s,5s,5m,30m,2h (default Svix's, 8 attempts).",
+        ),
+    ] = None,
+    headers: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--header", "-H", metavar="'NAME: VALUE'", help="Extra request header (repeatable)."
+        ),
+    ] = None,
+    owner: Annotated[
+        str | None,
+        typer.Option("--owner", metavar="OWNER", help="Who it belongs to (per-owner limit)."),
+    ] = None,
+    description: Annotated[
+        str | None, typer.Option("--description", metavar="TEXT", help="A note for people.")
+    ] = None,
+    generate_secret: GenerateSecretOption = False,
+    secret_stdin: SecretStdinOption = False,
+    secret_ref: SecretRefOption = None,
+    disabled: Annotated[
+        bool, typer.Option("--disabled", help="Create it disabled (nothing is sent).")
+    ] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Subscribe an HTTP endpoint to published events.
+
+    Each delivery is a POST signed the Standard Webhooks way with the
+    subscription's secret: generated unless --secret-stdin or --secret-ref
+    is given, and then printed once with how the receiver verifies it.
+    Failed deliveries are retried on the schedule.
+
+    Examples:
+
+    $ palyra subscriptions add ci --url https://ci.example/hook -e 'github.push'
+    $ palyra subscriptions add kb --url https://x.example/h --filter data.kb=docs
+    $ palyra subscriptions add chat --url "$SLACK_HOOK_URL" --format slack
+    """
+    secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
+    fields: JsonObject = {"subscription_id": subscription_id, "url": url, "secret": secret}
+    optional: dict[str, Any] = {
+        "events": split_list(events),
+        "filter": parse_filters(filters),
+        "format": payload_format.value if payload_format else None,
+        "signature_format": signature_format.value if signature_format else None,
+        "ordered": True if ordered else None,
+        "rate_limit_per_s": rate_limit,
+        "max_in_flight": max_in_flight,
+        "timeout_s": timeout,
+        "retry_schedule": parse_retry_schedule(retry_schedule),
+        "headers": parse_headers(headers),
+        "owner": owner,
+        "description": description,
+        "enabled": False if disabled else None,
+    }
+    fields.update({key: value for key, value in optional.items() if value is not None})
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.add_subscription(fields)
+    if json_output:
+        output.print_json(answer)
+        return
+    sub = answer.get("subscription") or {}
+    state = "enabled" if sub.get("enabled", True) else "disabled"
+    output.success(
+        f"Added subscription {sub.get('subscription_id', subscription_id)} "
+        f"-> {sub.get('url', url)} ({state})."
+    )
+    console = output.console()
+    new_secret = answer.get("secret")
+    if isinstance(new_secret, str) and new_secret:
+        console.print(outbound_views.secret_panel(
+            new_secret, str(sub.get("subscription_id", subscription_id)),
+            sub.get("signature_format"),
+        ))
+    console.print(outbound_views.subscription_next_steps(sub))
+
+
+@app.command("list")
+def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """List subscriptions with their pending deliveries and health.
+
+    Example:
+
+    $ palyra subscriptions list
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.list_subscriptions()
+    if json_output:
+        output.print_json(answer)
+        return
+    subs = answer.get("subscriptions") or []
+    if not subs:
+        output.note("No subscriptions yet. Add one: palyra subscriptions add ID --url URL")
+        return
+    output.console().print(outbound_views.subscriptions_table(subs))
+
+
+@app.command("show")
+def show(subscription_id: IdArgument, state_dir: StateDirOption = None,
+         json_output: JsonOption = False) -> None:
+    """Show every field of one subscription (its secret reference, never the secret).
+
+    Example:
+
+    $ palyra subscriptions show ci
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.get_subscription(subscription_id)
+    if json_output:
+        output.print_json(answer)
+        return
+    output.console().print(outbound_views.subscription_details(answer.get("subscription") or {}))
+
+
+@app.command("remove")
+def remove(
+    subscription_id: IdArgument,
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Remove a subscription; nothing more is delivered to it.
+
+    Asks for confirmation unless --yes. Without a terminal, --yes is required
+    (exit code 2 otherwise, and also when you answer no).
+
+    Example:
+
+    $ palyra subscriptions remove old-ci --yes
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            output.error(f"not removing {subscription_id} without confirmation: add --yes")
+            raise typer.Exit(ExitCode.USAGE)
+        if not typer.confirm(f"Remove subscription {subscription_id}?", default=False):
+            output.note("Nothing removed.")
+            raise typer.Exit(ExitCode.USAGE)
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.remove_subscription(subscription_id)
+    if json_output:
+        output.print_json(answer)
+        return
+    output.success(f"Removed subscription {answer.get('subscription_id', subscription_id)}.")
+
+
+@app.command("enable")
+def enable(
+    subscription_id: IdArgument,
+    catch_up: Annotated[
+        bool,
+        typer.Option(
+            "--catch-up",
+            help="Also deliver the events published while it was disabled.",
+        ),
+    ] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Start delivering to a subscription again.
+
+    Events published while it was disabled are skipped, unless --catch-up.
+
+    Examples:
+
+    $ palyra subscriptions enable ci
+    $ palyra subscriptions enable ci --catch-up
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.enable_subscription(subscription_id, catch_up=catch_up)
+    if json_output:
+        output.print_json(answer)
+        return
+    if catch_up:
+        output.success(f"Enabled {subscription_id}; it catches up on the events it missed.")
+    else:
+        output.success(
+            f"Enabled {subscription_id}; events published while it was disabled are skipped "
+            "(--catch-up delivers them)."
+        )
+
+
+@app.command("disable")
+def disable(subscription_id: IdArgument, state_dir: StateDirOption = None,
+            json_output: JsonOption = False) -> None:
+    """Stop delivering to a subscription (nothing is queued while it is disabled).
+
+    Example:
+
+    $ palyra subscriptions disable ci
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.disable_subscription(subscription_id)
+    if json_output:
+        output.print_json(answer)
+        return
+    output.success(f"Disabled {subscription_id}.")
+
+
+@app.command("rotate-secret")
+def rotate_secret(
+    subscription_id: IdArgument,
+    grace: Annotated[
+        str,
+        typer.Option(
+            "--grace",
+            metavar="DURATION",
+            help="How long deliveries also carry the old signature (0 ends it now).",
+        ),
+    ] = "24h",
+    generate_secret: GenerateSecretOption = False,
+    secret_stdin: SecretStdinOption = False,
+    secret_ref: SecretRefOption = None,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Replace a subscription's signing secret, signing with both for a grace period.
+
+    During --grace every delivery carries a signature from each secret, so
+    the receiver can switch at its own pace. Without a source flag a new
+    secret is generated and printed once.
+
+    Examples:
+
+    $ palyra subscriptions rotate-secret ci
+    $ palyra subscriptions rotate-secret ci --grace 1h --secret-stdin < new.txt
+    """
+    grace_s = duration_option(grace, "--grace")
+    secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.rotate_subscription_secret(
+            subscription_id, grace_s=grace_s, secret=secret
+        )
+    if json_output:
+        output.print_json(answer)
+        return
+    sub = answer.get("subscription") or {}
+    console = output.console()
+    output.success(f"Rotated the signing secret of {subscription_id}.")
+    new_secret = answer.get("secret")
+    if isinstance(new_secret, str) and new_secret:
+        console.print(outbound_views.secret_panel(
+            new_secret, subscription_id, sub.get("signature_format")
+        ))
+    until = output.moment(answer.get("previous_valid_until"))
+    console.print(outbound_views.rotation_note(sub, until=until, secret_shown=bool(new_secret)))
+
+
+def delivered(answer: JsonObject) -> bool:
+    """The test delivery succeeded: the daemon says so, or its first attempt got a 2xx."""
+    delivery = answer.get("delivery") or {}
+    if delivery.get("status") == "succeeded":
+        return True
+    attempt = answer.get("attempt")
+    if not isinstance(attempt, dict):
+        return False
+    code = attempt.get("status_code")
+    return isinstance(code, int) and 200 <= code < 300 and not attempt.get("error_class")
+
+
+@app.command("test")
+def test(
+    subscription_id: IdArgument,
+    data: Annotated[
+        str | None,
+        typer.Option(
+            "--data", "-d", metavar="JSON|@FILE", help="The event's data: JSON, @file or @-."
+        ),
+    ] = None,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Send a palyra.test event to this subscription alone and show the attempt.
+
+    Waits for the first attempt (up to the subscription's timeout plus 5 s)
+    and prints its status code, duration, error class and the start of the
+    response. Exits 4 unless the delivery succeeded (a 2xx answer).
+
+    Examples:
+
+    $ palyra subscriptions test ci
+    $ palyra subscriptions test ci -d '{"hello": "world"}' --json
+    """
+    body: JsonObject = {}
+    loaded = load_data(data)
+    if loaded is not None:
+        body["data"] = loaded
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.test_subscription(subscription_id, body)
+    if json_output:
+        output.print_json(answer)
+    else:
+        output.console().print(outbound_views.test_result(answer, subscription_id))
+    if not delivered(answer):
+        if not json_output:
+            delivery = answer.get("delivery") or {}
+            if delivery.get("delivery_id"):
+                output.error(
+                    f"the test delivery did not succeed (status {delivery.get('status', '?')}); "
+                    f"see palyra deliveries show {delivery['delivery_id']}"
+                )
+            else:
+                output.error(
+                    "no attempt within the wait; see palyra deliveries list "
+                    f"--subscription {subscription_id}"
+                )
+        check_failed()

@@ -1,0 +1,139 @@
+"""``palyra tokens ...``: bearer tokens that let applications publish events over HTTP."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+import typer
+
+from palyra_py.admin_client import AdminClient, ApiError
+from palyra_py.cli import outbound_views, output
+from palyra_py.cli.session import ExitCode, JsonOption, StateDirOption, admin_session
+
+app = typer.Typer(
+    help="Publishing tokens: applications send events to POST /v1/events over HTTP.",
+    no_args_is_help=True,
+)
+
+PLACEHOLDER_URL = "http://HOST:PORT"
+
+
+def publish_base_url(status: Mapping[str, Any]) -> str:
+    """Where applications reach ``/v1/events``: the daemon's ``public_url`` setting when
+    set, else its ingress listener, else a placeholder."""
+    for setting in status.get("settings") or []:
+        if (
+            isinstance(setting, Mapping)
+            and setting.get("section") == "daemon"
+            and setting.get("key") == "public_url"
+            and isinstance(setting.get("value"), str)
+            and setting["value"]
+        ):
+            return str(setting["value"]).rstrip("/")
+    for listener in status.get("listeners") or []:
+        if isinstance(listener, Mapping) and listener.get("kind") == "ingress":
+            return str(listener.get("address") or PLACEHOLDER_URL).rstrip("/")
+    return PLACEHOLDER_URL
+
+
+def _base_url(client: AdminClient) -> str:
+    # Asked before the token is created: a failure here must not lose a token that is
+    # shown only once, so it only costs the example its real address.
+    try:
+        return publish_base_url(client.status())
+    except ApiError:
+        return PLACEHOLDER_URL
+
+
+@app.command("create")
+def create(
+    name: Annotated[
+        str, typer.Argument(metavar="NAME", help="Who uses it, e.g. ci or billing-app.",
+                            show_default=False)
+    ],
+    description: Annotated[
+        str | None, typer.Option("--description", metavar="TEXT", help="A note for people.")
+    ] = None,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Create a token for publishing events over HTTP, shown once.
+
+    Applications send it as "Authorization: Bearer <token>" to POST
+    /v1/events (or GET /v1/events/stream) on the ingress listener. The
+    token is printed once, with a curl example; with --json it is in the
+    JSON answer, once.
+
+    Example:
+
+    $ palyra tokens create ci --description "deploy notifications"
+    """
+    fields: dict[str, Any] = {"name": name}
+    if description is not None:
+        fields["description"] = description
+    with admin_session(state_dir, json_output=json_output) as client:
+        base_url = PLACEHOLDER_URL if json_output else _base_url(client)
+        answer = client.create_token(fields)
+    if json_output:
+        output.print_json(answer)
+        return
+    token = answer.get("token") or {}
+    output.success(f"Created token {token.get('token_id', '?')} ({token.get('name', name)}).")
+    secret = answer.get("secret")
+    if isinstance(secret, str) and secret:
+        output.console().print(outbound_views.token_panel(secret, token, base_url))
+
+
+@app.command("list")
+def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> None:
+    """List publishing tokens (never the tokens themselves).
+
+    Example:
+
+    $ palyra tokens list
+    """
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.list_tokens()
+    if json_output:
+        output.print_json(answer)
+        return
+    tokens = answer.get("tokens") or []
+    if not tokens:
+        output.note("No tokens yet. Create one: palyra tokens create NAME")
+        return
+    output.console().print(outbound_views.tokens_table(tokens))
+
+
+@app.command("revoke")
+def revoke(
+    token_id: Annotated[
+        str, typer.Argument(metavar="ID", help="Token id (see tokens list).", show_default=False)
+    ],
+    yes: Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Revoke a token: requests that carry it are refused (401) from now on.
+
+    Asks for confirmation unless --yes. Without a terminal, --yes is required
+    (exit code 2 otherwise, and also when you answer no).
+
+    Example:
+
+    $ palyra tokens revoke 7kq2m9x4 --yes
+    """
+    if not yes:
+        if not sys.stdin.isatty():
+            output.error(f"not revoking {token_id} without confirmation: add --yes")
+            raise typer.Exit(ExitCode.USAGE)
+        if not typer.confirm(f"Revoke token {token_id}?", default=False):
+            output.note("Nothing revoked.")
+            raise typer.Exit(ExitCode.USAGE)
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = client.revoke_token(token_id)
+    if json_output:
+        output.print_json(answer)
+        return
+    output.success(f"Revoked token {answer.get('token_id', token_id)}.")
