@@ -30,7 +30,7 @@ from palyra_py.admin_events import SOURCE_NAME, TOKEN_SOURCE, EventsApi
 from palyra_py.admin_subscriptions import SubscriptionsApi
 from palyra_py.admin_webhooks import WebhooksApi
 from palyra_py.bus import SeqBus
-from palyra_py.delivery_store import DELIVERIES_FILE, DeliveryStore
+from palyra_py.delivery_store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
 from palyra_py.dispatcher import Dispatcher
 from palyra_py.ingress import ActiveIntegration, Ingress
 from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
@@ -128,6 +128,9 @@ class Daemon:
         self._tls = False
         self.stopped = asyncio.Event()
         self.streams: set[asyncio.Task[Any]] = set()
+        self.retention_passes = 0
+        self.retention_ran = asyncio.Event()
+        """Set after each retention pass (tests await it instead of a timer)."""
 
     def _committed(self, seq: int) -> None:
         self.metrics.committed(seq)
@@ -478,6 +481,17 @@ class Daemon:
                     log.info("journal_retention", removed=removed)
             except JournalUnavailable as exc:
                 log.warning("journal_retention_failed", error=str(exc))
+            if days:
+                # The delivery log keeps finished deliveries as long as the journal keeps
+                # their events; pending ones are never pruned.
+                try:
+                    pruned = await self.deliveries.prune(self.now_ms() - int(days * 86400_000))
+                    if pruned:
+                        log.info("delivery_log_retention", removed=pruned)
+                except DeliveryStoreUnavailable as exc:
+                    log.warning("delivery_log_retention_failed", error=str(exc))
+            self.retention_passes += 1
+            self.retention_ran.set()
             await asyncio.sleep(interval)
 
 

@@ -3,6 +3,7 @@ standardwebhooks reference library as the receiver's verifier, a clock the test 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from collections.abc import AsyncIterator
@@ -301,3 +302,28 @@ async def test_restart_in_the_middle_of_retries_loses_nothing(
     # The receiver deduplicates on webhook-id, as Standard Webhooks receivers do.
     by_id = {r.headers["webhook-id"]: r.json()["data"]["i"] for r in receiver.received}
     assert sorted(by_id.values()) == [0, 1, 2, 3, 4]
+
+
+async def test_retention_prunes_old_journal_events_and_finished_deliveries(
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring, receiver: Receiver,
+) -> None:
+    settings = {"delivery__allow_private_networks": True, "journal__retention_days": 1}
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring, **settings) as d:
+        connector = aiohttp.UnixConnector(path=str(d.socket_path))
+        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+            await subscribe(admin, "old", receiver.url)
+            await publish(admin, "n.x")
+            await d.dispatcher.wait_for_attempts(1)
+    clock.advance(2 * 86400)
+    # Retention runs when the daemon starts (then every journal.retention_interval_s).
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring, **settings) as d:
+        connector = aiohttp.UnixConnector(path=str(d.socket_path))
+        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+            await asyncio.wait_for(d.retention_ran.wait(), 15)
+            await publish(admin, "n.y")
+            await d.dispatcher.wait_for_attempts(1)
+            kinds = [e["kind"] for e in await events(admin, limit=100)]
+            assert "n.x" not in kinds and "n.y" in kinds
+            assert [x["event_type"] for x in await deliveries(admin)] == ["n.y"]
+            async with admin.post("/v1/journal/verify") as resp:
+                assert (await resp.json())["ok"] is True
