@@ -94,8 +94,13 @@ class DeliveriesApi:
         since = parse_time_ms(q["since"], "since") if q.get("since") else None
         result: dict[str, Any] = await self.d.deliveries.stats(
             subscription_id=q.get("subscription") or None, since_ms=since)
-        result["oldest_pending_age_ms"] = await self.d.deliveries.oldest_pending_age_ms(
-            self.d.now_ms())
+        subscription_id = q.get("subscription") or None
+        if subscription_id is None:
+            age = await self.d.deliveries.oldest_pending_age_ms(self.d.now_ms())
+        else:
+            oldest = await self.d.deliveries.oldest_pending(subscription_id)
+            age = None if oldest is None else max(0, self.d.now_ms() - oldest.created_ms)
+        result["oldest_pending_age_ms"] = age
         return web.json_response(result)
 
     # -- tokens --------------------------------------------------------------------------

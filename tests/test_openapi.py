@@ -4,7 +4,9 @@ and whose schemas accept the real daemon's answers."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -19,12 +21,17 @@ from referencing.jsonschema import DRAFT202012
 from palyra_py.daemon import Daemon
 from palyra_py.providers import PROVIDER_NAMES
 from palyra_py.registry import Integration
+from palyra_py.subscriptions import Subscription
+from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from palyra_py.tokens import ApiToken
+from tests.receiver import Receiver, running_receiver
 
 SPEC_FILE = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 SPEC_URI = "urn:palyra:admin-openapi"
 OPERATION_KEYS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
 # Statuses any operation may answer without listing them: its `default` (the Error body).
 GLOBAL_STATUSES = {405, 500}
+OUTBOUND_PREFIXES = ("/v1/subscriptions", "/v1/deliveries", "/v1/tokens")
 
 
 @pytest.fixture(scope="module")
@@ -49,6 +56,19 @@ def schema_validator(spec: dict[str, Any], pointer: str) -> Draft202012Validator
         registry=registry,
         format_checker=Draft202012Validator.FORMAT_CHECKER,
     )
+
+
+def operations(spec: dict[str, Any]) -> set[tuple[str, str]]:
+    return {
+        (method.upper(), path)
+        for path, item in spec["paths"].items()
+        for method in item
+        if method in OPERATION_KEYS
+    }
+
+
+def errors_of(validator: Draft202012Validator, body: Any) -> list[str]:
+    return [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(body)]
 
 
 def response_pointer(spec: dict[str, Any], method: str, template: str, status: int) -> str:
@@ -114,13 +134,24 @@ async def test_spec_lists_exactly_the_admin_routes(daemon: Daemon, spec: dict[st
         for route in app.router.routes()
         if route.method != "HEAD" and route.resource is not None
     }
-    documented = {
-        (method.upper(), path)
-        for path, item in spec["paths"].items()
-        for method in item
-        if method in OPERATION_KEYS
-    }
-    assert documented == registered
+    assert operations(spec) == registered
+
+
+async def test_tcp_listener_extension_lists_the_ingress_routes(
+    daemon: Daemon, spec: dict[str, Any]
+) -> None:
+    # The TCP routes are described beside `paths` (they are not the socket's), and only there.
+    app = daemon._ingress_app()
+    registered = {route.resource.canonical for route in app.router.routes()
+                  if route.resource is not None}
+    listed = spec["x-tcp-listener"]["routes"]
+    assert {r["path"] for r in listed} == registered
+    tokened = {(r["method"], r["path"]) for r in listed if r["auth"] == "palyraToken"}
+    assert tokened == {("POST", "/v1/events"), ("GET", "/v1/events/stream")}
+    assert all(r["path"] in spec["paths"] for r in listed if r["auth"] == "palyraToken")
+    assert "/metrics" not in spec["paths"]
+    assert spec["components"]["securitySchemes"]["palyraToken"]["scheme"] == "bearer"
+    assert "Authorization: Bearer" in spec["info"]["description"]
 
 
 def test_provider_enum_is_the_registrys(spec: dict[str, Any]) -> None:
@@ -147,6 +178,31 @@ def test_request_schemas_match_the_handlers_rules(spec: dict[str, Any]) -> None:
     assert not new.is_valid({"integration_id": "gh", "provider": "github",
                              "replay_window_s": 59})
     assert not new.is_valid({"provider": "github"})
+
+
+def test_outbound_schemas_are_closed_and_match_the_handlers_rules(spec: dict[str, Any]) -> None:
+    subscription = schema_validator(spec, "/components/schemas/Subscription")
+    public = {**Subscription("s", "https://example.com/h",
+                             secret_ref="keyring:subscription:s").to_dict(),
+              "health": {"last_success_at": None, "failing_since": None}, "pending": 0}
+    assert errors_of(subscription, public) == []
+    assert not subscription.is_valid({**public, "secret": "whsec_AAAA"})
+    token = schema_validator(spec, "/components/schemas/ApiToken")
+    record = ApiToken("abcdefgh2345", "kb-sync", "keyring:token:abcdefgh2345")
+    assert errors_of(token, record.to_dict()) == []
+    assert not token.is_valid({**record.to_dict(), "secret_ref": record.secret_ref})
+
+    new = schema_validator(spec, "/components/schemas/NewSubscription")
+    assert new.is_valid({"subscription_id": "s", "url": "https://example.com/h"})
+    assert new.is_valid({"subscription_id": "s", "url": "https://example.com/h",
+                         "retry_schedule": ["0s", 5], "secret": {"value": "whsec_QUJD"}})
+    assert not new.is_valid({"subscription_id": "s", "url": "https://example.com/h",
+                             "secret": {"value": "not-whsec"}})
+    assert not new.is_valid({"subscription_id": "s", "url": "https://example.com/h",
+                             "secret_ref": "env:X"})
+    assert not new.is_valid({"subscription_id": "s", "url": "https://example.com/h",
+                             "max_in_flight": 101})
+    assert not new.is_valid({"url": "https://example.com/h"})
 
 
 # -- real answers ------------------------------------------------------------------------
@@ -222,15 +278,189 @@ async def test_answers_match_the_spec(
     daemon.registry_file.path.write_text("version = [\n", encoding="utf-8")
     broken = await api.call("POST", "/v1/reload", 422)
     assert broken["location"].startswith(f"{daemon.registry_file.path}:")
-    # Every JSON operation was checked with a success answer (the stream has its own test).
-    operations = {
-        (method.upper(), path)
-        for path, item in spec["paths"].items()
-        for method in item
-        if method in OPERATION_KEYS
-    }
+    # Every JSON operation was checked with a success answer (the stream has its own test,
+    # the outbound operations the next one).
+    inbound = {op for op in operations(spec) if not op[1].startswith(OUTBOUND_PREFIXES)}
     succeeded = {(method, path) for method, path, code in api.checked if code < 300}
-    assert operations - succeeded == {("GET", "/v1/events/stream")}
+    assert inbound - succeeded == {("GET", "/v1/events/stream")}
+
+
+@pytest.fixture
+async def outbound(
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring
+) -> AsyncIterator[Daemon]:
+    # Loopback receivers are private addresses: allowed here, refused by default.
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              delivery__allow_private_networks=True,
+                              delivery__max_subscriptions_per_owner=2) as d:
+        yield d
+
+
+@pytest.fixture
+async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.UnixConnector(path=str(outbound.socket_path))
+    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
+        yield session
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with running_receiver() as r:
+        yield r
+
+
+async def test_outbound_answers_match_the_spec(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    spec: dict[str, Any],
+) -> None:
+    api = Api(admin_o, spec)
+    # -- subscriptions --
+    created = await api.call("POST", "/v1/subscriptions", 201,
+                             json={"subscription_id": "s", "url": "https://example.com/h"})
+    assert created["secret"].startswith("whsec_")
+    sub = created["subscription"]
+    assert sub["secret_ref"] == "keyring:subscription:s" and "secret" not in sub
+    assert sub["health"] == {"last_success_at": None, "failing_since": None}
+    assert sub["retry_schedule"] == ["0s", "5s", "5m", "30m", "2h", "5h", "10h", "10h"]
+    # Nothing published below may reach example.com.
+    patched = await api.call("PATCH", "/v1/subscriptions/{id}", 200, id="s",
+                             json={"events": ["nothing.matches"], "description": "docs"})
+    assert patched["subscription"]["events"] == ["nothing.matches"]
+    conflict = await api.call("POST", "/v1/subscriptions", 409,
+                              json={"subscription_id": "S", "url": "https://example.com/h"})
+    assert conflict["error"] == "conflict"
+    bad_url = await api.call("POST", "/v1/subscriptions", 400,
+                             json={"subscription_id": "f", "url": "ftp://example.com/"})
+    assert bad_url["field"] == "url"
+    unknown = await api.call("POST", "/v1/subscriptions", 400,
+                             json={"subscription_id": "f", "url": "https://example.com/h",
+                                   "secret_ref": "env:X"})
+    assert unknown["field"] == "secret_ref"
+    not_editable = await api.call("PATCH", "/v1/subscriptions/{id}", 400, id="s",
+                                  json={"secret": {"generate": True}})
+    assert not_editable["field"] == "secret"
+    rotated = await api.call("POST", "/v1/subscriptions/{id}/rotate-secret", 200, id="s",
+                             json={})
+    assert rotated["secret"].startswith("whsec_") and rotated["secret"] != created["secret"]
+    assert rotated["subscription"]["previous_secret_ref"] == "keyring:subscription:s:previous"
+    assert rotated["previous_valid_until"] == rotated["subscription"]["previous_valid_until"]
+
+    value = "whsec_" + base64.b64encode(bytes(range(32))).decode()
+    given = await api.call("POST", "/v1/subscriptions", 201, json={
+        "subscription_id": "r", "url": receiver.url, "events": ["job.*"],
+        "retry_schedule": ["0s"], "headers": {"X-Team": "kb"}, "secret": {"value": value},
+    })
+    assert "secret" not in given and given["subscription"]["headers"] == {"X-Team": "kb"}
+    limit = await api.call("POST", "/v1/subscriptions", 422,
+                           json={"subscription_id": "x", "url": "https://example.com/x"})
+    assert limit["error"] == "limit_reached" and limit["field"] == "owner"
+    listed = await api.call("GET", "/v1/subscriptions", 200)
+    assert [s["subscription_id"] for s in listed["subscriptions"]] == ["r", "s"]
+    shown = await api.call("GET", "/v1/subscriptions/{id}", 200, id=" R ")
+    assert shown["subscription"]["url"] == receiver.url
+    missing = await api.call("GET", "/v1/subscriptions/{id}", 404, id="nope")
+    assert missing["error"] == "not_found"
+
+    # -- deliveries: fail, recover, fail again, retry, succeed --
+    receiver.script = [500, 500]
+    await api.call("POST", "/v1/events", 201, json={"type": "job.done", "data": {"n": 1}})
+    await outbound.dispatcher.wait_for_attempts(1)
+    page = await api.call("GET", "/v1/deliveries", 200, params={"subscription": "r"})
+    (delivery,) = page["deliveries"]
+    assert delivery["status"] == "failed" and delivery["last_error_class"] == "http_status"
+    assert page["next_after"] is None
+    delivery_id = delivery["delivery_id"]
+    full = await api.call("GET", "/v1/deliveries/{id}", 200, id=delivery_id)
+    (attempt,) = full["attempts"]
+    assert attempt["status_code"] == 500 and attempt["response_excerpt"] == "answer 500"
+    bad_status = await api.call("GET", "/v1/deliveries", 400, params={"status": "lost"})
+    assert bad_status["field"] == "status"
+    unknown_delivery = await api.call("GET", "/v1/deliveries/{id}", 404,
+                                      id="01ARZ3NDEKTSV4RRFFQ69G5FAV")
+    assert unknown_delivery["error"] == "not_found"
+
+    recovered = await api.call("POST", "/v1/deliveries/recover", 200,
+                               json={"subscription_id": "r", "since": 0})
+    assert recovered["recovered"] == 1
+    await outbound.dispatcher.wait_for_attempts(2)
+    await api.call("POST", "/v1/deliveries/recover", 404,
+                   json={"subscription_id": "nope", "since": 0})
+    no_since = await api.call("POST", "/v1/deliveries/recover", 400,
+                              json={"subscription_id": "r"})
+    assert no_since["field"] == "since"
+    stats = await api.call("GET", "/v1/deliveries/stats", 200, params={"subscription": "r"})
+    assert stats["deliveries"] == {"pending": 0, "succeeded": 0, "failed": 1}
+    assert stats["attempts"] == 2 and stats["success_rate"] == 0
+    assert stats["failures_by_class"] == {"http_status": 2}
+    assert stats["busiest"] == [{"subscription_id": "r", "deliveries": 1}]
+    retried = await api.call("POST", "/v1/deliveries/{id}/retry", 200, id=delivery_id)
+    assert retried["delivery"]["status"] == "pending"
+    await outbound.dispatcher.wait_for_attempts(3)
+    again = await api.call("POST", "/v1/deliveries/{id}/retry", 409, id=delivery_id)
+    assert again["error"] == "conflict"
+    done = await api.call("GET", "/v1/deliveries", 200, params={"status": "succeeded"})
+    assert [d["attempts"] for d in done["deliveries"]] == [3]
+    healthy = await api.call("GET", "/v1/subscriptions/{id}", 200, id="r")
+    assert healthy["subscription"]["health"]["failing_since"] is None
+    assert healthy["subscription"]["health"]["last_success_at"] is not None
+    await api.call("GET", "/v1/deliveries/stats", 400, params={"since": "yesterday"})
+
+    tested = await api.call("POST", "/v1/subscriptions/{id}/test", 200, id="r")
+    assert tested["attempt"]["status_code"] == 200
+    assert tested["delivery"]["event_type"] == "palyra.test"
+    assert receiver.received[-1].json()["type"] == "palyra.test"
+
+    disabled = await api.call("POST", "/v1/subscriptions/{id}/disable", 200, id="r")
+    assert disabled["subscription"]["disabled_reason"] == "disabled by an operator"
+    refused = await api.call("POST", "/v1/subscriptions/{id}/test", 409, id="r")
+    assert refused["error"] == "conflict"
+    await api.call("POST", "/v1/subscriptions/{id}/enable", 400, id="r",
+                   json={"catch_up": "yes"})
+    enabled = await api.call("POST", "/v1/subscriptions/{id}/enable", 200, id="r",
+                             json={"catch_up": False})
+    assert enabled["subscription"]["enabled"] is True
+    assert enabled["subscription"]["disabled_reason"] is None
+
+    # -- tokens, and the TCP listener they open --
+    token = await api.call("POST", "/v1/tokens", 201,
+                           json={"name": "kb-sync", "description": "nightly"})
+    token_id = token["token"]["token_id"]
+    assert token["secret"].startswith(f"plt_{token_id}_")
+    tokens = await api.call("GET", "/v1/tokens", 200)
+    assert tokens["tokens"] == [token["token"]]
+    nameless = await api.call("POST", "/v1/tokens", 400, json={})
+    assert nameless["field"] == "name"
+    base = outbound.ingress_url_for("x", local=True).rsplit("/hooks", 1)[0]
+    published = schema_validator(spec, "/components/schemas/Published")
+    error = schema_validator(spec, "/components/schemas/Error")
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{base}/v1/events", json={"type": "job.tcp"}) as resp:
+            body = await resp.json()
+            assert resp.status == 401 and body["error"] == "unauthorized"
+            assert errors_of(error, body) == []
+        bearer = {"Authorization": f"Bearer {token['secret']}"}
+        async with http.post(f"{base}/v1/events", json={"type": "job.tcp"},
+                             headers=bearer) as resp:
+            body = await resp.json()
+            assert resp.status == 201 and errors_of(published, body) == []
+        async with http.get(f"{base}/metrics") as resp:
+            assert resp.status == 200 and resp.content_type == "text/plain"
+        revoked = await api.call("DELETE", "/v1/tokens/{id}", 200, id=token_id)
+        assert revoked == {"status": "revoked", "token_id": token_id}
+        async with http.post(f"{base}/v1/events", json={"type": "job.tcp"},
+                             headers=bearer) as resp:
+            assert resp.status == 401
+    await api.call("DELETE", "/v1/tokens/{id}", 404, id=token_id)
+
+    removed = await api.call("DELETE", "/v1/subscriptions/{id}", 200, id="s")
+    assert removed == {"status": "deleted", "subscription_id": "s"}
+    await api.call("GET", "/v1/subscriptions/{id}", 404, id="s")
+    wrong_method = await api.call("PUT", "/v1/subscriptions/{id}", 405, id="r")
+    assert wrong_method["error"] == "method_not_allowed"
+
+    outbound_ops = {op for op in operations(spec) if op[1].startswith(OUTBOUND_PREFIXES)}
+    succeeded = {(method, path) for method, path, code in api.checked if code < 300}
+    assert outbound_ops - succeeded == set()
 
 
 async def test_stream_frames_carry_events_of_the_spec(
