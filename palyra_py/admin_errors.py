@@ -60,10 +60,13 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
     raw = await request.read()
     if not raw.strip():
         return {}
+    def no_constants(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, parse_constant=no_constants)
     except (ValueError, RecursionError):
-        raise invalid("request body is not valid JSON") from None
+        raise invalid("request body is not valid JSON (RFC 8259: no NaN or Infinity)") from None
     if not isinstance(value, dict):
         raise invalid("request body must be a JSON object")
     return value

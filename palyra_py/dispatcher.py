@@ -49,7 +49,7 @@ class _SubState:
     matcher: EventMatcher
     limiter: RateLimiter
     in_flight: int = 0
-    secrets: tuple[str, ...] | None = None
+    secrets: tuple[str, ...] | None = field(default=None, repr=False)  # never in a repr/log
     secrets_until: float = float("inf")
     subscription: Subscription | None = None
 

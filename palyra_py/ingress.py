@@ -24,6 +24,8 @@ import orjson
 import structlog
 import ulid
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.web_protocol import RequestPayloadError
 
 from palyra_py.envelope import (
     MAX_JSON_DEPTH,
@@ -56,7 +58,7 @@ class ActiveIntegration:
     integration: Integration
     provider: Provider
     networks: tuple[IpNetwork, ...]
-    secrets: tuple[str, ...] | None = None
+    secrets: tuple[str, ...] | None = field(default=None, repr=False)  # never in a repr/log
     secrets_until: float = float("inf")
     """When the cached secret list must be rebuilt (end of a rotation grace period)."""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -352,6 +354,13 @@ class Ingress:
                     chunks.append(chunk)
         except TimeoutError:
             raise Rejection(Reason.REQUEST_TIMEOUT, "body not received in time") from None
+        except (RequestPayloadError, HttpProcessingError):
+            # A body that is not what its Content-Encoding / Transfer-Encoding claims.
+            raise Rejection(Reason.MALFORMED_JSON, "body does not match its encoding") from None
+        except ConnectionError:
+            # The sender hung up mid-body: nobody will read the answer, but the refusal is
+            # still counted like any other.
+            raise Rejection(Reason.MALFORMED_JSON, "connection closed mid-body") from None
         return b"".join(chunks)
 
     async def _verify(

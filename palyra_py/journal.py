@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import json
+import re
 import sqlite3
 import threading
 import time
@@ -176,9 +177,14 @@ def format_time_ms(ts_unix_ms: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+_LONG_DIGITS = re.compile(r"[0-9]{20}")
+
+
 def _event_from_row(row: Row) -> JournalEvent:
     try:
-        payload = orjson.loads(row[9])
+        # orjson turns integers past 64 bits into floats; a run of 20 digits may be one, so
+        # such payloads take the exact (slower) parser.
+        payload = json.loads(row[9]) if _LONG_DIGITS.search(row[9]) else orjson.loads(row[9])
     except (TypeError, ValueError):
         try:  # orjson refuses escaped lone surrogates, which encode_payload may keep
             payload = json.loads(row[9])
