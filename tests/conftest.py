@@ -6,16 +6,36 @@ from pathlib import Path
 
 import aiohttp
 import pytest
+import structlog
+import structlog.testing
 
 from palyra_py.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon, short_state_dir
+from tests import leakcheck
+
+leakcheck.install()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_logs_or_outputs() -> Iterator[None]:
+    """Every structlog event of the session is kept and, with the CLI outputs the tests
+    recorded, scanned for secrets at the end (see tests/leakcheck.py)."""
+    capture = structlog.testing.LogCapture()
+    structlog.configure(processors=[capture, structlog.dev.ConsoleRenderer(colors=False)])
+    yield
+    for entry in capture.entries:
+        leakcheck.WATCH.record(f"log event {entry.get('event')!r}", repr(entry))
+    problems = leakcheck.WATCH.scan_outputs()
+    assert not problems, f"secrets found in: {problems[:10]}"
 
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
     path = short_state_dir("pt-")
     yield path
+    problems = leakcheck.WATCH.scan_state_dir(path)
     shutil.rmtree(path, ignore_errors=True)
+    assert not problems, f"secrets found in the state dir: {problems}"
 
 
 @pytest.fixture

@@ -12,6 +12,7 @@ from typing import Any
 import aiohttp
 
 from palyra_py.daemon import Daemon
+from tests import leakcheck
 
 
 async def palyra(state_dir: Path, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
@@ -29,6 +30,7 @@ async def palyra(state_dir: Path, *args: str, stdin: bytes | None = None) -> tup
 async def palyra_json(state_dir: Path, *args: str, stdin: bytes | None = None) -> Any:
     code, out, err = await palyra(state_dir, *args, "--json", stdin=stdin)
     assert code == 0, (args, code, out, err)
+    leakcheck.WATCH.record(f"palyra {' '.join(args)} --json", out + err)
     return json.loads(out)
 
 
