@@ -99,6 +99,12 @@ class Dispatcher:
         self._events: OrderedDict[int, PublishedEvent] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
         self._in_flight_ids: set[str] = set()
+        # Attempts finished while a read of due deliveries was running make that read stale:
+        # the store still said "pending". Each finish is stamped with a pass number, and a
+        # pass skips what finished since it began (it was attempted already).
+        self._pass = 0
+        self._finished_at_pass: dict[str, int] = {}
+        self._gauges_at = 0.0
         self.stats = DispatcherStats()
         self._recorded = asyncio.Condition()
 
@@ -193,7 +199,8 @@ class Dispatcher:
             return False
         published = [(e, self._published(e)) for e in page]
         now_ms = self.now_ms()
-        moved = False
+        writes = []
+        enqueued = False
         for sub in subs:
             cursor = cursors[sub.subscription_id]
             if cursor >= page[-1].seq:
@@ -204,11 +211,17 @@ class Dispatcher:
                 for e, p in published
                 if e.seq > cursor and p is not None and self._wanted(sub, state, e, p)
             ]
-            await self._store.enqueue(sub.subscription_id, page[-1].seq, new, now_ms=now_ms)
-            self._cursors[sub.subscription_id] = page[-1].seq
-            moved = True
-        self.wake()
-        return moved
+            enqueued = enqueued or bool(new)
+            writes.append(self._store.enqueue(sub.subscription_id, page[-1].seq, new,
+                                              now_ms=now_ms))
+        # Issued together, the store's writer commits them as one transaction (one fsync),
+        # instead of one fsync per subscription in turn.
+        await asyncio.gather(*writes)
+        for sub in subs:
+            self._cursors[sub.subscription_id] = max(cursors[sub.subscription_id], page[-1].seq)
+        if enqueued:
+            self.wake()
+        return bool(writes)
 
     def _published(self, event: JournalEvent) -> PublishedEvent | None:
         published = from_journal(event)
@@ -244,13 +257,19 @@ class Dispatcher:
         """Start every attempt that may start now; return when to look again (ms)."""
         subs = self._subscriptions()
         now_ms = self.now_ms()
+        self._pass += 1
+        this_pass = self._pass
+        self._finished_at_pass = {k: v for k, v in self._finished_at_pass.items()
+                                  if v >= this_pass - 1}
         busy = {sid for sid, st in self._states.items()
                 if st.subscription is not None and st.in_flight >= self._cap(st.subscription)}
         wait_until: int | None = None
         capacity = self._max_total - len(self._tasks)
         if capacity > 0:
-            for delivery in await self._store.due(now_ms, min(capacity, PAGE), tuple(busy)):
-                if delivery.delivery_id in self._in_flight_ids:
+            due = await self._store.due(now_ms, min(capacity, PAGE), tuple(busy))
+            for delivery in due:
+                if (delivery.delivery_id in self._in_flight_ids
+                        or self._finished_at_pass.get(delivery.delivery_id, 0) >= this_pass):
                     continue
                 sub = subs.get(delivery.subscription_id)
                 if sub is None or not sub.enabled:
@@ -286,6 +305,7 @@ class Dispatcher:
         def finished(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
             self._in_flight_ids.discard(delivery.delivery_id)
+            self._finished_at_pass[delivery.delivery_id] = self._pass
             current = self._states.get(sub.subscription_id)
             if current is not None:
                 current.in_flight = max(0, current.in_flight - 1)
@@ -297,8 +317,10 @@ class Dispatcher:
         task.add_done_callback(finished)
 
     async def _update_gauges(self, now_ms: int) -> None:
-        if self._metrics is None:
+        # Both queries walk the pending rows: at most once a second, not once a pass.
+        if self._metrics is None or time.monotonic() - self._gauges_at < 1.0:
             return
+        self._gauges_at = time.monotonic()
         self._metrics.deliveries_pending.set(await self._store.pending_count())
         age = await self._store.oldest_pending_age_ms(now_ms)
         self._metrics.delivery_oldest_pending_seconds.set((age or 0) / 1000)
