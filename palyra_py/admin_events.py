@@ -8,10 +8,11 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+import orjson
 from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, read_json_object
-from palyra_py.journal import EventFilter, JournalEvent, ReplayKey
+from palyra_py.journal import EventFilter, JournalEvent, JournalUnavailable, ReplayKey
 from palyra_py.published import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.redact import redact
 from palyra_py.stream import Feed, Overflow, TooManyClients
@@ -31,6 +32,7 @@ MAX_SUMMARY_BYTES = 240
 MAX_DATA_BYTES = 8 * 1024
 MAX_LIST_LIMIT = 10_000
 HEARTBEAT_S = 15.0
+WRITE_BATCH = 64
 
 
 def parse_time_ms(value: str, name: str) -> int:
@@ -77,7 +79,7 @@ def filter_from_query(request: web.Request) -> EventFilter:
 
 
 def sse_frame(event: JournalEvent) -> bytes:
-    data = json.dumps(event.to_dict(), separators=(",", ":"))
+    data = orjson.dumps(event.to_dict()).decode()
     return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
 
 
@@ -145,8 +147,15 @@ class EventsApi:
                 return
             if event is None:
                 await response.write(b": keepalive\n\n")
-            else:
-                await response.write(sse_frame(event))
+                continue
+            frames = [sse_frame(event)]
+            # Whatever else is already queued goes out in the same write.
+            while len(frames) < WRITE_BATCH and feed.pending():
+                more = await feed.next(0)
+                if more is None:
+                    break
+                frames.append(sse_frame(more))
+            await response.write(b"".join(frames))
 
     async def emit(self, request: web.Request) -> web.Response:
         """Publish an event (``palyra system events emit``, the Python client, apps)."""
@@ -201,7 +210,10 @@ class EventsApi:
         )
 
     async def verify(self, request: web.Request) -> web.Response:
-        result = await self.d.journal.verify()
+        try:
+            result = await self.d.journal.verify()
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
         return web.json_response(
             {"ok": result.ok, "checked": result.checked, "first_seq": result.first_seq,
              "last_seq": result.last_seq, "first_broken_seq": result.first_broken_seq,

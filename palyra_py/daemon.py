@@ -218,6 +218,19 @@ class Daemon:
                           payload={"subscription_id": subscription_id, "reason": reason})
         log.warning("subscription_disabled", subscription_id=subscription_id, reason=reason)
 
+    async def _check_cursors(self) -> None:
+        """A cursor past the journal's head means the journal was replaced (removed, or
+        restored from an older copy): new events would be skipped until seq caught up. Such
+        cursors restart at the head, and the daemon says so."""
+        head = await self.journal.last_seq()
+        for subscription_id in self.registry.subscriptions:
+            cursor = await self.deliveries.cursor(subscription_id)
+            if cursor is not None and cursor > head:
+                await self.deliveries.set_cursor(subscription_id, head)
+                log.warning("delivery_cursor_reset", subscription_id=subscription_id,
+                            cursor=cursor, journal_head=head,
+                            reason="the journal is behind the cursor: it was replaced")
+
     async def _journal_from_dispatcher(self, kind: str, payload: dict[str, Any]) -> None:
         with contextlib.suppress(ApiError):
             await self.append(kind=kind, source="daemon", event_type=kind, payload=payload)
@@ -250,8 +263,24 @@ class Daemon:
 
         return rendered
 
+    def _registry_vanished(self) -> bool:
+        """The file is gone while the registry in force is not empty: reading it as empty
+        would drop every integration, subscription and token at once."""
+        current = self.registry
+        in_force = bool(current.integrations or current.subscriptions or current.tokens)
+        return in_force and not self.registry_file.path.exists()
+
+    def _refuse_if_vanished(self) -> None:
+        if self._registry_vanished():
+            raise RegistryError(
+                "the file is missing; the last good registry stays in force. Restore the file "
+                "(or restart the daemon to begin with an empty registry)",
+                path=self.registry_file.path,
+            )
+
     async def edit_registry(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
         async with self._edit_lock:
+            self._refuse_if_vanished()
             registry = await asyncio.to_thread(self.registry_file.edit, change)
             self._activate(registry)
             return registry
@@ -260,6 +289,7 @@ class Daemon:
         """Re-read ``webhooks.toml``. An invalid file raises ``RegistryError`` and the last
         good registry stays in force."""
         async with self._edit_lock:
+            self._refuse_if_vanished()
             registry = await asyncio.to_thread(self.registry_file.load)
             self.secrets.forget_cached()
             for entry in self.active.values():
@@ -372,6 +402,7 @@ class Daemon:
         except Exception as exc:
             raise DaemonError(f"cannot open the delivery store: {exc}") from None
         await self.sender.start()
+        await self._check_cursors()
         self._dispatcher = Dispatcher(
             journal=self.journal, bus=self.bus, store=self.deliveries, sender=self.sender,
             subscriptions=lambda: self.registry.subscriptions, secrets=self.secrets,
@@ -443,8 +474,12 @@ class Daemon:
         for task in [*self._tasks, *self.streams]:
             task.cancel()
         for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
+            try:
                 await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a background task died earlier: stop the rest regardless
+                log.exception("background_task_failed", task=task.get_name())
         for runner in reversed(self._runners):
             await runner.cleanup()
         with contextlib.suppress(JournalUnavailable, RuntimeError):

@@ -22,9 +22,15 @@ from typing import Any
 import structlog
 
 from palyra_py.bus import SeqBus
-from palyra_py.delivery_store import AttemptRecord, Delivery, DeliveryStore, NewDelivery
+from palyra_py.delivery_store import (
+    AttemptRecord,
+    Delivery,
+    DeliveryStore,
+    DeliveryStoreUnavailable,
+    NewDelivery,
+)
 from palyra_py.filters import EventMatcher
-from palyra_py.journal import EventFilter, Journal, JournalEvent
+from palyra_py.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
 from palyra_py.metrics import Metrics
 from palyra_py.outbound_formats import render
 from palyra_py.published import PublishedEvent, from_journal, is_reserved, target_subscription
@@ -37,6 +43,7 @@ from palyra_py.subscriptions import Subscription
 log = structlog.get_logger("palyra.dispatcher")
 
 PAGE = 500
+RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
 THROTTLE_STATUSES = frozenset({429, 502, 503, 504})
 EVENT_CACHE = 2048
 
@@ -178,9 +185,19 @@ class Dispatcher:
 
     async def _enqueue_forever(self) -> None:
         while True:
-            progressed = await self.enqueue_once()
+            try:
+                progressed = await self.enqueue_once()
+            except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
+                # Nothing moved (deliveries and cursor commit together): try again shortly.
+                log.warning("delivery_enqueue_failed", error=str(exc), retry_in_s=RETRY_S)
+                await self._pause()
+                continue
             if not progressed:
                 await self._bus.wait_beyond(self._lowest_cursor())
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), RETRY_S)
 
     def _lowest_cursor(self) -> int:
         active = [self._cursors.get(s.subscription_id, 0)
@@ -248,7 +265,12 @@ class Dispatcher:
     async def _schedule_forever(self) -> None:
         while True:
             self._wake.clear()
-            next_ms = await self.schedule_once()
+            try:
+                next_ms = await self.schedule_once()
+            except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
+                log.warning("delivery_schedule_failed", error=str(exc), retry_in_s=RETRY_S)
+                await self._pause()
+                continue
             timeout = None if next_ms is None else max(0.0, (next_ms - self.now_ms()) / 1000)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout)

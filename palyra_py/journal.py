@@ -286,6 +286,7 @@ class Journal:
             batch_max=self._batch_max,
             on_commit=self._on_commit,
             head=head,
+            path=self.path,
         )
         self._writer.start()
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import queue
 import sqlite3
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from palyra_py.journal_store import JournalStore, PendingRow
@@ -89,9 +91,15 @@ class GroupCommitWriter(threading.Thread):
         batch_max: int,
         on_commit: Callable[[int], None] | None,
         head: tuple[int, str],
+        path: Path | None = None,
     ) -> None:
         super().__init__(name="palyra-journal-writer", daemon=True)
         self._store = store
+        # The file this writer commits into. SQLite keeps writing into an unlinked inode, so
+        # after every commit the path must still name it, or nothing may be acknowledged.
+        self._path = path
+        self._inode = _inode(path) if path is not None else None
+        self._gone: str | None = None
         self._loop = loop
         self._clock = clock
         self._batch_max = max(1, batch_max)
@@ -159,7 +167,19 @@ class GroupCommitWriter(threading.Thread):
         except RuntimeError:
             pass  # the event loop is closed: nobody is waiting any more
 
+    def _file_gone(self) -> str | None:
+        if self._gone is None and self._path is not None and _inode(self._path) != self._inode:
+            self._gone = (f"{self._path.name} was removed or replaced under the daemon; "
+                          "restart it (events answered 503 were not acknowledged)")
+            _log.error("journal writer: %s", self._gone)
+        return self._gone
+
     def _commit(self, jobs: list[AppendJob]) -> None:
+        gone = self._file_gone()
+        if gone is not None:
+            self.failed_batches += 1
+            self._deliver([(job.future, JournalUnavailable(gone)) for job in jobs])
+            return
         try:
             now_ms = int(self._clock() * 1000)
             stored, head = self._store.append_batch(
@@ -174,6 +194,11 @@ class GroupCommitWriter(threading.Thread):
             self._deliver([(job.future, error) for job in jobs])
             return
         self.commits += 1
+        gone = self._file_gone()
+        if gone is not None:
+            # Committed, but into a file nobody will open again: not acknowledged.
+            self._deliver([(job.future, JournalUnavailable(gone)) for job in jobs])
+            return
         outcomes: list[_Outcome] = []
         for job, result in zip(jobs, stored, strict=True):
             if result.status == "id_conflict":
@@ -204,3 +229,11 @@ class GroupCommitWriter(threading.Thread):
                 _log.exception("journal retention: unexpected error")
             result = JournalUnavailable(describe_failure(exc))
         self._deliver([(job.future, result)])
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

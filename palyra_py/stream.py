@@ -119,6 +119,10 @@ class Feed:
         self._backlog: list[JournalEvent] = []
         self._caught_up = after_seq >= client.joined_at_seq
 
+    def pending(self) -> int:
+        """Events already waiting (live part only), for callers that batch their writes."""
+        return self._client.queue.qsize() if self._caught_up else len(self._backlog)
+
     async def next(self, timeout: float) -> JournalEvent | None:  # noqa: ASYNC109
         """The next event, or ``None`` when none came within ``timeout`` seconds (time for a
         heartbeat). Raises :class:`Overflow` when the client could not keep up."""
@@ -136,9 +140,13 @@ class Feed:
             if client.overflowed:
                 raise Overflow(f"fell {self._buffer} events behind after seq {self.last_seq}")
             try:
-                queued = await asyncio.wait_for(client.queue.get(), timeout)
-            except TimeoutError:
-                return None
+                # Most calls find an event waiting: no task or timer for those.
+                queued = client.queue.get_nowait()
+            except asyncio.QueueEmpty:
+                try:
+                    queued = await asyncio.wait_for(client.queue.get(), timeout)
+                except TimeoutError:
+                    return None
             if queued is not None and queued.seq > self.last_seq:
                 self.last_seq = queued.seq
                 return queued

@@ -7,6 +7,7 @@ import json
 import os
 import signal
 import sys
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,13 @@ def child_env(state_dir: Path) -> dict[str, str]:
 
 
 class DaemonProcess:
-    def __init__(self, state_dir: Path) -> None:
+    def __init__(self, state_dir: Path, *, env: Mapping[str, str] | None = None,
+                 preexec_fn: Callable[[], None] | None = None) -> None:
+        """``env`` is added to the child's environment; ``preexec_fn`` runs in the child
+        before the daemon starts (resource limits, signal dispositions)."""
         self.state_dir = state_dir
+        self.extra_env = dict(env or {})
+        self.preexec_fn = preexec_fn
         self.proc: asyncio.subprocess.Process | None = None
         self.ingress = ""
         self.log: list[dict[str, Any]] = []
@@ -31,8 +37,9 @@ class DaemonProcess:
     async def start(self) -> DaemonProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "palyra_py", "daemon", "run", "--listen", "127.0.0.1:0",
-            "--log-format", "json", env=child_env(self.state_dir),
+            "--log-format", "json", env={**child_env(self.state_dir), **self.extra_env},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+            preexec_fn=self.preexec_fn,
         )
         assert self.proc.stderr is not None
         # Wait for the daemon to say it is up (its log line), not for a timer.
