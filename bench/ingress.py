@@ -11,13 +11,11 @@ process is stopped on exit (and killed by the kernel if this script dies).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -28,25 +26,32 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    BenchError,
+    Children,
+    admin,
+    cpu_model,
+    cpu_ticks,
+    daemon_env,
+    die_with_parent,
+    filesystem_of,
+    install_sigterm_exit,
+    log,
+    rss_mb,
+    save_result,
+    thread_ticks,
+)
 from github_push import github_push_payload, github_signature
 from ingress_servers import (
     EXPECTED_STATUS,
     INTEGRATION_ID,
     STARTERS,
-    BenchError,
-    Children,
     Run,
     Server,
-    admin,
     children_minor_faults,
     count_webhook_log,
-    cpu_ticks,
-    daemon_env,
-    die_with_parent,
-    rss_mb,
     serve_bare,
     start_palyra,
-    thread_ticks,
     verify,
     wait_idle,
 )
@@ -54,7 +59,6 @@ from ingress_servers import (
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 LUA = HERE / "wrk_github.lua"
-RESULTS_DIR = HERE / "results"
 INSTALL_LINE = "apt-get install -y wrk webhook"
 VARIANTS = ("bare", "palyra", "webhook")
 TARGETS = {  # name: (limit, "min" = at least / "max" = at most)
@@ -64,10 +68,6 @@ TARGETS = {  # name: (limit, "min" = at least / "max" = at most)
     "palyra idle RSS MB": (80.0, "max"),
     "webhooks list median ms": (150.0, "max"),
 }
-
-
-def log(message: str) -> None:
-    print(message, file=sys.stderr, flush=True)
 
 
 # -- wrk ---------------------------------------------------------------------------------
@@ -301,29 +301,10 @@ def render(result: dict[str, Any]) -> str:
 # -- main --------------------------------------------------------------------------------
 
 
-def filesystem_of(path: Path) -> str:
-    best, fstype = "", "?"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/mounts").read_text().splitlines():
-            parts = line.split()
-            mount = parts[1]
-            if str(path).startswith(mount) and len(mount) > len(best):
-                best, fstype = mount, parts[2]
-    return fstype
-
-
 def machine() -> dict[str, Any]:
     return {"nproc": os.cpu_count(), "python": platform.python_version(),
-            "platform": platform.platform(), "processor": _cpu_model(),
+            "platform": platform.platform(), "processor": cpu_model(),
             "wrk": _version(["wrk", "-v"]), "webhook": _version(["webhook", "-version"])}
-
-
-def _cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor()
 
 
 def _version(argv: list[str]) -> str:
@@ -425,12 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         log(f"no palyra at {args.palyra}: run `make` set-up first, or pass --palyra")
         return 2
     children = Children()
-
-    def on_term(signum: int, frame: Any) -> None:
-        log("terminated: stopping the child processes")
-        raise SystemExit(128 + signum)
-
-    signal.signal(signal.SIGTERM, on_term)
+    install_sigterm_exit()
     try:
         result = benchmark(args, children)
     except BenchError as exc:
@@ -441,10 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     finally:
         children.stop_all()
-    RESULTS_DIR.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    path = RESULTS_DIR / f"ingress-{stamp}.json"
-    path.write_text(json.dumps(result, indent=2) + "\n")
+    path = save_result("ingress", result)
     print(json.dumps(result, indent=2) if args.json else render(result))
     log(f"saved {path.relative_to(REPO)}")
     return 0

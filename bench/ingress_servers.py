@@ -1,26 +1,32 @@
-"""The three servers of the ingress benchmark, their start-up and their verification, plus
-the child-process and ``/proc`` helpers. Used by ``bench/ingress.py``."""
+"""The three servers of the ingress benchmark, their start-up and their verification. Used by
+``bench/ingress.py``; the child-process, ``/proc`` and admin helpers are in ``_common``."""
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
 import hashlib
 import hmac
 import http.client
 import json
-import os
 import secrets
-import signal
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from _common import (
+    BenchError,
+    Children,
+    admin,
+    cpu_ticks,
+    free_port,
+    port_open,
+    proc_stat,
+    start_daemon,
+    wait_until,
+)
 from github_push import github_signature
 
 EXPECTED_STATUS = {"bare": 202, "palyra": 202, "webhook": 200}
@@ -29,85 +35,9 @@ INTEGRATION_ID = "gh"
 INGRESS_SCRIPT = Path(__file__).resolve().parent / "ingress.py"
 
 
-class BenchError(RuntimeError):
-    """A set-up or verification step failed: nothing after it would be meaningful."""
-
-
-# -- child processes --------------------------------------------------------------------
-
-_LIBC: Any = None
-with contextlib.suppress(OSError):
-    _LIBC = ctypes.CDLL(None, use_errno=True)
-
-
-def die_with_parent() -> None:
-    # PR_SET_PDEATHSIG: the kernel kills the child if this script dies, even by SIGKILL.
-    if _LIBC is not None:
-        _LIBC.prctl(1, signal.SIGKILL)
-
-
-class Children:
-    """Every process this script starts; ``stop_all`` ends them (TERM, then KILL)."""
-
-    def __init__(self) -> None:
-        self.procs: list[subprocess.Popen[bytes]] = []
-
-    def spawn(self, argv: Sequence[str], log_path: Path,
-              env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        with open(log_path, "ab") as out:
-            proc = subprocess.Popen(
-                list(argv), stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True, preexec_fn=die_with_parent,
-            )
-        self.procs.append(proc)
-        return proc
-
-    def stop(self, proc: subprocess.Popen[bytes]) -> None:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
-        if proc in self.procs:
-            self.procs.remove(proc)
-
-    def stop_all(self) -> None:
-        for proc in list(self.procs):
-            with contextlib.suppress(Exception):
-                self.stop(proc)
-
-
-def proc_stat(pid: int) -> list[str]:
-    """``/proc/PID/stat`` fields from field 3 (state) on: index = field number - 3."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    return text[text.rindex(")") + 2 :].split()
-
-
-def cpu_ticks(pid: int) -> int:
-    """utime + stime + cutime + cstime: the process and its reaped children."""
-    fields = proc_stat(pid)
-    return sum(int(fields[i]) for i in (11, 12, 13, 14))
-
-
-def thread_ticks(pid: int, tid: int) -> int:
-    """utime + stime of one thread (``tid == pid``: the main thread, the event loop)."""
-    text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
-    fields = text[text.rindex(")") + 2 :].split()
-    return int(fields[11]) + int(fields[12])
-
-
 def children_minor_faults(pid: int) -> int:
     """cminflt: grows when a child process (webhook's command) has run and been reaped."""
     return int(proc_stat(pid)[8])
-
-
-def rss_mb(pid: int, key: str = "VmRSS") -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(key + ":"):
-            return int(line.split()[1]) / 1024
-    raise BenchError(f"no {key} for pid {pid}")
 
 
 def wait_idle(pid: int, deadline_s: float = 20.0) -> float:
@@ -123,61 +53,7 @@ def wait_idle(pid: int, deadline_s: float = 20.0) -> float:
     return time.monotonic() - start
 
 
-def wait_until(check: Callable[[], bool], what: str, proc: subprocess.Popen[bytes],
-               log_path: Path, deadline_s: float = 30.0) -> None:
-    start = time.monotonic()
-    while time.monotonic() - start < deadline_s:
-        if proc.poll() is not None:
-            raise BenchError(f"{what}: the process exited ({proc.returncode}); "
-                             f"log {log_path}:\n{tail(log_path)}")
-        with contextlib.suppress(OSError, http.client.HTTPException):
-            if check():
-                return
-        time.sleep(0.05)
-    raise BenchError(f"{what}: not ready after {deadline_s} s; log {log_path}:\n{tail(log_path)}")
-
-
-def tail(path: Path, lines: int = 15) -> str:
-    with contextlib.suppress(OSError):
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    return "(no log)"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def port_open(port: int) -> bool:
-    with socket.create_connection(("127.0.0.1", port), timeout=1):
-        return True
-
-
 # -- HTTP clients (stdlib: the orchestrator stays synchronous) ----------------------------
-
-
-class UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float = 15.0) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        sock.connect(self._path)
-        self.sock = sock
-
-
-def admin(sock_path: Path, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-    conn = UnixConnection(sock_path)
-    try:
-        data = None if body is None else json.dumps(body).encode()
-        conn.request(method, path, body=data, headers={"Content-Type": "application/json"})
-        resp = conn.getresponse()
-        return resp.status, json.loads(resp.read() or b"null")
-    finally:
-        conn.close()
 
 
 def post(url: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes]:
@@ -237,11 +113,6 @@ class Server:
         return self.state_dir / "palyra.sock"
 
 
-def daemon_env() -> dict[str, str]:
-    # The fail backend makes the daemon keep secrets in its own 0600 file in the state dir.
-    return {**os.environ, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring"}
-
-
 def start_bare(run: Run, tag: str) -> Server:
     port, log_path = free_port(), run.work / f"bare-{tag}.log"
     argv = [sys.executable, str(INGRESS_SCRIPT), "--serve-bare",
@@ -253,23 +124,15 @@ def start_bare(run: Run, tag: str) -> Server:
 
 def start_palyra(run: Run, tag: str) -> Server:
     state_dir, log_path = run.work / f"palyra-{tag}", run.work / f"palyra-{tag}.log"
-    argv = [str(run.palyra), "daemon", "run", "--state-dir", str(state_dir),
-            "--listen", "127.0.0.1:0"]
-    proc = run.children.spawn(argv, log_path, env=daemon_env())
-    sock = state_dir / "palyra.sock"
-    wait_until(lambda: sock.exists() and admin(sock, "GET", "/v1/status")[0] == 200,
-               "palyra daemon", proc, log_path)
-    status, answer = admin(sock, "POST", "/v1/webhooks", {
+    daemon = start_daemon(run.children, run.palyra, state_dir, log_path)
+    status, answer = admin(daemon.socket, "POST", "/v1/webhooks", {
         "integration_id": INTEGRATION_ID, "provider": "github",
         "secret": {"value": run.secret.decode()},
     })
     if status != 201:
         raise BenchError(f"adding the integration: {status} {answer}")
-    _, info = admin(sock, "GET", "/v1/status")
-    if info.get("pid") != proc.pid:
-        raise BenchError(f"daemon pid {info.get('pid')} is not the child's {proc.pid}")
-    base = next(x["address"] for x in info["listeners"] if x["kind"] == "ingress")
-    return Server("palyra", f"{base}/hooks/{INTEGRATION_ID}", proc, log_path, state_dir)
+    return Server("palyra", f"{daemon.ingress_url}/hooks/{INTEGRATION_ID}", daemon.proc,
+                  log_path, state_dir)
 
 
 def start_webhook(run: Run, tag: str) -> Server:
