@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 STAMP   = $(VENV)/.installed
 
-.PHONY: run test lint typecheck check bench clean
+.PHONY: run test lint typecheck check bench fuzz clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ check: lint typecheck test
 
 bench: $(STAMP)
 	$(BIN)/python bench/ingress.py $(ARGS)
+
+# Bounded fuzzing (fuzz/README.md): installs atheris into the venv if it can, else skips.
+fuzz: $(STAMP)
+	$(BIN)/python fuzz/run_ci.py $(ARGS)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -21,18 +21,15 @@ directories) once each, which is how the tests use the seed corpus.
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the shared harness sits here
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from _harness import run
 
 from palyra_py.providers import PROVIDER_NAMES, Provider, Verified, get_provider
 from palyra_py.reasons import Reason, Rejection
-
-atheris: Any
-try:  # atheris is optional: the file must import (and replay seeds) without it.
-    import atheris  # type: ignore[import-untyped, import-not-found, no-redef, unused-ignore]
-except ImportError:  # pragma: no cover - depends on the environment
-    atheris = None
 
 NOW = 1_700_000_000.0
 TOLERANCE_S = 300.0
@@ -124,23 +121,8 @@ def test_one_input(data: bytes) -> None:
             pass
 
 
-def _files(paths: list[str]) -> Iterator[Path]:
-    for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.is_file())
-        else:
-            yield path
-
-
 def main(argv: list[str]) -> None:
-    if atheris is None:
-        for path in _files(argv[1:]):
-            test_one_input(path.read_bytes())
-        return
-    atheris.instrument_all()
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
+    run(argv, test_one_input, instrument=("palyra_py",))
 
 
 if __name__ == "__main__":

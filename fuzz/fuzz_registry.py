@@ -1,5 +1,6 @@
 """Fuzz ``parse_registry`` with arbitrary text: the only exception allowed is
-``RegistryError``, and what parses must be JSON-ready through ``Integration.to_dict``.
+``RegistryError``, and what parses must be JSON-ready through the records' ``to_dict``
+(``[[webhooks]]``, ``[[subscriptions]]`` and ``[[tokens]]`` alike), keyed by its own id.
 
 Input: the bytes, decoded as UTF-8 (invalid sequences replaced), are the registry text.
 
@@ -15,17 +16,14 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+
+if str(Path(__file__).resolve().parent) not in sys.path:  # the shared harness sits here
+    sys.path.append(str(Path(__file__).resolve().parent))
+
+from _harness import run
 
 from palyra_py.registry import RegistryError, parse_registry
-
-atheris: Any
-try:  # atheris is optional: the file must import (and replay seeds) without it.
-    import atheris  # type: ignore[import-untyped, import-not-found, no-redef, unused-ignore]
-except ImportError:  # pragma: no cover - depends on the environment
-    atheris = None
 
 PATH = Path("/fuzz/webhooks.toml")
 
@@ -42,25 +40,18 @@ def test_one_input(data: bytes) -> None:
     for integration_id, integration in registry.integrations.items():
         assert integration.integration_id == integration_id
         json.dumps(integration.to_dict())
-
-
-def _files(paths: list[str]) -> Iterator[Path]:
-    for arg in paths:
-        path = Path(arg)
-        if path.is_dir():
-            yield from sorted(p for p in path.iterdir() if p.is_file())
-        else:
-            yield path
+    for subscription_id, subscription in registry.subscriptions.items():
+        assert subscription.subscription_id == subscription_id
+        json.dumps(subscription.to_dict(), allow_nan=False)
+    for token_id, token in registry.tokens.items():
+        assert token.token_id == token_id
+        shown = token.to_dict()
+        assert "secret_ref" not in shown  # never where the token is kept
+        json.dumps(shown)
 
 
 def main(argv: list[str]) -> None:
-    if atheris is None:
-        for path in _files(argv[1:]):
-            test_one_input(path.read_bytes())
-        return
-    atheris.instrument_all()
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
+    run(argv, test_one_input, instrument=("palyra_py", "tomlkit"))
 
 
 if __name__ == "__main__":

@@ -35,13 +35,20 @@ HEARTBEAT_S = 15.0
 WRITE_BATCH = 64
 
 
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: any later is a typo
+
+
 def parse_time_ms(value: str, name: str) -> int:
-    """RFC 3339 or unix seconds -> unix ms."""
+    """RFC 3339 or unix seconds -> unix ms, from 0 to the end of year 9999."""
     text = value.strip()
     try:
-        return int(float(text) * 1000)
+        seconds = float(text)
     except ValueError:
-        pass
+        seconds = None
+    if seconds is not None:
+        if not 0 <= seconds <= MAX_TIME_MS / 1000:  # also refuses nan and inf
+            raise invalid(f"{name}: unix seconds from 0 to {MAX_TIME_MS // 1000}", name)
+        return int(seconds * 1000)
     try:
         dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
     except ValueError:
@@ -49,7 +56,10 @@ def parse_time_ms(value: str, name: str) -> int:
                       name) from None
     if dt.tzinfo is None:
         raise invalid(f"{name}: give a time zone (e.g. Z)", name)
-    return int(dt.timestamp() * 1000)
+    ms = int(dt.timestamp() * 1000)
+    if not 0 <= ms <= MAX_TIME_MS:
+        raise invalid(f"{name}: must be from 1970 to 9999", name)
+    return ms
 
 
 def parse_int(value: str | None, name: str, default: int, lo: int, hi: int) -> int:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import ipaddress
-import json
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -134,53 +133,33 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
     return value
 
 
-def parse_json_strict(raw: bytes) -> Any:
-    """JSON as RFC 8259 says, tighter than ``json.loads``: UTF-8 only, no NaN/Infinity, no
-    duplicate keys (two parsers could disagree on which value wins), bounded nesting. Used
-    for form fields holding JSON, whose parsed value is what gets stored."""
-
-    def no_constants(name: str) -> Any:
-        raise ValueError(f"{name} is not JSON")
-
-    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-        obj = dict(pairs)
-        if len(obj) != len(pairs):
-            raise ValueError("duplicate key")
-        return obj
-
+def parse_form(raw: bytes) -> tuple[dict[str, Any], bytes | None]:
+    """A form body (Slack commands, GitHub's form mode) as an object of its fields, or, when
+    its single ``payload`` field holds a JSON object, that object checked exactly like a JSON
+    body; then the field's JSON text is returned too, to be stored as it came."""
     try:
-        text = raw.decode("utf-8")
-        value = json.loads(text, parse_constant=no_constants, object_pairs_hook=no_duplicates)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        detail = "nested too deep" if isinstance(exc, RecursionError) else type(exc).__name__
-        if isinstance(exc, ValueError) and str(exc) in ("duplicate key",):
-            detail = "duplicate key"
-        raise Rejection(Reason.MALFORMED_JSON, detail) from None
-    if not json_depth_ok(value):
-        raise Rejection(Reason.MALFORMED_JSON, "nested too deep")
-    return value
+        pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=2048)
+    except (UnicodeDecodeError, ValueError):
+        raise Rejection(Reason.MALFORMED_JSON, "bad form encoding") from None
+    fields: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in fields:
+            prior = fields[key]
+            fields[key] = [*prior, value] if isinstance(prior, list) else [prior, value]
+        else:
+            fields[key] = value
+    if set(fields) == {"payload"} and isinstance(fields["payload"], str):
+        text = fields["payload"].encode("utf-8", "surrogatepass")
+        if text.lstrip()[:1] == b"{":
+            return parse_json_object(text), text
+    return fields, None
 
 
 def parse_payload(raw: bytes, form: bool) -> dict[str, Any]:
-    """The provider payload as an object. Form bodies (Slack commands, GitHub's form mode)
-    become an object of their fields; a single ``payload`` field holding JSON is unwrapped."""
+    """The provider payload as an object (see :func:`parse_form` and
+    :func:`parse_json_object`)."""
     if form:
-        try:
-            pairs = parse_qsl(raw.decode("utf-8"), keep_blank_values=True, max_num_fields=2048)
-        except (UnicodeDecodeError, ValueError):
-            raise Rejection(Reason.MALFORMED_JSON, "bad form encoding") from None
-        fields: dict[str, Any] = {}
-        for key, value in pairs:
-            if key in fields:
-                prior = fields[key]
-                fields[key] = [*prior, value] if isinstance(prior, list) else [prior, value]
-            else:
-                fields[key] = value
-        if set(fields) == {"payload"} and isinstance(fields["payload"], str):
-            inner = parse_json_strict(fields["payload"].encode())
-            if isinstance(inner, dict):
-                return inner
-        return fields
+        return parse_form(raw)[0]
     return parse_json_object(raw) if raw.strip() else {}
 
 
@@ -301,7 +280,7 @@ class Ingress:
                 raise Rejection(Reason.SCHEMA_VIOLATION, "payload: must be an object")
             payload = payload_obj
         elif kind == "form":
-            payload = parse_payload(body, form=True)
+            payload, raw_payload = parse_form(body)
         elif body.strip():
             payload = parse_json_object(body)
             raw_payload = body
@@ -311,13 +290,19 @@ class Ingress:
             self.stats.count(Reason.IGNORED, integ.integration_id)
             return answer(Reason.IGNORED, {"event": verified.event_type})
         envelope, replay_key = self._envelope(active, verified, payload, body, now)
+        try:
+            encoded = EncodedPayload(encode_envelope(envelope, raw_payload))
+        except (TypeError, ValueError):
+            # What JSON parsed but cannot be stored faithfully (lone surrogates, integers
+            # past 64 bits in a sender-built envelope): refused, never a 500.
+            raise Rejection(Reason.MALFORMED_JSON, "payload cannot be stored as JSON") from None
         started = time.perf_counter()
         try:
             result = await self._journal.append(
                 NewEvent(
                     kind="webhook.received",
                     source=integ.integration_id,
-                    payload=EncodedPayload(encode_envelope(envelope, raw_payload)),
+                    payload=encoded,
                     actor=integ.provider,
                     integration_id=integ.integration_id,
                     event_type=envelope["event"],

@@ -218,3 +218,11 @@ async def test_publish_with_idempotency_key_publishes_once_per_day(
     assert (event["source"], event["actor"]) == ("kb-sync", "kb-sync")
     async with admin.post("/v1/events", json={"type": "x.y", "source": "daemon"}) as resp:
         assert resp.status == 400 and (await resp.json())["field"] == "source"
+
+
+async def test_out_of_range_times_are_refused_not_crashed(admin: aiohttp.ClientSession) -> None:
+    # Found by fuzzing: such values overflowed (500) in the float and SQLite conversions.
+    for since in ("1e400", "inf", "nan", "17000170000000000000", "-5", "99999-01-01T00:00:00Z"):
+        async with admin.get("/v1/events", params={"since": since}) as resp:
+            assert resp.status == 400, since
+            assert (await resp.json())["field"] == "since"

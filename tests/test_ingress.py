@@ -233,3 +233,30 @@ async def test_metrics_count_answers_with_bounded_labels(
             'reason="unknown_integration",status="404"} 3.0') in text
     assert "stranger" not in text
     assert "palyra_journal_append_seconds_count 1.0" in text
+
+
+async def test_form_payload_json_is_held_to_the_json_body_rules(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    # Found by fuzzing: a form's JSON `payload` field went through a laxer parser.
+    from urllib.parse import quote
+
+    secret = "8f742231b10e8888abcd99yyyzzz85a5"
+    await add_integration(admin, "sl", provider="slack", secret=secret)
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    cases = {
+        '{"type": "block_actions", "a\\udc00": 1}': (400, "malformed_json"),
+        '{"type": "block_actions", "n": 1e400}': (400, "malformed_json"),
+        json.dumps({f"k{i}": i for i in range(2049)}): (400, "schema_violation"),
+    }
+    for text, expected in cases.items():
+        body = ("payload=" + quote(text)).encode()
+        status, answer, _ = await send_signed(http, daemon, "sl", body, provider="slack",
+                                              secret=secret, extra_headers=form)
+        assert (status, answer.get("error")) == expected, text[:40]
+    exact = '{"type": "block_actions", "n": 18446744073709551617}'
+    status, answer, _ = await send_signed(http, daemon, "sl", ("payload=" + quote(exact)).encode(),
+                                          provider="slack", secret=secret, extra_headers=form)
+    assert status == 202, answer
+    (event,) = await events(admin, type="webhook.received")
+    assert event["payload"]["payload"]["n"] == 18446744073709551617
