@@ -10,8 +10,8 @@ from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
 from palyra_py.admin_events import parse_int, parse_time_ms
+from palyra_py.admin_records import registry_error
 from palyra_py.admin_secrets import store_secret
-from palyra_py.admin_webhooks import registry_error
 from palyra_py.delivery_store import MAX_LIMIT, STATUSES
 from palyra_py.registry import RegistryError
 from palyra_py.tokens import add_token, format_token, new_token_id, remove_token

@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 import ulid
 from aiohttp import web
 
-from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
+from palyra_py.admin_errors import ApiError, invalid, read_json_object
+from palyra_py.admin_records import edit_registry, path_id, refuse_fields, validated
 from palyra_py.admin_secrets import (
     SecretChoice,
     grace_seconds,
@@ -18,10 +19,8 @@ from palyra_py.admin_secrets import (
     secret_choice,
     store_secret,
 )
-from palyra_py.admin_webhooks import registry_error
 from palyra_py.delivery_store import format_time_ms
 from palyra_py.journal import NewEvent
-from palyra_py.registry import RegistryError, normalize_id
 from palyra_py.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.subscriptions import (
     add_subscription,
@@ -66,14 +65,8 @@ class SubscriptionsApi:
         ]
 
     def _id(self, request: web.Request) -> str:
-        raw = request.match_info["id"]
-        try:
-            subscription_id = normalize_id(raw, field="subscription_id")
-        except RegistryError:
-            raise not_found(f"no subscription {raw[:64]!r}") from None
-        if subscription_id not in self.d.registry.subscriptions:
-            raise not_found(f"no subscription {subscription_id!r}")
-        return subscription_id
+        return path_id(request, self.d.registry.subscriptions, noun="subscription",
+                       field="subscription_id")
 
     async def _public(self, subscription_id: str) -> dict[str, Any]:
         sub = self.d.registry.subscriptions[subscription_id]
@@ -87,12 +80,7 @@ class SubscriptionsApi:
         return data
 
     async def _edit(self, change: Any) -> None:
-        try:
-            await self.d.edit_registry(change)
-        except RegistryError as exc:
-            raise registry_error(exc) from None
-        except KeyError as exc:
-            raise not_found(f"no subscription {exc.args[0]!r}") from None
+        await edit_registry(self.d, change, noun="subscription")
         self.d.dispatcher.wake()
 
     async def _journal(self, kind: str, subscription_id: str, payload: dict[str, Any]) -> None:
@@ -109,13 +97,8 @@ class SubscriptionsApi:
     async def add(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         fields = {k: body[k] for k in ("subscription_id", *EDITABLE) if k in body}
-        unknown = set(body) - set(fields) - {"secret"}
-        if unknown:
-            raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
-        try:
-            fields = validate_subscription_fields(fields)
-        except RegistryError as exc:
-            raise registry_error(exc) from None
+        refuse_fields(set(body) - set(fields) - {"secret"}, "unknown field(s)")
+        fields = validated(validate_subscription_fields, fields)
         subscription_id = fields["subscription_id"]
         if subscription_id in self.d.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
@@ -153,17 +136,11 @@ class SubscriptionsApi:
     async def patch(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
         body = await read_json_object(request)
-        unknown = set(body) - set(EDITABLE)
-        if unknown:
-            raise invalid(f"field(s) not editable here: {', '.join(sorted(unknown))}",
-                          sorted(unknown)[0])
+        refuse_fields(set(body) - set(EDITABLE), "field(s) not editable here")
         current = self.d.registry.subscriptions[subscription_id].to_dict()
         merged = {**current, **{k: v for k, v in body.items() if v is not None}}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
-        try:
-            normalised = validate_subscription_fields(check)
-        except RegistryError as exc:
-            raise registry_error(exc) from None
+        normalised = validated(validate_subscription_fields, check)
         changes = {k: (None if body[k] is None else normalised.get(k)) for k in body}
         now = self.d.now_dt()
         await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))

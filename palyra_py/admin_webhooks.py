@@ -12,6 +12,8 @@ import ulid
 from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, not_found, read_json_object
+from palyra_py.admin_records import edit_registry, path_id, refuse_fields, validated
+from palyra_py.admin_records import registry_error as registry_error  # re-exported
 from palyra_py.admin_secrets import (
     SecretChoice,
     grace_seconds,
@@ -21,7 +23,7 @@ from palyra_py.admin_secrets import (
     store_secret,
 )
 from palyra_py.ingress import resolve_secrets
-from palyra_py.registry import RegistryError, normalize_id, validate_integration_fields
+from palyra_py.registry import validate_integration_fields
 from palyra_py.registry_edit import add_integration, remove_integration, update_integration
 from palyra_py.secrets import SecretNotFound, SecretRefError, generate_secret
 
@@ -49,18 +51,6 @@ def keyring_name(integration_id: str, previous: bool = False) -> str:
     return f"webhook:{integration_id}" + (":previous" if previous else "")
 
 
-def registry_error(exc: RegistryError) -> ApiError:
-    extra: dict[str, Any] = {}
-    if exc.field:
-        extra["field"] = exc.field
-    if exc.line is not None and exc.location:
-        extra["location"] = exc.location
-    status, code = (422, "registry_invalid") if exc.line is not None else (400, "invalid_request")
-    if "already exists" in exc.message:
-        status, code = 409, "conflict"
-    return ApiError(status, code, str(exc) if exc.line is not None else exc.message, **extra)
-
-
 class WebhooksApi:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
@@ -82,14 +72,8 @@ class WebhooksApi:
     # -- helpers -------------------------------------------------------------------------
 
     def _id(self, request: web.Request) -> str:
-        raw = request.match_info["id"]
-        try:
-            integration_id = normalize_id(raw)
-        except RegistryError:
-            raise not_found(f"no integration {raw[:64]!r}") from None
-        if integration_id not in self.d.registry.integrations:
-            raise not_found(f"no integration {integration_id!r}")
-        return integration_id
+        return path_id(request, self.d.registry.integrations, noun="integration",
+                       field="integration_id")
 
     async def _public(self, integration_id: str) -> dict[str, Any]:
         integ = self.d.registry.integrations[integration_id]
@@ -100,12 +84,7 @@ class WebhooksApi:
         return data
 
     async def _edit(self, change: Any) -> None:
-        try:
-            await self.d.edit_registry(change)
-        except RegistryError as exc:
-            raise registry_error(exc) from None
-        except KeyError as exc:
-            raise not_found(f"no integration {exc.args[0]!r}") from None
+        await edit_registry(self.d, change, noun="integration")
 
     # -- handlers ------------------------------------------------------------------------
 
@@ -119,13 +98,8 @@ class WebhooksApi:
     async def add(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         fields = {k: body[k] for k in ("integration_id", "provider", *EDITABLE) if k in body}
-        unknown = set(body) - set(fields) - {"secret"}
-        if unknown:
-            raise invalid(f"unknown field(s): {', '.join(sorted(unknown))}", sorted(unknown)[0])
-        try:
-            fields = validate_integration_fields(fields)
-        except RegistryError as exc:
-            raise registry_error(exc) from None
+        refuse_fields(set(body) - set(fields) - {"secret"}, "unknown field(s)")
+        fields = validated(validate_integration_fields, fields)
         integration_id = fields["integration_id"]
         if integration_id in self.d.registry.integrations:
             raise ApiError(409, "conflict", f"integration {integration_id!r} already exists",
@@ -159,17 +133,11 @@ class WebhooksApi:
     async def patch(self, request: web.Request) -> web.Response:
         integration_id = self._id(request)
         body = await read_json_object(request)
-        unknown = set(body) - set(EDITABLE)
-        if unknown:
-            raise invalid(f"field(s) not editable here: {', '.join(sorted(unknown))}",
-                          sorted(unknown)[0])
+        refuse_fields(set(body) - set(EDITABLE), "field(s) not editable here")
         current = self.d.registry.integrations[integration_id]
         merged = {**current.to_dict(), **body}
         check = {k: merged[k] for k in ("integration_id", "provider", *EDITABLE) if k in merged}
-        try:
-            normalised = validate_integration_fields(check)
-        except RegistryError as exc:
-            raise registry_error(exc) from None
+        normalised = validated(validate_integration_fields, check)
         changes = {k: normalised.get(k) for k in body}
         now = self.d.now_dt()
         await self._edit(lambda doc: update_integration(doc, integration_id, changes, now))

@@ -15,21 +15,30 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from palyra_py import sqlite_files
+from palyra_py.sqlite_files import DIR_MODE as DIR_MODE  # re-exported
+from palyra_py.sqlite_files import FILE_MODE as FILE_MODE  # re-exported
+from palyra_py.sqlite_files import (
+    Outcome,
+    QueueWriterThread,
+    call_in_loop,
+    describe_sqlite_error,
+    open_database,
+    settle_outcomes,
+)
+from palyra_py.sqlite_files import related_files as related_files  # re-exported
+from palyra_py.sqlite_files import restrict_permissions as restrict_permissions  # re-exported
+
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
-FILE_MODE = 0o600
-DIR_MODE = 0o700
 MAX_ERROR_DETAIL_CHARS = 512
 MAX_RESPONSE_EXCERPT_BYTES = 4096
 
@@ -109,22 +118,7 @@ class DeliveryStoreUnavailable(Exception):
 def describe_error(exc: BaseException, action: str) -> str:
     """A short reason for DeliveryStoreUnavailable. SQLite's messages name the failure,
     never bound values, so no payload leaks through."""
-    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    return f"delivery store {action} failed ({code}): {str(exc)[:120]}"
-
-
-def related_files(path: Path) -> list[Path]:
-    """The database file and its WAL companions (which may not exist yet)."""
-    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
-
-
-def restrict_permissions(path: Path) -> None:
-    """chmod 0600 the database and whichever of its -wal/-shm files exist."""
-    for file in related_files(path):
-        try:
-            os.chmod(file, FILE_MODE)
-        except FileNotFoundError:
-            continue
+    return describe_sqlite_error(exc, "delivery store", action)
 
 
 def _in_list(column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
@@ -149,6 +143,11 @@ class _Where:
         return " AND ".join(self.parts) if self.parts else "1"
 
 
+def _enable_foreign_keys(conn: sqlite3.Connection) -> None:
+    # Attempts go with their delivery when prune removes it.
+    conn.execute("PRAGMA foreign_keys = ON")
+
+
 class DeliverySql:
     """All SQL of the delivery store over one SQLite connection."""
 
@@ -160,30 +159,10 @@ class DeliverySql:
         """Open the database; with ``create``, create it (mode 0600, directory 0700) and
         switch it to WAL with foreign keys on, else open it query-only. Every connection
         gets ``synchronous=FULL`` (a commit is fsync'd) and the busy timeout."""
-        if create and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
-            # Created here with 0600 rather than by SQLite under the umask: SQLite gives
-            # the -wal and -shm files the mode of the database file.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
-        elif not path.exists():
-            raise sqlite3.OperationalError(f"delivery store file not found: {path}")
-        conn = sqlite3.connect(
-            path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        conn = open_database(
+            path, busy_timeout_ms=busy_timeout_ms, create=create, label="delivery store",
+            wal_label="deliveries.db", prepare=_enable_foreign_keys,
         )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if create:
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise sqlite3.OperationalError(f"cannot switch deliveries.db to WAL ({mode})")
-                # Attempts go with their delivery when prune removes it.
-                conn.execute("PRAGMA foreign_keys = ON")
-            else:
-                conn.execute("PRAGMA query_only = ON")
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
         return cls(conn)
 
     def close(self) -> None:
@@ -191,25 +170,7 @@ class DeliverySql:
 
     def ensure_schema(self) -> None:
         """Create the tables and indexes if missing (idempotent)."""
-        if self._user_version() == SCHEMA_VERSION:
-            return
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = self._user_version()
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"deliveries.db schema version {version} is newer than {SCHEMA_VERSION}"
-                )
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self.rollback()
-            raise
-
-    def _user_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        sqlite_files.ensure_schema(self._conn, _SCHEMA, SCHEMA_VERSION, label="deliveries.db")
 
     # -- transactions ------------------------------------------------------------------
 
@@ -225,11 +186,7 @@ class DeliverySql:
 
     def rollback(self) -> None:
         """Roll back if a transaction is open; never raises."""
-        try:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        sqlite_files.rollback(self._conn)
 
     def savepoint(self) -> None:
         self._conn.execute("SAVEPOINT job")
@@ -580,61 +537,23 @@ class WriteJob(Generic[_T]):
     future: asyncio.Future[_T]
 
 
-_STOP = object()
-_Outcome = tuple["asyncio.Future[Any]", Any]
-
-
-def _settle(outcomes: list[_Outcome]) -> None:
-    for future, value in outcomes:
-        if future.done():  # the caller was cancelled: nobody is waiting for this one
-            continue
-        if isinstance(value, BaseException):
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-
-
-class DeliveryWriter(threading.Thread):
+class DeliveryWriter(QueueWriterThread):
     """The store's only writer. Takes the first queued job and whatever else is queued
     (up to ``batch_max``) and runs them in one transaction, each in a savepoint."""
 
     def __init__(
         self, sql: DeliverySql, *, loop: asyncio.AbstractEventLoop, batch_max: int
     ) -> None:
-        super().__init__(name="palyra-delivery-writer", daemon=True)
+        super().__init__(name="palyra-delivery-writer", batch_max=batch_max)
         self._sql = sql
         self._loop = loop
-        self._batch_max = max(1, batch_max)
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.commits = 0
 
     def submit(self, job: WriteJob[Any]) -> None:
-        self._queue.put(job)
+        self._put(job)
 
-    def stop(self) -> None:
-        """Finish every job queued so far, then end the thread and close its connection."""
-        self._queue.put(_STOP)
-
-    def run(self) -> None:
-        try:
-            stopping = False
-            while not stopping:
-                first = self._queue.get()
-                if first is _STOP:
-                    break
-                batch: list[WriteJob[Any]] = [first]  # type: ignore[list-item]
-                while len(batch) < self._batch_max:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is _STOP:
-                        stopping = True
-                        break
-                    batch.append(job)  # type: ignore[arg-type]
-                self._run_batch(batch)
-        finally:
-            self._sql.close()
+    def _close(self) -> None:
+        self._sql.close()
 
     def _run_batch(self, jobs: list[WriteJob[Any]]) -> None:
         try:
@@ -650,10 +569,10 @@ class DeliveryWriter(threading.Thread):
             outcomes = [(jobs[0].future, self._failure(exc))]
         self._deliver(outcomes)
 
-    def _transaction(self, jobs: list[WriteJob[Any]]) -> list[_Outcome]:
+    def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Outcome]:
         sql = self._sql
         sql.begin_write()
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         for job in jobs:
             sql.savepoint()
             try:
@@ -676,8 +595,5 @@ class DeliveryWriter(threading.Thread):
         _log.exception("delivery writer: unexpected error")
         return exc
 
-    def _deliver(self, outcomes: list[_Outcome]) -> None:
-        try:
-            self._loop.call_soon_threadsafe(_settle, outcomes)
-        except RuntimeError:
-            pass  # the event loop is closed: nobody is waiting any more
+    def _deliver(self, outcomes: list[Outcome]) -> None:
+        call_in_loop(self._loop, settle_outcomes, outcomes)

@@ -12,13 +12,13 @@ writer thread one store and guards the reader's with a lock.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from palyra_py import sqlite_files
 from palyra_py.journal_chain import (
     EVENT_COLUMNS,
     ZERO_HASH,
@@ -30,9 +30,12 @@ from palyra_py.journal_chain import (
     retention_cut,
     walk_chain,
 )
+from palyra_py.sqlite_files import FILE_MODE as FILE_MODE  # re-exported
+from palyra_py.sqlite_files import open_database
+from palyra_py.sqlite_files import related_files as related_files  # re-exported
+from palyra_py.sqlite_files import restrict_permissions as restrict_permissions  # re-exported
 
 SCHEMA_VERSION = 1
-FILE_MODE = 0o600
 
 _COLS = ", ".join(EVENT_COLUMNS)
 _INSERT_EVENT = (
@@ -142,20 +145,6 @@ class Stored:
     status: Literal["new", "duplicate", "id_conflict"]
 
 
-def related_files(path: Path) -> list[Path]:
-    """The database file and its WAL companions (which may not exist yet)."""
-    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
-
-
-def restrict_permissions(path: Path) -> None:
-    """chmod 0600 the database and whichever of its -wal/-shm files exist."""
-    for file in related_files(path):
-        try:
-            os.chmod(file, FILE_MODE)
-        except FileNotFoundError:
-            continue
-
-
 @dataclass(frozen=True, slots=True)
 class WhereClause:
     """A filter turned into SQL. ``exact`` is False when the SQL only narrows the rows
@@ -249,31 +238,15 @@ class JournalStore:
         """Open the database; with ``create``, create it (mode 0600) and switch it to WAL,
         else open it query-only. Every connection gets ``synchronous=FULL`` (a commit is
         fsync'd) and the busy timeout."""
-        if create and not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            # Created here with 0600 rather than by SQLite under the umask: SQLite gives
-            # the -wal and -shm files the mode of the database file.
-            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
-        elif not path.exists():
-            raise sqlite3.OperationalError(f"journal file not found: {path}")
-        conn = sqlite3.connect(
-            path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+        def prepare(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                # Only possible before the first table: lets retention give space back.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+
+        conn = open_database(
+            path, busy_timeout_ms=busy_timeout_ms, create=create, label="journal",
+            prepare=prepare,
         )
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            if create:
-                if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                    # Only possible before the first table: lets retention give space back.
-                    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise sqlite3.OperationalError(f"cannot switch journal to WAL ({mode})")
-            else:
-                conn.execute("PRAGMA query_only = ON")
-            conn.execute("PRAGMA synchronous = FULL")
-        except BaseException:
-            conn.close()
-            raise
         return cls(conn)
 
     def close(self) -> None:
@@ -285,33 +258,11 @@ class JournalStore:
 
     def rollback(self) -> None:
         """Roll back if a transaction is open; never raises."""
-        try:
-            if self._conn.in_transaction:
-                self._conn.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass
+        sqlite_files.rollback(self._conn)
 
     def ensure_schema(self) -> None:
         """Create the tables, indexes and triggers if missing (idempotent)."""
-        if self._user_version() == SCHEMA_VERSION:
-            return
-        self._conn.execute("BEGIN IMMEDIATE")
-        try:
-            version = self._user_version()
-            if version > SCHEMA_VERSION:
-                raise sqlite3.DatabaseError(
-                    f"journal schema version {version} is newer than {SCHEMA_VERSION}"
-                )
-            for statement in _SCHEMA:
-                self._conn.execute(statement)
-            self._conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-            self._conn.execute("COMMIT")
-        except BaseException:
-            self.rollback()
-            raise
-
-    def _user_version(self) -> int:
-        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+        sqlite_files.ensure_schema(self._conn, _SCHEMA, SCHEMA_VERSION, label="journal")
 
     # -- chain head --------------------------------------------------------------------
 

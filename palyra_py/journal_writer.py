@@ -12,15 +12,19 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import queue
 import sqlite3
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from palyra_py.journal_store import JournalStore, PendingRow
+from palyra_py.sqlite_files import (
+    Outcome,
+    QueueWriterThread,
+    call_in_loop,
+    describe_sqlite_error,
+    settle_outcomes,
+)
 
 _log = logging.getLogger(__name__)
 
@@ -46,8 +50,7 @@ class AppendResult:
 def describe_failure(exc: BaseException, action: str = "write") -> str:
     """A short reason for JournalUnavailable. SQLite's messages name the failure (locked,
     full, read-only...), never bound values, so no payload or secret leaks through."""
-    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
-    return f"journal {action} failed ({code}): {str(exc)[:120]}"
+    return describe_sqlite_error(exc, "journal", action)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,21 +66,7 @@ class RetentionJob:
     future: asyncio.Future[int]
 
 
-_STOP = object()
-_Outcome = tuple["asyncio.Future[Any]", Any]
-
-
-def _settle(outcomes: list[_Outcome]) -> None:
-    for future, value in outcomes:
-        if future.done():  # the caller was cancelled: nobody is waiting for this one
-            continue
-        if isinstance(value, BaseException):
-            future.set_exception(value)
-        else:
-            future.set_result(value)
-
-
-class GroupCommitWriter(threading.Thread):
+class GroupCommitWriter(QueueWriterThread):
     """The journal's only writer. Takes the first queued job, then everything else queued
     (up to ``batch_max``), and commits the appends among them in one transaction: one
     fsync for many concurrent appends."""
@@ -93,7 +82,7 @@ class GroupCommitWriter(threading.Thread):
         head: tuple[int, str],
         path: Path | None = None,
     ) -> None:
-        super().__init__(name="palyra-journal-writer", daemon=True)
+        super().__init__(name="palyra-journal-writer", batch_max=batch_max)
         self._store = store
         # The file this writer commits into. SQLite keeps writing into an unlinked inode, so
         # after every commit the path must still name it, or nothing may be acknowledged.
@@ -102,41 +91,17 @@ class GroupCommitWriter(threading.Thread):
         self._gone: str | None = None
         self._loop = loop
         self._clock = clock
-        self._batch_max = max(1, batch_max)
         self._on_commit = on_commit
         # The chain head as committed; None after a failure until re-read from the file.
         self._head: tuple[int, str] | None = head
-        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
         self.commits = 0
         self.failed_batches = 0
 
     def submit(self, job: AppendJob | RetentionJob) -> None:
-        self._queue.put(job)
+        self._put(job)
 
-    def stop(self) -> None:
-        """Finish every job queued so far, then end the thread and close its connection."""
-        self._queue.put(_STOP)
-
-    def run(self) -> None:
-        try:
-            stopping = False
-            while not stopping:
-                first = self._queue.get()
-                if first is _STOP:
-                    break
-                batch = [first]
-                while len(batch) < self._batch_max:
-                    try:
-                        job = self._queue.get_nowait()
-                    except queue.Empty:
-                        break
-                    if job is _STOP:
-                        stopping = True
-                        break
-                    batch.append(job)
-                self._run_batch(batch)
-        finally:
-            self._store.close()
+    def _close(self) -> None:
+        self._store.close()
 
     def _run_batch(self, batch: list[object]) -> None:
         appends: list[AppendJob] = []
@@ -152,7 +117,7 @@ class GroupCommitWriter(threading.Thread):
         if appends:
             self._commit(appends)
 
-    def _deliver(self, outcomes: list[_Outcome], committed_seq: int | None = None) -> None:
+    def _deliver(self, outcomes: list[Outcome], committed_seq: int | None = None) -> None:
         on_commit = self._on_commit if committed_seq is not None else None
 
         def settle() -> None:
@@ -160,12 +125,9 @@ class GroupCommitWriter(threading.Thread):
             # caller that just got its seq never sees an older head on the bus.
             if on_commit is not None and committed_seq is not None:
                 on_commit(committed_seq)
-            _settle(outcomes)
+            settle_outcomes(outcomes)
 
-        try:
-            self._loop.call_soon_threadsafe(settle)
-        except RuntimeError:
-            pass  # the event loop is closed: nobody is waiting any more
+        call_in_loop(self._loop, settle)
 
     def _file_gone(self) -> str | None:
         if self._gone is None and self._path is not None and _inode(self._path) != self._inode:
@@ -199,7 +161,7 @@ class GroupCommitWriter(threading.Thread):
             # Committed, but into a file nobody will open again: not acknowledged.
             self._deliver([(job.future, JournalUnavailable(gone)) for job in jobs])
             return
-        outcomes: list[_Outcome] = []
+        outcomes: list[Outcome] = []
         for job, result in zip(jobs, stored, strict=True):
             if result.status == "id_conflict":
                 outcomes.append((job.future, DuplicateEventId("event_id already journaled")))

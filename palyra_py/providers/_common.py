@@ -21,14 +21,16 @@ These are the documented limits callers may rely on:
 
 from __future__ import annotations
 
+import base64
+import dataclasses
 import hashlib
 import hmac
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Literal
 
-from palyra_py.providers.base import Headers, get_header
+from palyra_py.providers.base import Headers, Verified, get_header
 from palyra_py.reasons import Reason, Rejection
 
 MAX_HEADER_CHARS = 8192
@@ -132,6 +134,54 @@ def any_match(candidates: Sequence[str], expected: Iterable[bytes]) -> bool:
         for value in wanted:
             matched |= hmac.compare_digest(raw, value)
     return matched
+
+
+def hex_text(digest: bytes) -> bytes:
+    """Lower-case hex of ``digest``, as ASCII bytes (how most schemes spell a signature)."""
+    return digest.hex().encode("ascii")
+
+
+def base64_text(digest: bytes) -> bytes:
+    """Padded standard base64 of ``digest``, as ASCII bytes."""
+    return base64.b64encode(digest)
+
+
+def hmac_matches(
+    candidates: Sequence[str],
+    secrets: Iterable[str],
+    signed: bytes,
+    *,
+    algorithm: Algorithm = "sha256",
+    encode: Callable[[bytes], bytes] = hex_text,
+) -> bool:
+    """Whether any candidate equals ``encode(HMAC(secret, signed))`` for any secret (the
+    secret's UTF-8 bytes are the key), compared as :func:`any_match` does."""
+    expected = (encode(hmac_digest(to_bytes(key), signed, algorithm)) for key in secrets)
+    return any_match(candidates, expected)
+
+
+def without_prefix(value: str, prefix: str, header: str) -> str:
+    """``value`` after ``prefix``; ``SIGNATURE_MISMATCH`` when it does not start with it."""
+    if not value.startswith(prefix):
+        raise Rejection(Reason.SIGNATURE_MISMATCH, f"{header} does not start with {prefix}")
+    return value[len(prefix) :]
+
+
+def prefixed_candidates(entries: Iterable[str], prefix: str, *, keep_prefix: bool) -> list[str]:
+    """The first :data:`MAX_CANDIDATES` entries that start with ``prefix`` (the prefix cut
+    off unless ``keep_prefix``); later ones are never read."""
+    candidates: list[str] = []
+    for entry in entries:
+        if entry.startswith(prefix):
+            candidates.append(entry if keep_prefix else entry[len(prefix) :])
+            if len(candidates) == MAX_CANDIDATES:
+                break
+    return candidates
+
+
+def signed_at(found: Verified, timestamp: float | None) -> Verified:
+    """``found`` (from ``verify_unsigned``) with the verified signed ``timestamp``."""
+    return dataclasses.replace(found, timestamp=None if timestamp is None else float(timestamp))
 
 
 def _valid_unicode(value: str) -> str:

@@ -131,29 +131,15 @@ class GenericHmac:
             stamp = c.signature_header(headers, opts.timestamp_header)
             timestamp = c.parse_unix_seconds(stamp, opts.timestamp_header)
         keys = c.usable_secrets(secrets)
-        candidates: list[str] = []
-        for entry in value.split(","):
-            entry = entry.strip()
-            if entry.startswith(opts.prefix):
-                candidates.append(entry[len(opts.prefix) :])
-                if len(candidates) == c.MAX_CANDIDATES:
-                    break
+        entries = (entry.strip() for entry in value.split(","))
+        candidates = c.prefixed_candidates(entries, opts.prefix, keep_prefix=False)
         signed = self._signed_content(stamp, body)
-        expected = (
-            self._encode(c.hmac_digest(c.to_bytes(k), signed, opts.algorithm)).encode("ascii")
-            for k in keys
-        )
-        if not c.any_match(candidates, expected):
+        encode = c.base64_text if opts.encoding == "base64" else c.hex_text
+        if not c.hmac_matches(candidates, keys, signed, algorithm=opts.algorithm, encode=encode):
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"no {opts.header} entry matches")
         if timestamp is not None:
             c.check_tolerance(timestamp, now, tolerance_s)
-        found = self.verify_unsigned(headers, body)
-        return Verified(
-            event_type=found.event_type,
-            delivery_id=found.delivery_id,
-            timestamp=None if timestamp is None else float(timestamp),
-            headers_kept=found.headers_kept,
-        )
+        return c.signed_at(self.verify_unsigned(headers, body), timestamp)
 
     def verify_unsigned(self, headers: Headers, body: bytes) -> Verified:
         opts = self.options

@@ -58,12 +58,8 @@ class GitHubSignature:
             algorithm, header, prefix = "sha1", SIGNATURE_SHA1, "sha1="
         value = c.signature_header(headers, header)
         keys = c.usable_secrets(secrets)
-        if not value.startswith(prefix):
-            raise Rejection(Reason.SIGNATURE_MISMATCH, f"{header} does not start with {prefix}")
-        expected = (
-            c.hmac_digest(c.to_bytes(key), body, algorithm).hex().encode("ascii") for key in keys
-        )
-        if not c.any_match([value[len(prefix) :]], expected):
+        candidate = c.without_prefix(value, prefix, header)
+        if not c.hmac_matches([candidate], keys, body, algorithm=algorithm):
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"{header} does not match")
         return self.verify_unsigned(headers, body)
 

@@ -90,10 +90,8 @@ class PalyraSignature:
     ) -> Verified:
         value = c.signature_header(headers, SIGNATURE)
         keys = c.usable_secrets(secrets)
-        if not value.startswith(PREFIX):
-            raise Rejection(Reason.SIGNATURE_MISMATCH, f"{SIGNATURE} does not start with {PREFIX}")
-        expected = (c.hmac_digest(c.to_bytes(k), body).hex().encode("ascii") for k in keys)
-        if not c.any_match([value[len(PREFIX) :]], expected):
+        candidate = c.without_prefix(value, PREFIX, SIGNATURE)
+        if not c.hmac_matches([candidate], keys, body):
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"{SIGNATURE} does not match")
         envelope = _envelope(body)
         c.check_tolerance(_seconds(envelope), now, tolerance_s)

@@ -52,8 +52,7 @@ class ShopifySignature:
     ) -> Verified:
         value = c.signature_header(headers, SIGNATURE)
         keys = c.usable_secrets(secrets)
-        expected = (base64.b64encode(c.hmac_digest(c.to_bytes(k), body)) for k in keys)
-        if not c.any_match([value], expected):
+        if not c.hmac_matches([value], keys, body, encode=c.base64_text):
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"{SIGNATURE} does not match")
         return self.verify_unsigned(headers, body)
 

@@ -69,21 +69,12 @@ class SlackSignature:
         stamp = c.signature_header(headers, TIMESTAMP)
         keys = c.usable_secrets(secrets)
         timestamp = c.parse_unix_seconds(stamp, TIMESTAMP)
-        if not value.startswith("v0="):
-            raise Rejection(Reason.SIGNATURE_MISMATCH, f"{SIGNATURE} does not start with v0=")
+        candidate = c.without_prefix(value, "v0=", SIGNATURE)
         signed = b"v0:" + stamp.encode("ascii") + b":" + body
-        expected = (c.hmac_digest(c.to_bytes(k), signed).hex().encode("ascii") for k in keys)
-        if not c.any_match([value[3:]], expected):
+        if not c.hmac_matches([candidate], keys, signed):
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"{SIGNATURE} does not match")
         c.check_tolerance(timestamp, now, tolerance_s)
-        found = self.verify_unsigned(headers, body)
-        return Verified(
-            event_type=found.event_type,
-            delivery_id=found.delivery_id,
-            timestamp=float(timestamp),
-            challenge=found.challenge,
-            headers_kept=found.headers_kept,
-        )
+        return c.signed_at(self.verify_unsigned(headers, body), timestamp)
 
     def verify_unsigned(self, headers: Headers, body: bytes) -> Verified:
         kept = c.kept_headers(headers, KEPT)

@@ -68,24 +68,13 @@ class StandardWebhooksSignature:
         value = c.signature_header(headers, SIGNATURE)
         secret_keys = c.usable_secrets(secrets)
         timestamp = c.parse_unix_seconds(stamp, TIMESTAMP)
-        candidates: list[str] = []
-        for entry in value.split():
-            if entry.startswith("v1,"):
-                candidates.append(entry)
-                if len(candidates) == c.MAX_CANDIDATES:
-                    break
+        candidates = c.prefixed_candidates(value.split(), "v1,", keep_prefix=True)
         keys = [key for key in map(decode_secret, secret_keys) if key is not None]
         expected = (sign_v1(key, msg_id, stamp, body).encode("ascii") for key in keys)
         if not candidates or not c.any_match(candidates, expected):
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"no {SIGNATURE} v1 entry matches")
         c.check_tolerance(timestamp, now, tolerance_s)
-        found = self.verify_unsigned(headers, body)
-        return Verified(
-            event_type=found.event_type,
-            delivery_id=found.delivery_id,
-            timestamp=float(timestamp),
-            headers_kept=found.headers_kept,
-        )
+        return c.signed_at(self.verify_unsigned(headers, body), timestamp)
 
     def verify_unsigned(self, headers: Headers, body: bytes) -> Verified:
         event = c.json_object(body) or {}

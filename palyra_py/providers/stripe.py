@@ -57,17 +57,10 @@ class StripeSignature:
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"{SIGNATURE} lacks t= or v1=")
         timestamp = c.parse_unix_seconds(stamp, f"{SIGNATURE} t=")
         signed = stamp.encode("ascii") + b"." + body
-        expected = (c.hmac_digest(c.to_bytes(k), signed).hex().encode("ascii") for k in keys)
-        if not c.any_match(candidates, expected):
+        if not c.hmac_matches(candidates, keys, signed):
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"no {SIGNATURE} v1 matches")
         c.check_tolerance(timestamp, now, tolerance_s)
-        found = self.verify_unsigned(headers, body)
-        return Verified(
-            event_type=found.event_type,
-            delivery_id=found.delivery_id,
-            timestamp=float(timestamp),
-            headers_kept=found.headers_kept,
-        )
+        return c.signed_at(self.verify_unsigned(headers, body), timestamp)
 
     def verify_unsigned(self, headers: Headers, body: bytes) -> Verified:
         event = c.json_object(body) or {}

@@ -1,0 +1,196 @@
+"""What the SQLite stores (journal, deliveries) share about their files and writer thread:
+opening a database 0600 in WAL with ``synchronous=FULL`` and a busy timeout, keeping the
+-wal/-shm files 0600, applying a versioned schema, and the one writer thread that drains a
+job queue in batches.
+
+The SQL of each store (its schema statements included) stays in its own module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import queue
+import sqlite3
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+Outcome = tuple["asyncio.Future[Any]", Any]
+"""A job's future and what to settle it with: a value, or an exception to raise."""
+
+
+def related_files(path: Path) -> list[Path]:
+    """The database file and its WAL companions (which may not exist yet)."""
+    return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
+
+
+def restrict_permissions(path: Path) -> None:
+    """chmod 0600 the database and whichever of its -wal/-shm files exist."""
+    for file in related_files(path):
+        try:
+            os.chmod(file, FILE_MODE)
+        except FileNotFoundError:
+            continue
+
+
+def describe_sqlite_error(exc: BaseException, what: str, action: str) -> str:
+    """``"<what> <action> failed (<code>): <message>"``. SQLite's messages name the failure
+    (locked, full, read-only...), never bound values, so no payload or secret leaks through."""
+    code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    return f"{what} {action} failed ({code}): {str(exc)[:120]}"
+
+
+def open_database(
+    path: Path,
+    *,
+    busy_timeout_ms: int,
+    create: bool,
+    label: str,
+    wal_label: str | None = None,
+    prepare: Callable[[sqlite3.Connection], None] | None = None,
+) -> sqlite3.Connection:
+    """Open the database in autocommit mode, usable from any thread.
+
+    With ``create``, create it first if missing (mode 0600, parent directory 0700), run
+    ``prepare`` on the connection, and switch it to WAL; else it must exist (else
+    ``sqlite3.OperationalError`` "<label> file not found") and is opened query-only. Every
+    connection gets ``synchronous=FULL`` (a commit is fsync'd) and the busy timeout."""
+    if create and not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
+        # Created here with 0600 rather than by SQLite under the umask: SQLite gives
+        # the -wal and -shm files the mode of the database file.
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY, FILE_MODE))
+    elif not path.exists():
+        raise sqlite3.OperationalError(f"{label} file not found: {path}")
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout_ms / 1000, isolation_level=None, check_same_thread=False
+    )
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+        if create:
+            if prepare is not None:
+                prepare(conn)
+            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            if str(mode).lower() != "wal":
+                name = label if wal_label is None else wal_label
+                raise sqlite3.OperationalError(f"cannot switch {name} to WAL ({mode})")
+        else:
+            conn.execute("PRAGMA query_only = ON")
+        conn.execute("PRAGMA synchronous = FULL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def ensure_schema(
+    conn: sqlite3.Connection, statements: Sequence[str], version: int, *, label: str
+) -> None:
+    """Run ``statements`` and set ``user_version`` to ``version`` in one ``BEGIN IMMEDIATE``
+    transaction, unless the file is already at ``version`` (idempotent). A file at a newer
+    version raises ``sqlite3.DatabaseError`` "<label> schema version ... is newer"; on any
+    error nothing is changed."""
+    if _user_version(conn) == version:
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        found = _user_version(conn)
+        if found > version:
+            raise sqlite3.DatabaseError(
+                f"{label} schema version {found} is newer than {version}"
+            )
+        for statement in statements:
+            conn.execute(statement)
+        conn.execute(f"PRAGMA user_version = {int(version)}")
+        conn.execute("COMMIT")
+    except BaseException:
+        rollback(conn)
+        raise
+
+
+def rollback(conn: sqlite3.Connection) -> None:
+    """Roll back if a transaction is open; never raises."""
+    try:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+    except sqlite3.Error:
+        pass
+
+
+def _user_version(conn: sqlite3.Connection) -> int:
+    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+
+
+def settle_outcomes(outcomes: list[Outcome]) -> None:
+    """Settle each future with its value or exception; skip those already done (their
+    caller was cancelled). Call in the futures' event loop."""
+    for future, value in outcomes:
+        if future.done():  # the caller was cancelled: nobody is waiting for this one
+            continue
+        if isinstance(value, BaseException):
+            future.set_exception(value)
+        else:
+            future.set_result(value)
+
+
+def call_in_loop(loop: asyncio.AbstractEventLoop, callback: Callable[..., object],
+                 *args: Any) -> None:
+    """Schedule ``callback(*args)`` in ``loop`` from another thread; nothing if the loop is
+    closed (nobody is waiting any more)."""
+    try:
+        loop.call_soon_threadsafe(callback, *args)
+    except RuntimeError:
+        pass  # the event loop is closed: nobody is waiting any more
+
+
+_STOP = object()
+
+
+class QueueWriterThread(threading.Thread):
+    """A store's only writer: takes the first queued job and whatever else is queued (up to
+    ``batch_max``), hands them to ``_run_batch`` in queue order, and after ``stop`` finishes
+    every job queued before it, then calls ``_close`` and ends."""
+
+    def __init__(self, *, name: str, batch_max: int) -> None:
+        super().__init__(name=name, daemon=True)
+        self._batch_max = max(1, batch_max)
+        self._queue: queue.SimpleQueue[object] = queue.SimpleQueue()
+
+    def _put(self, job: object) -> None:
+        self._queue.put(job)
+
+    def stop(self) -> None:
+        """Finish every job queued so far, then end the thread and close its connection."""
+        self._queue.put(_STOP)
+
+    def run(self) -> None:
+        try:
+            stopping = False
+            while not stopping:
+                first = self._queue.get()
+                if first is _STOP:
+                    break
+                batch = [first]
+                while len(batch) < self._batch_max:
+                    try:
+                        job = self._queue.get_nowait()
+                    except queue.Empty:
+                        break
+                    if job is _STOP:
+                        stopping = True
+                        break
+                    batch.append(job)
+                self._run_batch(batch)
+        finally:
+            self._close()
+
+    def _run_batch(self, batch: list[Any]) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        raise NotImplementedError
