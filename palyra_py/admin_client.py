@@ -1,21 +1,20 @@
 """A small client of the daemon's admin API (``docs/admin-api.md``) over its Unix socket.
 
-Standard library only: the CLI must start without importing aiohttp. One request per
-connection; JSON in, JSON out; ``stream()`` yields server-sent events as they arrive.
+Standard library only: the CLI must start without importing aiohttp (nor ``http.client``,
+see ``unix_http``). One request per connection; JSON in, JSON out; ``stream()`` yields
+server-sent events as they arrive.
 """
 
 from __future__ import annotations
 
-import http.client
 import json
-import socket
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import quote, urlencode
 
-from palyra_py import __version__
+from palyra_py import __version__, unix_http
 from palyra_py.paths import socket_path
 
 _T = TypeVar("_T")
@@ -162,24 +161,6 @@ def iter_sse(chunks: Iterable[bytes]) -> Iterator[SseEvent]:
 # --- transport -----------------------------------------------------------------------
 
 
-class UnixHTTPConnection(http.client.HTTPConnection):
-    """``HTTPConnection`` whose ``connect()`` opens an ``AF_UNIX`` stream socket."""
-
-    def __init__(self, path: Path, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self.unix_path = path
-
-    def connect(self) -> None:
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(self.timeout)
-            sock.connect(str(self.unix_path))
-        except BaseException:
-            sock.close()
-            raise
-        self.sock = sock
-
-
 def _build_query(query: Mapping[str, QueryValue] | None) -> str:
     if not query:
         return ""
@@ -225,13 +206,12 @@ class AdminClient:
         """One exchange; ``timeout`` (seconds) overrides the client's for routes that wait
         on purpose (``test_subscription``)."""
         wait = self.timeout if timeout is None else timeout
-        conn = UnixHTTPConnection(self.socket_path, timeout=wait)
+        response = self._send(method, path + _build_query(query), body, wait)
         try:
-            response = self._send(conn, method, path + _build_query(query), body)
             raw = self._guard(response.read)
             return self._decode(response.status, response.reason, raw)
         finally:
-            conn.close()
+            response.close()
 
     def stream(
         self,
@@ -243,32 +223,29 @@ class AdminClient:
     ) -> Iterator[SseEvent]:
         """Yield events until the daemon ends the stream. Closing the generator (or an
         exception such as KeyboardInterrupt in the consumer) closes the connection."""
-        conn = UnixHTTPConnection(self.socket_path, timeout=timeout)
         headers = {"Accept": "text/event-stream"}
         if last_event_id is not None:
             headers["Last-Event-ID"] = last_event_id
+        response = self._send("GET", path + _build_query(query), None, timeout, headers)
         try:
-            response = self._send(conn, "GET", path + _build_query(query), None, headers)
             if not 200 <= response.status < 300:
                 raw = self._guard(response.read)
                 self._decode(response.status, response.reason, raw)
             decoder = SseDecoder()
-            while True:
-                line = self._guard(response.readline)
-                if not line:
-                    break
-                yield from decoder.feed(line)
+            pieces = response.iter_body()
+            while piece := self._guard(lambda: next(pieces, b"")):
+                yield from decoder.feed(piece)
         finally:
-            conn.close()
+            response.close()
 
     def _send(
         self,
-        conn: UnixHTTPConnection,
         method: str,
         target: str,
         body: JsonObject | None,
+        timeout: float,
         extra_headers: Mapping[str, str] | None = None,
-    ) -> http.client.HTTPResponse:
+    ) -> unix_http.UnixHttpResponse:
         headers = {"Accept": "application/json", "User-Agent": USER_AGENT}
         payload: bytes | None = None
         if body is not None:
@@ -276,8 +253,12 @@ class AdminClient:
             headers["Content-Type"] = "application/json"
         if extra_headers:
             headers.update(extra_headers)
-        self._guard(lambda: conn.request(method, target, body=payload, headers=headers))
-        return self._guard(conn.getresponse)
+        return self._guard(
+            lambda: unix_http.request(
+                self.socket_path, method, target, headers=headers, body=payload,
+                timeout=timeout,
+            )
+        )
 
     def _guard(self, action: Callable[[], _T]) -> _T:
         """Run one step of the exchange, turning transport failures into
@@ -297,11 +278,11 @@ class AdminClient:
                 f"permission denied on {self.socket_path} (is the daemon run by another user?)",
                 False,
             ) from None
-        except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+        except (ConnectionResetError, BrokenPipeError):
             raise self._unreachable(
                 f"the daemon closed the connection on {self.socket_path}", False
             ) from None
-        except (http.client.HTTPException, OSError) as exc:
+        except OSError as exc:
             raise self._unreachable(
                 f"cannot talk to the daemon on {self.socket_path}: {exc}", False
             ) from None

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import socket
 import ssl
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from palyra_py import __version__
-from palyra_py.admin_client import SseDecoder, SseEvent, UnixHTTPConnection
+from palyra_py.admin_client import SseDecoder, SseEvent
 from palyra_py.paths import resolve_state_dir, socket_path
 
 if TYPE_CHECKING:
@@ -78,6 +79,24 @@ class PalyraUnreachable(PalyraError):
 
 
 # --- what both clients share ---------------------------------------------------------
+
+
+class UnixHTTPConnection(http.client.HTTPConnection):
+    """``HTTPConnection`` whose ``connect()`` opens an ``AF_UNIX`` stream socket."""
+
+    def __init__(self, path: Path, *, timeout: float | None = DEFAULT_TIMEOUT_S) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self.unix_path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(self.timeout)
+            sock.connect(str(self.unix_path))
+        except BaseException:
+            sock.close()
+            raise
+        self.sock = sock
 
 
 @dataclass(frozen=True, slots=True)

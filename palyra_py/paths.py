@@ -1,7 +1,8 @@
 """Where palyra keeps its files: the state directory and the names inside it.
 
-Shared by the CLI and the daemon, so it imports only the standard library and
-platformdirs (the CLI must start without loading the daemon's dependencies).
+Shared by the CLI and the daemon, so it imports only the standard library and, when no
+directory is given, platformdirs (the CLI must start without loading the daemon's
+dependencies).
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-
-import platformdirs
 
 STATE_DIR_ENV = "PALYRA_STATE_DIR"
 APP_NAME = "palyra"
@@ -50,6 +49,8 @@ def resolve_state_dir(flag: Path | None, env: Mapping[str, str] | None = None) -
     elif environ.get(STATE_DIR_ENV):
         chosen = Path(environ[STATE_DIR_ENV])
     else:
+        import platformdirs  # only here: a few ms of start-up that --state-dir never needs
+
         chosen = platformdirs.user_data_path(APP_NAME)
     return Path(os.path.abspath(chosen.expanduser()))
 

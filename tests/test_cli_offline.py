@@ -22,7 +22,7 @@ from typer.testing import CliRunner, Result
 from palyra_py import __version__
 from palyra_py.admin_client import AdminClient, ApiError, SseDecoder, SseEvent, iter_sse
 from palyra_py.cli import output
-from palyra_py.cli.main import app
+from palyra_py.cli.app import app
 from palyra_py.cli.subscription_inputs import (
     parse_filters,
     parse_headers,
@@ -49,7 +49,8 @@ def flat(text: str) -> str:
 HELP_PROBE = """
 import contextlib, io, json, sys
 import typer.main
-from palyra_py.cli.main import app, main
+from palyra_py.cli.app import app
+from palyra_py.cli.main import main
 
 def walk(command, path):
     yield path

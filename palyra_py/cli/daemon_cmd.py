@@ -1,15 +1,15 @@
 """``palyra daemon run|status|reload``."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Typer would evaluate each command's annotation
+# strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-from rich.panel import Panel
 
-from palyra_py.cli import output
+from palyra_py.cli import daemon_views, output
 from palyra_py.cli.session import JsonOption, StateDirOption, admin_session, usage_error
 from palyra_py.paths import SocketPathTooLong, resolve_state_dir, socket_path
 
@@ -129,67 +129,7 @@ def status(state_dir: StateDirOption = None, json_output: JsonOption = False) ->
     if json_output:
         output.print_json(answer)
         return
-    _render_status(answer)
-
-
-def _listeners(value: Any) -> str:
-    """One line per listener: ``ingress  http://...`` (plain strings are kept as is)."""
-    if not isinstance(value, list) or not value:
-        return output.text(value)
-    lines = []
-    for item in value:
-        if isinstance(item, dict):
-            lines.append(f"{output.text(item.get('kind'))}  {output.text(item.get('address'))}")
-        else:
-            lines.append(output.text(item))
-    return "\n".join(lines)
-
-
-def _render_status(answer: dict[str, Any]) -> None:
-    journal = answer.get("journal") or {}
-    integrations = answer.get("integrations") or {}
-    keyring = answer.get("keyring") or {}
-    by_readiness = integrations.get("by_readiness") or {}
-
-    keyring_text = output.text(keyring.get("backend"))
-    if keyring.get("fallback"):
-        keyring_text += " [yellow](fallback: no OS keyring available)[/]"
-    counts = [f"{output.readiness(name)} {n}" for name, n in by_readiness.items() if n]
-    integrations_text = output.text(integrations.get("total"))
-    if counts:
-        integrations_text += f" ({', '.join(counts)})"
-    daemon_rows = [
-        ("version", output.text(answer.get("version"))),
-        ("pid", output.text(answer.get("pid"))),
-        ("started", output.moment(answer.get("started_at"))),
-        ("uptime", output.duration(answer.get("uptime_s"))),
-        ("state dir", output.text(answer.get("state_dir"))),
-        ("admin socket", output.text(answer.get("admin_socket"))),
-        ("listeners", _listeners(answer.get("listeners"))),
-        ("journal", output.text(journal.get("path"))),
-        ("journal size", output.size(journal.get("size_bytes"))),
-        ("last seq", output.text(journal.get("last_seq"))),
-        ("retention", output.text(journal.get("retention"))),
-        ("integrations", integrations_text),
-        ("keyring", keyring_text),
-    ]
-    settings = answer.get("settings") or []
-    settings_table = output.table(
-        ("section", "key", "value", "source"),
-        (
-            (
-                output.text(item.get("section")),
-                output.text(item.get("key")),
-                output.text(item.get("value")),
-                output.text(item.get("source")),
-            )
-            for item in settings
-        ),
-        title="Effective settings",
-    )
-    console = output.console()
-    console.print(Panel(output.key_value_table(daemon_rows), title="palyra daemon", expand=False))
-    console.print(settings_table)
+    daemon_views.show_status(answer)
 
 
 @app.command("reload")

@@ -1,7 +1,8 @@
 """``palyra deliveries ...``: the outbound delivery log: list, inspect, retry, recover,
 and statistics."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Typer would evaluate each command's annotation
+# strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
 import json
 import sys
@@ -155,9 +156,7 @@ def show(delivery_id: IdArgument, state_dir: StateDirOption = None,
     if json_output:
         output.print_json(answer)
         return
-    output.console().print(
-        outbound_views.delivery_details(answer.get("delivery") or {}, answer.get("attempts") or [])
-    )
+    outbound_views.show_delivery(answer)
 
 
 @app.command("retry")

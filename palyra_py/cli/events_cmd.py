@@ -1,6 +1,7 @@
 """``palyra system events list|tail|emit|verify``: read and write the journal."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Typer would evaluate each command's annotation
+# strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
 import json
 import sys

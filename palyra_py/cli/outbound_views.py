@@ -4,21 +4,25 @@ bypasses all of this).
 Response excerpts and error details come from receivers we do not trust: they are shown
 with control characters replaced and cut short, so a hostile endpoint cannot drive the
 operator's terminal.
+
+rich is imported inside the functions that build its objects, so that importing this
+module (every outbound command does) costs nothing when the output is ``--json``.
 """
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from rich.console import Group, RenderableType
-from rich.panel import Panel
-from rich.table import Table
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from palyra_py.cli import output
 from palyra_py.redact import is_secret_key
+
+if TYPE_CHECKING:
+    from rich.console import Group, RenderableType
+    from rich.panel import Panel
+    from rich.table import Table
+    from rich.text import Text
 
 DELIVERY_STATUS_STYLE = {"succeeded": "green", "pending": "yellow", "failed": "bold red"}
 EXCERPT_CHARS = 300
@@ -144,6 +148,40 @@ def attempt_result(attempt: Mapping[str, Any]) -> str:
 # --- subscriptions --------------------------------------------------------------------
 
 
+def show_subscriptions(answer: Mapping[str, Any]) -> int:
+    """``palyra subscriptions list`` for people; the exit code."""
+    subs = answer.get("subscriptions") or []
+    if not subs:
+        output.note("No subscriptions yet. Add one: palyra subscriptions add ID --url URL")
+        return 0
+    output.console().print(subscriptions_table(subs))
+    return 0
+
+
+def show_subscription(answer: Mapping[str, Any]) -> int:
+    """``palyra subscriptions show ID`` for people; the exit code."""
+    output.console().print(subscription_details(answer.get("subscription") or {}))
+    return 0
+
+
+def show_delivery(answer: Mapping[str, Any]) -> int:
+    """``palyra deliveries show ID`` for people; the exit code."""
+    output.console().print(
+        delivery_details(answer.get("delivery") or {}, answer.get("attempts") or [])
+    )
+    return 0
+
+
+def show_tokens(answer: Mapping[str, Any]) -> int:
+    """``palyra tokens list`` for people; the exit code."""
+    tokens = answer.get("tokens") or []
+    if not tokens:
+        output.note("No tokens yet. Create one: palyra tokens create NAME")
+        return 0
+    output.console().print(tokens_table(tokens))
+    return 0
+
+
 def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:
     rows = (
         (
@@ -165,6 +203,8 @@ def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:
 
 
 def subscription_details(sub: Mapping[str, Any]) -> Panel:
+    from rich.panel import Panel
+
     rows: list[tuple[str, str]] = []
     for name in (*SUBSCRIPTION_FIELDS, *sorted(set(sub) - set(SUBSCRIPTION_FIELDS))):
         if name not in sub:
@@ -190,6 +230,8 @@ def subscription_details(sub: Mapping[str, Any]) -> Panel:
 
 def receiver_instructions(signature_format: str | None) -> Text:
     """How a receiver checks a delivery signed with the secret (Standard Webhooks v1)."""
+    from rich.text import Text
+
     lines = Text()
     lines.append("How the receiver verifies each delivery (Standard Webhooks):\n", style="bold")
     lines.append("  headers  webhook-id, webhook-timestamp (unix s), webhook-signature\n")
@@ -208,6 +250,10 @@ def receiver_instructions(signature_format: str | None) -> Text:
 
 def secret_panel(secret: str, subscription_id: str, signature_format: str | None) -> Panel:
     """The one and only display of a subscription's generated signing secret."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
     body = Group(
         Text(secret, style="bold"),
         Text(""),
@@ -229,6 +275,8 @@ def secret_panel(secret: str, subscription_id: str, signature_format: str | None
 
 
 def subscription_next_steps(sub: Mapping[str, Any]) -> Text:
+    from rich.text import Text
+
     quoted = shlex.quote(str(sub.get("subscription_id", "ID")))
     lines = Text()
     lines.append("Next steps:\n")
@@ -240,6 +288,8 @@ def subscription_next_steps(sub: Mapping[str, Any]) -> Text:
 
 
 def rotation_note(sub: Mapping[str, Any], *, until: str, secret_shown: bool) -> Text:
+    from rich.text import Text
+
     quoted = shlex.quote(str(sub.get("subscription_id", "ID")))
     new = "the one above" if secret_shown else f"the value behind {sub.get('secret_ref')}"
     lines = Text()
@@ -254,6 +304,8 @@ def rotation_note(sub: Mapping[str, Any], *, until: str, secret_shown: bool) -> 
 
 def test_result(answer: Mapping[str, Any], subscription_id: str) -> Panel:
     """The test event's delivery and its first attempt (or that none happened yet)."""
+    from rich.panel import Panel
+
     delivery = answer.get("delivery") or {}
     attempt = answer.get("attempt")
     rows = [
@@ -338,6 +390,10 @@ def _shown_as_time(name: str, record: Mapping[str, Any]) -> bool:
 
 
 def delivery_details(delivery: Mapping[str, Any], attempts: Sequence[Mapping[str, Any]]) -> Group:
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
     rows: list[tuple[str, str]] = []
     for name in (*DELIVERY_FIELDS, *sorted(set(delivery) - set(DELIVERY_FIELDS))):
         if name not in delivery or _shown_as_time(name, delivery):
@@ -359,6 +415,9 @@ def delivery_details(delivery: Mapping[str, Any], attempts: Sequence[Mapping[str
 
 
 def stats_view(stats: Mapping[str, Any]) -> Group:
+    from rich.console import Group
+    from rich.panel import Panel
+
     counts = stats.get("deliveries") or {}
     latency = stats.get("latency_ms") or {}
     oldest = stats.get("oldest_pending_age_ms")
@@ -426,6 +485,10 @@ def curl_example(base_url: str) -> str:
 
 def token_panel(secret: str, token: Mapping[str, Any], base_url: str) -> Panel:
     """The one and only display of a publishing token, with how to use it."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
     name = str(token.get("name") or token.get("token_id") or "?")
     token_id = shlex.quote(str(token.get("token_id", "ID")))
     body = Group(

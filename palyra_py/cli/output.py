@@ -1,5 +1,10 @@
 """Rendering: JSON on stdout for scripts, rich tables and panels for people, and plain
-one-line messages on stderr (never wrapped, so they stay greppable)."""
+one-line messages on stderr (never wrapped, so they stay greppable).
+
+rich is imported only by the functions that render for people (about 40 ms of start-up),
+so ``--json`` output and error messages never load it; nor does anything here import
+Typer, so that ``quick`` can print without it.
+"""
 
 from __future__ import annotations
 
@@ -8,13 +13,12 @@ import sys
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import typer
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
-from rich.text import Text
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
 
 READINESS_STYLE = {
     "ready": "green",
@@ -23,22 +27,38 @@ READINESS_STYLE = {
     "secret_not_found": "bold red",
 }
 SEVERITY_STYLE = {"info": "", "warn": "yellow", "error": "bold red"}
+_PIECE = 16 * 1024  # characters per write of print_json
 
 
 @cache
 def console() -> Console:
     """The stdout console. It looks up ``sys.stdout`` at each print, so redirection and
     test runners that swap the stream keep working."""
+    from rich.console import Console
+
     return Console(highlight=False)
+
+
+def escape(markup: str) -> str:
+    """``markup`` with rich's markup brackets escaped (``rich.markup.escape``)."""
+    from rich.markup import escape as rich_escape
+
+    return rich_escape(markup)
 
 
 # --- machine output ------------------------------------------------------------------
 
 
 def print_json(doc: Any) -> None:
-    """One JSON document on stdout, indented, UTF-8 kept as is."""
-    sys.stdout.write(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    sys.stdout.flush()
+    """One JSON document on stdout, indented, UTF-8 kept as is.
+
+    Written in pieces: when the reader goes away (``| head``) in the middle of one large
+    write, CPython can report it as written in full; the next piece then raises
+    ``BrokenPipeError`` and the command ends with 1, as Typer's commands do."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False) + "\n"
+    for start in range(0, len(text), _PIECE):
+        sys.stdout.write(text[start:start + _PIECE])
+        sys.stdout.flush()
 
 
 def print_json_line(doc: Any) -> None:
@@ -51,15 +71,18 @@ def print_json_line(doc: Any) -> None:
 
 
 def error(message: str) -> None:
-    typer.echo(f"palyra: {message}", err=True)
+    note(f"palyra: {message}")
 
 
 def note(message: str) -> None:
-    typer.echo(message, err=True)
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
 
 
 def success(message: str) -> None:
     """A short confirmation for people, on stdout."""
+    from rich.text import Text
+
     console().print(Text(message, style="green"))
 
 
@@ -129,6 +152,8 @@ def duration(seconds: Any) -> str:
 
 def key_value_table(rows: Iterable[tuple[str, str]], *, title: str | None = None) -> Table:
     """Two columns, field names dim; values must already be rich-escaped."""
+    from rich.table import Table
+
     table = Table(show_header=False, box=None, title=title, title_justify="left", pad_edge=False)
     table.add_column(style="dim", no_wrap=True)
     table.add_column(overflow="fold")
@@ -146,6 +171,8 @@ def table(
 ) -> Table:
     """A table with a header; cells must already be rich-escaped. Columns named in
     ``no_wrap`` keep their width (ids, timestamps), the others fold."""
+    from rich.table import Table
+
     result = Table(title=title, title_justify="left", header_style="bold")
     for name in columns:
         result.add_column(name, overflow="fold", no_wrap=name in no_wrap)
@@ -167,6 +194,8 @@ def event_origin(event: Mapping[str, Any]) -> str:
 
 def event_line(event: Mapping[str, Any]) -> Text:
     """``time  seq  kind  source/integration  event_type`` on one line."""
+    from rich.text import Text
+
     severity = str(event.get("severity") or "info")
     line = Text()
     line.append(str(event.get("time", "-")), style="dim")

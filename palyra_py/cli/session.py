@@ -1,36 +1,37 @@
-"""What every command shares: exit codes, the ``--state-dir``/``--json`` options, and the
-one place where admin-client failures become messages and exit codes."""
+"""What every command shares: the ``--state-dir``/``--json`` options, usage errors, and
+the one place where admin-client failures become messages and exit codes (the messages
+and codes themselves are in ``failures``)."""
 
 from __future__ import annotations
 
-import shlex
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import IntEnum
 from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
 
 from palyra_py.admin_client import AdminClient, ApiError, DaemonUnreachable
-from palyra_py.cli import output
+from palyra_py.cli.failures import (
+    EXIT_CODES_HELP,
+    ExitCode,
+    report_api_error,
+    report_unreachable,
+    start_hint,
+)
 from palyra_py.paths import STATE_DIR_ENV, SocketPathTooLong, resolve_state_dir
 
-
-class ExitCode(IntEnum):
-    """The documented exit codes (``docs/cli.md``)."""
-
-    OK = 0
-    API_ERROR = 1  # the daemon answered an error
-    USAGE = 2  # bad flags or arguments (Typer's own code), or a removal not confirmed
-    UNREACHABLE = 3  # nothing answers on the admin socket
-    CHECK_FAILED = 4  # verify found a broken chain, a test was not accepted, not ready
-
-
-EXIT_CODES_HELP = (
-    "0 ok · 1 the daemon answered an error · 2 usage error · "
-    "3 daemon not reachable · 4 a check failed (verify, test, readiness)"
-)
+__all__ = [
+    "EXIT_CODES_HELP",
+    "ExitCode",
+    "JsonOption",
+    "StateDirOption",
+    "admin_session",
+    "check_failed",
+    "report_api_error",
+    "start_hint",
+    "usage_error",
+]
 
 StateDirOption = Annotated[
     Path | None,
@@ -69,10 +70,6 @@ def check_failed() -> NoReturn:
     raise typer.Exit(ExitCode.CHECK_FAILED)
 
 
-def start_hint(state_dir: Path) -> str:
-    return f"Start it with: palyra daemon run --state-dir {shlex.quote(str(state_dir))}"
-
-
 @contextmanager
 def admin_session(state_dir_flag: Path | None, *, json_output: bool) -> Iterator[AdminClient]:
     """An ``AdminClient`` for the resolved state directory. Inside the block, an
@@ -86,23 +83,8 @@ def admin_session(state_dir_flag: Path | None, *, json_output: bool) -> Iterator
     try:
         yield client
     except DaemonUnreachable as exc:
-        message = str(exc)
-        if exc.not_running:
-            message = f"{message}. {start_hint(state_dir)}"
-        output.error(message)
+        report_unreachable(exc, state_dir)
         raise typer.Exit(ExitCode.UNREACHABLE) from None
     except ApiError as exc:
         report_api_error(exc, json_output=json_output)
         raise typer.Exit(ExitCode.API_ERROR) from None
-
-
-def report_api_error(exc: ApiError, *, json_output: bool) -> None:
-    if json_output:
-        output.print_json(exc.body)
-        return
-    message = exc.message
-    if exc.location:
-        message = f"{exc.location}: {message}"
-    if exc.field and exc.field not in message:
-        message = f"{message} (field: {exc.field})"
-    output.error(f"{message} [{exc.code}]")

@@ -1,6 +1,7 @@
 """``palyra subscriptions ...``: outbound webhook endpoints that receive published events."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Typer would evaluate each command's annotation
+# strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
 import sys
 from enum import StrEnum
@@ -213,11 +214,7 @@ def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> 
     if json_output:
         output.print_json(answer)
         return
-    subs = answer.get("subscriptions") or []
-    if not subs:
-        output.note("No subscriptions yet. Add one: palyra subscriptions add ID --url URL")
-        return
-    output.console().print(outbound_views.subscriptions_table(subs))
+    outbound_views.show_subscriptions(answer)
 
 
 @app.command("show")
@@ -234,7 +231,7 @@ def show(subscription_id: IdArgument, state_dir: StateDirOption = None,
     if json_output:
         output.print_json(answer)
         return
-    output.console().print(outbound_views.subscription_details(answer.get("subscription") or {}))
+    outbound_views.show_subscription(answer)
 
 
 @app.command("remove")

@@ -1,6 +1,7 @@
 """``palyra tokens ...``: bearer tokens that let applications publish events over HTTP."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Typer would evaluate each command's annotation
+# strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
 import sys
 from collections.abc import Mapping
@@ -99,11 +100,7 @@ def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> 
     if json_output:
         output.print_json(answer)
         return
-    tokens = answer.get("tokens") or []
-    if not tokens:
-        output.note("No tokens yet. Create one: palyra tokens create NAME")
-        return
-    output.console().print(outbound_views.tokens_table(tokens))
+    outbound_views.show_tokens(answer)
 
 
 @app.command("revoke")

@@ -3,7 +3,6 @@ durations and payload files. Every refusal is a usage error (exit code 2)."""
 
 from __future__ import annotations
 
-import getpass
 import json
 import sys
 from pathlib import Path
@@ -49,6 +48,8 @@ def read_secret_line() -> str:
     """One line from stdin without its line ending (prompted without echo on a TTY);
     an empty secret is refused."""
     if sys.stdin.isatty():
+        import getpass  # only here: it loads termios, which no other command needs
+
         line = getpass.getpass("Secret (input hidden): ", stream=sys.stderr)
     else:
         line = sys.stdin.readline()

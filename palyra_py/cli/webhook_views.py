@@ -1,16 +1,20 @@
-"""How ``palyra webhooks ...`` answers look to people (``--json`` bypasses all of this)."""
+"""How ``palyra webhooks ...`` answers look to people (``--json`` bypasses all of this).
+
+rich is imported inside the functions that build its objects, so that importing this
+module costs nothing when the output is ``--json``.
+"""
 
 from __future__ import annotations
 
 import shlex
 from collections.abc import Mapping, Sequence
-from typing import Any
-
-from rich.console import Group
-from rich.panel import Panel
-from rich.text import Text
+from typing import TYPE_CHECKING, Any
 
 from palyra_py.cli import output
+
+if TYPE_CHECKING:
+    from rich.panel import Panel
+    from rich.text import Text
 
 OUTCOME_STYLE = {"accepted": "bold green", "rejected": "bold red"}
 
@@ -66,7 +70,25 @@ def webhooks_table(hooks: Sequence[Mapping[str, Any]]) -> Any:
     )
 
 
+def show_webhooks(answer: Mapping[str, Any]) -> int:
+    """``palyra webhooks list`` for people; the exit code."""
+    hooks = answer.get("webhooks") or []
+    if not hooks:
+        output.note("No integrations yet. Add one: palyra webhooks add ID --provider P ...")
+        return 0
+    output.console().print(webhooks_table(hooks))
+    return 0
+
+
+def show_webhook(answer: Mapping[str, Any]) -> int:
+    """``palyra webhooks show ID`` for people; the exit code."""
+    output.console().print(webhook_details(answer.get("webhook") or {}))
+    return 0
+
+
 def webhook_details(hook: Mapping[str, Any]) -> Panel:
+    from rich.panel import Panel
+
     rows: list[tuple[str, str]] = []
     for name in (*SHOW_FIELDS, *sorted(set(hook) - set(SHOW_FIELDS))):
         if name not in hook:
@@ -85,6 +107,10 @@ def webhook_details(hook: Mapping[str, Any]) -> Panel:
 
 def secret_panel(secret: str, integration_id: str) -> Panel:
     """The one and only display of a generated secret."""
+    from rich.console import Group
+    from rich.panel import Panel
+    from rich.text import Text
+
     body = Group(
         Text(secret, style="bold"),
         Text(""),
@@ -104,6 +130,9 @@ def secret_panel(secret: str, integration_id: str) -> Panel:
 
 
 def next_steps(hook: Mapping[str, Any], *, secret_shown: bool) -> Panel:
+    from rich.panel import Panel
+    from rich.text import Text
+
     integration_id = str(hook.get("integration_id", "ID"))
     quoted = shlex.quote(integration_id)
     provider = str(hook.get("provider") or "the provider")
@@ -123,6 +152,8 @@ def next_steps(hook: Mapping[str, Any], *, secret_shown: bool) -> Panel:
 
 def rotation_steps(hook: Mapping[str, Any], *, until: str, secret_shown: bool) -> Text:
     """What to do after a rotation, before the previous secret stops working."""
+    from rich.text import Text
+
     quoted = shlex.quote(str(hook.get("integration_id", "ID")))
     provider = str(hook.get("provider") or "the provider")
     new = "the one above" if secret_shown else f"the value behind {hook.get('secret_ref')}"
@@ -149,6 +180,8 @@ def readiness_table(items: Sequence[Mapping[str, Any]]) -> Any:
 
 
 def test_result(answer: Mapping[str, Any], *, tamper: bool) -> Panel:
+    from rich.panel import Panel
+
     outcome = str(answer.get("outcome", "-"))
     style = OUTCOME_STYLE.get(outcome, "yellow")
     rows = [

@@ -1,6 +1,7 @@
 """``palyra webhooks ...``: register, inspect, change and test inbound integrations."""
 
-from __future__ import annotations
+# No `from __future__ import annotations`: Typer would evaluate each command's annotation
+# strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
 import sys
 from pathlib import Path
@@ -199,11 +200,7 @@ def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> 
     if json_output:
         output.print_json(answer)
         return
-    hooks = answer.get("webhooks") or []
-    if not hooks:
-        output.note("No integrations yet. Add one: palyra webhooks add ID --provider P ...")
-        return
-    output.console().print(webhook_views.webhooks_table(hooks))
+    webhook_views.show_webhooks(answer)
 
 
 @app.command("show")
@@ -220,7 +217,7 @@ def show(integration_id: IdArgument, state_dir: StateDirOption = None,
     if json_output:
         output.print_json(answer)
         return
-    output.console().print(webhook_views.webhook_details(answer.get("webhook") or {}))
+    webhook_views.show_webhook(answer)
 
 
 @app.command("remove")

@@ -1,0 +1,76 @@
+"""How ``palyra daemon status`` looks to people (``--json`` bypasses all of this).
+
+rich is imported inside the function that builds its objects, so that importing this
+module costs nothing when the output is ``--json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from palyra_py.cli import output
+
+
+def _listeners(value: Any) -> str:
+    """One line per listener: ``ingress  http://...`` (plain strings are kept as is)."""
+    if not isinstance(value, list) or not value:
+        return output.text(value)
+    lines = []
+    for item in value:
+        if isinstance(item, dict):
+            lines.append(f"{output.text(item.get('kind'))}  {output.text(item.get('address'))}")
+        else:
+            lines.append(output.text(item))
+    return "\n".join(lines)
+
+
+def show_status(answer: Mapping[str, Any]) -> int:
+    """``palyra daemon status`` for people; the exit code."""
+    journal = answer.get("journal") or {}
+    integrations = answer.get("integrations") or {}
+    keyring = answer.get("keyring") or {}
+    by_readiness = integrations.get("by_readiness") or {}
+
+    keyring_text = output.text(keyring.get("backend"))
+    if keyring.get("fallback"):
+        keyring_text += " [yellow](fallback: no OS keyring available)[/]"
+    counts = [f"{output.readiness(name)} {n}" for name, n in by_readiness.items() if n]
+    integrations_text = output.text(integrations.get("total"))
+    if counts:
+        integrations_text += f" ({', '.join(counts)})"
+    daemon_rows = [
+        ("version", output.text(answer.get("version"))),
+        ("pid", output.text(answer.get("pid"))),
+        ("started", output.moment(answer.get("started_at"))),
+        ("uptime", output.duration(answer.get("uptime_s"))),
+        ("state dir", output.text(answer.get("state_dir"))),
+        ("admin socket", output.text(answer.get("admin_socket"))),
+        ("listeners", _listeners(answer.get("listeners"))),
+        ("journal", output.text(journal.get("path"))),
+        ("journal size", output.size(journal.get("size_bytes"))),
+        ("last seq", output.text(journal.get("last_seq"))),
+        ("retention", output.text(journal.get("retention"))),
+        ("integrations", integrations_text),
+        ("keyring", keyring_text),
+    ]
+    settings = answer.get("settings") or []
+    settings_table = output.table(
+        ("section", "key", "value", "source"),
+        (
+            (
+                output.text(item.get("section")),
+                output.text(item.get("key")),
+                output.text(item.get("value")),
+                output.text(item.get("source")),
+            )
+            for item in settings
+        ),
+        title="Effective settings",
+    )
+    from rich.panel import Panel
+
+    console = output.console()
+    console.print(Panel(output.key_value_table(daemon_rows), title="palyra daemon", expand=False))
+    console.print(settings_table)
+    return 0
