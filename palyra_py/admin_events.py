@@ -8,14 +8,13 @@ import re
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, read_json_object
-from palyra_py.journal import EventFilter, JournalEvent, JournalUnavailable, ReplayKey
+from palyra_py.journal import EventFilter, JournalUnavailable, ReplayKey
 from palyra_py.published import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.redact import redact
-from palyra_py.stream import Feed, Overflow, TooManyClients
+from palyra_py.stream import TooManyClients
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -32,7 +31,6 @@ MAX_SUMMARY_BYTES = 240
 MAX_DATA_BYTES = 8 * 1024
 MAX_LIST_LIMIT = 10_000
 HEARTBEAT_S = 15.0
-WRITE_BATCH = 64
 
 
 MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: any later is a typo
@@ -88,11 +86,6 @@ def filter_from_query(request: web.Request) -> EventFilter:
     )
 
 
-def sse_frame(event: JournalEvent) -> bytes:
-    data = orjson.dumps(event.to_dict()).decode()
-    return f"id: {event.seq}\nevent: {event.kind}\ndata: {data}\n\n".encode()
-
-
 class EventsApi:
     def __init__(self, daemon: Daemon) -> None:
         self.d = daemon
@@ -133,39 +126,23 @@ class EventsApi:
         task = asyncio.current_task()
         assert task is not None
         try:
-            async with self.d.stream_hub.subscribe(flt, cursor) as feed:
+            async with self.d.stream_hub.open_sse(flt, cursor) as client:
                 await response.prepare(request)
+                if request.method == "HEAD":  # the head only: a HEAD response has no body
+                    return response
                 await response.write(b": palyra event stream\n\n")
                 self.d.streams.add(task)
                 self.d.metrics.sse_clients.inc()
                 try:
-                    await self._follow(response, feed)
+                    # From here the hub writes the events; this task catches up from the
+                    # journal, sends heartbeats and waits for the end.
+                    await client.serve(response, request.transport, HEARTBEAT_S)
                 finally:
                     self.d.streams.discard(task)
                     self.d.metrics.sse_clients.dec()
         except TooManyClients as exc:
             raise ApiError(503, "too_many_streams", str(exc)) from None
         return response
-
-    async def _follow(self, response: web.StreamResponse, feed: Feed) -> None:
-        while True:
-            try:
-                event = await feed.next(HEARTBEAT_S)
-            except Overflow as exc:
-                note = json.dumps({"reason": str(exc), "last_seq": feed.last_seq})
-                await response.write(f"event: stream.overflow\ndata: {note}\n\n".encode())
-                return
-            if event is None:
-                await response.write(b": keepalive\n\n")
-                continue
-            frames = [sse_frame(event)]
-            # Whatever else is already queued goes out in the same write.
-            while len(frames) < WRITE_BATCH and feed.pending():
-                more = await feed.next(0)
-                if more is None:
-                    break
-                frames.append(sse_frame(more))
-            await response.write(b"".join(frames))
 
     async def emit(self, request: web.Request) -> web.Response:
         """Publish an event (``palyra system events emit``, the Python client, apps)."""
