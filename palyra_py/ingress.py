@@ -21,14 +21,15 @@ from urllib.parse import parse_qsl
 
 import orjson
 import structlog
-import ulid
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
+from prometheus_client import Counter
 
 from palyra_py.envelope import (
     MAX_JSON_DEPTH,
     MAX_PAYLOAD_PROPERTIES,
+    EventIds,
     build_envelope,
     encode_envelope,
     json_depth_ok,
@@ -113,6 +114,10 @@ async def resolve_secrets(
     return active.secrets
 
 
+# Every byte value but "{" and "[": deleting them leaves the opening brackets.
+_ALL_BUT_OPENERS = bytes(b for b in range(256) if b not in b"{[")
+
+
 def parse_json_object(raw: bytes) -> dict[str, Any]:
     """The body as a JSON object, strictly (RFC 8259: UTF-8, no NaN/Infinity), nesting at
     most ``MAX_JSON_DEPTH`` deep. orjson parses it; the stored payload is the raw body
@@ -124,8 +129,9 @@ def parse_json_object(raw: bytes) -> dict[str, Any]:
         raise Rejection(Reason.MALFORMED_JSON, detail) from None
     if not isinstance(value, dict):
         raise Rejection(Reason.SCHEMA_VIOLATION, "payload: the body must be a JSON object")
-    # Nesting depth is at most the number of brackets: count them (cheap) before walking.
-    if raw.count(b"{") + raw.count(b"[") > MAX_JSON_DEPTH and not json_depth_ok(value):
+    # Nesting depth is at most the number of opening brackets: count them (cheap: one pass
+    # deleting every other byte costs less than two counts) before walking.
+    if len(raw.translate(None, _ALL_BUT_OPENERS)) > MAX_JSON_DEPTH and not json_depth_ok(value):
         raise Rejection(Reason.MALFORMED_JSON, "nested too deep")
     if len(value) > MAX_PAYLOAD_PROPERTIES:
         raise Rejection(Reason.SCHEMA_VIOLATION,
@@ -165,6 +171,8 @@ def parse_payload(raw: bytes, form: bool) -> dict[str, Any]:
 
 def media_kind(content_type: str) -> str | None:
     """``"json"``, ``"form"`` or ``None`` for a type we do not take."""
+    if content_type == "application/json":  # what nearly every sender sends
+        return "json"
     ctype = content_type.split(";", 1)[0].strip().lower()
     if ctype in ("", "application/json", "text/json") or ctype.endswith("+json"):
         return "json"
@@ -183,17 +191,52 @@ def answer(reason: Reason, extra: Mapping[str, Any] | None = None, *,
     return web.json_response(body, status=spec.status, headers=headers)
 
 
+# The text json.dumps gives an answer up to its event id, for each reason stored_answer
+# takes; and the one header json_response sets.
+_STORED_HEADS = {
+    reason: f'{{"{ANSWERS[reason].key}": "{reason.value}", "event_id": "'
+    for reason in (Reason.ACCEPTED, Reason.DUPLICATE)
+}
+_JSON_HEADERS = {"Content-Type": "application/json; charset=utf-8"}
+
+
+def stored_answer(reason: Reason, event_id: str, seq: int) -> web.Response:
+    """``answer(reason, {"event_id": event_id, "seq": seq})``, byte for byte the same, without
+    the general JSON encoder for the ids the journal makes (ULIDs): the answer every
+    accepted webhook gets."""
+    head = _STORED_HEADS.get(reason)
+    if head is None or not (event_id.isascii() and event_id.isalnum()):
+        return answer(reason, {"event_id": event_id, "seq": seq})
+    body = f'{head}{event_id}", "seq": {int(seq)}}}'.encode("ascii")
+    return web.Response(body=body, status=ANSWERS[reason].status, headers=_JSON_HEADERS)
+
+
+_MAX_COUNTER_CHILDREN = 4096
+_REASON_TEXT = {reason: reason.value for reason in Reason}  # not the enum's property each time
+
+
 @dataclass(slots=True)
 class IngressStats:
     by_reason: dict[str, int] = field(default_factory=dict)
     metrics: Metrics | None = None
+    # The labelled counter of each (integration, reason) seen: labels() costs more than the
+    # increment itself. Bounded like the label values: registered ids and (unknown).
+    _counters: dict[tuple[str | None, Reason], Counter] = field(default_factory=dict)
 
     def count(self, reason: Reason, integration_id: str | None = None) -> None:
-        self.by_reason[reason.value] = self.by_reason.get(reason.value, 0) + 1
+        by_reason, text = self.by_reason, _REASON_TEXT[reason]
+        by_reason[text] = by_reason.get(text, 0) + 1
         if self.metrics is not None:
-            self.metrics.ingress_requests.labels(
-                integration_id or UNKNOWN, str(ANSWERS[reason].status), reason.value
-            ).inc()
+            counter = self._counters.get((integration_id, reason))
+            if counter is None:
+                if len(self._counters) >= _MAX_COUNTER_CHILDREN:
+                    self._counters.clear()
+                counter = self._counters[(integration_id, reason)] = (
+                    self.metrics.ingress_requests.labels(
+                        integration_id or UNKNOWN, str(ANSWERS[reason].status), text
+                    )
+                )
+            counter.inc()
 
 
 class Ingress:
@@ -221,6 +264,7 @@ class Ingress:
         self._retry_after_s = retry_after_s
         self.stats = IngressStats(metrics=metrics)
         self._metrics = metrics
+        self._ids = EventIds()
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.route("*", "/hooks/{integration_id}", self.handle)]
@@ -255,12 +299,14 @@ class Ingress:
         integ = active.integration
         if request.method != "POST":
             raise Rejection(Reason.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not POST")
-        if not active.source_allowed(request.remote):
+        # request.remote costs a transport lookup: only asked when a rule needs it.
+        if active.networks and not active.source_allowed(request.remote):
             raise Rejection(Reason.SOURCE_NOT_ALLOWED)
         if not integ.enabled:
             raise Rejection(Reason.INTEGRATION_DISABLED)
         limit = integ.max_payload_bytes
-        if request.content_length is not None and request.content_length > limit:
+        declared = request.content_length
+        if declared is not None and declared > limit:
             raise Rejection(Reason.PAYLOAD_TOO_LARGE, f"limit is {limit} bytes")
         kind = media_kind(request.headers.get("Content-Type", ""))
         if kind is None:
@@ -271,6 +317,30 @@ class Ingress:
         if verified.challenge is not None:
             self.stats.count(Reason.URL_VERIFICATION, integ.integration_id)
             return web.json_response({"challenge": verified.challenge})
+        event = self._new_event(active, verified, kind, body, now)
+        if event is None:
+            self.stats.count(Reason.IGNORED, integ.integration_id)
+            return answer(Reason.IGNORED, {"event": verified.event_type})
+        started = time.perf_counter()
+        try:
+            result = await self._journal.append(event)
+        except JournalUnavailable as exc:
+            log.error("journal_unavailable", integration_id=integ.integration_id, error=str(exc))
+            raise Rejection(Reason.JOURNAL_UNAVAILABLE) from None
+        if self._metrics is not None:
+            self._metrics.journal_append_seconds.observe(time.perf_counter() - started)
+        reason = Reason.DUPLICATE if result.duplicate else Reason.ACCEPTED
+        self.stats.count(reason, integ.integration_id)
+        return stored_answer(reason, result.event_id, result.seq)
+
+    def _new_event(
+        self, active: ActiveIntegration, verified: Verified, kind: str, body: bytes, now: float
+    ) -> NewEvent | None:
+        """The journal event for a verified request; None when its event type is not
+        allowed. The parsed payload lives only in here, not across the wait for the
+        journal: dozens of requests waiting with their parsed bodies kept the garbage
+        collector busy."""
+        integ = active.integration
         raw_payload: bytes | None = None
         if verified.envelope is not None:
             # A sender-built envelope is foreign input: the schema decides.
@@ -287,8 +357,7 @@ class Ingress:
         else:
             payload = {}
         if not active.event_allowed(verified.event_type):
-            self.stats.count(Reason.IGNORED, integ.integration_id)
-            return answer(Reason.IGNORED, {"event": verified.event_type})
+            return None
         envelope, replay_key = self._envelope(active, verified, payload, body, now)
         try:
             encoded = EncodedPayload(encode_envelope(envelope, raw_payload))
@@ -296,35 +365,29 @@ class Ingress:
             # What JSON parsed but cannot be stored faithfully (lone surrogates, integers
             # past 64 bits in a sender-built envelope): refused, never a 500.
             raise Rejection(Reason.MALFORMED_JSON, "payload cannot be stored as JSON") from None
-        started = time.perf_counter()
-        try:
-            result = await self._journal.append(
-                NewEvent(
-                    kind="webhook.received",
-                    source=integ.integration_id,
-                    payload=encoded,
-                    actor=integ.provider,
-                    integration_id=integ.integration_id,
-                    event_type=envelope["event"],
-                    event_id=envelope["id"],
-                    replay_key=replay_key,
-                )
-            )
-        except JournalUnavailable as exc:
-            log.error("journal_unavailable", integration_id=integ.integration_id, error=str(exc))
-            raise Rejection(Reason.JOURNAL_UNAVAILABLE) from None
-        if self._metrics is not None:
-            self._metrics.journal_append_seconds.observe(time.perf_counter() - started)
-        if result.duplicate:
-            self.stats.count(Reason.DUPLICATE, integ.integration_id)
-            return answer(Reason.DUPLICATE, {"event_id": result.event_id, "seq": result.seq})
-        self.stats.count(Reason.ACCEPTED, integ.integration_id)
-        return answer(Reason.ACCEPTED, {"event_id": result.event_id, "seq": result.seq})
+        return NewEvent(
+            kind="webhook.received",
+            source=integ.integration_id,
+            payload=encoded,
+            actor=integ.provider,
+            integration_id=integ.integration_id,
+            event_type=envelope["event"],
+            event_id=envelope["id"],
+            replay_key=replay_key,
+        )
 
     async def _read_body(self, request: web.Request, limit: int) -> bytes:
         """Read at most ``limit`` bytes; a body that goes past it (chunked, or a lying
         Content-Length) is refused as soon as the excess arrives, and a body that trickles
         for longer than the deadline is cut off."""
+        content = request.content
+        if content.is_eof() and content.exception() is None:
+            # The whole body already arrived with the headers (the usual case for a webhook):
+            # it is in memory either way, so take it without the read loop and its timer.
+            body = content.read_nowait()
+            if len(body) > limit:
+                raise Rejection(Reason.PAYLOAD_TOO_LARGE, f"limit is {limit} bytes")
+            return body
         chunks: list[bytes] = []
         size = 0
         try:
@@ -356,7 +419,9 @@ class Ingress:
         if not integ.signature_required:
             return active.provider.verify_unsigned(headers, body)
         try:
-            secrets = await resolve_secrets(active, self._secrets, now)
+            secrets = active.secrets
+            if secrets is None or now >= active.secrets_until:
+                secrets = await resolve_secrets(active, self._secrets, now)
         except (SecretNotFound, SecretRefError):
             log.error("secret_unavailable", integration_id=integ.integration_id)
             raise Rejection(Reason.SECRET_UNAVAILABLE) from None
@@ -383,7 +448,7 @@ class Ingress:
         if verified.envelope is not None and isinstance(verified.envelope.get("id"), str):
             headers["palyra-envelope-id"] = str(verified.envelope["id"])[:64]
         envelope = build_envelope(
-            event_id=str(ulid.ULID.from_timestamp(now)),
+            event_id=self._ids.new(now),
             integration_id=integ.integration_id,
             provider=integ.provider,
             event_type=verified.event_type,

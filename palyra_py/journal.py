@@ -199,28 +199,45 @@ def _event_from_row(row: Row) -> JournalEvent:
     )
 
 
+_TEXT_FIELDS = ("kind", "source", "actor", "integration_id", "event_type", "severity")
+
+
+def _storable(value: object) -> bool:
+    return isinstance(value, str) and (value.isascii() or is_storable_text(value))
+
+
 def _pending_row(event: NewEvent) -> PendingRow:
     """Check and serialize on the caller's side, so that a bad event fails its own append
     and never the batch it would have joined."""
-    for name in ("kind", "source", "actor", "integration_id", "event_type", "severity"):
-        value = getattr(event, name)
-        if value is not None and not (isinstance(value, str) and is_storable_text(value)):
-            raise ValueError(f"NewEvent.{name} must be valid Unicode text")
+    texts = (event.kind, event.source, event.actor, event.integration_id, event.event_type,
+             event.severity)
+    try:
+        plain = "".join([text for text in texts if text is not None]).isascii()
+    except TypeError:  # not all text: the loop below names the field
+        plain = False
+    if not plain:
+        for name, value in zip(_TEXT_FIELDS, texts, strict=True):
+            if value is not None and not _storable(value):
+                raise ValueError(f"NewEvent.{name} must be valid Unicode text")
     key = event.replay_key
+    replay_key = None
+    if key is not None:
+        # Checked here too: the writer binds them, and a bad one would fail the batch.
+        if not (_storable(key.integration_id) and _storable(key.delivery_id)):
+            raise ValueError("NewEvent.replay_key must be valid Unicode text")
+        replay_key = (key.integration_id, key.delivery_id, int(key.window_s * 1000))
     return PendingRow(
-        event_id=event.event_id if event.event_id is not None else str(ulid.ULID()),
-        kind=event.kind,
-        source=event.source,
-        actor=event.actor,
-        integration_id=event.integration_id,
-        event_type=event.event_type,
-        severity=event.severity,
-        payload_json=(event.payload.text if isinstance(event.payload, EncodedPayload)
-                      else encode_payload(event.payload)),
-        redacted=event.redacted,
-        replay_key=None if key is None else (
-            key.integration_id, key.delivery_id, int(key.window_s * 1000)
-        ),
+        event.event_id if event.event_id is not None else str(ulid.ULID()),
+        event.kind,
+        event.source,
+        event.actor,
+        event.integration_id,
+        event.event_type,
+        event.severity,
+        (event.payload.text if isinstance(event.payload, EncodedPayload)
+         else encode_payload(event.payload)),
+        event.redacted,
+        replay_key,
     )
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import hashlib
 import json
 import sqlite3
+from json.encoder import encode_basestring
 from typing import Any, NamedTuple
 
 ZERO_HASH = "0" * 64
+_GIL_FREE_HASH_BYTES = 2047  # CPython's hashlib releases the GIL from 2048 bytes on
 
 EVENT_COLUMNS: tuple[str, ...] = (
     "seq",
@@ -66,6 +68,46 @@ def chain_hash(prev_hash: str, record: dict[str, Any]) -> str:
     fields = {k: v for k, v in record.items() if k != "payload_json"}
     digest = hashlib.sha256(f"{prev_hash}\n{canonical_json(fields)}\n".encode())
     digest.update(str(record.get("payload_json", "")).encode("utf-8", "surrogatepass"))
+    return digest.hexdigest()
+
+
+def _text(value: str | None) -> str:
+    # encode_basestring is the string encoder json.dumps uses with ensure_ascii=False.
+    return "null" if value is None else encode_basestring(value)
+
+
+def new_row_hash(
+    prev_hash: str,
+    seq: int,
+    event_id: str,
+    ts_unix_ms: int,
+    kind: str,
+    source: str,
+    actor: str | None,
+    integration_id: str | None,
+    event_type: str | None,
+    severity: str,
+    payload_json: str,
+    redacted: int,
+) -> str:
+    """``chain_hash`` of a row about to be appended, whose columns have the types the journal
+    writes (text, NULL or int, never bool), with the canonical JSON written out directly:
+    the same text ``canonical_json`` makes (keys sorted), at a fraction of its cost on the
+    writer thread. ``chain_hash``/``row_hash`` stay the general form that ``verify`` uses."""
+    canonical = (
+        f'{{"actor":{_text(actor)},"event_id":{encode_basestring(event_id)},'
+        f'"event_type":{_text(event_type)},"integration_id":{_text(integration_id)},'
+        f'"kind":{encode_basestring(kind)},"prev_hash":{encode_basestring(prev_hash)},'
+        f'"redacted":{int(redacted)},"seq":{int(seq)},"severity":{encode_basestring(severity)},'
+        f'"source":{encode_basestring(source)},"ts_unix_ms":{int(ts_unix_ms)}}}'
+    )
+    digest = hashlib.sha256(f"{prev_hash}\n{canonical}\n".encode())
+    payload = memoryview(payload_json.encode("utf-8", "surrogatepass"))
+    # In pieces under 2048 bytes, which hashlib hashes without dropping the GIL: taking it
+    # back means waiting for the event loop, and this thread has more to do before its
+    # next statement lets the loop run.
+    for start in range(0, len(payload), _GIL_FREE_HASH_BYTES):
+        digest.update(payload[start:start + _GIL_FREE_HASH_BYTES])
     return digest.hexdigest()
 
 

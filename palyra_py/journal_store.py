@@ -15,8 +15,9 @@ import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from palyra_py import sqlite_files
 from palyra_py.journal_chain import (
@@ -24,12 +25,13 @@ from palyra_py.journal_chain import (
     ZERO_HASH,
     ChainWalk,
     Row,
-    chain_hash,
+    new_row_hash,
     read_checkpoint,
     remove_through,
     retention_cut,
     walk_chain,
 )
+from palyra_py.journal_chain import chain_hash as chain_hash  # re-exported
 from palyra_py.sqlite_files import FILE_MODE as FILE_MODE  # re-exported
 from palyra_py.sqlite_files import open_database
 from palyra_py.sqlite_files import related_files as related_files  # re-exported
@@ -38,10 +40,47 @@ from palyra_py.sqlite_files import restrict_permissions as restrict_permissions 
 SCHEMA_VERSION = 1
 
 _COLS = ", ".join(EVENT_COLUMNS)
-_INSERT_EVENT = (
-    f"INSERT INTO journal_events ({_COLS})"  # noqa: S608 (constant column names)
-    f" VALUES ({', '.join('?' for _ in EVENT_COLUMNS)})"
+_INSERT_EVENTS = f"INSERT INTO journal_events ({_COLS}) VALUES "  # noqa: S608 (constants)
+# REPLACE: an expired key with the same identity gives way.
+_INSERT_KEYS = (
+    "INSERT OR REPLACE INTO replay_keys (integration_id, delivery_id, seq, event_id,"
+    " expires_at_ms) VALUES "
 )
+_INSERT_ROWS_MAX = 64  # rows per INSERT: 64 x 13 parameters stay under SQLite's old 999
+_LIVE_KEYS_MAX = 256  # keys looked up per statement (2 parameters each)
+
+
+@cache
+def _insert_sql(head: str, columns: int, rows: int) -> str:
+    row = "(" + ", ".join("?" for _ in range(columns)) + ")"
+    return head + ", ".join(row for _ in range(rows))
+
+
+def _insert_rows(cur: sqlite3.Cursor, head: str, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` with a few multi-row statements rather than one per row: sizes that
+    are powers of two (a handful of statement texts, all cached), largest first."""
+    if not rows:
+        return
+    columns = len(rows[0])
+    start = 0
+    while start < len(rows):
+        size = min(_INSERT_ROWS_MAX, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start:start + size]
+        cur.execute(_insert_sql(head, columns, size), [value for row in chunk for value in row])
+        start += size
+
+
+@cache
+def _live_keys_sql(count: int) -> str:
+    # CROSS JOIN keeps the listed keys as the outer loop, so each is one primary-key
+    # search (left to itself the planner may scan the expiry index instead).
+    values = ", ".join("(?, ?)" for _ in range(count))
+    return (
+        f"WITH k(integration_id, delivery_id) AS (VALUES {values})"  # noqa: S608 (placeholders)
+        " SELECT r.integration_id, r.delivery_id, r.seq, r.event_id FROM k"
+        " CROSS JOIN replay_keys AS r ON r.integration_id = k.integration_id"
+        " AND r.delivery_id = k.delivery_id WHERE r.expires_at_ms > ?"
+    )
 
 _SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS journal_events (
@@ -118,8 +157,7 @@ def is_storable_text(value: str) -> bool:
     return True
 
 
-@dataclass(frozen=True, slots=True)
-class PendingRow:
+class PendingRow(NamedTuple):
     """One append as the store takes it: every column but seq, ts and the hashes."""
 
     event_id: str
@@ -135,8 +173,7 @@ class PendingRow:
     """``(integration_id, delivery_id, window_ms)``."""
 
 
-@dataclass(frozen=True, slots=True)
-class Stored:
+class Stored(NamedTuple):
     """What became of one ``PendingRow``: ``new`` (written), ``duplicate`` (a live replay
     key: seq/event_id are the original's) or ``id_conflict`` (event_id taken: seq is 0)."""
 
@@ -288,71 +325,97 @@ class JournalStore:
         """Write ``rows`` after ``head`` (read from the table when None) in ONE transaction
         (``BEGIN IMMEDIATE`` ... ``COMMIT``: one fsync), replay keys included. Returns one
         ``Stored`` per row and the new head. On any error nothing is written."""
-        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            return self._append(rows, now_ms, head, checked_ids=False)
+        except sqlite3.IntegrityError as exc:
+            if "journal_events.event_id" not in str(exc):
+                raise
+        # An event id already taken (only a caller-supplied one can be): nothing of the batch
+        # was written; write it again with every id checked first, so that only that row
+        # fails.
+        return self._append(rows, now_ms, head, checked_ids=True)
+
+    def _append(
+        self, rows: Sequence[PendingRow], now_ms: int, head: tuple[int, str] | None,
+        *, checked_ids: bool,
+    ) -> tuple[list[Stored], tuple[int, str]]:
+        # Statements per batch, not per row, where one can answer for all: each statement
+        # drops and retakes the GIL, which the event loop is waiting for.
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
         try:
             seq, prev_hash = self.head() if head is None else head
             # Bounded pruning, enough to outpace the keys this batch can add.
-            self._conn.execute(
+            cur.execute(
                 "DELETE FROM replay_keys WHERE rowid IN (SELECT rowid FROM replay_keys"
                 " WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?)",
                 (now_ms, 2 * len(rows) + 64),
             )
+            live = self._live_keys(
+                cur, [row.replay_key[:2] for row in rows if row.replay_key is not None], now_ms
+            )
             stored: list[Stored] = []
-            batch_keys: dict[tuple[str, str], Stored] = {}
+            events: list[tuple[Any, ...]] = []
+            keys: list[tuple[Any, ...]] = []
             batch_ids: set[str] = set()
             for row in rows:
-                if row.replay_key is not None:
-                    seen = batch_keys.get(row.replay_key[:2]) or self._live_key(row, now_ms)
+                key = row.replay_key
+                if key is not None:
+                    seen = live.get((key[0], key[1]))
                     if seen is not None:
                         stored.append(seen)
                         continue
-                if row.event_id in batch_ids or self._event_id_taken(row.event_id):
+                if checked_ids and (row.event_id in batch_ids
+                                    or self._event_id_taken(row.event_id)):
                     stored.append(Stored(0, row.event_id, "id_conflict"))
                     continue
                 seq += 1
-                record: dict[str, Any] = {
-                    "seq": seq,
-                    "event_id": row.event_id,
-                    "ts_unix_ms": now_ms,
-                    "kind": row.kind,
-                    "source": row.source,
-                    "actor": row.actor,
-                    "integration_id": row.integration_id,
-                    "event_type": row.event_type,
-                    "severity": row.severity,
-                    "payload_json": row.payload_json,
-                    "redacted": int(row.redacted),
-                    "prev_hash": prev_hash,
-                }
-                prev_hash = chain_hash(prev_hash, record)
-                self._conn.execute(_INSERT_EVENT, (*record.values(), prev_hash))
-                if row.replay_key is not None:
-                    integration_id, delivery_id, window_ms = row.replay_key
-                    # REPLACE: an expired key with the same identity gives way.
-                    self._conn.execute(
-                        "INSERT OR REPLACE INTO replay_keys (integration_id, delivery_id,"
-                        " seq, event_id, expires_at_ms) VALUES (?, ?, ?, ?, ?)",
-                        (integration_id, delivery_id, seq, row.event_id, now_ms + window_ms),
-                    )
-                    batch_keys[(integration_id, delivery_id)] = Stored(
-                        seq, row.event_id, "duplicate"
-                    )
-                batch_ids.add(row.event_id)
+                redacted = int(row.redacted)
+                row_hash = new_row_hash(
+                    prev_hash, seq, row.event_id, now_ms, row.kind, row.source, row.actor,
+                    row.integration_id, row.event_type, row.severity, row.payload_json,
+                    redacted,
+                )
+                events.append((
+                    seq, row.event_id, now_ms, row.kind, row.source, row.actor,
+                    row.integration_id, row.event_type, row.severity, row.payload_json,
+                    redacted, prev_hash, row_hash,
+                ))
+                prev_hash = row_hash
+                if key is not None:
+                    keys.append((key[0], key[1], seq, row.event_id, now_ms + key[2]))
+                    # A second delivery of the same key in this batch is its duplicate.
+                    live[(key[0], key[1])] = Stored(seq, row.event_id, "duplicate")
+                if checked_ids:
+                    batch_ids.add(row.event_id)
                 stored.append(Stored(seq, row.event_id, "new"))
-            self._conn.execute("COMMIT")
+            _insert_rows(cur, _INSERT_EVENTS, events)
+            _insert_rows(cur, _INSERT_KEYS, keys)
+            cur.execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
         return stored, (seq, prev_hash)
 
-    def _live_key(self, row: PendingRow, now_ms: int) -> Stored | None:
-        assert row.replay_key is not None
-        found = self._conn.execute(
-            "SELECT seq, event_id FROM replay_keys WHERE integration_id = ? AND delivery_id = ?"
-            " AND expires_at_ms > ?",
-            (*row.replay_key[:2], now_ms),
-        ).fetchone()
-        return None if found is None else Stored(int(found[0]), str(found[1]), "duplicate")
+    def _live_keys(
+        self, cur: sqlite3.Cursor, keys: list[tuple[str, str]], now_ms: int
+    ) -> dict[tuple[str, str], Stored]:
+        """The replay keys among ``keys`` that are present and not expired."""
+        found: dict[tuple[str, str], Stored] = {}
+        for start in range(0, len(keys), _LIVE_KEYS_MAX):
+            chunk = keys[start:start + _LIVE_KEYS_MAX]
+            # Padded to a power of two (repeating a key is harmless): a handful of
+            # statement texts, all kept in the connection's statement cache.
+            size = 1 << (len(chunk) - 1).bit_length()
+            chunk += [chunk[0]] * (size - len(chunk))
+            params = [part for pair in chunk for part in pair]
+            for integration_id, delivery_id, seq, event_id in cur.execute(
+                _live_keys_sql(size), (*params, now_ms)
+            ):
+                found[(integration_id, delivery_id)] = Stored(
+                    int(seq), str(event_id), "duplicate"
+                )
+        return found
 
     def _event_id_taken(self, event_id: str) -> bool:
         found = self._conn.execute(

@@ -260,3 +260,36 @@ async def test_form_payload_json_is_held_to_the_json_body_rules(
     assert status == 202, answer
     (event,) = await events(admin, type="webhook.received")
     assert event["payload"]["payload"]["n"] == 18446744073709551617
+
+
+def test_stored_answer_is_byte_for_byte_the_json_answer() -> None:
+    from palyra_py.ingress import answer, stored_answer
+    from palyra_py.reasons import Reason
+
+    cases = [(Reason.ACCEPTED, "01J9ZQ4M7G7Y6K2Y3V8W9X0A1B", 1),
+             (Reason.DUPLICATE, "01J9ZQ4M7G7Y6K2Y3V8W9X0A1B", 2**40),
+             (Reason.DUPLICATE, 'caller "id" \u00e9', 7),  # not a ULID: the general encoder
+             (Reason.IGNORED, "x", 3)]
+    for reason, event_id, seq in cases:
+        fast = stored_answer(reason, event_id, seq)
+        slow = answer(reason, {"event_id": event_id, "seq": seq})
+        assert (fast.status, fast.body, dict(fast.headers)) == (
+            slow.status, slow.body, dict(slow.headers))
+
+
+def test_header_lookups_agree_on_aiohttp_headers_and_plain_dicts() -> None:
+    from multidict import CIMultiDict, CIMultiDictProxy
+
+    from palyra_py.providers._common import kept_headers
+    from palyra_py.providers.base import get_header
+
+    raw = {"X-GitHub-Event": "push", "user-agent": "GitHub-Hookshot/1", "X-Other": "y" * 300}
+    proxy = CIMultiDictProxy(CIMultiDict(raw))
+    lower = {k.lower(): v for k, v in raw.items()}
+    names = ["X-GitHub-Event", "User-Agent", "X-Other", "X-GitHub-Delivery"]
+    for name in names:
+        assert get_header(proxy, name) == get_header(raw, name) == get_header(lower, name)
+    assert get_header(proxy, "X-GitHub-Delivery") is None
+    assert kept_headers(proxy, names) == kept_headers(raw, names) == kept_headers(lower, names)
+    assert kept_headers(proxy, names) == {
+        "X-GitHub-Event": "push", "User-Agent": "GitHub-Hookshot/1", "X-Other": "y" * 256}

@@ -28,9 +28,10 @@ import hmac
 import json
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from functools import partial
 from typing import Any, Literal
 
-from palyra_py.providers.base import Headers, Verified, get_header
+from palyra_py.providers.base import CASE_INSENSITIVE, Headers, Verified, get_header
 from palyra_py.reasons import Reason, Rejection
 
 MAX_HEADER_CHARS = 8192
@@ -83,8 +84,10 @@ def optional_header(headers: Headers, name: str | None) -> str | None:
 def kept_headers(headers: Headers, names: Iterable[str]) -> dict[str, str]:
     """The named headers that are present, under their canonical spelling, cut to length."""
     kept: dict[str, str] = {}
+    # aiohttp's case-insensitive headers answer directly (the request path).
+    get = headers.get if isinstance(headers, CASE_INSENSITIVE) else partial(get_header, headers)
     for name in names:
-        value = get_header(headers, name)
+        value = get(name)
         if value is not None:
             kept[name] = value[:MAX_KEPT_HEADER_CHARS]
     return kept
@@ -117,7 +120,8 @@ def check_tolerance(timestamp: float, now: float, tolerance_s: float) -> None:
 
 
 def hmac_digest(key: bytes, message: bytes, algorithm: Algorithm = "sha256") -> bytes:
-    return hmac.new(key, message, getattr(hashlib, algorithm)).digest()
+    # The one-shot form runs in OpenSSL without building an HMAC object in Python.
+    return hmac.digest(key, message, algorithm)
 
 
 def any_match(candidates: Sequence[str], expected: Iterable[bytes]) -> bool:

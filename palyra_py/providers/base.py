@@ -17,14 +17,24 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
 
+from multidict import CIMultiDict, CIMultiDictProxy
+
 # Header mappings are case-insensitive in practice (aiohttp's CIMultiDictProxy); providers
 # look headers up by their canonical spelling and must also accept a plain dict whose keys
 # are lower-case (tests, fuzzers). Use ``get_header`` for that.
 Headers = Mapping[str, str]
 
 
+CASE_INSENSITIVE = (CIMultiDictProxy, CIMultiDict)
+"""Header mappings whose own ``get`` is case-insensitive."""
+
+
 def get_header(headers: Headers, name: str) -> str | None:
     """Case-insensitive header lookup that works on plain dicts too."""
+    if isinstance(headers, CASE_INSENSITIVE):
+        # aiohttp's own headers (the request path): one lookup answers, even for an
+        # absent header, which would otherwise cost a scan of every header.
+        return headers.get(name)
     value = headers.get(name)
     if value is None:
         value = headers.get(name.lower())
