@@ -7,7 +7,9 @@ jobs queued together share one transaction (one fsync), each inside a savepoint 
 job that refuses (``ValueError``, ``LookupError``) undoes only its own writes. When a
 write coroutine returns, its transaction is committed. Reads run on a second, query-only
 connection in a worker thread. The store has no clock: every time is a unix-ms ``int``
-passed in by the caller. The SQL is in ``delivery_store_sql``.
+passed in by the caller. The records are in ``delivery_records``, the batched recording of
+attempts in ``delivery_attempts``, the SQL in ``delivery_store_sql`` (and
+``delivery_sql_stats``), the writer thread in ``delivery_writer``.
 """
 
 from __future__ import annotations
@@ -17,24 +19,33 @@ import math
 import sqlite3
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
-import ulid
-
+from palyra_py.delivery_attempts import AttemptBatcher, PendingRecord, record_batch, settle_batch
+from palyra_py.delivery_records import (
+    STATUSES,
+    AttemptRecord,
+    Delivery,
+    DeliveryIds,
+    DeliveryNotFound,
+    DeliveryStatus,
+    NewDelivery,
+    attempt_from_row,
+    attempt_row,
+    clip_utf8,
+    delivery_from_row,
+    format_time_ms,
+    response_excerpt,
+)
 from palyra_py.delivery_store_sql import (
-    MAX_ERROR_DETAIL_CHARS,
-    MAX_RESPONSE_EXCERPT_BYTES,
     DeliverySql,
     DeliveryStoreUnavailable,
-    DeliveryWriter,
     Row,
-    WriteJob,
     describe_error,
     restrict_permissions,
 )
+from palyra_py.delivery_writer import DeliveryWriter, WriteJob
 
 __all__ = [
     "DELIVERIES_FILE",
@@ -67,126 +78,6 @@ SUBSCRIPTION_REMOVED = "subscription_removed"
 """``last_error_class`` of the deliveries ``forget_subscription`` ended."""
 _PRUNE_CHUNK = 2000
 
-DeliveryStatus = Literal["pending", "succeeded", "failed"]
-STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
-
-
-class DeliveryNotFound(LookupError):
-    """No delivery with that id."""
-
-
-def format_time_ms(ts_unix_ms: int) -> str:
-    """RFC 3339, UTC, milliseconds, ``Z``: ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ts_unix_ms // 1000, UTC)
-    moment += timedelta(milliseconds=ts_unix_ms % 1000)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _time_or_none(ts_unix_ms: int | None) -> str | None:
-    return None if ts_unix_ms is None else format_time_ms(ts_unix_ms)
-
-
-def clip_utf8(text: str, max_bytes: int) -> str:
-    """``text`` cut to at most ``max_bytes`` of UTF-8 on a character boundary; lone
-    surrogates (which have no UTF-8 form) become ``?``."""
-    data = text.encode("utf-8", "replace")[:max_bytes]
-    return data.decode("utf-8", "ignore")
-
-
-def response_excerpt(body: bytes) -> str:
-    """The stored excerpt of a response body: its first 4 KiB as text (invalid UTF-8
-    replaced), never more than 4096 bytes."""
-    text = body[:MAX_RESPONSE_EXCERPT_BYTES].decode("utf-8", "replace")
-    return clip_utf8(text, MAX_RESPONSE_EXCERPT_BYTES)
-
-
-@dataclass(frozen=True, slots=True)
-class NewDelivery:
-    """A delivery to create: one published event for one subscription."""
-
-    subscription_id: str
-    event_seq: int
-    event_id: str
-    event_type: str
-    next_attempt_ms: int
-
-
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    delivery_id: str
-    """A ULID stamped with the creation time; ids sort in creation order."""
-    subscription_id: str
-    event_seq: int
-    event_id: str
-    event_type: str
-    status: DeliveryStatus
-    attempts: int
-    next_attempt_ms: int | None
-    """Set while pending, ``None`` once succeeded or failed."""
-    created_ms: int
-    updated_ms: int
-    last_status_code: int | None
-    last_error_class: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, plus ``created_at``, ``updated_at`` and ``next_attempt_at`` as
-        RFC 3339 (ms, UTC; ``None`` where the ms field is)."""
-        fields = {name: getattr(self, name) for name in self.__slots__}
-        return {
-            **fields,
-            "created_at": format_time_ms(self.created_ms),
-            "updated_at": format_time_ms(self.updated_ms),
-            "next_attempt_at": _time_or_none(self.next_attempt_ms),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class AttemptRecord:
-    """One HTTP attempt. ``error_class`` is ``None`` exactly for a successful (2xx)
-    attempt: ``stats`` counts successes that way. The store keeps ``error_detail`` to 512
-    characters and ``response_excerpt`` to 4096 bytes of UTF-8 (longer ones are cut)."""
-
-    delivery_id: str
-    attempt_no: int
-    started_ms: int
-    duration_ms: int
-    status_code: int | None
-    error_class: str | None
-    error_detail: str | None
-    response_excerpt: str | None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Every field, plus ``started_at`` as RFC 3339."""
-        fields = {name: getattr(self, name) for name in self.__slots__}
-        return {**fields, "started_at": format_time_ms(self.started_ms)}
-
-
-def _delivery(row: Row) -> Delivery:
-    return Delivery(
-        str(row[0]), str(row[1]), int(row[2]), str(row[3]), str(row[4]), row[5], int(row[6]),
-        row[7], int(row[8]), int(row[9]), row[10], row[11],
-    )
-
-
-def _attempt(row: Row) -> AttemptRecord:
-    return AttemptRecord(
-        str(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4], row[5], row[6], row[7]
-    )
-
-
-def _attempt_row(attempt: AttemptRecord) -> Row:
-    detail = attempt.error_detail
-    if detail is not None:
-        # "replace" maps a lone surrogate to one "?": the length in characters holds.
-        detail = detail[:MAX_ERROR_DETAIL_CHARS].encode("utf-8", "replace").decode("utf-8")
-    excerpt = attempt.response_excerpt
-    if excerpt is not None:
-        excerpt = clip_utf8(excerpt, MAX_RESPONSE_EXCERPT_BYTES)
-    return (
-        attempt.delivery_id, attempt.attempt_no, attempt.started_ms, attempt.duration_ms,
-        attempt.status_code, attempt.error_class, detail, excerpt,
-    )
-
 
 def _check_limit(limit: int) -> None:
     if not 1 <= limit <= MAX_LIMIT:
@@ -198,22 +89,6 @@ def _nearest_rank(ordered: Sequence[int], q: float) -> int | None:
     if not ordered:
         return None
     return ordered[max(0, math.ceil(q * len(ordered)) - 1)]
-
-
-class _DeliveryIds:
-    """ULIDs stamped with the caller's time and strictly increasing in the order rows are
-    created, even for several rows in one ms or a clock that stepped back: ``list`` pages
-    by id and must see creation order."""
-
-    def __init__(self, last: str | None) -> None:
-        self._last = -1 if last is None else int(ulid.ULID.from_str(last))
-
-    def next(self, now_ms: int) -> str:
-        candidate = int(ulid.ULID.from_timestamp(int(now_ms)))
-        if candidate <= self._last:
-            candidate = self._last + 1
-        self._last = candidate
-        return str(ulid.ULID.from_int(candidate))
 
 
 # -- the store ------------------------------------------------------------------------
@@ -240,9 +115,10 @@ class DeliveryStore:
         self._max_pending = max_pending
         self._loop: asyncio.AbstractEventLoop | None = None
         self._writer: DeliveryWriter | None = None
+        self._batcher: AttemptBatcher | None = None
         self._reader: DeliverySql | None = None
         # Used only on the writer thread, inside jobs, so ids follow commit order.
-        self._ids = _DeliveryIds(None)
+        self._ids = DeliveryIds(None)
         self._read_lock = threading.Lock()
         self._pending = 0
         self._closed = False
@@ -265,8 +141,9 @@ class DeliveryStore:
             raise DeliveryStoreUnavailable(describe_error(exc, "open")) from exc
         self._loop = asyncio.get_running_loop()
         self._reader = reader_sql
-        self._ids = _DeliveryIds(last_id)
+        self._ids = DeliveryIds(last_id)
         self._writer = DeliveryWriter(writer_sql, loop=self._loop, batch_max=self._batch_max)
+        self._batcher = AttemptBatcher(self._loop, self._submit_records)
         self._writer.start()
 
     def _open(self) -> tuple[DeliverySql, DeliverySql, str | None]:
@@ -288,6 +165,8 @@ class DeliveryStore:
         if self._closed:
             return
         self._closed = True
+        if self._batcher is not None:
+            self._batcher.flush()  # attempts of this turn of the loop go before the stop
         if self._writer is not None:
             self._writer.stop()
             await asyncio.to_thread(self._writer.join)
@@ -296,15 +175,20 @@ class DeliveryStore:
                 self._reader.close()
                 self._reader = None
 
-    async def _write(self, run: Callable[[DeliverySql], _T]) -> _T:
-        if self._writer is None or self._loop is None or self._closed:
+    def _writable(self) -> tuple[asyncio.AbstractEventLoop, AttemptBatcher]:
+        if self._writer is None or self._loop is None or self._batcher is None or self._closed:
             raise DeliveryStoreUnavailable("delivery store is closed")
         if self._pending >= self._max_pending:
             raise DeliveryStoreUnavailable("delivery store write queue is full")
-        future: asyncio.Future[_T] = self._loop.create_future()
+        return self._loop, self._batcher
+
+    async def _write(self, run: Callable[[DeliverySql], _T]) -> _T:
+        loop, _ = self._writable()
+        assert self._writer is not None
+        future: asyncio.Future[_T] = loop.create_future()
         self._pending += 1
         try:
-            self._writer.submit(WriteJob(run, future))
+            self._writer.submit(WriteJob.for_future(run, future))
             return await future
         finally:
             self._pending -= 1
@@ -352,12 +236,26 @@ class DeliveryStore:
         ``(subscription_id, event_id)`` already exists is skipped, so enqueueing again
         after a crash is harmless. Returns how many were created. Every delivery must be
         for ``subscription_id`` (``ValueError`` otherwise)."""
+        created = await self.enqueue_created(subscription_id, new_cursor, deliveries,
+                                             now_ms=now_ms)
+        return len(created)
+
+    async def enqueue_created(
+        self,
+        subscription_id: str,
+        new_cursor: int,
+        deliveries: Sequence[NewDelivery],
+        *,
+        now_ms: int,
+    ) -> list[Delivery]:
+        """``enqueue``, returning the deliveries it created, in the order given (those
+        skipped as already existing left out), as ``get`` would show them."""
         if any(d.subscription_id != subscription_id for d in deliveries):
             raise ValueError("every delivery must be for the subscription being enqueued")
         items = tuple(deliveries)
         ids = self._ids
 
-        def run(sql: DeliverySql) -> int:
+        def run(sql: DeliverySql) -> list[Delivery]:
             rows = [
                 (ids.next(now_ms), subscription_id, d.event_seq, d.event_id, d.event_type,
                  d.next_attempt_ms, now_ms)
@@ -365,7 +263,11 @@ class DeliveryStore:
             ]
             inserted = sql.insert_pending(rows)
             sql.advance_cursor(subscription_id, int(new_cursor))
-            return inserted
+            if inserted < len(rows):  # some existed: keep the ids that went in
+                present = {row[0] for row in sql.deliveries_by_id([r[0] for r in rows])}
+                rows = [row for row in rows if row[0] in present]
+            return [Delivery(row[0], subscription_id, row[2], row[3], row[4], "pending", 0,
+                             row[5], now_ms, now_ms, None, None) for row in rows]
 
         return await self._write(run)
 
@@ -379,7 +281,7 @@ class DeliveryStore:
         _check_limit(limit)
         exclude = tuple(exclude_subscriptions)
         rows = await self._read(lambda sql: sql.due(now_ms, limit, exclude))
-        return [_delivery(row) for row in rows]
+        return [delivery_from_row(row) for row in rows]
 
     async def next_due_ms(self, exclude_subscriptions: Sequence[str] = ()) -> int | None:
         """The earliest ``next_attempt_ms`` of a pending delivery (of a subscription not
@@ -387,11 +289,35 @@ class DeliveryStore:
         exclude = tuple(exclude_subscriptions)
         return await self._read(lambda sql: sql.next_due_ms(exclude))
 
+    async def due_page(
+        self, now_ms: int, limit: int, subscriptions: Sequence[str]
+    ) -> tuple[list[Delivery], int | None]:
+        """In one read: the pending deliveries of ``subscriptions`` due at ``now_ms`` (in
+        ``due`` order, at most ``limit``), and the earliest ``next_attempt_ms`` after
+        ``now_ms`` of any pending delivery of any subscription (``None``: none)."""
+        _check_limit(limit)
+        subs = tuple(subscriptions)
+
+        def read(sql: DeliverySql) -> tuple[list[Row], int | None]:
+            return (sql.due_of(now_ms, limit, subs) if subs else []), sql.next_due_after(now_ms)
+
+        rows, next_due = await self._read(read)
+        return [delivery_from_row(row) for row in rows], next_due
+
+    async def oldest_pending_of(self, subscriptions: Sequence[str]) -> dict[str, Delivery]:
+        """``oldest_pending`` of each of ``subscriptions`` (those with one), in one read."""
+        subs = tuple(subscriptions)
+
+        def read(sql: DeliverySql) -> list[Row]:
+            return [row for row in map(sql.oldest_pending, subs) if row is not None]
+
+        return {str(row[1]): delivery_from_row(row) for row in await self._read(read)}
+
     async def oldest_pending(self, subscription_id: str) -> Delivery | None:
         """The subscription's pending delivery with the lowest ``event_seq``, whether due
         or not: for an ordered subscription, the only one that may be attempted."""
         row = await self._read(lambda sql: sql.oldest_pending(subscription_id))
-        return None if row is None else _delivery(row)
+        return None if row is None else delivery_from_row(row)
 
     async def pending_count(self, subscription_id: str | None = None) -> int:
         return await self._read(lambda sql: sql.pending_count(subscription_id))
@@ -411,6 +337,7 @@ class DeliveryStore:
         status: DeliveryStatus,
         next_attempt_ms: int | None,
         now_ms: int,
+        on_committed: Callable[[Delivery], None] | None = None,
     ) -> Delivery:
         """In one transaction: log ``attempt``; count it on its delivery and set the
         delivery's ``status`` (``pending`` = retry at ``next_attempt_ms``, required then;
@@ -421,44 +348,36 @@ class DeliveryStore:
         An attempt on a delivery that is no longer pending (``forget_subscription`` ended
         it meanwhile) is logged and a ``succeeded`` outcome kept, but it never makes the
         delivery pending again and leaves health alone. Raises ``DeliveryNotFound``, or
-        ``ValueError`` for an unknown status or an attempt number already recorded."""
+        ``ValueError`` for an unknown status or an attempt number already recorded.
+
+        ``on_committed(delivery)``, if given, is called in the loop as soon as the attempt
+        is committed, before this coroutine resumes (a turn of a busy loop earlier)."""
         if status not in STATUSES:
             raise ValueError(f"unknown delivery status {status!r}")
         if status == "pending" and next_attempt_ms is None:
             raise ValueError("a pending delivery needs next_attempt_ms")
-        row = _attempt_row(attempt)
-        delivery_id = attempt.delivery_id
+        loop, batcher = self._writable()
+        future: asyncio.Future[Delivery] = loop.create_future()
+        # Recorded in one writer job with the attempts that come while the writer is busy
+        # (delivery_attempts); the transaction is still committed before this returns.
+        batcher.add(PendingRecord(attempt_row(attempt), status, next_attempt_ms, now_ms, future,
+                                  on_committed))
+        self._pending += 1
+        try:
+            return await future
+        finally:
+            self._pending -= 1
 
-        def run(sql: DeliverySql) -> Delivery:
-            current = sql.delivery(delivery_id)
-            if current is None:
-                raise DeliveryNotFound(delivery_id)
-            try:
-                sql.insert_attempt(row)
-            except sqlite3.IntegrityError as exc:
-                raise ValueError(
-                    f"attempt {attempt.attempt_no} of {delivery_id} is already recorded"
-                ) from exc
-            was_pending = current[5] == "pending"
-            new_status = status if was_pending or status == "succeeded" else current[5]
-            sql.update_after_attempt(
-                delivery_id,
-                status=new_status,
-                next_attempt_ms=next_attempt_ms if new_status == "pending" else None,
-                status_code=attempt.status_code,
-                error_class=attempt.error_class,
-                now_ms=now_ms,
-            )
-            if was_pending:
-                if status == "succeeded":
-                    sql.health_success(current[1], now_ms)
-                else:
-                    sql.health_failure(current[1], now_ms)
-            updated = sql.delivery(delivery_id)
-            assert updated is not None
-            return _delivery(updated)
+    def _submit_records(self, items: list[PendingRecord]) -> None:
+        writer, batcher = self._writer, self._batcher
+        if writer is None or batcher is None:  # not started; close() flushes before it stops
+            return
 
-        return await self._write(run)
+        def settle(outcome: list[Delivery | Exception] | BaseException) -> None:
+            batcher.settled()
+            settle_batch(items, outcome)
+
+        writer.submit(WriteJob(lambda sql: record_batch(sql, items), settle))
 
     async def health(self, subscription_id: str) -> tuple[int | None, int | None]:
         """``(last_success_ms, failing_since_ms)``; ``(None, None)`` before any attempt."""
@@ -473,7 +392,7 @@ class DeliveryStore:
         row, attempts = await self._read(fetch, snapshot=True)
         if row is None:
             return None
-        return _delivery(row), [_attempt(a) for a in attempts]
+        return delivery_from_row(row), [attempt_from_row(a) for a in attempts]
 
     # -- operator actions --------------------------------------------------------------
 
@@ -490,7 +409,7 @@ class DeliveryStore:
                 sql.make_pending(delivery_id, now_ms)
                 current = sql.delivery(delivery_id)
                 assert current is not None
-            return _delivery(current)
+            return delivery_from_row(current)
 
         return await self._write(run)
 
@@ -591,4 +510,4 @@ class DeliveryStore:
                 until_ms=until_ms, after=after, limit=limit,
             )
         )
-        return [_delivery(row) for row in rows]
+        return [delivery_from_row(row) for row in rows]

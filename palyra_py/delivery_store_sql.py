@@ -1,9 +1,10 @@
-"""The SQLite side of the delivery store: ``deliveries.db`` (file mode, pragmas, schema),
-every SQL statement, and the one writer thread that owns the write connection.
+"""The SQLite side of the delivery store: ``deliveries.db`` (file mode, pragmas, schema)
+and its SQL statements.
 
 ``delivery_store.py`` owns the rules (transitions, ids, health, stats) and the dataclasses;
 this module stores and fetches rows as tuples in the column orders below, so that a
-PostgreSQL store can be added beside it behind the same methods.
+PostgreSQL store can be added beside it behind the same methods. The figures' queries are
+in ``delivery_sql_stats`` and the writer thread in ``delivery_writer``.
 
 A ``DeliverySql`` wraps one connection and is not thread-safe: the store gives the writer
 thread one and guards the reader's with a lock. Its write methods run inside the
@@ -12,31 +13,19 @@ transaction the writer opened and do not commit.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import logging
 import sqlite3
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from palyra_py import sqlite_files
+from palyra_py.delivery_sql_stats import DeliveryStatsQueries, Where
 from palyra_py.sqlite_files import DIR_MODE as DIR_MODE  # re-exported
 from palyra_py.sqlite_files import FILE_MODE as FILE_MODE  # re-exported
-from palyra_py.sqlite_files import (
-    Outcome,
-    QueueWriterThread,
-    call_in_loop,
-    describe_sqlite_error,
-    open_database,
-    settle_outcomes,
-)
+from palyra_py.sqlite_files import describe_sqlite_error, open_database
 from palyra_py.sqlite_files import related_files as related_files  # re-exported
 from palyra_py.sqlite_files import restrict_permissions as restrict_permissions  # re-exported
-
-_log = logging.getLogger(__name__)
-_T = TypeVar("_T")
 
 SCHEMA_VERSION = 1
 MAX_ERROR_DETAIL_CHARS = 512
@@ -121,26 +110,31 @@ def describe_error(exc: BaseException, action: str) -> str:
     return describe_sqlite_error(exc, "delivery store", action)
 
 
+_BULK_JSON = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM
+
+
+def _json_rows(rows: Sequence[Row]) -> str | None:
+    """``rows`` as one JSON array for ``json_each``: a bulk write is then ONE statement,
+    one trip of the writer thread out of and back into the GIL, instead of one per row
+    (``executemany``), each of which can wait for a busy event loop to let go of it.
+    ``None`` when a text holds NUL, which SQLite's JSON functions cut short (write those
+    rows one by one). A lone surrogate raises ``UnicodeEncodeError``, as binding it would."""
+    text = json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+    if "\\u0000" in text or not _BULK_JSON:
+        return None
+    text.encode("utf-8")
+    return text
+
+
+def _json_columns(count: int) -> str:
+    """``json_extract(value, '$[0]') AS c0, ...`` for a row of ``count`` values."""
+    return ", ".join(f"json_extract(value, '$[{i}]') AS c{i}" for i in range(count))
+
+
 def _in_list(column: str, values: Sequence[str]) -> tuple[str, tuple[Any, ...]]:
     """``column IN (...)`` for any number of values, as one bound parameter."""
     sql = f"{column} IN (SELECT value FROM json_each(?))"  # noqa: S608 (a constant name)
     return sql, (json.dumps(list(values)),)
-
-
-class _Where:
-    """AND-ed conditions with their parameters, built from optional filters."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.params: list[Any] = []
-
-    def add(self, sql: str, *params: Any) -> None:
-        self.parts.append(sql)
-        self.params.extend(params)
-
-    @property
-    def sql(self) -> str:
-        return " AND ".join(self.parts) if self.parts else "1"
 
 
 def _enable_foreign_keys(conn: sqlite3.Connection) -> None:
@@ -148,7 +142,7 @@ def _enable_foreign_keys(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA foreign_keys = ON")
 
 
-class DeliverySql:
+class DeliverySql(DeliveryStatsQueries):
     """All SQL of the delivery store over one SQLite connection."""
 
     def __init__(self, conn: sqlite3.Connection) -> None:
@@ -188,16 +182,17 @@ class DeliverySql:
         """Roll back if a transaction is open; never raises."""
         sqlite_files.rollback(self._conn)
 
-    def savepoint(self) -> None:
-        self._conn.execute("SAVEPOINT job")
+    def savepoint(self, name: str = "job") -> None:
+        """``name`` is one of our own constant identifiers."""
+        self._conn.execute(f"SAVEPOINT {name}")
 
-    def release_savepoint(self) -> None:
-        self._conn.execute("RELEASE job")
+    def release_savepoint(self, name: str = "job") -> None:
+        self._conn.execute(f"RELEASE {name}")
 
-    def rollback_to_savepoint(self) -> None:
+    def rollback_to_savepoint(self, name: str = "job") -> None:
         """Undo everything since ``savepoint``; the enclosing transaction stays open."""
-        self._conn.execute("ROLLBACK TO job")
-        self._conn.execute("RELEASE job")
+        self._conn.execute(f"ROLLBACK TO {name}")
+        self._conn.execute(f"RELEASE {name}")
 
     # -- cursors -----------------------------------------------------------------------
 
@@ -234,13 +229,23 @@ class DeliverySql:
         event_id)`` exists is skipped. Returns how many were inserted."""
         if not rows:
             return 0
-        cur = self._conn.executemany(
-            "INSERT INTO deliveries (delivery_id, subscription_id, event_seq, event_id,"
-            " event_type, status, attempts, next_attempt_ms, created_ms, updated_ms)"
-            " VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?7)"
-            " ON CONFLICT (subscription_id, event_id) DO NOTHING",
-            rows,
-        )
+        columns = ("INSERT INTO deliveries (delivery_id, subscription_id, event_seq, event_id,"
+                   " event_type, status, attempts, next_attempt_ms, created_ms, updated_ms)")
+        doc = _json_rows(rows)
+        if doc is None:
+            cur = self._conn.executemany(
+                f"{columns} VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?7)"
+                " ON CONFLICT (subscription_id, event_id) DO NOTHING",
+                rows,
+            )
+        else:
+            # "WHERE true": an upsert after INSERT ... SELECT needs it to parse.
+            cur = self._conn.execute(
+                f"{columns} SELECT c0, c1, c2, c3, c4, 'pending', 0, c5, c6, c6"  # noqa: S608
+                f" FROM (SELECT {_json_columns(7)} FROM json_each(?)) WHERE true"
+                " ON CONFLICT (subscription_id, event_id) DO NOTHING",
+                (doc,),
+            )
         return max(cur.rowcount, 0)
 
     def delivery(self, delivery_id: str) -> Row | None:
@@ -249,6 +254,14 @@ class DeliverySql:
             (delivery_id,),
         ).fetchone()
         return row
+
+    def deliveries_by_id(self, delivery_ids: Sequence[str]) -> list[Row]:
+        """The rows of those of ``delivery_ids`` that exist, in no particular order."""
+        sql, params = _in_list("delivery_id", delivery_ids)
+        return self._conn.execute(
+            f"SELECT {_D_COLS} FROM deliveries WHERE {sql}",  # noqa: S608
+            params,
+        ).fetchall()
 
     def insert_attempt(self, row: Row) -> None:
         """Insert an attempt row (``ATTEMPT_COLUMNS`` order). Raises
@@ -259,6 +272,29 @@ class DeliverySql:
             row,
         )
 
+    def insert_attempts(self, rows: Sequence[Row]) -> None:
+        """``insert_attempt`` for many rows, all or none: ``sqlite3.IntegrityError`` (or
+        ``ValueError`` for text SQLite cannot take) leaves none of them inserted."""
+        doc = _json_rows(rows)
+        if doc is not None:  # one statement: atomic by itself
+            self._conn.execute(
+                f"INSERT INTO attempts ({_A_COLS})"  # noqa: S608 (constant column names)
+                f" SELECT {_json_columns(len(ATTEMPT_COLUMNS))} FROM json_each(?)",
+                (doc,),
+            )
+            return
+        self.savepoint("attempts")
+        try:
+            self._conn.executemany(
+                f"INSERT INTO attempts ({_A_COLS})"  # noqa: S608 (constant column names)
+                f" VALUES ({', '.join('?' for _ in ATTEMPT_COLUMNS)})",
+                rows,
+            )
+        except BaseException:
+            self.rollback_to_savepoint("attempts")
+            raise
+        self.release_savepoint("attempts")
+
     def attempts_of(self, delivery_id: str) -> list[Row]:
         return self._conn.execute(
             f"SELECT {_A_COLS} FROM attempts WHERE delivery_id = ?"  # noqa: S608
@@ -266,20 +302,25 @@ class DeliverySql:
             (delivery_id,),
         ).fetchall()
 
-    def update_after_attempt(
-        self,
-        delivery_id: str,
-        *,
-        status: str,
-        next_attempt_ms: int | None,
-        status_code: int | None,
-        error_class: str | None,
-        now_ms: int,
-    ) -> None:
+    def update_after_attempts(self, rows: Sequence[Row]) -> None:
+        """Set, per delivery, what its attempts made of it: rows of ``(delivery_id,
+        status, attempts, next_attempt_ms, last_status_code, last_error_class,
+        updated_ms)``, one per delivery."""
+        doc = _json_rows(rows)
+        if doc is None:
+            self._conn.executemany(
+                "UPDATE deliveries SET status = ?2, attempts = ?3, next_attempt_ms = ?4,"
+                " last_status_code = ?5, last_error_class = ?6, updated_ms = ?7"
+                " WHERE delivery_id = ?1",
+                rows,
+            )
+            return
         self._conn.execute(
-            "UPDATE deliveries SET attempts = attempts + 1, status = ?, next_attempt_ms = ?,"
-            " last_status_code = ?, last_error_class = ?, updated_ms = ? WHERE delivery_id = ?",
-            (status, next_attempt_ms, status_code, error_class, now_ms, delivery_id),
+            "UPDATE deliveries SET status = j.c1, attempts = j.c2, next_attempt_ms = j.c3,"  # noqa: S608
+            " last_status_code = j.c4, last_error_class = j.c5, updated_ms = j.c6"
+            f" FROM (SELECT {_json_columns(7)} FROM json_each(?)) AS j"
+            " WHERE deliveries.delivery_id = j.c0",
+            (doc,),
         )
 
     def make_pending(self, delivery_id: str, now_ms: int) -> None:
@@ -292,7 +333,7 @@ class DeliverySql:
     def recover(
         self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
     ) -> int:
-        where = _Where()
+        where = Where()
         where.add("subscription_id = ?", subscription_id)
         where.add("status = 'failed'")
         where.add("created_ms >= ?", since_ms)
@@ -360,7 +401,7 @@ class DeliverySql:
     # -- queue reads -------------------------------------------------------------------
 
     def due(self, now_ms: int, limit: int, exclude: Sequence[str]) -> list[Row]:
-        where = _Where()
+        where = Where()
         where.add("status = 'pending'")
         where.add("next_attempt_ms <= ?", now_ms)
         if exclude:
@@ -373,7 +414,7 @@ class DeliverySql:
         ).fetchall()
 
     def next_due_ms(self, exclude: Sequence[str]) -> int | None:
-        where = _Where()
+        where = Where()
         where.add("status = 'pending'")
         where.add("next_attempt_ms IS NOT NULL")
         if exclude:
@@ -385,6 +426,25 @@ class DeliverySql:
             tuple(where.params),
         ).fetchone()
         return None if row is None else int(row[0])
+
+    def due_of(self, now_ms: int, limit: int, subscriptions: Sequence[str]) -> list[Row]:
+        """Like ``due``, but only of the given subscriptions."""
+        sql, params = _in_list("subscription_id", subscriptions)
+        return self._conn.execute(
+            f"SELECT {_D_COLS} FROM deliveries"  # noqa: S608
+            f" WHERE status = 'pending' AND next_attempt_ms <= ? AND {sql}"
+            " ORDER BY next_attempt_ms, event_seq, delivery_id LIMIT ?",
+            (now_ms, *params, limit),
+        ).fetchall()
+
+    def next_due_after(self, now_ms: int) -> int | None:
+        """The earliest ``next_attempt_ms`` after ``now_ms`` of any pending delivery."""
+        row = self._conn.execute(
+            "SELECT min(next_attempt_ms) FROM deliveries"
+            " WHERE status = 'pending' AND next_attempt_ms > ?",
+            (now_ms,),
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
 
     def oldest_pending(self, subscription_id: str) -> Row | None:
         row: Row | None = self._conn.execute(
@@ -428,7 +488,7 @@ class DeliverySql:
     ) -> list[Row]:
         """Matching rows in ``delivery_id`` order (creation order), after ``after``;
         ``since_ms`` inclusive and ``until_ms`` exclusive on ``created_ms``."""
-        where = _Where()
+        where = Where()
         if subscription_id is not None:
             where.add("subscription_id = ?", subscription_id)
         if status is not None:
@@ -444,156 +504,3 @@ class DeliverySql:
             " ORDER BY delivery_id LIMIT ?",
             (*where.params, limit),
         ).fetchall()
-
-    # -- stats (call inside begin_read for one snapshot) -------------------------------
-
-    def status_counts(self, subscription_id: str | None, since_ms: int | None) -> dict[str, int]:
-        where = _deliveries_where(subscription_id, since_ms)
-        rows = self._conn.execute(
-            f"SELECT status, count(*) FROM deliveries WHERE {where.sql}"  # noqa: S608
-            " GROUP BY status",
-            tuple(where.params),
-        ).fetchall()
-        return {str(status): int(n) for status, n in rows}
-
-    def attempt_counts(self, subscription_id: str | None, since_ms: int | None) -> tuple[int, int]:
-        """``(attempts, attempts without an error class)`` started at or after
-        ``since_ms``."""
-        source, where = _attempts_where(subscription_id, since_ms)
-        row = self._conn.execute(
-            f"SELECT count(*), ifnull(sum(a.error_class IS NULL), 0) FROM {source}"  # noqa: S608
-            f" WHERE {where.sql}",
-            tuple(where.params),
-        ).fetchone()
-        return int(row[0]), int(row[1])
-
-    def recent_durations(
-        self, subscription_id: str | None, since_ms: int | None, limit: int
-    ) -> list[int]:
-        """Durations of the ``limit`` most recently started attempts in range."""
-        source, where = _attempts_where(subscription_id, since_ms)
-        rows = self._conn.execute(
-            f"SELECT a.duration_ms FROM {source} WHERE {where.sql}"  # noqa: S608
-            " ORDER BY a.started_ms DESC LIMIT ?",
-            (*where.params, limit),
-        ).fetchall()
-        return [int(row[0]) for row in rows]
-
-    def failures_by_class(
-        self, subscription_id: str | None, since_ms: int | None
-    ) -> dict[str, int]:
-        source, where = _attempts_where(subscription_id, since_ms)
-        where.add("a.error_class IS NOT NULL")
-        rows = self._conn.execute(
-            f"SELECT a.error_class, count(*) FROM {source} WHERE {where.sql}"  # noqa: S608
-            " GROUP BY a.error_class ORDER BY count(*) DESC, a.error_class",
-            tuple(where.params),
-        ).fetchall()
-        return {str(cls): int(n) for cls, n in rows}
-
-    def busiest(
-        self, subscription_id: str | None, since_ms: int | None, limit: int
-    ) -> list[tuple[str, int]]:
-        where = _deliveries_where(subscription_id, since_ms)
-        rows = self._conn.execute(
-            f"SELECT subscription_id, count(*) AS n FROM deliveries WHERE {where.sql}"  # noqa: S608
-            " GROUP BY subscription_id ORDER BY n DESC, subscription_id LIMIT ?",
-            (*where.params, limit),
-        ).fetchall()
-        return [(str(sub), int(n)) for sub, n in rows]
-
-
-def _deliveries_where(subscription_id: str | None, since_ms: int | None) -> _Where:
-    where = _Where()
-    if subscription_id is not None:
-        where.add("subscription_id = ?", subscription_id)
-    if since_ms is not None:
-        where.add("created_ms >= ?", since_ms)
-    return where
-
-
-def _attempts_where(subscription_id: str | None, since_ms: int | None) -> tuple[str, _Where]:
-    """The FROM clause (attempts ``a``, joined to deliveries ``d`` only when filtering by
-    subscription) and the conditions."""
-    where = _Where()
-    source = "attempts a"
-    if subscription_id is not None:
-        source = "attempts a JOIN deliveries d ON d.delivery_id = a.delivery_id"
-        where.add("d.subscription_id = ?", subscription_id)
-    if since_ms is not None:
-        where.add("a.started_ms >= ?", since_ms)
-    return source, where
-
-
-# -- the writer thread ----------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class WriteJob(Generic[_T]):
-    """``run`` is called on the writer thread inside the open transaction; ``future``
-    (of the writer's event loop) gets its result or exception after the commit."""
-
-    run: Callable[[DeliverySql], _T]
-    future: asyncio.Future[_T]
-
-
-class DeliveryWriter(QueueWriterThread):
-    """The store's only writer. Takes the first queued job and whatever else is queued
-    (up to ``batch_max``) and runs them in one transaction, each in a savepoint."""
-
-    def __init__(
-        self, sql: DeliverySql, *, loop: asyncio.AbstractEventLoop, batch_max: int
-    ) -> None:
-        super().__init__(name="palyra-delivery-writer", batch_max=batch_max)
-        self._sql = sql
-        self._loop = loop
-        self.commits = 0
-
-    def submit(self, job: WriteJob[Any]) -> None:
-        self._put(job)
-
-    def _close(self) -> None:
-        self._sql.close()
-
-    def _run_batch(self, jobs: list[WriteJob[Any]]) -> None:
-        try:
-            outcomes = self._transaction(jobs)
-        except Exception as exc:
-            self._sql.rollback()
-            if len(jobs) > 1:
-                # One job may have broken the shared transaction: give each its own, so
-                # the others do not fail on its account.
-                for job in jobs:
-                    self._run_batch([job])
-                return
-            outcomes = [(jobs[0].future, self._failure(exc))]
-        self._deliver(outcomes)
-
-    def _transaction(self, jobs: list[WriteJob[Any]]) -> list[Outcome]:
-        sql = self._sql
-        sql.begin_write()
-        outcomes: list[Outcome] = []
-        for job in jobs:
-            sql.savepoint()
-            try:
-                value = job.run(sql)
-            except (ValueError, LookupError) as exc:
-                # The job refused (bad input, unknown id): undo its writes only.
-                sql.rollback_to_savepoint()
-                outcomes.append((job.future, exc))
-            else:
-                sql.release_savepoint()
-                outcomes.append((job.future, value))
-        sql.commit()
-        self.commits += 1
-        return outcomes
-
-    @staticmethod
-    def _failure(exc: Exception) -> Exception:
-        if isinstance(exc, sqlite3.Error | OSError):
-            return DeliveryStoreUnavailable(describe_error(exc, "write"))
-        _log.exception("delivery writer: unexpected error")
-        return exc
-
-    def _deliver(self, outcomes: list[Outcome]) -> None:
-        call_in_loop(self._loop, settle_outcomes, outcomes)

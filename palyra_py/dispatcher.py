@@ -4,8 +4,14 @@ Two loops share one wake-up event:
 - the *enqueuer* follows the journal head and, per subscription, turns matching events into
   pending deliveries while moving that subscription's durable cursor in the same commit;
 - the *scheduler* starts attempts for due deliveries, within each subscription's in-flight
-  cap, rate limit and order, and records every outcome.
-Time comes from the injected clock only; tests move it and call :meth:`Dispatcher.wake`.
+  cap, rate limit and order, and records every outcome. It launches from in-memory queues
+  of due deliveries (``dispatch_queue``), reading the store in pages, only when those
+  queues may be out of date.
+
+An attempt holds its subscription's in-flight slot until its outcome is committed (so a
+crash re-sends at most the in-flight caps); the slot then goes straight to that
+subscription's next queued delivery. Time comes from the injected clock only; tests move
+it and call :meth:`Dispatcher.wake`.
 """
 
 from __future__ import annotations
@@ -14,10 +20,8 @@ import asyncio
 import contextlib
 import random
 import time
-from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import structlog
 
@@ -29,44 +33,46 @@ from palyra_py.delivery_store import (
     DeliveryStoreUnavailable,
     NewDelivery,
 )
-from palyra_py.filters import EventMatcher
+from palyra_py.dispatch_attempt import (
+    AttemptRunner,
+    DisableHook,
+    DispatcherStats,
+    JournalHook,
+    SubState,
+)
+from palyra_py.dispatch_events import EVENT_CACHE, PreparedEvents
+from palyra_py.dispatch_queue import ReadyEntry, ReadyQueues
 from palyra_py.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
 from palyra_py.metrics import Metrics
-from palyra_py.outbound_formats import render
-from palyra_py.published import PublishedEvent, from_journal, is_reserved, target_subscription
-from palyra_py.retry import RateLimiter, next_attempt_delay, parse_retry_after
-from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
-from palyra_py.sender import AttemptOutcome, Sender
-from palyra_py.signing import GITHUB_SIGNATURE_HEADER, StandardWebhooksSigner, github_signature
+from palyra_py.outbound_formats import PreparedEvent
+from palyra_py.published import PublishedEvent, is_reserved, target_subscription
+from palyra_py.secrets import SecretStore
+from palyra_py.sender import Sender
 from palyra_py.subscriptions import Subscription
+
+__all__ = ["EVENT_CACHE", "PAGE", "Dispatcher", "DispatcherStats"]
 
 log = structlog.get_logger("palyra.dispatcher")
 
 PAGE = 500
+ENQUEUE_ROWS = 500
+"""Deliveries one enqueue transaction creates at most (a page of events x subscriptions):
+the attempts recorded meanwhile wait for it, and hold their in-flight slots."""
 RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
-THROTTLE_STATUSES = frozenset({429, 502, 503, 504})
-EVENT_CACHE = 2048
-
-JournalHook = Callable[[str, dict[str, Any]], Awaitable[None]]
-DisableHook = Callable[[str, str], Awaitable[None]]
 
 
 @dataclass(slots=True)
-class _SubState:
-    matcher: EventMatcher
-    limiter: RateLimiter
-    in_flight: int = 0
-    secrets: tuple[str, ...] | None = field(default=None, repr=False)  # never in a repr/log
-    secrets_until: float = float("inf")
-    subscription: Subscription | None = None
+class _Launched:
+    """One attempt in progress; settled (and its slot given back) once."""
+
+    delivery_id: str
+    sub: Subscription
+    settled: bool = False
 
 
-@dataclass(slots=True)
-class DispatcherStats:
-    attempts: int = 0
-    succeeded: int = 0
-    failed: int = 0
-    waiters: dict[str, asyncio.Future[AttemptRecord]] = field(default_factory=dict)
+def _earliest(*times: int | None) -> int | None:
+    present = [t for t in times if t is not None]
+    return min(present) if present else None
 
 
 class Dispatcher:
@@ -90,35 +96,42 @@ class Dispatcher:
         self._journal = journal
         self._bus = bus
         self._store = store
-        self._sender = sender
         self._subscriptions = subscriptions
-        self._secrets = secrets
-        self._journal_event = journal_event
-        self._disable = disable_subscription
         self._clock = clock
         self._metrics = metrics
-        self._rand = rand or random.Random()  # noqa: S311 (jitter, not cryptography)
-        self._disable_after_ms = int(disable_after_s * 1000)
         self._max_total = max_in_flight_total
+        self._events = PreparedEvents(journal)
+        self._runner = AttemptRunner(
+            store=store, sender=sender, secrets=secrets, journal_event=journal_event,
+            disable_subscription=disable_subscription, clock=clock, metrics=metrics,
+            rand=rand or random.Random(),  # noqa: S311 (jitter, not cryptography)
+            disable_after_ms=int(disable_after_s * 1000), event=self._events.get,
+        )
+        self.stats = self._runner.stats
         self._wake = asyncio.Event()
-        self._states: dict[str, _SubState] = {}
+        self._states: dict[str, SubState] = {}
         self._cursors: dict[str, int] = {}
-        self._events: OrderedDict[int, PublishedEvent] = OrderedDict()
         self._tasks: set[asyncio.Task[None]] = set()
+        # Launched and not yet recorded: never launched again meanwhile (bug 7).
         self._in_flight_ids: set[str] = set()
-        # Attempts finished while a read of due deliveries was running make that read stale:
-        # the store still said "pending". Each finish is stamped with a pass number, and a
-        # pass skips what finished since it began (it was attempted already).
-        self._pass = 0
-        self._finished_at_pass: dict[str, int] = {}
+        # Attempts not yet recorded (nor crashed): they hold in-flight slots.
+        self._sending = 0
+        self._ready: ReadyQueues[PreparedEvent] = ReadyQueues()
+        self._ordered_check: set[str] = set()
+        self._pass_lock = asyncio.Lock()
         self._gauges_at = 0.0
-        self.stats = DispatcherStats()
-        self._recorded = asyncio.Condition()
+        self._stopping = False
 
     # -- control -------------------------------------------------------------------------
 
     def wake(self) -> None:
-        """Re-check everything now (after the clock moved, a registry change, a retry)."""
+        """Re-check everything now (after the clock moved, a registry change, a retry):
+        the next pass reads the due deliveries from the store again."""
+        self._ready.invalidate()
+        self._wake.set()
+
+    def _nudge(self) -> None:
+        # A slot freed or deliveries were queued: a pass from memory is enough.
         self._wake.set()
 
     def now_ms(self) -> int:
@@ -126,16 +139,11 @@ class Dispatcher:
 
     def first_attempt(self, event_id: str) -> asyncio.Future[AttemptRecord]:
         """A future for the first attempt of any delivery of ``event_id`` (subscription test)."""
-        fut = self.stats.waiters.get(event_id)
-        if fut is None:
-            fut = self.stats.waiters[event_id] = asyncio.get_running_loop().create_future()
-        return fut
+        return self._runner.first_attempt(event_id)
 
     async def wait_for_attempts(self, count: int, timeout: float = 15.0) -> None:  # noqa: ASYNC109
         """Until ``count`` attempts have been recorded since start (tests, ``test``)."""
-        async with self._recorded:
-            await asyncio.wait_for(
-                self._recorded.wait_for(lambda: self.stats.attempts >= count), timeout)
+        await self._runner.wait_for_attempts(count, timeout)
 
     async def start_at_head(self, subscription_id: str) -> None:
         """A new (or re-enabled without catch-up) subscription starts with the next event."""
@@ -150,6 +158,7 @@ class Dispatcher:
         try:
             await asyncio.gather(self._enqueue_forever(), self._schedule_forever())
         finally:
+            self._stopping = True  # a cancelled attempt's freed slot starts nothing new
             for task in list(self._tasks):
                 task.cancel()
             for task in list(self._tasks):
@@ -158,15 +167,18 @@ class Dispatcher:
 
     # -- enqueuer ------------------------------------------------------------------------
 
-    def _state(self, sub: Subscription) -> _SubState:
+    def _state(self, sub: Subscription) -> SubState:
         state = self._states.get(sub.subscription_id)
+        if state is not None and state.subscription is sub:
+            return state
         if state is None or state.subscription != sub:
             previous = state
-            state = _SubState(EventMatcher(sub.events, sub.filter),
-                              RateLimiter(sub.rate_limit_per_s), subscription=sub)
+            state = SubState.build(sub)
             if previous is not None:
                 state.in_flight = previous.in_flight
             self._states[sub.subscription_id] = state
+        else:
+            state.subscription = sub  # an equal copy (a reload): compare by identity next time
         return state
 
     async def _cursor(self, subscription_id: str) -> int:
@@ -182,6 +194,8 @@ class Dispatcher:
     def forget_cursor(self, subscription_id: str) -> None:
         self._cursors.pop(subscription_id, None)
         self._states.pop(subscription_id, None)
+        self._ready.forget(subscription_id)
+        self._ordered_check.discard(subscription_id)
 
     async def _enqueue_forever(self) -> None:
         while True:
@@ -211,45 +225,57 @@ class Dispatcher:
             return False
         cursors = {s.subscription_id: await self._cursor(s.subscription_id) for s in subs}
         low = min(cursors.values())
-        page = await self._journal.list(EventFilter(), after_seq=low, limit=PAGE)
+        limit = max(1, min(PAGE, ENQUEUE_ROWS // len(subs)))
+        page = await self._journal.list(EventFilter(), after_seq=low, limit=limit)
         if not page:
             return False
-        published = [(e, self._published(e)) for e in page]
+        published = [(e, self._events.prepared(e)) for e in page]
+        by_seq = {e.seq: p for e, p in published if p is not None}
         now_ms = self.now_ms()
+        targets: list[Subscription] = []
         writes = []
-        enqueued = False
         for sub in subs:
             cursor = cursors[sub.subscription_id]
             if cursor >= page[-1].seq:
                 continue
             state = self._state(sub)
             new = [
-                NewDelivery(sub.subscription_id, e.seq, e.event_id, p.type, now_ms)
+                NewDelivery(sub.subscription_id, e.seq, e.event_id, p.event.type, now_ms)
                 for e, p in published
-                if e.seq > cursor and p is not None and self._wanted(sub, state, e, p)
+                if e.seq > cursor and p is not None and self._wanted(sub, state, e, p.event)
             ]
-            enqueued = enqueued or bool(new)
-            writes.append(self._store.enqueue(sub.subscription_id, page[-1].seq, new,
-                                              now_ms=now_ms))
+            targets.append(sub)
+            writes.append(self._store.enqueue_created(sub.subscription_id, page[-1].seq, new,
+                                                      now_ms=now_ms))
         # Issued together, the store's writer commits them as one transaction (one fsync),
-        # instead of one fsync per subscription in turn.
-        await asyncio.gather(*writes)
-        for sub in subs:
-            self._cursors[sub.subscription_id] = max(cursors[sub.subscription_id], page[-1].seq)
-        if enqueued:
-            self.wake()
+        # instead of one fsync per subscription in turn. All are awaited, so that what was
+        # created reaches the scheduler's queues even when another write failed.
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        failure: BaseException | None = None
+        for sub, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+                continue
+            self._cursors[sub.subscription_id] = max(cursors[sub.subscription_id],
+                                                     page[-1].seq)
+            if result:
+                self._queue_created(sub, result, by_seq)
+        if failure is not None:
+            self._ready.invalidate()
+            raise failure
         return bool(writes)
 
-    def _published(self, event: JournalEvent) -> PublishedEvent | None:
-        published = from_journal(event)
-        if published is not None:
-            self._events[event.seq] = published
-            while len(self._events) > EVENT_CACHE:
-                self._events.popitem(last=False)
-        return published
+    def _queue_created(self, sub: Subscription, created: list[Delivery],
+                       events: Mapping[int, PreparedEvent]) -> None:
+        if sub.ordered:
+            self._ordered_check.add(sub.subscription_id)
+        else:
+            self._ready.add_created(sub.subscription_id, [
+                ReadyEntry(d, events.get(d.event_seq)) for d in created])
+        self._nudge()
 
     @staticmethod
-    def _wanted(sub: Subscription, state: _SubState, event: JournalEvent,
+    def _wanted(sub: Subscription, state: SubState, event: JournalEvent,
                 published: PublishedEvent) -> bool:
         target = target_subscription(event)
         if target is not None:
@@ -266,77 +292,205 @@ class Dispatcher:
         while True:
             self._wake.clear()
             try:
-                next_ms = await self.schedule_once()
+                next_ms = await self._schedule(refresh=False)
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
                 log.warning("delivery_schedule_failed", error=str(exc), retry_in_s=RETRY_S)
                 await self._pause()
                 continue
             timeout = None if next_ms is None else max(0.0, (next_ms - self.now_ms()) / 1000)
+            # asyncio.timeout, not wait_for: no task per wait.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
 
     async def schedule_once(self) -> int | None:
-        """Start every attempt that may start now; return when to look again (ms)."""
-        subs = self._subscriptions()
-        now_ms = self.now_ms()
-        self._pass += 1
-        this_pass = self._pass
-        self._finished_at_pass = {k: v for k, v in self._finished_at_pass.items()
-                                  if v >= this_pass - 1}
-        busy = {sid for sid, st in self._states.items()
-                if st.subscription is not None and st.in_flight >= self._cap(st.subscription)}
+        """Read the due deliveries from the store, start every attempt that may start now;
+        return when to look again (ms)."""
+        return await self._schedule(refresh=True)
+
+    async def _schedule(self, *, refresh: bool) -> int | None:
+        async with self._pass_lock:
+            if refresh:
+                self._ready.invalidate()
+            subs = self._subscriptions()
+            now_ms = self.now_ms()
+            if self._ready.needs_full_read(now_ms):
+                unordered = [s for s, sub in subs.items() if sub.enabled and not sub.ordered]
+                await self._read_due(unordered, now_ms, full=True)
+                self._ordered_check.update(s for s, sub in subs.items()
+                                           if sub.enabled and sub.ordered)
+            wait_until = self._launch_queued(subs, now_ms)
+            hungry = [s for s, sub in subs.items()
+                      if sub.enabled and not sub.ordered and self._ready.hungry(s)
+                      and self._state(sub).in_flight < self._cap(sub)]
+            if hungry and self._sending < self._max_total:
+                await self._read_due(hungry, now_ms, full=False)
+                wait_until = _earliest(wait_until, self._launch_queued(subs, now_ms))
+            if self._ordered_check:
+                wait_until = _earliest(wait_until, await self._launch_ordered(subs, now_ms))
+            await self._update_gauges(now_ms)
+            return _earliest(self._ready.next_due_ms, wait_until)
+
+    async def _read_due(self, subscriptions: list[str], now_ms: int, *, full: bool) -> None:
+        ready = self._ready
+        ready.begin_read(subscriptions)
+        try:
+            due, next_due = await self._store.due_page(now_ms, PAGE, subscriptions)
+            events = await self._events.get_many({d.event_seq for d in due})
+        except BaseException:
+            ready.abort_read()
+            raise
+        ready.end_read(subscriptions, [ReadyEntry(d, events.get(d.event_seq)) for d in due],
+                       in_flight=self._in_flight_ids, truncated=len(due) >= PAGE, full=full,
+                       next_due_ms=next_due)
+
+    def _launch_queued(self, subs: Mapping[str, Subscription], now_ms: int) -> int | None:
+        """Launch from the queues, earliest head first; returns when a rate limit lets the
+        next one go."""
+        ready = self._ready
         wait_until: int | None = None
-        capacity = self._max_total - len(self._tasks)
-        if capacity > 0:
-            due = await self._store.due(now_ms, min(capacity, PAGE), tuple(busy))
-            for delivery in due:
-                if (delivery.delivery_id in self._in_flight_ids
-                        or self._finished_at_pass.get(delivery.delivery_id, 0) >= this_pass):
-                    continue
-                sub = subs.get(delivery.subscription_id)
-                if sub is None or not sub.enabled:
-                    continue
-                state = self._state(sub)
-                if state.in_flight >= self._cap(sub):
-                    continue
-                if sub.ordered:
-                    oldest = await self._store.oldest_pending(sub.subscription_id)
-                    if oldest is None or oldest.delivery_id != delivery.delivery_id:
-                        continue
-                delay = state.limiter.take(now_ms / 1000)
-                if delay > 0:
-                    at = now_ms + int(delay * 1000) + 1
-                    wait_until = at if wait_until is None else min(wait_until, at)
-                    continue
-                self._launch(delivery, sub, state)
-        due_next = await self._store.next_due_ms(tuple(busy))
-        await self._update_gauges(now_ms)
-        candidates = [t for t in (due_next, wait_until) if t is not None]
-        return min(candidates) if candidates else None
+        capacity = self._max_total - self._sending
+        for subscription_id in ready.subscriptions_ready():
+            if capacity <= 0:
+                break
+            sub = subs.get(subscription_id)
+            if sub is None or not sub.enabled or sub.ordered:
+                ready.forget(subscription_id)
+                continue
+            launched, waited = self._launch_from_queue(sub, self._state(sub), now_ms, capacity)
+            capacity -= launched
+            wait_until = _earliest(wait_until, waited)
+        return wait_until
+
+    def _launch_from_queue(self, sub: Subscription, state: SubState, now_ms: int,
+                           capacity: int) -> tuple[int, int | None]:
+        """Launch queued deliveries of ``sub`` while it has slots (at most ``capacity``);
+        how many, and when a rate limit lets the next one go."""
+        launched = 0
+        while state.in_flight < self._cap(sub) and launched < capacity:
+            entry = self._ready.peek(sub.subscription_id, self._in_flight_ids)
+            if entry is None:
+                break
+            delay = state.limiter.take(now_ms / 1000)
+            if delay > 0:
+                return launched, now_ms + int(delay * 1000) + 1
+            self._ready.pop(sub.subscription_id)
+            self._launch(entry.delivery, entry.extra, sub, state)
+            launched += 1
+        return launched, None
+
+    async def _launch_ordered(self, subs: Mapping[str, Subscription], now_ms: int
+                              ) -> int | None:
+        """An ordered subscription may only attempt its oldest pending delivery. Checked
+        when something may have changed for it (a delivery created or recorded, a full
+        read), not on every pass."""
+        candidates: list[str] = []
+        for subscription_id in self._ordered_check:
+            sub = subs.get(subscription_id)
+            if sub is not None and sub.enabled and sub.ordered and self._state(sub).in_flight == 0:
+                candidates.append(subscription_id)
+        # Taken out now: what happens during the read (a record, a new delivery) puts a
+        # subscription back; below, only those that still wait for a slot go back.
+        self._ordered_check.clear()
+        if not candidates:
+            return None
+        ready = self._ready
+        ready.begin_read()
+        try:
+            oldest = await self._store.oldest_pending_of(candidates)
+        except BaseException:
+            ready.abort_read()
+            raise
+        stale = ready.end_read()
+        wait_until: int | None = None
+        subs = self._subscriptions()
+        for subscription_id in candidates:
+            delivery = oldest.get(subscription_id)
+            sub = subs.get(subscription_id)
+            if delivery is None or sub is None or not sub.enabled or not sub.ordered:
+                continue
+            if delivery.delivery_id in self._in_flight_ids:
+                continue  # its record puts the subscription back
+            due = delivery.next_attempt_ms is not None and delivery.next_attempt_ms <= now_ms
+            if delivery.delivery_id in stale or not due:
+                # Recorded during the read (it put the subscription back), or a retry not yet
+                # due (the next full read, at that time, puts it back).
+                continue
+            state = self._state(sub)
+            if state.in_flight > 0 or self._sending >= self._max_total:
+                self._ordered_check.add(subscription_id)
+                continue
+            delay = state.limiter.take(now_ms / 1000)
+            if delay > 0:
+                wait_until = _earliest(wait_until, now_ms + int(delay * 1000) + 1)
+                self._ordered_check.add(subscription_id)
+                continue
+            self._launch(delivery, None, sub, state)
+        return wait_until
 
     @staticmethod
     def _cap(sub: Subscription) -> int:
         return 1 if sub.ordered else sub.max_in_flight
 
-    def _launch(self, delivery: Delivery, sub: Subscription, state: _SubState) -> None:
+    def _launch(self, delivery: Delivery, prepared: PreparedEvent | None, sub: Subscription,
+                state: SubState) -> None:
+        launched = _Launched(delivery.delivery_id, sub)
         state.in_flight += 1
-        self._in_flight_ids.add(delivery.delivery_id)
-        task = asyncio.create_task(self._attempt(delivery, sub))
+        self._sending += 1
+        self._in_flight_ids.add(launched.delivery_id)
+        task = asyncio.create_task(self._runner.run(
+            delivery, prepared, state, settled=lambda next_ms: self._settled(launched, next_ms)))
         self._tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
-            self._in_flight_ids.discard(delivery.delivery_id)
-            self._finished_at_pass[delivery.delivery_id] = self._pass
-            current = self._states.get(sub.subscription_id)
-            if current is not None:
-                current.in_flight = max(0, current.in_flight - 1)
+            if not launched.settled:  # not recorded (crashed, cancelled)
+                self._ready.invalidate()  # the store says whether it is still due
+                self._settled(launched, None)
             if not t.cancelled() and t.exception() is not None:
-                log.error("delivery_attempt_crashed", delivery_id=delivery.delivery_id,
+                log.error("delivery_attempt_crashed", delivery_id=launched.delivery_id,
                           error=repr(t.exception()))
-            self.wake()
+            self._nudge()
 
         task.add_done_callback(finished)
+
+    def _settled(self, launched: _Launched, next_ms: int | None) -> None:
+        """The attempt's outcome is in the store (or never will be): the delivery may be
+        launched again by what a read from now on finds. In this order: a read that was
+        running may have seen it pending, and ``note_due`` then makes a later one happen.
+        Once per attempt: after this, a retry of the delivery may be in flight while the
+        task of this attempt still finishes (journaling, disabling)."""
+        if launched.settled:
+            return
+        launched.settled = True
+        self._in_flight_ids.discard(launched.delivery_id)
+        self._ready.recorded(launched.delivery_id)
+        if next_ms is not None:
+            self._ready.note_due(next_ms)
+        if launched.sub.ordered:
+            self._ordered_check.add(launched.sub.subscription_id)
+        # Its in-flight slot goes back.
+        self._sending -= 1
+        state = self._states.get(launched.sub.subscription_id)
+        if state is not None:
+            state.in_flight = max(0, state.in_flight - 1)
+            if self._launch_next(state):
+                return
+        self._nudge()
+
+    def _launch_next(self, state: SubState) -> bool:
+        """The slot just freed goes straight to the subscription's next queued delivery, if
+        a pass would launch that one now anyway (no wait for the scheduler's turn: under load
+        every hop through it costs a turn of the busy loop). False: leave it to a pass."""
+        sub = state.subscription
+        now_ms = self.now_ms()
+        if (self._stopping or sub.ordered or not sub.enabled or self._ready.needs_full_read(now_ms)
+                or self._subscriptions().get(sub.subscription_id) is not sub
+                or self._ready.queued(sub.subscription_id) == 0):
+            return False
+        capacity = self._max_total - self._sending
+        launched, waited = self._launch_from_queue(sub, state, now_ms, min(capacity, 1))
+        return launched > 0 and waited is None
 
     async def _update_gauges(self, now_ms: int) -> None:
         # Both queries walk the pending rows: at most once a second, not once a pass.
@@ -346,120 +500,3 @@ class Dispatcher:
         self._metrics.deliveries_pending.set(await self._store.pending_count())
         age = await self._store.oldest_pending_age_ms(now_ms)
         self._metrics.delivery_oldest_pending_seconds.set((age or 0) / 1000)
-
-    # -- one attempt ---------------------------------------------------------------------
-
-    async def _event(self, seq: int) -> PublishedEvent | None:
-        cached = self._events.get(seq)
-        if cached is not None:
-            return cached
-        page = await self._journal.list(EventFilter(), after_seq=seq - 1, limit=1)
-        if not page or page[0].seq != seq:
-            return None
-        return self._published(page[0])
-
-    async def _signing_secrets(self, sub: Subscription, now: float) -> tuple[str, ...]:
-        state = self._states[sub.subscription_id]
-        if state.secrets is not None and now < state.secrets_until:
-            return state.secrets
-        if sub.secret_ref is None:
-            raise SecretNotFound("no secret_ref set")
-        found = [await asyncio.to_thread(self._secrets.resolve, sub.secret_ref)]
-        until = float("inf")
-        if sub.previous_secret_ref and sub.previous_valid_until is not None:
-            valid_until = sub.previous_valid_until.timestamp()
-            if now < valid_until:
-                with contextlib.suppress(SecretNotFound, SecretRefError):
-                    found.append(
-                        await asyncio.to_thread(self._secrets.resolve, sub.previous_secret_ref)
-                    )
-                    until = valid_until
-        state.secrets, state.secrets_until = tuple(found), until
-        return state.secrets
-
-    def _headers(self, sub: Subscription, secrets: tuple[str, ...], event: PublishedEvent,
-                 body: bytes, now: float) -> dict[str, str]:
-        headers = dict(sub.headers)
-        headers["Content-Type"] = "application/json"
-        headers.update(StandardWebhooksSigner(secrets).headers(event.id, int(now), body))
-        if sub.signature_format == "github":
-            headers[GITHUB_SIGNATURE_HEADER] = github_signature(secrets[0], body)
-        return headers
-
-    async def _attempt(self, delivery: Delivery, sub: Subscription) -> None:
-        now = self._clock()
-        started_ms = int(now * 1000)
-        event = await self._event(delivery.event_seq)
-        if event is None:
-            outcome = AttemptOutcome(None, "connect", "event no longer in the journal", None,
-                                     0, None)
-        else:
-            try:
-                secrets = await self._signing_secrets(sub, now)
-            except (SecretNotFound, SecretRefError) as exc:
-                outcome = AttemptOutcome(None, "connect", f"signing secret unavailable: {exc}",
-                                         None, 0, None)
-            else:
-                body = render(sub.format, event)
-                headers = self._headers(sub, secrets, event, body, now)
-                outcome = await self._sender.post(sub.url, body, headers, sub.timeout_s)
-        await self._record(delivery, sub, outcome, started_ms)
-
-    async def _record(self, delivery: Delivery, sub: Subscription, outcome: AttemptOutcome,
-                      started_ms: int) -> None:
-        attempt_no = delivery.attempts + 1
-        record = AttemptRecord(
-            delivery.delivery_id, attempt_no, started_ms, outcome.duration_ms,
-            outcome.status_code, outcome.error_class, outcome.error_detail, outcome.excerpt,
-        )
-        now = self._clock()
-        now_ms = int(now * 1000)
-        gone = outcome.status_code == 410
-        if outcome.ok:
-            status, next_ms = "succeeded", None
-        elif gone:
-            status, next_ms = "failed", None
-        else:
-            delay = next_attempt_delay(sub.retry_schedule, attempt_no, self._rand)
-            if delay is not None and outcome.status_code in THROTTLE_STATUSES:
-                asked = parse_retry_after(outcome.retry_after, now)
-                if asked is not None:
-                    delay = max(delay, asked)
-            status = "pending" if delay is not None else "failed"
-            next_ms = None if delay is None else now_ms + int(delay * 1000)
-        updated = await self._store.record_attempt(record, status=status,  # type: ignore[arg-type]
-                                                   next_attempt_ms=next_ms, now_ms=now_ms)
-        self._count(sub, outcome, status)
-        waiter = self.stats.waiters.pop(delivery.event_id, None)
-        if waiter is not None and not waiter.done():
-            waiter.set_result(record)
-        if status == "failed" and not gone:
-            await self._journal_event("delivery.exhausted", {
-                "delivery_id": delivery.delivery_id, "subscription_id": sub.subscription_id,
-                "event_id": delivery.event_id, "event_type": delivery.event_type,
-                "attempts": updated.attempts, "last_status_code": outcome.status_code,
-                "last_error_class": outcome.error_class,
-            })
-        if gone:
-            await self._disable(sub.subscription_id, "the endpoint answered 410 Gone")
-        elif not outcome.ok:
-            _, failing_since = await self._store.health(sub.subscription_id)
-            if failing_since is not None and now_ms - failing_since >= self._disable_after_ms:
-                days = self._disable_after_ms / 86_400_000
-                await self._disable(sub.subscription_id,
-                                    f"no successful delivery for {days:g} days")
-        # Last: whoever waits for this attempt sees all of its consequences.
-        async with self._recorded:
-            self._recorded.notify_all()
-
-    def _count(self, sub: Subscription, outcome: AttemptOutcome, status: str) -> None:
-        self.stats.attempts += 1
-        if outcome.ok:
-            self.stats.succeeded += 1
-        elif status == "failed":
-            self.stats.failed += 1
-        if self._metrics is not None:
-            result = "succeeded" if outcome.ok else (outcome.error_class or "failed")
-            self._metrics.deliveries.labels(sub.subscription_id, result).inc()
-            self._metrics.delivery_attempt_seconds.labels(sub.subscription_id).observe(
-                outcome.duration_ms / 1000)

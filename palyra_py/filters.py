@@ -26,6 +26,8 @@ MAX_PATH_DEPTH = 8
 MAX_VALUE_CHARS = 1024
 MAX_PATTERNS = 64
 MAX_PATTERN_CHARS = 128
+TYPE_VERDICTS = 1024
+"""Event types whose glob verdict an ``EventMatcher`` remembers (then it starts again)."""
 
 _SEGMENT = re.compile(r"[A-Za-z0-9_-]+")
 _INTEGER = re.compile(r"[+-]?[0-9]+")
@@ -128,14 +130,26 @@ class EventMatcher:
             self._types = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
         table = validate_filter_table(filter)
         self._checks = tuple((validate_path(path), value) for path, value in table.items())
+        # Few distinct types go by, each matched against the globs once per subscription.
+        self._type_verdicts: dict[str, bool] = {}
 
     def matches(self, published: PublishedEvent) -> bool:
-        if self._types is not None and self._types.match(published.type) is None:
+        if self._types is not None and not self._type_matches(published.type):
             return False
         if not self._checks:
             return True
         body = published.body()
         return all(_equal(_resolve(body, path), expected) for path, expected in self._checks)
+
+    def _type_matches(self, event_type: str) -> bool:
+        verdict = self._type_verdicts.get(event_type)
+        if verdict is None:
+            assert self._types is not None
+            verdict = self._types.match(event_type) is not None
+            if len(self._type_verdicts) >= TYPE_VERDICTS:
+                self._type_verdicts.clear()
+            self._type_verdicts[event_type] = verdict
+        return verdict
 
 
 _MISSING = object()

@@ -51,6 +51,9 @@ class Metrics:
         self.delivery_oldest_pending_seconds = Gauge(
             "palyra_delivery_oldest_pending_seconds", "Age of the oldest pending delivery",
             registry=r)
+        # Resolved children, per label values: ``.labels()`` costs more than the increment.
+        self._delivery_results: dict[tuple[str, str], Counter] = {}
+        self._delivery_durations: dict[str, Histogram] = {}
         self.sse_clients = Gauge(
             "palyra_sse_clients", "Connected Server-Sent Events clients", registry=r)
         self._head = 0
@@ -61,6 +64,19 @@ class Metrics:
             self.journal_batch_size.observe(max(1, seq - self._head))
         self._head = seq
         self.journal_last_seq.set(seq)
+
+    def delivery_attempted(self, subscription: str, result: str, seconds: float) -> None:
+        """Count one outbound attempt (``deliveries``) and observe its duration."""
+        counter = self._delivery_results.get((subscription, result))
+        if counter is None:
+            counter = self._delivery_results[(subscription, result)] = self.deliveries.labels(
+                subscription, result)
+        counter.inc()
+        histogram = self._delivery_durations.get(subscription)
+        if histogram is None:
+            histogram = self._delivery_durations[subscription] = (
+                self.delivery_attempt_seconds.labels(subscription))
+        histogram.observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

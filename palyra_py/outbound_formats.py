@@ -52,6 +52,24 @@ def render(format: Format, event: PublishedEvent) -> bytes:
     raise ValueError(f"unknown format {format!r}: one of {', '.join(FORMATS)}")
 
 
+class PreparedEvent:
+    """A published event with its request bodies, each rendered on first use and then
+    shared by every delivery of the event in that format (and by its retries)."""
+
+    __slots__ = ("_bodies", "event")
+
+    def __init__(self, event: PublishedEvent) -> None:
+        self.event = event
+        self._bodies: dict[str, bytes] = {}
+
+    def body(self, format: Format) -> bytes:
+        """``render(format, self.event)``, computed once."""
+        body = self._bodies.get(format)
+        if body is None:
+            body = self._bodies[format] = render(format, self.event)
+        return body
+
+
 def summary_fields(data: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """``(name, value)`` for the top-level scalar fields of ``data`` in order, secret-looking
     names left out, values as JSON text except non-blank strings (given as they are)."""

@@ -2,8 +2,9 @@
 
 The session resolves every host through :class:`GuardedResolver`, so the address checked by
 the SSRF policy is the address connected to; IP-literal URLs (which aiohttp never resolves)
-are checked here before connecting. Proxies from the environment are ignored for the same
-reason: behind a proxy only the proxy's address would be checked."""
+are checked here before connecting (the verdict for an IP literal never changes, so it is
+kept per URL). Proxies from the environment are ignored for the same reason: behind a proxy
+only the proxy's address would be checked."""
 
 from __future__ import annotations
 
@@ -19,6 +20,11 @@ from palyra_py.ssrf import AddressPolicy, GuardedResolver, SsrfBlocked, find_ssr
 
 EXCERPT_BYTES = 4096
 USER_AGENT = f"palyra-py/{__version__} (+webhooks)"
+LITERAL_VERDICTS = 1024
+"""URLs whose IP-literal verdict is kept (then the memo starts again)."""
+# The attempt's own deadline (asyncio.timeout, per subscription) bounds everything; the
+# session's default timers would only be armed and cancelled on every request.
+_NO_SESSION_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +47,8 @@ class Sender:
         self._policy = policy
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        # URL -> None (not a refused IP literal) or (ip, reason).
+        self._literal_verdicts: dict[str, tuple[str, str] | None] = {}
 
     async def start(self) -> None:
         connector = aiohttp.TCPConnector(
@@ -49,7 +57,7 @@ class Sender:
         )
         self._session = aiohttp.ClientSession(
             connector=connector, trust_env=False, auto_decompress=False,
-            headers={"User-Agent": USER_AGENT},
+            headers={"User-Agent": USER_AGENT}, timeout=_NO_SESSION_TIMEOUT,
         )
 
     async def close(self) -> None:
@@ -70,8 +78,9 @@ class Sender:
                                   retry_after)
 
         try:
-            host = urlsplit(url).hostname or ""
-            self._policy.check_literal_host(host)
+            refused = self._literal_verdict(url)
+            if refused is not None:
+                return done(None, "ssrf_blocked", f"{refused[0]} is {refused[1]}")
             async with asyncio.timeout(timeout_s), self._session.post(
                 url, data=body, headers=headers, allow_redirects=False,
             ) as resp:
@@ -82,8 +91,6 @@ class Sender:
                     return done(resp.status, None, None, excerpt)
                 return done(resp.status, "http_status", f"HTTP {resp.status}", excerpt,
                             resp.headers.get("Retry-After"))
-        except SsrfBlocked as exc:
-            return done(None, "ssrf_blocked", f"{exc.ip} is {exc.reason}")
         except TimeoutError:
             return done(None, "timeout", f"no answer within {timeout_s:g} s")
         except aiohttp.ClientConnectorDNSError as exc:
@@ -98,3 +105,19 @@ class Sender:
             if blocked is not None:
                 return done(None, "ssrf_blocked", f"{blocked.ip} is {blocked.reason}")
             return done(None, "connect", f"{type(exc).__name__}: {exc}"[:200])
+
+    def _literal_verdict(self, url: str) -> tuple[str, str] | None:
+        """``(ip, reason)`` when the URL's host is an IP literal the policy refuses."""
+        try:
+            return self._literal_verdicts[url]
+        except KeyError:
+            pass
+        verdict: tuple[str, str] | None = None
+        try:
+            self._policy.check_literal_host(urlsplit(url).hostname or "")
+        except SsrfBlocked as exc:
+            verdict = (exc.ip, exc.reason)
+        if len(self._literal_verdicts) >= LITERAL_VERDICTS:
+            self._literal_verdicts.clear()
+        self._literal_verdicts[url] = verdict
+        return verdict

@@ -2,13 +2,16 @@
 ``signature_format = "github"``, GitHub's ``X-Hub-Signature-256``. Pure apart from
 ``generate_subscription_secret`` (the OS random source).
 
-The HMAC helpers are the inbound verifiers' (``providers.standard_webhooks``,
-``providers._common``), so what we sign is exactly what our own ingress accepts.
+The secret decoding and the signed content are the inbound verifier's
+(``providers.standard_webhooks``), so what we sign is exactly what our own ingress accepts
+(``tests/test_signing.py`` checks both that and the reference library).
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import secrets as _random
 from collections.abc import Sequence
 
@@ -19,7 +22,6 @@ from palyra_py.providers.standard_webhooks import (
     SIGNATURE,
     TIMESTAMP,
     decode_secret,
-    sign_v1,
 )
 
 GITHUB_SIGNATURE_HEADER = "X-Hub-Signature-256"
@@ -41,15 +43,23 @@ class StandardWebhooksSigner:
             if key is None:
                 raise ValueError(f"signing secret #{index + 1} is not whsec_<base64>")
             keys.append(key)
-        self._keys = tuple(keys)
+        # One keyed HMAC per secret, copied for each message: the key schedule (and
+        # OpenSSL's digest lookup) once per signer instead of once per delivery.
+        self._macs = tuple(hmac.new(key, digestmod=hashlib.sha256) for key in keys)
 
     def headers(self, msg_id: str, timestamp: int, body: bytes) -> dict[str, str]:
         """``webhook-id``, ``webhook-timestamp`` and ``webhook-signature`` (one
         space-separated ``v1,<base64>`` per secret, current first). ``msg_id`` must stay the
         same across retries of one message: receivers dedupe on it."""
         stamp = str(int(timestamp))
-        signatures = " ".join(sign_v1(key, msg_id, stamp, body) for key in self._keys)
-        return {ID: msg_id, TIMESTAMP: stamp, SIGNATURE: signatures}
+        # The content standard_webhooks.sign_v1 signs: "{id}.{timestamp}.{body}".
+        signed = c.to_bytes(msg_id) + b"." + stamp.encode("ascii") + b"." + body
+        entries = []
+        for keyed in self._macs:
+            mac = keyed.copy()
+            mac.update(signed)
+            entries.append("v1," + base64.b64encode(mac.digest()).decode("ascii"))
+        return {ID: msg_id, TIMESTAMP: stamp, SIGNATURE: " ".join(entries)}
 
 
 def github_signature(secret: str, body: bytes) -> str:

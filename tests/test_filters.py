@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from palyra_py.filters import (
+    TYPE_VERDICTS,
     EventMatcher,
     Scalar,
     parse_filter,
@@ -138,3 +139,14 @@ def test_cli_value_round_trips_through_json_text(value: Scalar) -> None:
     assert path == "data.x"
     assert parsed == value and type(parsed) is type(value)
     assert EventMatcher([], {path: parsed}).matches(published(data={"x": value}))
+
+
+def test_matcher_verdicts_per_type_stay_right_past_their_memo() -> None:
+    matcher = EventMatcher(["shop.order.*", "ci.*"], {})
+    for round_ in range(2):
+        for n in range(TYPE_VERDICTS + 50):
+            wanted = n % 3 == 0
+            type_ = f"shop.order.t{n}" if wanted else f"shop.other.t{n}"
+            assert matcher.matches(published(type_)) is wanted, (round_, n)
+    assert matcher.matches(published("ci.build"))
+    assert not matcher.matches(published("cd.build"))

@@ -8,7 +8,11 @@ from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
 from palyra_py.providers.github import GitHubSignature
-from palyra_py.providers.standard_webhooks import StandardWebhooksSignature
+from palyra_py.providers.standard_webhooks import (
+    StandardWebhooksSignature,
+    decode_secret,
+    sign_v1,
+)
 from palyra_py.signing import (
     StandardWebhooksSigner,
     generate_subscription_secret,
@@ -84,3 +88,15 @@ def test_github_signature_docs_vector_and_verifier() -> None:
     # Keyed by the whole whsec_ string as a plain shared secret, as GitHub receivers expect.
     verified = GitHubSignature().verify(headers, BODY, [secret], 0, 300)
     assert verified.event_type == "push"
+
+
+def test_signer_matches_the_verifier_helper_call_after_call() -> None:
+    # The signer keeps one keyed HMAC per secret and copies it per message: signing twice,
+    # or another message in between, must give what the provider helper gives each time.
+    secrets = [generate_subscription_secret(), generate_subscription_secret()]
+    signer = StandardWebhooksSigner(secrets)
+    keys = [decode_secret(s) for s in secrets]
+    for msg_id, stamp, body in (("m1", 1_800_000_000, BODY), ("m2", 1_800_000_001, b"{}"),
+                                ("m1", 1_800_000_000, BODY)):
+        expected = " ".join(sign_v1(k, msg_id, str(stamp), body) for k in keys if k)
+        assert signer.headers(msg_id, stamp, body)["webhook-signature"] == expected

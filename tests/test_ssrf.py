@@ -9,6 +9,7 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
+from palyra_py.sender import LITERAL_VERDICTS, Sender
 from palyra_py.ssrf import (
     AddressPolicy,
     GuardedResolver,
@@ -224,3 +225,29 @@ def test_find_ssrf_blocked_on_unrelated_errors() -> None:
     except RuntimeError as outer:
         found = find_ssrf_blocked(outer)
     assert found is not None and found.reason == "private"
+
+
+async def test_sender_refuses_an_ip_literal_on_every_attempt(local_server: TestServer) -> None:
+    # The verdict on an IP literal is kept per URL; the refusal still answers every attempt,
+    # and an allowed literal still reaches the server.
+    sender = Sender(AddressPolicy())
+    await sender.start()
+    try:
+        url = f"http://127.0.0.1:{local_server.port}/"
+        for _ in range(2):
+            outcome = await sender.post(url, b"{}", {}, 5)
+            assert (outcome.error_class, outcome.error_detail) == (
+                "ssrf_blocked", "127.0.0.1 is loopback")
+        for n in range(LITERAL_VERDICTS + 5):  # past the memo's bound it starts again
+            await sender.post(f"http://10.0.0.{n % 250}:{n}/x", b"{}", {}, 5)
+        outcome = await sender.post(url, b"{}", {}, 5)
+        assert outcome.error_class == "ssrf_blocked"
+    finally:
+        await sender.close()
+    allowed = Sender(AddressPolicy(allow_private=True))
+    await allowed.start()
+    try:
+        outcome = await allowed.post(f"http://127.0.0.1:{local_server.port}/", b"{}", {}, 5)
+        assert outcome.error_class == "http_status" and outcome.status_code == 405  # GET-only
+    finally:
+        await allowed.close()

@@ -1,0 +1,221 @@
+"""The dispatcher's scheduling on the real daemon: retries that are due at once, the
+in-flight cap and the rate limit when a freed slot goes straight to the next delivery, a
+backlog larger than a page and a queue, and the per-attempt metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from palyra_py.daemon import Daemon
+from palyra_py.dispatch_queue import QUEUE_MAX
+from palyra_py.dispatcher import PAGE
+from palyra_py.metrics import Metrics
+from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from tests.receiver import Receiver, running_receiver
+
+
+@pytest.fixture
+def clock() -> ManualClock:
+    return ManualClock(start=time.time())
+
+
+@pytest.fixture
+async def outbound(
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring
+) -> AsyncIterator[Daemon]:
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              delivery__allow_private_networks=True) as d:
+        yield d
+
+
+@pytest.fixture
+async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.UnixConnector(path=str(outbound.socket_path))
+    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
+        yield session
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    async with running_receiver() as r:
+        yield r
+
+
+async def call(admin: aiohttp.ClientSession, method: str, path: str, expect: int,
+               **body: Any) -> dict[str, Any]:
+    async with admin.request(method, path, json=body) as resp:
+        answer: dict[str, Any] = await resp.json()
+        assert resp.status == expect, answer
+        return answer
+
+
+async def publish_many(admin: aiohttp.ClientSession, type_: str, count: int) -> None:
+    gate = asyncio.Semaphore(32)
+
+    async def one(i: int) -> None:
+        async with gate:
+            await call(admin, "POST", "/v1/events", 201, type=type_, data={"i": i})
+
+    await asyncio.gather(*(one(i) for i in range(count)))
+
+
+async def attempts_of(admin: aiohttp.ClientSession, sub: str) -> list[tuple[Any, ...]]:
+    async with admin.get("/v1/deliveries", params={"subscription": sub}) as resp:
+        (row,) = (await resp.json())["deliveries"]
+    shown = await call(admin, "GET", f"/v1/deliveries/{row['delivery_id']}", 200)
+    return [(a["attempt_no"], a["status_code"], a["error_class"]) for a in shown["attempts"]]
+
+
+async def test_a_retry_due_at_once_is_made_without_being_woken(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+) -> None:
+    # The clock never moves and nobody calls wake(): the recorded retry alone must bring
+    # the delivery back, although it was in flight when the scheduler last looked.
+    receiver.script = [500, 503]
+    await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="again",
+               url=receiver.url, retry_schedule=["0s", "0s", "0s"])
+    await call(admin_o, "POST", "/v1/events", 201, type="x.y")
+    await outbound.dispatcher.wait_for_attempts(3)
+    assert await attempts_of(admin_o, "again") == [
+        (1, 500, "http_status"), (2, 503, "http_status"), (3, 200, None)]
+    # Each retry went out while the attempt before it was still finishing (its health
+    # check): that attempt's end must not free the retry for a second send.
+    assert len(receiver.received) == 3
+
+
+async def test_the_end_of_an_attempt_never_frees_its_retry_for_a_second_send(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+) -> None:
+    # Each first attempt fails and its retry is due at once: the retry can go out while
+    # the failed attempt still finishes (its health check). That attempt's end must not
+    # free the retry, still in flight, for a second send. (A race: it guards, not proves.)
+    events = 40
+    seen: set[str] = set()
+
+    def first_fails(got: Any) -> web.Response:
+        event_id = got.headers["webhook-id"]
+        status = 200 if event_id in seen else 500
+        seen.add(event_id)
+        return web.Response(status=status)
+
+    receiver.script = [first_fails] * (4 * events)
+    for sid, ordered in (("in-order", True), ("any-order", False)):
+        await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id=sid,
+                   url=f"{receiver.url}/{sid}", ordered=ordered, events=[f"{sid}.*"],
+                   retry_schedule=["0s", "0s", "0s"])
+    for i in range(events):
+        await call(admin_o, "POST", "/v1/events", 201, type="in-order.x", data={"i": i})
+        await call(admin_o, "POST", "/v1/events", 201, type="any-order.x", data={"i": i})
+    await outbound.dispatcher.wait_for_attempts(4 * events, timeout=30)
+    arrivals = Counter(r.headers["webhook-id"] for r in receiver.received)
+    assert len(arrivals) == 2 * events and set(arrivals.values()) == {2}
+    in_order = [r.json()["data"]["i"] for r in receiver.received if r.path.endswith("/in-order")]
+    assert in_order == [i for i in range(events) for _ in (1, 2)]
+
+
+async def test_max_in_flight_holds_while_freed_slots_go_to_the_next_delivery(
+    outbound: Daemon, admin_o: aiohttp.ClientSession,
+) -> None:
+    held: list[asyncio.Future[None]] = []
+    arrived = asyncio.Condition()
+    seen: list[str] = []
+    peak = 0
+
+    async def hook(request: web.Request) -> web.Response:
+        nonlocal peak
+        await request.read()
+        gate = asyncio.get_running_loop().create_future()
+        async with arrived:
+            held.append(gate)
+            seen.append(request.headers["webhook-id"])
+            peak = max(peak, sum(1 for g in held if not g.done()))
+            arrived.notify_all()
+        await gate
+        return web.Response(status=200)
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="capped",
+                   url=f"http://127.0.0.1:{port}/hook", max_in_flight=3)
+        await publish_many(admin_o, "x.y", 12)
+        for n in range(3, 13):
+            async with arrived:
+                await asyncio.wait_for(arrived.wait_for(lambda n=n: len(held) >= n), 15)
+            next(g for g in held if not g.done()).set_result(None)  # answer the oldest
+        for gate in held:
+            if not gate.done():
+                gate.set_result(None)
+        await outbound.dispatcher.wait_for_attempts(12)
+    finally:
+        for gate in held:
+            if not gate.done():
+                gate.set_result(None)
+        await runner.cleanup()
+    assert peak == 3
+    assert len(seen) == len(set(seen)) == 12
+
+
+async def test_the_rate_limit_holds_when_a_slot_frees(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, clock: ManualClock,
+) -> None:
+    await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="slow",
+               url=receiver.url, rate_limit_per_s=1, max_in_flight=5)
+    for i in range(3):
+        await call(admin_o, "POST", "/v1/events", 201, type="x.y", data={"i": i})
+    await outbound.dispatcher.wait_for_attempts(1)
+    # The answer freed a slot, but the bucket is empty until the (manual) clock moves.
+    next_ms = await outbound.dispatcher.schedule_once()
+    assert next_ms is not None and 0 < next_ms - outbound.now_ms() <= 1001
+    assert len(receiver.received) == 1
+    for n in (2, 3):
+        clock.advance(1.0)
+        outbound.dispatcher.wake()
+        await outbound.dispatcher.wait_for_attempts(n)
+    assert [r.json()["data"]["i"] for r in receiver.received] == [0, 1, 2]
+
+
+async def test_a_backlog_past_a_page_and_a_queue_is_delivered_once_each(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+) -> None:
+    count = QUEUE_MAX + PAGE // 2
+    await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="late",
+               url=receiver.url + "/late", max_in_flight=50, enabled=False)
+    await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="live",
+               url=receiver.url + "/live", max_in_flight=20)
+    await publish_many(admin_o, "tick.x", count)
+    await call(admin_o, "POST", "/v1/subscriptions/late/enable", 200, catch_up=True)
+    await outbound.dispatcher.wait_for_attempts(2 * count, timeout=120)
+    got = [(r.path, r.headers["webhook-id"], r.json()["data"]["i"]) for r in receiver.received]
+    assert len(got) == len(set(got)) == 2 * count
+    for path in ("/hook/late", "/hook/live"):
+        assert sorted(i for p, _, i in got if p == path) == list(range(count))
+    stats = await call(admin_o, "GET", "/v1/deliveries/stats", 200)
+    assert stats["deliveries"] == {"pending": 0, "succeeded": 2 * count, "failed": 0}
+
+
+def test_attempt_metrics_count_per_subscription_and_result() -> None:
+    metrics = Metrics()
+    for result in ("succeeded", "succeeded", "timeout"):
+        metrics.delivery_attempted("s1", result, 0.02)
+    metrics.delivery_attempted("s2", "succeeded", 3.0)
+    text = metrics.render().decode()
+    assert 'palyra_deliveries_total{result="succeeded",subscription="s1"} 2.0' in text
+    assert 'palyra_deliveries_total{result="timeout",subscription="s1"} 1.0' in text
+    assert 'palyra_delivery_attempt_seconds_count{subscription="s1"} 3.0' in text
+    assert 'palyra_delivery_attempt_seconds_bucket{le="5.0",subscription="s2"} 1.0' in text
+    assert 'palyra_delivery_attempt_seconds_bucket{le="2.5",subscription="s2"} 0.0' in text
