@@ -58,6 +58,9 @@ class Sender:
         self._session = aiohttp.ClientSession(
             connector=connector, trust_env=False, auto_decompress=False,
             headers={"User-Agent": USER_AGENT}, timeout=_NO_SESSION_TIMEOUT,
+            # One session serves every subscriber: a cookie one receiver sets must never
+            # ride along on later deliveries (to it or to anyone else).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:

@@ -340,3 +340,23 @@ async def test_concurrent_attempts_never_send_a_delivery_twice(
     await outbound.dispatcher.wait_for_attempts(300, timeout=60)
     ids = [r.headers["webhook-id"] for r in receiver.received]
     assert len(ids) == len(set(ids)) == 300
+
+
+async def test_a_cookie_a_receiver_sets_is_never_sent_back(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    # One HTTP session serves every subscriber: a cookie jar would carry one receiver's
+    # session cookie into later deliveries.
+    def set_cookie(_: Any) -> web.StreamResponse:
+        answer = web.Response(status=200)
+        answer.set_cookie("session", "from-the-receiver", path="/")
+        return answer
+
+    receiver.script = [set_cookie]
+    # By a name: aiohttp's default jar ignores cookies from IP-address hosts anyway.
+    await subscribe(admin_o, "jar", receiver.url.replace("127.0.0.1", "localhost"))
+    await publish(admin_o, "job.one")
+    await receiver.wait_for(1)
+    await publish(admin_o, "job.two")
+    first, second = await receiver.wait_for(2)
+    assert "Cookie" not in first.headers and "Cookie" not in second.headers
