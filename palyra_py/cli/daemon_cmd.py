@@ -9,8 +9,8 @@ from typing import Annotated
 
 import typer
 
-from palyra_py.cli import daemon_views, output
-from palyra_py.cli.session import JsonOption, StateDirOption, admin_session, usage_error
+from palyra_py.cli import output
+from palyra_py.cli.session import JsonOption, StateDirOption, admin_session, run_read, usage_error
 from palyra_py.paths import SocketPathTooLong, resolve_state_dir, socket_path
 
 app = typer.Typer(help="Run the daemon, see its status, reload its registry.", no_args_is_help=True)
@@ -124,12 +124,7 @@ def status(state_dir: StateDirOption = None, json_output: JsonOption = False) ->
 
     $ palyra daemon status --json | jq .journal.last_seq
     """
-    with admin_session(state_dir, json_output=json_output) as client:
-        answer = client.status()
-    if json_output:
-        output.print_json(answer)
-        return
-    daemon_views.show_status(answer)
+    run_read(("daemon", "status"), state_dir, json_output)
 
 
 @app.command("reload")

@@ -15,7 +15,7 @@ import typer
 
 from palyra_py.admin_client import AdminClient, JsonObject, QueryValue
 from palyra_py.cli import outbound_views, output
-from palyra_py.cli.session import JsonOption, StateDirOption, admin_session, usage_error
+from palyra_py.cli.session import JsonOption, StateDirOption, admin_session, run_read, usage_error
 from palyra_py.cli.timeparse import TimeParseError, parse_time
 
 app = typer.Typer(
@@ -151,12 +151,7 @@ def show(delivery_id: IdArgument, state_dir: StateDirOption = None,
 
     $ palyra deliveries show 01J9ZQ4V7D0S8M1W6Y3K2B5N4C
     """
-    with admin_session(state_dir, json_output=json_output) as client:
-        answer = client.get_delivery(delivery_id)
-    if json_output:
-        output.print_json(answer)
-        return
-    outbound_views.show_delivery(answer)
+    run_read(("deliveries", "show"), state_dir, json_output, delivery_id)
 
 
 @app.command("retry")

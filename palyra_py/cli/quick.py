@@ -84,7 +84,7 @@ def run(args: Sequence[str], env: Mapping[str, str] | None = None) -> int | None
         if json_output:
             output.print_json(answer)
             return ExitCode.OK
-        return _show(show)(answer)
+        return view(show)(answer)
     except KeyboardInterrupt:
         return 130  # as Typer: quietly
     except OSError as exc:
@@ -142,7 +142,8 @@ def _state_dir(flag: str | None, environ: Mapping[str, str]) -> Path | None:
     return resolve_state_dir(path, environ)
 
 
-def _show(target: str) -> Callable[[JsonObject], int]:
+def view(target: str) -> Callable[[JsonObject], int]:
+    """The view function named by a ``READS`` entry (\"module:function\" in ``cli``)."""
     module, _, name = target.partition(":")
     function: Callable[[JsonObject], int] = getattr(
         importlib.import_module(f"palyra_py.cli.{module}"), name

@@ -4,6 +4,7 @@ and codes themselves are in ``failures``)."""
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Annotated, NoReturn
 import typer
 
 from palyra_py.admin_client import AdminClient, ApiError, DaemonUnreachable
+from palyra_py.cli import output, quick
 from palyra_py.cli.failures import (
     EXIT_CODES_HELP,
     ExitCode,
@@ -28,7 +30,9 @@ __all__ = [
     "StateDirOption",
     "admin_session",
     "check_failed",
+    "confirm_or_exit",
     "report_api_error",
+    "run_read",
     "start_hint",
     "usage_error",
 ]
@@ -88,3 +92,32 @@ def admin_session(state_dir_flag: Path | None, *, json_output: bool) -> Iterator
     except ApiError as exc:
         report_api_error(exc, json_output=json_output)
         raise typer.Exit(ExitCode.API_ERROR) from None
+
+
+def run_read(
+    words: tuple[str, ...], state_dir: Path | None, json_output: bool, ident: str | None = None
+) -> None:
+    """Run the read-only command ``words`` (a key of ``quick.READS``) with the client call
+    and the view ``quick`` runs for it, so both ways give the same output and exit code."""
+    _, fetch, show = quick.READS[words]
+    with admin_session(state_dir, json_output=json_output) as client:
+        answer = fetch(client, ident)
+    if json_output:
+        output.print_json(answer)
+        return
+    code = quick.view(show)(answer)
+    if code:
+        raise typer.Exit(code)
+
+
+def confirm_or_exit(yes: bool, *, question: str, refusal: str, declined: str) -> None:
+    """Go on when ``yes`` or when the person at the terminal answers yes to ``question``.
+    Without a terminal, print ``refusal``; on a no, ``declined``; both exit 2."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        output.error(refusal)
+        raise typer.Exit(ExitCode.USAGE)
+    if not typer.confirm(question, default=False):
+        output.note(declined)
+        raise typer.Exit(ExitCode.USAGE)

@@ -3,7 +3,6 @@
 # No `from __future__ import annotations`: Typer would evaluate each command's annotation
 # strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
-import sys
 from enum import StrEnum
 from typing import Annotated, Any
 
@@ -13,11 +12,12 @@ from palyra_py.admin_client import JsonObject
 from palyra_py.cli import outbound_views, output
 from palyra_py.cli.events_cmd import load_data
 from palyra_py.cli.session import (
-    ExitCode,
     JsonOption,
     StateDirOption,
     admin_session,
     check_failed,
+    confirm_or_exit,
+    run_read,
 )
 from palyra_py.cli.subscription_inputs import parse_filters, parse_headers, parse_retry_schedule
 from palyra_py.cli.webhook_inputs import duration_option, secret_source, split_list
@@ -209,12 +209,7 @@ def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> 
 
     $ palyra subscriptions list
     """
-    with admin_session(state_dir, json_output=json_output) as client:
-        answer = client.list_subscriptions()
-    if json_output:
-        output.print_json(answer)
-        return
-    outbound_views.show_subscriptions(answer)
+    run_read(("subscriptions", "list"), state_dir, json_output)
 
 
 @app.command("show")
@@ -226,12 +221,7 @@ def show(subscription_id: IdArgument, state_dir: StateDirOption = None,
 
     $ palyra subscriptions show ci
     """
-    with admin_session(state_dir, json_output=json_output) as client:
-        answer = client.get_subscription(subscription_id)
-    if json_output:
-        output.print_json(answer)
-        return
-    outbound_views.show_subscription(answer)
+    run_read(("subscriptions", "show"), state_dir, json_output, subscription_id)
 
 
 @app.command("remove")
@@ -250,13 +240,10 @@ def remove(
 
     $ palyra subscriptions remove old-ci --yes
     """
-    if not yes:
-        if not sys.stdin.isatty():
-            output.error(f"not removing {subscription_id} without confirmation: add --yes")
-            raise typer.Exit(ExitCode.USAGE)
-        if not typer.confirm(f"Remove subscription {subscription_id}?", default=False):
-            output.note("Nothing removed.")
-            raise typer.Exit(ExitCode.USAGE)
+    confirm_or_exit(
+        yes, question=f"Remove subscription {subscription_id}?", declined="Nothing removed.",
+        refusal=f"not removing {subscription_id} without confirmation: add --yes",
+    )
     with admin_session(state_dir, json_output=json_output) as client:
         answer = client.remove_subscription(subscription_id)
     if json_output:

@@ -3,7 +3,6 @@
 # No `from __future__ import annotations`: Typer would evaluate each command's annotation
 # strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
-import sys
 from collections.abc import Mapping
 from typing import Annotated, Any
 
@@ -11,7 +10,13 @@ import typer
 
 from palyra_py.admin_client import AdminClient, ApiError
 from palyra_py.cli import outbound_views, output
-from palyra_py.cli.session import ExitCode, JsonOption, StateDirOption, admin_session
+from palyra_py.cli.session import (
+    JsonOption,
+    StateDirOption,
+    admin_session,
+    confirm_or_exit,
+    run_read,
+)
 
 app = typer.Typer(
     help="Publishing tokens: applications send events to POST /v1/events over HTTP.",
@@ -95,12 +100,7 @@ def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> 
 
     $ palyra tokens list
     """
-    with admin_session(state_dir, json_output=json_output) as client:
-        answer = client.list_tokens()
-    if json_output:
-        output.print_json(answer)
-        return
-    outbound_views.show_tokens(answer)
+    run_read(("tokens", "list"), state_dir, json_output)
 
 
 @app.command("revoke")
@@ -121,13 +121,10 @@ def revoke(
 
     $ palyra tokens revoke 7kq2m9x4 --yes
     """
-    if not yes:
-        if not sys.stdin.isatty():
-            output.error(f"not revoking {token_id} without confirmation: add --yes")
-            raise typer.Exit(ExitCode.USAGE)
-        if not typer.confirm(f"Revoke token {token_id}?", default=False):
-            output.note("Nothing revoked.")
-            raise typer.Exit(ExitCode.USAGE)
+    confirm_or_exit(
+        yes, question=f"Revoke token {token_id}?", declined="Nothing revoked.",
+        refusal=f"not revoking {token_id} without confirmation: add --yes",
+    )
     with admin_session(state_dir, json_output=json_output) as client:
         answer = client.revoke_token(token_id)
     if json_output:

@@ -3,7 +3,6 @@
 # No `from __future__ import annotations`: Typer would evaluate each command's annotation
 # strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
-import sys
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,11 +11,12 @@ import typer
 from palyra_py.admin_client import JsonObject
 from palyra_py.cli import output, webhook_views
 from palyra_py.cli.session import (
-    ExitCode,
     JsonOption,
     StateDirOption,
     admin_session,
     check_failed,
+    confirm_or_exit,
+    run_read,
 )
 from palyra_py.cli.webhook_inputs import (
     duration_option,
@@ -195,12 +195,7 @@ def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> 
 
     $ palyra webhooks list
     """
-    with admin_session(state_dir, json_output=json_output) as client:
-        answer = client.list_webhooks()
-    if json_output:
-        output.print_json(answer)
-        return
-    webhook_views.show_webhooks(answer)
+    run_read(("webhooks", "list"), state_dir, json_output)
 
 
 @app.command("show")
@@ -212,12 +207,7 @@ def show(integration_id: IdArgument, state_dir: StateDirOption = None,
 
     $ palyra webhooks show gh
     """
-    with admin_session(state_dir, json_output=json_output) as client:
-        answer = client.get_webhook(integration_id)
-    if json_output:
-        output.print_json(answer)
-        return
-    webhook_views.show_webhook(answer)
+    run_read(("webhooks", "show"), state_dir, json_output, integration_id)
 
 
 @app.command("remove")
@@ -236,13 +226,10 @@ def remove(
 
     $ palyra webhooks remove old-hook --yes
     """
-    if not yes:
-        if not sys.stdin.isatty():
-            output.error(f"not removing {integration_id} without confirmation: add --yes")
-            raise typer.Exit(ExitCode.USAGE)
-        if not typer.confirm(f"Remove integration {integration_id}?", default=False):
-            output.note("Nothing removed.")
-            raise typer.Exit(ExitCode.USAGE)
+    confirm_or_exit(
+        yes, question=f"Remove integration {integration_id}?", declined="Nothing removed.",
+        refusal=f"not removing {integration_id} without confirmation: add --yes",
+    )
     with admin_session(state_dir, json_output=json_output) as client:
         answer = client.remove_webhook(integration_id)
     if json_output:
