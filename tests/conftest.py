@@ -12,6 +12,7 @@ import structlog.testing
 from palyra_py.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon, short_state_dir
 from tests import leakcheck
+from tests.receiver import Receiver, running_receiver
 
 leakcheck.install()
 
@@ -46,6 +47,32 @@ def clock() -> ManualClock:
 @pytest.fixture
 def memory_keyring() -> MemoryKeyring:
     return MemoryKeyring()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A real HTTP receiver on loopback whose answers the test scripts."""
+    async with running_receiver() as r:
+        yield r
+
+
+@pytest.fixture
+async def outbound(
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring
+) -> AsyncIterator[Daemon]:
+    """A daemon that may deliver to loopback receivers (private addresses are refused by
+    default)."""
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              delivery__allow_private_networks=True) as d:
+        yield d
+
+
+@pytest.fixture
+async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
+    """An admin API session on the ``outbound`` daemon's socket."""
+    connector = aiohttp.UnixConnector(path=str(outbound.socket_path))
+    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
+        yield session
 
 
 @pytest.fixture

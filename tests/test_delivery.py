@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from standardwebhooks import Webhook
 from palyra_py.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.helpers import add_integration, events, send_signed
-from tests.receiver import Receiver, running_receiver
+from tests.receiver import Receiver
 
 
 @pytest.fixture
@@ -27,28 +26,6 @@ def clock() -> ManualClock:
     # The reference receiver checks webhook-timestamp against the real time (±5 min), so
     # this clock starts at the real time; it still moves only when a test moves it.
     return ManualClock(start=time.time())
-
-
-@pytest.fixture
-async def outbound(
-    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring
-) -> AsyncIterator[Daemon]:
-    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
-                              delivery__allow_private_networks=True) as d:
-        yield d
-
-
-@pytest.fixture
-async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.UnixConnector(path=str(outbound.socket_path))
-    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
-        yield session
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as r:
-        yield r
 
 
 async def subscribe(admin: aiohttp.ClientSession, sid: str, url: str,

@@ -7,8 +7,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -19,35 +17,13 @@ from palyra_py.daemon import Daemon
 from palyra_py.dispatch_queue import QUEUE_MAX
 from palyra_py.dispatcher import PAGE
 from palyra_py.metrics import Metrics
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
-from tests.receiver import Receiver, running_receiver
+from palyra_py.testing import ManualClock
+from tests.receiver import Receiver
 
 
 @pytest.fixture
 def clock() -> ManualClock:
     return ManualClock(start=time.time())
-
-
-@pytest.fixture
-async def outbound(
-    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring
-) -> AsyncIterator[Daemon]:
-    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
-                              delivery__allow_private_networks=True) as d:
-        yield d
-
-
-@pytest.fixture
-async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.UnixConnector(path=str(outbound.socket_path))
-    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
-        yield session
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as r:
-        yield r
 
 
 async def call(admin: aiohttp.ClientSession, method: str, path: str, expect: int,

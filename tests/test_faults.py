@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,18 +37,12 @@ from tests.fault_helpers import (
     write_lock_held_elsewhere,
 )
 from tests.helpers import add_integration, events, send_signed
-from tests.receiver import Receiver, running_receiver
+from tests.receiver import Receiver
 
 SECRET = "It's a Secret to Everybody"
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks docs' example
 BODY = json.dumps({"ref": "refs/heads/main", "pad": "x" * 6000}).encode()
 JOURNAL_FILES = ("journal.db", "journal.db-wal", "journal.db-shm")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as r:
-        yield r
 
 
 def delivery_id(tag: str, n: int) -> str:

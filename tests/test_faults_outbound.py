@@ -32,15 +32,9 @@ from tests.fault_helpers import (
     write_lock_held_elsewhere,
 )
 from tests.helpers import events
-from tests.receiver import Receiver, running_receiver
+from tests.receiver import Receiver
 
 JOURNAL_FILES = ("journal.db", "journal.db-wal", "journal.db-shm")
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as r:
-        yield r
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from palyra_py.registry import Integration
 from palyra_py.subscriptions import Subscription
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from palyra_py.tokens import ApiToken
-from tests.receiver import Receiver, running_receiver
+from tests.receiver import Receiver
 
 SPEC_FILE = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 SPEC_URI = "urn:palyra:admin-openapi"
@@ -294,19 +294,6 @@ async def outbound(
                               delivery__allow_private_networks=True,
                               delivery__max_subscriptions_per_owner=2) as d:
         yield d
-
-
-@pytest.fixture
-async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    connector = aiohttp.UnixConnector(path=str(outbound.socket_path))
-    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
-        yield session
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    async with running_receiver() as r:
-        yield r
 
 
 async def test_outbound_answers_match_the_spec(
