@@ -4,8 +4,6 @@ and statistics."""
 # No `from __future__ import annotations`: Typer would evaluate each command's annotation
 # strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
-import json
-import sys
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -15,8 +13,13 @@ import typer
 
 from palyra_py.admin_client import AdminClient, JsonObject, QueryValue
 from palyra_py.cli import outbound_views, output
-from palyra_py.cli.session import JsonOption, StateDirOption, admin_session, run_read, usage_error
-from palyra_py.cli.timeparse import TimeParseError, parse_time
+from palyra_py.cli.session import (
+    JsonOption,
+    StateDirOption,
+    admin_session,
+    run_read,
+    time_option,
+)
 
 app = typer.Typer(
     help="Outbound deliveries: one per event and subscription, with every attempt.",
@@ -41,15 +44,6 @@ class DeliveryStatus(StrEnum):
     failed = "failed"
 
 
-def time_option(value: str | None, param: str, now: datetime) -> str | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value, now=now)
-    except TimeParseError as exc:
-        usage_error(str(exc), param=param)
-
-
 def iter_deliveries(
     client: AdminClient, query: Mapping[str, QueryValue]
 ) -> Iterator[JsonObject]:
@@ -62,16 +56,6 @@ def iter_deliveries(
         if next_after is None or next_after == page_query.get("after"):
             return  # the end, or a cursor that does not advance (it would loop forever)
         page_query["after"] = next_after if isinstance(next_after, int) else str(next_after)
-
-
-def _stream_json_document(deliveries: Iterator[JsonObject]) -> None:
-    """``{"deliveries": [...], "next_after": null}`` written as pages arrive."""
-    write = sys.stdout.write
-    write('{"deliveries": [')
-    for index, item in enumerate(deliveries):
-        write(("\n  " if index == 0 else ",\n  ") + json.dumps(item, ensure_ascii=False))
-    write('\n], "next_after": null}\n')
-    sys.stdout.flush()
 
 
 @app.command("list")
@@ -123,7 +107,7 @@ def list_(
         if not all_pages:
             answer = client.list_deliveries(query)
         elif json_output:
-            _stream_json_document(iter_deliveries(client, query))
+            output.print_json_pages("deliveries", iter_deliveries(client, query), "next_after")
             return
         else:
             answer = {"deliveries": list(iter_deliveries(client, query)), "next_after": None}

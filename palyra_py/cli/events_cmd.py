@@ -20,9 +20,9 @@ from palyra_py.cli.session import (
     StateDirOption,
     admin_session,
     check_failed,
+    time_option,
     usage_error,
 )
-from palyra_py.cli.timeparse import TimeParseError, parse_time
 
 app = typer.Typer(help="The event journal: list, follow, emit, verify.", no_args_is_help=True)
 
@@ -49,15 +49,6 @@ class Severity(StrEnum):
     error = "error"
 
 
-def _time(value: str | None, param: str, now: datetime) -> str | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value, now=now)
-    except TimeParseError as exc:
-        usage_error(str(exc), param=param)
-
-
 def iter_pages(client: AdminClient, query: Mapping[str, QueryValue]) -> Iterator[JsonObject]:
     """Every event matching ``query``, following ``next_after_seq`` to the end."""
     page_query = dict(query)
@@ -71,17 +62,6 @@ def iter_pages(client: AdminClient, query: Mapping[str, QueryValue]) -> Iterator
         if isinstance(previous, int) and next_after <= previous:
             return  # a cursor that does not advance would loop forever
         page_query["after_seq"] = int(next_after)
-
-
-def _stream_json_document(events: Iterator[JsonObject]) -> None:
-    """``{"events": [...], "next_after_seq": null}`` written as it is read, so ``--all``
-    over a large journal needs no memory for the whole list."""
-    write = sys.stdout.write
-    write('{"events": [')
-    for index, event in enumerate(events):
-        write(("\n  " if index == 0 else ",\n  ") + json.dumps(event, ensure_ascii=False))
-    write('\n], "next_after_seq": null}\n')
-    sys.stdout.flush()
 
 
 @app.command("list")
@@ -133,8 +113,8 @@ def list_(
         "type": types or None,
         "integration": integration,
         "source": source,
-        "since": _time(since, "--since", now),
-        "until": _time(until, "--until", now),
+        "since": time_option(since, "--since", now),
+        "until": time_option(until, "--until", now),
         "after_seq": after_seq,
         "limit": limit,
     }
@@ -142,7 +122,7 @@ def list_(
         if not all_pages:
             answer = client.list_events(query)
         elif json_output:
-            _stream_json_document(iter_pages(client, query))
+            output.print_json_pages("events", iter_pages(client, query), "next_after_seq")
             return
         else:
             answer = {"events": list(iter_pages(client, query)), "next_after_seq": None}

@@ -61,6 +61,17 @@ def print_json(doc: Any) -> None:
         sys.stdout.flush()
 
 
+def print_json_pages(key: str, items: Iterable[Any], cursor_key: str) -> None:
+    """``{key: [...], cursor_key: null}`` written item by item as ``items`` yields them,
+    so ``--all`` over a long listing never holds the whole list."""
+    write = sys.stdout.write
+    write(f'{{"{key}": [')
+    for index, item in enumerate(items):
+        write(("\n  " if index == 0 else ",\n  ") + json.dumps(item, ensure_ascii=False))
+    write(f'\n], "{cursor_key}": null}}\n')
+    sys.stdout.flush()
+
+
 def print_json_line(doc: Any) -> None:
     """One compact JSON object per line, flushed at once (for followers and pipes)."""
     sys.stdout.write(json.dumps(doc, ensure_ascii=False, separators=(",", ":")) + "\n")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, NoReturn
 
@@ -21,6 +22,7 @@ from palyra_py.cli.failures import (
     report_unreachable,
     start_hint,
 )
+from palyra_py.cli.timeparse import TimeParseError, parse_time
 from palyra_py.paths import STATE_DIR_ENV, SocketPathTooLong, resolve_state_dir
 
 __all__ = [
@@ -34,6 +36,7 @@ __all__ = [
     "report_api_error",
     "run_read",
     "start_hint",
+    "time_option",
     "usage_error",
 ]
 
@@ -68,6 +71,17 @@ def usage_error(message: str, *, param: str | None = None) -> NoReturn:
     if param is not None:
         raise typer.BadParameter(message, param_hint=f"'{param}'")
     raise _UsageProblem(message)
+
+
+def time_option(value: str | None, param: str, now: datetime) -> str | None:
+    """A ``--since``/``--until`` value as RFC 3339 (None when not given); a value
+    ``parse_time`` refuses is a usage error naming ``param``."""
+    if value is None:
+        return None
+    try:
+        return parse_time(value, now=now)
+    except TimeParseError as exc:
+        usage_error(str(exc), param=param)
 
 
 def check_failed() -> NoReturn:
