@@ -58,6 +58,16 @@ class ApiError(AdminClientError):
         super().__init__(f"{self.code}: {self.message}")
 
 
+def _rotation(grace_s: int | None, secret: JsonObject | None) -> JsonObject:
+    """The body of a rotate-secret request: only the fields given."""
+    body: JsonObject = {}
+    if grace_s is not None:
+        body["grace_s"] = grace_s
+    if secret is not None:
+        body["secret"] = secret
+    return body
+
+
 def _opt_str(value: Any) -> str | None:
     return None if value is None else str(value)
 
@@ -343,13 +353,8 @@ class AdminClient:
     def rotate_secret(
         self, integration_id: str, *, grace_s: int | None, secret: JsonObject | None
     ) -> JsonObject:
-        body: JsonObject = {}
-        if grace_s is not None:
-            body["grace_s"] = grace_s
-        if secret is not None:
-            body["secret"] = secret
         path = f"/v1/webhooks/{_segment(integration_id)}/rotate-secret"
-        return self.request("POST", path, body=body)
+        return self.request("POST", path, body=_rotation(grace_s, secret))
 
     def readiness(self, integration_id: str | None = None) -> JsonObject:
         return self.request(
@@ -399,13 +404,8 @@ class AdminClient:
     def rotate_subscription_secret(
         self, subscription_id: str, *, grace_s: int | None, secret: JsonObject | None
     ) -> JsonObject:
-        body: JsonObject = {}
-        if grace_s is not None:
-            body["grace_s"] = grace_s
-        if secret is not None:
-            body["secret"] = secret
         path = f"/v1/subscriptions/{_segment(subscription_id)}/rotate-secret"
-        return self.request("POST", path, body=body)
+        return self.request("POST", path, body=_rotation(grace_s, secret))
 
     def test_subscription(
         self, subscription_id: str, body: JsonObject, *,

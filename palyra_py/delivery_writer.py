@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from palyra_py.delivery_store_sql import DeliverySql, DeliveryStoreUnavailable, describe_error
-from palyra_py.sqlite_files import QueueWriterThread, call_in_loop
+from palyra_py.sqlite_files import QueueWriterThread, call_in_loop, settle_outcomes
 
 _log = logging.getLogger("palyra_py.delivery_store_sql")
 _T = TypeVar("_T")
@@ -36,12 +36,7 @@ class WriteJob(Generic[_T]):
         """A job whose outcome goes to ``future`` (unless its caller gave up on it)."""
 
         def settle(value: Any) -> None:
-            if future.done():  # the caller was cancelled: nobody is waiting for this one
-                return
-            if isinstance(value, BaseException):
-                future.set_exception(value)
-            else:
-                future.set_result(value)
+            settle_outcomes([(future, value)])
 
         return cls(run, settle)
 
