@@ -24,7 +24,6 @@ import structlog
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
-from prometheus_client import Counter
 
 from palyra_py.envelope import (
     MAX_JSON_DEPTH,
@@ -211,32 +210,22 @@ def stored_answer(reason: Reason, event_id: str, seq: int) -> web.Response:
     return web.Response(body=body, status=ANSWERS[reason].status, headers=_JSON_HEADERS)
 
 
-_MAX_COUNTER_CHILDREN = 4096
 _REASON_TEXT = {reason: reason.value for reason in Reason}  # not the enum's property each time
+_STATUS_TEXT = {reason: str(ANSWERS[reason].status) for reason in Reason}
 
 
 @dataclass(slots=True)
 class IngressStats:
     by_reason: dict[str, int] = field(default_factory=dict)
     metrics: Metrics | None = None
-    # The labelled counter of each (integration, reason) seen: labels() costs more than the
-    # increment itself. Bounded like the label values: registered ids and (unknown).
-    _counters: dict[tuple[str | None, Reason], Counter] = field(default_factory=dict)
 
     def count(self, reason: Reason, integration_id: str | None = None) -> None:
         by_reason, text = self.by_reason, _REASON_TEXT[reason]
         by_reason[text] = by_reason.get(text, 0) + 1
         if self.metrics is not None:
-            counter = self._counters.get((integration_id, reason))
-            if counter is None:
-                if len(self._counters) >= _MAX_COUNTER_CHILDREN:
-                    self._counters.clear()
-                counter = self._counters[(integration_id, reason)] = (
-                    self.metrics.ingress_requests.labels(
-                        integration_id or UNKNOWN, str(ANSWERS[reason].status), text
-                    )
-                )
-            counter.inc()
+            self.metrics.ingress_requests_by.get(
+                integration_id or UNKNOWN, _STATUS_TEXT[reason], text
+            ).inc()
 
 
 class Ingress:

@@ -5,6 +5,8 @@ Label values are bounded: an integration id that is not registered is counted as
 
 from __future__ import annotations
 
+from typing import Generic, TypeVar
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -19,6 +21,29 @@ UNKNOWN = "(unknown)"
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
                    10, 30)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+MAX_CHILDREN = 4096  # resolved children kept per metric (then the memo starts again)
+
+_M = TypeVar("_M", Counter, Histogram)
+
+
+class Children(Generic[_M]):
+    """A labelled metric's children, resolved once per label values: ``.labels()`` costs
+    more than the increment it is called for, on the hot paths. The memo is bounded (the
+    label values are bounded too; see the module docstring)."""
+
+    __slots__ = ("_memo", "_metric")
+
+    def __init__(self, metric: _M) -> None:
+        self._metric: _M = metric
+        self._memo: dict[tuple[str, ...], _M] = {}
+
+    def get(self, *labels: str) -> _M:
+        child = self._memo.get(labels)
+        if child is None:
+            if len(self._memo) >= MAX_CHILDREN:
+                self._memo.clear()
+            child = self._memo[labels] = self._metric.labels(*labels)
+        return child
 
 
 class Metrics:
@@ -51,9 +76,9 @@ class Metrics:
         self.delivery_oldest_pending_seconds = Gauge(
             "palyra_delivery_oldest_pending_seconds", "Age of the oldest pending delivery",
             registry=r)
-        # Resolved children, per label values: ``.labels()`` costs more than the increment.
-        self._delivery_results: dict[tuple[str, str], Counter] = {}
-        self._delivery_durations: dict[str, Histogram] = {}
+        self.ingress_requests_by = Children(self.ingress_requests)
+        self._delivery_results = Children(self.deliveries)
+        self._delivery_durations = Children(self.delivery_attempt_seconds)
         self.sse_clients = Gauge(
             "palyra_sse_clients", "Connected Server-Sent Events clients", registry=r)
         self._head = 0
@@ -67,16 +92,8 @@ class Metrics:
 
     def delivery_attempted(self, subscription: str, result: str, seconds: float) -> None:
         """Count one outbound attempt (``deliveries``) and observe its duration."""
-        counter = self._delivery_results.get((subscription, result))
-        if counter is None:
-            counter = self._delivery_results[(subscription, result)] = self.deliveries.labels(
-                subscription, result)
-        counter.inc()
-        histogram = self._delivery_durations.get(subscription)
-        if histogram is None:
-            histogram = self._delivery_durations[subscription] = (
-                self.delivery_attempt_seconds.labels(subscription))
-        histogram.observe(seconds)
+        self._delivery_results.get(subscription, result).inc()
+        self._delivery_durations.get(subscription).observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
