@@ -47,6 +47,9 @@ class SubState:
     subscription: Subscription
     base_headers: dict[str, str]
     in_flight: int = 0
+    """Attempts launched and not yet recorded (what a crash would make again)."""
+    open: int = 0
+    """Of those, the requests not yet answered: open at the receiver."""
     secrets: tuple[str, ...] | None = field(default=None, repr=False)  # never in a repr/log
     signer: StandardWebhooksSigner | None = field(default=None, repr=False)
     secrets_until: float = float("inf")
@@ -164,12 +167,16 @@ class AttemptRunner:
             self._attempt_waiters -= 1
 
     async def run(self, delivery: Delivery, prepared: PreparedEvent | None, state: SubState,
-                  *, settled: Callable[[int | None], None]) -> None:
+                  *, answered: Callable[[], None], settled: Callable[[int | None], None]
+                  ) -> None:
         """One attempt with the subscription as launched (``state``: its secrets and
-        headers, even if the registry has changed since). ``settled(next_attempt_ms)``
-        as soon as the outcome is committed (``None``: no retry pending), before what
-        follows from it (journaling an exhausted delivery, disabling, waking waiters)."""
+        headers, even if the registry has changed since). ``answered()`` once the request
+        is over (answer, error or timeout), before its outcome is recorded;
+        ``settled(next_attempt_ms)`` as soon as the outcome is committed (``None``: no retry
+        pending), before what follows from it (journaling an exhausted delivery, disabling,
+        waking waiters)."""
         started_ms, outcome = await self._send(delivery, prepared, state)
+        answered()
         await self._record(delivery, state.subscription, outcome, started_ms, settled)
 
     async def _send(self, delivery: Delivery, prepared: PreparedEvent | None,

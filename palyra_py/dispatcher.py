@@ -8,10 +8,14 @@ Two loops share one wake-up event:
   of due deliveries (``dispatch_queue``), reading the store in pages, only when those
   queues may be out of date.
 
-An attempt holds its subscription's in-flight slot until its outcome is committed (so a
-crash re-sends at most the in-flight caps); the slot then goes straight to that
-subscription's next queued delivery. Time comes from the injected clock only; tests move
-it and call :meth:`Dispatcher.wake`.
+A subscription has at most ``max_in_flight`` requests open at its receiver. An attempt's
+slot is given back when its answer is in, and goes straight to that subscription's next
+queued delivery; the outcome is committed meanwhile (group commit, one fsync for many).
+Attempts answered and not yet committed are bounded too: at most ``max_in_flight`` more, so
+that a crash re-sends at most ``RESEND_FACTOR`` x ``max_in_flight`` deliveries per
+subscription. An ordered subscription launches its next delivery only once the previous
+outcome is committed. Time comes from the injected clock only; tests move it and call
+:meth:`Dispatcher.wake`.
 """
 
 from __future__ import annotations
@@ -57,8 +61,12 @@ log = structlog.get_logger("palyra.dispatcher")
 PAGE = 500
 ENQUEUE_ROWS = 500
 """Deliveries one enqueue transaction creates at most (a page of events x subscriptions):
-the attempts recorded meanwhile wait for it, and hold their in-flight slots."""
+the attempts recorded meanwhile wait for it, and keep their places in the record budget."""
 RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
+RESEND_FACTOR = 2
+"""Attempts launched and not yet recorded per subscription: at most this many times its
+``max_in_flight`` (those open at the receiver, and as many answered whose outcome waits for
+its commit). What a crash can make again."""
 
 
 @dataclass(slots=True)
@@ -67,6 +75,7 @@ class _Launched:
 
     delivery_id: str
     sub: Subscription
+    answered: bool = False
     settled: bool = False
 
 
@@ -141,6 +150,12 @@ class Dispatcher:
         """A future for the first attempt of any delivery of ``event_id`` (subscription test)."""
         return self._runner.first_attempt(event_id)
 
+    def in_flight(self, subscription_id: str) -> tuple[int, int]:
+        """``(unrecorded, open)``: the subscription's attempts launched and not yet recorded,
+        and of those the requests still waiting for their answer."""
+        state = self._states.get(subscription_id)
+        return (0, 0) if state is None else (state.in_flight, state.open)
+
     async def wait_for_attempts(self, count: int, timeout: float = 15.0) -> None:  # noqa: ASYNC109
         """Until ``count`` attempts have been recorded since start (tests, ``test``)."""
         await self._runner.wait_for_attempts(count, timeout)
@@ -175,7 +190,7 @@ class Dispatcher:
             previous = state
             state = SubState.build(sub)
             if previous is not None:
-                state.in_flight = previous.in_flight
+                state.in_flight, state.open = previous.in_flight, previous.open
             self._states[sub.subscription_id] = state
         else:
             state.subscription = sub  # an equal copy (a reload): compare by identity next time
@@ -322,7 +337,7 @@ class Dispatcher:
             wait_until = self._launch_queued(subs, now_ms)
             hungry = [s for s, sub in subs.items()
                       if sub.enabled and not sub.ordered and self._ready.hungry(s)
-                      and self._state(sub).in_flight < self._cap(sub)]
+                      and self._has_slot(sub, self._state(sub))]
             if hungry and self._sending < self._max_total:
                 await self._read_due(hungry, now_ms, full=False)
                 wait_until = _earliest(wait_until, self._launch_queued(subs, now_ms))
@@ -367,7 +382,7 @@ class Dispatcher:
         """Launch queued deliveries of ``sub`` while it has slots (at most ``capacity``);
         how many, and when a rate limit lets the next one go."""
         launched = 0
-        while state.in_flight < self._cap(sub) and launched < capacity:
+        while launched < capacity and self._has_slot(sub, state):
             entry = self._ready.peek(sub.subscription_id, self._in_flight_ids)
             if entry is None:
                 break
@@ -429,17 +444,23 @@ class Dispatcher:
         return wait_until
 
     @staticmethod
-    def _cap(sub: Subscription) -> int:
-        return 1 if sub.ordered else sub.max_in_flight
+    def _has_slot(sub: Subscription, state: SubState) -> bool:
+        """May ``sub`` launch one more attempt? (Ordered: none may be unrecorded.)"""
+        if sub.ordered:
+            return state.in_flight == 0
+        cap = sub.max_in_flight
+        return state.open < cap and state.in_flight < RESEND_FACTOR * cap
 
     def _launch(self, delivery: Delivery, prepared: PreparedEvent | None, sub: Subscription,
                 state: SubState) -> None:
         launched = _Launched(delivery.delivery_id, sub)
         state.in_flight += 1
+        state.open += 1
         self._sending += 1
         self._in_flight_ids.add(launched.delivery_id)
         task = asyncio.create_task(self._runner.run(
-            delivery, prepared, state, settled=lambda next_ms: self._settled(launched, next_ms)))
+            delivery, prepared, state, answered=lambda: self._answered(launched),
+            settled=lambda next_ms: self._settled(launched, next_ms)))
         self._tasks.add(task)
 
         def finished(t: asyncio.Task[None]) -> None:
@@ -454,6 +475,19 @@ class Dispatcher:
 
         task.add_done_callback(finished)
 
+    def _answered(self, launched: _Launched, *, launch: bool = True) -> None:
+        """The request is over: its slot at the receiver goes back (once), straight to the
+        subscription's next queued delivery when the record budget allows."""
+        if launched.answered:
+            return
+        launched.answered = True
+        state = self._states.get(launched.sub.subscription_id)
+        if state is None:
+            return
+        state.open = max(0, state.open - 1)
+        if launch and not self._launch_next(state):
+            self._nudge()
+
     def _settled(self, launched: _Launched, next_ms: int | None) -> None:
         """The attempt's outcome is in the store (or never will be): the delivery may be
         launched again by what a read from now on finds. In this order: a read that was
@@ -463,13 +497,14 @@ class Dispatcher:
         if launched.settled:
             return
         launched.settled = True
+        self._answered(launched, launch=False)  # crashed or cancelled before its answer
         self._in_flight_ids.discard(launched.delivery_id)
         self._ready.recorded(launched.delivery_id)
         if next_ms is not None:
             self._ready.note_due(next_ms)
         if launched.sub.ordered:
             self._ordered_check.add(launched.sub.subscription_id)
-        # Its in-flight slot goes back.
+        # Its place in the record budget goes back.
         self._sending -= 1
         state = self._states.get(launched.sub.subscription_id)
         if state is not None:

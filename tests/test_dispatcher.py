@@ -1,12 +1,15 @@
 """The dispatcher's scheduling on the real daemon: retries that are due at once, the
-in-flight cap and the rate limit when a freed slot goes straight to the next delivery, a
-backlog larger than a page and a queue, and the per-attempt metrics."""
+in-flight cap and the rate limit when a freed slot goes straight to the next delivery, the
+slot given back at the answer while the record budget holds, a backlog larger than a page
+and a queue, and the per-attempt metrics."""
 
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -15,10 +18,10 @@ from aiohttp import web
 
 from palyra_py.daemon import Daemon
 from palyra_py.dispatch_queue import QUEUE_MAX
-from palyra_py.dispatcher import PAGE
+from palyra_py.dispatcher import PAGE, RESEND_FACTOR
 from palyra_py.metrics import Metrics
 from palyra_py.testing import ManualClock
-from tests.receiver import Receiver
+from tests.receiver import Received, Receiver
 
 
 @pytest.fixture
@@ -144,6 +147,38 @@ async def test_max_in_flight_holds_while_freed_slots_go_to_the_next_delivery(
         await runner.cleanup()
     assert peak == 3
     assert len(seen) == len(set(seen)) == 12
+
+
+async def test_an_answer_frees_the_slot_before_its_record_commits_within_the_budget(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, state_dir: Path,
+) -> None:
+    assert RESEND_FACTOR == 2  # max_in_flight 1: two attempts may wait for their records
+
+    def hold(_: Received) -> None:
+        return None  # the first request waits for receiver.hang
+
+    receiver.script = [hold]
+    await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="budget",
+               url=receiver.url, max_in_flight=1, enabled=False)
+    await publish_many(admin_o, "x.y", 3)
+    await call(admin_o, "POST", "/v1/subscriptions/budget/enable", 200, catch_up=True)
+    await receiver.wait_for(1)
+    # Another writer holds deliveries.db: no attempt outcome can be committed meanwhile.
+    lock = sqlite3.connect(state_dir / "deliveries.db", timeout=10, isolation_level=None)
+    try:
+        lock.execute("BEGIN IMMEDIATE")
+        receiver.hang.set()
+        await receiver.wait_for(2)  # the first answer gave its slot to the second delivery
+        async with asyncio.timeout(10):  # the second answered; the third must wait
+            while outbound.dispatcher.in_flight("budget") != (2, 0):
+                await asyncio.sleep(0.01)
+        assert len(receiver.received) == 2
+    finally:
+        lock.rollback()
+        lock.close()
+    await outbound.dispatcher.wait_for_attempts(3)
+    assert len({r.headers["webhook-id"] for r in receiver.received}) == 3
+    assert outbound.dispatcher.in_flight("budget") == (0, 0)
 
 
 async def test_the_rate_limit_holds_when_a_slot_frees(

@@ -113,7 +113,8 @@ def add(
     ] = None,
     max_in_flight: Annotated[
         int | None,
-        typer.Option("--max-in-flight", min=1, metavar="N", help="Concurrent requests (1-100)."),
+        typer.Option("--max-in-flight", min=1, metavar="N",
+                     help="Requests open at the receiver at once (1-100)."),
     ] = None,
     timeout: Annotated[
         float | None,
