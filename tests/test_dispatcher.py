@@ -185,9 +185,13 @@ async def test_the_rate_limit_holds_when_a_slot_frees(
     outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, clock: ManualClock,
 ) -> None:
     await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="slow",
-               url=receiver.url, rate_limit_per_s=1, max_in_flight=5)
+               url=receiver.url, rate_limit_per_s=1, max_in_flight=5, enabled=False)
     for i in range(3):
         await call(admin_o, "POST", "/v1/events", 201, type="x.y", data={"i": i})
+    # Enabled with catch-up: all three deliveries are created in one commit, before the
+    # first attempt (published one by one to an enabled subscription, the later ones may
+    # still be on their way to the store when the first attempt is recorded).
+    await call(admin_o, "POST", "/v1/subscriptions/slow/enable", 200, catch_up=True)
     await outbound.dispatcher.wait_for_attempts(1)
     # The answer freed a slot, but the bucket is empty until the (manual) clock moves.
     next_ms = await outbound.dispatcher.schedule_once()
