@@ -34,8 +34,10 @@ from palyra_py.delivery_store import DELIVERIES_FILE, DeliveryStore, DeliverySto
 from palyra_py.dispatcher import Dispatcher
 from palyra_py.ingress import ActiveIntegration, Ingress
 from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
+from palyra_py.listener import CappedTCPSite, ConnectionCap
 from palyra_py.metrics import Metrics
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
+from palyra_py.reasons import Reason
 from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.rejections import RejectionLog
 from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
@@ -124,6 +126,7 @@ class Daemon:
         self._edit_lock = asyncio.Lock()
         self._ingress: Ingress | None = None
         self.ingress_port = 0
+        self.connections = ConnectionCap(0, 0)  # replaced when the listener starts
         self._ingress_host = "127.0.0.1"
         self._tls = False
         self.stopped = asyncio.Event()
@@ -428,10 +431,20 @@ class Daemon:
             max_headers=self.settings.get("ingress", "max_headers"),
             max_field_size=self.settings.get("ingress", "max_header_bytes"),
             max_line_size=self.settings.get("ingress", "max_header_bytes"),
+            # Armed when a connection opens (aiohttp >= 3.14): bounds idle connections and
+            # request heads that never finish, not only keep-alive between requests.
+            keepalive_timeout=self.settings.get("ingress", "idle_timeout_s"),
         )
         await ingress_runner.setup()
         self._runners.append(ingress_runner)
-        site = web.TCPSite(ingress_runner, host, port, ssl_context=ssl_ctx, reuse_address=True)
+        stats = self._ingress.stats
+        self.connections = ConnectionCap(
+            self.settings.get("ingress", "max_connections"),
+            self.settings.get("ingress", "retry_after_s"),
+            on_refused=lambda: stats.count(Reason.TOO_MANY_CONNECTIONS))
+        self.metrics.ingress_connections.set_function(lambda: self.connections.open)
+        site = CappedTCPSite(ingress_runner, host, port, cap=self.connections,
+                             ssl_context=ssl_ctx, reuse_address=True)
         try:
             await site.start()
         except OSError as exc:

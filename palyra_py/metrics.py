@@ -56,6 +56,9 @@ class Metrics:
         self.ingress_requests = Counter(
             "palyra_ingress_requests", "Inbound webhook requests by answer",
             ["integration", "status", "reason"], registry=r)
+        self.ingress_connections = Gauge(
+            "palyra_ingress_connections", "Open connections on the ingress listener",
+            registry=r)
         self.journal_append_seconds = Histogram(
             "palyra_journal_append_seconds", "Time from append request to durable commit",
             buckets=LATENCY_BUCKETS, registry=r)

@@ -29,6 +29,7 @@ class Reason(StrEnum):
     INTEGRATION_DISABLED = "integration_disabled"
     SECRET_UNAVAILABLE = "secret_unavailable"  # noqa: S105 (a reason code, not a secret)
     JOURNAL_UNAVAILABLE = "journal_unavailable"
+    TOO_MANY_CONNECTIONS = "too_many_connections"
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,10 @@ ANSWERS: dict[Reason, Answer] = {
     ),
     Reason.JOURNAL_UNAVAILABLE: Answer(
         503, "error", "The journal could not make the event durable; nothing was acknowledged."
+    ),
+    Reason.TOO_MANY_CONNECTIONS: Answer(
+        503, "error",
+        "ingress.max_connections are open; answered on connect, nothing read, Retry-After set.",
     ),
 }
 

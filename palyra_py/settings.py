@@ -59,6 +59,16 @@ SPECS: tuple[SettingSpec, ...] = (
         "Rejections are journaled as one aggregate per integration and reason per window",
         minimum=0.1,
     ),
+    SettingSpec(
+        "ingress", "idle_timeout_s", float, 60.0,
+        "Close a connection with no request in progress (idle, or its head still arriving)",
+        minimum=1,
+    ),
+    SettingSpec(
+        "ingress", "max_connections", int, 1024,
+        "Most open ingress connections; past it, 503 too_many_connections and close",
+        minimum=1,
+    ),
     SettingSpec("ingress", "max_headers", int, 100, "Most request headers accepted", minimum=8),
     SettingSpec(
         "ingress", "max_header_bytes", int, 8190, "Longest request header line", minimum=256

@@ -1,0 +1,90 @@
+"""The ingress listener's connection bounds on the real daemon: past
+``ingress.max_connections`` a new connection is answered 503 ``too_many_connections`` and
+closed, and a connection with no request in progress (silent, or its head never finished)
+is closed after ``ingress.idle_timeout_s``."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from palyra_py.daemon import Daemon
+from palyra_py.testing import MemoryKeyring, running_daemon
+
+Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: palyra\r\n\r\n"
+
+
+@pytest.fixture
+async def capped(state_dir: Path, memory_keyring: MemoryKeyring) -> AsyncIterator[Daemon]:
+    async with running_daemon(state_dir, keyring=memory_keyring, ingress__max_connections=3,
+                              ingress__idle_timeout_s=1, ingress__retry_after_s=7) as d:
+        yield d
+
+
+async def connect(daemon: Daemon) -> Conn:
+    return await asyncio.open_connection("127.0.0.1", daemon.ingress_port)
+
+
+async def healthy(conn: Conn) -> None:
+    """One keep-alive request on ``conn``, answered 200: the connection is open and counted."""
+    reader, writer = conn
+    writer.write(HEALTHZ)
+    head = await reader.readuntil(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200"), head
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                  if line.lower().startswith(b"content-length:"))
+    await reader.readexactly(length)
+
+
+async def closed_by_server(conn: Conn) -> bytes:
+    """Everything the server sends until it closes the connection (bounded wait)."""
+    async with asyncio.timeout(10):
+        return await conn[0].read()
+
+
+async def test_past_the_cap_a_connection_is_answered_503_and_closed(capped: Daemon) -> None:
+    held = [await connect(capped) for _ in range(3)]
+    for conn in held:
+        await healthy(conn)
+    assert capped.connections.open == 3
+
+    refused = await connect(capped)
+    raw = await closed_by_server(refused)
+    head, _, body = raw.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 503 ")
+    assert b"\r\nRetry-After: 7\r\n" in head
+    assert json.loads(body)["error"] == "too_many_connections"
+    assert capped.connections.refused == 1
+    assert capped.ingress.stats.by_reason["too_many_connections"] == 1
+
+    # One closes: the next connection is served again.
+    held.pop()[1].close()
+    async with asyncio.timeout(10):
+        while capped.connections.open > 2:
+            await asyncio.sleep(0.01)
+    again = await connect(capped)
+    await healthy(again)
+    for conn in [*held, again]:
+        conn[1].close()
+
+
+async def test_idle_connections_and_unfinished_heads_are_closed(capped: Daemon) -> None:
+    silent = await connect(capped)
+    partial = await connect(capped)
+    partial[1].write(b"POST /hooks/gh HTTP/1.1\r\nHost: palyra\r\nX-Slow: ")
+    served = await connect(capped)
+    await healthy(served)  # then idle between requests
+
+    for conn in (silent, partial, served):
+        assert await closed_by_server(conn) == b""
+    async with asyncio.timeout(10):
+        while capped.connections.open:
+            await asyncio.sleep(0.01)
+    fresh = await connect(capped)
+    await healthy(fresh)
+    fresh[1].close()
