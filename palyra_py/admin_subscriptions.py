@@ -28,6 +28,7 @@ from palyra_py.subscriptions import (
     update_subscription,
     validate_subscription_fields,
 )
+from palyra_py.urls import check_url
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -83,6 +84,12 @@ class SubscriptionsApi:
         await edit_registry(self.d, change, noun="subscription")
         self.d.dispatcher.wake()
 
+    def _check_https_only(self, url: str) -> None:
+        if self.d.settings.get("delivery", "https_only"):
+            problem = check_url(url, https_only=True)
+            if problem is not None:
+                raise invalid(f"url: {problem}", field="url")
+
     async def _journal(self, kind: str, subscription_id: str, payload: dict[str, Any]) -> None:
         await self.d.append(kind=kind, source="admin", event_type=kind,
                             payload={"subscription_id": subscription_id, **payload})
@@ -99,6 +106,7 @@ class SubscriptionsApi:
         fields = {k: body[k] for k in ("subscription_id", *EDITABLE) if k in body}
         refuse_fields(set(body) - set(fields) - {"secret"}, "unknown field(s)")
         fields = validated(validate_subscription_fields, fields)
+        self._check_https_only(fields["url"])
         subscription_id = fields["subscription_id"]
         if subscription_id in self.d.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
@@ -141,6 +149,8 @@ class SubscriptionsApi:
         merged = {**current, **{k: v for k, v in body.items() if v is not None}}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
         normalised = validated(validate_subscription_fields, check)
+        if "url" in body:
+            self._check_https_only(normalised["url"])
         changes = {k: (None if body[k] is None else normalised.get(k)) for k in body}
         now = self.d.now_dt()
         await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))

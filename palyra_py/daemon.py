@@ -414,6 +414,7 @@ class Daemon:
             metrics=self.metrics,
             disable_after_s=self.settings.get("delivery", "disable_after_s"),
             max_in_flight_total=self.settings.get("delivery", "max_in_flight_total"),
+            https_only=self.settings.get("delivery", "https_only"),
         )
         self._tasks.append(asyncio.create_task(self._dispatcher.run()))
         self._ingress = Ingress(

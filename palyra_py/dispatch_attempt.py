@@ -12,6 +12,7 @@ import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from palyra_py.delivery_store import AttemptRecord, Delivery, DeliveryStatus, DeliveryStore
 from palyra_py.filters import EventMatcher
@@ -136,6 +137,7 @@ class AttemptRunner:
         rand: random.Random,
         disable_after_ms: int,
         event: EventLookup,
+        https_only: bool = False,
     ) -> None:
         self._store = store
         self._sender = sender
@@ -147,6 +149,7 @@ class AttemptRunner:
         self._rand = rand
         self._disable_after_ms = disable_after_ms
         self._event = event
+        self._https_only = https_only
         self.stats = DispatcherStats()
         self._recorded = asyncio.Condition()
         self._attempt_waiters = 0
@@ -184,6 +187,11 @@ class AttemptRunner:
         sub = state.subscription
         now = self._clock()
         started_ms = int(now * 1000)
+        if self._https_only and urlsplit(sub.url).scheme.lower() != "https":
+            # A subscription added before [delivery] https_only was set, or edited by hand.
+            return started_ms, AttemptOutcome(None, "ssrf_blocked",
+                                              "https_only is set and the URL is not https",
+                                              None, 0, None)
         if prepared is None:
             prepared = await self._event(delivery.event_seq)
         if prepared is None:

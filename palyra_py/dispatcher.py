@@ -101,6 +101,7 @@ class Dispatcher:
         rand: random.Random | None = None,
         disable_after_s: float = 5 * 86400,
         max_in_flight_total: int = 256,
+        https_only: bool = False,
     ) -> None:
         self._journal = journal
         self._bus = bus
@@ -115,6 +116,7 @@ class Dispatcher:
             disable_subscription=disable_subscription, clock=clock, metrics=metrics,
             rand=rand or random.Random(),  # noqa: S311 (jitter, not cryptography)
             disable_after_ms=int(disable_after_s * 1000), event=self._events.get,
+            https_only=https_only,
         )
         self.stats = self._runner.stats
         self._wake = asyncio.Event()

@@ -211,6 +211,35 @@ async def test_ssrf_guard_refuses_internal_addresses_by_default(
     assert receiver.received == []
 
 
+async def test_https_only_refuses_http_urls_on_add_and_at_send_time(
+    state_dir: Path, receiver: Receiver, memory_keyring: MemoryKeyring
+) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              delivery__allow_private_networks=True) as d:
+        connector = aiohttp.UnixConnector(path=str(d.socket_path))
+        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+            await subscribe(admin, "plain", receiver.url, retry_schedule=["0s"])
+    # The setting comes later (or the URL was written by hand): the attempt is refused.
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              delivery__allow_private_networks=True,
+                              delivery__https_only=True) as d:
+        connector = aiohttp.UnixConnector(path=str(d.socket_path))
+        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+            async with admin.post("/v1/subscriptions", json={
+                    "subscription_id": "other", "url": receiver.url}) as resp:
+                answer = await resp.json()
+                assert resp.status == 400, answer
+                assert answer["field"] == "url" and "https" in answer["message"]
+            async with admin.patch("/v1/subscriptions/plain",
+                                   json={"url": receiver.url + "/moved"}) as resp:
+                assert resp.status == 400 and (await resp.json())["field"] == "url"
+            await publish(admin, "x.y")
+            await d.dispatcher.wait_for_attempts(1)
+            (row,) = await deliveries(admin, status="failed")
+            assert row["last_error_class"] == "ssrf_blocked"
+    assert receiver.received == []
+
+
 async def test_owner_limit_and_validation(admin_o: aiohttp.ClientSession) -> None:
     for i in range(5):
         await subscribe(admin_o, f"s{i}", f"https://example.com/{i}", owner="team-a")
