@@ -24,6 +24,7 @@ from palyra_py.journal import NewEvent
 from palyra_py.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.subscriptions import (
     add_subscription,
+    is_url_ref,
     remove_subscription,
     update_subscription,
     validate_subscription_fields,
@@ -42,6 +43,25 @@ EDITABLE = (
 
 def keyring_name(subscription_id: str) -> str:
     return f"subscription:{subscription_id}"
+
+
+def url_keyring_name(subscription_id: str) -> str:
+    return f"subscription-url:{subscription_id}"
+
+
+# Their incoming-webhook URLs are credentials: kept in the keyring unless asked otherwise.
+URL_IN_KEYRING_FORMATS = frozenset({"slack", "discord"})
+
+
+def url_in_keyring(body: dict[str, Any], payload_format: str) -> bool:
+    """``body["url_in_keyring"]`` if given (a boolean), else whether the format's URLs
+    carry a credential."""
+    choice = body.get("url_in_keyring")
+    if choice is None:
+        return payload_format in URL_IN_KEYRING_FORMATS
+    if not isinstance(choice, bool):
+        raise invalid("url_in_keyring must be true or false", "url_in_keyring")
+    return choice
 
 
 def check_whsec(value: str) -> None:
@@ -84,8 +104,15 @@ class SubscriptionsApi:
         await edit_registry(self.d, change, noun="subscription")
         self.d.dispatcher.wake()
 
+    async def _store_url(self, subscription_id: str, url: str) -> str:
+        """Keep ``url`` in the keyring; return the reference the registry holds instead."""
+        ref = await store_secret(self.d.secrets, url_keyring_name(subscription_id), url)
+        self.d.secrets.forget_cached(ref)
+        return ref
+
     def _check_https_only(self, url: str) -> None:
-        if self.d.settings.get("delivery", "https_only"):
+        # A reference is checked once resolved, at send time.
+        if self.d.settings.get("delivery", "https_only") and not is_url_ref(url):
             problem = check_url(url, https_only=True)
             if problem is not None:
                 raise invalid(f"url: {problem}", field="url")
@@ -104,10 +131,13 @@ class SubscriptionsApi:
     async def add(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         fields = {k: body[k] for k in ("subscription_id", *EDITABLE) if k in body}
-        refuse_fields(set(body) - set(fields) - {"secret"}, "unknown field(s)")
+        refuse_fields(set(body) - set(fields) - {"secret", "url_in_keyring"},
+                      "unknown field(s)")
         fields = validated(validate_subscription_fields, fields)
         self._check_https_only(fields["url"])
         subscription_id = fields["subscription_id"]
+        keep_url = (not is_url_ref(fields["url"])
+                    and url_in_keyring(body, fields.get("format", "standard")))
         if subscription_id in self.d.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
                            field="subscription_id")
@@ -125,14 +155,23 @@ class SubscriptionsApi:
             ref = await store_secret(self.d.secrets, keyring_name(subscription_id), choice.value)
             self.d.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
+        if keep_url:
+            try:
+                fields["url"] = await self._store_url(subscription_id, fields["url"])
+            except ApiError:
+                if choice.value is not None:
+                    await asyncio.to_thread(self.d.secrets.delete, keyring_name(subscription_id))
+                raise
         # The subscription starts with the next event, not with the journal's history.
         await self.d.dispatcher.start_at_head(subscription_id)
         now = self.d.now_dt()
         try:
             await self._edit(lambda doc: add_subscription(doc, fields, now))
         except ApiError:
-            if choice.value is not None:
-                await asyncio.to_thread(self.d.secrets.delete, keyring_name(subscription_id))
+            for name, stored in ((keyring_name(subscription_id), choice.value is not None),
+                                 (url_keyring_name(subscription_id), keep_url)):
+                if stored:
+                    await asyncio.to_thread(self.d.secrets.delete, name)
             raise
         await self._journal("subscription.created", subscription_id,
                             {"url": fields["url"], "events": list(fields.get("events", ()))})
@@ -144,14 +183,22 @@ class SubscriptionsApi:
     async def patch(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
         body = await read_json_object(request)
-        refuse_fields(set(body) - set(EDITABLE), "field(s) not editable here")
+        refuse_fields(set(body) - set(EDITABLE) - {"url_in_keyring"},
+                      "field(s) not editable here")
         current = self.d.registry.subscriptions[subscription_id].to_dict()
         merged = {**current, **{k: v for k, v in body.items() if v is not None}}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
         normalised = validated(validate_subscription_fields, check)
-        if "url" in body:
+        changes = {k: (None if body[k] is None else normalised.get(k)) for k in body
+                   if k != "url_in_keyring"}
+        if "url" in changes:
             self._check_https_only(normalised["url"])
-        changes = {k: (None if body[k] is None else normalised.get(k)) for k in body}
+        # A URL given, or one already there that the new format (or url_in_keyring) wants
+        # kept in the keyring, goes there.
+        if (({"url", "format", "url_in_keyring"} & set(body))
+                and not is_url_ref(normalised["url"])
+                and url_in_keyring(body, normalised.get("format", "standard"))):
+            changes["url"] = await self._store_url(subscription_id, normalised["url"])
         now = self.d.now_dt()
         await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
         self.d.dispatcher.forget_cursor(subscription_id)
@@ -166,8 +213,9 @@ class SubscriptionsApi:
         await self.d.deliveries.forget_subscription(subscription_id, now_ms=self.d.now_ms())
         self.d.dispatcher.forget_cursor(subscription_id)
         name = keyring_name(subscription_id)
-        for ref in (f"keyring:{name}", f"keyring:{name}:previous"):
-            if ref in (sub.secret_ref, sub.previous_secret_ref):
+        for ref in (f"keyring:{name}", f"keyring:{name}:previous",
+                    f"keyring:{url_keyring_name(subscription_id)}"):
+            if ref in (sub.secret_ref, sub.previous_secret_ref, sub.url):
                 await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
         self.d.secrets.forget_cached()
         await self._journal("subscription.deleted", subscription_id, {})

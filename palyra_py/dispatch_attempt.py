@@ -22,7 +22,8 @@ from palyra_py.retry import RateLimiter, next_attempt_delay, parse_retry_after
 from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
 from palyra_py.sender import AttemptOutcome, Sender
 from palyra_py.signing import GITHUB_SIGNATURE_HEADER, StandardWebhooksSigner, github_signature
-from palyra_py.subscriptions import Subscription
+from palyra_py.subscriptions import Subscription, is_url_ref
+from palyra_py.urls import check_url
 
 JournalHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 DisableHook = Callable[[str, str], Awaitable[None]]
@@ -54,6 +55,7 @@ class SubState:
     secrets: tuple[str, ...] | None = field(default=None, repr=False)  # never in a repr/log
     signer: StandardWebhooksSigner | None = field(default=None, repr=False)
     secrets_until: float = float("inf")
+    target: str | None = field(default=None, repr=False)  # the URL, once a ref is resolved
 
     @classmethod
     def build(cls, sub: Subscription) -> SubState:
@@ -83,6 +85,34 @@ class SubState:
         signer = StandardWebhooksSigner(found)
         self.secrets, self.signer, self.secrets_until = tuple(found), signer, until
         return signer
+
+
+    async def target_url(self, store: SecretStore, https_only: bool) -> str:
+        """The URL to POST to: the subscription's ``url``, or what its secret reference
+        holds, resolved once for this version of the subscription. Raises
+        ``UrlUnavailable`` (never quoting the URL: it may carry a credential)."""
+        if self.target is not None:
+            return self.target
+        url = self.subscription.url
+        if is_url_ref(url):
+            try:
+                url = (await asyncio.to_thread(store.resolve, url)).strip()
+            except (SecretNotFound, SecretRefError) as exc:
+                raise UrlUnavailable(f"url reference unavailable: {exc}") from None
+            problem = check_url(url)
+            if problem is not None:
+                raise UrlUnavailable(f"url reference does not hold a delivery URL: {problem}")
+        if https_only and urlsplit(url).scheme.lower() != "https":
+            # Added before [delivery] https_only was set, edited by hand, or from a reference.
+            raise UrlUnavailable("https_only is set and the URL is not https", "ssrf_blocked")
+        self.target = url
+        return url
+
+
+class UrlUnavailable(Exception):
+    def __init__(self, detail: str, error_class: str = "connect") -> None:
+        super().__init__(detail)
+        self.detail, self.error_class = detail, error_class
 
 
 def prepare_request(state: SubState, event: PreparedEvent, now: float
@@ -187,11 +217,10 @@ class AttemptRunner:
         sub = state.subscription
         now = self._clock()
         started_ms = int(now * 1000)
-        if self._https_only and urlsplit(sub.url).scheme.lower() != "https":
-            # A subscription added before [delivery] https_only was set, or edited by hand.
-            return started_ms, AttemptOutcome(None, "ssrf_blocked",
-                                              "https_only is set and the URL is not https",
-                                              None, 0, None)
+        try:
+            url = await state.target_url(self._secrets, self._https_only)
+        except UrlUnavailable as exc:
+            return started_ms, AttemptOutcome(None, exc.error_class, exc.detail, None, 0, None)
         if prepared is None:
             prepared = await self._event(delivery.event_seq)
         if prepared is None:
@@ -204,7 +233,7 @@ class AttemptRunner:
                                               f"signing secret unavailable: {exc}", None, 0,
                                               None)
         body, headers = prepare_request(state, prepared, now)
-        return started_ms, await self._sender.post(sub.url, body, headers, sub.timeout_s)
+        return started_ms, await self._sender.post(url, body, headers, sub.timeout_s)
 
     async def _record(self, delivery: Delivery, sub: Subscription, outcome: AttemptOutcome,
                       started_ms: int, settled: Callable[[int | None], None]) -> None:

@@ -126,11 +126,24 @@ def format_duration(seconds: float) -> str:
 # Field checks: (value, field name) -> normalised value, or RegistryError naming the field.
 
 
+URL_REF_PREFIXES = ("keyring:", "env:", "file:")
+
+
+def is_url_ref(url: str) -> bool:
+    """True when a subscription's ``url`` is a secret reference (``keyring:NAME``,
+    ``env:VAR``, ``file:PATH``) whose value is the URL: for URLs that carry their own
+    credential, as Slack's and Discord's incoming-webhook URLs do."""
+    return url.startswith(URL_REF_PREFIXES)
+
+
 def _check_url(value: Any, name: str) -> str:
-    rule = f"must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters"
+    rule = (f"must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters, or a"
+            " secret reference holding one (keyring:NAME, env:VAR, file:/absolute/path)")
     if not isinstance(value, str):
         raise _fail(name, f"{rule}, got {type(value).__name__}")
     url = value.strip()
+    if is_url_ref(url):
+        return _check_secret_ref(url, name)
     problem = check_url(url)
     if problem is not None:
         raise _fail(name, f"{rule}: {problem}")

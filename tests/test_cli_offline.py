@@ -606,6 +606,7 @@ def test_subscription_add_sends_the_fields_and_shows_the_secret_once(
         "--format", "slack", "--signature-format", "github", "--ordered", "--rate-limit", "2.5",
         "--max-in-flight", "4", "--timeout", "20", "--retry-schedule", "0s,1m,1h",
         "-H", "X-Team: ops", "--owner", "team-a", "--description", "CI", "--disabled",
+        "--url-in-registry",
     )
     assert result.exit_code == 0, result.output
     assert canned.requests[0]["body"] == {
@@ -615,7 +616,7 @@ def test_subscription_add_sends_the_fields_and_shows_the_secret_once(
         "format": "slack", "signature_format": "github", "ordered": True,
         "rate_limit_per_s": 2.5, "max_in_flight": 4, "timeout_s": 20.0,
         "retry_schedule": ["0s", "1m", "1h"], "headers": {"X-Team": "ops"},
-        "owner": "team-a", "description": "CI", "enabled": False,
+        "owner": "team-a", "description": "CI", "enabled": False, "url_in_keyring": False,
     }
     text = flat(result.stdout)
     assert result.stdout.count("whsec_c2VjcmV0LXNob3duLW9uY2U=") == 1

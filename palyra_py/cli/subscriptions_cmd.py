@@ -71,9 +71,18 @@ def add(
     subscription_id: IdArgument,
     url: Annotated[
         str,
-        typer.Option("--url", metavar="URL", help="http(s) endpoint to POST to.",
+        typer.Option("--url", metavar="URL",
+                     help="http(s) endpoint to POST to, or a reference the daemon resolves: "
+                     "keyring:NAME, env:VAR, file:/path.",
                      show_default=False),
     ],
+    url_in_keyring: Annotated[
+        bool | None,
+        typer.Option("--url-in-keyring/--url-in-registry",
+                     help="Keep the URL in the keyring, not in webhooks.toml (default: "
+                     "the keyring for slack and discord, whose URLs hold a credential).",
+                     show_default=False),
+    ] = None,
     events: Annotated[
         list[str] | None,
         typer.Option(
@@ -162,6 +171,10 @@ def add(
     $ palyra subscriptions add ci --url https://ci.example/hook -e 'github.push'
     $ palyra subscriptions add kb --url https://x.example/h --filter data.kb=docs
     $ palyra subscriptions add chat --url "$SLACK_HOOK_URL" --format slack
+    $ palyra subscriptions add ops --url env:OPS_HOOK_URL
+
+    A Slack or Discord URL is kept in the keyring (the registry holds
+    keyring:subscription-url:ID), since whoever has it can post to the channel.
     """
     secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
     fields: JsonObject = {"subscription_id": subscription_id, "url": url, "secret": secret}
@@ -179,6 +192,7 @@ def add(
         "owner": owner,
         "description": description,
         "enabled": False if disabled else None,
+        "url_in_keyring": url_in_keyring,
     }
     fields.update({key: value for key, value in optional.items() if value is not None})
     with admin_session(state_dir, json_output=json_output) as client:
