@@ -266,12 +266,14 @@ class Ingress:
         except Rejection as rej:
             now_ms = int(self._clock() * 1000)
             integ_id = active.integration.integration_id if active else None
-            self._rejections.record(
+            first = self._rejections.record(
                 integ_id, rej.reason, request.remote, now_ms,
                 requested_id=None if active else requested,
             )
             self.stats.count(rej.reason, integ_id)
-            log.info(
+            # The first of its kind in a rejection window at info; the rest at debug, and
+            # their count at the window's end (rejections.flush): a flood cannot fill logs.
+            (log.info if first else log.debug)(
                 "webhook_rejected", integration_id=integ_id, reason=rej.reason.value,
                 detail=rej.detail, remote=request.remote,
             )

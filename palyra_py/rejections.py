@@ -7,8 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
 from palyra_py.journal import Journal, JournalUnavailable, NewEvent
 from palyra_py.reasons import Reason
+
+log = structlog.get_logger("palyra.ingress")
 
 MAX_KEYS = 256
 MAX_SAMPLES = 5
@@ -34,9 +38,12 @@ class RejectionLog:
     def record(
         self, integration_id: str | None, reason: Reason, remote: str | None, now_ms: int,
         *, requested_id: str | None = None,
-    ) -> None:
+    ) -> bool:
+        """Count one rejection; True when it is the first of its integration and reason
+        since the last flush (the one worth a log line: a flood logs one line a window)."""
         key = (integration_id or UNKNOWN, reason.value)
         tally = self._tallies.get(key)
+        first = tally is None
         if tally is None:
             if len(self._tallies) >= MAX_KEYS:
                 # Past the bound, fold into one catch-all row rather than grow memory.
@@ -54,6 +61,7 @@ class RejectionLog:
             safe = "".join(c if c.isprintable() else "?" for c in requested_id[:64])
             if safe not in tally.sample_ids:
                 tally.sample_ids.append(safe)
+        return first
 
     def pending(self) -> int:
         return sum(t.count for t in self._tallies.values())
@@ -86,6 +94,9 @@ class RejectionLog:
                     )
                 )
                 written += 1
+                if tally.count > 1:  # the first one was logged when it came
+                    log.info("webhook_rejections", integration_id=payload["integration_id"],
+                             reason=reason, count=tally.count)
             except JournalUnavailable:
                 self._tallies.setdefault((integration_id, reason), tally)
         return written

@@ -1,7 +1,7 @@
-"""The ingress listener's connection bounds on the real daemon: past
-``ingress.max_connections`` a new connection is answered 503 ``too_many_connections`` and
-closed, and a connection with no request in progress (silent, or its head never finished)
-is closed after ``ingress.idle_timeout_s``."""
+"""The ingress listener's bounds on the real daemon: past ``ingress.max_connections`` a new
+connection is answered 503 ``too_many_connections`` and closed; a connection with no
+request in progress (silent, or its head never finished) is closed after
+``ingress.idle_timeout_s``; a flood of rejections logs one line per rejection window."""
 
 from __future__ import annotations
 
@@ -10,7 +10,9 @@ import json
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from structlog.testing import capture_logs
 
 from palyra_py.daemon import Daemon
 from palyra_py.testing import MemoryKeyring, running_daemon
@@ -88,3 +90,23 @@ async def test_idle_connections_and_unfinished_heads_are_closed(capped: Daemon) 
     fresh = await connect(capped)
     await healthy(fresh)
     fresh[1].close()
+
+
+async def test_a_flood_of_rejections_logs_one_line_per_window(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              ingress__rejection_window_s=3600) as d:  # the test flushes
+        url = f"http://127.0.0.1:{d.ingress_port}/hooks/nobody"
+        with capture_logs() as logs:
+            async with aiohttp.ClientSession() as http:
+                for _ in range(20):
+                    async with http.post(url, data=b"{}") as resp:
+                        assert resp.status == 404
+                await d.rejections.flush(d.journal)
+                async with http.post(url, data=b"{}") as resp:  # a new window
+                    assert resp.status == 404
+        info = [(e["event"], e.get("count")) for e in logs if e.get("log_level") == "info"
+                and e["event"] in ("webhook_rejected", "webhook_rejections")]
+        assert info == [("webhook_rejected", None), ("webhook_rejections", 20),
+                        ("webhook_rejected", None)]
