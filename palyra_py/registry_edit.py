@@ -92,6 +92,9 @@ class RegistryFile:
                     raise
                 on_disk_error = exc
             doc = tomlkit.parse(text)
+            if exists and doc.as_string() != text:
+                # A hand-made error first: the file needs a hand edit either way.
+                raise on_disk_error or _layout_error(text, doc.as_string(), self.path)
             change(doc)
             new_text = doc.as_string()
             try:
@@ -104,6 +107,31 @@ class RegistryFile:
             if not exists or new_text != text:
                 write_atomic(self.path, new_text.encode("utf-8"))
             return registry
+
+
+def _layout_error(text: str, rewritten: str, path: Path) -> RegistryError:
+    """The file cannot be edited without rewriting parts the edit is not about: tomlkit
+    keeps an array of tables together, so records of one kind written after records of
+    another kind would move (with the comments above them). Say where, and what to do."""
+    seen: list[str] = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        header = line.strip()
+        if not (header.startswith("[[") and "]]" in header):
+            continue
+        kind = header[2:header.index("]]")].strip()
+        if seen and kind != seen[-1] and kind in seen:
+            return RegistryError(
+                f"[[{kind}]] here comes after [[{seen[-1]}]] records, below other [[{kind}]]"
+                f" records: an edit would move it next to them. Put the records of each kind"
+                f" together (all [[{kind}]] records in one run), then retry; nothing was"
+                f" changed", path=path, line=number, col=1)
+        seen.append(kind)
+    old_lines, new_lines = text.splitlines(), rewritten.splitlines()
+    first = next((i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False)) if a != b),
+                 min(len(old_lines), len(new_lines)))
+    return RegistryError(
+        "an edit would also rewrite parts of the file it is not about (tomlkit cannot keep"
+        " their layout); nothing was changed", path=path, line=first + 1, col=1)
 
 
 # ---------------------------------------------------------------------------------------

@@ -684,6 +684,35 @@ def test_integrations_subscriptions_and_tokens_share_one_file(tmp_path: Path) ->
     assert path.read_text() == text
 
 
+def test_interleaved_kinds_are_refused_before_an_edit_would_move_them(tmp_path: Path) -> None:
+    path = tmp_path / "webhooks.toml"
+    text = (
+        'version = 1\n\n# the first hook\n[[webhooks]]\nintegration_id = "a"\n'
+        'provider = "github"\n\n# a subscription between the hooks\n[[subscriptions]]\n'
+        'subscription_id = "s"\nurl = "https://r.example/"\n\n# the second hook\n'
+        '[[webhooks]]\nintegration_id = "b"\nprovider = "stripe"\n'
+    )
+    path.write_text(text)
+    file = RegistryFile(path)
+    assert list(file.load().integrations) == ["a", "b"]  # valid TOML, and loaded as such
+    with pytest.raises(RegistryError) as info:
+        file.edit(lambda doc: update_subscription(doc, "s", {"enabled": False}, LATER))
+    assert (info.value.line, info.value.col) == (14, 1)
+    assert "[[webhooks]] here comes after [[subscriptions]] records" in str(info.value)
+    assert path.read_text() == text  # nothing moved, nothing written
+
+    grouped = text.replace(
+        '\n# a subscription between the hooks\n[[subscriptions]]\nsubscription_id = "s"\n'
+        'url = "https://r.example/"\n', "") + (
+        '\n# a subscription after the hooks\n[[subscriptions]]\nsubscription_id = "s"\n'
+        'url = "https://r.example/"\n')
+    path.write_text(grouped)
+    file.edit(lambda doc: update_subscription(doc, "s", {"enabled": False}, LATER))
+    edited = path.read_text()
+    assert edited.startswith(grouped.rstrip("\n"))  # every line kept, in place
+    assert "enabled = false" in edited
+
+
 # -- tokens -------------------------------------------------------------------------------
 
 
