@@ -55,7 +55,9 @@ class AdminApi:
             },
             "integrations": {"total": len(d.registry.integrations), "by_readiness": by_readiness},
             "ingress": {"answers": dict(d.ingress.stats.by_reason),
-                        "rejections_pending": d.rejections.pending()},
+                        "rejections_pending": d.rejections.pending(),
+                        "connections": d.connections.open,
+                        "max_connections": d.connections.limit},
             "keyring": {"backend": d.secrets.backend_name, "fallback": d.secrets.is_fallback},
             "settings": d.settings.table(),
         })

@@ -54,6 +54,11 @@ async def test_past_the_cap_a_connection_is_answered_503_and_closed(capped: Daem
     for conn in held:
         await healthy(conn)
     assert capped.connections.open == 3
+    connector = aiohttp.UnixConnector(path=str(capped.socket_path))
+    async with aiohttp.ClientSession(connector=connector) as admin, \
+            admin.get("http://admin/v1/status") as resp:
+        ingress = (await resp.json())["ingress"]
+    assert (ingress["connections"], ingress["max_connections"]) == (3, 3)
 
     refused = await connect(capped)
     raw = await closed_by_server(refused)

@@ -12,6 +12,14 @@ from typing import Any
 from palyra_py.cli import output
 
 
+def _connections(ingress: Any) -> str:
+    """``3 of 1024`` open on the ingress listener (``-`` when the daemon did not say)."""
+    if not isinstance(ingress, dict) or "connections" not in ingress:
+        return "-"
+    return (f"{output.text(ingress.get('connections'))} of "
+            f"{output.text(ingress.get('max_connections'))} (ingress)")
+
+
 def _listeners(value: Any) -> str:
     """One line per listener: ``ingress  http://...`` (plain strings are kept as is)."""
     if not isinstance(value, list) or not value:
@@ -47,6 +55,7 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("state dir", output.text(answer.get("state_dir"))),
         ("admin socket", output.text(answer.get("admin_socket"))),
         ("listeners", _listeners(answer.get("listeners"))),
+        ("connections", _connections(answer.get("ingress"))),
         ("journal", output.text(journal.get("path"))),
         ("journal size", output.size(journal.get("size_bytes"))),
         ("last seq", output.text(journal.get("last_seq"))),
