@@ -21,6 +21,7 @@ from palyra_py.admin_secrets import (
 )
 from palyra_py.delivery_store import format_time_ms
 from palyra_py.journal import NewEvent
+from palyra_py.secrets import SecretNotFound, SecretRefError
 from palyra_py.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.subscriptions import (
     add_subscription,
@@ -195,12 +196,28 @@ class SubscriptionsApi:
             self._check_https_only(normalised["url"])
         # A URL given, or one already there that the new format (or url_in_keyring) wants
         # kept in the keyring, goes there.
+        stored: tuple[str, str | None] | None = None  # (the reference, what it held before)
         if (({"url", "format", "url_in_keyring"} & set(body))
                 and not is_url_ref(normalised["url"])
                 and url_in_keyring(body, normalised.get("format", "standard"))):
+            ref = f"keyring:{url_keyring_name(subscription_id)}"
+            before = None
+            if current["url"] == ref:
+                with contextlib.suppress(SecretNotFound, SecretRefError):
+                    before = await asyncio.to_thread(self.d.secrets.resolve, ref)
             changes["url"] = await self._store_url(subscription_id, normalised["url"])
+            stored = (ref, before)
         now = self.d.now_dt()
-        await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
+        try:
+            await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
+        except ApiError:
+            if stored is not None:  # the registry did not change: neither may its URL
+                ref, before = stored
+                if before is not None:
+                    await self._store_url(subscription_id, before)
+                else:
+                    await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+            raise
         self.d.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.updated", subscription_id,
                             {"changed": sorted(changes)})

@@ -86,7 +86,6 @@ class SubState:
         self.secrets, self.signer, self.secrets_until = tuple(found), signer, until
         return signer
 
-
     async def target_url(self, store: SecretStore, https_only: bool) -> str:
         """The URL to POST to: the subscription's ``url``, or what its secret reference
         holds, resolved once for this version of the subscription. Raises
@@ -110,6 +109,8 @@ class SubState:
 
 
 class UrlUnavailable(Exception):
+    """No URL to send to (yet): the attempt fails with ``error_class``."""
+
     def __init__(self, detail: str, error_class: str = "connect") -> None:
         super().__init__(detail)
         self.detail, self.error_class = detail, error_class

@@ -124,3 +124,19 @@ async def test_an_env_reference_is_resolved_and_a_bad_one_fails_without_quoting_
     assert "does not hold a delivery URL" in bad["error_detail"]
     assert "sekrit" not in repr(bad)
     assert "url reference unavailable" in unset["error_detail"]
+
+
+async def test_a_refused_edit_leaves_the_stored_url_as_it_was(
+    admin_o: aiohttp.ClientSession, receiver: Receiver, memory_keyring: MemoryKeyring,
+    state_dir: Path,
+) -> None:
+    first = f"{receiver.url}/services/first-{SECRET_PART}"
+    await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="chat", url=first,
+               format="slack")
+    registry = state_dir / "webhooks.toml"
+    registry.write_text(registry.read_text()
+                        + '\n[[subscriptions]]\nsubscription_id = "x"\nurl = "mailto:a"\n')
+    answer = await call(admin_o, "PATCH", "/v1/subscriptions/chat", 422,
+                        url=f"{receiver.url}/services/second-{SECRET_PART}")
+    assert answer["error"] == "registry_invalid"
+    assert memory_keyring.passwords[("palyra", "subscription-url:chat")] == first
