@@ -5,6 +5,7 @@ rotation with a grace period during which the previous secret still counts."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,6 +88,20 @@ class Rotation:
     changes: dict[str, Any]
     """Registry changes: secret_ref, previous_secret_ref, previous_valid_until."""
     until: datetime | None
+    replaced: tuple[tuple[str, str | None], ...] = ()
+    """Keyring names written, each with what it held before (``None``: nothing)."""
+
+    async def undo(self, store: SecretStore) -> None:
+        """Put the keyring back as it was: for when the registry edit that was to go with
+        the rotation is refused, so that the registry's references still find the secrets
+        the senders and receivers use."""
+        for name, before in reversed(self.replaced):
+            if before is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(store.delete, name)
+            else:
+                await store_secret(store, name, before)
+        store.forget_cached()
 
 
 async def rotate(
@@ -102,22 +117,31 @@ async def rotate(
     is first copied to ``<current_name>:previous`` so both count during the grace period."""
     prev_ref = old_ref
     new_ref = choice.ref
+    replaced: list[tuple[str, str | None]] = []
     if choice.value is not None:
+        old_value = await _held(store, f"keyring:{current_name}")
         if old_ref == f"keyring:{current_name}" and grace_s > 0:
-            try:
-                old_value: str | None = await asyncio.to_thread(store.resolve, old_ref)
-            except (SecretNotFound, SecretRefError):
-                old_value = None
-            prev_ref = (await store_secret(store, f"{current_name}:previous", old_value)
+            previous_name = f"{current_name}:previous"
+            if old_value is not None:
+                replaced.append((previous_name, await _held(store, f"keyring:{previous_name}")))
+            prev_ref = (await store_secret(store, previous_name, old_value)
                         if old_value is not None else None)
+        replaced.append((current_name, old_value))
         new_ref = await store_secret(store, current_name, choice.value)
     store.forget_cached()
     until = now + timedelta(seconds=grace_s) if grace_s > 0 and prev_ref else None
     return Rotation(
         {"secret_ref": new_ref, "previous_secret_ref": prev_ref if until else None,
          "previous_valid_until": until},
-        until,
+        until, tuple(replaced),
     )
+
+
+async def _held(store: SecretStore, ref: str) -> str | None:
+    try:
+        return await asyncio.to_thread(store.resolve, ref)
+    except (SecretNotFound, SecretRefError):
+        return None
 
 
 def rfc3339(value: datetime | None) -> str | None:

@@ -8,7 +8,7 @@ import json
 import aiohttp
 
 from palyra_py.daemon import Daemon
-from palyra_py.testing import ManualClock
+from palyra_py.testing import ManualClock, MemoryKeyring
 from tests.helpers import add_integration, events, send_signed
 
 PUSH = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "abc"}]}).encode()
@@ -156,6 +156,26 @@ async def test_secret_rotation_accepts_both_during_grace(
     assert (status, body["error"]) == (401, "signature_mismatch")
     status, _, _ = await send_signed(http, daemon, "gh", PUSH, secret="new-secret",
                                      delivery_id="rotation-delivery-0010")
+    assert status == 202
+
+
+async def test_a_rotation_whose_registry_edit_is_refused_leaves_the_secrets_alone(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+    memory_keyring: MemoryKeyring,
+) -> None:
+    await add_integration(admin, "gh", secret="old-secret")
+    registry = daemon.state_dir / "webhooks.toml"
+    # A hand-made error on disk: every registry edit is refused until it is fixed.
+    registry.write_text(registry.read_text() + '\n[[webhooks]]\nintegration_id = "x"\n')
+    async with admin.post("/v1/webhooks/gh/rotate-secret",
+                          json={"grace_s": 3600, "secret": {"value": "new-secret"}}) as resp:
+        assert resp.status == 422, await resp.text()
+    # The registry still names keyring:webhook:gh, which must still hold what GitHub signs
+    # with (else every delivery would be refused, and the new secret was never shown).
+    assert memory_keyring.passwords[("palyra", "webhook:gh")] == "old-secret"
+    assert ("palyra", "webhook:gh:previous") not in memory_keyring.passwords
+    status, _, _ = await send_signed(http, daemon, "gh", PUSH, secret="old-secret",
+                                     delivery_id="after-refused-rotation-0001")
     assert status == 202
 
 

@@ -126,7 +126,7 @@ async def test_an_env_reference_is_resolved_and_a_bad_one_fails_without_quoting_
     assert "url reference unavailable" in unset["error_detail"]
 
 
-async def test_a_refused_edit_leaves_the_stored_url_as_it_was(
+async def test_a_refused_edit_leaves_the_keyring_as_it_was(
     admin_o: aiohttp.ClientSession, receiver: Receiver, memory_keyring: MemoryKeyring,
     state_dir: Path,
 ) -> None:
@@ -140,3 +140,8 @@ async def test_a_refused_edit_leaves_the_stored_url_as_it_was(
                         url=f"{receiver.url}/services/second-{SECRET_PART}")
     assert answer["error"] == "registry_invalid"
     assert memory_keyring.passwords[("palyra", "subscription-url:chat")] == first
+    # So does a refused rotation: the receiver's secret stays where the registry points.
+    signing = memory_keyring.passwords[("palyra", "subscription:chat")]
+    await call(admin_o, "POST", "/v1/subscriptions/chat/rotate-secret", 422, grace_s=60)
+    assert memory_keyring.passwords[("palyra", "subscription:chat")] == signing
+    assert ("palyra", "subscription:chat:previous") not in memory_keyring.passwords
