@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -106,6 +106,7 @@ class Rotation:
 
 async def rotate(
     store: SecretStore,
+    record: Callable[[dict[str, Any]], Awaitable[None]],
     *,
     current_name: str,
     old_ref: str | None,
@@ -113,8 +114,11 @@ async def rotate(
     grace_s: float,
     now: datetime,
 ) -> Rotation:
-    """Put the new secret in place. A keyring-held current secret (``keyring:<current_name>``)
-    is first copied to ``<current_name>:previous`` so both count during the grace period."""
+    """Put the new secret in place, then ``record(changes)`` (the registry edit). A
+    keyring-held current secret (``keyring:<current_name>``) is first copied to
+    ``<current_name>:previous`` so both count during the grace period. If the edit is
+    refused (``ApiError``), the keyring writes are undone, so the registry's references
+    still find the secrets in use, and the error goes on."""
     prev_ref = old_ref
     new_ref = choice.ref
     replaced: list[tuple[str, str | None]] = []
@@ -130,11 +134,17 @@ async def rotate(
         new_ref = await store_secret(store, current_name, choice.value)
     store.forget_cached()
     until = now + timedelta(seconds=grace_s) if grace_s > 0 and prev_ref else None
-    return Rotation(
+    rotation = Rotation(
         {"secret_ref": new_ref, "previous_secret_ref": prev_ref if until else None,
          "previous_valid_until": until},
         until, tuple(replaced),
     )
+    try:
+        await record(rotation.changes)
+    except ApiError:
+        await rotation.undo(store)
+        raise
+    return rotation
 
 
 async def _held(store: SecretStore, ref: str) -> str | None:

@@ -266,15 +266,12 @@ class SubscriptionsApi:
         choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
             generate_subscription_secret(), None, True)
         now = self.d.now_dt()
-        rotation = await rotate(self.d.secrets, current_name=keyring_name(subscription_id),
-                                old_ref=sub.secret_ref, choice=choice, grace_s=grace, now=now)
-        try:
-            await self._edit(
-                lambda doc: update_subscription(doc, subscription_id, rotation.changes, now)
-            )
-        except ApiError:
-            await rotation.undo(self.d.secrets)  # the registry still names the old secret
-            raise
+        rotation = await rotate(
+            self.d.secrets,
+            lambda changes: self._edit(
+                lambda doc: update_subscription(doc, subscription_id, changes, now)),
+            current_name=keyring_name(subscription_id), old_ref=sub.secret_ref, choice=choice,
+            grace_s=grace, now=now)
         self.d.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.secret_rotated", subscription_id,
                             {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)})

@@ -182,15 +182,12 @@ class WebhooksApi:
         choice = secret_choice(body, lambda: generate_secret(integ.provider)) or SecretChoice(
             generate_secret(integ.provider), None, True)
         now = self.d.now_dt()
-        rotation = await rotate(self.d.secrets, current_name=keyring_name(integration_id),
-                                old_ref=integ.secret_ref, choice=choice, grace_s=grace, now=now)
-        try:
-            await self._edit(
-                lambda doc: update_integration(doc, integration_id, rotation.changes, now)
-            )
-        except ApiError:
-            await rotation.undo(self.d.secrets)  # the registry still names the old secret
-            raise
+        rotation = await rotate(
+            self.d.secrets,
+            lambda changes: self._edit(
+                lambda doc: update_integration(doc, integration_id, changes, now)),
+            current_name=keyring_name(integration_id), old_ref=integ.secret_ref, choice=choice,
+            grace_s=grace, now=now)
         await self.d.journal_admin(
             "integration.secret_rotated", integration_id,
             {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)},
