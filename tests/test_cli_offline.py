@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
@@ -325,18 +326,26 @@ def canned_handler(daemon: CannedDaemon) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
-@pytest.fixture
-def canned(state_dir: Path) -> Iterator[CannedDaemon]:
-    daemon = CannedDaemon(state_dir)
+@contextmanager
+def serving(daemon: CannedDaemon) -> Iterator[CannedDaemon]:
+    """``daemon``'s canned answers on ``<state_dir>/palyra.sock`` until the block ends."""
     server = socketserver.ThreadingUnixStreamServer(
-        str(state_dir / "palyra.sock"), canned_handler(daemon)
+        str(daemon.state_dir / "palyra.sock"), canned_handler(daemon)
     )
     thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
     thread.start()
-    yield daemon
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    try:
+        yield daemon
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+@pytest.fixture
+def canned(state_dir: Path) -> Iterator[CannedDaemon]:
+    with serving(CannedDaemon(state_dir)) as daemon:
+        yield daemon
 
 
 def cli(canned: CannedDaemon, *args: str, input: str | None = None) -> Result:

@@ -6,10 +6,8 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socketserver
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +17,7 @@ import typer.main
 
 from palyra_py.cli import quick
 from palyra_py.cli.app import app
-from tests.test_cli_offline import CannedDaemon, canned_handler
+from tests.test_cli_offline import CannedDaemon, serving
 
 HOOK = {"integration_id": "gh", "provider": "github", "enabled": True, "readiness": "ready",
         "allowed_events": ["push"], "last_test_status": "accepted",
@@ -51,15 +49,8 @@ def canned(state_dir: Path) -> Iterator[CannedDaemon]:
         ("GET", "/v1/tokens"): (200, {"tokens": []}),
         ("GET", "/v1/status"): (200, STATUS),
     })
-    server = socketserver.ThreadingUnixStreamServer(
-        str(state_dir / "palyra.sock"), canned_handler(daemon)
-    )
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield daemon
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(daemon):
+        yield daemon
 
 
 def both_ways(args: list[str], env: dict[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:

@@ -5,10 +5,8 @@ from __future__ import annotations
 
 import json
 import os
-import socketserver
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from enum import Enum
 from pathlib import Path
@@ -24,7 +22,7 @@ from typer.testing import CliRunner
 
 from palyra_py.cli import typer_params
 from palyra_py.cli.app import GROUPS, app
-from tests.test_cli_offline import CannedDaemon, canned_handler
+from tests.test_cli_offline import CannedDaemon, serving
 
 # Modules a command must not need: Typer (for the reads in ``quick``), pydantic (Typer's
 # coercion), rich (human output), http.client and what it drags in, platformdirs (only
@@ -52,16 +50,8 @@ HOOK = {"integration_id": "gh", "provider": "github", "enabled": True, "readines
 
 @pytest.fixture
 def canned(state_dir: Path) -> Iterator[CannedDaemon]:
-    daemon = CannedDaemon(state_dir)
-    server = socketserver.ThreadingUnixStreamServer(
-        str(state_dir / "palyra.sock"), canned_handler(daemon)
-    )
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield daemon
-    server.shutdown()
-    server.server_close()
-    thread.join()
+    with serving(CannedDaemon(state_dir)) as daemon:
+        yield daemon
 
 
 def probe(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
