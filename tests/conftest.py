@@ -9,7 +9,9 @@ import pytest
 import structlog
 import structlog.testing
 
+from palyra_py.bus import SeqBus
 from palyra_py.daemon import Daemon
+from palyra_py.journal import Journal
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon, short_state_dir
 from tests import leakcheck
 from tests.receiver import Receiver, running_receiver
@@ -37,6 +39,16 @@ def state_dir() -> Iterator[Path]:
     problems = leakcheck.WATCH.scan_state_dir(path)
     shutil.rmtree(path, ignore_errors=True)
     assert not problems, f"secrets found in the state dir: {problems}"
+
+
+@pytest.fixture
+async def parts(tmp_path: Path) -> AsyncIterator[tuple[Journal, SeqBus]]:
+    """A started journal in tmp_path whose commits are published on a bus."""
+    bus = SeqBus()
+    journal = Journal(tmp_path / "journal.db", on_commit=bus.publish)
+    await journal.start()
+    yield journal, bus
+    await journal.close()
 
 
 @pytest.fixture

@@ -8,13 +8,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from palyra_py.bus import SeqBus
@@ -25,15 +23,6 @@ from palyra_py.stream import Feed, StreamHub
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 
 BLOB = "x" * 4000
-
-
-@pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[tuple[Journal, SeqBus]]:
-    bus = SeqBus()
-    journal = Journal(tmp_path / "journal.db", on_commit=bus.publish)
-    await journal.start()
-    yield journal, bus
-    await journal.close()
 
 
 async def append(journal: Journal, n: int, kind: str = "app.tick", blob: str = "") -> int:
@@ -196,6 +185,18 @@ async def test_clients_with_one_filter_share_a_group_and_filters_still_apply(
     assert kinds[8] == ["a.one", "b.one", "c.one", "a.two", "b.two", "a.three"]
 
 
+async def fill_until(journal: Journal, probe: Feed, done: Callable[[], bool]) -> int:
+    """Append big events ten at a time, each batch through a hub pass, until ``done()``
+    (at most 5,000: socket buffers differ between machines); return the last seq."""
+    last = 0
+    for _ in range(500):
+        last = await append(journal, 10, blob=BLOB)
+        await pass_done(probe, 10)
+        if done():
+            break
+    return last
+
+
 async def test_a_client_behind_its_socket_is_written_from_its_backlog_then_live_again(
     parts: tuple[Journal, SeqBus],
 ) -> None:
@@ -206,12 +207,7 @@ async def test_a_client_behind_its_socket_is_written_from_its_backlog_then_live_
             hub.subscribe(EventFilter(), after_seq=0) as probe, \
             aiohttp.ClientSession(read_bufsize=4096) as http, http.get(url) as resp:
         client = await endpoint.joined.get()
-        last = 0
-        for _ in range(500):  # bounded: socket buffers differ between machines
-            last = await append(journal, 10, blob=BLOB)
-            await pass_done(probe, 10)
-            if client.backlog:
-                break
+        last = await fill_until(journal, probe, lambda: client.backlog > 0)
         assert client.backlog, "the socket never backed up"
         # Read again while events keep coming: whatever the hub gets meanwhile must queue
         # behind the backlog, not overtake it.
@@ -239,11 +235,7 @@ async def test_a_backlog_past_the_buffer_ends_the_stream_with_overflow(
             http.get(url, params={"type": "app.*"}) as resp:
         client = await endpoint.joined.get()
         assert hub.groups == 2
-        for _ in range(500):
-            await append(journal, 10, blob=BLOB)
-            await pass_done(probe, 10)
-            if hub.overflows:
-                break
+        await fill_until(journal, probe, lambda: hub.overflows > 0)
         assert hub.overflows == 1 and client.overflowed and client.backlog == 0
         assert hub.groups == 1  # the probe's: the overflowed client is fed no more
         later = await append(journal, 5, blob=BLOB)

@@ -5,22 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from palyra_py.bus import SeqBus
 from palyra_py.journal import EventFilter, Journal, NewEvent
 from palyra_py.stream import Feed, Overflow, StreamHub, TooManyClients
-
-
-@pytest.fixture
-async def parts(tmp_path: Path) -> AsyncIterator[tuple[Journal, SeqBus]]:
-    bus = SeqBus()
-    journal = Journal(tmp_path / "journal.db", on_commit=bus.publish)
-    await journal.start()
-    yield journal, bus
-    await journal.close()
 
 
 async def append(journal: Journal, n: int, kind: str = "app.tick") -> None:
