@@ -14,6 +14,7 @@ from palyra_py.daemon import Daemon
 from palyra_py.journal import Journal
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon, short_state_dir
 from tests import leakcheck
+from tests.fault_helpers import admin_session
 from tests.receiver import Receiver, running_receiver
 
 leakcheck.install()
@@ -82,8 +83,7 @@ async def outbound(
 @pytest.fixture
 async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
     """An admin API session on the ``outbound`` daemon's socket."""
-    connector = aiohttp.UnixConnector(path=str(outbound.socket_path))
-    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
+    async with admin_session(outbound.socket_path) as session:
         yield session
 
 
@@ -97,9 +97,8 @@ async def daemon(
 
 @pytest.fixture
 async def admin(daemon: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    """An HTTP client on the daemon's admin socket (base URL http://admin)."""
-    connector = aiohttp.UnixConnector(path=str(daemon.socket_path))
-    async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as session:
+    """An admin API session on the ``daemon`` fixture's socket."""
+    async with admin_session(daemon.socket_path) as session:
         yield session
 
 

@@ -17,6 +17,7 @@ from standardwebhooks import Webhook
 
 from palyra_py.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, events, send_signed
 from tests.receiver import Receiver
 
@@ -199,8 +200,7 @@ async def test_ssrf_guard_refuses_internal_addresses_by_default(
     state_dir: Path, receiver: Receiver
 ) -> None:
     async with running_daemon(state_dir) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             for sid, url in (("local", receiver.url), ("lan", "http://10.0.0.1/x"),
                              ("meta", "http://169.254.169.254/latest/meta-data/")):
                 await subscribe(admin, sid, url, retry_schedule=["0s"])
@@ -216,15 +216,13 @@ async def test_https_only_refuses_http_urls_on_add_and_at_send_time(
 ) -> None:
     async with running_daemon(state_dir, keyring=memory_keyring,
                               delivery__allow_private_networks=True) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             await subscribe(admin, "plain", receiver.url, retry_schedule=["0s"])
     # The setting comes later (or the URL was written by hand): the attempt is refused.
     async with running_daemon(state_dir, keyring=memory_keyring,
                               delivery__allow_private_networks=True,
                               delivery__https_only=True) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             async with admin.post("/v1/subscriptions", json={
                     "subscription_id": "other", "url": receiver.url}) as resp:
                 answer = await resp.json()
@@ -289,15 +287,13 @@ async def test_restart_in_the_middle_of_retries_loses_nothing(
     receiver.script = [500] * 3
     settings = {"delivery__allow_private_networks": True}
     async with running_daemon(state_dir, clock=clock, keyring=memory_keyring, **settings) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             await subscribe(admin, "r", receiver.url, retry_schedule=["0s", "30s", "30s"])
             for i in range(3):
                 await publish(admin, "n.x", i=i)
             await d.dispatcher.wait_for_attempts(3)  # three first attempts failed: retries due
     async with running_daemon(state_dir, clock=clock, keyring=memory_keyring, **settings) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             for i in range(3, 5):
                 await publish(admin, "n.x", i=i)
             await receiver.wait_for(5)
@@ -315,16 +311,14 @@ async def test_retention_prunes_old_journal_events_and_finished_deliveries(
 ) -> None:
     settings = {"delivery__allow_private_networks": True, "journal__retention_days": 1}
     async with running_daemon(state_dir, clock=clock, keyring=memory_keyring, **settings) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             await subscribe(admin, "old", receiver.url)
             await publish(admin, "n.x")
             await d.dispatcher.wait_for_attempts(1)
     clock.advance(2 * 86400)
     # Retention runs when the daemon starts (then every journal.retention_interval_s).
     async with running_daemon(state_dir, clock=clock, keyring=memory_keyring, **settings) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             await asyncio.wait_for(d.retention_ran.wait(), 15)
             await publish(admin, "n.y")
             await d.dispatcher.wait_for_attempts(1)

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 
 from palyra_py.daemon import Daemon
 from palyra_py.testing import MemoryKeyring, running_daemon
+from tests.fault_helpers import admin_session
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: palyra\r\n\r\n"
@@ -54,9 +55,7 @@ async def test_past_the_cap_a_connection_is_answered_503_and_closed(capped: Daem
     for conn in held:
         await healthy(conn)
     assert capped.connections.open == 3
-    connector = aiohttp.UnixConnector(path=str(capped.socket_path))
-    async with aiohttp.ClientSession(connector=connector) as admin, \
-            admin.get("http://admin/v1/status") as resp:
+    async with admin_session(capped.socket_path) as admin, admin.get("/v1/status") as resp:
         ingress = (await resp.json())["ingress"]
     assert (ingress["connections"], ingress["max_connections"]) == (3, 3)
 

@@ -12,6 +12,7 @@ import pytest
 
 from palyra_py.daemon import Daemon
 from palyra_py.testing import MemoryKeyring, running_daemon
+from tests.fault_helpers import admin_session
 from tests.receiver import Receiver
 
 SECRET_PART = "T0AAAA/B0BBBB/s3cretPathPart"
@@ -93,8 +94,7 @@ async def test_becoming_a_slack_subscription_moves_its_url_to_the_keyring() -> N
     # keeps the subscription.created event of that time (history is append-only).
     keyring = MemoryKeyring()
     async with running_daemon(keyring=keyring) as d:
-        connector = aiohttp.UnixConnector(path=str(d.socket_path))
-        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+        async with admin_session(d.socket_path) as admin:
             await call(admin, "POST", "/v1/subscriptions", 201, subscription_id="std",
                        url="https://hooks.example/services/plain-before")
             await call(admin, "PATCH", "/v1/subscriptions/std", 200, format="slack")

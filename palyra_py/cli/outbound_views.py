@@ -150,12 +150,9 @@ def attempt_result(attempt: Mapping[str, Any]) -> str:
 
 def show_subscriptions(answer: Mapping[str, Any]) -> int:
     """``palyra subscriptions list`` for people; the exit code."""
-    subs = answer.get("subscriptions") or []
-    if not subs:
-        output.note("No subscriptions yet. Add one: palyra subscriptions add ID --url URL")
-        return 0
-    output.console().print(subscriptions_table(subs))
-    return 0
+    return output.print_listing(
+        answer.get("subscriptions"), subscriptions_table,
+        "No subscriptions yet. Add one: palyra subscriptions add ID --url URL")
 
 
 def show_subscription(answer: Mapping[str, Any]) -> int:
@@ -174,12 +171,8 @@ def show_delivery(answer: Mapping[str, Any]) -> int:
 
 def show_tokens(answer: Mapping[str, Any]) -> int:
     """``palyra tokens list`` for people; the exit code."""
-    tokens = answer.get("tokens") or []
-    if not tokens:
-        output.note("No tokens yet. Create one: palyra tokens create NAME")
-        return 0
-    output.console().print(tokens_table(tokens))
-    return 0
+    return output.print_listing(answer.get("tokens"), tokens_table,
+                                "No tokens yet. Create one: palyra tokens create NAME")
 
 
 def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:

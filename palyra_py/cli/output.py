@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -88,6 +88,16 @@ def error(message: str) -> None:
 def note(message: str) -> None:
     sys.stderr.write(message + "\n")
     sys.stderr.flush()
+
+
+def print_listing(items: Any, render: Callable[[Sequence[Any]], Table], empty: str) -> int:
+    """A ``list`` command's human output: ``render(items)``, or the hint ``empty`` when
+    there is nothing; the exit code (0 either way)."""
+    if not items:
+        note(empty)
+    else:
+        console().print(render(items))
+    return 0
 
 
 def success(message: str) -> None:

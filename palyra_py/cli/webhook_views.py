@@ -72,12 +72,9 @@ def webhooks_table(hooks: Sequence[Mapping[str, Any]]) -> Any:
 
 def show_webhooks(answer: Mapping[str, Any]) -> int:
     """``palyra webhooks list`` for people; the exit code."""
-    hooks = answer.get("webhooks") or []
-    if not hooks:
-        output.note("No integrations yet. Add one: palyra webhooks add ID --provider P ...")
-        return 0
-    output.console().print(webhooks_table(hooks))
-    return 0
+    return output.print_listing(
+        answer.get("webhooks"), webhooks_table,
+        "No integrations yet. Add one: palyra webhooks add ID --provider P ...")
 
 
 def show_webhook(answer: Mapping[str, Any]) -> int:
