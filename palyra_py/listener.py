@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Callable
+from ssl import SSLContext
 
 from aiohttp import web
 
@@ -103,11 +104,11 @@ class CappedTCPSite(web.TCPSite):
     """``web.TCPSite`` whose connections go through ``cap``."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, cap: ConnectionCap,
-                 ssl_context: object | None = None, reuse_address: bool | None = None) -> None:
-        super().__init__(runner, host, port, ssl_context=ssl_context,  # type: ignore[arg-type]
+                 ssl_context: SSLContext | None = None,
+                 reuse_address: bool | None = None) -> None:
+        super().__init__(runner, host, port, ssl_context=ssl_context,
                          reuse_address=reuse_address)
         self._cap = cap
-        self._host_, self._port_ = host, port
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
@@ -115,6 +116,6 @@ class CappedTCPSite(web.TCPSite):
         assert server is not None
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            self._cap.wrap(server), self._host_, self._port_, ssl=self._ssl_context,
+            self._cap.wrap(server), self._host, self._port, ssl=self._ssl_context,
             backlog=self._backlog, reuse_address=self._reuse_address,
         )
