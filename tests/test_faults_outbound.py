@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,17 +37,9 @@ JOURNAL_FILES = ("journal.db", "journal.db-wal", "journal.db-shm")
 
 
 @pytest.fixture
-async def outbound(state_dir: Path, memory_keyring: Any) -> AsyncIterator[Daemon]:
-    async with running_daemon(state_dir, clock=ManualClock(start=time.time()),
-                              keyring=memory_keyring,
-                              delivery__allow_private_networks=True) as d:
-        yield d
-
-
-@pytest.fixture
-async def admin_o(outbound: Daemon) -> AsyncIterator[aiohttp.ClientSession]:
-    async with admin_session(outbound.socket_path) as session:
-        yield session
+def clock() -> ManualClock:
+    """Today's wall-clock time (the conftest ``outbound`` daemon runs on it)."""
+    return ManualClock(start=time.time())
 
 
 async def only_delivery(admin: aiohttp.ClientSession, sid: str) -> dict[str, Any]:
