@@ -36,6 +36,7 @@ class GitHubSignature:
 
     name: ClassVar[str] = "github"
     timestamped: ClassVar[bool] = False
+    delivery_id_signed: ClassVar[bool] = False  # X-GitHub-Delivery/-Event: unsigned
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         opts = c.check_options(options, ("allow_sha1",), self.name)
