@@ -245,15 +245,18 @@ async def load(round_: Round, ingress_url: str, admin: aiohttp.ClientSession,
                http: aiohttp.ClientSession, body: bytes, args: argparse.Namespace) -> None:
     """Send until the daemon dies (every worker returns on its first connection error)."""
     other: Counter[str] = Counter()
-    signature = github_signature(SECRET.encode(), body)
 
     async def ingress(worker: int) -> None:
         for n in range(1_000_000):
             delivery = f"r{round_.number:03d}-w{worker:02d}-{n:07d}-crash-loop"
+            # Each event its own signed content: one body under many delivery ids would be
+            # answered as replays (200 duplicate), never acknowledged again.
+            own = b'{"bench_delivery":"' + delivery.encode() + b'",' + body[1:]
             headers = {"Content-Type": "application/json", "X-GitHub-Event": "push",
-                       "X-GitHub-Delivery": delivery, "X-Hub-Signature-256": signature}
+                       "X-GitHub-Delivery": delivery,
+                       "X-Hub-Signature-256": github_signature(SECRET.encode(), own)}
             try:
-                async with http.post(ingress_url, data=body, headers=headers) as resp:
+                async with http.post(ingress_url, data=own, headers=headers) as resp:
                     await resp.read()
             except (aiohttp.ClientError, OSError, TimeoutError):
                 return

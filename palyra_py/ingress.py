@@ -427,12 +427,15 @@ class Ingress:
         now: float,
     ) -> tuple[dict[str, Any], ReplayKey]:
         integ = active.integration
-        if verified.delivery_id:
-            dedupe = verified.delivery_id
-        else:
-            # No idempotency key from the provider: the signed content itself is the key.
+        # The signed content itself (the signed timestamp and the body; never an unsigned
+        # header such as the event type) is a key: the only one when the provider gives no
+        # delivery id, and a second one when its delivery id is not signed, so that a
+        # captured request sent again under a new id, or none, is still a duplicate.
+        content_key = None
+        if not (verified.delivery_id and active.provider.delivery_id_signed):
             signed_ts = "" if verified.timestamp is None else str(int(verified.timestamp))
-            dedupe = "sha256:" + hashlib.sha256(signed_ts.encode() + b"." + body).hexdigest()
+            content_key = "sha256:" + hashlib.sha256(signed_ts.encode() + b"." + body).hexdigest()
+        dedupe = verified.delivery_id or content_key or ""
         now_ms = int(now * 1000)
         ts_ms = now_ms if verified.timestamp is None else int(verified.timestamp * 1000)
         headers = dict(verified.headers_kept)
@@ -453,4 +456,5 @@ class Ingress:
         # No schema check here: build_envelope guarantees every rule of the schema for what
         # the ingress builds (a property test holds it to that), and the check cost a
         # quarter of the request's CPU.
-        return envelope, ReplayKey(integ.integration_id, dedupe[:256], integ.replay_window_s)
+        return envelope, ReplayKey(integ.integration_id, dedupe[:256], integ.replay_window_s,
+                                   content_key)

@@ -76,6 +76,11 @@ class ReplayKey:
     delivery_id: str
     window_s: int
     """How long the key stays; after that a redelivery is journaled again."""
+    content_key: str | None = None
+    """A second key of the same integration and window: a digest of the signed content, for
+    schemes whose delivery id is not signed (anyone holding one captured request can send it
+    again under a new id). The event is a duplicate when either key is live; both are stored
+    in the event's commit."""
 
 
 class EncodedPayload:
@@ -221,11 +226,15 @@ def _pending_row(event: NewEvent) -> PendingRow:
                 raise ValueError(f"NewEvent.{name} must be valid Unicode text")
     key = event.replay_key
     replay_key = None
+    content_key = None
     if key is not None:
         # Checked here too: the writer binds them, and a bad one would fail the batch.
-        if not (_storable(key.integration_id) and _storable(key.delivery_id)):
+        if not (_storable(key.integration_id) and _storable(key.delivery_id)
+                and (key.content_key is None or _storable(key.content_key))):
             raise ValueError("NewEvent.replay_key must be valid Unicode text")
         replay_key = (key.integration_id, key.delivery_id, int(key.window_s * 1000))
+        if key.content_key is not None and key.content_key != key.delivery_id:
+            content_key = key.content_key
     return PendingRow(
         event.event_id if event.event_id is not None else str(ulid.ULID()),
         event.kind,
@@ -238,6 +247,7 @@ def _pending_row(event: NewEvent) -> PendingRow:
          else encode_payload(event.payload)),
         event.redacted,
         replay_key,
+        content_key,
     )
 
 

@@ -171,6 +171,19 @@ class PendingRow(NamedTuple):
     redacted: bool
     replay_key: tuple[str, str, int] | None
     """``(integration_id, delivery_id, window_ms)``."""
+    content_key: str | None = None
+    """A second delivery id under ``replay_key``'s integration and window (a digest of the
+    signed content): the row is a duplicate when either key is live, and both are stored."""
+
+
+def _key_pairs(row: PendingRow) -> tuple[tuple[str, str], ...]:
+    """The ``(integration_id, delivery_id)`` keys a row is checked and stored under."""
+    key = row.replay_key
+    if key is None:
+        return ()
+    if row.content_key is None or row.content_key == key[1]:
+        return ((key[0], key[1]),)
+    return ((key[0], key[1]), (key[0], row.content_key))
 
 
 class Stored(NamedTuple):
@@ -345,26 +358,25 @@ class JournalStore:
         cur.execute("BEGIN IMMEDIATE")
         try:
             seq, prev_hash = self.head() if head is None else head
-            # Bounded pruning, enough to outpace the keys this batch can add.
+            # Bounded pruning, enough to outpace the keys this batch can add (two a row).
             cur.execute(
                 "DELETE FROM replay_keys WHERE rowid IN (SELECT rowid FROM replay_keys"
                 " WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?)",
-                (now_ms, 2 * len(rows) + 64),
+                (now_ms, 4 * len(rows) + 64),
             )
-            live = self._live_keys(
-                cur, [row.replay_key[:2] for row in rows if row.replay_key is not None], now_ms
-            )
+            live = self._live_keys(cur, [pair for row in rows for pair in _key_pairs(row)],
+                                   now_ms)
             stored: list[Stored] = []
             events: list[tuple[Any, ...]] = []
             keys: list[tuple[Any, ...]] = []
             batch_ids: set[str] = set()
             for row in rows:
                 key = row.replay_key
-                if key is not None:
-                    seen = live.get((key[0], key[1]))
-                    if seen is not None:
-                        stored.append(seen)
-                        continue
+                pairs = _key_pairs(row)
+                seen = next((live[pair] for pair in pairs if pair in live), None)
+                if seen is not None:
+                    stored.append(seen)
+                    continue
                 if checked_ids and (row.event_id in batch_ids
                                     or self._event_id_taken(row.event_id)):
                     stored.append(Stored(0, row.event_id, "id_conflict"))
@@ -383,9 +395,10 @@ class JournalStore:
                 ))
                 prev_hash = row_hash
                 if key is not None:
-                    keys.append((key[0], key[1], seq, row.event_id, now_ms + key[2]))
-                    # A second delivery of the same key in this batch is its duplicate.
-                    live[(key[0], key[1])] = Stored(seq, row.event_id, "duplicate")
+                    for pair in pairs:
+                        keys.append((*pair, seq, row.event_id, now_ms + key[2]))
+                        # A second delivery of the same key in this batch is its duplicate.
+                        live[pair] = Stored(seq, row.event_id, "duplicate")
                 if checked_ids:
                     batch_ids.add(row.event_id)
                 stored.append(Stored(seq, row.event_id, "new"))

@@ -45,7 +45,8 @@ ANSWERS: dict[Reason, Answer] = {
     ),
     Reason.DUPLICATE: Answer(
         200, "status",
-        "Delivery id already journaled inside the replay window; not journaled again.",
+        "Delivery id, or signed content when the id is not signed, already journaled inside"
+        " the replay window; not journaled again.",
     ),
     Reason.IGNORED: Answer(
         200, "status", "Verified, but the event type is not in allowed_events."

@@ -402,16 +402,36 @@ def check_rotation_pair(out: Mapping[str, Any], prefix: str) -> None:
         )
 
 
+def check_replay_window(out: Mapping[str, Any], prefix: str) -> None:
+    """For a scheme that signs a timestamp: ``replay_window_s`` more than twice
+    ``timestamp_tolerance_s``. A signed timestamp is accepted from ``tolerance`` before it
+    to ``tolerance`` after it; a replay key that expired sooner would let the same captured
+    request in again while its timestamp still passes."""
+    window = out.get("replay_window_s", DEFAULT_REPLAY_WINDOW_S)
+    tolerance = out.get("timestamp_tolerance_s", DEFAULT_TIMESTAMP_TOLERANCE_S)
+    if window <= 2 * tolerance:
+        raise _fail(
+            f"{prefix}replay_window_s",
+            f"must be more than twice timestamp_tolerance_s for a {out['provider']} scheme"
+            f" (replay_window_s = {window}, timestamp_tolerance_s = {tolerance}, so at least"
+            f" {2 * tolerance + 1}): a signed timestamp is accepted for timestamp_tolerance_s"
+            " either side of now, and a captured request would be accepted again once its"
+            " replay key expired",
+        )
+
+
 def _validate_record(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
     out = check_record(fields, prefix, CHECKS, ("integration_id", "provider"))
     check_rotation_pair(out, prefix)
     get_provider = _providers_attr("get_provider")
     if callable(get_provider):
         try:
-            get_provider(out["provider"], out.get("provider_options") or None)
+            provider = get_provider(out["provider"], out.get("provider_options") or None)
         except Exception as exc:
             # Any failure to build the provider means these options cannot work.
             raise _fail(f"{prefix}provider_options", str(exc)) from None
+        if provider.timestamped:
+            check_replay_window(out, prefix)
     return out
 
 

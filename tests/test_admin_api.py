@@ -6,6 +6,7 @@ import asyncio
 import json
 import sqlite3
 import stat
+from typing import Any
 
 import aiohttp
 
@@ -91,6 +92,44 @@ async def test_broken_hand_edit_is_refused_and_old_registry_serves(
     async with admin.post("/v1/reload") as resp:
         assert resp.status == 200
     assert "daemon.reloaded" in [e["kind"] for e in await events(admin)]
+
+
+async def test_a_replay_window_a_signed_timestamp_outlives_is_refused_on_every_path(
+    daemon: Daemon, admin: aiohttp.ClientSession
+) -> None:
+    """Stripe signs a timestamp accepted for 300 s either side of now: a shorter-lived
+    replay key would let a captured request in again. Refused on add, on update and in a
+    hand-edited registry; the message names both fields."""
+
+    def names_both(answer: dict[str, Any]) -> bool:
+        return "replay_window_s" in answer["message"] and "timestamp_tolerance_s" in answer[
+            "message"]
+
+    async with admin.post("/v1/webhooks", json={
+        "integration_id": "st", "provider": "stripe", "replay_window_s": 120,
+        "secret": {"value": "whsec_test"},
+    }) as resp:
+        answer = await resp.json()
+    assert (resp.status, answer["error"], answer["field"]) == (
+        400, "invalid_request", "replay_window_s")
+    assert names_both(answer)
+    await add_integration(admin, "st", provider="stripe", secret="whsec_test")
+    async with admin.patch("/v1/webhooks/st", json={"replay_window_s": 600}) as resp:
+        answer = await resp.json()
+    assert resp.status == 400 and names_both(answer), answer
+    async with admin.patch("/v1/webhooks/st", json={"replay_window_s": 601}) as resp:
+        assert resp.status == 200, await resp.text()
+    async with admin.patch("/v1/webhooks/st", json={"timestamp_tolerance_s": 301}) as resp:
+        answer = await resp.json()
+    assert resp.status == 400 and names_both(answer), answer
+
+    path = daemon.state_dir / "webhooks.toml"
+    path.write_text(path.read_text().replace("replay_window_s = 601", "replay_window_s = 300"))
+    async with admin.post("/v1/reload") as resp:
+        answer = await resp.json()
+    assert (resp.status, answer["error"]) == (422, "registry_invalid") and names_both(answer)
+    async with admin.get("/v1/webhooks/st") as resp:  # the registry as it was still serves
+        assert (await resp.json())["webhook"]["replay_window_s"] == 601
 
 
 async def test_emit_then_list_with_filters_and_paging(admin: aiohttp.ClientSession) -> None:

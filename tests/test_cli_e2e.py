@@ -70,6 +70,24 @@ async def test_generate_secret_is_printed_once_and_works(daemon: Daemon) -> None
     assert code == 0 and secret not in out
 
 
+async def test_add_refuses_a_replay_window_the_signed_timestamp_outlives(
+    daemon: Daemon,
+) -> None:
+    sd = daemon.state_dir
+    code, out, err = await palyra(sd, "webhooks", "add", "st", "--provider", "stripe",
+                                  "--replay-window", "10m", "--timestamp-tolerance", "5m",
+                                  "--secret-stdin", stdin=b"whsec_cli_test\n")
+    assert code == 1, (out, err)
+    message = " ".join(err.split())
+    assert "replay_window_s = 600, timestamp_tolerance_s = 300" in message
+    assert "[invalid_request]" in message
+    assert (await palyra_json(sd, "webhooks", "list"))["webhooks"] == []
+    code, _, err = await palyra(sd, "webhooks", "add", "st", "--provider", "stripe",
+                                "--replay-window", "11m", "--timestamp-tolerance", "5m",
+                                "--secret-stdin", stdin=b"whsec_cli_test\n")
+    assert code == 0, err
+
+
 async def test_emit_list_verify_and_status(daemon: Daemon) -> None:
     sd = daemon.state_dir
     emitted = await palyra_json(sd, "system", "events", "emit", "deploy.finished",

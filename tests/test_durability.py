@@ -41,7 +41,9 @@ async def test_sigkill_while_sending_loses_no_acknowledged_event(state_dir: Path
 
         for n in range(10_000):
             delivery = f"{worker:04d}-{n:06d}-durability-test"
-            signed = github.sign(BODY, SECRET, time.time(), "push", delivery)
+            # Each event its own content: the same content again would be a replay.
+            body = BODY.replace(b'"ref"', f'"delivery": "{delivery}", "ref"'.encode(), 1)
+            signed = github.sign(body, SECRET, time.time(), "push", delivery)
             try:
                 async with http.post(url, data=signed.body, headers=signed.headers) as resp:
                     if resp.status == 202:

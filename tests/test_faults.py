@@ -41,7 +41,11 @@ from tests.receiver import Receiver
 
 SECRET = "It's a Secret to Everybody"
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks docs' example
-BODY = json.dumps({"ref": "refs/heads/main", "pad": "x" * 6000}).encode()
+def push_body(delivery: str) -> bytes:
+    """A push of some 6 KB whose content is its own delivery's: the same signed content
+    under another delivery id would be a replay, answered duplicate."""
+    return json.dumps({"ref": "refs/heads/main", "delivery": delivery, "pad": "x" * 6000}
+                      ).encode()
 JOURNAL_FILES = ("journal.db", "journal.db-wal", "journal.db-shm")
 
 
@@ -52,7 +56,7 @@ def delivery_id(tag: str, n: int) -> str:
 
 async def send(http: aiohttp.ClientSession, daemon: Daemon, tag: str, n: int,
                integration_id: str = "gh") -> tuple[int, dict[str, Any], Any]:
-    return await send_signed(http, daemon, integration_id, BODY,
+    return await send_signed(http, daemon, integration_id, push_body(delivery_id(tag, n)),
                              delivery_id=delivery_id(tag, n))
 
 
@@ -126,7 +130,8 @@ async def test_file_size_limit_on_a_child_daemon_never_acknowledges_a_lost_event
         async with aiohttp.ClientSession() as http:
             for n in range(600):
                 delivery = delivery_id("fsize", n)
-                signed = github.sign(BODY, SECRET, time.time(), "push", delivery)
+                signed = github.sign(push_body(delivery), SECRET, time.time(), "push",
+                                     delivery)
                 async with http.post(f"{daemon.ingress}/hooks/gh", data=signed.body,
                                      headers=signed.headers) as resp:
                     status, body = resp.status, await resp.json()

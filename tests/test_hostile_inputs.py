@@ -187,7 +187,8 @@ def rss_bytes() -> int:
 async def test_body_at_the_limit_and_one_byte_over(
     world: World, size: int, status: int, chunked: bool
 ) -> None:
-    body = b'{"p":"' + b"x" * (size - 8) + b'"}'
+    # Each case its own content: the same signed body again would be a replay (duplicate).
+    body = b'{"p":"' + (b"c" if chunked else b"x") * (size - 8) + b'"}'
     headers = gh_headers(body, *([("Transfer-Encoding", "chunked")] if chunked else []))
     wire = chunk(body[:300]) + chunk(body[300:]) + chunk(b"") if chunked else body
     before = await world.head()
@@ -399,7 +400,7 @@ async def test_integer_past_64_bits_keeps_its_digits_in_the_journal(world: World
 
 
 async def test_integer_past_64_bits_reads_back_exactly(world: World) -> None:
-    body = b'{"n": ' + str(2**64 + 1).encode() + b"}"
+    body = b'{"n": ' + str(2**64 + 1).encode() + b', "read": true}'
     resp = await post(world, "/hooks/gh", gh_headers(body), body)
     assert resp.status == 202, resp.body
     (event,) = await events(world.admin, after_seq=resp.json()["seq"] - 1, limit=1)
@@ -600,6 +601,52 @@ async def test_gitlab_wrong_token_answers_alike_whatever_its_length(
 async def test_gitlab_missing_token(world: World) -> None:
     resp = await post(world, "/hooks/gl", [("Content-Type", "application/json")], b"{}")
     assert_refused(resp, 401, "signature_missing")
+    await assert_healthy(world.port)
+
+
+# -- replays of a captured request ----------------------------------------------------------
+
+def rewritten(headers: Headers, names: Iterable[str], value: str | None) -> Headers:
+    """``headers`` with every header in ``names`` set to ``value`` (dropped when None)."""
+    lower = {name.lower() for name in names}
+    kept = [(k, v) for k, v in headers if k.lower() not in lower]
+    return kept if value is None else [*kept, *((name, value) for name in names)]
+
+
+GH_ID, GL_IDS = ("X-GitHub-Delivery",), ("Idempotency-Key", "X-Gitlab-Event-UUID")
+REPLAYS: dict[str, Any] = {
+    "new-delivery-id": lambda h, ids, _: rewritten(h, ids, str(uuid.uuid4())),
+    "no-delivery-id": lambda h, ids, _: rewritten(h, ids, None),
+    "empty-delivery-id": lambda h, ids, _: rewritten(h, ids, ""),
+    "two-delivery-ids": lambda h, ids, _: [*h, *((name, str(uuid.uuid4())) for name in ids)],
+    "lower-case-new-id": lambda h, ids, _: rewritten(h, [n.lower() for n in ids], "x" * 300),
+    "relabelled-event": lambda h, _, event: rewritten(h, [event], "release"),
+    "no-event-header": lambda h, _, event: rewritten(h, [event], None),
+    "new-id-and-event": lambda h, ids, event: rewritten(
+        rewritten(h, ids, str(uuid.uuid4())), [event], "deployment"),
+}
+
+
+@pytest.mark.parametrize("replay", sorted(REPLAYS))
+@pytest.mark.parametrize("integration", ["gh", "gl"])
+async def test_a_captured_request_replays_only_as_a_duplicate(
+    world: World, integration: str, replay: str
+) -> None:
+    """The delivery id and event type headers of GitHub and GitLab are not signed: a request
+    copied from a "Recent deliveries" page, however its unsigned headers are rewritten, is
+    the event it was, answered 200 duplicate and journaled once."""
+    body = json.dumps({"ref": "refs/heads/main", "case": f"{integration}-{replay}"}).encode()
+    if integration == "gh":
+        headers, ids, event = gh_headers(body), GH_ID, "X-GitHub-Event"
+    else:
+        signed = get_provider("gitlab").sign(body, SECRET, NOW, "Push Hook", str(uuid.uuid4()))
+        headers, ids, event = list(signed.headers.items()), GL_IDS, "X-Gitlab-Event"
+    first = await post(world, f"/hooks/{integration}", headers, body)
+    assert first.status == 202, first.body
+    head = await world.head()
+    again = await post(world, f"/hooks/{integration}", REPLAYS[replay](headers, ids, event), body)
+    assert (again.status, again.json()) == (200, {**first.json(), "status": "duplicate"})
+    assert await world.head() == head
     await assert_healthy(world.port)
 
 

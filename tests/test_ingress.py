@@ -3,15 +3,21 @@ answer out, and what reaches the journal."""
 
 from __future__ import annotations
 
+import base64
 import json
+import uuid
+from typing import Any
 
 import aiohttp
+import pytest
 
 from palyra_py.daemon import Daemon
+from palyra_py.providers import get_provider
 from palyra_py.testing import ManualClock, MemoryKeyring
 from tests.helpers import add_integration, events, send_signed
 
 PUSH = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "abc"}]}).encode()
+SECRET = "It's a Secret to Everybody"
 
 
 async def test_signed_github_push_is_journaled_once(
@@ -40,9 +46,71 @@ async def test_a_new_delivery_id_is_a_new_event(
 ) -> None:
     await add_integration(admin, "gh")
     first = await send_signed(http, daemon, "gh", PUSH, delivery_id="a" * 36)
-    second = await send_signed(http, daemon, "gh", PUSH, delivery_id="b" * 36)
+    other = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "def"}]}).encode()
+    second = await send_signed(http, daemon, "gh", other, delivery_id="b" * 36)
     assert first[0] == second[0] == 202
     assert second[1]["seq"] == first[1]["seq"] + 1
+
+
+# Schemes whose delivery id (and event type) header is not signed: options, the headers
+# the id is read from, the event type header.
+UNSIGNED_IDS: dict[str, tuple[dict[str, str], tuple[str, ...], str]] = {
+    "github": ({}, ("X-GitHub-Delivery",), "X-GitHub-Event"),
+    "shopify": ({}, ("X-Shopify-Event-Id", "X-Shopify-Webhook-Id"), "X-Shopify-Topic"),
+    "gitlab": ({}, ("Idempotency-Key", "X-Gitlab-Event-UUID"), "X-Gitlab-Event"),
+    "generic": ({"delivery_header": "X-Delivery", "event_header": "X-Event"}, ("X-Delivery",),
+                "X-Event"),
+}
+
+
+@pytest.mark.parametrize("provider", sorted(UNSIGNED_IDS))
+async def test_a_captured_request_replayed_under_a_new_delivery_id_is_a_duplicate(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+    clock: ManualClock, provider: str,
+) -> None:
+    """Anyone who saw one request whole (GitHub's "Recent deliveries" page shows them) can
+    send it again with another delivery id, none, or another event type: all unsigned, so
+    the signed content is a key too."""
+    options, id_headers, event_header = UNSIGNED_IDS[provider]
+    await add_integration(admin, "hook", provider=provider, secret=SECRET,
+                          replay_window_s=3600, provider_options=options)
+    captured = get_provider(provider, options).sign(
+        PUSH, SECRET, clock(), "push", "8f7d1c3e-0000-4000-8000-000000000001")
+    url = daemon.ingress_url_for("hook", local=True)
+
+    async def replay(**changes: str | None) -> tuple[int, dict[str, Any]]:
+        headers = {k: v for k, v in captured.headers.items() if changes.get(k, "") is not None}
+        headers.update({k: v for k, v in changes.items() if v is not None})
+        async with http.post(url, data=captured.body, headers=headers) as resp:
+            return resp.status, await resp.json()
+
+    status, first = await replay()
+    assert (status, first["status"]) == (202, "accepted")
+    original = {"status": "duplicate", "event_id": first["event_id"], "seq": first["seq"]}
+    fresh_ids = {name: f"replayed-{uuid.uuid4()}" for name in id_headers}
+    assert await replay(**fresh_ids) == (200, original)
+    assert await replay(**dict.fromkeys(id_headers)) == (200, original)
+    assert await replay(**{event_header: "release"}) == (200, original)
+    assert await replay(**fresh_ids, **{event_header: "deployment"}) == (200, original)
+    assert [e["seq"] for e in await events(admin, type="webhook.received")] == [first["seq"]]
+
+    clock.advance(3601)  # past the replay window: the same content is an event again
+    status, later = await replay(**{name: f"later-{uuid.uuid4()}" for name in id_headers})
+    assert (status, later["status"]) == (202, "accepted")
+    assert later["seq"] > first["seq"]
+
+
+async def test_signed_delivery_ids_keep_their_own_key(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
+) -> None:
+    """Standard Webhooks signs webhook-id: the same body under another id came from the
+    secret's holder, and is another event."""
+    secret = "whsec_" + base64.b64encode(b"k" * 32).decode()
+    await add_integration(admin, "sw", provider="standard-webhooks", secret=secret)
+    body = json.dumps({"type": "invoice.paid", "data": {}}).encode()
+    answers = [await send_signed(http, daemon, "sw", body, provider="standard-webhooks",
+                                 secret=secret, delivery_id=f"msg_{n:020d}") for n in range(2)]
+    assert [(status, body["status"]) for status, body, _ in answers] == [(202, "accepted")] * 2
 
 
 async def test_replay_window_expiry_journals_again(
@@ -147,7 +215,8 @@ async def test_secret_rotation_accepts_both_during_grace(
     assert "secret" not in rotated  # a given value is never echoed back
     assert rotated["webhook"]["previous_secret_ref"] == "keyring:webhook:gh:previous"
     for n, secret in enumerate(["old-secret", "new-secret"]):
-        status, _, _ = await send_signed(http, daemon, "gh", PUSH, secret=secret,
+        body = json.dumps({"ref": "refs/heads/main", "n": n}).encode()
+        status, _, _ = await send_signed(http, daemon, "gh", body, secret=secret,
                                          delivery_id=f"rotation-delivery-{n:04d}")
         assert status == 202
     clock.advance(3601)

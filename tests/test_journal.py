@@ -200,6 +200,25 @@ async def test_replay_key_duplicate_and_expiry(journal: Journal, clock: ManualCl
     assert later.duplicate and later.seq == fresh.seq  # the key now points at the new row
 
 
+async def test_a_content_key_is_a_second_key_checked_and_stored_with_the_event(
+    journal: Journal, clock: ManualClock, tmp_path: Path
+) -> None:
+    first = await journal.append(event(1, replay_key=ReplayKey("gh", "d-1", 60, "sha256:c")))
+    assert not first.duplicate
+    # Another delivery id, the same signed content: the content key answers.
+    other_id = await journal.append(event(2, replay_key=ReplayKey("gh", "d-2", 60, "sha256:c")))
+    # The same delivery id, other content: the delivery id answers.
+    other_body = await journal.append(event(3, replay_key=ReplayKey("gh", "d-1", 60, "sha256:x")))
+    no_id = await journal.append(event(4, replay_key=ReplayKey("gh", "sha256:c", 60)))
+    assert [(r.duplicate, r.seq) for r in (other_id, other_body, no_id)] == [(True, 1)] * 3
+    with raw(tmp_path / "journal.db") as conn:
+        keys = conn.execute("SELECT delivery_id, seq FROM replay_keys ORDER BY 1").fetchall()
+    assert keys == [("d-1", 1), ("sha256:c", 1)]  # both stored, nothing for the duplicates
+    clock.advance(60)  # both expired together
+    again = await journal.append(event(5, replay_key=ReplayKey("gh", "d-2", 60, "sha256:c")))
+    assert not again.duplicate and again.seq == 2
+
+
 async def test_same_replay_key_twice_concurrently(journal: Journal) -> None:
     key = ReplayKey("gh", "d", window_s=60)
     a, b = await asyncio.gather(
@@ -210,10 +229,12 @@ async def test_same_replay_key_twice_concurrently(journal: Journal) -> None:
     assert await journal.last_seq() == 1
 
 
-def pending_row(event_id: str, key: tuple[str, str, int] | None = None) -> PendingRow:
+def pending_row(event_id: str, key: tuple[str, str, int] | None = None,
+                content_key: str | None = None) -> PendingRow:
     return PendingRow(
         event_id=event_id, kind="k", source="s", actor=None, integration_id=None,
         event_type=None, severity="info", payload_json="{}", redacted=False, replay_key=key,
+        content_key=content_key,
     )
 
 
@@ -234,6 +255,23 @@ async def test_same_replay_key_inside_one_batch(journal: Journal, tmp_path: Path
     ]
     assert head[0] == 2
     assert (await journal.verify()).ok
+
+
+def test_one_content_under_two_ids_inside_one_batch(tmp_path: Path) -> None:
+    store = JournalStore.open(tmp_path / "journal.db", busy_timeout_ms=1000, create=True)
+    try:
+        store.ensure_schema()
+        stored, _ = store.append_batch(
+            [pending_row("A", ("gh", "d-1", 60_000), "sha256:c"),
+             pending_row("B", ("gh", "d-2", 60_000), "sha256:c"),
+             pending_row("C", ("gh", "d-2", 60_000), "sha256:other")],
+            now_ms=1000, head=None,
+        )
+    finally:
+        store.close()
+    assert [(s.seq, s.event_id, s.status) for s in stored] == [
+        (1, "A", "new"), (1, "A", "duplicate"), (2, "C", "new"),
+    ]
 
 
 async def test_expired_replay_keys_are_pruned(

@@ -163,6 +163,22 @@ def test_timestamped_flag_matches_the_scheme(case: Case) -> None:
     assert case.provider().timestamped is case.timestamped
 
 
+@by_id
+def test_delivery_id_signed_flag_matches_the_scheme(case: Case) -> None:
+    """Every header the signature does not cover rewritten: the request still verifies, and
+    its delivery id changed exactly when the class says the id is not signed."""
+    request = signed(case)
+    original = verify(case, request)
+    rewritten = {name: value if name in case.signed_headers or name == "Content-Type"
+                 else f"rewritten-by-a-replayer-{name}" for name, value in request.headers.items()}
+    replayed = verify(case, SignedRequest(headers=rewritten, body=request.body))
+    if original.delivery_id is not None:
+        changed = replayed.delivery_id != original.delivery_id
+        assert case.provider().delivery_id_signed is not changed
+    else:  # no id at all: the ingress dedupes on the signed content alone
+        assert replayed.delivery_id is None
+
+
 # ---- published and built vectors -------------------------------------------------------
 
 

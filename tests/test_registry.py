@@ -151,6 +151,54 @@ def test_update_changes_values_in_place_and_keeps_comments() -> None:
     )
 
 
+TIMESTAMPED = [("stripe", {}), ("slack", {}), ("standard-webhooks", {}), ("palyra", {}),
+               ("generic", {"timestamp_header": "X-Timestamp"})]
+
+
+@pytest.mark.parametrize(("provider", "options"), TIMESTAMPED, ids=lambda v: str(v or ""))
+def test_replay_window_must_outlast_twice_the_timestamp_tolerance(
+    provider: str, options: dict[str, str]
+) -> None:
+    """A signed timestamp passes for timestamp_tolerance_s either side of now; a replay
+    key that expired before it stops passing lets the captured request in again."""
+    base = {"integration_id": "t", "provider": provider, "provider_options": options}
+    for fields in ({"replay_window_s": 120}, {"replay_window_s": 600},
+                   {"timestamp_tolerance_s": 3600, "replay_window_s": 7200}):
+        with pytest.raises(RegistryError) as info:
+            validate_integration_fields({**base, **fields})
+        assert info.value.field == "replay_window_s"
+        assert "replay_window_s" in info.value.message
+        assert "timestamp_tolerance_s" in info.value.message
+    assert validate_integration_fields({**base, "replay_window_s": 601})
+    assert validate_integration_fields({**base, "timestamp_tolerance_s": 86400})  # 7 days
+
+
+@pytest.mark.parametrize(("provider", "options"), [("github", {}), ("gitlab", {}),
+                                                   ("shopify", {}), ("generic", {})])
+def test_untimestamped_schemes_take_any_window(provider: str, options: dict[str, str]) -> None:
+    # Nothing there is judged against timestamp_tolerance_s.
+    assert validate_integration_fields({"integration_id": "t", "provider": provider,
+                                        "timestamp_tolerance_s": 86400, "replay_window_s": 60})
+
+
+def test_replay_window_rule_holds_for_updates_and_hand_edits() -> None:
+    doc = tomlkit.parse(HAND_WRITTEN)
+    with pytest.raises(RegistryError) as info:  # the window alone
+        update_integration(doc, "stripe", {"replay_window_s": 300}, LATER)
+    assert info.value.field == "replay_window_s"
+    with pytest.raises(RegistryError) as info:  # the tolerance alone, past a set window
+        update_integration(doc, "stripe", {"replay_window_s": 3600}, LATER)
+        update_integration(doc, "stripe", {"timestamp_tolerance_s": 1800}, LATER)
+    assert "timestamp_tolerance_s = 1800" in info.value.message
+    # A hand edit (what a reload reads) is refused at the line of the stripe record's key.
+    text = HAND_WRITTEN.replace('secret_ref = "env:STRIPE_SECRET"\n',
+                                'secret_ref = "env:STRIPE_SECRET"\nreplay_window_s = 300\n')
+    with pytest.raises(RegistryError) as info:
+        parse_registry(text, Path("webhooks.toml"))
+    assert info.value.line is not None
+    assert text.splitlines()[info.value.line - 1] == "replay_window_s = 300"
+
+
 def test_update_with_none_removes_a_key() -> None:
     out = _doc_edit(
         HAND_WRITTEN, lambda doc: update_integration(doc, "stripe", {"secret_ref": None}, LATER)
@@ -749,6 +797,9 @@ def integration_fields(draw: st.DrawFn) -> dict[str, Any]:
     for key, strategy in optional.items():
         if draw(st.booleans()):
             fields[key] = draw(strategy)
+    tolerance = fields.get("timestamp_tolerance_s", 300)
+    if fields.get("replay_window_s", 7 * 86400) <= 2 * tolerance:  # refused when timestamped
+        fields["replay_window_s"] = 2 * tolerance + 1
     if options or draw(st.booleans()):
         fields["provider_options"] = options
     if draw(st.booleans()):

@@ -78,6 +78,11 @@ class Provider(Protocol):
     """One signature scheme. Instances are cheap; construct one per integration."""
 
     name: ClassVar[str]
+    delivery_id_signed: ClassVar[bool]
+    """Whether the signature covers the delivery id (Standard Webhooks' ``webhook-id``, an id
+    inside a signed body). When it does not (GitHub, GitLab, Shopify, generic), the ingress
+    also dedupes on a digest of the signed content, and the scheme's event type header is
+    unauthenticated too."""
 
     @property
     def timestamped(self) -> bool:

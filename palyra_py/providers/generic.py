@@ -100,6 +100,7 @@ class GenericHmac:
     """
 
     name: ClassVar[str] = "generic"
+    delivery_id_signed: ClassVar[bool] = False  # delivery_header and event_header are not signed
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         self.options = GenericOptions.parse(options)

@@ -26,7 +26,8 @@ KEPT = (
 
 class GitHubSignature:
     """GitHub webhooks. Not timestamped: GitHub keeps ``X-GitHub-Delivery`` on redelivery, so
-    replays are caught by the daemon's dedupe on the delivery id, not by a clock.
+    replays are caught by the daemon's dedupe on the delivery id, not by a clock; that id and
+    ``X-GitHub-Event`` are not signed, so the body's hash is a replay key too.
 
     Options: ``allow_sha1`` (bool, default false). When true and ``X-Hub-Signature-256`` is
     absent, the legacy ``X-Hub-Signature: sha1=<hex>`` is checked instead; a present SHA-256
@@ -36,6 +37,7 @@ class GitHubSignature:
 
     name: ClassVar[str] = "github"
     timestamped: ClassVar[bool] = False
+    delivery_id_signed: ClassVar[bool] = False  # X-GitHub-Delivery/-Event: unsigned
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         opts = c.check_options(options, ("allow_sha1",), self.name)

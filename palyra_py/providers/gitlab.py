@@ -38,6 +38,7 @@ class GitLabToken:
 
     name: ClassVar[str] = "gitlab"
     timestamped: ClassVar[bool] = False
+    delivery_id_signed: ClassVar[bool] = False  # nothing is signed
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         c.check_options(options, (), self.name)

@@ -76,6 +76,7 @@ class PalyraSignature:
 
     name: ClassVar[str] = "palyra"
     timestamped: ClassVar[bool] = True
+    delivery_id_signed: ClassVar[bool] = True  # the nonce is in the signed envelope
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         c.check_options(options, (), self.name)

@@ -38,6 +38,7 @@ class ShopifySignature:
 
     name: ClassVar[str] = "shopify"
     timestamped: ClassVar[bool] = False
+    delivery_id_signed: ClassVar[bool] = False  # Event-Id, Topic: unsigned
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         c.check_options(options, (), self.name)

@@ -53,6 +53,7 @@ class SlackSignature:
 
     name: ClassVar[str] = "slack"
     timestamped: ClassVar[bool] = True
+    delivery_id_signed: ClassVar[bool] = True  # event_id is in the signed body
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         c.check_options(options, (), self.name)

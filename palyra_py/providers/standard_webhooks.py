@@ -51,6 +51,7 @@ class StandardWebhooksSignature:
 
     name: ClassVar[str] = "standard-webhooks"
     timestamped: ClassVar[bool] = True
+    delivery_id_signed: ClassVar[bool] = True  # webhook-id is part of the signed content
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         c.check_options(options, (), self.name)

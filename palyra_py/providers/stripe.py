@@ -29,6 +29,7 @@ class StripeSignature:
 
     name: ClassVar[str] = "stripe"
     timestamped: ClassVar[bool] = True
+    delivery_id_signed: ClassVar[bool] = True  # the event id is in the signed body
 
     def __init__(self, options: Mapping[str, Any] | None = None) -> None:
         c.check_options(options, (), self.name)
