@@ -41,7 +41,7 @@ from _common import (
     save_result,
     thread_ticks,
 )
-from github_push import github_push_payload, github_signature
+from github_push import github_push_payload
 from ingress_servers import (
     EXPECTED_STATUS,
     INTEGRATION_ID,
@@ -77,7 +77,7 @@ def run_wrk(run: Run, server: Server, args: argparse.Namespace, seconds: int) ->
     tag = secrets.token_hex(4)  # new delivery ids for every run: no replays between runs
     argv = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s",
             "--timeout", "10s", "--latency", "-s", str(LUA), server.url, "--",
-            str(run.body_file), str(run.sig_file), tag, str(EXPECTED_STATUS[server.variant])]
+            str(run.body_file), str(run.secret_file), tag, str(EXPECTED_STATUS[server.variant])]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60,
                           check=False, preexec_fn=die_with_parent)
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_RESULT ")), None)
@@ -352,10 +352,8 @@ def benchmark(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         body = github_push_payload()
         (work / "secret").write_bytes(secret)
         (work / "body.json").write_bytes(body)
-        (work / "signature").write_text(github_signature(secret, body))
-        for name in ("secret", "signature"):
-            (work / name).chmod(0o600)
-        run = Run(work, secret, body, work / "body.json", work / "signature", args.palyra,
+        (work / "secret").chmod(0o600)
+        run = Run(work, secret, body, work / "body.json", work / "secret", args.palyra,
                   children, args.webhook_log)
         rounds: list[dict[str, Any]] = []
         for index in range(args.rounds):

@@ -80,7 +80,7 @@ class Run:
     secret: bytes
     body: bytes
     body_file: Path
-    sig_file: Path
+    secret_file: Path
     palyra: Path
     children: Children
     webhook_log: bool = False
