@@ -42,14 +42,18 @@ def spells_an_address(host: str) -> bool:
 
 def legacy_ipv4(host: str) -> bool:
     """Whether ``host`` is an IPv4 address only in a legacy spelling (``2130706433``,
-    ``0177.0.0.1``, ``0x7f.1``, ``127.1``) that ``inet_aton`` accepts and a.b.c.d is not."""
-    try:
-        ipaddress.IPv4Address(host)
+    ``0177.0.0.1``, ``0x7f.1``, ``127.1``) that ``inet_aton`` accepts and a.b.c.d is not,
+    or an address with trailing dots (``127.0.0.1.``)."""
+    bare = host.rstrip(".")
+    if not bare:
         return False
+    try:
+        ipaddress.IPv4Address(bare)
+        return bare != host
     except ValueError:
         pass
     try:
-        socket.inet_aton(host)
+        socket.inet_aton(bare)
     except (OSError, ValueError):
         return False
     return True
@@ -90,6 +94,6 @@ def check_url(url: str, https_only: bool = False) -> str | None:
             return ("URL host is an IP address spelled with non-ASCII characters (fullwidth"
                     " digits, ideographic full stops, circled digits...): write it in ASCII")
     elif legacy_ipv4(hostname):
-        return ("URL host is an IPv4 address in a legacy form (decimal, octal, hex or"
-                " shortened): write it as four decimal numbers a.b.c.d")
+        return ("URL host is an IPv4 address in a legacy form (decimal, octal, hex,"
+                " shortened or with a trailing dot): write it as four decimal numbers a.b.c.d")
     return None

@@ -143,6 +143,9 @@ def test_check_literal_host() -> None:
         ("http://0177.0.0.1/", False, "legacy"),
         ("http://0x7f.0.0.1/", False, "legacy"),
         ("http://127.1/", False, "legacy"),
+        ("http://127.0.0.1./", False, "legacy"),
+        ("http://127.0.0.1\u3002/", False, "non-ASCII"),  # yarl: 127.0.0.1. (trailing dot)
+        ("http://hooks.example.com./", False, None),
         ("http://m\u00fcnchen.example/", False, None),  # an internationalised name is fine
         ("http://\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3/", False, None),
     ],
