@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
+import re
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import ulid
 from aiohttp import web
@@ -25,6 +29,9 @@ from palyra_py.secrets import SecretNotFound, SecretRefError
 from palyra_py.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.subscriptions import (
     add_subscription,
+    is_credential_header,
+    is_credential_url,
+    is_ref,
     is_url_ref,
     remove_subscription,
     update_subscription,
@@ -50,16 +57,41 @@ def url_keyring_name(subscription_id: str) -> str:
     return f"subscription-url:{subscription_id}"
 
 
+_HEADER_SLUG = re.compile(r"[a-z0-9._-]{1,48}")
+
+
+def header_keyring_name(subscription_id: str, header: str) -> str:
+    """Where a credential header value of a subscription is kept:
+    ``subscription-header:<id>:<header, lowercased>`` (a header name with characters a
+    keyring name cannot hold, or a long one, by the start of its SHA-256 instead)."""
+    lower = header.lower()
+    slug = lower if _HEADER_SLUG.fullmatch(lower) else (
+        "h-" + hashlib.sha256(lower.encode()).hexdigest()[:16])
+    return f"subscription-header:{subscription_id}:{slug}"
+
+
+def journal_url(url: str) -> str:
+    """What the journal may say of a subscription's URL (any token that reads the journal
+    sees it): a secret reference as is; a plain URL as its scheme, host and port, the
+    path and query (which may hold a credential) masked as ``/...``."""
+    if is_ref(url):
+        return url
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return origin + ("/..." if url[len(origin):] not in ("", "/") else "/")
+
+
 # Their incoming-webhook URLs are credentials: kept in the keyring unless asked otherwise.
 URL_IN_KEYRING_FORMATS = frozenset({"slack", "discord"})
 
 
-def url_in_keyring(body: dict[str, Any], payload_format: str) -> bool:
-    """``body["url_in_keyring"]`` if given (a boolean), else whether the format's URLs
-    carry a credential."""
+def url_in_keyring(body: dict[str, Any], payload_format: str, url: str = "") -> bool:
+    """``body["url_in_keyring"]`` if given (a boolean), else whether the URL carries a
+    credential: the format's URLs do (Slack, Discord), and so does one with a
+    credential-looking query parameter (``?token=``, ``?api_key=``, ``?sig=``...)."""
     choice = body.get("url_in_keyring")
     if choice is None:
-        return payload_format in URL_IN_KEYRING_FORMATS
+        return payload_format in URL_IN_KEYRING_FORMATS or is_credential_url(url)
     if not isinstance(choice, bool):
         raise invalid("url_in_keyring must be true or false", "url_in_keyring")
     return choice
@@ -111,6 +143,53 @@ class SubscriptionsApi:
         self.d.secrets.forget_cached(ref)
         return ref
 
+    async def _held(self, ref: str) -> str | None:
+        with contextlib.suppress(SecretNotFound, SecretRefError):
+            return await asyncio.to_thread(self.d.secrets.resolve, ref)
+        return None
+
+    async def _undo_writes(self, writes: list[tuple[str, str | None]]) -> None:
+        """Put keyring entries back as they were (``None``: there was none)."""
+        for name, before in reversed(writes):
+            if before is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.d.secrets.delete, name)
+            else:
+                await store_secret(self.d.secrets, name, before)
+        self.d.secrets.forget_cached()
+
+    async def _keep_headers(
+        self, subscription_id: str, headers: Mapping[str, str], current: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
+        """``headers`` with each credential-looking plain value (``Authorization``,
+        ``X-Api-Key``, ``*token*``, ``Bearer ...``) stored in the keyring and replaced by
+        its reference; and the keyring writes made, each with what the entry held before
+        (for ``_undo_writes``). ``current``: the headers the registry holds now."""
+        out = dict(headers)
+        writes: list[tuple[str, str | None]] = []
+        try:
+            for header, value in headers.items():
+                if is_ref(value) or not is_credential_header(header, value):
+                    continue
+                name = header_keyring_name(subscription_id, header)
+                ref = f"keyring:{name}"
+                writes.append((name, await self._held(ref) if ref in current.values() else None))
+                out[header] = await store_secret(self.d.secrets, name, value)
+                self.d.secrets.forget_cached(ref)
+        except ApiError:
+            await self._undo_writes(writes)
+            raise
+        return out, writes
+
+    async def _drop_header_secrets(self, subscription_id: str, before: Mapping[str, str],
+                                   after: Mapping[str, str]) -> None:
+        """Delete the keyring entries of header values ``before`` held and ``after`` does
+        not (a header removed, or given a value of its own)."""
+        prefix = f"keyring:subscription-header:{subscription_id}:"
+        for value in set(before.values()) - set(after.values()):
+            if value.startswith(prefix):
+                await asyncio.to_thread(self.d.secrets.delete, value.removeprefix("keyring:"))
+
     def _check_https_only(self, url: str) -> None:
         # A reference is checked once resolved, at send time.
         if self.d.settings.get("delivery", "https_only") and not is_url_ref(url):
@@ -138,7 +217,7 @@ class SubscriptionsApi:
         self._check_https_only(fields["url"])
         subscription_id = fields["subscription_id"]
         keep_url = (not is_url_ref(fields["url"])
-                    and url_in_keyring(body, fields.get("format", "standard")))
+                    and url_in_keyring(body, fields.get("format", "standard"), fields["url"]))
         if subscription_id in self.d.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
                            field="subscription_id")
@@ -156,13 +235,19 @@ class SubscriptionsApi:
             ref = await store_secret(self.d.secrets, keyring_name(subscription_id), choice.value)
             self.d.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
-        if keep_url:
-            try:
+        header_writes: list[tuple[str, str | None]] = []
+        try:
+            if keep_url:
                 fields["url"] = await self._store_url(subscription_id, fields["url"])
-            except ApiError:
-                if choice.value is not None:
-                    await asyncio.to_thread(self.d.secrets.delete, keyring_name(subscription_id))
-                raise
+            if fields.get("headers"):
+                fields["headers"], header_writes = await self._keep_headers(
+                    subscription_id, fields["headers"], {})
+        except ApiError:
+            for name, stored in ((keyring_name(subscription_id), choice.value is not None),
+                                 (url_keyring_name(subscription_id), keep_url)):
+                if stored:
+                    await asyncio.to_thread(self.d.secrets.delete, name)
+            raise
         # The subscription starts with the next event, not with the journal's history.
         await self.d.dispatcher.start_at_head(subscription_id)
         now = self.d.now_dt()
@@ -173,9 +258,12 @@ class SubscriptionsApi:
                                  (url_keyring_name(subscription_id), keep_url)):
                 if stored:
                     await asyncio.to_thread(self.d.secrets.delete, name)
+            await self._undo_writes(header_writes)
             raise
+        # Any token may read the journal: a reference, or the URL's origin only.
         await self._journal("subscription.created", subscription_id,
-                            {"url": fields["url"], "events": list(fields.get("events", ()))})
+                            {"url": journal_url(fields["url"]),
+                             "events": list(fields.get("events", ()))})
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
         if choice.generated:
             answer["secret"] = choice.value
@@ -199,7 +287,8 @@ class SubscriptionsApi:
         stored: tuple[str, str | None] | None = None  # (the reference, what it held before)
         if (({"url", "format", "url_in_keyring"} & set(body))
                 and not is_url_ref(normalised["url"])
-                and url_in_keyring(body, normalised.get("format", "standard"))):
+                and url_in_keyring(body, normalised.get("format", "standard"),
+                                   normalised["url"])):
             ref = f"keyring:{url_keyring_name(subscription_id)}"
             before = None
             if current["url"] == ref:
@@ -207,6 +296,12 @@ class SubscriptionsApi:
                     before = await asyncio.to_thread(self.d.secrets.resolve, ref)
             changes["url"] = await self._store_url(subscription_id, normalised["url"])
             stored = (ref, before)
+        old_headers = self.d.registry.subscriptions[subscription_id].headers
+        header_writes: list[tuple[str, str | None]] = []
+        given_headers = changes.get("headers")
+        if given_headers:
+            changes["headers"], header_writes = await self._keep_headers(
+                subscription_id, given_headers, old_headers)
         now = self.d.now_dt()
         try:
             await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
@@ -217,7 +312,11 @@ class SubscriptionsApi:
                     await self._store_url(subscription_id, before)
                 else:
                     await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+            await self._undo_writes(header_writes)
             raise
+        if "headers" in changes:
+            await self._drop_header_secrets(subscription_id, old_headers,
+                                            changes["headers"] or {})
         self.d.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.updated", subscription_id,
                             {"changed": sorted(changes)})
@@ -234,6 +333,7 @@ class SubscriptionsApi:
                     f"keyring:{url_keyring_name(subscription_id)}"):
             if ref in (sub.secret_ref, sub.previous_secret_ref, sub.url):
                 await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+        await self._drop_header_secrets(subscription_id, sub.headers, {})
         self.d.secrets.forget_cached()
         await self._journal("subscription.deleted", subscription_id, {})
         return web.json_response({"status": "deleted", "subscription_id": subscription_id})

@@ -22,7 +22,7 @@ from palyra_py.retry import RateLimiter, next_attempt_delay, parse_retry_after
 from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
 from palyra_py.sender import AttemptOutcome, Sender
 from palyra_py.signing import GITHUB_SIGNATURE_HEADER, StandardWebhooksSigner, github_signature
-from palyra_py.subscriptions import Subscription, is_url_ref
+from palyra_py.subscriptions import Subscription, is_ref, is_url_ref, valid_header_value
 from palyra_py.urls import check_url
 
 JournalHook = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -47,7 +47,7 @@ class SubState:
     matcher: EventMatcher
     limiter: RateLimiter
     subscription: Subscription
-    base_headers: dict[str, str]
+    base_headers: dict[str, str] = field(repr=False)  # header refs resolved: never in a repr
     in_flight: int = 0
     """Attempts launched and not yet recorded (what a crash would make again)."""
     open: int = 0
@@ -56,6 +56,7 @@ class SubState:
     signer: StandardWebhooksSigner | None = field(default=None, repr=False)
     secrets_until: float = float("inf")
     target: str | None = field(default=None, repr=False)  # the URL, once a ref is resolved
+    headers_resolved: bool = False
 
     @classmethod
     def build(cls, sub: Subscription) -> SubState:
@@ -106,6 +107,26 @@ class SubState:
             raise UrlUnavailable("https_only is set and the URL is not https", "ssrf_blocked")
         self.target = url
         return url
+
+
+    async def resolve_headers(self, store: SecretStore) -> None:
+        """Put in ``base_headers`` what the subscription's header references
+        (``keyring:``/``env:``/``file:``) hold, once for this version of the subscription.
+        Raises ``UrlUnavailable`` naming the header, never its value."""
+        if self.headers_resolved:
+            return
+        for header, value in self.subscription.headers.items():
+            if not is_ref(value):
+                continue
+            try:
+                held = (await asyncio.to_thread(store.resolve, value)).strip()
+            except (SecretNotFound, SecretRefError) as exc:
+                raise UrlUnavailable(f"header {header}: reference unavailable: {exc}") from None
+            if not held or not valid_header_value(held):
+                raise UrlUnavailable(f"header {header}: the reference does not hold a header"
+                                     " value (printable ASCII, at most 4096 characters)")
+            self.base_headers[header] = held
+        self.headers_resolved = True
 
 
 class UrlUnavailable(Exception):
@@ -220,6 +241,7 @@ class AttemptRunner:
         started_ms = int(now * 1000)
         try:
             url = await state.target_url(self._secrets, self._https_only)
+            await state.resolve_headers(self._secrets)
         except UrlUnavailable as exc:
             return started_ms, AttemptOutcome(None, exc.error_class, exc.detail, None, 0, None)
         if prepared is None:

@@ -1,22 +1,24 @@
 """One outbound HTTP attempt: POST, no redirects, bounded time and response, classified.
 
-The session resolves every host through :class:`GuardedResolver`, so the address checked by
-the SSRF policy is the address connected to; IP-literal URLs (which aiohttp never resolves)
-are checked here before connecting (the verdict for an IP literal never changes, so it is
-kept per URL). Proxies from the environment are ignored for the same reason: behind a proxy
-only the proxy's address would be checked."""
+The session connects through :class:`GuardedConnector`: names are resolved through
+:class:`GuardedResolver`, and every socket's address is checked right before it connects,
+so the address judged by the SSRF policy is the address connected to. IP-literal URLs
+(which aiohttp never resolves) are also judged here first, on the host exactly as the client
+reads it (yarl, IDNA-mapped: ``http://127。0。0。1/`` is ``127.0.0.1``); the verdict for an IP
+literal never changes, so it is kept per URL. Proxies from the environment are ignored: behind
+a proxy only the proxy's address would be checked."""
 
 from __future__ import annotations
 
 import asyncio
 import time
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import aiohttp
+from yarl import URL
 
 from palyra_py import __version__
-from palyra_py.ssrf import AddressPolicy, GuardedResolver, SsrfBlocked, find_ssrf_blocked
+from palyra_py.ssrf import AddressPolicy, GuardedConnector, SsrfBlocked, find_ssrf_blocked
 
 EXCERPT_BYTES = 4096
 USER_AGENT = f"palyra-py/{__version__} (+webhooks)"
@@ -47,13 +49,13 @@ class Sender:
         self._policy = policy
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        # URL -> None (not a refused IP literal) or (ip, reason).
-        self._literal_verdicts: dict[str, tuple[str, str] | None] = {}
+        # URL -> the parsed URL (not a refused IP literal), or (ip, reason).
+        self._literal_verdicts: dict[str, URL | tuple[str, str]] = {}
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            resolver=GuardedResolver(self._policy), limit=self._max_connections,
-            limit_per_host=0, ttl_dns_cache=None, use_dns_cache=False,
+        connector = GuardedConnector(
+            self._policy, limit=self._max_connections, limit_per_host=0, ttl_dns_cache=None,
+            use_dns_cache=False,
         )
         self._session = aiohttp.ClientSession(
             connector=connector, trust_env=False, auto_decompress=False,
@@ -81,11 +83,15 @@ class Sender:
                                   retry_after)
 
         try:
-            refused = self._literal_verdict(url)
-            if refused is not None:
-                return done(None, "ssrf_blocked", f"{refused[0]} is {refused[1]}")
+            target = self._literal_verdict(url)
+        except ValueError:
+            return done(None, "connect", "the HTTP client cannot parse the URL")
+        if isinstance(target, tuple):
+            return done(None, "ssrf_blocked", f"{target[0]} is {target[1]}")
+        try:
+            # The URL judged is the URL sent: the same parse, handed over as is.
             async with asyncio.timeout(timeout_s), self._session.post(
-                url, data=body, headers=headers, allow_redirects=False,
+                target, data=body, headers=headers, allow_redirects=False,
             ) as resp:
                 # Never read more than the excerpt: an endless or huge answer costs 4 KiB.
                 raw = await resp.content.read(EXCERPT_BYTES)
@@ -109,15 +115,18 @@ class Sender:
                 return done(None, "ssrf_blocked", f"{blocked.ip} is {blocked.reason}")
             return done(None, "connect", f"{type(exc).__name__}: {exc}"[:200])
 
-    def _literal_verdict(self, url: str) -> tuple[str, str] | None:
-        """``(ip, reason)`` when the URL's host is an IP literal the policy refuses."""
+    def _literal_verdict(self, url: str) -> URL | tuple[str, str]:
+        """``(ip, reason)`` when the URL's host, as the HTTP client reads it, is an IP
+        literal the policy refuses; else the parsed URL to send to. ``ValueError`` for a
+        URL the client cannot parse (an ``aiohttp.ClientError`` would say the same)."""
         try:
             return self._literal_verdicts[url]
         except KeyError:
             pass
-        verdict: tuple[str, str] | None = None
+        parsed = URL(url)
+        verdict: URL | tuple[str, str] = parsed
         try:
-            self._policy.check_literal_host(urlsplit(url).hostname or "")
+            self._policy.check_literal_host(parsed.raw_host or "")
         except SsrfBlocked as exc:
             verdict = (exc.ip, exc.reason)
         if len(self._literal_verdicts) >= LITERAL_VERDICTS:

@@ -1,10 +1,13 @@
-"""SSRF guard for outbound deliveries: which addresses a delivery may connect to, and an
-aiohttp resolver that refuses blocked ones.
+"""SSRF guard for outbound deliveries: which addresses a delivery may connect to, an
+aiohttp resolver that refuses blocked ones, and a connector that checks every socket's
+address before it connects.
 
 Threat: a subscription URL (or its DNS) pointing at the daemon's own host, the local
-network or a cloud metadata service. The check runs on the addresses the connection will
-actually use: aiohttp connects to exactly what the resolver returns, so there is no gap
-between check and connect for DNS rebinding to use. ``AddressPolicy`` is pure.
+network or a cloud metadata service, under any spelling (``127。0。0。1``, ``2130706433``,
+``[::ffff:7f00:1]``...). The last check runs on the address each socket is about to
+connect to (``GuardedConnector``), after every URL parser and resolver has had its say, so
+no difference between how we and the HTTP client read a URL can bypass it, and DNS
+rebinding has no gap between check and connect. ``AddressPolicy`` is pure.
 """
 
 from __future__ import annotations
@@ -13,13 +16,17 @@ import errno
 import ipaddress
 import socket
 from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import ThreadedResolver
+from aiohttp import TCPConnector, ThreadedResolver
 from aiohttp.abc import AbstractResolver, ResolveResult
 
 # check_url and MAX_URL_CHARS live in the aiohttp-free urls module; re-exported here.
 from palyra_py.urls import MAX_URL_CHARS as MAX_URL_CHARS
 from palyra_py.urls import check_url as check_url
+
+if TYPE_CHECKING:
+    from aiohappyeyeballs import AddrInfoType
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -59,6 +66,7 @@ _BLOCKED: tuple[tuple[str, tuple[Network, ...]], ...] = (
 _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
+_COMPATIBLE = ipaddress.ip_network("::/96")  # IPv4-compatible ::a.b.c.d (deprecated)
 
 
 class SsrfBlocked(OSError):
@@ -124,18 +132,24 @@ class AddressPolicy:
         except ValueError:
             return "invalid"
         candidates: list[Address] = [address]
+        spellings: list[Address] = [address]  # every address this one may stand for
         if isinstance(address, ipaddress.IPv6Address):
             inner = _embedded_ipv4(address)
             if inner is not None:
                 candidates = [inner, address]
+                spellings = candidates
+            elif address in _COMPATIBLE and int(address) > 1:
+                spellings = [address, ipaddress.IPv4Address(int(address))]
+        # Metadata under any spelling (mapped, NAT64, 6to4, IPv4-compatible) stays refused
+        # unless listed exactly.
+        if any(s in n for n in METADATA for s in spellings):
+            exact = any(n.num_addresses == 1 and s in n for n in self.allow_cidrs
+                        for s in spellings)
+            return None if exact else "metadata"
         # The embedded IPv4 address decides: ::ffff:0:0/96 itself sits inside ::/8.
         reason = _classify(candidates[0])
         if reason is None:
             return None
-        if reason == "metadata":
-            exact = any(n.num_addresses == 1 and c in n for n in self.allow_cidrs
-                        for c in candidates)
-            return None if exact else reason
         if self.allow_private:
             return None
         if any(c in n for n in self.allow_cidrs for c in candidates):
@@ -162,11 +176,11 @@ class GuardedResolver(AbstractResolver):
     created on first use) and raises ``SsrfBlocked`` if ANY resolved address is refused, so
     a name with one public and one private address is refused as a whole.
 
-    Use it as ``TCPConnector(resolver=GuardedResolver(policy))``. Two gaps the caller must
-    close: aiohttp does not call the resolver for IP-literal hosts, so call
-    ``check_literal_host`` (or ``policy.check_literal_host``) on the URL's host before every
-    request; and through a proxy only the proxy's address would be checked, so do not use
-    one (``trust_env=False``). ``close`` also closes ``inner``.
+    ``GuardedConnector`` uses it. Alone (``TCPConnector(resolver=GuardedResolver(policy))``)
+    it leaves two gaps: aiohttp does not call the resolver for IP-literal hosts (which
+    ``GuardedConnector`` checks at the socket); and through a proxy only the proxy's address
+    would be checked, so do not use one (``trust_env=False``). ``close`` also closes
+    ``inner``.
     """
 
     def __init__(self, policy: AddressPolicy, inner: AbstractResolver | None = None) -> None:
@@ -192,6 +206,29 @@ class GuardedResolver(AbstractResolver):
     def check_literal_host(self, host: str) -> None:
         """See ``AddressPolicy.check_literal_host``."""
         self.policy.check_literal_host(host)
+
+
+class GuardedConnector(TCPConnector):
+    """A ``TCPConnector`` that resolves names through ``GuardedResolver(policy)`` and, for
+    every socket it opens, checks the address that socket is about to connect to (its
+    ``socket_factory`` hook): IP-literal hosts, which aiohttp never hands to the resolver,
+    are caught there, whatever spelling of the host got them past the earlier checks.
+    A refused address raises ``SsrfBlocked`` before anything is sent (not even a SYN);
+    aiohttp reports it as a connection error whose ``os_error`` it is (see
+    ``find_ssrf_blocked``). Other ``TCPConnector`` keywords pass through."""
+
+    def __init__(self, policy: AddressPolicy, **kwargs: Any) -> None:
+        self._policy = policy
+        super().__init__(resolver=GuardedResolver(policy), socket_factory=self._open_socket,
+                         **kwargs)
+
+    def _open_socket(self, addr_info: AddrInfoType) -> socket.socket:
+        family, type_, proto, _, address = addr_info
+        ip = str(address[0])
+        reason = self._policy.check(ip)
+        if reason is not None:
+            raise SsrfBlocked(ip, ip, reason)
+        return socket.socket(family=family, type=type_, proto=proto)
 
 
 def find_ssrf_blocked(exc: BaseException | None) -> SsrfBlocked | None:

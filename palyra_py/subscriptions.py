@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import tomlkit
 
 from palyra_py.filters import MAX_PATTERN_CHARS, validate_event_patterns, validate_filter_table
+from palyra_py.redact import is_secret_key
 from palyra_py.registry import (
     _CONTROL,
     Check,
@@ -43,6 +45,7 @@ from palyra_py.registry_edit import (
     update_record,
 )
 from palyra_py.retry import DEFAULT_SCHEDULE, MAX_DELAY_S, MAX_SCHEDULE_ENTRIES, parse_duration
+from palyra_py.secrets import SecretRefError, parse_secret_ref
 from palyra_py.urls import MAX_URL_CHARS, check_url
 
 Scalar = str | int | float | bool
@@ -134,6 +137,52 @@ def is_url_ref(url: str) -> bool:
     ``env:VAR``, ``file:PATH``) whose value is the URL: for URLs that carry their own
     credential, as Slack's and Discord's incoming-webhook URLs do."""
     return url.startswith(URL_REF_PREFIXES)
+
+
+def is_ref(value: str) -> bool:
+    """True when a ``url`` or a header value is a secret reference (``keyring:NAME``,
+    ``env:VAR``, ``file:PATH``) whose value the daemon reads when it delivers."""
+    return value.startswith(URL_REF_PREFIXES)
+
+
+# Words of a header or query parameter name (split at - _ .) that say it holds a
+# credential, besides redact.SECRET_KEY_PARTS (token, secret, authorization, cookie...).
+_CREDENTIAL_WORDS = frozenset({"auth", "key", "apikey", "sig", "jwt", "bearer", "pass", "pwd"})
+_CREDENTIAL_QUERY_WORDS = _CREDENTIAL_WORDS | {"code", "hash", "hmac"}
+# Header values that are credentials whatever the header is called.
+_CREDENTIAL_VALUE_PREFIXES = ("bearer ", "basic ", "token ", "digest ")
+
+
+def _credential_name(name: str, words: frozenset[str]) -> bool:
+    lower = name.lower()
+    return is_secret_key(lower) or "auth" in lower or any(
+        word in words for word in re.split(r"[-_.]+", lower))
+
+
+def is_credential_header(name: str, value: str) -> bool:
+    """Whether a custom header looks like it carries a credential: its name
+    (``Authorization``, ``X-Api-Key``, ``*token*``, ``*secret*``, ``Cookie``, ``*auth*``...)
+    or its value (``Bearer ...``, ``Basic ...``). Such values are kept in the keyring."""
+    return _credential_name(name, _CREDENTIAL_WORDS) or value.lower().startswith(
+        _CREDENTIAL_VALUE_PREFIXES)
+
+
+def is_credential_url(url: str) -> bool:
+    """Whether a plain URL carries a credential we can see: a query parameter named like
+    one (``token``, ``access_token``, ``api_key``, ``key``, ``sig``, ``code``...) or
+    ``user:password@``. Such URLs are kept in the keyring."""
+    try:
+        parts = urlsplit(url)
+        names = [name for name, _ in parse_qsl(parts.query, keep_blank_values=True)]
+        userinfo = "@" in parts.netloc
+    except ValueError:
+        return False
+    return userinfo or any(_credential_name(n, _CREDENTIAL_QUERY_WORDS) for n in names)
+
+
+def valid_header_value(text: str) -> bool:
+    """At most 4096 characters of printable ASCII and tabs: what a header value may be."""
+    return len(text) <= MAX_HEADER_VALUE_CHARS and _HEADER_VALUE.fullmatch(text) is not None
 
 
 def _check_url(value: Any, name: str) -> str:
@@ -249,10 +298,16 @@ def _check_headers(value: Any, name: str) -> dict[str, str]:
         if not isinstance(raw, str):
             raise _fail(name, f"{header}: the value must be a string")
         text = str(raw).strip()
-        if len(text) > MAX_HEADER_VALUE_CHARS or not _HEADER_VALUE.fullmatch(text):
+        if not valid_header_value(text):
             raise _fail(name, f"{header}: the value must be at most {MAX_HEADER_VALUE_CHARS}"
                               " characters of printable ASCII and tabs (no CR, LF or other"
-                              " control characters)")
+                              " control characters), or a secret reference holding one"
+                              " (keyring:NAME, env:VAR, file:/absolute/path)")
+        if is_ref(text):
+            try:
+                parse_secret_ref(text)
+            except SecretRefError as exc:
+                raise _fail(name, f"{header}: {exc}") from None
         out[header] = text
     return out
 

@@ -9,14 +9,17 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
+from palyra_py.daemon import Daemon
 from palyra_py.sender import LITERAL_VERDICTS, Sender
 from palyra_py.ssrf import (
     AddressPolicy,
+    GuardedConnector,
     GuardedResolver,
     SsrfBlocked,
     check_url,
     find_ssrf_blocked,
 )
+from tests.receiver import Receiver
 
 BLOCKED = [
     ("127.0.0.1", "loopback"),
@@ -130,6 +133,21 @@ def test_check_literal_host() -> None:
         ("https://hooks.example.com/a b", False, "whitespace"),
         ("https://hooks.example.com/\n", False, "whitespace"),
         ("https://e.com/" + "a" * 2048, False, "2048"),
+        # Spellings the HTTP client maps onto an address without asking the resolver.
+        ("http://127\u30020\u30020\u30021:8080/", False, "non-ASCII"),
+        ("http://\uff11\uff12\uff17\uff0e\uff10\uff0e\uff10\uff0e\uff11/", False, "non-ASCII"),
+        ("http://\u2460\u2461\u2466.0.0.1/", False, "non-ASCII"),
+        ("http://\uff11\uff16\uff19.254.169.254/", False, "non-ASCII"),
+        ("http://\uff10\uff58\uff17\uff46.1/", False, "non-ASCII"),
+        ("http://2130706433/", False, "legacy"),
+        ("http://0177.0.0.1/", False, "legacy"),
+        ("http://0x7f.0.0.1/", False, "legacy"),
+        ("http://127.1/", False, "legacy"),
+        ("http://127.0.0.1./", False, "legacy"),
+        ("http://127.0.0.1\u3002/", False, "non-ASCII"),  # yarl: 127.0.0.1. (trailing dot)
+        ("http://hooks.example.com./", False, None),
+        ("http://m\u00fcnchen.example/", False, None),  # an internationalised name is fine
+        ("http://\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3/", False, None),
     ],
 )
 def test_check_url(url: str, https_only: bool, problem: str | None) -> None:
@@ -251,3 +269,133 @@ async def test_sender_refuses_an_ip_literal_on_every_attempt(local_server: TestS
         assert outcome.error_class == "http_status" and outcome.status_code == 405  # GET-only
     finally:
         await allowed.close()
+
+
+def fullwidth(text: str) -> str:
+    """``text`` with digits, dots and x in their fullwidth forms (１２７．０．０．１)."""
+    return text.translate({ord(c): ord(c) + 0xFEE0 for c in "0123456789.x"})
+
+
+IDEOGRAPHIC = "127\u30020\u30020\u30021"  # 127。0。0。1
+CIRCLED = "\u2460\u2461\u2466.0.0.1"  # ①②⑦.0.0.1
+# Every spelling of 127.0.0.1 a URL parser might disagree about.
+LOOPBACK_SPELLINGS = [
+    "127.0.0.1", IDEOGRAPHIC, fullwidth("127.0.0.1"), CIRCLED, "127\uff0e0\uff0e0\uff0e1",
+    "2130706433", "0177.0.0.1",
+    "0x7f.0.0.1", "0x7f000001", "127.1", "127.0.0.1.", "[::ffff:127.0.0.1]", "[::ffff:7f00:1]",
+    "localhost", "\u24db\u24de\u24d2\u24d0\u24db\u24d7\u24de\u24e2\u24e3",
+]
+METADATA_SPELLINGS = [
+    "169.254.169.254", fullwidth("169.254.169.254"),
+    "169\u3002254\u3002169\u3002254", "2852039166", "0251.0376.0251.0376", "0xa9.0xfe.0xa9.0xfe",
+    "0xa9fea9fe", "[::ffff:169.254.169.254]", "[::ffff:a9fe:a9fe]", "[::169.254.169.254]",
+    "[64:ff9b::a9fe:a9fe]", "[2002:a9fe:a9fe::]", "[fd00:ec2::254]",
+]
+
+
+def port_of(receiver: Receiver) -> int:
+    return int(receiver.url.rsplit(":", 1)[1].split("/", 1)[0])
+
+
+@pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
+async def test_no_spelling_of_loopback_reaches_a_receiver(receiver: Receiver, host: str) -> None:
+    # http://127。0。0。1/ used to be judged as the name urlsplit saw (not an address, so
+    # "the resolver's job"), while the client mapped it to 127.0.0.1 and never resolved.
+    sender = Sender(AddressPolicy())
+    await sender.start()
+    try:
+        outcome = await sender.post(f"http://{host}:{port_of(receiver)}/hook", b"{}", {}, 5)
+    finally:
+        await sender.close()
+    assert not outcome.ok and outcome.status_code is None and outcome.excerpt is None
+    assert outcome.error_class in ("ssrf_blocked", "connect")  # connect: the client refuses
+    assert receiver.received == []
+
+
+@pytest.mark.parametrize("host", METADATA_SPELLINGS)
+async def test_metadata_stays_blocked_under_every_spelling_with_allow_private(host: str) -> None:
+    policy = AddressPolicy(allow_private=True, allow_cidrs=["0.0.0.0/0", "::/0"])
+    sender = Sender(policy)
+    await sender.start()
+    try:
+        outcome = await sender.post(f"http://{host}/latest/meta-data/", b"{}", {}, 5)
+    finally:
+        await sender.close()
+    assert not outcome.ok and outcome.status_code is None and outcome.excerpt is None
+    if outcome.error_class == "ssrf_blocked":
+        assert outcome.error_detail is not None and outcome.error_detail.endswith("metadata")
+    else:  # the HTTP client itself refuses legacy spellings (2852039166, 0251.0376...)
+        assert outcome.error_class == "connect" and "canonical" in (outcome.error_detail or "")
+
+
+def test_ipv4_compatible_metadata_is_metadata() -> None:
+    for ip in ("::169.254.169.254", "::a9fe:a9fe"):
+        assert AddressPolicy(allow_private=True).check(ip) == "metadata"
+        assert AddressPolicy().check(ip) == "metadata"
+    assert AddressPolicy().check("::127.0.0.1") == "reserved"  # as before
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", IDEOGRAPHIC, "[::ffff:127.0.0.1]"])
+async def test_the_connector_checks_every_socket_before_it_connects(
+    receiver: Receiver, host: str
+) -> None:
+    # No literal check before the request, and aiohttp skips the resolver for an IP
+    # literal: the socket's own address is what refuses it.
+    async with aiohttp.ClientSession(connector=GuardedConnector(AddressPolicy()),
+                                     trust_env=False) as session:
+        with pytest.raises(aiohttp.ClientConnectionError) as info:
+            await session.post(f"http://{host}:{port_of(receiver)}/hook", data=b"{}")
+    blocked = find_ssrf_blocked(info.value)
+    assert blocked is not None and blocked.reason == "loopback"
+    assert receiver.received == []
+    allowed = GuardedConnector(AddressPolicy(allow_cidrs=["127.0.0.1/32"]))
+    async with aiohttp.ClientSession(connector=allowed, trust_env=False) as session:
+        async with session.post(f"{receiver.url}/ok", data=b"{}") as response:
+            assert response.status == 200
+    assert [r.path for r in receiver.received] == ["/hook/ok"]
+
+
+async def call(admin: aiohttp.ClientSession, method: str, path: str, expect: int,
+               **body: object) -> dict[str, object]:
+    async with admin.request(method, path, json=body) as resp:
+        answer: dict[str, object] = await resp.json()
+        assert resp.status == expect, answer
+        return answer
+
+
+async def test_unicode_addresses_are_refused_on_add_and_edit(
+    daemon: Daemon, admin: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    port = port_of(receiver)
+    for host in (IDEOGRAPHIC, fullwidth("127.0.0.1"), CIRCLED, "2130706433"):
+        answer = await call(admin, "POST", "/v1/subscriptions", 400, subscription_id="u",
+                            url=f"http://{host}:{port}/hook")
+        assert answer["error"] == "invalid_request" and answer["field"] == "url"
+        assert host not in str(answer["message"])
+    await call(admin, "POST", "/v1/subscriptions", 201, subscription_id="ok",
+               url="https://hooks.example/x")
+    answer = await call(admin, "PATCH", "/v1/subscriptions/ok", 400,
+                        url=f"http://{IDEOGRAPHIC}:{port}/hook")
+    assert answer["field"] == "url"
+
+
+async def test_a_blocked_target_shows_no_answer_in_test_or_deliveries_show(
+    daemon: Daemon, admin: aiohttp.ClientSession, receiver: Receiver
+) -> None:
+    # The default policy: the receiver on loopback must never be reached, and nothing it
+    # would have answered can be read back through `subscriptions test` or `deliveries show`.
+    await call(admin, "POST", "/v1/subscriptions", 201, subscription_id="local",
+               url=receiver.url, retry_schedule=["0s"])
+    tested = await call(admin, "POST", "/v1/subscriptions/local/test", 200)
+    attempt = tested["attempt"]
+    assert isinstance(attempt, dict)
+    assert attempt["error_class"] == "ssrf_blocked" and attempt["response_excerpt"] is None
+    assert attempt["status_code"] is None
+    delivery = tested["delivery"]
+    assert isinstance(delivery, dict)
+    shown = await call(admin, "GET", f"/v1/deliveries/{delivery['delivery_id']}", 200)
+    attempts = shown["attempts"]
+    assert isinstance(attempts, list) and attempts
+    assert all(a["response_excerpt"] is None and a["error_class"] == "ssrf_blocked"
+               for a in attempts)
+    assert receiver.received == []

@@ -80,7 +80,8 @@ def add(
         bool | None,
         typer.Option("--url-in-keyring/--url-in-registry",
                      help="Keep the URL in the keyring, not in webhooks.toml (default: "
-                     "the keyring for slack and discord, whose URLs hold a credential).",
+                     "the keyring for slack and discord, whose URLs hold a credential, and "
+                     "for a URL with ?token=, ?api_key=, ?sig=...).",
                      show_default=False),
     ] = None,
     events: Annotated[
@@ -140,7 +141,10 @@ def add(
     headers: Annotated[
         list[str] | None,
         typer.Option(
-            "--header", "-H", metavar="'NAME: VALUE'", help="Extra request header (repeatable)."
+            "--header", "-H", metavar="'NAME: VALUE'",
+            help="Extra request header (repeatable). VALUE may be keyring:NAME, env:VAR or "
+            "file:/path; credential-looking values (Authorization, X-Api-Key, *token*...) "
+            "are kept in the keyring.",
         ),
     ] = None,
     owner: Annotated[
@@ -173,8 +177,9 @@ def add(
     $ palyra subscriptions add chat --url "$SLACK_HOOK_URL" --format slack
     $ palyra subscriptions add ops --url env:OPS_HOOK_URL
 
-    A Slack or Discord URL is kept in the keyring (the registry holds
-    keyring:subscription-url:ID), since whoever has it can post to the channel.
+    A Slack or Discord URL, or one with a token in its query, is kept in the
+    keyring (the registry holds keyring:subscription-url:ID), and so is a
+    credential header value (keyring:subscription-header:ID:NAME).
     """
     secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
     fields: JsonObject = {"subscription_id": subscription_id, "url": url, "secret": secret}
