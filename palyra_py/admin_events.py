@@ -14,7 +14,7 @@ from palyra_py.admin_errors import ApiError, invalid, read_json_object
 from palyra_py.journal import EventFilter, JournalUnavailable, ReplayKey
 from palyra_py.published import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.redact import redact
-from palyra_py.stream import TooManyClients
+from palyra_py.stream import TooManyClients, TooManyOwnerStreams
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -72,6 +72,14 @@ def parse_int(value: str | None, name: str, default: int, lo: int, hi: int) -> i
     return number
 
 
+def check_stream_patterns(flt: EventFilter, max_patterns: int) -> None:
+    """A stream's type globs are matched live against every event: at most
+    ``stream.max_patterns`` of them (400 ``too_many_patterns``)."""
+    if len(flt.types) > max_patterns:
+        raise ApiError(400, "too_many_patterns",
+                       f"type: at most {max_patterns} patterns for a stream", field="type")
+
+
 def filter_from_query(request: web.Request) -> EventFilter:
     q = request.query
     types = tuple(t for t in q.getall("type", []) if t)
@@ -112,6 +120,7 @@ class EventsApi:
         """Server-Sent Events: replay from the cursor, then follow the journal head. The
         journal is read by seq, so a reconnect with ``Last-Event-ID`` never misses one."""
         flt = filter_from_query(request)
+        check_stream_patterns(flt, self.d.settings.get("stream", "max_patterns"))
         last_id = request.headers.get("Last-Event-ID", "")
         default_after = await self.d.journal.last_seq()
         cursor = parse_int(request.query.get("after_seq"), "after_seq", default_after, 0, 2**62)
@@ -126,7 +135,9 @@ class EventsApi:
         task = asyncio.current_task()
         assert task is not None
         try:
-            async with self.d.stream_hub.open_sse(flt, cursor) as client:
+            # A token's streams are bounded per token; the admin socket's are not.
+            owner = request.get(TOKEN_SOURCE)
+            async with self.d.stream_hub.open_sse(flt, cursor, owner) as client:
                 await response.prepare(request)
                 if request.method == "HEAD":  # the head only: a HEAD response has no body
                     return response
@@ -140,6 +151,8 @@ class EventsApi:
                 finally:
                     self.d.streams.discard(task)
                     self.d.metrics.sse_clients.dec()
+        except TooManyOwnerStreams as exc:
+            raise ApiError(429, "too_many_streams_for_token", str(exc)) from None
         except TooManyClients as exc:
             raise ApiError(503, "too_many_streams", str(exc)) from None
         return response

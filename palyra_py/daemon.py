@@ -398,6 +398,7 @@ class Daemon:
             self.journal, self.bus,
             max_clients=self.settings.get("stream", "max_clients"),
             buffer=self.settings.get("stream", "buffer_events"),
+            max_per_owner=self.settings.get("stream", "max_per_token"),
         )
         self._tasks.append(asyncio.create_task(self.stream_hub.run()))
         try:

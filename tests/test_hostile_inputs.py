@@ -871,3 +871,100 @@ async def test_a_stream_client_that_never_reads_is_cut_loose(fresh: World) -> No
     assert delivered and max(delivered) <= overflow_seq < last, (delivered[-1:], overflow_seq)
     assert frames[-1].startswith("event: stream.overflow"), frames[-1]
     await assert_healthy(fresh.port)
+
+
+# -- one token's streams and bodies (issue 9, item 2) ---------------------------------------
+
+async def new_token(world: World, name: str) -> str:
+    async with world.admin.post("/v1/tokens", json={"name": name}) as resp:
+        created = await resp.json()
+        assert resp.status == 201, created
+    secret: str = created["secret"]
+    return secret
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.asynccontextmanager
+async def tcp_client(world: World) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=0)  # one connection per open stream
+    async with aiohttp.ClientSession(
+            connector=connector, base_url=f"http://127.0.0.1:{world.port}") as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def open_streams(
+    http: aiohttp.ClientSession, token: str, queries: list[list[tuple[str, str]]]
+) -> AsyncIterator[list[aiohttp.ClientResponse]]:
+    """One stream per query, each past its opening comment (it has joined the hub)."""
+    async with contextlib.AsyncExitStack() as stack:
+        streams = []
+        for query in queries:
+            resp = await stack.enter_async_context(
+                http.get("/v1/events/stream", params=query, headers=bearer(token)))
+            assert resp.status == 200, await resp.text()
+            assert await resp.content.readline() == b": palyra event stream\n"
+            streams.append(resp)
+        yield streams
+
+
+async def refused_stream(http: aiohttp.ClientSession, token: str,
+                         query: list[tuple[str, str]]) -> tuple[int, str]:
+    async with http.get("/v1/events/stream", params=query, headers=bearer(token)) as resp:
+        body = await resp.json()
+        assert isinstance(body["message"], str) and body["message"]
+        return resp.status, body["error"]
+
+
+async def test_a_token_gets_at_most_its_streams_and_each_stream_its_patterns(
+    fresh: World,
+) -> None:
+    hub = fresh.daemon.stream_hub
+    first, second = await new_token(fresh, "app-one"), await new_token(fresh, "app-two")
+    sixteen = [("type", f"app.p{i}.*") for i in range(16)]
+    seventeen = [*sixteen, ("type", "app.one-too-many")]
+    async with tcp_client(fresh) as http:
+        assert await refused_stream(http, first, seventeen) == (400, "too_many_patterns")
+        async with fresh.admin.get("/v1/events/stream", params=seventeen) as resp:
+            assert (resp.status, (await resp.json())["error"]) == (400, "too_many_patterns")
+        async with open_streams(http, first, [sixteen] * 16):
+            assert hub.owned("app-one") == 16
+            assert await refused_stream(http, first, []) == (429, "too_many_streams_for_token")
+            # The limit is the token's own: another token, and the admin socket, still stream.
+            async with open_streams(http, second, [[]]):
+                assert hub.owned("app-two") == 1
+            async with fresh.admin.get("/v1/events/stream") as resp:
+                assert await resp.content.readline() == b": palyra event stream\n"
+    await assert_healthy(fresh.port)
+
+
+async def test_a_webhook_is_answered_while_many_streams_with_many_globs_are_open(
+    fresh: World,
+) -> None:
+    # 8 tokens x 16 streams x 16 globs (one of them a backtracking-prone 128-character glob,
+    # fifteen that never match, then "push"): every stream is its own group, the webhook
+    # is acknowledged, every stream gets it, and the hub ran one compiled match per group.
+    hub, tokens, per_token = fresh.daemon.stream_hub, 8, 16
+    body = b'{"ref": "refs/heads/main"}'
+    async with tcp_client(fresh) as http, contextlib.AsyncExitStack() as stack:
+        streams: list[aiohttp.ClientResponse] = []
+        names = [await new_token(fresh, f"app-{t}") for t in range(tokens)]
+        for t, token in enumerate(names):  # no event is journaled while they open
+            queries = [[("type", "*a" * 64),
+                        *(("type", f"t{t}.s{s}.never{p}.[!x]*") for p in range(14)),
+                        ("type", "push")] for s in range(per_token)]
+            streams += await stack.enter_async_context(open_streams(http, token, queries))
+        assert hub.groups == tokens * per_token
+        resp = await post(fresh, "/hooks/gh", gh_headers(body), body)
+        assert resp.status == 202, resp.body
+        seq = resp.json()["seq"]
+        for stream in streams:
+            async with asyncio.timeout(10):
+                while not (line := await stream.content.readline()).startswith(b"id: "):
+                    assert line, "the stream ended"
+            assert int(line[4:]) == seq
+        assert hub.type_matches == tokens * per_token  # one per group: one distinct type
+    await assert_healthy(fresh.port)

@@ -12,7 +12,14 @@ from hypothesis import strategies as st
 
 from palyra_py.bus import SeqBus
 from palyra_py.journal import EventFilter, Journal, JournalEvent, NewEvent
-from palyra_py.stream import Feed, GroupMatcher, Overflow, StreamHub, TooManyClients
+from palyra_py.stream import (
+    Feed,
+    GroupMatcher,
+    Overflow,
+    StreamHub,
+    TooManyClients,
+    TooManyOwnerStreams,
+)
 
 
 async def append(journal: Journal, n: int, kind: str = "app.tick") -> None:
@@ -163,3 +170,24 @@ async def test_many_groups_with_many_globs_cost_one_match_per_group_and_type(
             assert hub.type_matches == groups * 2
     finally:
         runner.cancel()
+
+
+async def test_streams_are_bounded_per_owner_and_a_closed_one_frees_its_place(
+    parts: tuple[Journal, SeqBus],
+) -> None:
+    journal, bus = parts
+    hub = StreamHub(journal, bus, max_per_owner=3)
+    async with contextlib.AsyncExitStack() as stack:
+        for _ in range(2):
+            await stack.enter_async_context(hub.open_sse(EventFilter(), 0, "app"))
+        async with contextlib.AsyncExitStack() as third:
+            await third.enter_async_context(hub.open_sse(EventFilter(), 0, "app"))
+            with pytest.raises(TooManyOwnerStreams):
+                async with hub.open_sse(EventFilter(), 0, "app"):
+                    pass
+            async with hub.open_sse(EventFilter(), 0, "other"), hub.open_sse(EventFilter(), 0):
+                assert (hub.owned("app"), hub.owned("other"), hub.clients) == (3, 1, 5)
+        assert hub.owned("app") == 2  # the refused one took no place; the closed one left
+        async with hub.open_sse(EventFilter(), 0, "app"):
+            assert hub.owned("app") == 3
+    assert (hub.owned("app"), hub.clients, hub.groups) == (0, 0, 0)
