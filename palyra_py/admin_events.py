@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +30,11 @@ PUBLISH_NAMESPACE = "(publish)"  # not a valid integration id, so never collides
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 MAX_SUMMARY_BYTES = 240
 MAX_DATA_BYTES = 8 * 1024
+MAX_TOKEN_BODY_BYTES = 64 * 1024
+"""Largest request body on the TCP listener's token routes (``POST /v1/events``): an event
+that is accepted is about 9 KiB at most (``data`` 8 KiB, ``summary`` 240 bytes, a few short
+fields); the rest is room for whitespace and escapes. The ingress's own 32 MiB are for
+``/hooks``."""
 MAX_LIST_LIMIT = 10_000
 HEARTBEAT_S = 15.0
 
@@ -92,6 +98,24 @@ def filter_from_query(request: web.Request) -> EventFilter:
         since_ms=parse_time_ms(q["since"], "since") if q.get("since") else None,
         until_ms=parse_time_ms(q["until"], "until") if q.get("until") else None,
     )
+
+
+TokenHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_capped(handler: TokenHandler, limit: int = MAX_TOKEN_BODY_BYTES) -> TokenHandler:
+    """``handler`` with its request body bounded to ``limit`` bytes: a Content-Length over it
+    is 413 ``payload_too_large`` before a byte is read, and a body that goes past it (chunked,
+    or inflating under Content-Encoding) is cut off as soon as the excess arrives (the same
+    413, from aiohttp's ``client_max_size``), never read whole."""
+
+    async def capped(request: web.Request) -> web.StreamResponse:
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
+        return await handler(request.clone(client_max_size=limit))
+
+    return capped
 
 
 class EventsApi:

@@ -968,3 +968,81 @@ async def test_a_webhook_is_answered_while_many_streams_with_many_globs_are_open
             assert int(line[4:]) == seq
         assert hub.type_matches == tokens * per_token  # one per group: one distinct type
     await assert_healthy(fresh.port)
+
+
+TOKEN_BODY_CAP = 64 * 1024  # admin_events.MAX_TOKEN_BODY_BYTES, as documented
+
+
+def padded_event(size: int) -> bytes:
+    """A valid event of exactly ``size`` bytes (whitespace pads it: what a caller may send)."""
+    event = b'{"type": "app.padded", "data": {"k": 1}}'
+    return event[:-1] + b" " * (size - len(event)) + b"}"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(("size", "status"), [(TOKEN_BODY_CAP, 201), (TOKEN_BODY_CAP + 1, 413)],
+                         ids=["at-cap", "one-over"])
+async def test_token_route_body_at_its_cap_and_one_byte_over(
+    world: World, size: int, status: int, chunked: bool
+) -> None:
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    body = padded_event(size)
+    headers = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"),
+               *([("Transfer-Encoding", "chunked")] if chunked else [])]
+    wire = b"".join(chunk(body[i:i + 8192]) for i in range(0, size, 8192)) + chunk(b"") \
+        if chunked else body
+    before = await world.head()
+    resp = await post(world, "/v1/events", headers, wire)
+    if status == 201:
+        assert (resp.status, resp.json()["seq"]) == (201, before + 1), resp.body
+    else:
+        assert_refused(resp, 413, "payload_too_large")
+        assert await world.head() == before
+    await assert_healthy(world.port)
+
+
+async def test_token_route_refuses_a_large_content_length_before_reading(world: World) -> None:
+    # 32 MiB declared, not one byte sent: the answer comes at once, from the head alone.
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    before = await world.head()
+    conn = await RawConnection.tcp(world.port)
+    try:
+        await conn.send(request_bytes("POST", "/v1/events", [
+            ("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")],
+            content_length=32 * 1024 * 1024))
+        assert_refused(await conn.response(timeout=5), 413, "payload_too_large")
+    finally:
+        await conn.close()
+    assert await world.head() == before
+    await assert_healthy(world.port)
+
+
+async def test_token_route_cuts_off_an_endless_chunked_body_at_its_cap(world: World) -> None:
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    before = await world.head()
+    conn = await RawConnection.tcp(world.port)
+    try:
+        await conn.send(request_bytes("POST", "/v1/events", [
+            ("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"),
+            ("Transfer-Encoding", "chunked")]))
+        # Past the cap and never the last chunk: the daemon answers anyway.
+        await conn.send(chunk(b'{"type": "app.x", "data": {"k": "')
+                        + b"".join(chunk(b"x" * 4096) for _ in range(TOKEN_BODY_CAP // 4096 + 1)))
+        assert_refused(await conn.response(timeout=5), 413, "payload_too_large")
+    finally:
+        await conn.close()
+    assert await world.head() == before
+    await assert_healthy(world.port)
+
+
+async def test_token_route_cuts_off_a_gzip_bomb_at_its_cap(world: World) -> None:
+    # 1 MiB of spaces in about 1 KB: the cap counts what the body inflates to.
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    bomb = gzip.compress(padded_event(1024 * 1024))
+    before = await world.head()
+    resp = await post(world, "/v1/events", [
+        ("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"),
+        ("Content-Encoding", "gzip")], bomb)
+    assert_refused(resp, 413, "payload_too_large")
+    assert await world.head() == before
+    await assert_healthy(world.port)
