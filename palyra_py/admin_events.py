@@ -15,7 +15,12 @@ from palyra_py.admin_errors import ApiError, invalid, read_json_object
 from palyra_py.journal import EventFilter, JournalUnavailable, ReplayKey
 from palyra_py.published import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.redact import redact
-from palyra_py.stream import TooManyClients, TooManyOwnerStreams
+from palyra_py.stream import (
+    MAX_WILDCARD_CHARS,
+    TooManyClients,
+    TooManyOwnerStreams,
+    wildcard_chars,
+)
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -79,11 +84,18 @@ def parse_int(value: str | None, name: str, default: int, lo: int, hi: int) -> i
 
 
 def check_stream_patterns(flt: EventFilter, max_patterns: int) -> None:
-    """A stream's type globs are matched live against every event: at most
-    ``stream.max_patterns`` of them (400 ``too_many_patterns``)."""
+    """A stream's type globs are compiled and matched live on the event loop: at most
+    ``stream.max_patterns`` of them, and at most :data:`MAX_WILDCARD_CHARS` characters in
+    all of those that are neither literal nor ``prefix*`` / ``*suffix`` (400
+    ``too_many_patterns``)."""
     if len(flt.types) > max_patterns:
         raise ApiError(400, "too_many_patterns",
                        f"type: at most {max_patterns} patterns for a stream", field="type")
+    if wildcard_chars(flt.types) > MAX_WILDCARD_CHARS:
+        raise ApiError(
+            400, "too_many_patterns",
+            f"type: at most {MAX_WILDCARD_CHARS} characters in all of the patterns other "
+            "than literal, prefix* and *suffix ones", field="type")
 
 
 def filter_from_query(request: web.Request) -> EventFilter:

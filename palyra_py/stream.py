@@ -16,8 +16,9 @@ import asyncio
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -101,26 +102,87 @@ class QueueClient:
             self.queue.put_nowait(None)
 
 
+MAX_WILDCARD_CHARS = 256
+"""Characters of a stream's type globs that need a regular expression (see
+:class:`TypeGlobs`), in all: compiling one costs microseconds per character on the event
+loop (16 globs of 128 characters took 9 ms), so a stream's share is bounded."""
+
 TypeKey = tuple[str, str | None]
 """What the type globs judge: an event's ``(kind, event_type)``."""
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _plain(text: str) -> bool:
+    return _GLOB_CHARS.isdisjoint(text)
+
+
+def _fast_glob(pattern: str) -> bool:
+    """A literal, ``prefix*`` or ``*suffix`` glob: judged by string operations."""
+    return _plain(pattern) or (
+        len(pattern) >= 1 and (
+            (pattern[-1] == "*" and _plain(pattern[:-1]))
+            or (pattern[0] == "*" and _plain(pattern[1:]))))
+
+
+def wildcard_chars(patterns: Sequence[str]) -> int:
+    """Characters of ``patterns`` that would go into a regular expression (see
+    :class:`TypeGlobs`); a stream may have at most :data:`MAX_WILDCARD_CHARS`."""
+    return sum(len(p) for p in patterns if not _fast_glob(p))
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    # fnmatch.translate gives "(?s:...)\Z" with no named groups: alternatives join. The
+    # cache serves streams that reconnect with the same globs.
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+class TypeGlobs:
+    """``fnmatch`` globs (case-sensitive) compiled once for many names: literal globs are a
+    set, ``prefix*`` and ``*suffix`` globs a ``startswith``/``endswith`` tuple, the others
+    one regular expression. ``match`` is True when any glob matches, as ``fnmatchcase``."""
+
+    __slots__ = ("_exact", "_prefixes", "_regex", "_suffixes")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        others: dict[str, None] = {}
+        for pattern in patterns:
+            if _plain(pattern):
+                exact.add(pattern)
+            elif pattern[-1] == "*" and _plain(pattern[:-1]):
+                prefixes.append(pattern[:-1])
+            elif pattern[0] == "*" and _plain(pattern[1:]):
+                suffixes.append(pattern[1:])
+            else:
+                others[pattern] = None
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+        self._suffixes = tuple(suffixes)
+        self._regex = _compiled(tuple(others)) if others else None
+
+    def match(self, name: str) -> bool:
+        return (name in self._exact
+                or (bool(self._prefixes) and name.startswith(self._prefixes))
+                or (bool(self._suffixes) and name.endswith(self._suffixes))
+                or (self._regex is not None and self._regex.match(name) is not None))
+
 
 class GroupMatcher:
-    """A group's filter, compiled once when the group forms: its type globs are one regular
-    expression, and the verdict for each (kind, event_type) pair is remembered. A hub pass
-    asks once per distinct pair in the pass (:meth:`select`), so a group costs one lookup
-    per distinct type, or for a pair not seen yet one compiled match per field, whatever
-    the number of globs. Judges exactly as ``EventFilter.matches`` does."""
+    """A group's filter, compiled once when the group forms (its type globs as one
+    :class:`TypeGlobs`), and the verdict for each (kind, event_type) pair is remembered. A
+    hub pass asks once per distinct pair in the pass (:meth:`select`), so a group costs one
+    lookup per distinct type, or for a pair not seen yet one compiled match per field,
+    whatever the number of globs. Judges exactly as ``EventFilter.matches`` does."""
 
     __slots__ = ("_others", "_types", "_verdicts", "flt", "type_matches")
 
     def __init__(self, flt: EventFilter) -> None:
         self.flt = flt
-        self._types: re.Pattern[str] | None = None
-        if flt.types:
-            # fnmatch.translate gives "(?s:...)\Z" with no named groups: alternatives join.
-            self._types = re.compile(
-                "|".join(f"(?:{fnmatch.translate(p)})" for p in flt.types))
+        self._types = TypeGlobs(flt.types) if flt.types else None
         self._others = (flt.integration_id, flt.source, flt.since_ms, flt.until_ms) != (
             None, None, None, None)
         self._verdicts: dict[TypeKey, bool] = {}
@@ -165,8 +227,7 @@ class GroupMatcher:
             assert types is not None
             self.type_matches += 1
             kind, event_type = key
-            verdict = types.match(kind) is not None or (
-                event_type is not None and types.match(event_type) is not None)
+            verdict = types.match(kind) or (event_type is not None and types.match(event_type))
             if len(self._verdicts) >= TYPE_VERDICTS:
                 self._verdicts.clear()
             self._verdicts[key] = verdict

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fnmatch
 from collections.abc import AsyncIterator
 
 import pytest
@@ -19,6 +20,8 @@ from palyra_py.stream import (
     StreamHub,
     TooManyClients,
     TooManyOwnerStreams,
+    TypeGlobs,
+    wildcard_chars,
 )
 
 
@@ -142,6 +145,19 @@ def test_a_compiled_group_judges_exactly_as_the_filter(
     keys = [(event.kind, event.event_type), (other.kind, other.event_type)]
     picked = matcher.select([event, other], keys, dict.fromkeys(keys))
     assert picked == [e for e in (event, other) if flt.matches(e)]
+
+
+@settings(max_examples=1000, deadline=None)
+@given(patterns=st.lists(st.text(alphabet="ab.*?[]!-\n", max_size=8), max_size=5),
+       name=st.text(alphabet="ab.*?[]!-\n", max_size=10))
+def test_compiled_globs_match_as_fnmatchcase(patterns: list[str], name: str) -> None:
+    expected = any(fnmatch.fnmatchcase(name, p) for p in patterns)
+    assert TypeGlobs(patterns).match(name) is expected
+
+
+def test_only_globs_that_need_a_regular_expression_count_against_the_budget() -> None:
+    assert wildcard_chars(["app.deploy", "app.*", "*.done", "*", ""]) == 0
+    assert wildcard_chars(["app.?", "a*b", "**", "[ab]*", "*a*"]) == 5 + 3 + 2 + 5 + 3
 
 
 async def test_many_groups_with_many_globs_cost_one_match_per_group_and_type(
