@@ -1,11 +1,12 @@
 """Fuzz the admin API's query parsing for ``GET /v1/events`` and ``/v1/events/stream``
 (query string and ``Last-Event-ID``) with arbitrary text. The only exception allowed is
-``ApiError``, and only a 400 ``invalid_request`` (what the error middleware turns into an
-answer naming the field).
+``ApiError``, and only a 400 ``invalid_request`` or ``too_many_patterns`` (what the error
+middleware turns into an answer naming the field).
 
 What parses must be usable downstream: the cursor is inside ``0..2**62``, ``limit`` inside
 its range, and ``since``/``until`` fit a SQLite INTEGER (the journal binds them as such);
-the filter judges a fixed journal event without raising.
+the filter judges a fixed journal event without raising, and the stream hub's compiled form
+of it (``GroupMatcher``) judges it the same.
 
 Input: the bytes, decoded as UTF-8 (invalid sequences replaced); the first line is the query
 string (after the ``?``), the second the ``Last-Event-ID`` value (CR and LF cannot occur in
@@ -38,15 +39,18 @@ from _harness import run
 from palyra_py.admin_errors import ApiError
 from palyra_py.admin_events import (
     MAX_LIST_LIMIT,
+    check_stream_patterns,
     filter_from_query,
     parse_int,
     parse_time_ms,
 )
 from palyra_py.journal import JournalEvent
+from palyra_py.stream import GroupMatcher
 
 MAX_CURSOR = 2**62
 SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1
 LAST_SEQ = 41  # the journal head a stream without a cursor starts from
+MAX_PATTERNS = 16  # stream.max_patterns by default
 EVENT = JournalEvent(
     seq=42, event_id="01HF0000000000000000000000", ts_unix_ms=1_700_000_000_000,
     kind="webhook.received", source="github-acme", actor="github",
@@ -74,7 +78,8 @@ def _request(query: str, last_id: str) -> web.Request | None:
 
 
 def _check_error(exc: ApiError) -> None:
-    assert exc.status == 400 and exc.code == "invalid_request", (exc.status, exc.code)
+    assert exc.status == 400 and exc.code in ("invalid_request", "too_many_patterns"), (
+        exc.status, exc.code)
     # The message quotes at most 40 characters of the value (repr may escape each one).
     assert len(exc.message) <= 600, len(exc.message)
 
@@ -84,7 +89,9 @@ def _check(request: web.Request) -> None:
     flt = filter_from_query(request)
     for bound in (flt.since_ms, flt.until_ms):
         assert bound is None or SQLITE_MIN <= bound <= SQLITE_MAX, f"{bound} overflows SQLite"
-    assert isinstance(flt.matches(EVENT), bool)
+    verdict = flt.matches(EVENT)
+    assert isinstance(verdict, bool)
+    assert GroupMatcher(flt).matches(EVENT) is verdict
     cursor = parse_int(request.query.get("after_seq"), "after_seq", LAST_SEQ, 0, MAX_CURSOR)
     assert 0 <= cursor <= MAX_CURSOR
     last_id = request.headers.get("Last-Event-ID", "")
@@ -93,6 +100,8 @@ def _check(request: web.Request) -> None:
         assert 0 <= cursor <= MAX_CURSOR
     limit = parse_int(request.query.get("limit"), "limit", 100, 1, MAX_LIST_LIMIT)
     assert 1 <= limit <= MAX_LIST_LIMIT
+    check_stream_patterns(flt, MAX_PATTERNS)  # what a stream checks further
+    assert len(flt.types) <= MAX_PATTERNS
 
 
 def test_one_input(data: bytes) -> None:

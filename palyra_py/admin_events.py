@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -14,7 +15,12 @@ from palyra_py.admin_errors import ApiError, invalid, read_json_object
 from palyra_py.journal import EventFilter, JournalUnavailable, ReplayKey
 from palyra_py.published import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.redact import redact
-from palyra_py.stream import TooManyClients
+from palyra_py.stream import (
+    MAX_WILDCARD_CHARS,
+    TooManyClients,
+    TooManyOwnerStreams,
+    wildcard_chars,
+)
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -29,6 +35,11 @@ PUBLISH_NAMESPACE = "(publish)"  # not a valid integration id, so never collides
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 MAX_SUMMARY_BYTES = 240
 MAX_DATA_BYTES = 8 * 1024
+MAX_TOKEN_BODY_BYTES = 64 * 1024
+"""Largest request body on the TCP listener's token routes (``POST /v1/events``): an event
+that is accepted is about 9 KiB at most (``data`` 8 KiB, ``summary`` 240 bytes, a few short
+fields); the rest is room for whitespace and escapes. The ingress's own 32 MiB are for
+``/hooks``."""
 MAX_LIST_LIMIT = 10_000
 HEARTBEAT_S = 15.0
 
@@ -72,6 +83,21 @@ def parse_int(value: str | None, name: str, default: int, lo: int, hi: int) -> i
     return number
 
 
+def check_stream_patterns(flt: EventFilter, max_patterns: int) -> None:
+    """A stream's type globs are compiled and matched live on the event loop: at most
+    ``stream.max_patterns`` of them, and at most :data:`MAX_WILDCARD_CHARS` characters in
+    all of those that are neither literal nor ``prefix*`` / ``*suffix`` (400
+    ``too_many_patterns``)."""
+    if len(flt.types) > max_patterns:
+        raise ApiError(400, "too_many_patterns",
+                       f"type: at most {max_patterns} patterns for a stream", field="type")
+    if wildcard_chars(flt.types) > MAX_WILDCARD_CHARS:
+        raise ApiError(
+            400, "too_many_patterns",
+            f"type: at most {MAX_WILDCARD_CHARS} characters in all of the patterns other "
+            "than literal, prefix* and *suffix ones", field="type")
+
+
 def filter_from_query(request: web.Request) -> EventFilter:
     q = request.query
     types = tuple(t for t in q.getall("type", []) if t)
@@ -84,6 +110,24 @@ def filter_from_query(request: web.Request) -> EventFilter:
         since_ms=parse_time_ms(q["since"], "since") if q.get("since") else None,
         until_ms=parse_time_ms(q["until"], "until") if q.get("until") else None,
     )
+
+
+TokenHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def body_capped(handler: TokenHandler, limit: int = MAX_TOKEN_BODY_BYTES) -> TokenHandler:
+    """``handler`` with its request body bounded to ``limit`` bytes: a Content-Length over it
+    is 413 ``payload_too_large`` before a byte is read, and a body that goes past it (chunked,
+    or inflating under Content-Encoding) is cut off as soon as the excess arrives (the same
+    413, from aiohttp's ``client_max_size``), never read whole."""
+
+    async def capped(request: web.Request) -> web.StreamResponse:
+        declared = request.content_length
+        if declared is not None and declared > limit:
+            raise ApiError(413, "payload_too_large", f"request body over {limit} bytes")
+        return await handler(request.clone(client_max_size=limit))
+
+    return capped
 
 
 class EventsApi:
@@ -112,6 +156,7 @@ class EventsApi:
         """Server-Sent Events: replay from the cursor, then follow the journal head. The
         journal is read by seq, so a reconnect with ``Last-Event-ID`` never misses one."""
         flt = filter_from_query(request)
+        check_stream_patterns(flt, self.d.settings.get("stream", "max_patterns"))
         last_id = request.headers.get("Last-Event-ID", "")
         default_after = await self.d.journal.last_seq()
         cursor = parse_int(request.query.get("after_seq"), "after_seq", default_after, 0, 2**62)
@@ -126,7 +171,9 @@ class EventsApi:
         task = asyncio.current_task()
         assert task is not None
         try:
-            async with self.d.stream_hub.open_sse(flt, cursor) as client:
+            # A token's streams are bounded per token; the admin socket's are not.
+            owner = request.get(TOKEN_SOURCE)
+            async with self.d.stream_hub.open_sse(flt, cursor, owner) as client:
                 await response.prepare(request)
                 if request.method == "HEAD":  # the head only: a HEAD response has no body
                     return response
@@ -140,6 +187,8 @@ class EventsApi:
                 finally:
                     self.d.streams.discard(task)
                     self.d.metrics.sse_clients.dec()
+        except TooManyOwnerStreams as exc:
+            raise ApiError(429, "too_many_streams_for_token", str(exc)) from None
         except TooManyClients as exc:
             raise ApiError(503, "too_many_streams", str(exc)) from None
         return response

@@ -26,7 +26,7 @@ from aiohttp import web
 from palyra_py import __version__
 from palyra_py.admin_deliveries import DeliveriesApi
 from palyra_py.admin_errors import ApiError, error_middleware
-from palyra_py.admin_events import SOURCE_NAME, TOKEN_SOURCE, EventsApi
+from palyra_py.admin_events import SOURCE_NAME, TOKEN_SOURCE, EventsApi, body_capped
 from palyra_py.admin_subscriptions import SubscriptionsApi
 from palyra_py.admin_webhooks import WebhooksApi
 from palyra_py.bus import SeqBus
@@ -340,8 +340,8 @@ class Daemon:
         app.add_routes(self.ingress.routes())
         events = EventsApi(self)
         app.add_routes([
-            web.post("/v1/events", self._token_required(events.emit)),
-            web.get("/v1/events/stream", self._token_required(events.stream)),
+            web.post("/v1/events", self._token_required(body_capped(events.emit))),
+            web.get("/v1/events/stream", self._token_required(body_capped(events.stream))),
         ])
         app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz),
                         web.get("/metrics", self._metrics)])
@@ -398,6 +398,7 @@ class Daemon:
             self.journal, self.bus,
             max_clients=self.settings.get("stream", "max_clients"),
             buffer=self.settings.get("stream", "buffer_events"),
+            max_per_owner=self.settings.get("stream", "max_per_token"),
         )
         self._tasks.append(asyncio.create_task(self.stream_hub.run()))
         try:

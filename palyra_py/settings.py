@@ -77,6 +77,16 @@ SPECS: tuple[SettingSpec, ...] = (
         "stream", "max_clients", int, 2000, "Most live stream (SSE) clients at once", minimum=1
     ),
     SettingSpec(
+        "stream", "max_per_token", int, 16,
+        "Most live streams one token may have open; past it, 429 too_many_streams_for_token",
+        minimum=1,
+    ),
+    SettingSpec(
+        "stream", "max_patterns", int, 16,
+        "Most type patterns one stream may give (at most 64); past it, 400 too_many_patterns",
+        minimum=1,
+    ),
+    SettingSpec(
         "stream", "buffer_events", int, 1000,
         "Events buffered per stream client; a client further behind is sent stream.overflow",
         minimum=10,

@@ -15,7 +15,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-from collections.abc import AsyncIterator, Awaitable, Callable
+import fnmatch
+import functools
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Protocol
 
 import structlog
@@ -39,8 +42,17 @@ MAX_PASS_INTERVAL_S = 0.025
 MIN_SLEEP_S = 0.001  # a shorter wait is not worth a timer
 
 
+TYPE_VERDICTS = 256
+"""(kind, event_type) pairs whose type verdict a :class:`GroupMatcher` remembers (then it
+starts again): few distinct types go by, and memory stays bounded per group."""
+
+
 class TooManyClients(Exception):
     """The stream client limit is reached."""
+
+
+class TooManyOwnerStreams(Exception):
+    """One owner (a token) already has its most streams open."""
 
 
 class Overflow(Exception):
@@ -90,6 +102,138 @@ class QueueClient:
             self.queue.put_nowait(None)
 
 
+MAX_WILDCARD_CHARS = 256
+"""Characters of a stream's type globs that need a regular expression (see
+:class:`TypeGlobs`), in all: compiling one costs microseconds per character on the event
+loop (16 globs of 128 characters took 9 ms), so a stream's share is bounded."""
+
+TypeKey = tuple[str, str | None]
+"""What the type globs judge: an event's ``(kind, event_type)``."""
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+def _plain(text: str) -> bool:
+    return _GLOB_CHARS.isdisjoint(text)
+
+
+def _fast_glob(pattern: str) -> bool:
+    """A literal, ``prefix*`` or ``*suffix`` glob: judged by string operations."""
+    return _plain(pattern) or (
+        len(pattern) >= 1 and (
+            (pattern[-1] == "*" and _plain(pattern[:-1]))
+            or (pattern[0] == "*" and _plain(pattern[1:]))))
+
+
+def wildcard_chars(patterns: Sequence[str]) -> int:
+    """Characters of ``patterns`` that would go into a regular expression (see
+    :class:`TypeGlobs`); a stream may have at most :data:`MAX_WILDCARD_CHARS`."""
+    return sum(len(p) for p in patterns if not _fast_glob(p))
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    # fnmatch.translate gives "(?s:...)\Z" with no named groups: alternatives join. The
+    # cache serves streams that reconnect with the same globs.
+    return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+
+
+class TypeGlobs:
+    """``fnmatch`` globs (case-sensitive) compiled once for many names: literal globs are a
+    set, ``prefix*`` and ``*suffix`` globs a ``startswith``/``endswith`` tuple, the others
+    one regular expression. ``match`` is True when any glob matches, as ``fnmatchcase``."""
+
+    __slots__ = ("_exact", "_prefixes", "_regex", "_suffixes")
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        exact: set[str] = set()
+        prefixes: list[str] = []
+        suffixes: list[str] = []
+        others: dict[str, None] = {}
+        for pattern in patterns:
+            if _plain(pattern):
+                exact.add(pattern)
+            elif pattern[-1] == "*" and _plain(pattern[:-1]):
+                prefixes.append(pattern[:-1])
+            elif pattern[0] == "*" and _plain(pattern[1:]):
+                suffixes.append(pattern[1:])
+            else:
+                others[pattern] = None
+        self._exact = frozenset(exact)
+        self._prefixes = tuple(prefixes)
+        self._suffixes = tuple(suffixes)
+        self._regex = _compiled(tuple(others)) if others else None
+
+    def match(self, name: str) -> bool:
+        return (name in self._exact
+                or (bool(self._prefixes) and name.startswith(self._prefixes))
+                or (bool(self._suffixes) and name.endswith(self._suffixes))
+                or (self._regex is not None and self._regex.match(name) is not None))
+
+
+class GroupMatcher:
+    """A group's filter, compiled once when the group forms (its type globs as one
+    :class:`TypeGlobs`), and the verdict for each (kind, event_type) pair is remembered. A
+    hub pass asks once per distinct pair in the pass (:meth:`select`), so a group costs one
+    lookup per distinct type, or for a pair not seen yet one compiled match per field,
+    whatever the number of globs. Judges exactly as ``EventFilter.matches`` does."""
+
+    __slots__ = ("_others", "_types", "_verdicts", "flt", "type_matches")
+
+    def __init__(self, flt: EventFilter) -> None:
+        self.flt = flt
+        self._types = TypeGlobs(flt.types) if flt.types else None
+        self._others = (flt.integration_id, flt.source, flt.since_ms, flt.until_ms) != (
+            None, None, None, None)
+        self._verdicts: dict[TypeKey, bool] = {}
+        self.type_matches = 0
+        """Compiled matches run (verdicts not found in the memo), for tests and benches."""
+
+    def matches(self, event: JournalEvent) -> bool:
+        if self._types is not None and not self._verdict((event.kind, event.event_type)):
+            return False
+        return not self._others or self._others_match(event)
+
+    def select(self, events: list[JournalEvent], keys: list[TypeKey],
+               distinct: dict[TypeKey, None]) -> list[JournalEvent]:
+        """The ``events`` this filter matches, in order; ``keys`` are their type keys and
+        ``distinct`` the distinct ones (computed once per pass for every group)."""
+        wanted = events
+        if self._types is not None:
+            verdicts = {key: self._verdict(key) for key in distinct}
+            hits = sum(verdicts.values())
+            if not hits:
+                return []
+            if hits < len(verdicts):
+                wanted = [e for e, key in zip(events, keys, strict=True) if verdicts[key]]
+        if not self._others:
+            return wanted
+        return [e for e in wanted if self._others_match(e)]
+
+    def _others_match(self, event: JournalEvent) -> bool:
+        flt = self.flt
+        if flt.integration_id is not None and event.integration_id != flt.integration_id:
+            return False
+        if flt.source is not None and event.source != flt.source:
+            return False
+        if flt.since_ms is not None and event.ts_unix_ms < flt.since_ms:
+            return False
+        return flt.until_ms is None or event.ts_unix_ms < flt.until_ms
+
+    def _verdict(self, key: TypeKey) -> bool:
+        verdict = self._verdicts.get(key)
+        if verdict is None:
+            types = self._types
+            assert types is not None
+            self.type_matches += 1
+            kind, event_type = key
+            verdict = types.match(kind) or (event_type is not None and types.match(event_type))
+            if len(self._verdicts) >= TYPE_VERDICTS:
+                self._verdicts.clear()
+            self._verdicts[key] = verdict
+        return verdict
+
+
 def group_key(flt: EventFilter) -> EventFilter:
     """``flt`` in a hashable form: clients with equal filters share one group."""
     if isinstance(flt.types, tuple):
@@ -100,6 +244,7 @@ def group_key(flt: EventFilter) -> EventFilter:
 class StreamHub:
     def __init__(
         self, journal: Journal, bus: SeqBus, *, max_clients: int = 2000, buffer: int = 1000,
+        max_per_owner: int = 16,
         pass_s_per_client: float = PASS_S_PER_CLIENT,
         max_pass_interval_s: float = MAX_PASS_INTERVAL_S,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -109,6 +254,11 @@ class StreamHub:
         self._clients: set[Subscriber] = set()
         # Live clients by filter; a client leaves its group when it overflows or is gone.
         self._groups: dict[EventFilter, dict[Subscriber, None]] = {}
+        # Each group's filter compiled once, while the group has members.
+        self._matchers: dict[EventFilter, GroupMatcher] = {}
+        # Open streams per owner (a token), for max_per_owner.
+        self._owned: dict[str, int] = {}
+        self._owner_of: dict[Subscriber, str] = {}
         # The head as the bus knows it now: clients that join before run() first wakes must
         # already see this as the live start, or the events up to it would be skipped.
         self._cursor = bus.head
@@ -116,6 +266,7 @@ class StreamHub:
         self._max_pass_interval_s = max_pass_interval_s
         self._sleep = sleep
         self.max_clients = max_clients
+        self.max_per_owner = max_per_owner
         self.buffer = buffer
         self.overflows = 0
         self.passes = 0
@@ -129,6 +280,15 @@ class StreamHub:
     def groups(self) -> int:
         """Distinct filters among the live clients."""
         return len(self._groups)
+
+    @property
+    def type_matches(self) -> int:
+        """Compiled type matches the live groups have run (see :class:`GroupMatcher`)."""
+        return sum(m.type_matches for m in self._matchers.values())
+
+    def owned(self, owner: str) -> int:
+        """Streams ``owner`` has open."""
+        return self._owned.get(owner, 0)
 
     def pass_interval(self) -> float:
         """Seconds from one pass's start to the next one's, for the clients there are now."""
@@ -163,8 +323,10 @@ class StreamHub:
         self.passes += 1
         frames: dict[int, bytes] = {}  # each event is encoded at most once per pass
         dropped: list[Subscriber] = []
+        keys = [(e.kind, e.event_type) for e in events]  # once per pass, for every group
+        distinct = dict.fromkeys(keys)
         for flt, members in self._groups.items():
-            matching = [e for e in events if flt.matches(e)]
+            matching = self._matchers[flt].select(events, keys, distinct)
             if not matching:
                 continue
             batch = Batch(matching, frames)
@@ -181,11 +343,18 @@ class StreamHub:
             if client.overflowed:
                 self.overflows += 1
 
-    def _join(self, client: Subscriber) -> int:
+    def _join(self, client: Subscriber, owner: str | None = None) -> int:
+        if owner is not None and self._owned.get(owner, 0) >= self.max_per_owner:
+            raise TooManyOwnerStreams(f"at most {self.max_per_owner} streams per token")
         if len(self._clients) >= self.max_clients:
             raise TooManyClients(f"at most {self.max_clients} stream clients")
+        if client.flt not in self._matchers:
+            self._matchers[client.flt] = GroupMatcher(client.flt)
         self._clients.add(client)
         self._groups.setdefault(client.flt, {})[client] = None
+        if owner is not None:
+            self._owned[owner] = self._owned.get(owner, 0) + 1
+            self._owner_of[client] = owner
         # Every event after this point reaches the client live; every event before it
         # comes from the journal, and seq order removes any overlap.
         return self._cursor
@@ -196,10 +365,18 @@ class StreamHub:
             members.pop(client, None)
             if not members:
                 del self._groups[client.flt]
+                self._matchers.pop(client.flt, None)
 
     def _leave(self, client: Subscriber) -> None:
         self._clients.discard(client)
         self._leave_group(client)
+        owner = self._owner_of.pop(client, None)
+        if owner is not None:
+            left = self._owned[owner] - 1
+            if left:
+                self._owned[owner] = left
+            else:
+                del self._owned[owner]
 
     @contextlib.asynccontextmanager
     async def subscribe(self, flt: EventFilter, after_seq: int) -> AsyncIterator[Feed]:
@@ -213,12 +390,15 @@ class StreamHub:
             self._leave(client)
 
     @contextlib.asynccontextmanager
-    async def open_sse(self, flt: EventFilter, after_seq: int) -> AsyncIterator[SseClient]:
+    async def open_sse(self, flt: EventFilter, after_seq: int,
+                       owner: str | None = None) -> AsyncIterator[SseClient]:
         """An :class:`SseClient` of matching events with ``seq > after_seq``, written by the
         hub once its ``serve`` runs (held until then, at most ``buffer`` events). Raises
-        :class:`TooManyClients` at ``max_clients``, before anything is sent."""
+        :class:`TooManyOwnerStreams` when ``owner`` (a token; None: unbounded) has
+        ``max_per_owner`` streams open, :class:`TooManyClients` at ``max_clients``, before
+        anything is sent."""
         client = SseClient(self._journal, group_key(flt), after_seq, self._cursor, self.buffer)
-        self._join(client)
+        self._join(client, owner)
         try:
             yield client
         finally:

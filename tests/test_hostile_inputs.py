@@ -918,3 +918,185 @@ async def test_a_stream_client_that_never_reads_is_cut_loose(fresh: World) -> No
     assert delivered and max(delivered) <= overflow_seq < last, (delivered[-1:], overflow_seq)
     assert frames[-1].startswith("event: stream.overflow"), frames[-1]
     await assert_healthy(fresh.port)
+
+
+# -- one token's streams and bodies (issue 9, item 2) ---------------------------------------
+
+async def new_token(world: World, name: str) -> str:
+    async with world.admin.post("/v1/tokens", json={"name": name}) as resp:
+        created = await resp.json()
+        assert resp.status == 201, created
+    secret: str = created["secret"]
+    return secret
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@contextlib.asynccontextmanager
+async def tcp_client(world: World) -> AsyncIterator[aiohttp.ClientSession]:
+    connector = aiohttp.TCPConnector(limit=0)  # one connection per open stream
+    async with aiohttp.ClientSession(
+            connector=connector, base_url=f"http://127.0.0.1:{world.port}") as http:
+        yield http
+
+
+@contextlib.asynccontextmanager
+async def open_streams(
+    http: aiohttp.ClientSession, token: str, queries: list[list[tuple[str, str]]]
+) -> AsyncIterator[list[aiohttp.ClientResponse]]:
+    """One stream per query, each past its opening comment (it has joined the hub)."""
+    async with contextlib.AsyncExitStack() as stack:
+        streams = []
+        for query in queries:
+            resp = await stack.enter_async_context(
+                http.get("/v1/events/stream", params=query, headers=bearer(token)))
+            assert resp.status == 200, await resp.text()
+            assert await resp.content.readline() == b": palyra event stream\n"
+            streams.append(resp)
+        yield streams
+
+
+async def refused_stream(http: aiohttp.ClientSession, token: str,
+                         query: list[tuple[str, str]]) -> tuple[int, str]:
+    async with http.get("/v1/events/stream", params=query, headers=bearer(token)) as resp:
+        body = await resp.json()
+        assert isinstance(body["message"], str) and body["message"]
+        return resp.status, body["error"]
+
+
+async def test_a_token_gets_at_most_its_streams_and_each_stream_its_patterns(
+    fresh: World,
+) -> None:
+    hub = fresh.daemon.stream_hub
+    first, second = await new_token(fresh, "app-one"), await new_token(fresh, "app-two")
+    sixteen = [("type", f"app.p{i}.*") for i in range(16)]
+    seventeen = [*sixteen, ("type", "app.one-too-many")]
+    async with tcp_client(fresh) as http:
+        assert await refused_stream(http, first, seventeen) == (400, "too_many_patterns")
+        # Globs that need a regular expression cost its compilation: 256 characters in all.
+        costly = [("type", "?" * 127 + str(i)) for i in range(3)]
+        assert await refused_stream(http, first, costly) == (400, "too_many_patterns")
+        async with open_streams(http, await new_token(fresh, "app-three"), [costly[:2]]):
+            pass
+        async with fresh.admin.get("/v1/events/stream", params=seventeen) as resp:
+            assert (resp.status, (await resp.json())["error"]) == (400, "too_many_patterns")
+        async with open_streams(http, first, [sixteen] * 16):
+            assert hub.owned("app-one") == 16
+            assert await refused_stream(http, first, []) == (429, "too_many_streams_for_token")
+            # The limit is the token's own: another token, and the admin socket, still stream.
+            async with open_streams(http, second, [[]]):
+                assert hub.owned("app-two") == 1
+            async with fresh.admin.get("/v1/events/stream") as resp:
+                assert await resp.content.readline() == b": palyra event stream\n"
+    await assert_healthy(fresh.port)
+
+
+async def test_a_webhook_is_answered_while_many_streams_with_many_globs_are_open(
+    fresh: World,
+) -> None:
+    # 8 tokens x 16 streams x 16 globs (a backtracking-prone one, fourteen that never match,
+    # half of them needing a regular expression, then "push"): every stream is its own
+    # group, the webhook is acknowledged, every stream gets it, and the hub judged each
+    # group once.
+    hub, tokens, per_token = fresh.daemon.stream_hub, 8, 16
+    body = b'{"ref": "refs/heads/main"}'
+    async with tcp_client(fresh) as http, contextlib.AsyncExitStack() as stack:
+        streams: list[aiohttp.ClientResponse] = []
+        names = [await new_token(fresh, f"app-{t}") for t in range(tokens)]
+        for t, token in enumerate(names):  # no event is journaled while they open
+            queries = [[("type", "*a" * 32),
+                        *(("type", f"t{t}.s{s}.n{p}.[!x]?") for p in range(7)),
+                        *(("type", f"t{t}.s{s}.never{p}.*") for p in range(7)),
+                        ("type", "push")] for s in range(per_token)]
+            streams += await stack.enter_async_context(open_streams(http, token, queries))
+        assert hub.groups == tokens * per_token
+        resp = await post(fresh, "/hooks/gh", gh_headers(body), body)
+        assert resp.status == 202, resp.body
+        seq = resp.json()["seq"]
+        for stream in streams:
+            async with asyncio.timeout(10):
+                while not (line := await stream.content.readline()).startswith(b"id: "):
+                    assert line, "the stream ended"
+            assert int(line[4:]) == seq
+        assert hub.type_matches == tokens * per_token  # one per group: one distinct type
+    await assert_healthy(fresh.port)
+
+
+TOKEN_BODY_CAP = 64 * 1024  # admin_events.MAX_TOKEN_BODY_BYTES, as documented
+
+
+def padded_event(size: int) -> bytes:
+    """A valid event of exactly ``size`` bytes (whitespace pads it: what a caller may send)."""
+    event = b'{"type": "app.padded", "data": {"k": 1}}'
+    return event[:-1] + b" " * (size - len(event)) + b"}"
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["content-length", "chunked"])
+@pytest.mark.parametrize(("size", "status"), [(TOKEN_BODY_CAP, 201), (TOKEN_BODY_CAP + 1, 413)],
+                         ids=["at-cap", "one-over"])
+async def test_token_route_body_at_its_cap_and_one_byte_over(
+    world: World, size: int, status: int, chunked: bool
+) -> None:
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    body = padded_event(size)
+    headers = [("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"),
+               *([("Transfer-Encoding", "chunked")] if chunked else [])]
+    wire = b"".join(chunk(body[i:i + 8192]) for i in range(0, size, 8192)) + chunk(b"") \
+        if chunked else body
+    before = await world.head()
+    resp = await post(world, "/v1/events", headers, wire)
+    if status == 201:
+        assert (resp.status, resp.json()["seq"]) == (201, before + 1), resp.body
+    else:
+        assert_refused(resp, 413, "payload_too_large")
+        assert await world.head() == before
+    await assert_healthy(world.port)
+
+
+async def test_token_route_refuses_a_large_content_length_before_reading(world: World) -> None:
+    # 32 MiB declared, not one byte sent: the answer comes at once, from the head alone.
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    before = await world.head()
+    conn = await RawConnection.tcp(world.port)
+    try:
+        await conn.send(request_bytes("POST", "/v1/events", [
+            ("Authorization", f"Bearer {token}"), ("Content-Type", "application/json")],
+            content_length=32 * 1024 * 1024))
+        assert_refused(await conn.response(timeout=5), 413, "payload_too_large")
+    finally:
+        await conn.close()
+    assert await world.head() == before
+    await assert_healthy(world.port)
+
+
+async def test_token_route_cuts_off_an_endless_chunked_body_at_its_cap(world: World) -> None:
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    before = await world.head()
+    conn = await RawConnection.tcp(world.port)
+    try:
+        await conn.send(request_bytes("POST", "/v1/events", [
+            ("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"),
+            ("Transfer-Encoding", "chunked")]))
+        # Past the cap and never the last chunk: the daemon answers anyway.
+        await conn.send(chunk(b'{"type": "app.x", "data": {"k": "')
+                        + b"".join(chunk(b"x" * 4096) for _ in range(TOKEN_BODY_CAP // 4096 + 1)))
+        assert_refused(await conn.response(timeout=5), 413, "payload_too_large")
+    finally:
+        await conn.close()
+    assert await world.head() == before
+    await assert_healthy(world.port)
+
+
+async def test_token_route_cuts_off_a_gzip_bomb_at_its_cap(world: World) -> None:
+    # 1 MiB of spaces in about 1 KB: the cap counts what the body inflates to.
+    token = await new_token(world, f"cap-{uuid.uuid4().hex[:8]}")
+    bomb = gzip.compress(padded_event(1024 * 1024))
+    before = await world.head()
+    resp = await post(world, "/v1/events", [
+        ("Authorization", f"Bearer {token}"), ("Content-Type", "application/json"),
+        ("Content-Encoding", "gzip")], bomb)
+    assert_refused(resp, 413, "payload_too_large")
+    assert await world.head() == before
+    await assert_healthy(world.port)
