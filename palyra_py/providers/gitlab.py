@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 from collections.abc import Mapping, Sequence
 from secrets import token_hex
 from typing import Any, ClassVar
@@ -28,12 +27,13 @@ KEPT = (
 class GitLabToken:
     """GitLab webhooks.
 
-    The token header must equal one of the secrets (``hmac.compare_digest`` on UTF-8 bytes,
-    every secret compared). GitLab signs neither the body nor a time, so a changed body with
-    the right token is accepted: this scheme authenticates the sender only, and replays are
-    caught by the daemon's dedupe. Event type ``X-Gitlab-Event`` (``Push Hook``); delivery id
-    ``Idempotency-Key`` (kept across retries), else ``X-Gitlab-Event-UUID``, else ``None``.
-    No options.
+    The token header must equal one of the secrets: both are hashed (SHA-256) and the digests
+    compared with ``hmac.compare_digest``, so the time taken says nothing about the secret's
+    length; every secret is compared. GitLab signs neither the body nor a time, so a changed
+    body with the right token is accepted: this scheme authenticates the sender only, and
+    replays are caught by the daemon's dedupe. Event type ``X-Gitlab-Event`` (``Push Hook``);
+    delivery id ``Idempotency-Key`` (kept across retries), else ``X-Gitlab-Event-UUID``, else
+    ``None``. No options.
     """
 
     name: ClassVar[str] = "gitlab"
@@ -54,7 +54,7 @@ class GitLabToken:
         token = c.to_bytes(c.signature_header(headers, TOKEN))
         matched = False
         for secret in c.usable_secrets(secrets):
-            matched |= hmac.compare_digest(token, c.to_bytes(secret))
+            matched |= c.same_secret(token, c.to_bytes(secret))
         if not matched:
             raise Rejection(Reason.SIGNATURE_MISMATCH, f"{TOKEN} does not match")
         return self.verify_unsigned(headers, body)
