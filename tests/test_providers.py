@@ -24,9 +24,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from palyra_py.providers import (
     PROVIDER_NAMES,
+    CannotSign,
     Provider,
     SignedRequest,
     Verified,
+    check_secret,
     get_provider,
     secret_format,
 )
@@ -839,3 +841,48 @@ def test_fuzz_target_accepts_its_corpus_and_random_inputs() -> None:
     rng = random.Random(1234)
     for _ in range(200):
         fuzz.test_one_input(bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 200))))
+
+
+# ---- header spellings, secret forms, GitLab signing tokens (issue 9, items 17-19) ----------
+
+SW_KEY = b"k" * 32
+SW_PADDED = "whsec_" + base64.b64encode(SW_KEY).decode()
+SW_NOW = 1_800_000_000.0
+
+
+def test_standard_webhooks_reads_the_svix_family_and_never_mixes_families() -> None:
+    from palyra_py.providers.standard_webhooks import STANDARD, SVIX, header_family
+
+    provider = get_provider("standard-webhooks")
+    signed = provider.sign(b'{"type":"a.b"}', SW_PADDED, SW_NOW, "a.b", "msg_1")
+    svix = {k.replace("webhook-", "svix-"): v for k, v in signed.headers.items()}
+    assert header_family(svix) is SVIX and header_family(signed.headers) is STANDARD
+    found = provider.verify(svix, signed.body, [SW_PADDED], SW_NOW, 300)
+    assert (found.delivery_id, found.event_type) == ("msg_1", "a.b")
+    # With both families present, webhook-* is the one read (and must hold).
+    both = {**svix, **signed.headers, "svix-id": "msg_other"}
+    assert provider.verify(both, signed.body, [SW_PADDED], SW_NOW, 300).delivery_id == "msg_1"
+    with pytest.raises(Rejection) as info:
+        provider.verify({"svix-id": "msg_1"}, signed.body, [SW_PADDED], SW_NOW, 300)
+    assert info.value.reason is Reason.SIGNATURE_MISSING
+
+
+@pytest.mark.parametrize("secret", [SW_PADDED, SW_PADDED.rstrip("="),
+                                    SW_PADDED.removeprefix("whsec_").rstrip("=")])
+def test_whsec_padding_is_optional(secret: str) -> None:
+    from palyra_py.providers.standard_webhooks import decode_secret
+
+    assert decode_secret(secret) == SW_KEY
+    check_secret("standard-webhooks", secret)
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_a", "whsec_QUJD===", "whsec_QU JD",
+                                    "whsec_ÄÖ", "whpk_", "whpk_" + "A" * 43 + "A"])
+def test_undecodable_standard_webhooks_secrets_are_refused_without_echo(secret: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_secret("standard-webhooks", secret)
+    rest = secret.removeprefix("whsec_").removeprefix("whpk_")
+    assert len(rest) < 3 or rest not in str(info.value)
+    with pytest.raises(CannotSign):
+        get_provider("standard-webhooks").sign(b"{}", secret, SW_NOW, "x", "y")
+
