@@ -886,3 +886,40 @@ def test_undecodable_standard_webhooks_secrets_are_refused_without_echo(secret: 
     with pytest.raises(CannotSign):
         get_provider("standard-webhooks").sign(b"{}", secret, SW_NOW, "x", "y")
 
+
+def test_gitlab_signing_token_or_plain_token() -> None:
+    provider = get_provider("gitlab")
+    body = b'{"object_kind":"push"}'
+    signed = provider.sign(body, SW_PADDED, SW_NOW, "Push Hook", "idem-1")
+    assert "X-Gitlab-Token" not in signed.headers and signed.headers["webhook-id"] == "idem-1"
+    found = provider.verify(signed.headers, body, [SW_PADDED], SW_NOW, 300)
+    assert (found.event_type, found.delivery_id, found.timestamp) == ("Push Hook", "idem-1",
+                                                                     SW_NOW)
+    with pytest.raises(Rejection) as info:
+        provider.verify(signed.headers, body, [SW_PADDED], SW_NOW + 301, 300)
+    assert info.value.reason is Reason.TIMESTAMP_OUT_OF_TOLERANCE
+    # Rotating from a plain token to a signing token: both kinds count during the grace.
+    plain = provider.sign(body, "plain-token", SW_NOW, "Push Hook", "idem-2")
+    assert provider.verify(plain.headers, body, [SW_PADDED, "plain-token"], SW_NOW, 300)
+    # Signature headers but no signing secret held: the token decides.
+    assert provider.verify({**plain.headers, "webhook-signature": "v1,AAAA"}, body,
+                           ["plain-token"], SW_NOW, 300).delivery_id == "idem-2"
+    with pytest.raises(Rejection) as info:
+        provider.verify({"X-Gitlab-Event": "Push Hook"}, body, [SW_PADDED], SW_NOW, 300)
+    assert info.value.reason is Reason.SIGNATURE_MISSING
+    with pytest.raises(ValueError, match="does not decode"):
+        check_secret("gitlab", "whsec_not*base64")
+    check_secret("gitlab", "any plain token")
+
+
+def test_shopify_prefixed_spelling_wins_when_both_are_sent() -> None:
+    provider = get_provider("shopify")
+    body = b'{"id":1}'
+    signed = provider.sign(body, "shop-secret", SW_NOW, "orders/create", "evt-1")
+    newer = {k.removeprefix("X-"): v for k, v in signed.headers.items()}
+    assert provider.verify(newer, body, ["shop-secret"], SW_NOW, 300).delivery_id == "evt-1"
+    both = {**newer, "X-Shopify-Topic": "orders/paid", "X-Shopify-Hmac-Sha256": "bad"}
+    with pytest.raises(Rejection):
+        provider.verify(both, body, ["shop-secret"], SW_NOW, 300)
+    both["X-Shopify-Hmac-Sha256"] = newer["Shopify-Hmac-Sha256"]
+    assert provider.verify(both, body, ["shop-secret"], SW_NOW, 300).event_type == "orders/paid"

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from palyra_py.providers import standard_webhooks
+from palyra_py.providers import gitlab, standard_webhooks
 from palyra_py.providers.base import (
     CannotSign,
     Headers,
@@ -81,6 +81,7 @@ _SECRET_FORMATS: dict[str, SecretFormat] = {
 
 _SECRET_CHECKS: dict[str, Callable[[str], None]] = {
     StandardWebhooksSignature.name: standard_webhooks.check_secret,
+    GitLabToken.name: gitlab.check_secret,
 }
 
 
