@@ -23,6 +23,7 @@ from palyra_py.admin_secrets import (
     store_secret,
 )
 from palyra_py.ingress import resolve_secrets
+from palyra_py.providers import CannotSign, Provider, check_secret
 from palyra_py.registry import validate_integration_fields
 from palyra_py.registry_edit import add_integration, remove_integration, update_integration
 from palyra_py.secrets import SecretNotFound, SecretRefError, generate_secret
@@ -105,7 +106,8 @@ class WebhooksApi:
             raise ApiError(409, "conflict", f"integration {integration_id!r} already exists",
                            field="integration_id")
         provider = fields["provider"]
-        choice = secret_choice(body, lambda: generate_secret(provider))
+        choice = secret_choice(body, lambda: generate_secret(provider),
+                               lambda value: check_secret(provider, value))
         value, ref = (choice.value, choice.ref) if choice else (None, None)
         if value is None and ref is None and fields.get("signature_required", True):
             raise invalid("a secret is required: secret.generate, secret.value or secret.ref",
@@ -179,7 +181,8 @@ class WebhooksApi:
         integ = self.d.registry.integrations[integration_id]
         body = await read_json_object(request)
         grace = grace_seconds(body)
-        choice = secret_choice(body, lambda: generate_secret(integ.provider)) or SecretChoice(
+        choice = secret_choice(body, lambda: generate_secret(integ.provider),
+                               lambda value: check_secret(integ.provider, value)) or SecretChoice(
             generate_secret(integ.provider), None, True)
         now = self.d.now_dt()
         rotation = await rotate(
@@ -242,21 +245,9 @@ class WebhooksApi:
         except (SecretNotFound, SecretRefError) as exc:
             result.update(outcome="not_ready", status_code=None, reason=str(exc))
         else:
-            signed = active.provider.sign(sample, secrets[0], now, event_type, str(ulid.ULID()))
-            headers = dict(signed.headers)
-            if body.get("tamper"):
-                headers = tamper_signature(headers)
-            url = self.d.ingress_url_for(integration_id, local=True)
-            timeout = aiohttp.ClientTimeout(total=15)
-            async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
-                url, data=signed.body, headers=headers, ssl=False
-            ) as resp:
-                answer = await resp.json(content_type=None)
-            reason = str(answer.get("status") or answer.get("error") or "")
-            result.update(
-                outcome=TEST_OUTCOMES.get(reason, "rejected"), status_code=resp.status,
-                reason=reason, seq=answer.get("seq"), event_id=answer.get("event_id"),
-            )
+            result.update(await self._send_test(integration_id, active.provider, sample,
+                                                secrets[0], now, event_type,
+                                                tamper=bool(body.get("tamper"))))
         message = f"{result['outcome']}: HTTP {result['status_code']} {result['reason']}"[:240]
         now_dt = self.d.now_dt()
         changes = {"last_test_status": result["outcome"], "last_test_at": now_dt,
@@ -264,6 +255,39 @@ class WebhooksApi:
         if integ.integration_id in self.d.registry.integrations:
             await self._edit(lambda doc: update_integration(doc, integration_id, changes, now_dt))
         return web.json_response(result)
+
+    async def _send_test(self, integration_id: str, provider: Provider, sample: bytes,
+                         secret: str, now: float, event_type: str, *, tamper: bool,
+                         ) -> dict[str, Any]:
+        """Sign and post one test delivery; every way it can end is an outcome (never a 500):
+        ``cannot_sign`` when the secret cannot sign (a ``whpk_`` public key, a secret that
+        does not decode), ``unreachable`` when the ingress does not answer."""
+        try:
+            signed = provider.sign(sample, secret, now, event_type, str(ulid.ULID()))
+        except CannotSign as exc:
+            return {"outcome": "cannot_sign", "status_code": None, "reason": str(exc)}
+        headers = dict(signed.headers)
+        if tamper:
+            headers = tamper_signature(headers)
+        url = self.d.ingress_url_for(integration_id, local=True)
+        timeout = aiohttp.ClientTimeout(total=15)
+        try:
+            async with aiohttp.ClientSession(timeout=timeout) as session, session.post(
+                url, data=signed.body, headers=headers, ssl=False
+            ) as resp:
+                status = resp.status
+                try:
+                    answer = await resp.json(content_type=None)
+                except ValueError:
+                    answer = None
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            return {"outcome": "unreachable", "status_code": None,
+                    "reason": f"the ingress did not answer: {type(exc).__name__}"}
+        if not isinstance(answer, dict):
+            answer = {}
+        reason = str(answer.get("status") or answer.get("error") or "")
+        return {"outcome": TEST_OUTCOMES.get(reason, "rejected"), "status_code": status,
+                "reason": reason, "seq": answer.get("seq"), "event_id": answer.get("event_id")}
 
 
 def with_event_type(sample: bytes, event_type: str) -> bytes:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import os
 import signal
 import socket
@@ -46,7 +45,7 @@ from palyra_py.settings import Settings, SettingsError, load_settings, parse_lis
 from palyra_py.ssrf import AddressPolicy
 from palyra_py.stream import StreamHub
 from palyra_py.subscriptions import update_subscription
-from palyra_py.tokens import split_token
+from palyra_py.tokens import split_token, token_matches
 
 log = structlog.get_logger("palyra.daemon")
 
@@ -251,7 +250,7 @@ class Daemon:
             expected = await asyncio.to_thread(self.secrets.resolve, token.secret_ref)
         except (SecretNotFound, SecretRefError):
             raise ApiError(401, "unauthorized", "the token's secret is unavailable") from None
-        if not hmac.compare_digest(expected.encode(), parsed[1].encode()):
+        if not token_matches(expected, parsed[1]):
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
         return token.name if SOURCE_NAME.fullmatch(token.name) else f"token:{token.token_id}"
 

@@ -10,6 +10,8 @@ daemon takes the id out of a presented token with ``split_token``, resolves that
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import hmac
 import re
 import secrets
 from collections.abc import Mapping
@@ -88,13 +90,21 @@ def format_token(token_id: str, secret_random: str) -> str:
 def split_token(text: str) -> tuple[str, str] | None:
     """``(token_id, text)`` when ``text`` has the shape ``format_token`` gives, else
     ``None``. It says nothing about whether the token is valid: compare ``text`` with the
-    stored token (``hmac.compare_digest``) for that."""
+    stored token (:func:`token_matches`) for that."""
     if len(text) > _MAX_TOKEN_CHARS or not text.startswith(TOKEN_PREFIX):
         return None
     token_id, sep, random_part = text[len(TOKEN_PREFIX) :].partition("_")
     if not sep or not _TOKEN_ID.fullmatch(token_id) or not _TOKEN_RANDOM.fullmatch(random_part):
         return None
     return token_id, text
+
+
+def token_matches(expected: str, given: str) -> bool:
+    """Whether a presented token equals the stored one, in time that depends on neither's
+    length (``hmac.compare_digest`` returns early on unequal lengths, so both are hashed to
+    SHA-256 first and the digests compared)."""
+    return hmac.compare_digest(hashlib.sha256(expected.encode()).digest(),
+                               hashlib.sha256(given.encode()).digest())
 
 
 # ---------------------------------------------------------------------------------------

@@ -1100,3 +1100,49 @@ async def test_token_route_cuts_off_a_gzip_bomb_at_its_cap(world: World) -> None
     assert_refused(resp, 413, "payload_too_large")
     assert await world.head() == before
     await assert_healthy(world.port)
+
+
+# -- timing: a presented secret's length is not compared (item 16) ---------------------------
+
+def record_compares(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, int]]:
+    """The lengths of both arguments of every ``hmac.compare_digest`` call from now on."""
+    calls: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def spy(a: Any, b: Any) -> bool:
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(hmac, "compare_digest", spy)
+    return calls
+
+
+@pytest.mark.parametrize("token", ["x", SECRET[:-1], SECRET + "!", "t" * 4000],
+                         ids=["short", "one-less", "one-more", "long"])
+async def test_gitlab_token_compare_does_not_depend_on_its_length(
+    world: World, monkeypatch: pytest.MonkeyPatch, token: str
+) -> None:
+    """compare_digest returns early on unequal lengths: only equal-length digests reach it."""
+    calls = record_compares(monkeypatch)
+    headers = [("Content-Type", "application/json"), ("X-Gitlab-Event", "Push Hook"),
+               ("X-Gitlab-Token", token)]
+    resp = await post(world, "/hooks/gl", headers, b'{"object_kind": "push"}')
+    assert_refused(resp, 401, "signature_mismatch")
+    assert calls and all(a == b for a, b in calls), calls
+
+
+async def test_api_token_compare_does_not_depend_on_its_length(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with world.admin.post("/v1/tokens", json={"name": "timing"}) as resp:
+        created = await resp.json()
+        assert resp.status == 201, created
+    secret = created["secret"]
+    calls = record_compares(monkeypatch)
+    url = f"http://127.0.0.1:{world.port}/v1/events"
+    async with aiohttp.ClientSession() as http:
+        for guess in (secret[: secret.rindex("_") + 17], secret + "A" * 40):
+            async with http.post(url, json={"type": "app.timing", "data": {}},
+                                 headers={"Authorization": f"Bearer {guess}"}) as answer:
+                assert answer.status == 401
+    assert calls and all(a == b for a, b in calls), calls

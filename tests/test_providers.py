@@ -24,9 +24,11 @@ from multidict import CIMultiDict, CIMultiDictProxy
 
 from palyra_py.providers import (
     PROVIDER_NAMES,
+    CannotSign,
     Provider,
     SignedRequest,
     Verified,
+    check_secret,
     get_provider,
     secret_format,
 )
@@ -839,3 +841,85 @@ def test_fuzz_target_accepts_its_corpus_and_random_inputs() -> None:
     rng = random.Random(1234)
     for _ in range(200):
         fuzz.test_one_input(bytes(rng.getrandbits(8) for _ in range(rng.randrange(0, 200))))
+
+
+# ---- header spellings, secret forms, GitLab signing tokens (issue 9, items 17-19) ----------
+
+SW_KEY = b"k" * 32
+SW_PADDED = "whsec_" + base64.b64encode(SW_KEY).decode()
+SW_NOW = 1_800_000_000.0
+
+
+def test_standard_webhooks_reads_the_svix_family_and_never_mixes_families() -> None:
+    from palyra_py.providers.standard_webhooks import STANDARD, SVIX, header_family
+
+    provider = get_provider("standard-webhooks")
+    signed = provider.sign(b'{"type":"a.b"}', SW_PADDED, SW_NOW, "a.b", "msg_1")
+    svix = {k.replace("webhook-", "svix-"): v for k, v in signed.headers.items()}
+    assert header_family(svix) is SVIX and header_family(signed.headers) is STANDARD
+    found = provider.verify(svix, signed.body, [SW_PADDED], SW_NOW, 300)
+    assert (found.delivery_id, found.event_type) == ("msg_1", "a.b")
+    # With both families present, webhook-* is the one read (and must hold).
+    both = {**svix, **signed.headers, "svix-id": "msg_other"}
+    assert provider.verify(both, signed.body, [SW_PADDED], SW_NOW, 300).delivery_id == "msg_1"
+    with pytest.raises(Rejection) as info:
+        provider.verify({"svix-id": "msg_1"}, signed.body, [SW_PADDED], SW_NOW, 300)
+    assert info.value.reason is Reason.SIGNATURE_MISSING
+
+
+@pytest.mark.parametrize("secret", [SW_PADDED, SW_PADDED.rstrip("="),
+                                    SW_PADDED.removeprefix("whsec_").rstrip("=")])
+def test_whsec_padding_is_optional(secret: str) -> None:
+    from palyra_py.providers.standard_webhooks import decode_secret
+
+    assert decode_secret(secret) == SW_KEY
+    check_secret("standard-webhooks", secret)
+
+
+@pytest.mark.parametrize("secret", ["whsec_", "whsec_a", "whsec_QUJD===", "whsec_QU JD",
+                                    "whsec_ÄÖ", "whpk_", "whpk_" + "A" * 43 + "A"])
+def test_undecodable_standard_webhooks_secrets_are_refused_without_echo(secret: str) -> None:
+    with pytest.raises(ValueError) as info:
+        check_secret("standard-webhooks", secret)
+    rest = secret.removeprefix("whsec_").removeprefix("whpk_")
+    assert len(rest) < 3 or rest not in str(info.value)
+    with pytest.raises(CannotSign):
+        get_provider("standard-webhooks").sign(b"{}", secret, SW_NOW, "x", "y")
+
+
+def test_gitlab_signing_token_or_plain_token() -> None:
+    provider = get_provider("gitlab")
+    body = b'{"object_kind":"push"}'
+    signed = provider.sign(body, SW_PADDED, SW_NOW, "Push Hook", "idem-1")
+    assert "X-Gitlab-Token" not in signed.headers and signed.headers["webhook-id"] == "idem-1"
+    found = provider.verify(signed.headers, body, [SW_PADDED], SW_NOW, 300)
+    assert (found.event_type, found.delivery_id, found.timestamp) == ("Push Hook", "idem-1",
+                                                                     SW_NOW)
+    with pytest.raises(Rejection) as info:
+        provider.verify(signed.headers, body, [SW_PADDED], SW_NOW + 301, 300)
+    assert info.value.reason is Reason.TIMESTAMP_OUT_OF_TOLERANCE
+    # Rotating from a plain token to a signing token: both kinds count during the grace.
+    plain = provider.sign(body, "plain-token", SW_NOW, "Push Hook", "idem-2")
+    assert provider.verify(plain.headers, body, [SW_PADDED, "plain-token"], SW_NOW, 300)
+    # Signature headers but no signing secret held: the token decides.
+    assert provider.verify({**plain.headers, "webhook-signature": "v1,AAAA"}, body,
+                           ["plain-token"], SW_NOW, 300).delivery_id == "idem-2"
+    with pytest.raises(Rejection) as info:
+        provider.verify({"X-Gitlab-Event": "Push Hook"}, body, [SW_PADDED], SW_NOW, 300)
+    assert info.value.reason is Reason.SIGNATURE_MISSING
+    with pytest.raises(ValueError, match="does not decode"):
+        check_secret("gitlab", "whsec_not*base64")
+    check_secret("gitlab", "any plain token")
+
+
+def test_shopify_prefixed_spelling_wins_when_both_are_sent() -> None:
+    provider = get_provider("shopify")
+    body = b'{"id":1}'
+    signed = provider.sign(body, "shop-secret", SW_NOW, "orders/create", "evt-1")
+    newer = {k.removeprefix("X-"): v for k, v in signed.headers.items()}
+    assert provider.verify(newer, body, ["shop-secret"], SW_NOW, 300).delivery_id == "evt-1"
+    both = {**newer, "X-Shopify-Topic": "orders/paid", "X-Shopify-Hmac-Sha256": "bad"}
+    with pytest.raises(Rejection):
+        provider.verify(both, body, ["shop-secret"], SW_NOW, 300)
+    both["X-Shopify-Hmac-Sha256"] = newer["Shopify-Hmac-Sha256"]
+    assert provider.verify(both, body, ["shop-secret"], SW_NOW, 300).event_type == "orders/paid"

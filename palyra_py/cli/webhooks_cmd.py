@@ -150,7 +150,9 @@ def add(
 
     Exactly one secret source is required: --generate-secret, --secret-stdin
     or --secret-ref. A generated secret is printed once, with the ingress URL
-    to give the provider; with --json it is in the JSON answer, once.
+    to give the provider; with --json it is in the JSON answer, once. A given
+    secret that can never verify is refused (exit 1), e.g. a standard-webhooks
+    secret that is neither whsec_<base64> nor a whpk_ Ed25519 public key.
 
     Examples:
 
@@ -382,6 +384,9 @@ def test(
     Exits 4 unless the signature was verified (outcome accepted, or ignored
     when the event type is not in the integration's allowed events); with
     --tamper, unless it is rejected (a tampered signature must be refused).
+    Outcome cannot_sign (exit 4) means nothing was sent: the integration
+    holds a whpk_ public key (only the sender can sign) or a secret that
+    does not decode.
     Without --event, the provider's sample event is sent, or the first plain
     name in allowed events when the sample's type is not allowed.
 

@@ -1,7 +1,8 @@
 """Signature schemes, one small pure class each.
 
 ``get_provider(name, options)`` is the only constructor the daemon needs; ``PROVIDER_NAMES``
-is what the registry accepts; ``secret_format`` tells ``generate_secret`` what to produce.
+is what the registry accepts; ``secret_format`` tells ``generate_secret`` what to produce;
+``check_secret`` says whether a given secret can work for a provider.
 """
 
 from __future__ import annotations
@@ -9,7 +10,15 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
-from palyra_py.providers.base import Headers, Provider, SignedRequest, Verified, get_header
+from palyra_py.providers import gitlab, standard_webhooks
+from palyra_py.providers.base import (
+    CannotSign,
+    Headers,
+    Provider,
+    SignedRequest,
+    Verified,
+    get_header,
+)
 from palyra_py.providers.generic import GenericHmac
 from palyra_py.providers.github import GitHubSignature
 from palyra_py.providers.gitlab import GitLabToken
@@ -21,6 +30,7 @@ from palyra_py.providers.stripe import StripeSignature
 
 __all__ = [
     "PROVIDER_NAMES",
+    "CannotSign",
     "GenericHmac",
     "GitHubSignature",
     "GitLabToken",
@@ -34,6 +44,7 @@ __all__ = [
     "StandardWebhooksSignature",
     "StripeSignature",
     "Verified",
+    "check_secret",
     "get_header",
     "get_provider",
     "secret_format",
@@ -68,6 +79,12 @@ _SECRET_FORMATS: dict[str, SecretFormat] = {
 }
 
 
+_SECRET_CHECKS: dict[str, Callable[[str], None]] = {
+    StandardWebhooksSignature.name: standard_webhooks.check_secret,
+    GitLabToken.name: gitlab.check_secret,
+}
+
+
 def _check_name(name: str) -> None:
     if name not in _FACTORIES:
         raise ValueError(f"unknown provider {name!r} (allowed: {', '.join(PROVIDER_NAMES)})")
@@ -86,3 +103,13 @@ def secret_format(name: str) -> SecretFormat:
     :data:`SecretFormat`). Raise ``ValueError`` for an unknown provider."""
     _check_name(name)
     return _SECRET_FORMATS.get(name, "hex")
+
+
+def check_secret(name: str, secret: str) -> None:
+    """Raise ``ValueError`` with a message that never names the secret when ``secret`` can
+    never verify for provider ``name`` (e.g. a Standard Webhooks ``whsec_`` secret whose
+    base64 does not decode). Any text is a valid secret for the other providers."""
+    _check_name(name)
+    check = _SECRET_CHECKS.get(name)
+    if check is not None:
+        check(secret)

@@ -140,6 +140,13 @@ def any_match(candidates: Sequence[str], expected: Iterable[bytes]) -> bool:
     return matched
 
 
+def same_secret(given: bytes, secret: bytes) -> bool:
+    """Whether a presented credential equals a secret, in time that depends on neither's
+    length: ``hmac.compare_digest`` returns early on unequal lengths, so both sides are first
+    hashed to 32 bytes (SHA-256) and the digests compared."""
+    return hmac.compare_digest(hashlib.sha256(given).digest(), hashlib.sha256(secret).digest())
+
+
 def hex_text(digest: bytes) -> bytes:
     """Lower-case hex of ``digest``, as ASCII bytes (how most schemes spell a signature)."""
     return digest.hex().encode("ascii")

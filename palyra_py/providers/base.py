@@ -46,6 +46,11 @@ def get_header(headers: Headers, name: str) -> str | None:
     return value
 
 
+class CannotSign(ValueError):
+    """:meth:`Provider.sign` cannot produce a signature with this secret (a public key, or a
+    secret that does not decode). The message says why and never contains the secret."""
+
+
 @dataclass(frozen=True, slots=True)
 class Verified:
     """What a provider learned from a request whose signature checked out."""
@@ -118,7 +123,8 @@ class Provider(Protocol):
         delivery_id: str,
     ) -> SignedRequest:
         """Build the headers this provider would send for ``body`` (used by
-        ``webhooks test`` and by the tests' sign→verify round trips)."""
+        ``webhooks test`` and by the tests' sign→verify round trips). Raise
+        :class:`CannotSign` when the secret cannot sign."""
         ...
 
     def sample_event(self) -> tuple[str, bytes]:

@@ -16,15 +16,28 @@ SIGNATURE = "X-Shopify-Hmac-Sha256"
 TOPIC = "X-Shopify-Topic"
 EVENT_ID = "X-Shopify-Event-Id"
 WEBHOOK_ID = "X-Shopify-Webhook-Id"
-KEPT = (
+_SHOPIFY_KEPT = (
     TOPIC,
     EVENT_ID,
     WEBHOOK_ID,
     "X-Shopify-Shop-Domain",
     "X-Shopify-API-Version",
     "X-Shopify-Triggered-At",
-    "User-Agent",
 )
+
+
+def unprefixed(name: str) -> str:
+    """The newer spelling of a Shopify header, without ``X-`` (``Shopify-Topic``)."""
+    return name.removeprefix("X-")
+
+
+# Every Shopify header in both spellings (the newer Events deliveries drop the ``X-``).
+KEPT = (*_SHOPIFY_KEPT, *map(unprefixed, _SHOPIFY_KEPT), "User-Agent")
+
+
+def _either(headers: Headers, name: str) -> str | None:
+    """The trimmed value of ``name`` or, when absent or empty, of its unprefixed spelling."""
+    return c.optional_header(headers, name) or c.optional_header(headers, unprefixed(name))
 
 
 class ShopifySignature:
@@ -33,7 +46,9 @@ class ShopifySignature:
     The header must be exactly the padded standard base64 Shopify sends; it is compared as
     text, so any other spelling of the same bytes is refused. Event type ``X-Shopify-Topic``
     (``orders/create``); delivery id ``X-Shopify-Event-Id``, else ``X-Shopify-Webhook-Id``.
-    No options.
+    Each header is also read under its newer spelling without ``X-`` (``Shopify-Hmac-Sha256``,
+    ``Shopify-Topic``, ``Shopify-Event-Id``, ``Shopify-Webhook-Id``, ...); the ``X-`` one wins
+    when both are sent. No options.
     """
 
     name: ClassVar[str] = "shopify"
@@ -51,16 +66,23 @@ class ShopifySignature:
         now: float,
         tolerance_s: float,
     ) -> Verified:
-        value = c.signature_header(headers, SIGNATURE)
+        name = SIGNATURE
+        if c.optional_header(headers, SIGNATURE) is None:
+            name = unprefixed(SIGNATURE)
+            if c.optional_header(headers, name) is None:
+                raise Rejection(
+                    Reason.SIGNATURE_MISSING, f"no {SIGNATURE} (or {name}) header"
+                )
+        value = c.signature_header(headers, name)
         keys = c.usable_secrets(secrets)
         if not c.hmac_matches([value], keys, body, encode=c.base64_text):
-            raise Rejection(Reason.SIGNATURE_MISMATCH, f"{SIGNATURE} does not match")
+            raise Rejection(Reason.SIGNATURE_MISMATCH, f"{name} does not match")
         return self.verify_unsigned(headers, body)
 
     def verify_unsigned(self, headers: Headers, body: bytes) -> Verified:
-        delivery = c.optional_header(headers, EVENT_ID) or c.optional_header(headers, WEBHOOK_ID)
+        delivery = _either(headers, EVENT_ID) or _either(headers, WEBHOOK_ID)
         return Verified(
-            event_type=c.event_type(c.optional_header(headers, TOPIC)),
+            event_type=c.event_type(_either(headers, TOPIC)),
             delivery_id=c.delivery_id(delivery),
             timestamp=None,
             headers_kept=c.kept_headers(headers, KEPT),
