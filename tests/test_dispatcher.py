@@ -228,13 +228,14 @@ def never_answer(_: Received) -> None:
     return None  # the request waits for receiver.hang: a black hole
 
 
-@pytest.mark.parametrize(("owners", "holes", "held"), [
-    (("noisy", "quiet"), 3, 4),  # another owner's subscription: the noisy owner holds half
-    (("default", "default"), 2, 6),  # the same owner's: 4 + 2 or 3 + 3; 2 stay free
-], ids=["other-owner", "same-owner"])
+@pytest.mark.parametrize(("owners", "holes", "ordered", "held"), [
+    (("noisy", "quiet"), 3, False, 4),  # another owner's subscription: the noisy owner holds half
+    (("default", "default"), 2, False, 6),  # the same owner's: 4 + 2 or 3 + 3; 2 stay free
+    (("noisy", "quiet"), 5, True, 4),  # five ordered ones, one slot each: the fifth waits
+], ids=["other-owner", "same-owner", "ordered"])
 async def test_black_hole_subscriptions_hold_only_their_share_of_the_global_slots(
     state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
-    owners: tuple[str, str], holes: int, held: int,
+    owners: tuple[str, str], holes: int, ordered: bool, held: int,
 ) -> None:
     # Issue 9 item 8. Subscriptions to a receiver that accepts and never answers, with
     # max_in_flight 10 each, against 8 global slots: before, they took all 8 and the other
@@ -251,7 +252,7 @@ async def test_black_hole_subscriptions_hold_only_their_share_of_the_global_slot
         for sid in noisy:
             await call(admin, "POST", "/v1/subscriptions", 201, subscription_id=sid,
                        url=f"{black.url}/{sid}", owner=noisy_owner, events=["noisy.*"],
-                       max_in_flight=10, timeout_s=60)
+                       max_in_flight=10, timeout_s=60, ordered=ordered)
         await call(admin, "POST", "/v1/subscriptions", 201, subscription_id="calm",
                    url=good.url, owner=calm_owner, events=["quiet.*"])
         await publish_many(admin, "noisy.x", 10)
