@@ -8,7 +8,7 @@ taken back from a request that hangs, so fairness is decided when a slot is give
 may take one more slot only while it holds fewer slots than are free, and so may its
 owner's subscriptions together. Hence:
 
-- a subscription or owner holding nothing starts a delivery whenever a slot is free;
+- a subscription whose owner holds nothing starts a delivery whenever a slot is free;
 - one subscription (or owner) holds at most half of the slots; when ``k`` of them hold
   slots and want more, each holds about ``total / (k + 1)`` once their requests have
   turned over (a black-hole receiver's requests end at its ``timeout_s``), and about that
