@@ -190,7 +190,8 @@ def moment(value: Any) -> str:
 def readiness(value: Any) -> str:
     name = str(value) if value is not None else "-"
     style = READINESS_STYLE.get(name, "yellow")
-    return f"[{style}]{escape(name)}[/]" if style else escape(name)
+    shown = escape(printable(name))
+    return f"[{style}]{shown}[/]" if style else shown
 
 
 def severity(value: Any) -> str:
