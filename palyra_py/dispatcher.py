@@ -14,8 +14,10 @@ queued delivery; the outcome is committed meanwhile (group commit, one fsync for
 Attempts answered and not yet committed are bounded too: at most ``max_in_flight`` more, so
 that a crash re-sends at most ``RESEND_FACTOR`` x ``max_in_flight`` deliveries per
 subscription. An ordered subscription launches its next delivery only once the previous
-outcome is committed. Time comes from the injected clock only; tests move it and call
-:meth:`Dispatcher.wake`.
+outcome is committed. The global slots (``max_in_flight_total``) are shared fairly between
+subscriptions and owners (``dispatch_fair``): a receiver that never answers holds at most
+its share of them while others deliver. Time comes from the injected clock only; tests move
+it and call :meth:`Dispatcher.wake`.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from palyra_py.dispatch_attempt import (
     SubState,
 )
 from palyra_py.dispatch_events import EVENT_CACHE, PreparedEvents
+from palyra_py.dispatch_fair import FairShare
 from palyra_py.dispatch_queue import ReadyEntry, ReadyQueues
 from palyra_py.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
 from palyra_py.metrics import Metrics
@@ -109,7 +112,6 @@ class Dispatcher:
         self._subscriptions = subscriptions
         self._clock = clock
         self._metrics = metrics
-        self._max_total = max_in_flight_total
         self._events = PreparedEvents(journal)
         self._runner = AttemptRunner(
             store=store, sender=sender, secrets=secrets, journal_event=journal_event,
@@ -125,8 +127,10 @@ class Dispatcher:
         self._tasks: set[asyncio.Task[None]] = set()
         # Launched and not yet recorded: never launched again meanwhile (bug 7).
         self._in_flight_ids: set[str] = set()
-        # Attempts not yet recorded (nor crashed): they hold in-flight slots.
-        self._sending = 0
+        # Attempts not yet recorded (nor crashed): they hold the global slots, counted per
+        # subscription and owner for their fair shares.
+        self._slots = FairShare(max_in_flight_total)
+        self._parties_of: Mapping[str, Subscription] | None = None
         self._ready: ReadyQueues[PreparedEvent] = ReadyQueues()
         self._ordered_check: set[str] = set()
         self._pass_lock = asyncio.Lock()
@@ -330,6 +334,8 @@ class Dispatcher:
             if refresh:
                 self._ready.invalidate()
             subs = self._subscriptions()
+            if subs is not self._parties_of:
+                self._count_parties(subs)
             now_ms = self.now_ms()
             if self._ready.needs_full_read(now_ms):
                 unordered = [s for s, sub in subs.items() if sub.enabled and not sub.ordered]
@@ -340,13 +346,19 @@ class Dispatcher:
             hungry = [s for s, sub in subs.items()
                       if sub.enabled and not sub.ordered and self._ready.hungry(s)
                       and self._has_slot(sub, self._state(sub))]
-            if hungry and self._sending < self._max_total:
+            if hungry and self._slots.free > 0:
                 await self._read_due(hungry, now_ms, full=False)
                 wait_until = _earliest(wait_until, self._launch_queued(subs, now_ms))
             if self._ordered_check:
                 wait_until = _earliest(wait_until, await self._launch_ordered(subs, now_ms))
             await self._update_gauges(now_ms)
             return _earliest(self._ready.next_due_ms, wait_until)
+
+    def _count_parties(self, subs: Mapping[str, Subscription]) -> None:
+        # Once per registry version (the mapping is replaced on every change), not per pass.
+        enabled = [sub for sub in subs.values() if sub.enabled]
+        self._slots.set_parties(len(enabled), len({sub.owner for sub in enabled}))
+        self._parties_of = subs
 
     async def _read_due(self, subscriptions: list[str], now_ms: int, *, full: bool) -> None:
         ready = self._ready
@@ -366,7 +378,7 @@ class Dispatcher:
         next one go."""
         ready = self._ready
         wait_until: int | None = None
-        capacity = self._max_total - self._sending
+        capacity = self._slots.free
         for subscription_id in ready.subscriptions_ready():
             if capacity <= 0:
                 break
@@ -402,13 +414,18 @@ class Dispatcher:
         when something may have changed for it (a delivery created or recorded, a full
         read), not on every pass."""
         candidates: list[str] = []
+        waiting: list[str] = []
         for subscription_id in self._ordered_check:
             sub = subs.get(subscription_id)
             if sub is not None and sub.enabled and sub.ordered and self._state(sub).in_flight == 0:
-                candidates.append(subscription_id)
+                if self._slots.may_take(subscription_id, sub.owner):
+                    candidates.append(subscription_id)
+                else:
+                    waiting.append(subscription_id)  # over its fair share: no read for it
         # Taken out now: what happens during the read (a record, a new delivery) puts a
         # subscription back; below, only those that still wait for a slot go back.
         self._ordered_check.clear()
+        self._ordered_check.update(waiting)
         if not candidates:
             return None
         ready = self._ready
@@ -434,7 +451,7 @@ class Dispatcher:
                 # due (the next full read, at that time, puts it back).
                 continue
             state = self._state(sub)
-            if state.in_flight > 0 or self._sending >= self._max_total:
+            if state.in_flight > 0 or not self._slots.may_take(subscription_id, sub.owner):
                 self._ordered_check.add(subscription_id)
                 continue
             delay = state.limiter.take(now_ms / 1000)
@@ -445,20 +462,22 @@ class Dispatcher:
             self._launch(delivery, None, sub, state)
         return wait_until
 
-    @staticmethod
-    def _has_slot(sub: Subscription, state: SubState) -> bool:
-        """May ``sub`` launch one more attempt? (Ordered: none may be unrecorded.)"""
+    def _has_slot(self, sub: Subscription, state: SubState) -> bool:
+        """May ``sub`` launch one more attempt: within its own caps (ordered: none may be
+        unrecorded) and its fair share of the global slots?"""
         if sub.ordered:
-            return state.in_flight == 0
-        cap = sub.max_in_flight
-        return state.open < cap and state.in_flight < RESEND_FACTOR * cap
+            own = state.in_flight == 0
+        else:
+            cap = sub.max_in_flight
+            own = state.open < cap and state.in_flight < RESEND_FACTOR * cap
+        return own and self._slots.may_take(sub.subscription_id, sub.owner)
 
     def _launch(self, delivery: Delivery, prepared: PreparedEvent | None, sub: Subscription,
                 state: SubState) -> None:
         launched = _Launched(delivery.delivery_id, sub)
         state.in_flight += 1
         state.open += 1
-        self._sending += 1
+        self._slots.take(launched.sub.subscription_id, launched.sub.owner)
         self._in_flight_ids.add(launched.delivery_id)
         task = asyncio.create_task(self._runner.run(
             delivery, prepared, state, answered=lambda: self._answered(launched),
@@ -507,7 +526,7 @@ class Dispatcher:
         if launched.sub.ordered:
             self._ordered_check.add(launched.sub.subscription_id)
         # Its place in the record budget goes back.
-        self._sending -= 1
+        self._slots.give_back(launched.sub.subscription_id, launched.sub.owner)
         state = self._states.get(launched.sub.subscription_id)
         if state is not None:
             state.in_flight = max(0, state.in_flight - 1)
@@ -525,7 +544,7 @@ class Dispatcher:
                 or self._subscriptions().get(sub.subscription_id) is not sub
                 or self._ready.queued(sub.subscription_id) == 0):
             return False
-        capacity = self._max_total - self._sending
+        capacity = self._slots.free
         launched, waited = self._launch_from_queue(sub, state, now_ms, min(capacity, 1))
         return launched > 0 and waited is None
 

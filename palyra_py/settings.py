@@ -111,7 +111,9 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=1,
     ),
     SettingSpec(
-        "delivery", "max_in_flight_total", int, 256, "Most delivery attempts at once", minimum=1
+        "delivery", "max_in_flight_total", int, 256,
+        "Most delivery attempts at once, shared fairly between subscriptions and owners",
+        minimum=1,
     ),
     SettingSpec(
         "admin", "max_body_bytes", int, 1024 * 1024, "Largest admin API request body", minimum=1024

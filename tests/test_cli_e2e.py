@@ -13,10 +13,15 @@ import aiohttp
 
 from palyra_py.daemon import Daemon
 from tests import leakcheck
+from tests.fault_helpers import admin_session
+from tests.helpers import add_integration, send_signed
 
 
-async def palyra(state_dir: Path, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+async def palyra(state_dir: Path, *args: str, stdin: bytes | None = None,
+                 columns: int | None = None) -> tuple[int, str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PALYRA_")}
+    if columns is not None:
+        env["COLUMNS"] = str(columns)
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "palyra_py", *args, "--state-dir", str(state_dir),
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
@@ -169,3 +174,43 @@ async def test_test_sends_an_allowed_event_when_the_sample_is_filtered_out(
         assert verdict["outcome"] == "accepted", verdict
     code, _, err = await palyra(sd, "webhooks", "test", "gh", "--event", "issues")
     assert code == 0 and "not in allowed_events" in err
+
+
+# Issue 9 item 14: a provider's event type (from a JSON body, or GitHub's unsigned
+# X-GitHub-Event header, where a C1 CSI U+009B gets through) that would clear the screen,
+# plant an OSC 8 link, recolour the terminal, reverse the line and carry rich markup.
+HOSTILE_TYPE = ("\x1b[2J\x1b]8;;https://evil.example/\x1b\\click me\x1b]8;;\x1b\\"
+                "\x9b31m\u202egnp.exe\u202c\u2066[bold]loud[/bold]\x7f\x07")
+HOSTILE_HEADER = "push\x9b2J\u202eexe.txt"
+RAW_CONTROLS = ("\x1b", "\x9b", "\x07", "\x7f", "\u202e", "\u202c", "\u2066")
+
+
+async def test_event_types_are_shown_escaped_to_people_and_exact_in_json(
+    daemon: Daemon, http: aiohttp.ClientSession,
+) -> None:
+    sd = daemon.state_dir
+    async with admin_session(daemon.socket_path) as admin:
+        await add_integration(admin, "st", provider="stripe", secret="whsec_test")
+        await add_integration(admin, "gh", provider="github")
+    body = json.dumps({"id": "evt_hostile", "type": HOSTILE_TYPE}).encode()
+    status, _, _ = await send_signed(http, daemon, "st", body, provider="stripe",
+                                     secret="whsec_test")
+    assert status == 202
+    status, _, _ = await send_signed(http, daemon, "gh", b'{"zen": "hi"}',
+                                     event=HOSTILE_HEADER)
+    assert status == 202
+
+    machine = await palyra_json(sd, "system", "events", "list", "--type", "webhook.received")
+    assert [e["event_type"] for e in machine["events"]] == [HOSTILE_TYPE, HOSTILE_HEADER]
+    code, out, err = await palyra(sd, "system", "events", "tail", "-n", "10", "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert {HOSTILE_TYPE, HOSTILE_HEADER} <= {e.get("event_type") for e in lines}
+
+    for args in (("system", "events", "list"), ("system", "events", "tail", "-n", "10")):
+        code, out, err = await palyra(sd, *args, columns=400)
+        assert code == 0, err
+        assert not [c for c in RAW_CONTROLS if c in out + err], args
+        assert "\\x1b[2J\\x1b]8;;https://evil.example/\\x1b\\click me" in out, out
+        assert "\\x9b31m\\u202egnp.exe\\u202c\\u2066[bold]loud[/bold]\\x7f\\x07" in out
+        assert "push\\x9b2J\\u202eexe.txt" in out

@@ -907,3 +907,99 @@ def test_emit_with_idempotency_key_and_source(canned: CannedDaemon) -> None:
     assert canned.requests[0]["body"] == {
         "type": "deploy.done", "source": "ci", "idempotency_key": "job-42",
     }
+
+
+# Issue 9 item 14: every human printer shows what the daemon hands it (stored names,
+# receivers' answers, provider event types, error messages) with control characters and
+# bidi controls escaped and rich markup inert. The real daemon refuses these characters in
+# the names it stores, so a canned peer hands them over.
+H = "\x1b[2J\x1b]8;;https://evil.example/\x1b\\ok\x9b31m\u202eexe.txt\u2069[bold]x[/bold]\x00"
+H_SHOWN = "\\x1b[2J\\x1b]8;;https://evil.example/\\x1b\\ok\\x9b31m\\u202eexe.txt\\u2069"
+RAW = ("\x1b", "\x9b", "\u202e", "\u2069", "\x00")
+HOSTILE_ROUTES: dict[tuple[str, str], Any] = {
+    ("GET", "/v1/webhooks"): {"webhooks": [{
+        "integration_id": "gh", "provider": H, "enabled": True, "readiness": H,
+        "allowed_events": [H], "last_test_status": H, "last_test_at": H}]},
+    ("GET", "/v1/webhooks/gh"): {"webhook": {
+        "integration_id": H, "provider": H, "display_name": H, "readiness": H,
+        "provider_options": {"event_header": H}, "last_test_message": H}},
+    ("GET", "/v1/webhooks/nope"): (404, {"error": "not_found", "message": f"no {H}"}),
+    ("GET", "/v1/subscriptions"): {"subscriptions": [{
+        "subscription_id": H, "url": H, "enabled": False, "disabled_reason": H,
+        "events": [H], "format": H, "pending": H, "health": {}}]},
+    ("GET", "/v1/subscriptions/ci"): {"subscription": {
+        "subscription_id": H, "url": H, "owner": H, "description": H, "headers": {"X-A": H},
+        "health": {"failing_since": H}, "events": [H], "filter": {"data.kb": H}}},
+    ("GET", "/v1/deliveries"): {"deliveries": [{
+        "delivery_id": H, "subscription_id": H, "event_type": H, "event_seq": H,
+        "status": H, "attempts": 1, "last_status_code": None, "last_error_class": H,
+        "next_attempt_at": H}]},
+    ("GET", "/v1/deliveries/d-1"): {"delivery": {"delivery_id": H, "event_type": H,
+                                                 "status": H, "next_attempt_at": H},
+                                    "attempts": [{"attempt_no": 1, "started_at": H,
+                                                  "error_class": H, "error_detail": H,
+                                                  "response_excerpt": H}]},
+    ("GET", "/v1/tokens"): {"tokens": [{"token_id": H, "name": H, "description": H,
+                                        "created_at": H}]},
+    ("GET", "/v1/status"): {"version": H, "state_dir": H, "listeners": [{"kind": H,
+                                                                         "address": H}],
+                            "journal": {"path": H}, "keyring": {"backend": H},
+                            "integrations": {"total": 1, "by_readiness": {H: 1}},
+                            "settings": [{"section": H, "key": H, "value": H,
+                                          "source": H}]},
+}
+
+
+@pytest.mark.parametrize(("command", "route"), [
+    (("webhooks", "list"), "/v1/webhooks"),
+    (("webhooks", "show", "gh"), "/v1/webhooks/gh"),
+    (("webhooks", "show", "nope"), "/v1/webhooks/nope"),
+    (("subscriptions", "list"), "/v1/subscriptions"),
+    (("subscriptions", "show", "ci"), "/v1/subscriptions/ci"),
+    (("deliveries", "list"), "/v1/deliveries"),
+    (("deliveries", "show", "d-1"), "/v1/deliveries/d-1"),
+    (("tokens", "list"), "/v1/tokens"),
+    (("daemon", "status"), "/v1/status"),
+], ids=lambda value: " ".join(value) if isinstance(value, tuple) else str(value))
+def test_human_output_shows_control_characters_escaped(
+    canned: CannedDaemon, command: tuple[str, ...], route: str,
+) -> None:
+    for key, answer in HOSTILE_ROUTES.items():
+        canned.routes[key] = answer if isinstance(answer, tuple) else (200, answer)
+    output.console.cache_clear()  # a console wide enough that no cell is folded
+    try:
+        result = runner.invoke(app, [*command, "--state-dir", str(canned.state_dir)],
+                               env={"PALYRA_STATE_DIR": None, "COLUMNS": "4000"})
+    finally:
+        output.console.cache_clear()
+    shown = result.stdout + result.stderr
+    assert not [c for c in RAW if c in shown], shown
+    assert H_SHOWN in shown, shown
+    assert "[bold]x[/bold]" in shown  # markup shown as text, not applied
+    machine = cli(canned, *command, "--json")
+    answer = HOSTILE_ROUTES[("GET", route)]
+    expected = answer[1] if isinstance(answer, tuple) else answer
+    assert json.loads(machine.stdout) == expected  # exact, control characters and all
+
+
+def test_printable_escapes_c0_del_c1_and_bidi_controls_only() -> None:
+    controls = {chr(c) for c in (*range(0x20), 0x7F, *range(0x80, 0xA0))}
+    controls |= set(output.BIDI_CONTROLS)
+    kept = "".join(chr(c) for c in range(0x20, 0x7F)) + "\xa0é\xff漢😀\u200b\u200d"
+    shown = output.printable("".join(sorted(controls)) + kept)
+    assert not controls & set(shown)
+    assert shown.endswith(kept)
+    assert output.printable("\x1b\x9b\x7f\n\t\r\u202e\u061c") == (
+        "\\x1b\\x9b\\x7f\\n\\t\\r\\u202e\\u061c")
+    assert output.printable("a\nb\tc", newlines=True) == "a\nb\\tc"
+
+
+def test_the_console_escapes_what_a_printer_forgot(capsys: pytest.CaptureFixture[str]) -> None:
+    from rich.text import Text
+
+    output.console.cache_clear()
+    try:
+        output.console().print(Text("ok\x1b[2J\x9b31m\u202e"), "two\nlines")
+    finally:
+        output.console.cache_clear()
+    assert capsys.readouterr().out == "ok\\x1b[2J\\x9b31m\\u202e two\nlines\n"

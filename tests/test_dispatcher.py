@@ -20,8 +20,9 @@ from palyra_py.daemon import Daemon
 from palyra_py.dispatch_queue import QUEUE_MAX
 from palyra_py.dispatcher import PAGE, RESEND_FACTOR
 from palyra_py.metrics import Metrics
-from palyra_py.testing import ManualClock
-from tests.receiver import Received, Receiver
+from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from tests.fault_helpers import admin_session
+from tests.receiver import Received, Receiver, running_receiver
 
 
 @pytest.fixture
@@ -221,6 +222,50 @@ async def test_a_backlog_past_a_page_and_a_queue_is_delivered_once_each(
         assert sorted(i for p, _, i in got if p == path) == list(range(count))
     stats = await call(admin_o, "GET", "/v1/deliveries/stats", 200)
     assert stats["deliveries"] == {"pending": 0, "succeeded": 2 * count, "failed": 0}
+
+
+def never_answer(_: Received) -> None:
+    return None  # the request waits for receiver.hang: a black hole
+
+
+@pytest.mark.parametrize(("owners", "holes", "ordered", "held"), [
+    (("noisy", "quiet"), 3, False, 4),  # another owner's subscription: the noisy owner holds half
+    (("default", "default"), 2, False, 6),  # the same owner's: 4 + 2 or 3 + 3; 2 stay free
+    (("noisy", "quiet"), 5, True, 4),  # five ordered ones, one slot each: the fifth waits
+], ids=["other-owner", "same-owner", "ordered"])
+async def test_black_hole_subscriptions_hold_only_their_share_of_the_global_slots(
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    owners: tuple[str, str], holes: int, ordered: bool, held: int,
+) -> None:
+    # Issue 9 item 8. Subscriptions to a receiver that accepts and never answers, with
+    # max_in_flight 10 each, against 8 global slots: before, they took all 8 and the other
+    # subscription got nothing until their requests timed out.
+    total, events = 8, 50
+    noisy_owner, calm_owner = owners
+    async with (running_receiver() as black, running_receiver() as good,
+                running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                               delivery__allow_private_networks=True,
+                               delivery__max_in_flight_total=total) as d,
+                admin_session(d.socket_path) as admin):
+        black.script = [never_answer] * 1000
+        noisy = [f"hole-{i}" for i in range(holes)]
+        for sid in noisy:
+            await call(admin, "POST", "/v1/subscriptions", 201, subscription_id=sid,
+                       url=f"{black.url}/{sid}", owner=noisy_owner, events=["noisy.*"],
+                       max_in_flight=10, timeout_s=60, ordered=ordered)
+        await call(admin, "POST", "/v1/subscriptions", 201, subscription_id="calm",
+                   url=good.url, owner=calm_owner, events=["quiet.*"])
+        await publish_many(admin, "noisy.x", 10)
+        await black.wait_for(held)
+        await publish_many(admin, "quiet.x", events)
+        got = await good.wait_for(events)
+        await d.dispatcher.wait_for_attempts(events)
+        assert sorted(r.json()["data"]["i"] for r in got) == list(range(events))
+        # Delivered while the black hole kept every request it had: none timed out, none
+        # was recorded, and it was given no slot more.
+        assert d.dispatcher.stats.attempts == events
+        assert len(black.received) == held
+        assert sum(d.dispatcher.in_flight(sid)[1] for sid in noisy) == held
 
 
 def test_attempt_metrics_count_per_subscription_and_result() -> None:

@@ -73,18 +73,15 @@ DELIVERY_FIELDS = (
 
 
 def untrusted(value: Any, limit: int = EXCERPT_CHARS) -> str:
-    """Text from a receiver, safe for a table cell: control characters (except newline
-    and tab) shown as ``\\xNN``, cut to ``limit`` characters, rich-escaped."""
+    """Text from a receiver, safe for a table cell: control characters (except newline)
+    shown as escapes (``output.printable``), cut to ``limit`` characters, rich-escaped."""
     if value is None or value == "":
         return "-"
     raw = str(value)
-    cut = raw[:limit]
-    clean = "".join(
-        ch if ch.isprintable() or ch in "\n\t" else f"\\x{ord(ch):02x}" for ch in cut
-    )
+    clean = output.printable(raw[:limit], newlines=True)
     if len(raw) > limit:
         clean += f"… ({len(raw) - limit} more characters; see --json)"
-    return output.text(clean)
+    return output.escape(clean)
 
 
 def delivery_status(value: Any) -> str:
@@ -260,7 +257,7 @@ def secret_panel(secret: str, subscription_id: str, signature_format: str | None
     )
     return Panel(
         body,
-        title=f"Signing secret for {subscription_id}",
+        title=output.text(f"Signing secret for {subscription_id}"),
         title_align="left",
         border_style="bold yellow",
         expand=False,
@@ -270,7 +267,7 @@ def secret_panel(secret: str, subscription_id: str, signature_format: str | None
 def subscription_next_steps(sub: Mapping[str, Any]) -> Text:
     from rich.text import Text
 
-    quoted = shlex.quote(str(sub.get("subscription_id", "ID")))
+    quoted = output.printable(shlex.quote(str(sub.get("subscription_id", "ID"))))
     lines = Text()
     lines.append("Next steps:\n")
     lines.append("  1. Send a test event:   ")
@@ -283,8 +280,9 @@ def subscription_next_steps(sub: Mapping[str, Any]) -> Text:
 def rotation_note(sub: Mapping[str, Any], *, until: str, secret_shown: bool) -> Text:
     from rich.text import Text
 
-    quoted = shlex.quote(str(sub.get("subscription_id", "ID")))
+    quoted = output.printable(shlex.quote(str(sub.get("subscription_id", "ID"))))
     new = "the one above" if secret_shown else f"the value behind {sub.get('secret_ref')}"
+    new = output.printable(new)
     lines = Text()
     if until == "-":
         lines.append("Deliveries are signed with the new secret only, from now on.\n")
@@ -483,7 +481,7 @@ def token_panel(secret: str, token: Mapping[str, Any], base_url: str) -> Panel:
     from rich.text import Text
 
     name = str(token.get("name") or token.get("token_id") or "?")
-    token_id = shlex.quote(str(token.get("token_id", "ID")))
+    token_id = output.printable(shlex.quote(str(token.get("token_id", "ID"))))
     body = Group(
         Text(secret, style="bold"),
         Text(""),
@@ -500,5 +498,6 @@ def token_panel(secret: str, token: Mapping[str, Any], base_url: str) -> Panel:
         Text(f"Revoke it with: palyra tokens revoke {token_id}", style="dim"),
     )
     return Panel(
-        body, title=f"Token {name}", title_align="left", border_style="bold yellow", expand=False
+        body, title=output.text(f"Token {name}"), title_align="left",
+        border_style="bold yellow", expand=False,
     )

@@ -1,6 +1,13 @@
 """Rendering: JSON on stdout for scripts, rich tables and panels for people, and plain
 one-line messages on stderr (never wrapped, so they stay greppable).
 
+Text for people never drives the terminal: what the daemon stored or received (event types
+from providers' unsigned headers and bodies, receivers' answers, names) goes through
+:func:`printable`, which shows control characters (C0, DEL, C1) as ``\\xNN`` and bidi
+controls as ``\\uNNNN``; table cells also through rich's markup escape (:func:`text`).
+Everything the console prints passes :func:`printable` once more (newlines kept), so a
+value a printer forgot is still shown, not obeyed. ``--json`` output stays exact JSON.
+
 rich is imported only by the functions that render for people (about 40 ms of start-up),
 so ``--json`` output and error messages never load it; nor does anything here import
 Typer, so that ``quick`` can print without it.
@@ -29,14 +36,60 @@ READINESS_STYLE = {
 SEVERITY_STYLE = {"info": "", "warn": "yellow", "error": "bold red"}
 _PIECE = 16 * 1024  # characters per write of print_json
 
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+"""Unicode's Bidi_Control characters: they reorder what follows on the line (``exe.txt``
+shown for ``txt.exe``)."""
+_ESCAPES: dict[int, str] = {
+    **{code: f"\\x{code:02x}" for code in (*range(0x20), 0x7F, *range(0x80, 0xA0))},
+    0x09: "\\t", 0x0A: "\\n", 0x0D: "\\r",
+    **{ord(char): f"\\u{ord(char):04x}" for char in BIDI_CONTROLS},
+}
+_ESCAPES_BUT_NEWLINE = {code: shown for code, shown in _ESCAPES.items() if code != 0x0A}
+
+
+def printable(value: str, *, newlines: bool = False) -> str:
+    """``value`` safe to show on a terminal: every C0 control character (tab and newline
+    too, unless ``newlines``), DEL and every C1 control shown as ``\\xNN`` (``\\t``,
+    ``\\n``, ``\\r``), and the bidi controls as ``\\uNNNN``; nothing else changes. The
+    one escaping function of every human printer (:func:`text` adds rich's markup
+    escape for cells)."""
+    return value.translate(_ESCAPES_BUT_NEWLINE if newlines else _ESCAPES)
+
 
 @cache
 def console() -> Console:
     """The stdout console. It looks up ``sys.stdout`` at each print, so redirection and
-    test runners that swap the stream keep working."""
-    from rich.console import Console
+    test runners that swap the stream keep working. Whatever it prints passes
+    :func:`printable` (newlines kept): the backstop for a value no printer escaped."""
+    from rich.console import (
+        Console,
+        ConsoleOptions,
+        ConsoleRenderable,
+        RenderableType,
+        RenderHook,
+        RenderResult,
+    )
+    from rich.segment import Segment
 
-    return Console(highlight=False)
+    class Printable:
+        def __init__(self, inner: RenderableType) -> None:
+            self.inner = inner
+
+        def __rich_console__(self, console: Console, options: ConsoleOptions) -> RenderResult:
+            for segment in console.render(self.inner, options):
+                if segment.control or not segment.text:
+                    yield segment  # rich's own control codes (cursor moves), not text
+                else:
+                    yield Segment(printable(segment.text, newlines=True), segment.style)
+
+    class Hook(RenderHook):
+        def process_renderables(self, renderables: list[ConsoleRenderable]
+                                ) -> list[ConsoleRenderable]:
+            return [Printable(item) for item in renderables]
+
+    result = Console(highlight=False)
+    result.push_render_hook(Hook())
+    return result
 
 
 def escape(markup: str) -> str:
@@ -86,7 +139,7 @@ def error(message: str) -> None:
 
 
 def note(message: str) -> None:
-    sys.stderr.write(message + "\n")
+    sys.stderr.write(printable(message) + "\n")
     sys.stderr.flush()
 
 
@@ -104,25 +157,26 @@ def success(message: str) -> None:
     """A short confirmation for people, on stdout."""
     from rich.text import Text
 
-    console().print(Text(message, style="green"))
+    console().print(Text(printable(message), style="green"))
 
 
 # --- small formatters ----------------------------------------------------------------
 
 
 def text(value: Any) -> str:
-    """A table cell: ``-`` for null/empty, lists joined, everything escaped for rich."""
+    """A table cell: ``-`` for null/empty, lists joined, control characters shown as
+    escapes (:func:`printable`), rich's markup escaped."""
     if value is None or value == "" or value == []:
         return "-"
     if isinstance(value, bool):
         return "yes" if value else "no"
     if isinstance(value, list | tuple):
-        return escape(", ".join(str(item) for item in value))
+        return escape(printable(", ".join(str(item) for item in value)))
     if isinstance(value, dict):
         if not value:
             return "-"
-        return escape(", ".join(f"{key}={item}" for key, item in value.items()))
-    return escape(str(value))
+        return escape(printable(", ".join(f"{key}={item}" for key, item in value.items())))
+    return escape(printable(str(value)))
 
 
 def moment(value: Any) -> str:
@@ -136,7 +190,8 @@ def moment(value: Any) -> str:
 def readiness(value: Any) -> str:
     name = str(value) if value is not None else "-"
     style = READINESS_STYLE.get(name, "yellow")
-    return f"[{style}]{escape(name)}[/]" if style else escape(name)
+    shown = escape(printable(name))
+    return f"[{style}]{shown}[/]" if style else shown
 
 
 def severity(value: Any) -> str:
@@ -219,11 +274,12 @@ def event_line(event: Mapping[str, Any]) -> Text:
 
     severity = str(event.get("severity") or "info")
     line = Text()
-    line.append(str(event.get("time", "-")), style="dim")
-    line.append(f"  {event.get('seq', '-')!s:>8}  ", style="cyan")
-    line.append(f"{event.get('kind', '-')!s:<18}", style="bold")
-    line.append(f"  {event_origin(event)}  ")
-    line.append(str(event.get("event_type") or "-"), style=SEVERITY_STYLE.get(severity, ""))
+    line.append(printable(str(event.get("time", "-"))), style="dim")
+    line.append(f"  {printable(str(event.get('seq', '-'))):>8}  ", style="cyan")
+    line.append(f"{printable(str(event.get('kind', '-'))):<18}", style="bold")
+    line.append(f"  {printable(event_origin(event))}  ")
+    line.append(printable(str(event.get("event_type") or "-")),
+                style=SEVERITY_STYLE.get(severity, ""))
     return line
 
 

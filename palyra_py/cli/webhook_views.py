@@ -119,7 +119,7 @@ def secret_panel(secret: str, integration_id: str) -> Panel:
     )
     return Panel(
         body,
-        title=f"Secret for {integration_id}",
+        title=output.text(f"Secret for {integration_id}"),
         title_align="left",
         border_style="bold yellow",
         expand=False,
@@ -131,29 +131,32 @@ def next_steps(hook: Mapping[str, Any], *, secret_shown: bool) -> Panel:
     from rich.text import Text
 
     integration_id = str(hook.get("integration_id", "ID"))
-    quoted = shlex.quote(integration_id)
+    quoted = output.printable(shlex.quote(integration_id))
     provider = str(hook.get("provider") or "the provider")
     where = "the one above" if secret_shown else f"the value behind {hook.get('secret_ref')}"
+    where = output.printable(where)
     lines = Text()
     lines.append("Ingress URL: ", style="dim")
-    lines.append(str(hook.get("ingress_url") or "-"), style="bold cyan")
+    lines.append(output.printable(str(hook.get("ingress_url") or "-")), style="bold cyan")
     lines.append("\n\nNext steps:\n")
-    lines.append(f"  1. In {provider}, set the webhook URL to the ingress URL\n")
+    lines.append(f"  1. In {output.printable(provider)}, set the webhook URL to the ingress URL\n")
     lines.append(f"     and its secret to {where}.\n")
     lines.append("  2. Check the set-up:     ")
     lines.append(f"palyra webhooks test {quoted}\n", style="bold")
     lines.append("  3. Watch events arrive:  ")
     lines.append(f"palyra system events tail -f --integration {quoted}", style="bold")
-    return Panel(lines, title=f"{integration_id} ({provider})", title_align="left", expand=False)
+    title = output.text(f"{integration_id} ({provider})")
+    return Panel(lines, title=title, title_align="left", expand=False)
 
 
 def rotation_steps(hook: Mapping[str, Any], *, until: str, secret_shown: bool) -> Text:
     """What to do after a rotation, before the previous secret stops working."""
     from rich.text import Text
 
-    quoted = shlex.quote(str(hook.get("integration_id", "ID")))
-    provider = str(hook.get("provider") or "the provider")
+    quoted = output.printable(shlex.quote(str(hook.get("integration_id", "ID"))))
+    provider = output.printable(str(hook.get("provider") or "the provider"))
     new = "the one above" if secret_shown else f"the value behind {hook.get('secret_ref')}"
+    new = output.printable(new)
     lines = Text()
     if until == "-":
         lines.append("The previous secret no longer works.\n")
