@@ -57,7 +57,9 @@ class AdminApi:
             "ingress": {"answers": dict(d.ingress.stats.by_reason),
                         "rejections_pending": d.rejections.pending(),
                         "connections": d.connections.open,
-                        "max_connections": d.connections.limit},
+                        "max_connections": d.connections.limit,
+                        "max_connections_per_source": d.connections.per_source,
+                        "streams": d.connections.streams},
             "keyring": {"backend": d.secrets.backend_name, "fallback": d.secrets.is_fallback},
             "settings": d.settings.table(),
         })

@@ -37,7 +37,6 @@ from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEven
 from palyra_py.listener import CappedTCPSite, ConnectionCap
 from palyra_py.metrics import Metrics
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
-from palyra_py.reasons import Reason
 from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.rejections import RejectionLog
 from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
@@ -442,7 +441,8 @@ class Daemon:
         self.connections = ConnectionCap(
             self.settings.get("ingress", "max_connections"),
             self.settings.get("ingress", "retry_after_s"),
-            on_refused=lambda: stats.count(Reason.TOO_MANY_CONNECTIONS))
+            on_refused=stats.count,
+            per_source=self.settings.get("ingress", "max_connections_per_source"))
         self.metrics.ingress_connections.set_function(lambda: self.connections.open)
         site = CappedTCPSite(ingress_runner, host, port, cap=self.connections,
                              ssl_context=ssl_ctx, reuse_address=True)

@@ -30,6 +30,7 @@ class Reason(StrEnum):
     SECRET_UNAVAILABLE = "secret_unavailable"  # noqa: S105 (a reason code, not a secret)
     JOURNAL_UNAVAILABLE = "journal_unavailable"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_SOURCE_CONNECTIONS = "too_many_source_connections"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +91,11 @@ ANSWERS: dict[Reason, Answer] = {
     Reason.TOO_MANY_CONNECTIONS: Answer(
         503, "error",
         "ingress.max_connections are open; answered on connect, nothing read, Retry-After set.",
+    ),
+    Reason.TOO_MANY_SOURCE_CONNECTIONS: Answer(
+        503, "error",
+        "This address (IPv6: its /64) holds ingress.max_connections_per_source connections;"
+        " answered on connect, nothing read, Retry-After set.",
     ),
 }
 

@@ -74,6 +74,12 @@ SPECS: tuple[SettingSpec, ...] = (
         "ingress", "max_header_bytes", int, 8190, "Longest request header line", minimum=256
     ),
     SettingSpec(
+        "ingress", "max_connections_per_source", int, 128,
+        "Most ingress connections from one address (IPv6: one /64); past it, 503"
+        " too_many_source_connections for that address only",
+        minimum=1,
+    ),
+    SettingSpec(
         "stream", "max_clients", int, 2000, "Most live stream (SSE) clients at once", minimum=1
     ),
     SettingSpec(

@@ -1,6 +1,8 @@
 """The ingress listener's bounds on the real daemon: past ``ingress.max_connections`` a new
-connection is answered 503 ``too_many_connections`` and closed; a connection with no
-request in progress (silent, or its head never finished) is closed after
+connection is answered 503 ``too_many_connections`` and closed; one address past
+``ingress.max_connections_per_source`` is answered 503 ``too_many_source_connections`` while
+others are served; live streams leave the pool (``stream.max_clients`` bounds them); a
+connection with no request in progress (silent, or its head never finished) is closed after
 ``ingress.idle_timeout_s``; a flood of rejections logs one line per rejection window."""
 
 from __future__ import annotations
@@ -15,8 +17,10 @@ import pytest
 from structlog.testing import capture_logs
 
 from palyra_py.daemon import Daemon
+from palyra_py.listener import source_key
 from palyra_py.testing import MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
+from tests.helpers import add_integration, send_signed
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: palyra\r\n\r\n"
@@ -29,8 +33,11 @@ async def capped(state_dir: Path, memory_keyring: MemoryKeyring) -> AsyncIterato
         yield d
 
 
-async def connect(daemon: Daemon) -> Conn:
-    return await asyncio.open_connection("127.0.0.1", daemon.ingress_port)
+async def connect(daemon: Daemon, source: str | None = None) -> Conn:
+    """A connection to the ingress from ``source`` (a loopback address: 127.0.0.2 is a
+    second sender on the same machine)."""
+    local = (source, 0) if source else None
+    return await asyncio.open_connection("127.0.0.1", daemon.ingress_port, local_addr=local)
 
 
 async def healthy(conn: Conn) -> None:
@@ -114,3 +121,74 @@ async def test_a_flood_of_rejections_logs_one_line_per_window(
                 and e["event"] in ("webhook_rejected", "webhook_rejections")]
         assert info == [("webhook_rejected", None), ("webhook_rejections", 20),
                         ("webhook_rejected", None)]
+
+
+def refusal_of(raw: bytes) -> tuple[bytes, dict[str, str]]:
+    head, _, body = raw.partition(b"\r\n\r\n")
+    return head, json.loads(body)
+
+
+async def test_one_address_over_its_share_is_refused_while_another_is_served(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring, ingress__max_connections=10,
+                              ingress__max_connections_per_source=2,
+                              ingress__retry_after_s=7) as d:
+        held = [await connect(d) for _ in range(2)]
+        for conn in held:
+            await healthy(conn)
+        assert d.connections.by_source == {"127.0.0.1": 2}
+
+        head, body = refusal_of(await closed_by_server(await connect(d)))
+        assert head.startswith(b"HTTP/1.1 503 ") and b"\r\nRetry-After: 7\r\n" in head
+        assert body["error"] == "too_many_source_connections"
+        assert d.ingress.stats.by_reason["too_many_source_connections"] == 1
+
+        other = await connect(d, "127.0.0.2")  # another sender: still served
+        await healthy(other)
+        assert d.connections.by_source == {"127.0.0.1": 2, "127.0.0.2": 1}
+        assert d.connections.open == 3
+        for conn in [*held, other]:
+            conn[1].close()
+
+
+def test_sources_are_grouped_by_address_and_ipv6_by_64() -> None:
+    assert source_key(("192.0.2.7", 4711)) == "192.0.2.7"
+    assert source_key(("2001:db8:1:2:aaaa::1", 1, 0, 0)) == source_key(
+        ("2001:db8:1:2:ffff:1:2:3", 2, 0, 0)) == "2001:db8:1:2::/64"
+    assert source_key(("2001:db8:1:3::1", 1, 0, 0)) != source_key(("2001:db8:1:2::1", 1, 0, 0))
+    assert source_key(("::ffff:192.0.2.7", 1, 0, 0)) == "192.0.2.7"
+    assert source_key(("fe80::1%eth0", 1, 0, 2)) == "fe80::/64"
+    assert source_key("") == source_key(None) == ""
+
+
+async def test_streams_have_their_own_cap_and_webhooks_keep_their_slots(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring, ingress__max_connections=2,
+                              stream__max_clients=2) as d:
+        async with admin_session(d.socket_path) as admin:
+            await add_integration(admin, "gh")
+            async with admin.post("/v1/tokens", json={"name": "watcher"}) as resp:
+                token = (await resp.json())["secret"]
+            base = d.ingress_url_for("gh", local=True).rsplit("/hooks", 1)[0]
+            auth = {"Authorization": f"Bearer {token}"}
+            async with aiohttp.ClientSession() as streams, aiohttp.ClientSession() as http:
+                opened = []
+                for _ in range(2):  # the stream cap, filled over the ingress listener
+                    resp = await streams.get(f"{base}/v1/events/stream", headers=auth)
+                    assert resp.status == 200
+                    assert await resp.content.readline() == b": palyra event stream\n"
+                    opened.append(resp)
+                assert (d.connections.streams, d.connections.open) == (2, 0)
+                async with http.get(f"{base}/v1/events/stream", headers=auth) as resp:
+                    assert resp.status == 503
+                    assert (await resp.json())["error"] == "too_many_streams"
+
+                status, body, _ = await send_signed(http, d, "gh", b'{"zen": "ok"}')
+                assert (status, body["status"]) == (202, "accepted")
+                async with admin.get("/v1/status") as resp:
+                    ingress = (await resp.json())["ingress"]
+                assert ingress["streams"] == 2 and ingress["max_connections"] == 2
+                for resp in opened:
+                    resp.close()

@@ -13,11 +13,15 @@ from palyra_py.cli import output
 
 
 def _connections(ingress: Any) -> str:
-    """``3 of 1024`` open on the ingress listener (``-`` when the daemon did not say)."""
+    """``3 of 1024`` open on the ingress listener (``-`` when the daemon did not say), and
+    the live streams there, which have their own cap."""
     if not isinstance(ingress, dict) or "connections" not in ingress:
         return "-"
-    return (f"{output.text(ingress.get('connections'))} of "
+    text = (f"{output.text(ingress.get('connections'))} of "
             f"{output.text(ingress.get('max_connections'))} (ingress)")
+    if ingress.get("streams"):
+        text += f", {output.text(ingress.get('streams'))} streams"
+    return text
 
 
 def _listeners(value: Any) -> str:
