@@ -442,7 +442,8 @@ class Daemon:
             self.settings.get("ingress", "max_connections"),
             self.settings.get("ingress", "retry_after_s"),
             on_refused=stats.count,
-            per_source=self.settings.get("ingress", "max_connections_per_source"))
+            per_source=self.settings.get("ingress", "max_connections_per_source"),
+            max_head_bytes=self.settings.get("ingress", "max_head_bytes"))
         self.metrics.ingress_connections.set_function(lambda: self.connections.open)
         site = CappedTCPSite(ingress_runner, host, port, cap=self.connections,
                              ssl_context=ssl_ctx, reuse_address=True)

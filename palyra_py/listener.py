@@ -14,6 +14,13 @@ connections of its listener in a :class:`ConnectionCap`:
 - A connection whose handler has become a live stream (SSE) leaves the pool
   (:meth:`ConnectionCap.to_stream`): streams are bounded by ``stream.max_clients`` instead,
   so they can never take the slots providers' webhooks need.
+- The bytes of a request head (request line and header lines, up to the blank line) are
+  counted as they arrive; a head past ``max_head_bytes`` (``ingress.max_head_bytes``) is
+  answered ``431 head_too_large`` and the connection closed, before aiohttp's parser has
+  held more than that of it. Body bytes are not counted (their own limits apply); where a
+  body ends is taken from aiohttp's own parse of the head, so the count and the parser
+  agree on the framing. What a stream's client sends once its stream has begun is
+  dropped unread.
 
 Idle connections, and those whose request head is still arriving, are closed by aiohttp's
 keep-alive timeout (``ingress.idle_timeout_s``), which it arms from the moment a connection
@@ -29,10 +36,21 @@ from collections.abc import Callable
 from ssl import SSLContext
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.http import RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.web_protocol import RequestHandler
 
 from palyra_py.reasons import ANSWERS, Reason
+
+HEAD_END = b"\r\n\r\n"
+BODY_SLICE = 8 * 1024
+"""Bytes of a body without a Content-Length (chunked) handed to the parser at a time: the
+parser alone knows where such a body ends, so at most this much of what follows it (the
+next request's head) reaches the parser before the count resumes."""
+LINGER_S = 2.0
+"""After a 431 the connection reads (and drops) what the client still sends for this long
+before it closes, so closing does not reset the connection before the answer is read."""
 
 
 def source_key(peername: Any) -> str:
@@ -72,9 +90,10 @@ class ConnectionCap:
 
     def __init__(self, limit: int, retry_after_s: int,
                  on_refused: Callable[[Reason], None] | None = None, *,
-                 per_source: int | None = None) -> None:
+                 per_source: int | None = None, max_head_bytes: int | None = None) -> None:
         self.limit = limit
         self.per_source = limit if per_source is None else per_source
+        self.max_head_bytes = max_head_bytes
         self.open = 0
         """Connections in the pool (everything but streams)."""
         self.streams = 0
@@ -93,6 +112,10 @@ class ConnectionCap:
                 Reason.TOO_MANY_SOURCE_CONNECTIONS, "Service Unavailable",
                 f"this address has {self.per_source} connections open "
                 "(ingress.max_connections_per_source); retry later", retry_after_s),
+            Reason.HEAD_TOO_LARGE: _answer(
+                Reason.HEAD_TOO_LARGE, "Request Header Fields Too Large",
+                f"the request head is over {max_head_bytes} bytes (ingress.max_head_bytes)",
+                None),
         }
 
     def wrap(self, make: Callable[[], RequestHandler]) -> Callable[[], asyncio.Protocol]:
@@ -138,10 +161,12 @@ _POOLED, _STREAM, _GONE = "pooled", "stream", "gone"
 
 
 class _Counted(asyncio.Protocol):
-    """One connection: admitted or refused when it opens, counted while it lives; every
-    event goes on to aiohttp's handler."""
+    """One connection: admitted or refused when it opens, counted while it lives, its
+    request heads measured as they arrive; every event goes on to aiohttp's handler."""
 
-    __slots__ = ("_cap", "_inner", "_make", "_source", "_state", "_transport")
+    __slots__ = ("_body_left", "_body_reader", "_cap", "_closing", "_head", "_inner",
+                 "_make", "_passthrough", "_seen", "_source", "_state", "_tail",
+                 "_transport")
 
     def __init__(self, make: Callable[[], RequestHandler], cap: ConnectionCap) -> None:
         self._make = make
@@ -150,6 +175,17 @@ class _Counted(asyncio.Protocol):
         self._transport: asyncio.BaseTransport | None = None
         self._source = ""
         self._state = _GONE
+        self._closing = False
+        # The request head being received: its bytes so far and its last three (the end
+        # marker may be split between reads).
+        self._head = 0
+        self._tail = b""
+        # After a head: what is left of its body (Content-Length), or the body's reader
+        # when only the parser knows where it ends (chunked).
+        self._body_left = 0
+        self._body_reader: StreamReader | None = None
+        self._seen = 0  # heads aiohttp has parsed on this connection
+        self._passthrough = False  # upgraded or refused by the parser: nothing to count
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
@@ -188,10 +224,82 @@ class _Counted(asyncio.Protocol):
             self._inner.connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
-        if self._inner is not None:
-            self._inner.data_received(data)
+        inner = self._inner
+        if inner is None or self._closing or self._state == _STREAM:
+            return  # refused, or a stream (whose client has nothing more to say): dropped
+        limit = self._cap.max_head_bytes
+        while data and limit is not None and not self._passthrough:
+            if self._body_left:
+                part = data[: self._body_left]
+                self._body_left -= len(part)
+            elif self._body_reader is not None:
+                if self._body_reader.is_eof():
+                    self._body_reader = None
+                    continue
+                part = data[:BODY_SLICE]
+            else:
+                end = self._head_end(data)
+                part = data if end < 0 else data[:end]
+                if self._head + len(part) > limit:
+                    self._refuse_head()
+                    return
+                self._head += len(part)
+                self._tail = (self._tail + part[-3:])[-3:] if end < 0 else b""
+            data = data[len(part):]
+            inner.data_received(part)
+            self._after_feed(inner)
+        if data:
+            inner.data_received(data)
+
+    def _head_end(self, data: bytes) -> int:
+        """Where in ``data`` the head's blank line ends (-1: not in it)."""
+        if self._tail:  # the marker may have begun in the previous read
+            start = (self._tail + data[:3]).find(HEAD_END)
+            if start >= 0:
+                return start + len(HEAD_END) - len(self._tail)
+        start = data.find(HEAD_END)
+        return start + len(HEAD_END) if start >= 0 else -1
+
+    def _after_feed(self, inner: RequestHandler) -> None:
+        """A new head was parsed: the count starts again, and the body's framing (as the
+        parser read it) says which bytes are not head."""
+        # Private to aiohttp, read only: how many heads it parsed, and the latest one.
+        if inner._request_count == self._seen:
+            return
+        self._seen = inner._request_count
+        self._head, self._tail = 0, b""
+        self._body_left, self._body_reader = 0, None
+        if inner._upgraded or not inner._messages:
+            self._passthrough = inner._upgraded
+            return
+        message, payload = inner._messages[-1]
+        if not isinstance(message, RawRequestMessage):
+            self._passthrough = True  # a parse error: aiohttp answers 400 and closes
+        elif payload.is_eof():
+            pass  # no body: the next bytes are the next head
+        elif not message.chunked and (length := message.headers.get(hdrs.CONTENT_LENGTH,
+                                                                     "")).isdigit():
+            self._body_left = int(length)
+        else:
+            self._body_reader = payload
+
+    def _refuse_head(self) -> None:
+        inner, transport = self._inner, self._transport
+        assert inner is not None and isinstance(transport, asyncio.WriteTransport)
+        self._closing = True  # from here what arrives is dropped
+        answer = self._cap._refused(Reason.HEAD_TOO_LARGE)
+        if inner._request_in_progress or inner._messages:
+            # An earlier request is being answered: it finishes, then aiohttp closes.
+            inner.close()
+            return
+        transport.write(answer)
+        if transport.can_write_eof():
+            transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_S, transport.close)
 
     def eof_received(self) -> bool | None:
+        if self._closing:
+            return False  # the client is done: close now
         if self._inner is not None:
             self._inner.eof_received()  # aiohttp's keeps the connection half-open
         return None

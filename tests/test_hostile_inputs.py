@@ -949,3 +949,28 @@ async def test_a_token_filling_the_stream_cap_leaves_providers_their_slots() -> 
             for conn in streams:
                 await conn.close()
         await assert_healthy(world.port)
+
+
+# -- request heads that never end -----------------------------------------------------------
+
+async def test_unfinished_heads_are_cut_off_at_max_head_bytes(world: World) -> None:
+    """The issue's attack in small: many connections each sending header lines (each within
+    ``ingress.max_header_bytes``, fewer than ``ingress.max_headers``) without the blank line.
+    Each is answered 431 once its head passes ``ingress.max_head_bytes`` (64 KiB), instead
+    of being held until the idle timeout."""
+    line = b"X-Pad: " + b"p" * 8000 + b"\r\n"
+    conns = [await RawConnection.tcp(world.port) for _ in range(24)]
+    try:
+        for conn in conns:
+            await conn.send(b"POST /hooks/gh HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(16):  # 128 KB each, 3 MB in all
+            for conn in conns:
+                await conn.send(line)
+        for conn in conns:
+            resp = await conn.response()
+            assert_refused(resp, 431, "head_too_large")
+            assert await conn.closed_by_peer()
+    finally:
+        for conn in conns:
+            await conn.close()
+    await assert_healthy(world.port)

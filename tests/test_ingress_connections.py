@@ -2,6 +2,7 @@
 connection is answered 503 ``too_many_connections`` and closed; one address past
 ``ingress.max_connections_per_source`` is answered 503 ``too_many_source_connections`` while
 others are served; live streams leave the pool (``stream.max_clients`` bounds them); a
+request head past ``ingress.max_head_bytes`` is answered 431 ``head_too_large``; a
 connection with no request in progress (silent, or its head never finished) is closed after
 ``ingress.idle_timeout_s``; a flood of rejections logs one line per rejection window."""
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -18,12 +20,15 @@ from structlog.testing import capture_logs
 
 from palyra_py.daemon import Daemon
 from palyra_py.listener import source_key
+from palyra_py.providers import get_provider
 from palyra_py.testing import MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, send_signed
+from tests.raw_http import RawConnection, request_bytes
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: palyra\r\n\r\n"
+SECRET = "It's a Secret to Everybody"  # add_integration's
 
 
 @pytest.fixture
@@ -192,3 +197,78 @@ async def test_streams_have_their_own_cap_and_webhooks_keep_their_slots(
                 assert ingress["streams"] == 2 and ingress["max_connections"] == 2
                 for resp in opened:
                     resp.close()
+
+
+async def test_a_head_past_max_head_bytes_is_answered_431_and_closed(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              ingress__max_head_bytes=4096) as d:
+        conn = await RawConnection.tcp(d.ingress_port)
+        await conn.send(b"POST /hooks/gh HTTP/1.1\r\nHost: palyra\r\n")
+        for _ in range(8):  # 8 KB of header lines, never the blank line that ends the head
+            await conn.send(b"X-Pad: " + b"p" * 1000 + b"\r\n")
+        resp = await conn.response()
+        assert (resp.status, resp.json()["error"]) == (431, "head_too_large")
+        assert resp.headers["connection"] == "close"
+        assert await conn.closed_by_peer()
+        assert d.ingress.stats.by_reason["head_too_large"] == 1
+        await conn.close()
+
+
+async def test_bodies_are_not_head_and_each_head_is_counted_afresh(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              ingress__max_head_bytes=4096) as d:
+        async with admin_session(d.socket_path) as admin:
+            await add_integration(admin, "gh", max_payload_bytes=64 * 1024)
+
+        def gh_headers(body: bytes, *extra: tuple[str, str]) -> list[tuple[str, str]]:
+            signed = get_provider("github").sign(body, SECRET, d.clock(), "push",
+                                                 uuid.uuid4().hex)
+            return [*signed.headers.items(), *extra]
+
+        pad = ("X-Pad", "p" * 2500)  # each head well over half the limit
+        body = b'{"blob": "' + b"b" * 40_000 + b'"}'  # ten times the head limit
+        pipelined = b"".join(request_bytes("POST", "/hooks/gh", gh_headers(body, pad), body)
+                             for _ in range(3))
+        chunked_body = b"%x\r\n%b\r\n0\r\n\r\n" % (len(body), body)
+        pipelined += request_bytes("POST", "/hooks/gh", [
+            *gh_headers(body, pad), ("Transfer-Encoding", "chunked")], chunked_body)
+        pipelined += request_bytes("GET", "/healthz", [pad])
+        conn = await RawConnection.tcp(d.ingress_port)
+        await conn.send(pipelined)  # one write: heads and bodies arrive in the same reads
+        statuses = [(await conn.response()).status for _ in range(5)]
+        assert statuses == [202, 202, 202, 202, 200]
+        # A head that never ends behind a request still being answered is bounded too: the
+        # request is answered, then the connection closes.
+        await conn.send(request_bytes("GET", "/healthz") + b"GET /healthz HTTP/1.1\r\n"
+                        + b"X-Pad: " + b"p" * 5000 + b"\r\n")
+        assert (await conn.response()).status == 200
+        assert await conn.closed_by_peer()
+        assert d.ingress.stats.by_reason["head_too_large"] == 1
+        await conn.close()
+
+
+async def test_what_a_stream_client_sends_once_streaming_is_dropped(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              ingress__max_head_bytes=4096) as d:
+        async with admin_session(d.socket_path) as admin:
+            async with admin.post("/v1/tokens", json={"name": "watcher"}) as resp:
+                token = (await resp.json())["secret"]
+            conn = await RawConnection.tcp(d.ingress_port)
+            await conn.send(request_bytes("GET", "/v1/events/stream?type=app.*",
+                                          [("Authorization", f"Bearer {token}")]))
+            async with asyncio.timeout(10):
+                await conn.reader.readuntil(b": palyra event stream\n\n")
+            await conn.send(b"X-Junk: " + b"j" * 100_000)  # no head of any request: dropped
+            async with admin.post("/v1/events", json={"type": "app.after"}) as resp:
+                assert resp.status == 201
+            async with asyncio.timeout(10):
+                await conn.reader.readuntil(b"event: app.after\n")
+            assert "head_too_large" not in d.ingress.stats.by_reason
+            assert d.connections.streams == 1
+            await conn.close()
