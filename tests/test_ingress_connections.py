@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import resource
+import sys
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import aiohttp
@@ -19,9 +21,11 @@ import pytest
 from structlog.testing import capture_logs
 
 from palyra_py.daemon import Daemon
+from palyra_py.fd_limits import RESERVE_FDS, FdLimitError, plan_fds
 from palyra_py.listener import source_key
 from palyra_py.providers import get_provider
 from palyra_py.testing import MemoryKeyring, running_daemon
+from tests.daemon_process import DaemonProcess, child_env
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, send_signed
 from tests.raw_http import RawConnection, request_bytes
@@ -272,3 +276,74 @@ async def test_what_a_stream_client_sends_once_streaming_is_dropped(
             assert "head_too_large" not in d.ingress.stats.by_reason
             assert d.connections.streams == 1
             await conn.close()
+
+
+def open_file_limit(n: int) -> Callable[[], None]:
+    """A preexec_fn: the child's soft and hard RLIMIT_NOFILE are ``n`` (as a systemd unit's
+    LimitNOFILE=n would make them); it cannot raise them."""
+    def apply() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (n, n))
+    return apply
+
+
+def test_the_caps_shrink_in_proportion_to_what_the_limit_holds() -> None:
+    roomy = plan_fds(8192, None, max_connections=1024, max_streams=2000, outbound=256)
+    assert (roomy.max_connections, roomy.max_streams, roomy.lowered) == (1024, 2000, False)
+    assert roomy.needed == 1024 + 2000 + 256 + RESERVE_FDS
+    tight = plan_fds(1024, 1024, max_connections=1024, max_streams=2000, outbound=256)
+    assert tight.lowered and tight.max_connections + tight.max_streams == 1024 - 256 - 64
+    assert tight.max_connections == 704 * 1024 // 3024
+    with pytest.raises(FdLimitError, match="LimitNOFILE"):
+        plan_fds(256 + 64 + 1, 400, max_connections=1024, max_streams=2000, outbound=256)
+
+
+async def test_a_low_open_file_limit_lowers_the_caps_and_admin_still_answers(
+    state_dir: Path,
+) -> None:
+    """A real ``palyra daemon run`` under a hard RLIMIT_NOFILE of 400 (the defaults need
+    3,344): it starts with caps the limit can hold, says so in its log and in status, and
+    past the lowered cap senders get the documented 503 while the admin socket answers."""
+    expected = plan_fds(400, 400, max_connections=1024, max_streams=2000, outbound=256)
+    daemon = await DaemonProcess(state_dir, preexec_fn=open_file_limit(400)).start()
+    held: list[Conn] = []
+    try:
+        (warning,) = [r for r in daemon.log if r.get("event") == "open_file_limit_lowers_caps"]
+        assert warning["max_connections"] == expected.max_connections < 1024
+        port = int(daemon.ingress.rsplit(":", 1)[1])
+        for _ in range(expected.max_connections):
+            conn = await asyncio.open_connection("127.0.0.1", port)
+            await healthy(conn)
+            held.append(conn)
+        raw = await closed_by_server(await asyncio.open_connection("127.0.0.1", port))
+        head, body = refusal_of(raw)
+        assert head.startswith(b"HTTP/1.1 503 ") and body["error"] == "too_many_connections"
+        async with admin_session(state_dir / "palyra.sock") as admin:
+            async with admin.get("/v1/status") as resp:
+                status = await resp.json()
+        assert status["ingress"]["max_connections"] == expected.max_connections
+        assert status["ingress"]["connections"] == expected.max_connections
+        files = status["open_files"]
+        assert (files["limit"], files["hard"], files["lowered"]) == (400, 400, True)
+        assert "LimitNOFILE" in files["warning"] and files["needed"] == expected.needed
+        cli = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "palyra_py", "daemon", "status", "--state-dir",
+            str(state_dir), stdout=asyncio.subprocess.PIPE,
+            env={**child_env(state_dir), "COLUMNS": "400"})
+        out, _ = await asyncio.wait_for(cli.communicate(), 60)
+        row = next(line for line in out.decode().splitlines() if "open files" in line)
+        assert "ingress.max_connections lowered" in row and "LimitNOFILE" in row, row
+    finally:
+        for conn in held:
+            conn[1].close()
+        assert await daemon.stop() == 0
+
+
+async def test_an_open_file_limit_that_holds_nothing_refuses_to_start(
+    state_dir: Path,
+) -> None:
+    daemon = DaemonProcess(state_dir, preexec_fn=open_file_limit(300))
+    with pytest.raises(RuntimeError, match="exited early"):
+        await daemon.start()
+    assert daemon.proc is not None and await daemon.proc.wait() == 1
+    (refusal,) = [r for r in daemon.log if r.get("event") == "daemon_cannot_start"]
+    assert "open-file limit is 300" in refusal["error"] and "LimitNOFILE" in refusal["error"]

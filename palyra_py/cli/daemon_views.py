@@ -24,6 +24,16 @@ def _connections(ingress: Any) -> str:
     return text
 
 
+def _open_files(value: Any) -> str:
+    """``limit 8192, the caps need 3344``, or the warning when the limit lowered them."""
+    if not isinstance(value, dict) or value.get("limit") is None:
+        return "-"
+    if value.get("warning"):
+        return f"[yellow]{output.text(value.get('warning'))}[/]"
+    return (f"limit {output.text(value.get('limit'))}, "
+            f"the caps need {output.text(value.get('needed'))}")
+
+
 def _listeners(value: Any) -> str:
     """One line per listener: ``ingress  http://...`` (plain strings are kept as is)."""
     if not isinstance(value, list) or not value:
@@ -60,6 +70,7 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("admin socket", output.text(answer.get("admin_socket"))),
         ("listeners", _listeners(answer.get("listeners"))),
         ("connections", _connections(answer.get("ingress"))),
+        ("open files", _open_files(answer.get("open_files"))),
         ("journal", output.text(journal.get("path"))),
         ("journal size", output.size(journal.get("size_bytes"))),
         ("last seq", output.text(journal.get("last_seq"))),
