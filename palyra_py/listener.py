@@ -301,8 +301,8 @@ class _Counted(asyncio.Protocol):
         if self._closing:
             return False  # the client is done: close now
         if self._inner is not None:
-            self._inner.eof_received()  # aiohttp's keeps the connection half-open
-        return None
+            self._inner.eof_received()
+        return None  # as aiohttp's own: the transport closes itself
 
     def pause_writing(self) -> None:
         if self._inner is not None:
