@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import Counter
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -16,6 +16,16 @@ from palyra_py.registry import RegistryError
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
+
+
+def open_files(d: Daemon) -> dict[str, Any]:
+    """The open-file limit against what the caps need, and the warning when it lowered
+    them."""
+    budget = d.fd_budget
+    if budget is None:
+        return {"limit": None, "hard": None, "needed": None, "lowered": False, "warning": None}
+    return {"limit": budget.limit, "hard": budget.hard, "needed": budget.needed,
+            "lowered": budget.lowered, "warning": d.fd_warning or None}
 
 
 class AdminApi:
@@ -57,8 +67,11 @@ class AdminApi:
             "ingress": {"answers": dict(d.ingress.stats.by_reason),
                         "rejections_pending": d.rejections.pending(),
                         "connections": d.connections.open,
-                        "max_connections": d.connections.limit},
+                        "max_connections": d.connections.limit,
+                        "max_connections_per_source": d.connections.per_source,
+                        "streams": d.connections.streams},
             "keyring": {"backend": d.secrets.backend_name, "fallback": d.secrets.is_fallback},
+            "open_files": open_files(d),
             "settings": d.settings.table(),
         })
 

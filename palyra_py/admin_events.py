@@ -166,6 +166,8 @@ class EventsApi:
             headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
                      "X-Accel-Buffering": "no"}
         )
+        # The connection ends with its stream: it is never handed back to the pool.
+        response.force_close()
         # The daemon cancels open streams when it stops; a stream otherwise only notices a
         # gone client at its next write (at most one heartbeat later).
         task = asyncio.current_task()
@@ -174,6 +176,10 @@ class EventsApi:
             # A token's streams are bounded per token; the admin socket's are not.
             owner = request.get(TOKEN_SOURCE)
             async with self.d.stream_hub.open_sse(flt, cursor, owner) as client:
+                if request.method != "HEAD":
+                    # A stream on the ingress listener leaves the connection pool (streams
+                    # have their own cap, stream.max_clients): providers keep every slot.
+                    self.d.connections.to_stream(request.transport)
                 await response.prepare(request)
                 if request.method == "HEAD":  # the head only: a HEAD response has no body
                     return response

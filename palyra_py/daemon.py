@@ -31,12 +31,12 @@ from palyra_py.admin_webhooks import WebhooksApi
 from palyra_py.bus import SeqBus
 from palyra_py.delivery_store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
 from palyra_py.dispatcher import Dispatcher
+from palyra_py.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.ingress import ActiveIntegration, Ingress
 from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
 from palyra_py.listener import CappedTCPSite, ConnectionCap
 from palyra_py.metrics import Metrics
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
-from palyra_py.reasons import Reason
 from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.rejections import RejectionLog
 from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
@@ -126,6 +126,9 @@ class Daemon:
         self._ingress: Ingress | None = None
         self.ingress_port = 0
         self.connections = ConnectionCap(0, 0)  # replaced when the listener starts
+        self.fd_budget: FdBudget | None = None  # set at start
+        self.fd_warning = ""
+        """Why the caps were lowered to fit the open-file limit ("" when they were not)."""
         self._ingress_host = "127.0.0.1"
         self._tls = False
         self.stopped = asyncio.Event()
@@ -372,8 +375,30 @@ class Daemon:
         return web.json_response({"status": "ready" if ready else "not_ready"},
                                  status=200 if ready else 503)
 
+    def _fit_open_file_limit(self) -> FdBudget:
+        """Raise the soft RLIMIT_NOFILE as far as the caps need; lower the caps (with a
+        warning) where the limit cannot hold them, refuse to start where it holds nothing."""
+        max_connections = self.settings.get("ingress", "max_connections")
+        max_streams = self.settings.get("stream", "max_clients")
+        try:
+            budget = fit_open_file_limit(
+                max_connections=max_connections, max_streams=max_streams,
+                outbound=self.settings.get("delivery", "max_in_flight_total"))
+        except FdLimitError as exc:
+            raise DaemonError(str(exc)) from None
+        if budget.raised_from is not None:
+            log.info("open_file_limit_raised", was=budget.raised_from, now=budget.limit,
+                     needed=budget.needed)
+        self.fd_warning = budget.warning(max_connections, max_streams)
+        if self.fd_warning:
+            log.warning("open_file_limit_lowers_caps", limit=budget.limit, hard=budget.hard,
+                        needed=budget.needed, max_connections=budget.max_connections,
+                        max_streams=budget.max_streams, hint=self.fd_warning)
+        return budget
+
     async def start(self) -> None:
         prepare_state_dir(self.state_dir)
+        self.fd_budget = budget = self._fit_open_file_limit()
         ssl_ctx = self._ssl_context()
         host, port = parse_listen(self.settings.get("daemon", "listen"))
         sock_path = self.socket_path
@@ -395,7 +420,7 @@ class Daemon:
         self.bus.publish(await self.journal.last_seq())
         self.stream_hub = StreamHub(
             self.journal, self.bus,
-            max_clients=self.settings.get("stream", "max_clients"),
+            max_clients=budget.max_streams,
             buffer=self.settings.get("stream", "buffer_events"),
             max_per_owner=self.settings.get("stream", "max_per_token"),
         )
@@ -440,9 +465,11 @@ class Daemon:
         self._runners.append(ingress_runner)
         stats = self._ingress.stats
         self.connections = ConnectionCap(
-            self.settings.get("ingress", "max_connections"),
+            budget.max_connections,
             self.settings.get("ingress", "retry_after_s"),
-            on_refused=lambda: stats.count(Reason.TOO_MANY_CONNECTIONS))
+            on_refused=stats.count,
+            per_source=self.settings.get("ingress", "max_connections_per_source"),
+            max_head_bytes=self.settings.get("ingress", "max_head_bytes"))
         self.metrics.ingress_connections.set_function(lambda: self.connections.open)
         site = CappedTCPSite(ingress_runner, host, port, cap=self.connections,
                              ssl_context=ssl_ctx, reuse_address=True)

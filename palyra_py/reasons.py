@@ -30,6 +30,8 @@ class Reason(StrEnum):
     SECRET_UNAVAILABLE = "secret_unavailable"  # noqa: S105 (a reason code, not a secret)
     JOURNAL_UNAVAILABLE = "journal_unavailable"
     TOO_MANY_CONNECTIONS = "too_many_connections"
+    TOO_MANY_SOURCE_CONNECTIONS = "too_many_source_connections"
+    HEAD_TOO_LARGE = "head_too_large"
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +93,16 @@ ANSWERS: dict[Reason, Answer] = {
     Reason.TOO_MANY_CONNECTIONS: Answer(
         503, "error",
         "ingress.max_connections are open; answered on connect, nothing read, Retry-After set.",
+    ),
+    Reason.TOO_MANY_SOURCE_CONNECTIONS: Answer(
+        503, "error",
+        "This address (IPv6: its /64) holds ingress.max_connections_per_source connections;"
+        " answered on connect, nothing read, Retry-After set.",
+    ),
+    Reason.HEAD_TOO_LARGE: Answer(
+        431, "error",
+        "The request head (request line and headers) is over ingress.max_head_bytes;"
+        " the connection is closed.",
     ),
 }
 

@@ -74,6 +74,17 @@ SPECS: tuple[SettingSpec, ...] = (
         "ingress", "max_header_bytes", int, 8190, "Longest request header line", minimum=256
     ),
     SettingSpec(
+        "ingress", "max_head_bytes", int, 64 * 1024,
+        "Largest request head (request line and headers); past it, 431 head_too_large and close",
+        minimum=1024,
+    ),
+    SettingSpec(
+        "ingress", "max_connections_per_source", int, 128,
+        "Most ingress connections from one address (IPv6: one /64); past it, 503"
+        " too_many_source_connections for that address only",
+        minimum=1,
+    ),
+    SettingSpec(
         "stream", "max_clients", int, 2000, "Most live stream (SSE) clients at once", minimum=1
     ),
     SettingSpec(

@@ -1146,3 +1146,106 @@ async def test_api_token_compare_does_not_depend_on_its_length(
                                  headers={"Authorization": f"Bearer {guess}"}) as answer:
                 assert answer.status == 401
     assert calls and all(a == b for a, b in calls), calls
+
+
+# -- one sender holding the connection slots ------------------------------------------------
+
+@contextlib.asynccontextmanager
+async def slots_daemon(**settings: Any) -> AsyncIterator[World]:
+    """A daemon with "gh" and small connection caps of its own (``section__key`` settings)."""
+    async with running_daemon(clock=ManualClock(), keyring=MemoryKeyring(),
+                              **{**SETTINGS, **settings}) as d:
+        connector = aiohttp.UnixConnector(path=str(d.socket_path))
+        async with aiohttp.ClientSession(connector=connector, base_url="http://admin") as admin:
+            await add_integration(admin, "gh", max_payload_bytes=LIMIT)
+            yield World(d, admin)
+
+
+async def webhook_from(world: World, source: str) -> RawResponse:
+    """A signed GitHub push sent from the loopback address ``source``."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", world.port,
+                                                   local_addr=(source, 0))
+    conn = RawConnection(reader, writer)
+    try:
+        body = b'{"zen": "from ' + source.encode() + b'"}'
+        await conn.send(request_bytes("POST", "/hooks/gh", gh_headers(body), body))
+        return await conn.response()
+    finally:
+        await conn.close()
+
+
+async def test_one_address_reconnecting_cannot_take_every_slot() -> None:
+    async with slots_daemon(ingress__max_connections=64,
+                            ingress__max_connections_per_source=8) as world:
+        held: list[RawConnection] = []
+        answers: list[int] = []
+        try:
+            for _ in range(2):  # every slot it can get, then again for each refusal
+                for _ in range(64 - len(held)):
+                    conn = await RawConnection.tcp(world.port)
+                    await conn.send(request_bytes("GET", "/healthz"))  # kept alive when served
+                    answers.append((await conn.response()).status)
+                    if answers[-1] == 200:
+                        held.append(conn)
+                    else:
+                        await conn.close()
+            assert (answers.count(200), answers.count(503)) == (8, 56 + 56)
+            assert world.daemon.connections.by_source == {"127.0.0.1": 8}
+            assert_refused(await webhook_from(world, "127.0.0.1"), 503,
+                           "too_many_source_connections")
+            resp = await webhook_from(world, "127.0.0.2")  # every other sender is served
+            assert (resp.status, resp.json()["status"]) == (202, "accepted")
+        finally:
+            for conn in held:
+                await conn.close()
+
+
+async def test_a_token_filling_the_stream_cap_leaves_providers_their_slots() -> None:
+    async with slots_daemon(ingress__max_connections=8, stream__max_clients=16) as world:
+        async with world.admin.post("/v1/tokens", json={"name": "greedy"}) as resp:
+            token = (await resp.json())["secret"]
+        stream = request_bytes("GET", "/v1/events/stream",
+                               [("Authorization", f"Bearer {token}")])
+        streams: list[RawConnection] = []
+        try:
+            for _ in range(16):  # twice the connection cap
+                conn = await RawConnection.tcp(world.port)
+                await conn.send(stream)
+                async with asyncio.timeout(10):
+                    head = await conn.reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 "), head
+                streams.append(conn)
+            assert (world.daemon.connections.streams, world.daemon.connections.open) == (16, 0)
+            resp = await exchange(world.port, stream)
+            assert_refused(resp, 503, "too_many_streams")
+            resp = await webhook_from(world, "127.0.0.1")
+            assert (resp.status, resp.json()["status"]) == (202, "accepted")
+        finally:
+            for conn in streams:
+                await conn.close()
+        await assert_healthy(world.port)
+
+
+# -- request heads that never end -----------------------------------------------------------
+
+async def test_unfinished_heads_are_cut_off_at_max_head_bytes(world: World) -> None:
+    """The issue's attack in small: many connections each sending header lines (each within
+    ``ingress.max_header_bytes``, fewer than ``ingress.max_headers``) without the blank line.
+    Each is answered 431 once its head passes ``ingress.max_head_bytes`` (64 KiB), instead
+    of being held until the idle timeout."""
+    line = b"X-Pad: " + b"p" * 8000 + b"\r\n"
+    conns = [await RawConnection.tcp(world.port) for _ in range(24)]
+    try:
+        for conn in conns:
+            await conn.send(b"POST /hooks/gh HTTP/1.1\r\nHost: x\r\n")
+        for _ in range(16):  # 128 KB each, 3 MB in all
+            for conn in conns:
+                await conn.send(line)
+        for conn in conns:
+            resp = await conn.response()
+            assert_refused(resp, 431, "head_too_large")
+            assert await conn.closed_by_peer()
+    finally:
+        for conn in conns:
+            await conn.close()
+    await assert_healthy(world.port)

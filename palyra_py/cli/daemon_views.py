@@ -13,11 +13,25 @@ from palyra_py.cli import output
 
 
 def _connections(ingress: Any) -> str:
-    """``3 of 1024`` open on the ingress listener (``-`` when the daemon did not say)."""
+    """``3 of 1024`` open on the ingress listener (``-`` when the daemon did not say), and
+    the live streams there, which have their own cap."""
     if not isinstance(ingress, dict) or "connections" not in ingress:
         return "-"
-    return (f"{output.text(ingress.get('connections'))} of "
+    text = (f"{output.text(ingress.get('connections'))} of "
             f"{output.text(ingress.get('max_connections'))} (ingress)")
+    if ingress.get("streams"):
+        text += f", {output.text(ingress.get('streams'))} streams"
+    return text
+
+
+def _open_files(value: Any) -> str:
+    """``limit 8192, the caps need 3344``, or the warning when the limit lowered them."""
+    if not isinstance(value, dict) or value.get("limit") is None:
+        return "-"
+    if value.get("warning"):
+        return f"[yellow]{output.text(value.get('warning'))}[/]"
+    return (f"limit {output.text(value.get('limit'))}, "
+            f"the caps need {output.text(value.get('needed'))}")
 
 
 def _listeners(value: Any) -> str:
@@ -56,6 +70,7 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("admin socket", output.text(answer.get("admin_socket"))),
         ("listeners", _listeners(answer.get("listeners"))),
         ("connections", _connections(answer.get("ingress"))),
+        ("open files", _open_files(answer.get("open_files"))),
         ("journal", output.text(journal.get("path"))),
         ("journal size", output.size(journal.get("size_bytes"))),
         ("last seq", output.text(journal.get("last_seq"))),
