@@ -923,7 +923,8 @@ async def test_a_stream_client_that_never_reads_is_cut_loose(fresh: World) -> No
 # -- one token's streams and bodies (issue 9, item 2) ---------------------------------------
 
 async def new_token(world: World, name: str) -> str:
-    async with world.admin.post("/v1/tokens", json={"name": name}) as resp:
+    async with world.admin.post("/v1/tokens",
+                                json={"name": name, "scopes": ["publish", "read"]}) as resp:
         created = await resp.json()
         assert resp.status == 201, created
     secret: str = created["secret"]
@@ -932,6 +933,11 @@ async def new_token(world: World, name: str) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def owner_of(token: str) -> str:
+    """How the stream hub names a token's streams: ``token:<token_id>``."""
+    return "token:" + token.split("_")[1]
 
 
 @contextlib.asynccontextmanager
@@ -983,11 +989,11 @@ async def test_a_token_gets_at_most_its_streams_and_each_stream_its_patterns(
         async with fresh.admin.get("/v1/events/stream", params=seventeen) as resp:
             assert (resp.status, (await resp.json())["error"]) == (400, "too_many_patterns")
         async with open_streams(http, first, [sixteen] * 16):
-            assert hub.owned("app-one") == 16
+            assert hub.owned(owner_of(first)) == 16
             assert await refused_stream(http, first, []) == (429, "too_many_streams_for_token")
             # The limit is the token's own: another token, and the admin socket, still stream.
             async with open_streams(http, second, [[]]):
-                assert hub.owned("app-two") == 1
+                assert hub.owned(owner_of(second)) == 1
             async with fresh.admin.get("/v1/events/stream") as resp:
                 assert await resp.content.readline() == b": palyra event stream\n"
     await assert_healthy(fresh.port)
