@@ -20,7 +20,7 @@ from typing import Any
 
 import structlog
 import tomlkit
-from aiohttp import web
+from aiohttp import web, web_response
 
 from palyra_py import __version__
 from palyra_py.admin_deliveries import DeliveriesApi
@@ -49,6 +49,17 @@ from palyra_py.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
 from palyra_py.tokens import Principal, split_token, token_matches
 
 log = structlog.get_logger("palyra.daemon")
+
+SERVER_HEADER = "palyra"
+"""The ``Server`` header of every answer on every listener: no version banner."""
+
+
+def hide_server_version() -> None:
+    """aiohttp names itself and Python with their versions in every answer's ``Server``
+    header (``Python/3.11 aiohttp/3.14.5``), including the 400s its parser sends before any
+    handler runs; the daemon says ``palyra`` and nothing an advisory could be matched
+    against. aiohttp reads this module global when it prepares each answer."""
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
 class DaemonError(Exception):
@@ -360,6 +371,9 @@ class Daemon:
         def can_read(principal: Principal) -> bool:
             return principal.can_read
 
+        def can_scrape(principal: Principal) -> bool:
+            return principal.can_scrape_metrics
+
         app.add_routes([
             web.post("/v1/events", self._token_required(body_capped(events.emit))),
             web.get("/v1/events", self._token_required(body_capped(events.list), "read",
@@ -367,8 +381,10 @@ class Daemon:
             web.get("/v1/events/stream",
                     self._token_required(body_capped(events.stream), "read", can_read)),
         ])
+        metrics = (self._metrics if self.settings.get("metrics", "public")
+                   else self._token_required(self._metrics, "metrics", can_scrape))
         app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz),
-                        web.get("/metrics", self._metrics)])
+                        web.get("/metrics", metrics)])
         return app
 
     def _admin_app(self) -> web.Application:
@@ -398,6 +414,7 @@ class Daemon:
                                  status=200 if ready else 503)
 
     async def start(self) -> None:
+        hide_server_version()
         prepare_state_dir(self.state_dir)
         ssl_ctx = self._ssl_context()
         host, port = parse_listen(self.settings.get("daemon", "listen"))

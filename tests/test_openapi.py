@@ -432,7 +432,12 @@ async def test_outbound_answers_match_the_spec(
             body = await resp.json()
             assert resp.status == 201 and errors_of(published, body) == []
         async with http.get(f"{base}/metrics") as resp:
-            assert resp.status == 200 and resp.content_type == "text/plain"
+            body = await resp.json()
+            assert resp.status == 401 and errors_of(error, body) == []
+        async with http.get(f"{base}/metrics", headers=bearer) as resp:
+            body = await resp.json()  # the default scope is publish alone
+            assert resp.status == 403 and body["error"] == "scope_denied"
+            assert errors_of(error, body) == []
         revoked = await api.call("DELETE", "/v1/tokens/{id}", 200, id=token_id)
         assert revoked == {"status": "revoked", "token_id": token_id}
         async with http.post(f"{base}/v1/events", json={"type": "job.tcp"},

@@ -18,6 +18,7 @@ from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from palyra_py.tokens import Principal, parse_scope
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, send_signed
+from tests.raw_http import exchange, request_bytes
 from tests.receiver import Receiver
 
 PUSH = json.dumps({"ref": "refs/heads/main"}).encode()
@@ -100,10 +101,11 @@ def test_hand_edited_scopes_are_validated_with_their_position(tmp_path: Path) ->
 def test_principal_rights() -> None:
     legacy = Principal("t1", "old", None)
     assert legacy.can_publish("anything.at_all") and legacy.can_read
-    assert legacy.read_scope() is None
+    assert legacy.read_scope() is None and not legacy.can_scrape_metrics
     scoped = Principal("t2", "app", ("publish:entry.*", "metrics"))
     assert scoped.can_publish("entry.created") and not scoped.can_publish("entryx.created")
-    assert not scoped.can_read
+    assert not scoped.can_read and scoped.can_scrape_metrics
+    assert Principal("t3", "ops", ("admin",)).can_scrape_metrics
 
 
 async def test_token_creation_refuses_bad_scopes_and_expiry(
@@ -201,6 +203,8 @@ async def test_a_legacy_token_keeps_publishing_anything_and_reading_everything(
         kinds)
     seen = await streamed(http, daemon, bearer, published["seq"])
     assert [e["kind"] for e in seen] == kinds
+    async with http.get(f"{base_of(daemon)}/metrics", headers=bearer) as resp:
+        assert resp.status == 403  # /metrics was never a token right
 
 
 # -- expiry and last use ------------------------------------------------------------------
@@ -313,3 +317,48 @@ async def test_idempotency_keys_are_scoped_per_token(
     assert (status, again["event_id"], again["duplicate"]) == (200, a["event_id"], True)
     async with admin.post("/v1/events", json=event) as resp:  # the socket has its own
         assert resp.status == 201
+
+
+# -- item 15: /metrics and the Server header ----------------------------------------------
+
+
+async def test_metrics_need_a_metrics_or_admin_token(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+) -> None:
+    url = f"{base_of(daemon)}/metrics"
+    async with http.get(url) as resp:
+        assert (resp.status, (await resp.json())["error"]) == (401, "unauthorized")
+    _, publisher = await create_token(admin, "pub", scopes=["publish", "read"])
+    async with http.get(url, headers=publisher) as resp:
+        assert (resp.status, (await resp.json())["error"]) == (403, "scope_denied")
+    for scope in ("metrics", "admin"):
+        _, bearer = await create_token(admin, scope, scopes=[scope])
+        async with http.get(url, headers=bearer) as resp:
+            assert resp.status == 200 and "palyra_ingress_connections" in await resp.text()
+
+
+async def test_metrics_public_setting_serves_them_without_a_token(
+    http: aiohttp.ClientSession,
+) -> None:
+    async with running_daemon(clock=ManualClock(), metrics__public=True) as d:
+        async with http.get(f"{base_of(d)}/metrics") as resp:
+            assert resp.status == 200
+
+
+async def test_no_listener_sends_a_version_banner(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+) -> None:
+    servers: list[str] = []
+    for path in ("/healthz", "/metrics", "/hooks/nope", "/nowhere"):
+        async with http.get(base_of(daemon) + path) as resp:
+            servers.append(resp.headers.get("Server", ""))
+    async with admin.get("/v1/status") as resp:
+        servers.append(resp.headers.get("Server", ""))
+    # A request the HTTP parser refuses before any handler runs.
+    broken = await exchange(daemon.ingress_port,
+                            b"GET /healthz HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n", timeout=5)
+    assert broken.status == 400
+    servers.append(broken.headers.get("server", ""))
+    ok = await exchange(daemon.ingress_port, request_bytes("GET", "/healthz"), timeout=5)
+    servers.append(ok.headers.get("server", ""))
+    assert servers == ["palyra"] * len(servers)
