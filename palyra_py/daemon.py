@@ -50,6 +50,9 @@ from palyra_py.tokens import Principal, split_token, token_matches
 
 log = structlog.get_logger("palyra.daemon")
 
+TOKEN_REFUSALS = frozenset({"unauthorized", "token_expired", "scope_denied"})
+"""The refusals of the token routes, counted in ``palyra_token_refusals_total``."""
+
 SERVER_HEADER = "palyra"
 """The ``Server`` header of every answer on every listener: no version banner."""
 
@@ -282,12 +285,17 @@ class Daemon:
         """``handler`` behind a valid token (``request[PRINCIPAL]``); with ``allowed``, a
         token it refuses gets 403 ``scope_denied`` naming ``scope``."""
         async def guarded(request: web.Request) -> web.StreamResponse:
-            principal = await self.authorize(request)
-            if allowed is not None and not allowed(principal):
-                raise ApiError(403, "scope_denied",
-                               f"token {principal.token_id} lacks the {scope} scope")
-            request[PRINCIPAL] = principal
-            return await handler(request)
+            try:
+                principal = await self.authorize(request)
+                if allowed is not None and not allowed(principal):
+                    raise ApiError(403, "scope_denied",
+                                   f"token {principal.token_id} lacks the {scope} scope")
+                request[PRINCIPAL] = principal
+                return await handler(request)
+            except ApiError as exc:
+                if exc.code in TOKEN_REFUSALS:  # a bounded label: three codes
+                    self.metrics.token_refusals.labels(exc.code).inc()
+                raise
 
         async def rendered(request: web.Request) -> web.StreamResponse:
             return await error_middleware(request, guarded)

@@ -334,7 +334,11 @@ async def test_metrics_need_a_metrics_or_admin_token(
     for scope in ("metrics", "admin"):
         _, bearer = await create_token(admin, scope, scopes=[scope])
         async with http.get(url, headers=bearer) as resp:
-            assert resp.status == 200 and "palyra_ingress_connections" in await resp.text()
+            text = await resp.text()
+            assert resp.status == 200 and "palyra_ingress_connections" in text
+    # Each refusal has its metric label.
+    assert 'palyra_token_refusals_total{reason="unauthorized"} 1.0' in text
+    assert 'palyra_token_refusals_total{reason="scope_denied"} 1.0' in text
 
 
 async def test_metrics_public_setting_serves_them_without_a_token(
