@@ -351,7 +351,8 @@ def send_end(proc: subprocess.Popen[bytes], end_seq: int, grace_s: float) -> Non
 
 
 def one_round(args: argparse.Namespace, work: Path, children: Children, tag: str) -> dict[str, Any]:
-    settings = {"PALYRA_STREAM_MAX_CLIENTS": str(max(2000, args.clients + 10))}
+    settings = {"PALYRA_STREAM_MAX_CLIENTS": str(max(2000, args.clients + 10)),
+                "PALYRA_METRICS_PUBLIC": "true"}  # sse_gauge scrapes without a token
     daemon = start_daemon(children, args.palyra, work / f"state-{tag}", work / f"palyra-{tag}.log",
                           settings=settings, many_files=True)
     clients: list[tuple[subprocess.Popen[bytes], Path]] = []

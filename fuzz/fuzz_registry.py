@@ -24,6 +24,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the shared harness s
 from _harness import run
 
 from palyra_py.registry import RegistryError, parse_registry
+from palyra_py.tokens import MAX_SCOPES, Principal, parse_scope
 
 PATH = Path("/fuzz/webhooks.toml")
 
@@ -48,6 +49,14 @@ def test_one_input(data: bytes) -> None:
         shown = token.to_dict()
         assert "secret_ref" not in shown  # never where the token is kept
         json.dumps(shown)
+        # Scopes come out normalised, bounded and understood; no scopes is a legacy token.
+        assert shown["legacy"] is (token.scopes is None)
+        if token.scopes is not None:
+            assert 1 <= len(token.scopes) <= MAX_SCOPES
+            assert all(parse_scope(scope) == scope for scope in token.scopes)
+            principal = Principal.of(token)
+            principal.can_publish("entry.created")
+            assert principal.read_scope() is not None
 
 
 def main(argv: list[str]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets as random_secrets
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -14,7 +15,17 @@ from palyra_py.admin_records import registry_error
 from palyra_py.admin_secrets import store_secret
 from palyra_py.delivery_store import MAX_LIMIT, STATUSES
 from palyra_py.registry import RegistryError
-from palyra_py.tokens import add_token, format_token, new_token_id, remove_token
+from palyra_py.tokens import (
+    DEFAULT_SCOPES,
+    MAX_EXPIRES_IN_S,
+    ApiToken,
+    add_token,
+    format_token,
+    new_token_id,
+    remove_token,
+    token_secret_ref,
+    validate_token_fields,
+)
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -105,28 +116,54 @@ class DeliveriesApi:
 
     # -- tokens --------------------------------------------------------------------------
 
+    def _token_dict(self, token: ApiToken) -> dict[str, Any]:
+        out = token.to_dict()
+        used = self.d.token_usage.last_used(token.token_id)
+        out["last_used_at"] = (None if used is None else datetime.fromtimestamp(used, UTC)
+                               .isoformat().replace("+00:00", "Z"))
+        return out
+
     async def list_tokens(self, request: web.Request) -> web.Response:
         tokens = sorted(self.d.registry.tokens.values(), key=lambda t: t.token_id)
-        return web.json_response({"tokens": [t.to_dict() for t in tokens]})
+        return web.json_response({"tokens": [self._token_dict(t) for t in tokens]})
 
     async def create_token(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
-        token_id = new_token_id()
-        secret = format_token(token_id, random_secrets.token_urlsafe(32))
-        ref = await store_secret(self.d.secrets, f"token:{token_id}", secret)
-        fields = {"token_id": token_id, "name": body.get("name"),
-                  "description": body.get("description", ""), "secret_ref": ref}
+        scopes = body.get("scopes", list(DEFAULT_SCOPES))
+        if scopes is None:
+            raise invalid("scopes: give 1 to 32 scopes (legacy tokens without scopes cannot"
+                          " be created any more)", "scopes")
+        expires_in = body.get("expires_in_s")
+        if expires_in is not None and (
+            isinstance(expires_in, bool) or not isinstance(expires_in, int)
+            or not 0 < expires_in <= MAX_EXPIRES_IN_S
+        ):
+            raise invalid(f"expires_in_s: an integer from 1 to {MAX_EXPIRES_IN_S} (seconds)",
+                          "expires_in_s")
         now = self.d.now_dt()
+        token_id = new_token_id()
+        fields = {"token_id": token_id, "name": body.get("name"),
+                  "description": body.get("description", ""), "scopes": scopes,
+                  "expires_at": None if expires_in is None else now + timedelta(
+                      seconds=expires_in),
+                  "secret_ref": token_secret_ref(token_id)}
+        try:  # refused before the token is drawn and stored
+            validate_token_fields(fields)
+        except RegistryError as exc:
+            raise registry_error(exc) from None
+        secret = format_token(token_id, random_secrets.token_urlsafe(32))
+        fields["secret_ref"] = await store_secret(self.d.secrets, f"token:{token_id}", secret)
         try:
             await self.d.edit_registry(lambda doc: add_token(doc, fields, now))
         except RegistryError as exc:
             await asyncio.to_thread(self.d.secrets.delete, f"token:{token_id}")
             raise registry_error(exc) from None
+        token = self.d.registry.tokens[token_id]
         await self.d.append(kind="daemon.token_created", source="admin",
-                            payload={"token_id": token_id, "name": fields["name"]})
-        return web.json_response(
-            {"token": self.d.registry.tokens[token_id].to_dict(), "secret": secret}, status=201
-        )
+                            payload={"token_id": token_id, "name": token.name,
+                                     "scopes": list(token.scopes or ())})
+        return web.json_response({"token": self._token_dict(token), "secret": secret},
+                                 status=201)
 
     async def revoke_token(self, request: web.Request) -> web.Response:
         token_id = request.match_info["id"]

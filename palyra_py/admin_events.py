@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import re
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ from aiohttp import web
 
 from palyra_py.admin_errors import ApiError, invalid, read_json_object
 from palyra_py.journal import EventFilter, JournalUnavailable, ReplayKey
+from palyra_py.providers import PROVIDER_NAMES
 from palyra_py.published import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.redact import redact
 from palyra_py.stream import (
@@ -21,17 +23,25 @@ from palyra_py.stream import (
     TooManyOwnerStreams,
     wildcard_chars,
 )
+from palyra_py.tokens import Principal
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
 
 EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
 SEVERITIES = ("info", "warn", "error")
-TOKEN_SOURCE = web.RequestKey("token_source", str)
-"""Set on requests that came over TCP with a valid token: the token's source name."""
+PRINCIPAL = web.RequestKey("principal", Principal)
+"""Set on requests that came over TCP with a valid token: who it speaks for."""
 SOURCE_NAME = re.compile(r"^[A-Za-z0-9._:/@-]{1,128}$")
 RESERVED_SOURCES = tuple(sorted(SYSTEM_SOURCES))
 PUBLISH_NAMESPACE = "(publish)"  # not a valid integration id, so never collides with one
+PROVIDER_NAMESPACES = tuple(sorted(
+    {variant for name in PROVIDER_NAMES
+     for variant in (name, name.replace("-", "_"), name.replace("_", "-"))}
+    | {"svix", "webhook", "webhooks"}
+))
+"""Type namespaces no publisher may use: received webhooks are published as
+``<provider>.<event>``, so an event of one of these types would pass for one."""
 IDEMPOTENCY_WINDOW_S = 24 * 3600
 MAX_SUMMARY_BYTES = 240
 MAX_DATA_BYTES = 8 * 1024
@@ -99,17 +109,41 @@ def check_stream_patterns(flt: EventFilter, max_patterns: int) -> None:
 
 
 def filter_from_query(request: web.Request) -> EventFilter:
+    """The query's filter; on the TCP listener also limited to what the token may read."""
     q = request.query
     types = tuple(t for t in q.getall("type", []) if t)
     if len(types) > 64 or any(len(t) > 128 for t in types):
         raise invalid("type: at most 64 patterns of at most 128 characters", "type")
-    return EventFilter(
+    flt = EventFilter(
         types=types,
         integration_id=q.get("integration") or None,
         source=q.get("source") or None,
         since_ms=parse_time_ms(q["since"], "since") if q.get("since") else None,
         until_ms=parse_time_ms(q["until"], "until") if q.get("until") else None,
     )
+    principal = request.get(PRINCIPAL)
+    scope = None if principal is None else principal.read_scope()
+    return flt if scope is None else dataclasses.replace(flt, visible=scope)
+
+
+def type_namespace(name: str) -> str:
+    """``github`` for ``github.push`` (and for ``github:push``)."""
+    return re.split(r"[.:]", name, maxsplit=1)[0]
+
+
+def token_source(principal: Principal, integrations: Mapping[str, object]) -> str:
+    """The default ``source`` of what a token publishes: its name when that is a valid
+    source that is neither the daemon's nor an integration's, else ``token:<token_id>``."""
+    name = principal.name
+    if SOURCE_NAME.fullmatch(name) and name not in RESERVED_SOURCES and name not in integrations:
+        return name
+    return principal.tag
+
+
+def publish_namespace(principal: Principal | None) -> str:
+    """Where a publisher's idempotency keys live: ``(publish)`` on the admin socket,
+    ``(publish:<token_id>)`` for each token (neither is a valid integration id)."""
+    return PUBLISH_NAMESPACE if principal is None else f"(publish:{principal.token_id})"
 
 
 TokenHandler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -173,8 +207,10 @@ class EventsApi:
         task = asyncio.current_task()
         assert task is not None
         try:
-            # A token's streams are bounded per token; the admin socket's are not.
-            owner = request.get(TOKEN_SOURCE)
+            # A token's streams are bounded per token (by id: two tokens may share a
+            # name); the admin socket's are not.
+            principal = request.get(PRINCIPAL)
+            owner = None if principal is None else principal.tag
             async with self.d.stream_hub.open_sse(flt, cursor, owner) as client:
                 if request.method != "HEAD":
                     # A stream on the ingress listener leaves the connection pool (streams
@@ -202,7 +238,10 @@ class EventsApi:
     async def emit(self, request: web.Request) -> web.Response:
         """Publish an event (``palyra system events emit``, the Python client, apps)."""
         body = await read_json_object(request)
-        default_source = request.get(TOKEN_SOURCE) or "operator"
+        principal = request.get(PRINCIPAL)
+        integrations = self.d.registry.integrations
+        default_source = "operator" if principal is None else token_source(principal,
+                                                                           integrations)
         name = body.get("type", body.get("name"))
         if not isinstance(name, str) or not EVENT_NAME.fullmatch(name.strip().lower()):
             raise invalid("type: 1-64 characters of a-z 0-9 . _ : -", "type")
@@ -212,6 +251,15 @@ class EventsApi:
                 f"type: the prefixes {', '.join(RESERVED_PREFIXES)} are reserved for the daemon",
                 "type",
             )
+        if type_namespace(name) in PROVIDER_NAMESPACES:
+            raise invalid(
+                f"type: {type_namespace(name)}.* is a provider's namespace: received webhooks"
+                " are published under it, so no one may publish into it", "type",
+            )
+        if principal is not None and not principal.can_publish(name):
+            raise ApiError(403, "scope_denied",
+                           f"token {principal.token_id} may not publish {name!r}"
+                           " (no publish scope matches it)")
         severity = body.get("severity", "info")
         if severity not in SEVERITIES:
             raise invalid(f"severity: one of {', '.join(SEVERITIES)}", "severity")
@@ -231,17 +279,23 @@ class EventsApi:
             raise invalid("source: 1-128 characters of A-Z a-z 0-9 . _ : / @ -", "source")
         if source in RESERVED_SOURCES:
             raise invalid(f"source: {', '.join(RESERVED_SOURCES)} are the daemon's own", "source")
+        if source in integrations:
+            raise invalid(f"source: {source!r} is an integration's id: its received webhooks"
+                          " carry it, so published events may not", "source")
         key = body.get("idempotency_key")
         replay_key = None
         if key is not None:
             if not isinstance(key, str) or not 0 < len(key) <= 128 or not key.isprintable():
                 raise invalid("idempotency_key: 1 to 128 printable characters", "idempotency_key")
-            # The same mechanism as inbound replay protection, in its own namespace.
-            replay_key = ReplayKey(PUBLISH_NAMESPACE, key, IDEMPOTENCY_WINDOW_S)
+            # The same mechanism as inbound replay protection, in a namespace of the
+            # publisher's own: one token cannot suppress another's events with its keys.
+            replay_key = ReplayKey(publish_namespace(principal), key, IDEMPOTENCY_WINDOW_S)
         clean, redacted = redact(data)
         payload: dict[str, Any] = {"data": clean}
         if summary:
             payload["summary"] = summary
+        if principal is not None:
+            payload["published_by"] = principal.tag
         result = await self.d.append(
             kind=name, source=source, payload=payload, actor=actor or source,
             event_type=name, severity=severity, redacted=redacted, replay_key=replay_key,

@@ -20,12 +20,12 @@ from typing import Any
 
 import structlog
 import tomlkit
-from aiohttp import web
+from aiohttp import web, web_response
 
 from palyra_py import __version__
 from palyra_py.admin_deliveries import DeliveriesApi
 from palyra_py.admin_errors import ApiError, error_middleware
-from palyra_py.admin_events import SOURCE_NAME, TOKEN_SOURCE, EventsApi, body_capped
+from palyra_py.admin_events import PRINCIPAL, EventsApi, body_capped
 from palyra_py.admin_subscriptions import SubscriptionsApi
 from palyra_py.admin_webhooks import WebhooksApi
 from palyra_py.bus import SeqBus
@@ -45,9 +45,24 @@ from palyra_py.settings import Settings, SettingsError, load_settings, parse_lis
 from palyra_py.ssrf import AddressPolicy
 from palyra_py.stream import StreamHub
 from palyra_py.subscriptions import update_subscription
-from palyra_py.tokens import split_token, token_matches
+from palyra_py.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
+from palyra_py.tokens import Principal, split_token, token_matches
 
 log = structlog.get_logger("palyra.daemon")
+
+TOKEN_REFUSALS = frozenset({"unauthorized", "token_expired", "scope_denied"})
+"""The refusals of the token routes, counted in ``palyra_token_refusals_total``."""
+
+SERVER_HEADER = "palyra"
+"""The ``Server`` header of every answer on every listener: no version banner."""
+
+
+def hide_server_version() -> None:
+    """aiohttp names itself and Python with their versions in every answer's ``Server``
+    header (``Python/3.11 aiohttp/3.14.5``), including the 400s its parser sends before any
+    handler runs; the daemon says ``palyra`` and nothing an advisory could be matched
+    against. aiohttp reads this module global when it prepares each answer."""
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
 class DaemonError(Exception):
@@ -136,6 +151,7 @@ class Daemon:
         self.retention_passes = 0
         self.retention_ran = asyncio.Event()
         """Set after each retention pass (tests await it instead of a timer)."""
+        self.token_usage = TokenUsage(self.state_dir / USAGE_FILE)
 
     def _committed(self, seq: int) -> None:
         self.metrics.committed(seq)
@@ -242,8 +258,10 @@ class Daemon:
 
     # -- tokens (publishing and streaming over TCP) ---------------------------------------
 
-    async def authorize(self, request: web.Request) -> str:
-        """The caller's source name for a valid ``Authorization: Bearer`` token, else 401."""
+    async def authorize(self, request: web.Request) -> Principal:
+        """Who a valid ``Authorization: Bearer`` token speaks for, else 401 ``unauthorized``
+        (401 ``token_expired`` for a genuine token past its ``expires_at``). Notes the use
+        in memory (``token_usage``)."""
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
         parsed = split_token(value.strip()) if scheme.lower() == "bearer" else None
         token = self.registry.tokens.get(parsed[0]) if parsed else None
@@ -255,13 +273,32 @@ class Daemon:
             raise ApiError(401, "unauthorized", "the token's secret is unavailable") from None
         if not token_matches(expected, parsed[1]):
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
-        return token.name if SOURCE_NAME.fullmatch(token.name) else f"token:{token.token_id}"
+        now = self.clock()
+        if token.expires_at is not None and now >= token.expires_at.timestamp():
+            expired = token.expires_at.isoformat().replace("+00:00", "Z")
+            raise ApiError(401, "token_expired",
+                           f"token {token.token_id} expired at {expired}; create a new one"
+                           " (palyra tokens create) and revoke this one")
+        self.token_usage.touch(token.token_id, int(now))
+        return Principal.of(token)
 
-    def _token_required(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    def _token_required(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                        scope: str = "", allowed: Callable[[Principal], bool] | None = None,
                         ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` behind a valid token (``request[PRINCIPAL]``); with ``allowed``, a
+        token it refuses gets 403 ``scope_denied`` naming ``scope``."""
         async def guarded(request: web.Request) -> web.StreamResponse:
-            request[TOKEN_SOURCE] = await self.authorize(request)
-            return await handler(request)
+            try:
+                principal = await self.authorize(request)
+                if allowed is not None and not allowed(principal):
+                    raise ApiError(403, "scope_denied",
+                                   f"token {principal.token_id} lacks the {scope} scope")
+                request[PRINCIPAL] = principal
+                return await handler(request)
+            except ApiError as exc:
+                if exc.code in TOKEN_REFUSALS:  # a bounded label: three codes
+                    self.metrics.token_refusals.labels(exc.code).inc()
+                raise
 
         async def rendered(request: web.Request) -> web.StreamResponse:
             return await error_middleware(request, guarded)
@@ -341,12 +378,24 @@ class Daemon:
         app = web.Application(client_max_size=32 * 1024 * 1024 + 1)
         app.add_routes(self.ingress.routes())
         events = EventsApi(self)
+
+        def can_read(principal: Principal) -> bool:
+            return principal.can_read
+
+        def can_scrape(principal: Principal) -> bool:
+            return principal.can_scrape_metrics
+
         app.add_routes([
             web.post("/v1/events", self._token_required(body_capped(events.emit))),
-            web.get("/v1/events/stream", self._token_required(body_capped(events.stream))),
+            web.get("/v1/events", self._token_required(body_capped(events.list), "read",
+                                                       can_read)),
+            web.get("/v1/events/stream",
+                    self._token_required(body_capped(events.stream), "read", can_read)),
         ])
+        metrics = (self._metrics if self.settings.get("metrics", "public")
+                   else self._token_required(self._metrics, "metrics", can_scrape))
         app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz),
-                        web.get("/metrics", self._metrics)])
+                        web.get("/metrics", metrics)])
         return app
 
     def _admin_app(self) -> web.Application:
@@ -397,6 +446,7 @@ class Daemon:
         return budget
 
     async def start(self) -> None:
+        hide_server_version()
         prepare_state_dir(self.state_dir)
         self.fd_budget = budget = self._fit_open_file_limit()
         ssl_ctx = self._ssl_context()
@@ -413,6 +463,7 @@ class Daemon:
         except RegistryError as exc:
             raise DaemonError(f"registry invalid: {exc}") from None
         self._activate(registry)
+        self.token_usage.load()
         try:
             await self.journal.start()
         except Exception as exc:
@@ -504,6 +555,7 @@ class Daemon:
         )
         self._tasks.append(asyncio.create_task(self._flush_rejections_forever()))
         self._tasks.append(asyncio.create_task(self._retention_forever()))
+        self._tasks.append(asyncio.create_task(self._token_usage_forever()))
         log.info("daemon_started", version=__version__, ingress=self.listeners[0].address,
                  admin_socket=str(sock_path), state_dir=str(self.state_dir),
                  registry_integrations=len(self.registry.integrations))
@@ -527,6 +579,7 @@ class Daemon:
             await self.rejections.flush(self.journal)
             await self.journal.append(NewEvent(kind="daemon.stopped", source="daemon",
                                                payload={"pid": os.getpid()}))
+        await asyncio.to_thread(self.token_usage.flush, set(self.registry.tokens))
         await self.sender.close()
         await self.deliveries.close()
         await self.journal.close()
@@ -541,6 +594,11 @@ class Daemon:
             await asyncio.sleep(window)
             if self.rejections.pending():
                 await self.rejections.flush(self.journal)
+
+    async def _token_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await asyncio.to_thread(self.token_usage.flush, set(self.registry.tokens))
 
     async def _retention_forever(self) -> None:
         days = self.settings.get("journal", "retention_days")

@@ -144,6 +144,9 @@ class EventFilter:
     """Inclusive lower bound on ``ts_unix_ms``."""
     until_ms: int | None = None
     """Exclusive upper bound on ``ts_unix_ms``."""
+    visible: Callable[[JournalEvent], bool] | None = None
+    """A last check in Python (never in SQL), e.g. what an API token may read
+    (``tokens.ReadScope``); hashable, so that equal filters still share a stream group."""
 
     def matches(self, event: JournalEvent) -> bool:
         """The rules ``Journal.list`` applies, for live streams."""
@@ -159,7 +162,9 @@ class EventFilter:
             return False
         if self.since_ms is not None and event.ts_unix_ms < self.since_ms:
             return False
-        return self.until_ms is None or event.ts_unix_ms < self.until_ms
+        if self.until_ms is not None and event.ts_unix_ms >= self.until_ms:
+            return False
+        return self.visible is None or self.visible(event)
 
 
 @dataclass(frozen=True, slots=True)
@@ -407,7 +412,8 @@ class Journal:
             want = limit - len(found)
             # An exact SQL filter reads only what is needed; a coarse one (glob classes)
             # reads bigger chunks and the rest of the filtering happens here.
-            chunk = want if where.exact else min(max(want, _LIST_CHUNK_MIN), _LIST_CHUNK_MAX)
+            exact = where.exact and flt.visible is None
+            chunk = want if exact else min(max(want, _LIST_CHUNK_MIN), _LIST_CHUNK_MAX)
 
             def page(store: JournalStore, after: int = cursor, size: int = chunk) -> list[Row]:
                 return store.select_events(where, after_seq=after, limit=size)

@@ -84,6 +84,9 @@ class Metrics:
         self._delivery_durations = Children(self.delivery_attempt_seconds)
         self.sse_clients = Gauge(
             "palyra_sse_clients", "Connected Server-Sent Events clients", registry=r)
+        self.token_refusals = Counter(
+            "palyra_token_refusals", "Token routes' refusals (unauthorized, token_expired,"
+            " scope_denied) by reason", ["reason"], registry=r)
         self._head = 0
 
     def committed(self, seq: int) -> None:

@@ -44,11 +44,18 @@ class PublishedEvent:
     actor: str | None
     seq: int
     """The journal seq: the SSE id, never part of the body."""
+    published_by: str | None = None
+    """``token:<token_id>`` for an event an API token published (``POST /v1/events`` on the
+    ingress listener); ``None`` otherwise. A received webhook never has it."""
 
     def body(self) -> dict[str, Any]:
-        """The JSON object subscribers receive (a new dict each call; ``data`` is shared)."""
-        return {"id": self.id, "type": self.type, "timestamp": self.timestamp,
-                "data": self.data, "source": self.source, "actor": self.actor}
+        """The JSON object subscribers receive (a new dict each call; ``data`` is shared),
+        with ``published_by`` only when the event has one."""
+        out = {"id": self.id, "type": self.type, "timestamp": self.timestamp,
+               "data": self.data, "source": self.source, "actor": self.actor}
+        if self.published_by is not None:
+            out["published_by"] = self.published_by
+        return out
 
 
 def publish_type(provider: str, event: str) -> str:
@@ -59,27 +66,38 @@ def publish_type(provider: str, event: str) -> str:
     return f"{provider.strip().lower()}.{name}"
 
 
+def published_type(event: JournalEvent) -> str:
+    """The type subscribers and streams see for a journal event: ``<provider>.<event>`` for
+    a received webhook (``github.push``), the kind for every other event."""
+    if event.kind != "webhook.received":
+        return event.kind
+    name = event.event_type
+    if name is None:
+        found = event.payload.get("event")
+        name = found if isinstance(found, str) else ""
+    return publish_type(event.actor or "webhook", name)
+
+
 def from_journal(event: JournalEvent) -> PublishedEvent | None:
     """The published form of a journal event; ``None`` for ``delivery.*`` events."""
     if event.kind.startswith(NOT_PUBLISHED_PREFIX):
         return None
     payload = event.payload
+    published_by: str | None = None
     if event.kind == "webhook.received":
         provider = event.actor or "webhook"
-        name = event.event_type
-        if name is None:
-            found = payload.get("event")
-            name = found if isinstance(found, str) else ""
-        type_ = publish_type(provider, name)
+        type_ = published_type(event)
         data = _object(payload.get("payload"))
         actor: str | None = provider
     elif event.source not in SYSTEM_SOURCES:
         type_, data, actor = event.kind, _object(payload.get("data")), event.actor
+        found = payload.get("published_by")
+        published_by = found if isinstance(found, str) else None
     else:
         type_, data, actor = event.kind, payload, event.actor
     return PublishedEvent(
         id=event.event_id, type=type_, timestamp=format_time_ms(event.ts_unix_ms), data=data,
-        source=event.source, actor=actor, seq=event.seq,
+        source=event.source, actor=actor, seq=event.seq, published_by=published_by,
     )
 
 

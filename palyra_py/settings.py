@@ -103,6 +103,10 @@ SPECS: tuple[SettingSpec, ...] = (
         minimum=10,
     ),
     SettingSpec(
+        "metrics", "public", bool, False,
+        "Serve GET /metrics without a token (else a token with the metrics or admin scope)",
+    ),
+    SettingSpec(
         "delivery", "allow_private_networks", bool, False,
         "Allow deliveries to loopback and private addresses (cloud metadata stays blocked)",
     ),

@@ -888,6 +888,32 @@ def test_token_list_and_revoke(canned: CannedDaemon) -> None:
     assert "Revoked token t1" in revoked.stdout
 
 
+def test_token_create_sends_scopes_and_expiry_and_list_shows_them(
+    canned: CannedDaemon,
+) -> None:
+    token = {"token_id": "t2", "name": "app", "description": "", "legacy": False,
+             "scopes": ["publish:entry.*", "read:entry.*"], "expires_at": None,
+             "created_at": "2024-05-01T12:00:00.000Z", "last_used_at": None}
+    canned.routes[("POST", "/v1/tokens")] = (201, {"token": token, "secret": "plt_t2_s3cr3t"})
+    created = cli(canned, "tokens", "create", "app", "--scope", "publish:entry.*",
+                  "-s", "read:entry.*", "--expires", "90d", "--json")
+    assert created.exit_code == 0, created.output
+    assert canned.requests[-1]["body"] == {
+        "name": "app", "scopes": ["publish:entry.*", "read:entry.*"], "expires_in_s": 90 * 86400}
+    bad = cli(canned, "tokens", "create", "app", "--expires", "soon")
+    assert bad.exit_code == 2 and "--expires" in bad.output
+    legacy = {"token_id": "t1", "name": "old", "description": "", "legacy": True,
+              "scopes": None, "expires_at": None, "created_at": None, "last_used_at": None}
+    used = {**token, "expires_at": "2024-08-01T12:00:00Z",
+            "last_used_at": "2024-05-02T08:00:00Z"}
+    canned.routes[("GET", "/v1/tokens")] = (200, {"tokens": [legacy, used]})
+    text = flat(wide(canned, "tokens", "list").stdout)
+    assert "legacy: publish any type, read every event (no scopes set)" in text
+    assert "publish:entry.* read:entry.*" in text
+    assert "2024-08-01T12:00:00Z" in text and "2024-05-02T08:00:00Z" in text
+    assert "never" in text
+
+
 def test_emit_with_idempotency_key_and_source(canned: CannedDaemon) -> None:
     canned.routes[("POST", "/v1/events")] = [
         (201, {"event_id": "01J0A", "seq": 5, "duplicate": False}),

@@ -923,7 +923,8 @@ async def test_a_stream_client_that_never_reads_is_cut_loose(fresh: World) -> No
 # -- one token's streams and bodies (issue 9, item 2) ---------------------------------------
 
 async def new_token(world: World, name: str) -> str:
-    async with world.admin.post("/v1/tokens", json={"name": name}) as resp:
+    async with world.admin.post("/v1/tokens",
+                                json={"name": name, "scopes": ["publish", "read"]}) as resp:
         created = await resp.json()
         assert resp.status == 201, created
     secret: str = created["secret"]
@@ -932,6 +933,11 @@ async def new_token(world: World, name: str) -> str:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+def owner_of(token: str) -> str:
+    """How the stream hub names a token's streams: ``token:<token_id>``."""
+    return "token:" + token.split("_")[1]
 
 
 @contextlib.asynccontextmanager
@@ -983,11 +989,11 @@ async def test_a_token_gets_at_most_its_streams_and_each_stream_its_patterns(
         async with fresh.admin.get("/v1/events/stream", params=seventeen) as resp:
             assert (resp.status, (await resp.json())["error"]) == (400, "too_many_patterns")
         async with open_streams(http, first, [sixteen] * 16):
-            assert hub.owned("app-one") == 16
+            assert hub.owned(owner_of(first)) == 16
             assert await refused_stream(http, first, []) == (429, "too_many_streams_for_token")
             # The limit is the token's own: another token, and the admin socket, still stream.
             async with open_streams(http, second, [[]]):
-                assert hub.owned("app-two") == 1
+                assert hub.owned(owner_of(second)) == 1
             async with fresh.admin.get("/v1/events/stream") as resp:
                 assert await resp.content.readline() == b": palyra event stream\n"
     await assert_healthy(fresh.port)
@@ -1201,8 +1207,10 @@ async def test_one_address_reconnecting_cannot_take_every_slot() -> None:
 
 
 async def test_a_token_filling_the_stream_cap_leaves_providers_their_slots() -> None:
-    async with slots_daemon(ingress__max_connections=8, stream__max_clients=16) as world:
-        async with world.admin.post("/v1/tokens", json={"name": "greedy"}) as resp:
+    async with slots_daemon(ingress__max_connections=8, stream__max_clients=16,
+                            stream__max_per_token=32) as world:
+        async with world.admin.post("/v1/tokens",
+                                    json={"name": "greedy", "scopes": ["read"]}) as resp:
             token = (await resp.json())["secret"]
         stream = request_bytes("GET", "/v1/events/stream",
                                [("Authorization", f"Bearer {token}")])
@@ -1249,3 +1257,122 @@ async def test_unfinished_heads_are_cut_off_at_max_head_bytes(world: World) -> N
         for conn in conns:
             await conn.close()
     await assert_healthy(world.port)
+
+
+# -- hostile token holders (issue 9: token scopes, items 3 and 15) -----------------------------
+
+
+async def token_of(world: World, name: str, *scopes: str) -> dict[str, str]:
+    fields: dict[str, Any] = {"name": name, **({"scopes": list(scopes)} if scopes else {})}
+    async with world.admin.post("/v1/tokens", json=fields) as resp:
+        answer = await resp.json()
+        assert resp.status == 201, answer
+    return {"Authorization": f"Bearer {answer['secret']}"}
+
+
+async def as_token(world: World, bearer: dict[str, str], method: str, path: str,
+                   body: Any = None, **query: str) -> tuple[int, str]:
+    """``(status, body text)`` of one request to the TCP listener with ``bearer``."""
+    async with aiohttp.ClientSession() as http, http.request(
+        method, f"http://127.0.0.1:{world.port}{path}", json=body, params=query,
+        headers=bearer,
+    ) as resp:
+        return resp.status, await resp.text()
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    pytest.param({"type": "github.push", "source": "gh", "actor": "github"}, "type",
+                 id="github-push-as-gh"),
+    pytest.param({"type": " GitHub.Push "}, "type", id="github-mixed-case"),
+    pytest.param({"type": "github:push"}, "type", id="github-colon"),
+    pytest.param({"name": "gitlab.push_hook"}, "type", id="gitlab-via-name"),
+    pytest.param({"type": "stripe.charge.succeeded"}, "type", id="stripe"),
+    pytest.param({"type": "slack"}, "type", id="slack-bare"),
+    pytest.param({"type": "shopify.orders_create"}, "type", id="shopify"),
+    pytest.param({"type": "standard-webhooks.invoice.paid"}, "type", id="standard-webhooks"),
+    pytest.param({"type": "standard_webhooks.invoice.paid"}, "type", id="standard_webhooks"),
+    pytest.param({"type": "generic.ping"}, "type", id="generic"),
+    pytest.param({"type": "svix.x"}, "type", id="svix"),
+    pytest.param({"type": "palyra.test", "data": {"subscription_id": "s"}}, "type",
+                 id="palyra-test"),
+    pytest.param({"type": "webhook.received"}, "type", id="webhook-received"),
+    pytest.param({"type": "entry.created", "source": "gh"}, "source", id="integration-source"),
+    pytest.param({"type": "entry.created", "source": "pay", "actor": "stripe"}, "source",
+                 id="stripe-integration-source"),
+])
+async def test_a_token_cannot_publish_as_a_provider(
+    world: World, body: dict[str, Any], field: str
+) -> None:
+    bearer = await token_of(world, "forger")
+    before = await world.head()
+    status, text = await as_token(world, bearer, "POST", "/v1/events", body)
+    answer = json.loads(text)
+    assert (status, answer["error"], answer.get("field")) == (400, "invalid_request", field)
+    assert await world.head() == before
+    await assert_healthy(world.port)
+
+
+@pytest.mark.parametrize("event_type", ["entry", "entryx.created", "other.entry.created",
+                                        "deploy.done"])
+async def test_a_publish_glob_is_not_escaped(
+    world: World, event_type: str
+) -> None:
+    bearer = await token_of(world, "narrow", "publish:entry.*")
+    before = await world.head()
+    status, text = await as_token(world, bearer, "POST", "/v1/events", {"type": event_type})
+    assert (status, json.loads(text)["error"]) == (403, "scope_denied")
+    assert await world.head() == before
+
+
+@pytest.mark.parametrize("scopes", [("read",), ("read:*",), ("read:*.*",), ("read:?ithub.*",),
+                                    ("read:webhook.*",), ("read:gh*",), ("publish:github.*",)])
+async def test_a_broad_read_glob_never_shows_a_received_webhook(
+    world: World, scopes: tuple[str, ...]
+) -> None:
+    # A body of its own: the same signed content twice would be a replay (a duplicate).
+    body = json.dumps({"ref": "refs/heads/secret-branch", "n": uuid.uuid4().hex}).encode()
+    assert (await post(world, "/hooks/gh", gh_headers(body), body)).status == 202
+    bearer = await token_of(world, "snoop", *scopes)
+    status, text = await as_token(world, bearer, "GET", "/v1/events", limit="10000")
+    assert status == (403 if scopes[0].startswith("publish") else 200), text
+    assert "secret-branch" not in text and "webhook.received" not in text
+
+
+async def test_a_guessed_idempotency_key_suppresses_nothing(
+    world: World
+) -> None:
+    squatter, victim = await token_of(world, "squatter"), await token_of(world, "victim")
+    event = {"type": "billing.invoice_sent", "idempotency_key": "invoice-2026-0001"}
+    assert (await as_token(world, squatter, "POST", "/v1/events", event))[0] == 201
+    status, text = await as_token(world, victim, "POST", "/v1/events", event)
+    assert (status, json.loads(text)["duplicate"]) == (201, False)
+
+
+@pytest.mark.parametrize("authorization", [
+    "Bearer", "Bearer ", "Basic cGx0Og==", "Bearer plt_", "Bearer plt_abcdefgh_" + "A" * 16,
+    "Bearer plt_ABCDEFGH_" + "A" * 16, "Bearer " + "plt_" + "a" * 5000,
+    "Bearer plt_abcdefgh_" + "A" * 16 + "\u00e9",
+])
+async def test_malformed_or_unknown_tokens_are_401_everywhere(
+    world: World, authorization: str
+) -> None:
+    for method, path in [("POST", "/v1/events"), ("GET", "/v1/events"),
+                         ("GET", "/v1/events/stream"), ("GET", "/metrics")]:
+        raw = request_bytes(method, path, [("Authorization", authorization)],
+                            b'{"type": "a.b"}' if method == "POST" else b"")
+        resp = await exchange(world.port, raw, timeout=5)
+        assert resp.status in (400, 401), (path, resp.status)
+        if resp.status == 401:
+            assert resp.json()["error"] == "unauthorized"
+    await assert_healthy(world.port)
+
+
+async def test_metrics_and_banners_leak_nothing_to_strangers(world: World) -> None:
+    resp = await exchange(world.port, request_bytes("GET", "/metrics"), timeout=5)
+    assert_refused(resp, 401, "unauthorized")
+    assert "gh" not in resp.body.decode()
+    for raw in (request_bytes("GET", "/healthz"),
+                b"GET /healthz HTTP/1.1\r\nHost: x\r\nno colon here\r\n\r\n",
+                b"BREW /healthz HTTP/1.1\r\nHost: x\r\n\r\n"):
+        answer = await exchange(world.port, raw, timeout=5)
+        assert answer.headers.get("server") == "palyra", answer.headers

@@ -312,7 +312,9 @@ async def test_metrics_count_answers_with_bounded_labels(
         async with http.post(daemon.ingress_url_for(f"stranger-{i}", local=True)) as resp:
             assert resp.status == 404
     base = daemon.ingress_url_for("x", local=True).rsplit("/hooks", 1)[0]
-    async with http.get(f"{base}/metrics") as resp:
+    async with admin.post("/v1/tokens", json={"name": "prom", "scopes": ["metrics"]}) as resp:
+        bearer = {"Authorization": f"Bearer {(await resp.json())['secret']}"}
+    async with http.get(f"{base}/metrics", headers=bearer) as resp:
         text = await resp.text()
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")
     assert ('palyra_ingress_requests_total{integration="gh",reason="accepted",status="202"} 1.0'

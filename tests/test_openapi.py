@@ -147,7 +147,8 @@ async def test_tcp_listener_extension_lists_the_ingress_routes(
     listed = spec["x-tcp-listener"]["routes"]
     assert {r["path"] for r in listed} == registered
     tokened = {(r["method"], r["path"]) for r in listed if r["auth"] == "palyraToken"}
-    assert tokened == {("POST", "/v1/events"), ("GET", "/v1/events/stream")}
+    assert tokened == {("POST", "/v1/events"), ("GET", "/v1/events"),
+                       ("GET", "/v1/events/stream")}
     assert all(r["path"] in spec["paths"] for r in listed if r["auth"] == "palyraToken")
     assert "/metrics" not in spec["paths"]
     assert spec["components"]["securitySchemes"]["palyraToken"]["scheme"] == "bearer"
@@ -431,7 +432,12 @@ async def test_outbound_answers_match_the_spec(
             body = await resp.json()
             assert resp.status == 201 and errors_of(published, body) == []
         async with http.get(f"{base}/metrics") as resp:
-            assert resp.status == 200 and resp.content_type == "text/plain"
+            body = await resp.json()
+            assert resp.status == 401 and errors_of(error, body) == []
+        async with http.get(f"{base}/metrics", headers=bearer) as resp:
+            body = await resp.json()  # the default scope is publish alone
+            assert resp.status == 403 and body["error"] == "scope_denied"
+            assert errors_of(error, body) == []
         revoked = await api.call("DELETE", "/v1/tokens/{id}", 200, id=token_id)
         assert revoked == {"status": "revoked", "token_id": token_id}
         async with http.post(f"{base}/v1/events", json={"type": "job.tcp"},

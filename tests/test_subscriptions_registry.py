@@ -731,7 +731,8 @@ def test_tokens_round_trip_and_never_show_the_secret() -> None:
     assert token == ApiToken("k3x9q2m7a4bd", "Billing app", "keyring:token:k3x9q2m7a4bd",
                              "prod", NOW)
     assert token.to_dict() == {"token_id": "k3x9q2m7a4bd", "name": "Billing app",
-                               "description": "prod", "created_at": "2025-03-01T12:00:00Z"}
+                               "description": "prod", "created_at": "2025-03-01T12:00:00Z",
+                               "scopes": None, "legacy": True, "expires_at": None}
     assert ApiToken(**validate_token_fields(dataclasses.asdict(token))) == token
     out = _edit(out, lambda doc: remove_token(doc, "k3x9q2m7a4bd"))
     assert out == MIXED

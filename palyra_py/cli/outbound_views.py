@@ -449,17 +449,32 @@ def stats_view(stats: Mapping[str, Any]) -> Group:
 # --- tokens ---------------------------------------------------------------------------
 
 
+LEGACY_RIGHTS = "legacy: publish any type, read every event (no scopes set)"
+
+
+def token_rights(item: Mapping[str, Any]) -> str:
+    """A token's scopes as ``tokens list`` shows them; a legacy token's rights in words."""
+    scopes = item.get("scopes")
+    if item.get("legacy") or scopes is None:
+        return LEGACY_RIGHTS
+    return " ".join(str(scope) for scope in scopes) if isinstance(scopes, list) else "?"
+
+
 def tokens_table(tokens: Sequence[Mapping[str, Any]]) -> Table:
     rows = (
         (
             output.text(item.get("token_id")),
             output.text(item.get("name")),
+            output.text(token_rights(item)),
+            output.moment(item.get("expires_at")) if item.get("expires_at") else "never",
+            output.moment(item.get("last_used_at")) if item.get("last_used_at") else "never",
             output.text(item.get("description")),
             output.moment(item.get("created_at")),
         )
         for item in tokens
     )
-    return output.table(("id", "name", "description", "created"), rows, no_wrap=("id", "created"))
+    return output.table(("id", "name", "scopes", "expires", "last used", "description",
+                         "created"), rows, no_wrap=("id", "created"))
 
 
 def curl_example(base_url: str) -> str:

@@ -17,9 +17,10 @@ from palyra_py.cli.session import (
     confirm_or_exit,
     run_read,
 )
+from palyra_py.cli.webhook_inputs import duration_option, split_list
 
 app = typer.Typer(
-    help="Publishing tokens: applications send events to POST /v1/events over HTTP.",
+    help="API tokens: applications publish and read events and scrape /metrics over HTTP.",
     no_args_is_help=True,
 )
 
@@ -62,23 +63,48 @@ def create(
     description: Annotated[
         str | None, typer.Option("--description", metavar="TEXT", help="A note for people.")
     ] = None,
+    scope: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--scope", "-s", metavar="SCOPE",
+            help="What it may do (repeatable, or comma-separated): publish[:GLOB],"
+                 " read[:GLOB], metrics, admin. Default: publish.",
+            show_default=False,
+        ),
+    ] = None,
+    expires: Annotated[
+        str | None,
+        typer.Option("--expires", metavar="DURATION",
+                     help="Refuse it (401 token_expired) after this long, e.g. 90d, 12h.",
+                     show_default=False),
+    ] = None,
     state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Create a token for publishing events over HTTP, shown once.
+    """Create an API token for the ingress listener, shown once.
 
     Applications send it as "Authorization: Bearer <token>" to POST
-    /v1/events (or GET /v1/events/stream) on the ingress listener. The
+    /v1/events (publish scope), GET /v1/events and /v1/events/stream (read
+    scope) or GET /metrics (metrics scope) on the ingress listener. A GLOB
+    limits the event types (publish:entry.*). Received webhooks and the
+    daemon's own events are read only with a glob naming their namespace
+    (read:github.*): read and read:* give what applications publish. The
     token is printed once, with a curl example; with --json it is in the
     JSON answer, once.
 
     Example:
 
-    $ palyra tokens create ci --description "deploy notifications"
+    $ palyra tokens create ci --scope 'publish:deploy.*' --scope 'read:deploy.*' --expires 90d
     """
     fields: dict[str, Any] = {"name": name}
     if description is not None:
         fields["description"] = description
+    scopes = split_list(scope)
+    if scopes:
+        fields["scopes"] = scopes
+    expires_in_s = duration_option(expires, "--expires")
+    if expires_in_s is not None:
+        fields["expires_in_s"] = expires_in_s
     with admin_session(state_dir, json_output=json_output) as client:
         base_url = PLACEHOLDER_URL if json_output else _base_url(client)
         answer = client.create_token(fields)
@@ -94,7 +120,11 @@ def create(
 
 @app.command("list")
 def list_(state_dir: StateDirOption = None, json_output: JsonOption = False) -> None:
-    """List publishing tokens (never the tokens themselves).
+    """List API tokens: scopes, expiry, last use (never the tokens themselves).
+
+    A token created before scopes existed shows "legacy: ..." with the rights
+    it keeps. Last use is kept in memory and saved every minute, so it may
+    lag a crash by that much.
 
     Example:
 
