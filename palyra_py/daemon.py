@@ -36,6 +36,7 @@ from palyra_py.ingress import ActiveIntegration, Ingress
 from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
 from palyra_py.listener import CappedTCPSite, ConnectionCap
 from palyra_py.metrics import Metrics
+from palyra_py.ownership import ForeignOwner, check_path_owner
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
 from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.rejections import RejectionLog
@@ -54,10 +55,16 @@ class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
 
-def prepare_state_dir(state_dir: Path) -> None:
+def prepare_state_dir(state_dir: Path, *, expected_uid: int | None = None) -> None:
     """Create the state dir 0700 (and tighten an existing one: it holds the journal, the
-    registry, the admin socket and maybe the fallback secrets file)."""
+    registry, the admin socket and maybe the fallback secrets file). An existing one owned
+    by another user than ``expected_uid`` (default: the effective uid) and root is refused
+    (``DaemonError``): that user could loosen it again or swap its files."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        check_path_owner(state_dir, what="the state dir", expected_uid=expected_uid)
+    except ForeignOwner as exc:
+        raise DaemonError(str(exc)) from None
     mode = stat.S_IMODE(state_dir.stat().st_mode)
     if mode != 0o700:
         os.chmod(state_dir, 0o700)
