@@ -33,7 +33,7 @@ from palyra_py.delivery_store import DELIVERIES_FILE, DeliveryStore, DeliverySto
 from palyra_py.dispatcher import Dispatcher
 from palyra_py.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.ingress import ActiveIntegration, Ingress
-from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
+from palyra_py.journal import AppendResult, Journal, JournalDamaged, JournalUnavailable, NewEvent
 from palyra_py.listener import CappedTCPSite, ConnectionCap
 from palyra_py.metrics import Metrics
 from palyra_py.ownership import ForeignOwner, check_path_owner
@@ -51,8 +51,17 @@ from palyra_py.tokens import split_token, token_matches
 log = structlog.get_logger("palyra.daemon")
 
 
+EXIT_CANNOT_START = 1
+EXIT_JOURNAL_DAMAGED = 3
+"""``palyra daemon run`` refused to start on a damaged journal (docs/cli.md)."""
+
+
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_CANNOT_START) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
 
 def prepare_state_dir(state_dir: Path, *, expected_uid: int | None = None) -> None:
@@ -116,6 +125,8 @@ class Daemon:
             clock=clock,
             batch_max=settings.get("journal", "batch_max"),
             on_commit=self._committed,
+            start_check_s=settings.get("journal", "start_check_s"),
+            on_unavailable=self._journal_unavailable,
         )
         self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
         cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
@@ -147,6 +158,21 @@ class Daemon:
     def _committed(self, seq: int) -> None:
         self.metrics.committed(seq)
         self.bus.publish(seq)
+
+    def _journal_unavailable(self, reason: str) -> None:
+        """The journal file was found removed, replaced or damaged: from now on nothing is
+        acknowledged, readiness is false, and the log and ``daemon status`` say why."""
+        log.error("journal_damaged" if self.journal.damaged else "journal_removed",
+                  error=reason)
+
+    def not_ready_because(self) -> tuple[str, str] | None:
+        """``(code, detail)`` of what keeps the daemon from taking events, else ``None``."""
+        if self._ingress is None or self.stopped.is_set():
+            return "not_started", "the daemon is starting or stopping"
+        journal = self.journal.check_file()
+        if journal is not None:
+            return "journal_unavailable", journal
+        return None
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -378,9 +404,11 @@ class Daemon:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self._ingress is not None and not self.stopped.is_set()
-        return web.json_response({"status": "ready" if ready else "not_ready"},
-                                 status=200 if ready else 503)
+        problem = self.not_ready_because()
+        if problem is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready", "reason": problem[0],
+                                  "detail": problem[1]}, status=503)
 
     def _fit_open_file_limit(self) -> FdBudget:
         """Raise the soft RLIMIT_NOFILE as far as the caps need; lower the caps (with a
@@ -422,8 +450,16 @@ class Daemon:
         self._activate(registry)
         try:
             await self.journal.start()
+        except JournalDamaged as exc:
+            raise DaemonError(f"refusing to start: {exc}",
+                              exit_code=EXIT_JOURNAL_DAMAGED) from None
         except Exception as exc:
             raise DaemonError(f"cannot open the journal: {exc}") from None
+        if self.journal.start_check == "incomplete":
+            log.warning("journal_check_incomplete",
+                        checked_s=self.settings.get("journal", "start_check_s"),
+                        hint="the quick check stopped at journal.start_check_s; run "
+                             "`palyra system events verify` to check the whole chain")
         self.bus.publish(await self.journal.last_seq())
         self.stream_hub = StreamHub(
             self.journal, self.bus,
@@ -648,7 +684,7 @@ def run_daemon(
         asyncio.run(_serve(daemon))
     except DaemonError as exc:
         log.error("daemon_cannot_start", error=str(exc))
-        return 1
+        return exc.exit_code
     except SettingsError as exc:
         log.error("settings_invalid", error=str(exc))
         return 2

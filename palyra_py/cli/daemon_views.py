@@ -74,6 +74,8 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("journal", output.text(journal.get("path"))),
         ("journal size", output.size(journal.get("size_bytes"))),
         ("last seq", output.text(journal.get("last_seq"))),
+        *([("journal problem", f"[red]{output.text(journal['problem'])}[/]")]
+          if journal.get("problem") else []),
         ("retention", output.text(journal.get("retention"))),
         ("integrations", integrations_text),
         ("keyring", keyring_text),
