@@ -59,6 +59,8 @@ class AdminApi:
             "listeners": [{"kind": x.kind, "address": x.address} for x in d.listeners],
             "admin_socket": str(d.socket_path),
             "registry": str(d.registry_file.path),
+            "deliveries": {"path": str(d.deliveries.path),
+                           "problem": d.deliveries.check_file()},
             "journal": {
                 "path": str(d.journal_path),
                 "size_bytes": d.journal.size_bytes(),
