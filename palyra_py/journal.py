@@ -309,8 +309,11 @@ class Journal:
 
     def check_file(self) -> str | None:
         """Check now that the path still names the open file and its header is sound (as
-        after every commit); the reason appends are refused, if any."""
-        return None if self._writer is None else self._writer.check_file()
+        after every commit, but for the file's size: only the writer compares it, between
+        its commits); the reason appends are refused, if any."""
+        if self._writer is None or self._closed:
+            return None if self._writer is None else self._writer.unavailable_reason
+        return self._writer.check_file()
 
     @property
     def commits(self) -> int:

@@ -23,6 +23,7 @@ from palyra_py.sqlite_files import (
     Outcome,
     QueueWriterThread,
     call_in_loop,
+    checkpoint_elsewhere,
     describe_sqlite_error,
     header_problem_of,
     is_corruption,
@@ -113,6 +114,8 @@ class GroupCommitWriter(QueueWriterThread):
         # One descriptor kept for the header check, closed only by ``release_file`` after
         # every connection: closing a descriptor of the file drops SQLite's POSIX locks.
         self._fd = _open_for_reading(path) if path is not None else None
+        # And the WAL index, to tell whether another process is inside a checkpoint.
+        self._shm_fd = _open_for_reading(Path(f"{path}-shm")) if path is not None else None
         self._gone: str | None = None
         self._damaged = False
         self._gone_lock = threading.Lock()
@@ -183,33 +186,50 @@ class GroupCommitWriter(QueueWriterThread):
         if self._path is not None:
             self._refuse_from_now(damaged_message(self._path, problem), damaged=True)
 
-    def check_file(self) -> str | None:
+    def check_file(self, *, sizes: bool = False) -> str | None:
         """Does the path still name the file this writer commits into, with a sound
         header? Else refuse every append from now on. Returns the reason, if any. Any
-        thread (cheap: a stat and a 100-byte read)."""
+        thread (cheap: a stat and a 100-byte read).
+
+        ``sizes`` also compares the file's size with its header's page count: only on the
+        writer thread between its commits (its own checkpoints are done then). A checkpoint
+        by another process leaves the header ahead of the file for a moment, so a short file
+        counts only when no other process held the checkpoint lock around two reads."""
         if self._gone is None and self._path is not None:
             if _inode(self._path) != self._inode:
                 self._refuse_from_now(
                     f"{self._path.name} was removed or replaced under the daemon; restart it "
                     "(events answered 503 were not acknowledged)")
             elif self._fd is not None:
-                try:
-                    problem = header_problem_of(self._fd)
-                except OSError as exc:
-                    problem = f"cannot read its header ({exc.strerror})"
+                problem = self._header_problem(sizes)
                 if problem is not None:
                     self.mark_damaged(problem)
         return self._gone
 
+    def _header_problem(self, sizes: bool) -> str | None:
+        assert self._fd is not None
+        try:
+            problem = header_problem_of(self._fd, sizes=False)
+            if problem is not None or not sizes:
+                return problem
+            for _ in range(2):
+                problem = header_problem_of(self._fd, sizes=True)
+                if problem is None or checkpoint_elsewhere(self._shm_fd):
+                    return None
+            return problem
+        except OSError as exc:
+            return f"cannot read its header ({exc.strerror})"
+
     def release_file(self) -> None:
         """Close the descriptor of the header check: only once every connection to the file
         in this process is closed (the writer's and the journal's reader)."""
-        fd, self._fd = self._fd, None
-        if fd is not None:
-            os.close(fd)
+        for fd in (self._fd, self._shm_fd):
+            if fd is not None:
+                os.close(fd)
+        self._fd = self._shm_fd = None
 
     def _file_gone(self) -> str | None:
-        return self.check_file()
+        return self.check_file(sizes=True)
 
     def _refusal(self, reason: str) -> JournalUnavailable:
         return JournalDamaged(reason) if self._damaged else JournalUnavailable(reason)
