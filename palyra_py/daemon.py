@@ -320,15 +320,8 @@ class Daemon:
         """``deliveries.db`` is missing. A first start (empty journal) or one without
         subscriptions has nothing to lose; otherwise the file was lost and where deliveries
         resume is the operator's choice, never a guess."""
-        for orphan in related_files(self.deliveries.path)[1:]:
-            if orphan.exists():  # a WAL without its database would be replayed into a new one
-                aside = orphan.with_name(f"{orphan.name}.orphaned-{int(self.clock())}")
-                orphan.rename(aside)
-                log.warning("delivery_store_orphan_moved", path=str(orphan), to=str(aside))
         head = await self.journal.last_seq()
-        if head == 0 or not self.registry.subscriptions:
-            return
-        if self._deliveries_from is None:
+        if head > 0 and self.registry.subscriptions and self._deliveries_from is None:
             raise DaemonError(
                 f"{self.deliveries.path} is missing, but the journal has events (head seq "
                 f"{head}) and there are {len(self.registry.subscriptions)} subscriptions: the "
@@ -340,6 +333,11 @@ class Daemon:
                 "2026-12-07T10:00Z (re-deliver from that time). If the daemon logged "
                 "delivery_store_removed, its deliveries_from says where nothing is lost",
                 exit_code=EXIT_DELIVERIES_MISSING)
+        for orphan in related_files(self.deliveries.path)[1:]:
+            if orphan.exists():  # a WAL without its database would be replayed into a new one
+                aside = orphan.with_name(f"{orphan.name}.orphaned-{int(self.clock())}")
+                orphan.rename(aside)
+                log.warning("delivery_store_orphan_moved", path=str(orphan), to=str(aside))
 
     async def _place_cursors(self, choice: DeliveriesFrom) -> None:
         """Every subscription's cursor where the operator chose (a new delivery store)."""

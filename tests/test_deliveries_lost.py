@@ -41,7 +41,8 @@ class Started:
 
     def __init__(self, state_dir: Path, clock: ManualClock, keyring: MemoryKeyring,
                  deliveries_from: DeliveriesFrom | None) -> None:
-        self.daemon = Daemon(load_for_tests(state_dir, **SETTINGS), clock=clock,
+        self.daemon = Daemon(load_for_tests(state_dir, delivery__allow_private_networks=True),
+                             clock=clock,
                              secrets=SecretStore(state_dir, backend=keyring),
                              deliveries_from=deliveries_from)
 
@@ -206,6 +207,35 @@ async def test_no_choice_is_needed_without_subscriptions_or_history(
     remove_delivery_store(state_dir)
     async with running_daemon(state_dir, clock=clock, keyring=memory_keyring) as d:
         assert d.deliveries.path.exists()
+
+
+async def test_a_first_start_with_subscriptions_needs_no_choice(
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+) -> None:
+    """The registry has subscriptions, but neither journal nor delivery store exist yet
+    (a registry written by hand, or copied to a new machine): nothing to lose."""
+    clock = ManualClock(start=time.time())
+    await a_state_with_history(state_dir, clock, memory_keyring, receiver, count=1)
+    for name in ("journal.db", "journal.db-wal", "journal.db-shm", *DELIVERY_FILES):
+        (state_dir / name).unlink(missing_ok=True)
+    async with Started(state_dir, clock, memory_keyring, None) as d, \
+            admin_session(d.socket_path) as admin:
+        await publish_seq(admin, 7)
+        assert (await receiver.wait_for(2))[-1].json()["data"] == {"i": 7}
+
+
+async def test_a_wal_left_without_its_database_is_moved_aside(
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+) -> None:
+    clock = ManualClock(start=time.time())
+    await a_state_with_history(state_dir, clock, memory_keyring, receiver, count=1)
+    remove_delivery_store(state_dir)
+    (state_dir / "deliveries.db-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\0" * 28)
+    async with Started(state_dir, clock, memory_keyring, DeliveriesFrom("head")) as d, \
+            admin_session(d.socket_path) as admin:
+        await publish_seq(admin, 8)
+        assert (await receiver.wait_for(2))[-1].json()["data"] == {"i": 8}
+    assert len(list(state_dir.glob("deliveries.db-wal.orphaned-*"))) == 1
 
 
 async def test_palyra_daemon_run_exits_4_without_a_choice_and_2_for_a_bad_one(

@@ -13,7 +13,7 @@ import sqlite3
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import pytest
@@ -113,7 +113,7 @@ async def test_a_journal_damaged_under_the_daemon_is_acknowledged_no_more(
     status, body, headers = await send_signed(http, daemon, "gh", BODY,
                                               delivery_id="after-damage-0001")
     assert (status, body.get("error")) == (503, "journal_unavailable"), body
-    assert headers.get("Retry-After") == "60"
+    assert cast(Any, headers).get("Retry-After") == "60"
     published = await publish(admin, "app.after")
     assert (published[0], published[1]["error"]) == (503, "journal_unavailable")
 
