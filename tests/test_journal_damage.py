@@ -255,3 +255,19 @@ async def test_a_checkpoint_in_another_process_is_not_taken_for_a_truncation(
     status, body = await publish(admin, "app.after")
     assert (status, body["error"]) == (503, "journal_unavailable")
     assert daemon.journal.damaged and "truncated" in str(daemon.journal.unavailable_reason)
+
+
+async def test_daemon_status_shows_the_journal_problem(
+    daemon: Daemon, admin: aiohttp.ClientSession,
+) -> None:
+    from tests.test_cli_e2e import palyra
+
+    await fill(admin, 10)
+    checkpoint(daemon.journal_path)
+    overwrite_header(daemon.journal_path)
+    code, out, err = await palyra(daemon.state_dir, "daemon", "status")
+    assert code == 0, err
+    # The panel wraps long values: join its lines without the box drawing.
+    flat = " ".join(out.replace("│", " ").split())
+    assert "journal problem" in flat and "damaged" in flat, out
+    assert "palyra system events verify" in flat, out
