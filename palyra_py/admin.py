@@ -12,6 +12,7 @@ from aiohttp import web
 
 from palyra_py import __version__
 from palyra_py.admin_errors import ApiError
+from palyra_py.journal import JournalUnavailable
 from palyra_py.registry import RegistryError
 
 if TYPE_CHECKING:
@@ -44,6 +45,11 @@ class AdminApi:
         by_readiness = {k: counts.get(k, 0) for k in
                         ("ready", "disabled", "invalid_secret_ref", "secret_not_found")}
         now = d.clock()
+        problem = d.journal.check_file()
+        try:
+            last_seq: int | None = await d.journal.last_seq()
+        except JournalUnavailable as exc:
+            last_seq, problem = None, problem or str(exc)
         return web.json_response({
             "version": __version__,
             "pid": os.getpid(),
@@ -53,10 +59,13 @@ class AdminApi:
             "listeners": [{"kind": x.kind, "address": x.address} for x in d.listeners],
             "admin_socket": str(d.socket_path),
             "registry": str(d.registry_file.path),
+            "deliveries": {"path": str(d.deliveries.path),
+                           "problem": d.deliveries.check_file()},
             "journal": {
                 "path": str(d.journal_path),
                 "size_bytes": d.journal.size_bytes(),
-                "last_seq": await d.journal.last_seq(),
+                "last_seq": last_seq,
+                "problem": problem,
                 "commits": getattr(d.journal, "commits", None),
                 "retention": {
                     "days": d.settings.get("journal", "retention_days"),

@@ -180,7 +180,10 @@ class EventsApi:
         flt = filter_from_query(request)
         after = parse_int(request.query.get("after_seq"), "after_seq", 0, 0, 2**62)
         limit = parse_int(request.query.get("limit"), "limit", 100, 1, MAX_LIST_LIMIT)
-        events = await self.d.journal.list(flt, after_seq=after, limit=limit)
+        try:
+            events = await self.d.journal.list(flt, after_seq=after, limit=limit)
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
         next_after = events[-1].seq if len(events) == limit else None
         return web.json_response(
             {"events": [e.to_dict() for e in events], "next_after_seq": next_after}
@@ -192,7 +195,10 @@ class EventsApi:
         flt = filter_from_query(request)
         check_stream_patterns(flt, self.d.settings.get("stream", "max_patterns"))
         last_id = request.headers.get("Last-Event-ID", "")
-        default_after = await self.d.journal.last_seq()
+        try:
+            default_after = await self.d.journal.last_seq()
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
         cursor = parse_int(request.query.get("after_seq"), "after_seq", default_after, 0, 2**62)
         if last_id.strip():
             cursor = parse_int(last_id.strip(), "Last-Event-ID", cursor, 0, 2**62)

@@ -29,19 +29,29 @@ from palyra_py.admin_events import PRINCIPAL, EventsApi, body_capped
 from palyra_py.admin_subscriptions import SubscriptionsApi
 from palyra_py.admin_webhooks import WebhooksApi
 from palyra_py.bus import SeqBus
+from palyra_py.delivery_start import DeliveriesFrom, parse_deliveries_from
 from palyra_py.delivery_store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
 from palyra_py.dispatcher import Dispatcher
 from palyra_py.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.ingress import ActiveIntegration, Ingress
-from palyra_py.journal import AppendResult, Journal, JournalUnavailable, NewEvent
+from palyra_py.journal import (
+    AppendResult,
+    EventFilter,
+    Journal,
+    JournalDamaged,
+    JournalUnavailable,
+    NewEvent,
+)
 from palyra_py.listener import CappedTCPSite, ConnectionCap
 from palyra_py.metrics import Metrics
+from palyra_py.ownership import ForeignOwner, check_path_owner
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
 from palyra_py.registry import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.rejections import RejectionLog
 from palyra_py.secrets import SecretNotFound, SecretRefError, SecretStore
 from palyra_py.sender import Sender
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
+from palyra_py.sqlite_files import related_files
 from palyra_py.ssrf import AddressPolicy
 from palyra_py.stream import StreamHub
 from palyra_py.subscriptions import update_subscription
@@ -65,14 +75,32 @@ def hide_server_version() -> None:
     web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
 
 
+EXIT_CANNOT_START = 1
+EXIT_JOURNAL_DAMAGED = 3
+"""``palyra daemon run`` refused to start on a damaged journal (docs/cli.md)."""
+EXIT_DELIVERIES_MISSING = 4
+"""``deliveries.db`` is missing while the journal has events and there are subscriptions:
+``--deliveries-from`` must say where deliveries resume (docs/cli.md)."""
+
+
 class DaemonError(Exception):
     """The daemon cannot start; the message says why and what to do."""
 
+    def __init__(self, message: str, *, exit_code: int = EXIT_CANNOT_START) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
 
-def prepare_state_dir(state_dir: Path) -> None:
+
+def prepare_state_dir(state_dir: Path, *, expected_uid: int | None = None) -> None:
     """Create the state dir 0700 (and tighten an existing one: it holds the journal, the
-    registry, the admin socket and maybe the fallback secrets file)."""
+    registry, the admin socket and maybe the fallback secrets file). An existing one owned
+    by another user than ``expected_uid`` (default: the effective uid) and root is refused
+    (``DaemonError``): that user could loosen it again or swap its files."""
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        check_path_owner(state_dir, what="the state dir", expected_uid=expected_uid)
+    except ForeignOwner as exc:
+        raise DaemonError(str(exc)) from None
     mode = stat.S_IMODE(state_dir.stat().st_mode)
     if mode != 0o700:
         os.chmod(state_dir, 0o700)
@@ -107,8 +135,14 @@ class Daemon:
         *,
         clock: Callable[[], float] = time.time,
         secrets: SecretStore | None = None,
+        deliveries_from: DeliveriesFrom | None = None,
     ) -> None:
+        """``deliveries_from``: where deliveries resume if ``deliveries.db`` is missing
+        (``palyra daemon run --deliveries-from``)."""
         self.settings = settings
+        self._deliveries_from = deliveries_from
+        self.delivery_store_lost = asyncio.Event()
+        """Set once the removal of ``deliveries.db`` is logged (tests wait for it)."""
         self.state_dir = settings.state_dir
         self.clock = clock
         self._secrets = secrets
@@ -124,8 +158,11 @@ class Daemon:
             clock=clock,
             batch_max=settings.get("journal", "batch_max"),
             on_commit=self._committed,
+            start_check_s=settings.get("journal", "start_check_s"),
+            on_unavailable=self._journal_unavailable,
         )
         self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
+        self.deliveries.on_unavailable = self._delivery_store_unavailable
         cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
                  if c.strip()]
         self.sender = Sender(
@@ -156,6 +193,49 @@ class Daemon:
     def _committed(self, seq: int) -> None:
         self.metrics.committed(seq)
         self.bus.publish(seq)
+
+    def _journal_unavailable(self, reason: str) -> None:
+        """The journal file was found removed, replaced or damaged: from now on nothing is
+        acknowledged, readiness is false, and the log and ``daemon status`` say why."""
+        log.error("journal_damaged" if self.journal.damaged else "journal_removed",
+                  error=reason)
+
+    def _delivery_store_unavailable(self, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._report_deliveries_lost(reason))
+        self._tasks.append(task)
+
+    async def _report_deliveries_lost(self, reason: str) -> None:
+        """Say that dispatching stopped, and from where a restart must re-deliver so that
+        nothing is lost: the open (removed) file still tells the lowest pending seq and
+        cursor."""
+        try:
+            resume = await self.deliveries.resume_seq()
+        except DeliveryStoreUnavailable:
+            resume = None
+        if resume is None:
+            resume = self.bus.head + 1
+        log.error(
+            "delivery_store_removed", error=reason, deliveries_from=f"seq:{resume}",
+            what_to_do=(
+                "events are still journaled and acknowledged, but nothing is delivered "
+                "until a restart. Restart with `palyra daemon run --deliveries-from "
+                f"seq:{resume}` to deliver every pending retry and every event journaled "
+                "since (receivers may see some again), or --deliveries-from head to skip "
+                "them"),
+        )
+        self.delivery_store_lost.set()
+
+    def not_ready_because(self) -> tuple[str, str] | None:
+        """``(code, detail)`` of what keeps the daemon from taking events, else ``None``."""
+        if self._ingress is None or self.stopped.is_set():
+            return "not_started", "the daemon is starting or stopping"
+        journal = self.journal.check_file()
+        if journal is not None:
+            return "journal_unavailable", journal
+        deliveries = self.deliveries.check_file()
+        if deliveries is not None:
+            return "deliveries_unavailable", deliveries
+        return None
 
     # -- parts ---------------------------------------------------------------------------
 
@@ -251,6 +331,45 @@ class Daemon:
                 log.warning("delivery_cursor_reset", subscription_id=subscription_id,
                             cursor=cursor, journal_head=head,
                             reason="the journal is behind the cursor: it was replaced")
+
+    async def _without_delivery_store(self) -> None:
+        """``deliveries.db`` is missing. A first start (empty journal) or one without
+        subscriptions has nothing to lose; otherwise the file was lost and where deliveries
+        resume is the operator's choice, never a guess."""
+        head = await self.journal.last_seq()
+        if head > 0 and self.registry.subscriptions and self._deliveries_from is None:
+            raise DaemonError(
+                f"{self.deliveries.path} is missing, but the journal has events (head seq "
+                f"{head}) and there are {len(self.registry.subscriptions)} subscriptions: the "
+                "delivery store (pending retries and each subscription's cursor) was removed "
+                "or lost, and palyra will not guess where deliveries resume. Restore it from "
+                "a backup, or start with --deliveries-from head (every subscription starts "
+                "at the journal head: what happened in the gap is not delivered), "
+                "--deliveries-from seq:N (re-deliver from seq N) or --deliveries-from "
+                "2026-12-07T10:00Z (re-deliver from that time). If the daemon logged "
+                "delivery_store_removed, its deliveries_from says where nothing is lost",
+                exit_code=EXIT_DELIVERIES_MISSING)
+        for orphan in related_files(self.deliveries.path)[1:]:
+            if orphan.exists():  # a WAL without its database would be replayed into a new one
+                aside = orphan.with_name(f"{orphan.name}.orphaned-{int(self.clock())}")
+                orphan.rename(aside)
+                log.warning("delivery_store_orphan_moved", path=str(orphan), to=str(aside))
+
+    async def _place_cursors(self, choice: DeliveriesFrom) -> None:
+        """Every subscription's cursor where the operator chose (a new delivery store)."""
+        head = await self.journal.last_seq()
+        if choice.kind == "head":
+            cursor = head
+        elif choice.kind == "seq":
+            cursor = min(head, choice.value - 1)
+        else:
+            first = await self.journal.list(EventFilter(since_ms=choice.value), limit=1)
+            cursor = first[0].seq - 1 if first else head
+        for subscription_id in self.registry.subscriptions:
+            await self.deliveries.set_cursor(subscription_id, cursor)
+        log.warning("delivery_cursors_placed", deliveries_from=choice.describe(),
+                    cursor=cursor, journal_head=head,
+                    subscriptions=len(self.registry.subscriptions))
 
     async def _journal_from_dispatcher(self, kind: str, payload: dict[str, Any]) -> None:
         with contextlib.suppress(ApiError):
@@ -420,9 +539,11 @@ class Daemon:
         return web.json_response({"status": "ok"})
 
     async def _readyz(self, request: web.Request) -> web.Response:
-        ready = self._ingress is not None and not self.stopped.is_set()
-        return web.json_response({"status": "ready" if ready else "not_ready"},
-                                 status=200 if ready else 503)
+        problem = self.not_ready_because()
+        if problem is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready", "reason": problem[0],
+                                  "detail": problem[1]}, status=503)
 
     def _fit_open_file_limit(self) -> FdBudget:
         """Raise the soft RLIMIT_NOFILE as far as the caps need; lower the caps (with a
@@ -466,9 +587,27 @@ class Daemon:
         self.token_usage.load()
         try:
             await self.journal.start()
+        except JournalDamaged as exc:
+            raise DaemonError(f"refusing to start: {exc}",
+                              exit_code=EXIT_JOURNAL_DAMAGED) from None
         except Exception as exc:
             raise DaemonError(f"cannot open the journal: {exc}") from None
+        if self.journal.start_check == "incomplete":
+            log.warning("journal_check_incomplete",
+                        checked_s=self.settings.get("journal", "start_check_s"),
+                        hint="the quick check stopped at journal.start_check_s; run "
+                             "`palyra system events verify` to check the whole chain")
         self.bus.publish(await self.journal.last_seq())
+        deliveries_missing = not self.deliveries.path.exists()
+        if deliveries_missing:
+            try:
+                await self._without_delivery_store()
+            except DaemonError:
+                await self.journal.close()
+                raise
+        elif self._deliveries_from is not None:
+            log.warning("deliveries_from_ignored", deliveries_from=self._deliveries_from.describe(),
+                        reason=f"{self.deliveries.path} exists: its cursors stay")
         self.stream_hub = StreamHub(
             self.journal, self.bus,
             max_clients=budget.max_streams,
@@ -481,6 +620,8 @@ class Daemon:
         except Exception as exc:
             raise DaemonError(f"cannot open the delivery store: {exc}") from None
         await self.sender.start()
+        if deliveries_missing and self._deliveries_from is not None:
+            await self._place_cursors(self._deliveries_from)
         await self._check_cursors()
         self._dispatcher = Dispatcher(
             journal=self.journal, bus=self.bus, store=self.deliveries, sender=self.sender,
@@ -675,8 +816,10 @@ def run_daemon(
     tls_key: Path | None = None,
     log_level: str | None = None,
     log_format: str | None = None,
+    deliveries_from: str | None = None,
 ) -> int:
-    """Run until SIGTERM/SIGINT; SIGHUP reloads the registry. Returns the exit code."""
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the registry. Returns the exit code.
+    ``deliveries_from``: ``--deliveries-from`` (``delivery_start``)."""
     from palyra_py.logs import configure_logging
 
     flags = {
@@ -694,12 +837,17 @@ def run_daemon(
         log.error("settings_invalid", error=str(exc))
         return 2
     configure_logging(settings.get("daemon", "log_level"), settings.get("daemon", "log_format"))
-    daemon = Daemon(settings)
+    try:
+        start_from = None if deliveries_from is None else parse_deliveries_from(deliveries_from)
+    except ValueError as exc:
+        log.error("daemon_cannot_start", error=str(exc))
+        return 2
+    daemon = Daemon(settings, deliveries_from=start_from)
     try:
         asyncio.run(_serve(daemon))
     except DaemonError as exc:
         log.error("daemon_cannot_start", error=str(exc))
-        return 1
+        return exc.exit_code
     except SettingsError as exc:
         log.error("settings_invalid", error=str(exc))
         return 2

@@ -122,6 +122,32 @@ class DeliveryStore:
         self._read_lock = threading.Lock()
         self._pending = 0
         self._closed = False
+        self.on_unavailable: Callable[[str], None] | None = None
+        """Called in the event loop once, when the file is found removed or replaced
+        (set before ``start``)."""
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why every write is refused until a restart (the file removed or replaced)."""
+        return None if self._writer is None else self._writer.unavailable_reason
+
+    def check_file(self) -> str | None:
+        """Check now that the path still names the file written (as every write does);
+        the reason writes are refused, if any."""
+        return None if self._writer is None else self._writer.check_file()
+
+    async def resume_seq(self) -> int | None:
+        """The first journal seq from which re-delivering loses nothing: the lowest of any
+        pending delivery's seq and every cursor + 1 (``None``: no cursor, nothing pending).
+        Read from the file open, even when it was removed since."""
+
+        def read(sql: DeliverySql) -> int | None:
+            pending, cursor = sql.lowest_pending_seq(), sql.min_cursor()
+            found = [s for s in (pending, None if cursor is None else cursor + 1)
+                     if s is not None]
+            return min(found) if found else None
+
+        return await self._read(read)
 
     @property
     def commits(self) -> int:
@@ -142,7 +168,9 @@ class DeliveryStore:
         self._loop = asyncio.get_running_loop()
         self._reader = reader_sql
         self._ids = DeliveryIds(last_id)
-        self._writer = DeliveryWriter(writer_sql, loop=self._loop, batch_max=self._batch_max)
+        self._writer = DeliveryWriter(writer_sql, loop=self._loop, batch_max=self._batch_max,
+                                      path=self.path)
+        self._writer.on_unavailable = self.on_unavailable
         self._batcher = AttemptBatcher(self._loop, self._submit_records)
         self._writer.start()
 

@@ -474,6 +474,16 @@ class DeliverySql(DeliveryStatsQueries):
         ).fetchone()
         return None if row[0] is None else int(row[0])
 
+    def lowest_pending_seq(self) -> int | None:
+        row = self._conn.execute(
+            "SELECT min(event_seq) FROM deliveries WHERE status = 'pending'"
+        ).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def min_cursor(self) -> int | None:
+        row = self._conn.execute("SELECT min(seq) FROM cursors").fetchone()
+        return None if row[0] is None else int(row[0])
+
     # -- listing -----------------------------------------------------------------------
 
     def list_deliveries(

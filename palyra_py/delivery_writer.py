@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sqlite3
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from palyra_py.delivery_store_sql import DeliverySql, DeliveryStoreUnavailable, describe_error
@@ -51,12 +54,40 @@ class DeliveryWriter(QueueWriterThread):
     (up to ``batch_max``) and runs them in one transaction, each in a savepoint."""
 
     def __init__(
-        self, sql: DeliverySql, *, loop: asyncio.AbstractEventLoop, batch_max: int
+        self, sql: DeliverySql, *, loop: asyncio.AbstractEventLoop, batch_max: int,
+        path: Path | None = None,
     ) -> None:
         super().__init__(name="palyra-delivery-writer", batch_max=batch_max)
         self._sql = sql
         self._loop = loop
         self.commits = 0
+        # As the journal's writer: SQLite goes on writing into an unlinked inode, so the
+        # path must still name the file written, or nothing written is kept.
+        self._path = path
+        self._inode = _inode(path) if path is not None else None
+        self._gone: str | None = None
+        self._gone_lock = threading.Lock()
+        self.on_unavailable: Callable[[str], None] | None = None
+        """Called in the event loop once, when the file is found removed or replaced."""
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why every write is refused until a restart (the file removed or replaced)."""
+        return self._gone
+
+    def check_file(self) -> str | None:
+        """Does the path still name the file written? Else refuse every write from now on.
+        Returns the reason, if any. Any thread (a stat)."""
+        if self._gone is None and self._path is not None and _inode(self._path) != self._inode:
+            with self._gone_lock:
+                if self._gone is not None:
+                    return self._gone
+                self._gone = (f"{self._path} was removed or replaced under the running daemon; "
+                              "dispatching has stopped")
+            _log.error("delivery writer: %s", self._gone)
+            if self.on_unavailable is not None:
+                call_in_loop(self._loop, self.on_unavailable, self._gone)
+        return self._gone
 
     def submit(self, job: WriteJob[Any]) -> None:
         self._put(job)
@@ -65,6 +96,10 @@ class DeliveryWriter(QueueWriterThread):
         self._sql.close()
 
     def _run_batch(self, jobs: list[WriteJob[Any]]) -> None:
+        gone = self.check_file()
+        if gone is not None:
+            self._deliver([(job.settle, DeliveryStoreUnavailable(gone)) for job in jobs])
+            return
         try:
             outcomes = self._transaction(jobs)
         except Exception as exc:
@@ -76,6 +111,10 @@ class DeliveryWriter(QueueWriterThread):
                     self._run_batch([job])
                 return
             outcomes = [(jobs[0].settle, self._failure(exc))]
+        gone = self.check_file()
+        if gone is not None:
+            # Committed into a file nobody will open again: as good as not written.
+            outcomes = [(job.settle, DeliveryStoreUnavailable(gone)) for job in jobs]
         self._deliver(outcomes)
 
     def _transaction(self, jobs: list[WriteJob[Any]]) -> list[_Outcome]:
@@ -106,3 +145,11 @@ class DeliveryWriter(QueueWriterThread):
 
     def _deliver(self, outcomes: list[_Outcome]) -> None:
         call_in_loop(self._loop, _settle_all, outcomes)
+
+
+def _inode(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)

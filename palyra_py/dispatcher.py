@@ -136,6 +136,7 @@ class Dispatcher:
         self._pass_lock = asyncio.Lock()
         self._gauges_at = 0.0
         self._stopping = False
+        self._halted = asyncio.Event()  # never set: a halted loop waits for the stop
 
     # -- control -------------------------------------------------------------------------
 
@@ -218,8 +219,15 @@ class Dispatcher:
         self._ready.forget(subscription_id)
         self._ordered_check.discard(subscription_id)
 
+    def halted(self) -> bool:
+        """The delivery store's file was removed or replaced: nothing written to it would be
+        kept, so nothing is enqueued or attempted any more (until a restart)."""
+        return self._store.check_file() is not None
+
     async def _enqueue_forever(self) -> None:
         while True:
+            if self.halted():
+                await self._halted.wait()
             try:
                 progressed = await self.enqueue_once()
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
@@ -242,7 +250,7 @@ class Dispatcher:
     async def enqueue_once(self) -> bool:
         """Turn the next page of journal events into deliveries; True if anything moved."""
         subs = [s for s in self._subscriptions().values() if s.enabled]
-        if not subs:
+        if not subs or self.halted():
             return False
         cursors = {s.subscription_id: await self._cursor(s.subscription_id) for s in subs}
         low = min(cursors.values())
@@ -311,6 +319,8 @@ class Dispatcher:
 
     async def _schedule_forever(self) -> None:
         while True:
+            if self.halted():
+                await self._halted.wait()
             self._wake.clear()
             try:
                 next_ms = await self._schedule(refresh=False)
@@ -331,6 +341,8 @@ class Dispatcher:
 
     async def _schedule(self, *, refresh: bool) -> int | None:
         async with self._pass_lock:
+            if self.halted():
+                return None
             if refresh:
                 self._ready.invalidate()
             subs = self._subscriptions()
@@ -540,7 +552,9 @@ class Dispatcher:
         every hop through it costs a turn of the busy loop). False: leave it to a pass."""
         sub = state.subscription
         now_ms = self.now_ms()
-        if (self._stopping or sub.ordered or not sub.enabled or self._ready.needs_full_read(now_ms)
+        if (self._stopping or self._store.unavailable_reason is not None
+                or sub.ordered or not sub.enabled
+                or self._ready.needs_full_read(now_ms)
                 or self._subscriptions().get(sub.subscription_id) is not sub
                 or self._ready.queued(sub.subscription_id) == 0):
             return False

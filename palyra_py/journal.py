@@ -40,10 +40,13 @@ from palyra_py.journal_writer import (
     AppendResult,
     DuplicateEventId,
     GroupCommitWriter,
+    JournalDamaged,
     JournalUnavailable,
     RetentionJob,
+    damaged_message,
     describe_failure,
 )
+from palyra_py.sqlite_files import header_problem, is_corruption
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
@@ -54,6 +57,7 @@ __all__ = [
     "EventFilter",
     "GroupCommitWriter",
     "Journal",
+    "JournalDamaged",
     "JournalEvent",
     "JournalUnavailable",
     "NewEvent",
@@ -66,6 +70,7 @@ _T = TypeVar("_T")
 
 DEFAULT_BUSY_TIMEOUT_MS = 5000
 DEFAULT_MAX_PENDING = 10_000
+DEFAULT_START_CHECK_S = 10.0
 _LIST_CHUNK_MIN = 256
 _LIST_CHUNK_MAX = 4096
 
@@ -271,10 +276,14 @@ class Journal:
         on_commit: Callable[[int], None] | None = None,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         max_pending: int = DEFAULT_MAX_PENDING,
+        start_check_s: float = DEFAULT_START_CHECK_S,
+        on_unavailable: Callable[[str], None] | None = None,
     ) -> None:
         """``on_commit(last_seq)`` runs in the event loop after each commit that wrote
         rows. ``max_pending`` bounds appends waiting for the writer; beyond it, append
-        raises ``JournalUnavailable``."""
+        raises ``JournalUnavailable``. ``start`` runs ``PRAGMA quick_check`` for at most
+        ``start_check_s`` seconds (0: not at all). ``on_unavailable(reason)`` runs in the
+        event loop once, when the file is found removed, replaced or damaged while open."""
         self.path = Path(path)
         self._clock = clock
         self._batch_max = batch_max
@@ -287,6 +296,29 @@ class Journal:
         self._read_lock = threading.Lock()
         self._pending = 0
         self._closed = False
+        self._start_check_s = start_check_s
+        self._on_unavailable = on_unavailable
+        self.start_check = "not run"
+        """``ok``, ``incomplete`` (stopped after ``start_check_s``) or ``skipped``."""
+
+    @property
+    def unavailable_reason(self) -> str | None:
+        """Why every append is refused until a restart (the file removed, replaced or
+        damaged), else ``None``."""
+        return None if self._writer is None else self._writer.unavailable_reason
+
+    @property
+    def damaged(self) -> bool:
+        """Whether the file was found damaged (see ``unavailable_reason``)."""
+        return self._writer is not None and self._writer.damaged
+
+    def check_file(self) -> str | None:
+        """Check now that the path still names the open file and its header is sound (as
+        after every commit, but for the file's size: only the writer compares it, between
+        its commits); the reason appends are refused, if any."""
+        if self._writer is None or self._closed:
+            return None if self._writer is None else self._writer.unavailable_reason
+        return self._writer.check_file()
 
     @property
     def commits(self) -> int:
@@ -307,7 +339,12 @@ class Journal:
             return
         try:
             writer_store, reader_store, head = await asyncio.to_thread(self._open)
-        except (sqlite3.Error, OSError) as exc:
+        except sqlite3.Error as exc:
+            if is_corruption(exc):
+                raise JournalDamaged(damaged_message(self.path, describe_failure(exc, "open"))
+                                     ) from exc
+            raise JournalUnavailable(describe_failure(exc, "open")) from exc
+        except OSError as exc:
             raise JournalUnavailable(describe_failure(exc, "open")) from exc
         self._loop = asyncio.get_running_loop()
         self._reader = reader_store
@@ -320,13 +357,21 @@ class Journal:
             head=head,
             path=self.path,
         )
+        self._writer.on_unavailable = self._on_unavailable
         self._writer.start()
 
     def _open(self) -> tuple[JournalStore, JournalStore, tuple[int, str]]:
+        # Sizes only without a WAL to replay: a crash inside a checkpoint may leave the
+        # header ahead of the file while the WAL still holds the pages.
+        wal = related_files(self.path)[1]
+        problem = header_problem(self.path, sizes=not wal.exists() or wal.stat().st_size == 0)
+        if problem is not None:
+            raise JournalDamaged(damaged_message(self.path, problem))
         writer = JournalStore.open(self.path, busy_timeout_ms=self._busy_timeout_ms, create=True)
         try:
             writer.ensure_schema()
             head = writer.head()
+            self._quick_check(writer)
             restrict_permissions(self.path)
             reader = JournalStore.open(
                 self.path, busy_timeout_ms=self._busy_timeout_ms, create=False
@@ -335,6 +380,15 @@ class Journal:
             writer.close()
             raise
         return writer, reader, head
+
+    def _quick_check(self, store: JournalStore) -> None:
+        if self._start_check_s <= 0:
+            self.start_check = "skipped"
+            return
+        problem, complete = store.quick_check(budget_s=self._start_check_s)
+        if problem is not None:
+            raise JournalDamaged(damaged_message(self.path, f"quick check: {problem}"))
+        self.start_check = "ok" if complete else "incomplete"
 
     async def close(self) -> None:
         """Finish every append already queued, stop the writer, close the connections.
@@ -349,6 +403,8 @@ class Journal:
             if self._reader is not None:
                 self._reader.close()
                 self._reader = None
+        if self._writer is not None:
+            self._writer.release_file()
 
     def _live_writer(self) -> tuple[GroupCommitWriter, asyncio.AbstractEventLoop]:
         if self._writer is None or self._loop is None or self._closed:
@@ -392,7 +448,18 @@ class Journal:
         try:
             return await asyncio.to_thread(run)
         except sqlite3.Error as exc:
-            raise JournalUnavailable(describe_failure(exc, "read")) from exc
+            raise self._read_failure(exc) from exc
+
+    def _read_failure(self, exc: sqlite3.Error) -> JournalUnavailable:
+        """A read failed: a damaged file also stops every append from now on."""
+        reason = describe_failure(exc, "read")
+        if not is_corruption(exc):
+            return JournalUnavailable(reason)
+        if self._writer is not None:
+            self._writer.mark_damaged(reason)
+            if self._writer.damaged and self._writer.unavailable_reason is not None:
+                return JournalDamaged(self._writer.unavailable_reason)
+        return JournalDamaged(damaged_message(self.path, reason))
 
     async def list(
         self, flt: EventFilter, *, after_seq: int = 0, limit: int = 100
@@ -441,7 +508,7 @@ class Journal:
         try:
             walk = await asyncio.to_thread(self._walk_chain)
         except sqlite3.Error as exc:
-            raise JournalUnavailable(describe_failure(exc, "read")) from exc
+            raise self._read_failure(exc) from exc
         return VerifyResult(walk.first_broken_seq is None, *walk)
 
     def _walk_chain(self) -> ChainWalk:

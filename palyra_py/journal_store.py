@@ -475,6 +475,10 @@ class JournalStore:
             (after_seq, *where.params, limit),
         ).fetchall()
 
+    def quick_check(self, *, budget_s: float) -> tuple[str | None, bool]:
+        """``PRAGMA quick_check`` for at most ``budget_s`` seconds: ``(problem, complete)``."""
+        return sqlite_files.quick_check(self._conn, budget_s=budget_s)
+
     def walk_chain(self, *, chunk: int = 1000) -> ChainWalk:
         """Check the whole chain in seq order, ``chunk`` rows at a time, from the
         checkpoint (or seq 1 and ``ZERO_HASH``): contiguous seqs, each ``prev_hash`` equal

@@ -88,7 +88,9 @@ ANSWERS: dict[Reason, Answer] = {
         503, "error", "The integration's secret_ref cannot be resolved; Retry-After is set."
     ),
     Reason.JOURNAL_UNAVAILABLE: Answer(
-        503, "error", "The journal could not make the event durable; nothing was acknowledged."
+        503, "error",
+        "The journal could not make the event durable (full, locked, removed or damaged);"
+        " nothing was acknowledged.",
     ),
     Reason.TOO_MANY_CONNECTIONS: Answer(
         503, "error",

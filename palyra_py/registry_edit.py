@@ -11,6 +11,7 @@ integration edits and ``RegistryFile``.
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ import tomlkit
 from tomlkit.items import AoT, Array, Comment, InlineTable, Null, Table, Trivia, Whitespace
 
 from palyra_py.atomic_files import exclusive_lock, write_atomic
+from palyra_py.ownership import ForeignOwner, check_owner
 from palyra_py.registry import (
     ALWAYS_WRITTEN,
     DEFAULTS,
@@ -42,10 +44,12 @@ from palyra_py.registry import (
 class RegistryFile:
     """The on-disk registry. All writes are atomic and serialised by an inter-process lock."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, expected_uid: int | None = None) -> None:
+        """``expected_uid``: who must own the file (or root); default the effective uid."""
         self.path = Path(path)
         self.lock_path = self.path.with_name(self.path.name + ".lock")
         self._lock = threading.Lock()
+        self._expected_uid = expected_uid
 
     def load(self) -> Registry:
         """Read and validate the file; a missing file is an empty registry."""
@@ -56,9 +60,16 @@ class RegistryFile:
 
     def _read_text(self) -> str | None:
         try:
-            raw = self.path.read_bytes()
+            with open(self.path, "rb") as file:
+                # The owner of what is read, not of what the path named a moment before.
+                owner = os.fstat(file.fileno()).st_uid
+                check_owner(self.path, owner, what="the registry",
+                            expected_uid=self._expected_uid)
+                raw = file.read(MAX_REGISTRY_BYTES + 1)
         except FileNotFoundError:
             return None
+        except ForeignOwner as exc:
+            raise RegistryError(str(exc), path=self.path) from None
         except OSError as exc:
             message = f"cannot read the registry ({exc.strerror})"
             raise RegistryError(message, path=self.path) from None

@@ -27,6 +27,7 @@ from keyring.backends import chainer, fail, null
 from keyring.errors import PasswordDeleteError
 
 from palyra_py.keyring_file import StateDirKeyring
+from palyra_py.ownership import ForeignOwner, check_owner
 
 KEYRING_SERVICE = "palyra"
 MAX_SECRET_FILE_BYTES = 64 * 1024
@@ -197,7 +198,11 @@ class SecretStore:
         *,
         env: Mapping[str, str] | None = None,
         backend: KeyringBackend | None = None,
+        expected_uid: int | None = None,
     ) -> None:
+        """``expected_uid``: who must own ``file:`` secrets (or root); default the
+        effective uid."""
+        self._expected_uid = expected_uid
         self._env: Mapping[str, str] = env if env is not None else os.environ
         self._fallback_reason: str | None = None
         if backend is None:
@@ -239,7 +244,7 @@ class SecretStore:
         elif kind == "env":
             secret = self._from_env(value)
         else:
-            secret = _read_secret_file(value)
+            secret = _read_secret_file(value, self._expected_uid)
         with self._lock:
             self._cache[key] = secret
         return secret
@@ -322,9 +327,10 @@ class SecretStore:
         return secret
 
 
-def _read_secret_file(path: str) -> str:
+def _read_secret_file(path: str, expected_uid: int | None = None) -> str:
     """The file's content without one trailing newline; refused when it is not a regular
-    file, is over 64 KiB, or (POSIX) is readable or writable by group or others."""
+    file, is over 64 KiB, or (POSIX) is readable or writable by group or others, or owned
+    by a user other than ``expected_uid`` (default: the effective uid) and root."""
     ref = f"file:{path}"
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NONBLOCK", 0))
@@ -344,6 +350,10 @@ def _read_secret_file(path: str) -> str:
                 f"{ref}: refusing a secret file that group or others can access (mode"
                 f" {stat.S_IMODE(info.st_mode):04o}); run: chmod 600 {path}"
             )
+        try:
+            check_owner(path, info.st_uid, what="the secret file", expected_uid=expected_uid)
+        except ForeignOwner as exc:
+            raise SecretNotFound(f"{ref}: {exc}") from None
         raw = b""
         try:
             # Read one byte past the limit so that a file that grew after fstat is refused.

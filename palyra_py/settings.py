@@ -48,6 +48,10 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("journal", "batch_max", int, 512, "Most appends in one group commit", minimum=1),
     SettingSpec(
+        "journal", "start_check_s", float, 10.0,
+        "Longest PRAGMA quick_check of the journal at start (0 = skip)", minimum=0,
+    ),
+    SettingSpec(
         "ingress", "body_timeout_s", float, 30.0, "Longest time to read one request body",
         minimum=0.1,
     ),

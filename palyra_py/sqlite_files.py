@@ -12,7 +12,9 @@ import asyncio
 import os
 import queue
 import sqlite3
+import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -43,6 +45,108 @@ def describe_sqlite_error(exc: BaseException, what: str, action: str) -> str:
     (locked, full, read-only...), never bound values, so no payload or secret leaks through."""
     code = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     return f"{what} {action} failed ({code}): {str(exc)[:120]}"
+
+
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+_CORRUPT_CODES = (11, 26)  # SQLITE_CORRUPT, SQLITE_NOTADB (primary codes)
+
+
+def is_corruption(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database file is damaged (SQLITE_CORRUPT and its extended
+    codes, SQLITE_NOTADB), as opposed to busy, full, read-only... which pass."""
+    if not isinstance(exc, sqlite3.DatabaseError):
+        return False
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int) and code & 0xFF in _CORRUPT_CODES:
+        return True
+    text = str(exc).lower()
+    return "malformed" in text or "not a database" in text
+
+
+def header_problem(path: Path, *, sizes: bool = True) -> str | None:
+    """``header_problem_of`` the file at ``path``; a missing or empty file is ``None`` (a new
+    database). Only before this process opens the database: closing any descriptor of the
+    file drops the POSIX locks SQLite holds on it (a writer keeps one descriptor open and
+    asks ``header_problem_of`` instead)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        return header_problem_of(fd, sizes=sizes, empty_ok=True)
+    finally:
+        os.close(fd)
+
+
+def header_problem_of(fd: int, *, sizes: bool = True, empty_ok: bool = False) -> str | None:
+    """What is wrong with the 100-byte header of the database file open as ``fd``, or
+    ``None``: shorter than the header, not starting with SQLite's magic string, an
+    impossible page size, or (with ``sizes``) fewer bytes than the pages its header counts
+    (truncated). An empty file is ``None`` with ``empty_ok``. A stat and a 100-byte read:
+    cheap enough after every commit.
+
+    Only ask for ``sizes`` when no checkpoint can be half done: a crash during one may
+    leave the header ahead of the file while the WAL still holds the pages."""
+    size = os.fstat(fd).st_size
+    head = os.pread(fd, 100, 0)
+    if size == 0 and empty_ok:
+        return None
+    if len(head) < 100:
+        return f"the file is {size} bytes, shorter than its 100-byte header: truncated"
+    if not head.startswith(_SQLITE_MAGIC):
+        return "the file does not start with the SQLite header: overwritten"
+    page_size = int.from_bytes(head[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or page_size & (page_size - 1):
+        return f"the header gives an impossible page size ({page_size}): overwritten"
+    pages = int.from_bytes(head[28:32], "big")
+    # The header's page count holds only when its change counter matches "valid for".
+    if sizes and head[24:28] == head[92:96] and size < pages * page_size:
+        return (f"the file is {size} bytes but its header counts {pages} pages of"
+                f" {page_size} bytes: truncated")
+    return None
+
+
+_CHECKPOINT_LOCK_BYTE = 121  # WAL_CKPT_LOCK: byte 120 + 1 of the -shm file
+_FLOCK = "hhqqi"  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
+
+
+def checkpoint_elsewhere(shm_fd: int | None) -> bool:
+    """Whether another process may be inside a checkpoint of the database whose WAL index
+    (``-shm``) is open as ``shm_fd``: it holds SQLite's checkpoint lock byte. F_GETLK only
+    asks (it takes no lock, and our own process's locks never show). Where it cannot be
+    told (not Linux, no descriptor), ``True``: maybe."""
+    if shm_fd is None or not sys.platform.startswith("linux"):
+        return True
+    import fcntl
+    import struct
+
+    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _CHECKPOINT_LOCK_BYTE, 1, 0)
+    try:
+        answer = fcntl.fcntl(shm_fd, fcntl.F_GETLK, query)
+    except OSError:
+        return True
+    return int(struct.unpack(_FLOCK, answer[:struct.calcsize(_FLOCK)])[0]) != fcntl.F_UNLCK
+
+
+def quick_check(conn: sqlite3.Connection, *, budget_s: float, max_errors: int = 5
+                ) -> tuple[str | None, bool]:
+    """``PRAGMA quick_check``, stopped after ``budget_s`` seconds: ``(problem, complete)``,
+    ``problem`` being ``None`` when nothing wrong was found (so far, if not complete)."""
+    deadline = time.monotonic() + budget_s
+    conn.set_progress_handler(lambda: int(time.monotonic() > deadline), 10_000)
+    try:
+        rows = conn.execute(f"PRAGMA quick_check({int(max_errors)})").fetchall()
+    except sqlite3.DatabaseError as exc:
+        if is_corruption(exc):
+            return describe_sqlite_error(exc, "quick check", "read"), True
+        if "interrupt" in str(exc).lower():
+            return None, False
+        raise
+    finally:
+        conn.set_progress_handler(None, 0)
+    text = "; ".join(str(row[0]) for row in rows).replace("\n", " ")
+    return (None if text == "ok" else text[:400]), True
 
 
 def open_database(

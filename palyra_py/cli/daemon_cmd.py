@@ -76,6 +76,16 @@ def run(
         LogFormat | None,
         typer.Option("--log-format", case_sensitive=False, help="console (people) or json."),
     ] = None,
+    deliveries_from: Annotated[
+        str | None,
+        typer.Option(
+            "--deliveries-from",
+            metavar="head|seq:N|TIME",
+            help="Only when deliveries.db is missing but the journal has events: start every "
+            "subscription at the journal head (head), or re-deliver from seq N or from TIME "
+            "(RFC 3339, e.g. 2026-12-07T10:00Z).",
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM.
 
@@ -90,6 +100,13 @@ def run(
         _check_listen(listen)
     if (tls_cert is None) != (tls_key is None):
         usage_error("--tls-cert and --tls-key go together", param="--tls-cert")
+    if deliveries_from is not None:
+        from palyra_py.delivery_start import parse_deliveries_from
+
+        try:
+            parse_deliveries_from(deliveries_from)
+        except ValueError as exc:
+            usage_error(str(exc), param="--deliveries-from")
     try:
         socket_path(resolve_state_dir(state_dir))
     except SocketPathTooLong as exc:
@@ -108,6 +125,7 @@ def run(
         tls_key=tls_key,
         log_level=log_level.value if log_level else None,
         log_format=log_format.value if log_format else None,
+        deliveries_from=deliveries_from,
     )
     raise typer.Exit(code)
 

@@ -50,6 +50,7 @@ def _listeners(value: Any) -> str:
 def show_status(answer: Mapping[str, Any]) -> int:
     """``palyra daemon status`` for people; the exit code."""
     journal = answer.get("journal") or {}
+    deliveries = answer.get("deliveries") or {}
     integrations = answer.get("integrations") or {}
     keyring = answer.get("keyring") or {}
     by_readiness = integrations.get("by_readiness") or {}
@@ -74,6 +75,10 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("journal", output.text(journal.get("path"))),
         ("journal size", output.size(journal.get("size_bytes"))),
         ("last seq", output.text(journal.get("last_seq"))),
+        *([("journal problem", f"[red]{output.text(journal['problem'])}[/]")]
+          if journal.get("problem") else []),
+        *([("deliveries problem", f"[red]{output.text(deliveries['problem'])}[/]")]
+          if deliveries.get("problem") else []),
         ("retention", output.text(journal.get("retention"))),
         ("integrations", integrations_text),
         ("keyring", keyring_text),
