@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
-import hmac
 import re
 import secrets
 from collections.abc import Mapping
@@ -37,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomlkit
 
+from palyra_py.providers._common import same_secret
 from palyra_py.published import SYSTEM_SOURCES, published_type
 from palyra_py.registry import (
     Check,
@@ -141,10 +140,9 @@ def split_token(text: str) -> tuple[str, str] | None:
 
 def token_matches(expected: str, given: str) -> bool:
     """Whether a presented token equals the stored one, in time that depends on neither's
-    length (``hmac.compare_digest`` returns early on unequal lengths, so both are hashed to
-    SHA-256 first and the digests compared)."""
-    return hmac.compare_digest(hashlib.sha256(expected.encode()).digest(),
-                               hashlib.sha256(given.encode()).digest())
+    length: the providers' ``same_secret``, which hashes both to SHA-256 before
+    ``hmac.compare_digest``."""
+    return same_secret(given.encode(), expected.encode())
 
 
 # ---------------------------------------------------------------------------------------
