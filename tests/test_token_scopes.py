@@ -17,7 +17,7 @@ from palyra_py.registry import RegistryError, parse_registry
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from palyra_py.tokens import Principal, parse_scope
 from tests.fault_helpers import admin_session
-from tests.helpers import add_integration, send_signed
+from tests.helpers import add_integration, create_token, send_signed
 from tests.raw_http import exchange, request_bytes
 from tests.receiver import Receiver
 
@@ -26,15 +26,6 @@ PUSH = json.dumps({"ref": "refs/heads/main"}).encode()
 
 def base_of(daemon: Daemon) -> str:
     return daemon.ingress_url_for("x", local=True).rsplit("/hooks", 1)[0]
-
-
-async def create_token(admin: aiohttp.ClientSession, name: str,
-                       **fields: Any) -> tuple[str, dict[str, str]]:
-    """``(token_id, bearer headers)`` of a new token."""
-    async with admin.post("/v1/tokens", json={"name": name, **fields}) as resp:
-        answer = await resp.json()
-        assert resp.status == 201, answer
-    return answer["token"]["token_id"], {"Authorization": f"Bearer {answer['secret']}"}
 
 
 async def post_event(http: aiohttp.ClientSession, daemon: Daemon, headers: dict[str, str],
