@@ -173,6 +173,27 @@ async def test_read_scope_needs_a_namespaced_glob_for_webhooks_and_daemon_events
     assert types(answer["events"]) == ["deploy.done"]
 
 
+async def test_a_live_stream_keeps_to_the_tokens_read_scope(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+) -> None:
+    await add_integration(admin, "gh-main")
+    _, bare = await create_token(admin, "bare", scopes=["read"])
+    async with http.get(f"{base_of(daemon)}/v1/events/stream", headers=bare) as resp:
+        assert resp.status == 200, await resp.text()
+        assert await asyncio.wait_for(resp.content.readline(), 10) == b": palyra event stream\n"
+        # Both arrive after the stream joined its group: the hub sends them, not the journal.
+        assert (await send_signed(http, daemon, "gh-main", PUSH))[0] == 202
+        last = await admin_publish(admin, "entry.created")
+        kinds: list[str] = []
+        while not kinds or kinds[-1] != "entry.created":
+            line = await asyncio.wait_for(resp.content.readline(), 10)
+            if line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: "):])
+                kinds.append(event["kind"])
+                assert event["seq"] <= last
+    assert kinds == ["entry.created"]
+
+
 async def test_a_legacy_token_keeps_publishing_anything_and_reading_everything(
     daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
 ) -> None:
