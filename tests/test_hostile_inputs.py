@@ -1164,9 +1164,7 @@ async def slots_daemon(**settings: Any) -> AsyncIterator[World]:
 
 async def webhook_from(world: World, source: str) -> RawResponse:
     """A signed GitHub push sent from the loopback address ``source``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", world.port,
-                                                   local_addr=(source, 0))
-    conn = RawConnection(reader, writer)
+    conn = await RawConnection.tcp(world.port, source=source)
     try:
         body = b'{"zen": "from ' + source.encode() + b'"}'
         await conn.send(request_bytes("POST", "/hooks/gh", gh_headers(body), body))

@@ -45,8 +45,8 @@ async def capped(state_dir: Path, memory_keyring: MemoryKeyring) -> AsyncIterato
 async def connect(daemon: Daemon, source: str | None = None) -> Conn:
     """A connection to the ingress from ``source`` (a loopback address: 127.0.0.2 is a
     second sender on the same machine)."""
-    local = (source, 0) if source else None
-    return await asyncio.open_connection("127.0.0.1", daemon.ingress_port, local_addr=local)
+    conn = await RawConnection.tcp(daemon.ingress_port, source=source)
+    return conn.reader, conn.writer
 
 
 async def healthy(conn: Conn) -> None:
@@ -76,11 +76,10 @@ async def test_past_the_cap_a_connection_is_answered_503_and_closed(capped: Daem
     assert (ingress["connections"], ingress["max_connections"]) == (3, 3)
 
     refused = await connect(capped)
-    raw = await closed_by_server(refused)
-    head, _, body = raw.partition(b"\r\n\r\n")
+    head, body = refusal_of(await closed_by_server(refused))
     assert head.startswith(b"HTTP/1.1 503 ")
     assert b"\r\nRetry-After: 7\r\n" in head
-    assert json.loads(body)["error"] == "too_many_connections"
+    assert body["error"] == "too_many_connections"
     assert capped.connections.refused == 1
     assert capped.ingress.stats.by_reason["too_many_connections"] == 1
 
