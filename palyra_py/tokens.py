@@ -268,8 +268,10 @@ def _globs(scopes: tuple[str, ...], kind: str) -> tuple[str, ...]:
                  for scope in scopes if scope == kind or scope.startswith(prefix))
 
 
-def _namespace(event_type: str) -> str:
-    return re.split(r"[.:]", event_type, maxsplit=1)[0]
+def type_namespace(name: str) -> str:
+    """``github`` for ``github.push`` (and for ``github:push``): the namespace a read scope
+    must name to see a received webhook, and that publishers may not use for a provider."""
+    return re.split(r"[.:]", name, maxsplit=1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -287,7 +289,7 @@ class ReadScope:
     def __call__(self, event: JournalEvent) -> bool:
         type_ = published_type(event)
         protected = event.kind == "webhook.received" or event.source in SYSTEM_SOURCES
-        namespace = _namespace(type_) + "."
+        namespace = type_namespace(type_) + "."
         for glob in self.globs:
             if fnmatch.fnmatchcase(type_, glob) and (
                 not protected or glob == type_ or glob.startswith(namespace)
