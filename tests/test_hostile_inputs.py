@@ -1142,7 +1142,11 @@ async def test_api_token_compare_does_not_depend_on_its_length(
     calls = record_compares(monkeypatch)
     url = f"http://127.0.0.1:{world.port}/v1/events"
     async with aiohttp.ClientSession() as http:
-        for guess in (secret[: secret.rindex("_") + 17], secret + "A" * 40):
+        # A well-formed but short guess: the id, then 16 of the random characters (the
+        # random part may itself hold "_", so the cut is at the separator after the id).
+        cut = secret.index("_", len("plt_")) + 17
+        assert cut < len(secret)
+        for guess in (secret[:cut], secret + "A" * 40):
             async with http.post(url, json={"type": "app.timing", "data": {}},
                                  headers={"Authorization": f"Bearer {guess}"}) as answer:
                 assert answer.status == 401
