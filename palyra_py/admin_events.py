@@ -23,7 +23,7 @@ from palyra_py.stream import (
     TooManyOwnerStreams,
     wildcard_chars,
 )
-from palyra_py.tokens import Principal
+from palyra_py.tokens import Principal, type_namespace
 
 if TYPE_CHECKING:
     from palyra_py.daemon import Daemon
@@ -124,11 +124,6 @@ def filter_from_query(request: web.Request) -> EventFilter:
     principal = request.get(PRINCIPAL)
     scope = None if principal is None else principal.read_scope()
     return flt if scope is None else dataclasses.replace(flt, visible=scope)
-
-
-def type_namespace(name: str) -> str:
-    """``github`` for ``github.push`` (and for ``github:push``)."""
-    return re.split(r"[.:]", name, maxsplit=1)[0]
 
 
 def token_source(principal: Principal, integrations: Mapping[str, object]) -> str:

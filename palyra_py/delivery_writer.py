@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -15,7 +14,12 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from palyra_py.delivery_store_sql import DeliverySql, DeliveryStoreUnavailable, describe_error
-from palyra_py.sqlite_files import QueueWriterThread, call_in_loop, settle_outcomes
+from palyra_py.sqlite_files import (
+    QueueWriterThread,
+    call_in_loop,
+    file_identity,
+    settle_outcomes,
+)
 
 _log = logging.getLogger("palyra_py.delivery_store_sql")
 _T = TypeVar("_T")
@@ -64,7 +68,7 @@ class DeliveryWriter(QueueWriterThread):
         # As the journal's writer: SQLite goes on writing into an unlinked inode, so the
         # path must still name the file written, or nothing written is kept.
         self._path = path
-        self._inode = _inode(path) if path is not None else None
+        self._inode = file_identity(path) if path is not None else None
         self._gone: str | None = None
         self._gone_lock = threading.Lock()
         self.on_unavailable: Callable[[str], None] | None = None
@@ -78,7 +82,8 @@ class DeliveryWriter(QueueWriterThread):
     def check_file(self) -> str | None:
         """Does the path still name the file written? Else refuse every write from now on.
         Returns the reason, if any. Any thread (a stat)."""
-        if self._gone is None and self._path is not None and _inode(self._path) != self._inode:
+        if (self._gone is None and self._path is not None
+                and file_identity(self._path) != self._inode):
             with self._gone_lock:
                 if self._gone is not None:
                     return self._gone
@@ -145,11 +150,3 @@ class DeliveryWriter(QueueWriterThread):
 
     def _deliver(self, outcomes: list[_Outcome]) -> None:
         call_in_loop(self._loop, _settle_all, outcomes)
-
-
-def _inode(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)

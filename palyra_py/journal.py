@@ -161,6 +161,11 @@ class EventFilter:
             for pattern in self.types
         ):
             return False
+        return self.matches_besides_types(event)
+
+    def matches_besides_types(self, event: JournalEvent) -> bool:
+        """Every rule of ``matches`` but the type globs (which a stream group compiles once
+        and judges on its own), ``visible`` included."""
         if self.integration_id is not None and event.integration_id != self.integration_id:
             return False
         if self.source is not None and event.source != self.source:

@@ -25,6 +25,7 @@ from palyra_py.sqlite_files import (
     call_in_loop,
     checkpoint_elsewhere,
     describe_sqlite_error,
+    file_identity,
     header_problem_of,
     is_corruption,
     settle_outcomes,
@@ -110,7 +111,7 @@ class GroupCommitWriter(QueueWriterThread):
         # The file this writer commits into. SQLite keeps writing into an unlinked inode, so
         # after every commit the path must still name it, or nothing may be acknowledged.
         self._path = path
-        self._inode = _inode(path) if path is not None else None
+        self._inode = file_identity(path) if path is not None else None
         # One descriptor kept for the header check, closed only by ``release_file`` after
         # every connection: closing a descriptor of the file drops SQLite's POSIX locks.
         self._fd = _open_for_reading(path) if path is not None else None
@@ -196,7 +197,7 @@ class GroupCommitWriter(QueueWriterThread):
         by another process leaves the header ahead of the file for a moment, so a short file
         counts only when no other process held the checkpoint lock around two reads."""
         if self._gone is None and self._path is not None:
-            if _inode(self._path) != self._inode:
+            if file_identity(self._path) != self._inode:
                 self._refuse_from_now(
                     f"{self._path.name} was removed or replaced under the daemon; restart it "
                     "(events answered 503 were not acknowledged)")
@@ -301,11 +302,3 @@ def _open_for_reading(path: Path) -> int | None:
         return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
     except OSError:
         return None
-
-
-def _inode(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_dev, st.st_ino)

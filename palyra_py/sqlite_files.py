@@ -31,6 +31,17 @@ def related_files(path: Path) -> list[Path]:
     return [path, Path(f"{path}-wal"), Path(f"{path}-shm")]
 
 
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """``(st_dev, st_ino)`` of the file ``path`` names now (``None``: none). SQLite goes on
+    writing into an unlinked inode, so a writer compares this with what it opened to tell
+    that its file was removed or replaced."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino)
+
+
 def restrict_permissions(path: Path) -> None:
     """chmod 0600 the database and whichever of its -wal/-shm files exist."""
     for file in related_files(path):

@@ -183,8 +183,8 @@ class GroupMatcher:
     def __init__(self, flt: EventFilter) -> None:
         self.flt = flt
         self._types = TypeGlobs(flt.types) if flt.types else None
-        self._others = (flt.integration_id, flt.source, flt.since_ms, flt.until_ms) != (
-            None, None, None, None)
+        # Any rule but the types (a read scope's ``visible`` too): then each event is asked.
+        self._others = dataclasses.replace(flt, types=()) != EventFilter()
         self._verdicts: dict[TypeKey, bool] = {}
         self.type_matches = 0
         """Compiled matches run (verdicts not found in the memo), for tests and benches."""
@@ -192,7 +192,7 @@ class GroupMatcher:
     def matches(self, event: JournalEvent) -> bool:
         if self._types is not None and not self._verdict((event.kind, event.event_type)):
             return False
-        return not self._others or self._others_match(event)
+        return not self._others or self.flt.matches_besides_types(event)
 
     def select(self, events: list[JournalEvent], keys: list[TypeKey],
                distinct: dict[TypeKey, None]) -> list[JournalEvent]:
@@ -208,17 +208,7 @@ class GroupMatcher:
                 wanted = [e for e, key in zip(events, keys, strict=True) if verdicts[key]]
         if not self._others:
             return wanted
-        return [e for e in wanted if self._others_match(e)]
-
-    def _others_match(self, event: JournalEvent) -> bool:
-        flt = self.flt
-        if flt.integration_id is not None and event.integration_id != flt.integration_id:
-            return False
-        if flt.source is not None and event.source != flt.source:
-            return False
-        if flt.since_ms is not None and event.ts_unix_ms < flt.since_ms:
-            return False
-        return flt.until_ms is None or event.ts_unix_ms < flt.until_ms
+        return [e for e in wanted if self.flt.matches_besides_types(e)]
 
     def _verdict(self, key: TypeKey) -> bool:
         verdict = self._verdicts.get(key)

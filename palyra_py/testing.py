@@ -16,6 +16,7 @@ from keyring.compat import properties
 from keyring.errors import PasswordDeleteError
 
 from palyra_py.daemon import Daemon, load_for_tests
+from palyra_py.delivery_start import DeliveriesFrom
 from palyra_py.secrets import SecretStore
 
 
@@ -69,11 +70,14 @@ async def running_daemon(
     *,
     clock: Any = None,
     keyring: KeyringBackend | None = None,
+    deliveries_from: DeliveriesFrom | None = None,
     **settings: Any,
 ) -> AsyncIterator[Daemon]:
     """Start a real daemon (ingress on 127.0.0.1, ephemeral port; admin API on
     ``<state_dir>/palyra.sock``) and stop it on exit. ``settings`` are ``section__key``
-    overrides, e.g. ``ingress__rejection_window_s=0.5``. A state dir made here is removed."""
+    overrides, e.g. ``ingress__rejection_window_s=0.5``; ``deliveries_from`` is the daemon's
+    (``--deliveries-from``: where deliveries resume without ``deliveries.db``). A state dir
+    made here is removed."""
     own = state_dir is None
     state = state_dir or short_state_dir()
     daemon_kwargs: dict[str, Any] = {
@@ -81,6 +85,8 @@ async def running_daemon(
     }
     if clock is not None:
         daemon_kwargs["clock"] = clock
+    if deliveries_from is not None:
+        daemon_kwargs["deliveries_from"] = deliveries_from
     daemon = Daemon(load_for_tests(state, **settings), **daemon_kwargs)
     await daemon.start()
     try:

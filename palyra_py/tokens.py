@@ -26,8 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
-import hashlib
-import hmac
 import re
 import secrets
 from collections.abc import Mapping
@@ -37,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import tomlkit
 
+from palyra_py.providers._common import same_secret
 from palyra_py.published import SYSTEM_SOURCES, published_type
 from palyra_py.registry import (
     Check,
@@ -141,10 +140,9 @@ def split_token(text: str) -> tuple[str, str] | None:
 
 def token_matches(expected: str, given: str) -> bool:
     """Whether a presented token equals the stored one, in time that depends on neither's
-    length (``hmac.compare_digest`` returns early on unequal lengths, so both are hashed to
-    SHA-256 first and the digests compared)."""
-    return hmac.compare_digest(hashlib.sha256(expected.encode()).digest(),
-                               hashlib.sha256(given.encode()).digest())
+    length: the providers' ``same_secret``, which hashes both to SHA-256 before
+    ``hmac.compare_digest``."""
+    return same_secret(given.encode(), expected.encode())
 
 
 # ---------------------------------------------------------------------------------------
@@ -270,8 +268,10 @@ def _globs(scopes: tuple[str, ...], kind: str) -> tuple[str, ...]:
                  for scope in scopes if scope == kind or scope.startswith(prefix))
 
 
-def _namespace(event_type: str) -> str:
-    return re.split(r"[.:]", event_type, maxsplit=1)[0]
+def type_namespace(name: str) -> str:
+    """``github`` for ``github.push`` (and for ``github:push``): the namespace a read scope
+    must name to see a received webhook, and that publishers may not use for a provider."""
+    return re.split(r"[.:]", name, maxsplit=1)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -289,7 +289,7 @@ class ReadScope:
     def __call__(self, event: JournalEvent) -> bool:
         type_ = published_type(event)
         protected = event.kind == "webhook.received" or event.source in SYSTEM_SOURCES
-        namespace = _namespace(type_) + "."
+        namespace = type_namespace(type_) + "."
         for glob in self.globs:
             if fnmatch.fnmatchcase(type_, glob) and (
                 not protected or glob == type_ or glob.startswith(namespace)

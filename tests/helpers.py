@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 
@@ -20,6 +20,27 @@ async def add_integration(
         data: dict[str, Any] = await resp.json()
         assert resp.status == 201, data
         return data
+
+
+class NewToken(NamedTuple):
+    """An API token just created: its id and the headers that present it."""
+
+    token_id: str
+    bearer: dict[str, str]
+
+    @property
+    def secret(self) -> str:
+        """The token itself (``plt_...``), for requests written by hand."""
+        return self.bearer["Authorization"].removeprefix("Bearer ")
+
+
+async def create_token(admin: aiohttp.ClientSession, name: str, **fields: Any) -> NewToken:
+    """A new API token (``fields``: ``scopes``, ``expires_in_s``, ...), created over the
+    admin API; the 201 is asserted."""
+    async with admin.post("/v1/tokens", json={"name": name, **fields}) as resp:
+        answer = await resp.json()
+        assert resp.status == 201, answer
+    return NewToken(answer["token"]["token_id"], {"Authorization": f"Bearer {answer['secret']}"})
 
 
 async def send_signed(

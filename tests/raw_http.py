@@ -85,8 +85,12 @@ class RawConnection:
         self.writer = writer
 
     @classmethod
-    async def tcp(cls, port: int, host: str = "127.0.0.1") -> RawConnection:
-        reader, writer = await asyncio.open_connection(host, port)
+    async def tcp(cls, port: int, host: str = "127.0.0.1", *,
+                  source: str | None = None) -> RawConnection:
+        """A connection to ``host:port``, from the local address ``source`` if given (a
+        loopback address such as 127.0.0.2 is a second sender on the same machine)."""
+        local = (source, 0) if source else None
+        reader, writer = await asyncio.open_connection(host, port, local_addr=local)
         return cls(reader, writer)
 
     async def send(self, data: bytes) -> None:

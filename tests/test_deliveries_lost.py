@@ -10,6 +10,7 @@ import json
 import sqlite3
 import sys
 import time
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,8 @@ import aiohttp
 import pytest
 import structlog.testing
 
-from palyra_py.daemon import EXIT_DELIVERIES_MISSING, Daemon, DaemonError, load_for_tests
+from palyra_py.daemon import EXIT_DELIVERIES_MISSING, Daemon, DaemonError
 from palyra_py.delivery_start import DeliveriesFrom, parse_deliveries_from
-from palyra_py.secrets import SecretStore
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.daemon_process import child_env
 from tests.fault_helpers import admin_session, publish, subscribe
@@ -35,23 +35,13 @@ def remove_delivery_store(state_dir: Path) -> None:
         (state_dir / name).unlink(missing_ok=True)
 
 
-class Started:
-    """An in-process daemon started with ``deliveries_from`` (``running_daemon`` has no
-    such parameter), stopped on exit."""
-
-    def __init__(self, state_dir: Path, clock: ManualClock, keyring: MemoryKeyring,
-                 deliveries_from: DeliveriesFrom | None) -> None:
-        self.daemon = Daemon(load_for_tests(state_dir, delivery__allow_private_networks=True),
-                             clock=clock,
-                             secrets=SecretStore(state_dir, backend=keyring),
-                             deliveries_from=deliveries_from)
-
-    async def __aenter__(self) -> Daemon:
-        await self.daemon.start()
-        return self.daemon
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.daemon.stop()
+def started(state_dir: Path, clock: ManualClock, keyring: MemoryKeyring,
+            deliveries_from: DeliveriesFrom | None) -> AbstractAsyncContextManager[Daemon]:
+    """The daemon of these tests (deliveries to the loopback receiver allowed), started
+    with ``deliveries_from``."""
+    return running_daemon(state_dir, clock=clock, keyring=keyring,
+                          deliveries_from=deliveries_from,
+                          delivery__allow_private_networks=True)
 
 
 async def publish_seq(admin: aiohttp.ClientSession, i: int) -> int:
@@ -121,13 +111,13 @@ async def test_delivery_store_removed_under_the_daemon_stops_dispatching_and_say
 
     # The next start refuses to guess ...
     with pytest.raises(DaemonError) as info:
-        async with Started(state_dir, clock, memory_keyring, None):
+        async with started(state_dir, clock, memory_keyring, None):
             pass
     assert info.value.exit_code == EXIT_DELIVERIES_MISSING
 
     # ... and from the seq the log named, the retry and every later event are delivered.
     receiver.received.clear()
-    async with Started(state_dir, clock, memory_keyring, parse_deliveries_from(
+    async with started(state_dir, clock, memory_keyring, parse_deliveries_from(
             removed[0]["deliveries_from"])) as d, admin_session(d.socket_path) as admin:
         got = await receiver.wait_for(4)
         assert sorted(r.json()["data"]["i"] for r in got) == [0, 1, 2, 3]
@@ -142,7 +132,7 @@ async def test_a_start_without_the_delivery_store_refuses_to_guess(
     await a_state_with_history(state_dir, clock, memory_keyring, receiver)
     remove_delivery_store(state_dir)
     with pytest.raises(DaemonError) as info:
-        async with Started(state_dir, clock, memory_keyring, None):
+        async with started(state_dir, clock, memory_keyring, None):
             pass
     message = str(info.value)
     assert info.value.exit_code == EXIT_DELIVERIES_MISSING
@@ -159,7 +149,7 @@ async def test_deliveries_from_head_skips_the_gap(
     clock = ManualClock(start=time.time())
     await a_state_with_history(state_dir, clock, memory_keyring, receiver)
     remove_delivery_store(state_dir)
-    async with Started(state_dir, clock, memory_keyring, DeliveriesFrom("head")) as d, \
+    async with started(state_dir, clock, memory_keyring, DeliveriesFrom("head")) as d, \
             admin_session(d.socket_path) as admin:
         new = await publish_seq(admin, 9)
         got = await receiver.wait_for(4)
@@ -179,7 +169,7 @@ async def test_deliveries_from_a_seq_or_a_time_delivers_again_from_there(
     else:
         choice = parse_deliveries_from(_time_of(state_dir, seqs[1]))
     receiver.received.clear()
-    async with Started(state_dir, clock, memory_keyring, choice) as d, \
+    async with started(state_dir, clock, memory_keyring, choice) as d, \
             admin_session(d.socket_path) as admin:
         got = await receiver.wait_for(2)
         assert sorted(r.json()["data"]["i"] for r in got) == [1, 2]
@@ -218,7 +208,7 @@ async def test_a_first_start_with_subscriptions_needs_no_choice(
     await a_state_with_history(state_dir, clock, memory_keyring, receiver, count=1)
     for name in ("journal.db", "journal.db-wal", "journal.db-shm", *DELIVERY_FILES):
         (state_dir / name).unlink(missing_ok=True)
-    async with Started(state_dir, clock, memory_keyring, None) as d, \
+    async with started(state_dir, clock, memory_keyring, None) as d, \
             admin_session(d.socket_path) as admin:
         await publish_seq(admin, 7)
         assert (await receiver.wait_for(2))[-1].json()["data"] == {"i": 7}
@@ -231,7 +221,7 @@ async def test_a_wal_left_without_its_database_is_moved_aside(
     await a_state_with_history(state_dir, clock, memory_keyring, receiver, count=1)
     remove_delivery_store(state_dir)
     (state_dir / "deliveries.db-wal").write_bytes(b"\x37\x7f\x06\x82" + b"\0" * 28)
-    async with Started(state_dir, clock, memory_keyring, DeliveriesFrom("head")) as d, \
+    async with started(state_dir, clock, memory_keyring, DeliveriesFrom("head")) as d, \
             admin_session(d.socket_path) as admin:
         await publish_seq(admin, 8)
         assert (await receiver.wait_for(2))[-1].json()["data"] == {"i": 8}

@@ -35,7 +35,7 @@ from palyra_py.daemon import Daemon
 from palyra_py.providers import get_provider
 from palyra_py.reasons import Reason
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
-from tests.helpers import add_integration, events
+from tests.helpers import add_integration, create_token, events
 from tests.raw_http import (
     RawConnection,
     RawResponse,
@@ -923,12 +923,8 @@ async def test_a_stream_client_that_never_reads_is_cut_loose(fresh: World) -> No
 # -- one token's streams and bodies (issue 9, item 2) ---------------------------------------
 
 async def new_token(world: World, name: str) -> str:
-    async with world.admin.post("/v1/tokens",
-                                json={"name": name, "scopes": ["publish", "read"]}) as resp:
-        created = await resp.json()
-        assert resp.status == 201, created
-    secret: str = created["secret"]
-    return secret
+    """A new publish-and-read token, as the text a client presents."""
+    return (await create_token(world.admin, name, scopes=["publish", "read"])).secret
 
 
 def bearer(token: str) -> dict[str, str]:
@@ -1010,7 +1006,9 @@ async def test_a_webhook_is_answered_while_many_streams_with_many_globs_are_open
     body = b'{"ref": "refs/heads/main"}'
     async with tcp_client(fresh) as http, contextlib.AsyncExitStack() as stack:
         streams: list[aiohttp.ClientResponse] = []
-        names = [await new_token(fresh, f"app-{t}") for t in range(tokens)]
+        # Tokens that may read GitHub webhooks: a bare read scope never sees one, live or not.
+        names = [(await create_token(fresh.admin, f"app-{t}", scopes=["read:github.*"])).secret
+                 for t in range(tokens)]
         for t, token in enumerate(names):  # no event is journaled while they open
             queries = [[("type", "*a" * 32),
                         *(("type", f"t{t}.s{s}.n{p}.[!x]?") for p in range(7)),
@@ -1140,14 +1138,15 @@ async def test_gitlab_token_compare_does_not_depend_on_its_length(
 async def test_api_token_compare_does_not_depend_on_its_length(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    async with world.admin.post("/v1/tokens", json={"name": "timing"}) as resp:
-        created = await resp.json()
-        assert resp.status == 201, created
-    secret = created["secret"]
+    secret = (await create_token(world.admin, "timing")).secret
     calls = record_compares(monkeypatch)
     url = f"http://127.0.0.1:{world.port}/v1/events"
     async with aiohttp.ClientSession() as http:
-        for guess in (secret[: secret.rindex("_") + 17], secret + "A" * 40):
+        # A well-formed but short guess: the id, then 16 of the random characters (the
+        # random part may itself hold "_", so the cut is at the separator after the id).
+        cut = secret.index("_", len("plt_")) + 17
+        assert cut < len(secret)
+        for guess in (secret[:cut], secret + "A" * 40):
             async with http.post(url, json={"type": "app.timing", "data": {}},
                                  headers={"Authorization": f"Bearer {guess}"}) as answer:
                 assert answer.status == 401
@@ -1169,9 +1168,7 @@ async def slots_daemon(**settings: Any) -> AsyncIterator[World]:
 
 async def webhook_from(world: World, source: str) -> RawResponse:
     """A signed GitHub push sent from the loopback address ``source``."""
-    reader, writer = await asyncio.open_connection("127.0.0.1", world.port,
-                                                   local_addr=(source, 0))
-    conn = RawConnection(reader, writer)
+    conn = await RawConnection.tcp(world.port, source=source)
     try:
         body = b'{"zen": "from ' + source.encode() + b'"}'
         await conn.send(request_bytes("POST", "/hooks/gh", gh_headers(body), body))
@@ -1209,9 +1206,7 @@ async def test_one_address_reconnecting_cannot_take_every_slot() -> None:
 async def test_a_token_filling_the_stream_cap_leaves_providers_their_slots() -> None:
     async with slots_daemon(ingress__max_connections=8, stream__max_clients=16,
                             stream__max_per_token=32) as world:
-        async with world.admin.post("/v1/tokens",
-                                    json={"name": "greedy", "scopes": ["read"]}) as resp:
-            token = (await resp.json())["secret"]
+        token = (await create_token(world.admin, "greedy", scopes=["read"])).secret
         stream = request_bytes("GET", "/v1/events/stream",
                                [("Authorization", f"Bearer {token}")])
         streams: list[RawConnection] = []
@@ -1262,14 +1257,6 @@ async def test_unfinished_heads_are_cut_off_at_max_head_bytes(world: World) -> N
 # -- hostile token holders (issue 9: token scopes, items 3 and 15) -----------------------------
 
 
-async def token_of(world: World, name: str, *scopes: str) -> dict[str, str]:
-    fields: dict[str, Any] = {"name": name, **({"scopes": list(scopes)} if scopes else {})}
-    async with world.admin.post("/v1/tokens", json=fields) as resp:
-        answer = await resp.json()
-        assert resp.status == 201, answer
-    return {"Authorization": f"Bearer {answer['secret']}"}
-
-
 async def as_token(world: World, bearer: dict[str, str], method: str, path: str,
                    body: Any = None, **query: str) -> tuple[int, str]:
     """``(status, body text)`` of one request to the TCP listener with ``bearer``."""
@@ -1303,7 +1290,7 @@ async def as_token(world: World, bearer: dict[str, str], method: str, path: str,
 async def test_a_token_cannot_publish_as_a_provider(
     world: World, body: dict[str, Any], field: str
 ) -> None:
-    bearer = await token_of(world, "forger")
+    bearer = (await create_token(world.admin, "forger")).bearer
     before = await world.head()
     status, text = await as_token(world, bearer, "POST", "/v1/events", body)
     answer = json.loads(text)
@@ -1317,7 +1304,7 @@ async def test_a_token_cannot_publish_as_a_provider(
 async def test_a_publish_glob_is_not_escaped(
     world: World, event_type: str
 ) -> None:
-    bearer = await token_of(world, "narrow", "publish:entry.*")
+    bearer = (await create_token(world.admin, "narrow", scopes=["publish:entry.*"])).bearer
     before = await world.head()
     status, text = await as_token(world, bearer, "POST", "/v1/events", {"type": event_type})
     assert (status, json.loads(text)["error"]) == (403, "scope_denied")
@@ -1332,7 +1319,7 @@ async def test_a_broad_read_glob_never_shows_a_received_webhook(
     # A body of its own: the same signed content twice would be a replay (a duplicate).
     body = json.dumps({"ref": "refs/heads/secret-branch", "n": uuid.uuid4().hex}).encode()
     assert (await post(world, "/hooks/gh", gh_headers(body), body)).status == 202
-    bearer = await token_of(world, "snoop", *scopes)
+    bearer = (await create_token(world.admin, "snoop", scopes=list(scopes))).bearer
     status, text = await as_token(world, bearer, "GET", "/v1/events", limit="10000")
     assert status == (403 if scopes[0].startswith("publish") else 200), text
     assert "secret-branch" not in text and "webhook.received" not in text
@@ -1341,7 +1328,8 @@ async def test_a_broad_read_glob_never_shows_a_received_webhook(
 async def test_a_guessed_idempotency_key_suppresses_nothing(
     world: World
 ) -> None:
-    squatter, victim = await token_of(world, "squatter"), await token_of(world, "victim")
+    squatter = (await create_token(world.admin, "squatter")).bearer
+    victim = (await create_token(world.admin, "victim")).bearer
     event = {"type": "billing.invoice_sent", "idempotency_key": "invoice-2026-0001"}
     assert (await as_token(world, squatter, "POST", "/v1/events", event))[0] == 201
     status, text = await as_token(world, victim, "POST", "/v1/events", event)

@@ -14,7 +14,7 @@ import pytest
 from palyra_py.daemon import Daemon
 from palyra_py.providers import get_provider
 from palyra_py.testing import ManualClock, MemoryKeyring
-from tests.helpers import add_integration, events, send_signed
+from tests.helpers import add_integration, create_token, events, send_signed
 
 PUSH = json.dumps({"ref": "refs/heads/main", "commits": [{"id": "abc"}]}).encode()
 SECRET = "It's a Secret to Everybody"
@@ -312,8 +312,7 @@ async def test_metrics_count_answers_with_bounded_labels(
         async with http.post(daemon.ingress_url_for(f"stranger-{i}", local=True)) as resp:
             assert resp.status == 404
     base = daemon.ingress_url_for("x", local=True).rsplit("/hooks", 1)[0]
-    async with admin.post("/v1/tokens", json={"name": "prom", "scopes": ["metrics"]}) as resp:
-        bearer = {"Authorization": f"Bearer {(await resp.json())['secret']}"}
+    bearer = (await create_token(admin, "prom", scopes=["metrics"])).bearer
     async with http.get(f"{base}/metrics", headers=bearer) as resp:
         text = await resp.text()
     assert resp.status == 200 and resp.headers["Content-Type"].startswith("text/plain")

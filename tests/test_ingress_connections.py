@@ -27,7 +27,7 @@ from palyra_py.providers import get_provider
 from palyra_py.testing import MemoryKeyring, running_daemon
 from tests.daemon_process import DaemonProcess, child_env
 from tests.fault_helpers import admin_session
-from tests.helpers import add_integration, send_signed
+from tests.helpers import add_integration, create_token, send_signed
 from tests.raw_http import RawConnection, request_bytes
 
 Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
@@ -45,8 +45,8 @@ async def capped(state_dir: Path, memory_keyring: MemoryKeyring) -> AsyncIterato
 async def connect(daemon: Daemon, source: str | None = None) -> Conn:
     """A connection to the ingress from ``source`` (a loopback address: 127.0.0.2 is a
     second sender on the same machine)."""
-    local = (source, 0) if source else None
-    return await asyncio.open_connection("127.0.0.1", daemon.ingress_port, local_addr=local)
+    conn = await RawConnection.tcp(daemon.ingress_port, source=source)
+    return conn.reader, conn.writer
 
 
 async def healthy(conn: Conn) -> None:
@@ -76,11 +76,10 @@ async def test_past_the_cap_a_connection_is_answered_503_and_closed(capped: Daem
     assert (ingress["connections"], ingress["max_connections"]) == (3, 3)
 
     refused = await connect(capped)
-    raw = await closed_by_server(refused)
-    head, _, body = raw.partition(b"\r\n\r\n")
+    head, body = refusal_of(await closed_by_server(refused))
     assert head.startswith(b"HTTP/1.1 503 ")
     assert b"\r\nRetry-After: 7\r\n" in head
-    assert json.loads(body)["error"] == "too_many_connections"
+    assert body["error"] == "too_many_connections"
     assert capped.connections.refused == 1
     assert capped.ingress.stats.by_reason["too_many_connections"] == 1
 
@@ -178,11 +177,8 @@ async def test_streams_have_their_own_cap_and_webhooks_keep_their_slots(
                               stream__max_clients=2) as d:
         async with admin_session(d.socket_path) as admin:
             await add_integration(admin, "gh")
-            watcher = {"name": "watcher", "scopes": ["read"]}
-            async with admin.post("/v1/tokens", json=watcher) as resp:
-                token = (await resp.json())["secret"]
+            auth = (await create_token(admin, "watcher", scopes=["read"])).bearer
             base = d.ingress_url_for("gh", local=True).rsplit("/hooks", 1)[0]
-            auth = {"Authorization": f"Bearer {token}"}
             async with aiohttp.ClientSession() as streams, aiohttp.ClientSession() as http:
                 opened = []
                 for _ in range(2):  # the stream cap, filled over the ingress listener
@@ -264,9 +260,7 @@ async def test_what_a_stream_client_sends_once_streaming_is_dropped(
     async with running_daemon(state_dir, keyring=memory_keyring,
                               ingress__max_head_bytes=4096) as d:
         async with admin_session(d.socket_path) as admin:
-            watcher = {"name": "watcher", "scopes": ["read"]}
-            async with admin.post("/v1/tokens", json=watcher) as resp:
-                token = (await resp.json())["secret"]
+            token = (await create_token(admin, "watcher", scopes=["read"])).secret
             conn = await RawConnection.tcp(d.ingress_port)
             await conn.send(request_bytes("GET", "/v1/events/stream?type=app.*",
                                           [("Authorization", f"Bearer {token}")]))

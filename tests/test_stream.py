@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fnmatch
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 from hypothesis import given, settings
@@ -129,14 +129,21 @@ GLOB = st.text(alphabet="ab.*?[]!-", max_size=8)
 NAME = st.text(alphabet="ab.[]!-", max_size=8)
 
 
+def first_only(event: JournalEvent) -> bool:
+    """A ``visible`` check (as a token's read scope is one) that hides every event but seq 1."""
+    return event.seq == 1
+
+
 @settings(max_examples=300, deadline=None)
 @given(types=st.lists(GLOB, max_size=6), kind=NAME, event_type=st.none() | NAME,
        source=st.sampled_from([None, "test", "other"]),
-       since=st.sampled_from([None, 1_600_000_000_000, 1_800_000_000_000]))
+       since=st.sampled_from([None, 1_600_000_000_000, 1_800_000_000_000]),
+       visible=st.sampled_from([None, first_only]))
 def test_a_compiled_group_judges_exactly_as_the_filter(
-    types: list[str], kind: str, event_type: str | None, source: str | None, since: int | None
+    types: list[str], kind: str, event_type: str | None, source: str | None, since: int | None,
+    visible: Callable[[JournalEvent], bool] | None,
 ) -> None:
-    flt = EventFilter(types=tuple(types), source=source, since_ms=since)
+    flt = EventFilter(types=tuple(types), source=source, since_ms=since, visible=visible)
     event = journal_event(1, kind, event_type)
     other = journal_event(2, "a.b", None)
     matcher = GroupMatcher(flt)

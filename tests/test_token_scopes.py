@@ -17,7 +17,7 @@ from palyra_py.registry import RegistryError, parse_registry
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from palyra_py.tokens import Principal, parse_scope
 from tests.fault_helpers import admin_session
-from tests.helpers import add_integration, send_signed
+from tests.helpers import add_integration, create_token, send_signed
 from tests.raw_http import exchange, request_bytes
 from tests.receiver import Receiver
 
@@ -26,15 +26,6 @@ PUSH = json.dumps({"ref": "refs/heads/main"}).encode()
 
 def base_of(daemon: Daemon) -> str:
     return daemon.ingress_url_for("x", local=True).rsplit("/hooks", 1)[0]
-
-
-async def create_token(admin: aiohttp.ClientSession, name: str,
-                       **fields: Any) -> tuple[str, dict[str, str]]:
-    """``(token_id, bearer headers)`` of a new token."""
-    async with admin.post("/v1/tokens", json={"name": name, **fields}) as resp:
-        answer = await resp.json()
-        assert resp.status == 201, answer
-    return answer["token"]["token_id"], {"Authorization": f"Bearer {answer['secret']}"}
 
 
 async def post_event(http: aiohttp.ClientSession, daemon: Daemon, headers: dict[str, str],
@@ -180,6 +171,27 @@ async def test_read_scope_needs_a_namespaced_glob_for_webhooks_and_daemon_events
     # The query's own filter still applies on top of the scope.
     status, answer = await listed(http, daemon, bare, type="deploy.*")
     assert types(answer["events"]) == ["deploy.done"]
+
+
+async def test_a_live_stream_keeps_to_the_tokens_read_scope(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession,
+) -> None:
+    await add_integration(admin, "gh-main")
+    _, bare = await create_token(admin, "bare", scopes=["read"])
+    async with http.get(f"{base_of(daemon)}/v1/events/stream", headers=bare) as resp:
+        assert resp.status == 200, await resp.text()
+        assert await asyncio.wait_for(resp.content.readline(), 10) == b": palyra event stream\n"
+        # Both arrive after the stream joined its group: the hub sends them, not the journal.
+        assert (await send_signed(http, daemon, "gh-main", PUSH))[0] == 202
+        last = await admin_publish(admin, "entry.created")
+        kinds: list[str] = []
+        while not kinds or kinds[-1] != "entry.created":
+            line = await asyncio.wait_for(resp.content.readline(), 10)
+            if line.startswith(b"data: "):
+                event = json.loads(line[len(b"data: "):])
+                kinds.append(event["kind"])
+                assert event["seq"] <= last
+    assert kinds == ["entry.created"]
 
 
 async def test_a_legacy_token_keeps_publishing_anything_and_reading_everything(
