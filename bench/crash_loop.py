@@ -49,7 +49,7 @@ from typing import Any
 import aiohttp
 from github_push import github_push_payload, github_signature
 
-from palyra_py.dispatcher import RESEND_FACTOR
+from palyra_py.outbound.dispatcher import RESEND_FACTOR
 
 SECRET = "crash-loop-github-secret"
 RESULTS = Path(__file__).resolve().parent / "results"

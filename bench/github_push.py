@@ -84,7 +84,7 @@ def _commit(index: int, pusher: dict[str, Any]) -> dict[str, Any]:
         "url": f"https://github.com/{OWNER}/{REPO_NAME}/commit/{sha}",
         "author": person, "committer": person,
         "added": [f"docs/change-{index}.md"], "removed": [],
-        "modified": ["palyra_py/ingress.py", f"tests/test_change_{index}.py"],
+        "modified": ["palyra_py/inbound/ingress.py", f"tests/test_change_{index}.py"],
     }
 
 

@@ -19,8 +19,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from palyra_py.journal import EventFilter, JournalEvent
-from palyra_py.stream import MAX_WILDCARD_CHARS, GroupMatcher, TypeKey, wildcard_chars
+from palyra_py.journal.journal import EventFilter, JournalEvent
+from palyra_py.stream.hub import MAX_WILDCARD_CHARS, GroupMatcher, TypeKey, wildcard_chars
 
 
 def event(seq: int, kind: str, event_type: str) -> JournalEvent:

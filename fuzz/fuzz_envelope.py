@@ -37,7 +37,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the shared harness s
 
 from _harness import run
 
-from palyra_py.envelope import (
+from palyra_py.inbound.envelope import (
     MAX_JSON_DEPTH,
     build_envelope,
     encode_envelope,
@@ -45,7 +45,7 @@ from palyra_py.envelope import (
     make_nonce,
     validate_envelope,
 )
-from palyra_py.ingress import parse_json_object, parse_payload
+from palyra_py.inbound.ingress import parse_json_object, parse_payload
 from palyra_py.reasons import Rejection
 
 FORM = 0x01

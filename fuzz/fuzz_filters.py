@@ -36,6 +36,7 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the shared harness s
 
 from _harness import run
 
+from palyra_py.events import PublishedEvent
 from palyra_py.filters import (
     MAX_FILTER_ENTRIES,
     MAX_PATTERNS,
@@ -46,8 +47,7 @@ from palyra_py.filters import (
     parse_value,
     validate_filter_table,
 )
-from palyra_py.published import PublishedEvent
-from palyra_py.retry import (
+from palyra_py.outbound.retry import (
     MAX_DELAY_S,
     MAX_RETRY_AFTER_S,
     MAX_SCHEDULE_ENTRIES,

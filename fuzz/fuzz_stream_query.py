@@ -36,16 +36,16 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the shared harness s
 
 from _harness import run
 
-from palyra_py.admin_errors import ApiError
-from palyra_py.admin_events import (
+from palyra_py.admin.errors import ApiError
+from palyra_py.admin.events import (
     MAX_LIST_LIMIT,
     check_stream_patterns,
     filter_from_query,
     parse_int,
     parse_time_ms,
 )
-from palyra_py.journal import JournalEvent
-from palyra_py.stream import GroupMatcher
+from palyra_py.journal.journal import JournalEvent
+from palyra_py.stream.hub import GroupMatcher
 
 MAX_CURSOR = 2**62
 SQLITE_MIN, SQLITE_MAX = -(2**63), 2**63 - 1

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 from urllib.parse import urlencode, urlsplit
 
 from palyra_py import __version__
-from palyra_py.admin_client import SseDecoder, SseEvent
+from palyra_py.clients.admin import SseDecoder, SseEvent
 from palyra_py.paths import resolve_state_dir, socket_path
 
 if TYPE_CHECKING:

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # at run time only the matcher needs it: the CLI imports the parsers
-    from palyra_py.published import PublishedEvent
+    from palyra_py.events import PublishedEvent
 
 Scalar = str | int | float | bool
 

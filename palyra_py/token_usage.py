@@ -15,7 +15,7 @@ from pathlib import Path
 
 import structlog
 
-from palyra_py.atomic_files import write_atomic
+from palyra_py.storage.files import write_atomic
 
 log = structlog.get_logger("palyra.tokens")
 

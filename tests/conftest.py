@@ -9,9 +9,9 @@ import pytest
 import structlog
 import structlog.testing
 
-from palyra_py.bus import SeqBus
-from palyra_py.daemon import Daemon
-from palyra_py.journal import Journal
+from palyra_py.bus.local import SeqBus
+from palyra_py.journal.journal import Journal
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon, short_state_dir
 from tests import leakcheck
 from tests.fault_helpers import admin_session

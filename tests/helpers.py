@@ -6,8 +6,8 @@ from typing import Any, NamedTuple
 
 import aiohttp
 
-from palyra_py.daemon import Daemon
 from palyra_py.providers import get_provider
+from palyra_py.server.daemon import Daemon
 
 
 async def add_integration(

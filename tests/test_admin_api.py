@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 
-from palyra_py.daemon import Daemon
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring
 from tests.helpers import add_integration, events
 

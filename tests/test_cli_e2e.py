@@ -11,7 +11,7 @@ from typing import Any
 
 import aiohttp
 
-from palyra_py.daemon import Daemon
+from palyra_py.server.daemon import Daemon
 from tests import leakcheck
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, send_signed

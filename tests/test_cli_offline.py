@@ -21,7 +21,6 @@ import pytest
 from typer.testing import CliRunner, Result
 
 from palyra_py import __version__
-from palyra_py.admin_client import AdminClient, ApiError, SseDecoder, SseEvent, iter_sse
 from palyra_py.cli import output
 from palyra_py.cli.app import app
 from palyra_py.cli.subscription_inputs import (
@@ -31,6 +30,7 @@ from palyra_py.cli.subscription_inputs import (
 )
 from palyra_py.cli.timeparse import TimeParseError, parse_duration, parse_time
 from palyra_py.cli.tokens_cmd import publish_base_url
+from palyra_py.clients.admin import AdminClient, ApiError, SseDecoder, SseEvent, iter_sse
 from palyra_py.paths import SocketPathTooLong, resolve_state_dir, socket_path
 
 runner = CliRunner()
@@ -67,7 +67,7 @@ for path in paths:
         except SystemExit as exc:
             codes.append(exc.code)
 heavy = ["aiohttp", "jsonschema", "tomlkit", "keyring", "structlog", "sqlite3",
-         "palyra_py.daemon"]
+         "palyra_py.server.daemon"]
 print(json.dumps({"paths": [" ".join(p) for p in paths], "codes": codes,
                   "loaded": [m for m in heavy if m in sys.modules]}))
 """

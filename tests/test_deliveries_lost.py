@@ -19,8 +19,8 @@ import aiohttp
 import pytest
 import structlog.testing
 
-from palyra_py.daemon import EXIT_DELIVERIES_MISSING, Daemon, DaemonError
 from palyra_py.delivery_start import DeliveriesFrom, parse_deliveries_from
+from palyra_py.server.daemon import EXIT_DELIVERIES_MISSING, Daemon, DaemonError
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.daemon_process import child_env
 from tests.fault_helpers import admin_session, publish, subscribe

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 from standardwebhooks import Webhook
 
-from palyra_py.daemon import Daemon
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, events, send_signed

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from palyra_py.delivery_store import (
+from palyra_py.delivery.store import (
     SUBSCRIPTION_REMOVED,
     AttemptRecord,
     Delivery,

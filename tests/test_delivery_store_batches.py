@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 import ulid
 
-from palyra_py.delivery_records import DeliveryIds, ulid_text
-from palyra_py.delivery_store import (
+from palyra_py.delivery.records import DeliveryIds, ulid_text
+from palyra_py.delivery.store import (
     AttemptRecord,
     Delivery,
     DeliveryNotFound,

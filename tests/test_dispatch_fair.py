@@ -3,7 +3,7 @@ others hold theirs and never give them back (receivers that never answer)."""
 
 from __future__ import annotations
 
-from palyra_py.dispatch_fair import FairShare
+from palyra_py.outbound.fair import FairShare
 
 
 def fill(slots: FairShare, *takers: tuple[str, str]) -> dict[str, int]:

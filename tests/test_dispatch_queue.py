@@ -3,8 +3,8 @@ must be read again, what a read may bring into a queue, and what the enqueuer ma
 
 from __future__ import annotations
 
-from palyra_py.delivery_store import Delivery
-from palyra_py.dispatch_queue import QUEUE_MAX, ReadyEntry, ReadyQueues
+from palyra_py.delivery.store import Delivery
+from palyra_py.outbound.due import QUEUE_MAX, ReadyEntry, ReadyQueues
 
 T0 = 1_700_000_000_000
 

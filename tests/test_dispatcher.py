@@ -16,10 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from palyra_py.daemon import Daemon
-from palyra_py.dispatch_queue import QUEUE_MAX
-from palyra_py.dispatcher import PAGE, RESEND_FACTOR
 from palyra_py.metrics import Metrics
+from palyra_py.outbound.dispatcher import PAGE, RESEND_FACTOR
+from palyra_py.outbound.due import QUEUE_MAX
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
 from tests.receiver import Received, Receiver, running_receiver

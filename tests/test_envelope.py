@@ -14,7 +14,7 @@ import ulid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palyra_py.envelope import (
+from palyra_py.inbound.envelope import (
     EventIds,
     _validator,
     build_envelope,

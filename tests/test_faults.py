@@ -20,8 +20,8 @@ import aiohttp
 import pytest
 from standardwebhooks import Webhook
 
-from palyra_py.daemon import Daemon
 from palyra_py.providers import get_provider
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, running_daemon
 from tests.daemon_process import DaemonProcess
 from tests.fault_helpers import (

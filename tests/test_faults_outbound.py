@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from palyra_py.daemon import Daemon, DaemonError
+from palyra_py.server.daemon import Daemon, DaemonError
 from palyra_py.testing import ManualClock, running_daemon
 from tests.fault_helpers import (
     admin_session,

@@ -8,6 +8,7 @@ import tomlkit
 from hypothesis import given
 from hypothesis import strategies as st
 
+from palyra_py.events import PublishedEvent
 from palyra_py.filters import (
     TYPE_VERDICTS,
     EventMatcher,
@@ -16,7 +17,6 @@ from palyra_py.filters import (
     validate_event_patterns,
     validate_filter_table,
 )
-from palyra_py.published import PublishedEvent
 
 
 def published(type_: str = "github.push", data: dict[str, Any] | None = None,

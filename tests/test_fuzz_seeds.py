@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from palyra_py.admin_errors import ApiError
+from palyra_py.admin.errors import ApiError
 from palyra_py.filters import EventMatcher, parse_filter
-from palyra_py.ingress import parse_payload
+from palyra_py.inbound.ingress import parse_payload
 from palyra_py.reasons import Rejection
 
 FUZZ = Path(__file__).resolve().parent.parent / "fuzz"

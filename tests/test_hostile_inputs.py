@@ -31,9 +31,9 @@ import pytest
 import pytest_asyncio
 from structlog.testing import capture_logs
 
-from palyra_py.daemon import Daemon
 from palyra_py.providers import get_provider
 from palyra_py.reasons import Reason
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.helpers import add_integration, create_token, events
 from tests.raw_http import (

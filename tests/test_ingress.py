@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from palyra_py.daemon import Daemon
 from palyra_py.providers import get_provider
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring
 from tests.helpers import add_integration, create_token, events, send_signed
 
@@ -353,7 +353,7 @@ async def test_form_payload_json_is_held_to_the_json_body_rules(
 
 
 def test_stored_answer_is_byte_for_byte_the_json_answer() -> None:
-    from palyra_py.ingress import answer, stored_answer
+    from palyra_py.inbound.ingress import answer, stored_answer
     from palyra_py.reasons import Reason
 
     cases = [(Reason.ACCEPTED, "01J9ZQ4M7G7Y6K2Y3V8W9X0A1B", 1),

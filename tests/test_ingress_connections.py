@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
-from palyra_py.daemon import Daemon
-from palyra_py.fd_limits import RESERVE_FDS, FdLimitError, plan_fds
-from palyra_py.listener import source_key
+from palyra_py.inbound.listener import source_key
 from palyra_py.providers import get_provider
+from palyra_py.server.daemon import Daemon
+from palyra_py.server.fd_limits import RESERVE_FDS, FdLimitError, plan_fds
 from palyra_py.testing import MemoryKeyring, running_daemon
 from tests.daemon_process import DaemonProcess, child_env
 from tests.fault_helpers import admin_session

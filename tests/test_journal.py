@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from palyra_py.journal import (
+from palyra_py.journal.journal import (
     DuplicateEventId,
     EventFilter,
     Journal,
@@ -22,7 +22,7 @@ from palyra_py.journal import (
     NewEvent,
     ReplayKey,
 )
-from palyra_py.journal_store import (
+from palyra_py.journal.sqlite import (
     ZERO_HASH,
     JournalStore,
     PendingRow,

@@ -12,9 +12,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palyra_py.journal import Journal, NewEvent, ReplayKey
-from palyra_py.journal_chain import chain_hash, new_row_hash
-from palyra_py.journal_store import JournalStore, PendingRow
+from palyra_py.journal.chain import chain_hash, new_row_hash
+from palyra_py.journal.journal import Journal, NewEvent, ReplayKey
+from palyra_py.journal.sqlite import JournalStore, PendingRow
 from palyra_py.testing import ManualClock
 
 # Any text SQLite can store: no lone surrogates; control characters, quotes, backslashes,

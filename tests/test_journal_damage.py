@@ -18,8 +18,8 @@ from typing import Any, cast
 import aiohttp
 import pytest
 
-from palyra_py.daemon import EXIT_JOURNAL_DAMAGED, Daemon, DaemonError
-from palyra_py.journal import Journal, JournalDamaged
+from palyra_py.journal.journal import Journal, JournalDamaged
+from palyra_py.server.daemon import EXIT_JOURNAL_DAMAGED, Daemon, DaemonError
 from palyra_py.testing import running_daemon
 from tests.daemon_process import child_env
 from tests.fault_helpers import admin_session, publish

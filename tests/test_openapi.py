@@ -18,12 +18,12 @@ from openapi_spec_validator import validate as validate_openapi
 from referencing import Registry
 from referencing.jsonschema import DRAFT202012
 
-from palyra_py.daemon import Daemon
 from palyra_py.providers import PROVIDER_NAMES
-from palyra_py.registry import Integration
-from palyra_py.subscriptions import Subscription
+from palyra_py.registry.integrations import Integration
+from palyra_py.registry.subscriptions import Subscription
+from palyra_py.registry.tokens import ApiToken
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
-from palyra_py.tokens import ApiToken
 from tests.receiver import Receiver
 
 SPEC_FILE = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"

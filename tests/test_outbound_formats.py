@@ -7,8 +7,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palyra_py.outbound_formats import render
-from palyra_py.published import PublishedEvent
+from palyra_py.events import PublishedEvent
+from palyra_py.outbound.formats import render
 
 
 def published(data: dict[str, Any], type_: str = "github.push",

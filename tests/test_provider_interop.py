@@ -33,8 +33,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from slack_sdk.signature import SignatureVerifier
 
-from palyra_py.daemon import Daemon
 from palyra_py.providers import get_provider
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock
 from tests.fault_helpers import publish, subscribe
 from tests.helpers import add_integration, events

@@ -5,8 +5,7 @@ from typing import Any
 
 import pytest
 
-from palyra_py.journal import EventFilter, Journal, JournalEvent, NewEvent
-from palyra_py.published import (
+from palyra_py.events import (
     RESERVED_PREFIXES,
     PublishedEvent,
     from_journal,
@@ -15,6 +14,7 @@ from palyra_py.published import (
     target_subscription,
     validate_event_type,
 )
+from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, NewEvent
 from palyra_py.testing import ManualClock
 
 

@@ -19,7 +19,7 @@ import tomlkit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palyra_py.registry import (
+from palyra_py.registry.integrations import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_ALLOWED_EVENTS,
     MAX_INTEGRATIONS,
@@ -700,7 +700,7 @@ ADD_FROM_ANOTHER_PROCESS = """
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from palyra_py.registry import RegistryFile, add_integration
+from palyra_py.registry.integrations import RegistryFile, add_integration
 path, integration_id = Path(sys.argv[1]), sys.argv[2]
 sys.stdin.read()  # wait for the go signal so that all processes start together
 RegistryFile(path).edit(lambda doc: add_integration(

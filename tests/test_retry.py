@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from palyra_py.retry import (
+from palyra_py.outbound.retry import (
     DEFAULT_SCHEDULE,
     RateLimiter,
     next_attempt_delay,

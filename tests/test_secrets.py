@@ -19,8 +19,8 @@ from keyring.backends import chainer, fail, null
 from keyring.compat import properties
 from keyring.errors import KeyringError, PasswordDeleteError
 
-from palyra_py.keyring_file import StateDirKeyring
-from palyra_py.secrets import (
+from palyra_py.secrets.keyring_file import StateDirKeyring
+from palyra_py.secrets.store import (
     KEYRING_SERVICE,
     MAX_SECRET_FILE_BYTES,
     SecretBackendError,

@@ -7,16 +7,16 @@ import pytest
 from standardwebhooks import Webhook
 from standardwebhooks.webhooks import WebhookVerificationError
 
+from palyra_py.outbound.signing import (
+    StandardWebhooksSigner,
+    generate_subscription_secret,
+    github_signature,
+)
 from palyra_py.providers.github import GitHubSignature
 from palyra_py.providers.standard_webhooks import (
     StandardWebhooksSignature,
     decode_secret,
     sign_v1,
-)
-from palyra_py.signing import (
-    StandardWebhooksSigner,
-    generate_subscription_secret,
-    github_signature,
 )
 
 BODY = b'{"id":"01J0000000000000000000000A","type":"github.push","data":{"ref":"main"}}'

@@ -1,4 +1,4 @@
-"""SSE written by the hub (palyra_py.sse_fanout): a real StreamHub on a real journal behind a
+"""SSE written by the hub (palyra_py.stream.sse): a real StreamHub on a real journal behind a
 real aiohttp server, and the real daemon on its admin socket. No test waits on a timer to
 know that something happened: a probe Feed on the same hub says when a pass is done (every
 group is fed in the same synchronous step), the handler says when a stream ended."""
@@ -15,11 +15,11 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from palyra_py.bus import SeqBus
-from palyra_py.daemon import Daemon
-from palyra_py.journal import EventFilter, Journal, NewEvent
-from palyra_py.sse_fanout import SseClient
-from palyra_py.stream import Feed, StreamHub
+from palyra_py.bus.local import SeqBus
+from palyra_py.journal.journal import EventFilter, Journal, NewEvent
+from palyra_py.server.daemon import Daemon
+from palyra_py.stream.hub import Feed, StreamHub
+from palyra_py.stream.sse import SseClient
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 
 BLOB = "x" * 4000

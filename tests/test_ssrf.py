@@ -9,9 +9,8 @@ from aiohttp import web
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.test_utils import TestServer
 
-from palyra_py.daemon import Daemon
-from palyra_py.sender import LITERAL_VERDICTS, Sender
-from palyra_py.ssrf import (
+from palyra_py.outbound.http import LITERAL_VERDICTS, Sender
+from palyra_py.outbound.ssrf import (
     AddressPolicy,
     GuardedConnector,
     GuardedResolver,
@@ -19,6 +18,7 @@ from palyra_py.ssrf import (
     check_url,
     find_ssrf_blocked,
 )
+from palyra_py.server.daemon import Daemon
 from tests.receiver import Receiver
 
 BLOCKED = [

@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palyra_py.bus import SeqBus
-from palyra_py.journal import EventFilter, Journal, JournalEvent, NewEvent
-from palyra_py.stream import (
+from palyra_py.bus.local import SeqBus
+from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, NewEvent
+from palyra_py.stream.hub import (
     Feed,
     GroupMatcher,
     Overflow,

@@ -13,10 +13,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from palyra_py.admin_subscriptions import header_keyring_name, journal_url
-from palyra_py.daemon import Daemon
-from palyra_py.secrets import parse_secret_ref
-from palyra_py.subscriptions import is_credential_header, is_credential_url
+from palyra_py.admin.subscriptions import header_keyring_name, journal_url
+from palyra_py.registry.subscriptions import is_credential_header, is_credential_url
+from palyra_py.secrets.store import parse_secret_ref
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
 from tests.receiver import Receiver

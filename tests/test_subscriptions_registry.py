@@ -17,7 +17,8 @@ import tomlkit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from palyra_py.registry import (
+from palyra_py.outbound.retry import DEFAULT_SCHEDULE, parse_duration
+from palyra_py.registry.integrations import (
     Registry,
     RegistryError,
     RegistryFile,
@@ -26,8 +27,7 @@ from palyra_py.registry import (
     remove_integration,
     update_integration,
 )
-from palyra_py.retry import DEFAULT_SCHEDULE, parse_duration
-from palyra_py.subscriptions import (
+from palyra_py.registry.subscriptions import (
     MAX_SUBSCRIPTIONS,
     Subscription,
     add_subscription,
@@ -36,7 +36,7 @@ from palyra_py.subscriptions import (
     update_subscription,
     validate_subscription_fields,
 )
-from palyra_py.tokens import (
+from palyra_py.registry.tokens import (
     MAX_TOKENS,
     ApiToken,
     add_token,
@@ -840,8 +840,8 @@ def test_the_registry_imports_without_aiohttp() -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from palyra_py.registry import parse_registry\n"
-        "import palyra_py.subscriptions, palyra_py.tokens\n"
+        "from palyra_py.registry.integrations import parse_registry\n"
+        "import palyra_py.registry.subscriptions, palyra_py.registry.tokens\n"
         f"path = Path({str(REPO / 'webhooks.example.toml')!r})\n"
         "assert parse_registry(path.read_text(), path).subscriptions\n"
         "assert 'aiohttp' not in sys.modules, 'aiohttp was imported'\n"

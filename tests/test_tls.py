@@ -10,7 +10,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from palyra_py.daemon import DaemonError
+from palyra_py.server.daemon import DaemonError
 from palyra_py.testing import running_daemon
 from tests.helpers import add_integration, send_signed
 

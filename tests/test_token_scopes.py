@@ -12,10 +12,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from palyra_py.daemon import Daemon
-from palyra_py.registry import RegistryError, parse_registry
+from palyra_py.registry.integrations import RegistryError, parse_registry
+from palyra_py.registry.tokens import Principal, parse_scope
+from palyra_py.server.daemon import Daemon
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
-from palyra_py.tokens import Principal, parse_scope
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, create_token, send_signed
 from tests.raw_http import exchange, request_bytes

@@ -1,4 +1,4 @@
-"""The admin client's HTTP/1.1 over a Unix socket (``palyra_py.unix_http``) against a raw
+"""The admin client's HTTP/1.1 over a Unix socket (``palyra_py.clients.unix_http``) against a raw
 peer that answers with exactly the bytes a test gives it."""
 
 from __future__ import annotations
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from palyra_py import unix_http
-from palyra_py.admin_client import AdminClient, DaemonUnreachable
-from palyra_py.unix_http import ProtocolError
+from palyra_py.clients import unix_http
+from palyra_py.clients.admin import AdminClient, DaemonUnreachable
+from palyra_py.clients.unix_http import ProtocolError
 
 
 @dataclass

@@ -116,7 +116,7 @@ def run(
         # The daemon reads PALYRA_STATE_DIR itself, so its settings table can say "env".
         state_dir = None
 
-    from palyra_py.daemon import run_daemon  # the only place the CLI loads the daemon
+    from palyra_py.server.daemon import run_daemon  # the only place the CLI loads the daemon
 
     code = run_daemon(
         state_dir=state_dir,

@@ -11,7 +11,6 @@ from typing import Annotated
 
 import typer
 
-from palyra_py.admin_client import AdminClient, JsonObject, QueryValue
 from palyra_py.cli import outbound_views, output
 from palyra_py.cli.session import (
     JsonOption,
@@ -20,6 +19,7 @@ from palyra_py.cli.session import (
     run_read,
     time_option,
 )
+from palyra_py.clients.admin import AdminClient, JsonObject, QueryValue
 
 app = typer.Typer(
     help="Outbound deliveries: one per event and subscription, with every attempt.",

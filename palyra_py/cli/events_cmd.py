@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-from palyra_py.admin_client import AdminClient, DaemonUnreachable, JsonObject, QueryValue
 from palyra_py.cli import output
 from palyra_py.cli.session import (
     JsonOption,
@@ -23,6 +22,7 @@ from palyra_py.cli.session import (
     time_option,
     usage_error,
 )
+from palyra_py.clients.admin import AdminClient, DaemonUnreachable, JsonObject, QueryValue
 
 app = typer.Typer(help="The event journal: list, follow, emit, verify.", no_args_is_help=True)
 

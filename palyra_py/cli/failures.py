@@ -10,8 +10,8 @@ import shlex
 from enum import IntEnum
 from pathlib import Path
 
-from palyra_py.admin_client import ApiError, DaemonUnreachable
 from palyra_py.cli import output
+from palyra_py.clients.admin import ApiError, DaemonUnreachable
 
 
 class ExitCode(IntEnum):

@@ -18,9 +18,9 @@ import os
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-from palyra_py.admin_client import AdminClient, ApiError, DaemonUnreachable, JsonObject
 from palyra_py.cli import output
 from palyra_py.cli.failures import ExitCode, report_api_error, report_unreachable
+from palyra_py.clients.admin import AdminClient, ApiError, DaemonUnreachable, JsonObject
 from palyra_py.paths import STATE_DIR_ENV, SocketPathTooLong, resolve_state_dir
 
 NO_ID, REQUIRED_ID = 0, 1

@@ -13,7 +13,6 @@ from typing import Annotated, NoReturn
 
 import typer
 
-from palyra_py.admin_client import AdminClient, ApiError, DaemonUnreachable
 from palyra_py.cli import output, quick
 from palyra_py.cli.failures import (
     EXIT_CODES_HELP,
@@ -23,6 +22,7 @@ from palyra_py.cli.failures import (
     start_hint,
 )
 from palyra_py.cli.timeparse import TimeParseError, parse_time
+from palyra_py.clients.admin import AdminClient, ApiError, DaemonUnreachable
 from palyra_py.paths import STATE_DIR_ENV, SocketPathTooLong, resolve_state_dir
 
 __all__ = [

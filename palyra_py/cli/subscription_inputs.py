@@ -62,7 +62,7 @@ def parse_retry_schedule(value: str | None) -> list[str] | None:
     if value is None:
         return None
     # Imported here: the CLI's start-up stays free of daemon modules.
-    from palyra_py.retry import parse_schedule
+    from palyra_py.outbound.retry import parse_schedule
 
     items = [part.strip() for part in value.split(",")]
     try:

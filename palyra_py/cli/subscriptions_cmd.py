@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from palyra_py.admin_client import JsonObject
 from palyra_py.cli import outbound_views, output
 from palyra_py.cli.events_cmd import load_data
 from palyra_py.cli.session import (
@@ -21,6 +20,7 @@ from palyra_py.cli.session import (
 )
 from palyra_py.cli.subscription_inputs import parse_filters, parse_headers, parse_retry_schedule
 from palyra_py.cli.webhook_inputs import duration_option, secret_source, split_list
+from palyra_py.clients.admin import JsonObject
 
 app = typer.Typer(
     help="Outbound subscriptions: HTTP endpoints that receive published events, signed.",

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from palyra_py.admin_client import AdminClient, ApiError
 from palyra_py.cli import outbound_views, output
 from palyra_py.cli.session import (
     JsonOption,
@@ -18,6 +17,7 @@ from palyra_py.cli.session import (
     run_read,
 )
 from palyra_py.cli.webhook_inputs import duration_option, split_list
+from palyra_py.clients.admin import AdminClient, ApiError
 
 app = typer.Typer(
     help="API tokens: applications publish and read events and scrape /metrics over HTTP.",

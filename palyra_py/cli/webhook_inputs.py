@@ -7,9 +7,9 @@ import json
 import sys
 from pathlib import Path
 
-from palyra_py.admin_client import JsonObject
 from palyra_py.cli.session import usage_error
 from palyra_py.cli.timeparse import TimeParseError, parse_duration
+from palyra_py.clients.admin import JsonObject
 
 
 def duration_option(value: str | None, param: str) -> int | None:

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 import typer
 
-from palyra_py.admin_client import JsonObject
 from palyra_py.cli import output, webhook_views
 from palyra_py.cli.session import (
     JsonOption,
@@ -25,6 +24,7 @@ from palyra_py.cli.webhook_inputs import (
     secret_source,
     split_list,
 )
+from palyra_py.clients.admin import JsonObject
 
 app = typer.Typer(
     help="Inbound integrations: one per provider endpoint, each with its own secret.",

@@ -99,7 +99,7 @@ def get_provider(name: str, options: Mapping[str, Any] | None = None) -> Provide
 
 
 def secret_format(name: str) -> SecretFormat:
-    """Which form :func:`palyra_py.secrets.generate_secret` should produce (see
+    """Which form :func:`palyra_py.secrets.store.generate_secret` should produce (see
     :data:`SecretFormat`). Raise ``ValueError`` for an unknown provider."""
     _check_name(name)
     return _SECRET_FORMATS.get(name, "hex")

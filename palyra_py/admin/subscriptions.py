@@ -1,0 +1,415 @@
+"""Admin API: outbound subscriptions (``/v1/subscriptions``)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import ulid
+from aiohttp import web
+
+from palyra_py.admin.errors import ApiError, invalid, read_json_object
+from palyra_py.admin.records import edit_registry, path_id, refuse_fields, validated
+from palyra_py.admin.secrets import (
+    SecretChoice,
+    grace_seconds,
+    rfc3339,
+    rotate,
+    secret_choice,
+    store_secret,
+)
+from palyra_py.delivery.store import format_time_ms
+from palyra_py.journal.journal import NewEvent
+from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
+from palyra_py.outbound.urls import check_url
+from palyra_py.registry.subscriptions import (
+    add_subscription,
+    is_credential_header,
+    is_credential_url,
+    is_ref,
+    is_url_ref,
+    remove_subscription,
+    update_subscription,
+    validate_subscription_fields,
+)
+from palyra_py.secrets.store import SecretNotFound, SecretRefError
+
+if TYPE_CHECKING:
+    from palyra_py.server.daemon import Daemon
+
+EDITABLE = (
+    "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
+    "ordered", "format", "signature_format", "timeout_s", "retry_schedule", "headers",
+    "description",
+)
+
+
+def keyring_name(subscription_id: str) -> str:
+    return f"subscription:{subscription_id}"
+
+
+def url_keyring_name(subscription_id: str) -> str:
+    return f"subscription-url:{subscription_id}"
+
+
+_HEADER_SLUG = re.compile(r"[a-z0-9._-]{1,48}")
+
+
+def header_keyring_name(subscription_id: str, header: str) -> str:
+    """Where a credential header value of a subscription is kept:
+    ``subscription-header:<id>:<header, lowercased>`` (a header name with characters a
+    keyring name cannot hold, or a long one, by the start of its SHA-256 instead)."""
+    lower = header.lower()
+    slug = lower if _HEADER_SLUG.fullmatch(lower) else (
+        "h-" + hashlib.sha256(lower.encode()).hexdigest()[:16])
+    return f"subscription-header:{subscription_id}:{slug}"
+
+
+def journal_url(url: str) -> str:
+    """What the journal may say of a subscription's URL (any token that reads the journal
+    sees it): a secret reference as is; a plain URL as its scheme, host and port, the
+    path and query (which may hold a credential) masked as ``/...``."""
+    if is_ref(url):
+        return url
+    parts = urlsplit(url)
+    origin = f"{parts.scheme}://{parts.netloc}"
+    return origin + ("/..." if url[len(origin):] not in ("", "/") else "/")
+
+
+# Their incoming-webhook URLs are credentials: kept in the keyring unless asked otherwise.
+URL_IN_KEYRING_FORMATS = frozenset({"slack", "discord"})
+
+
+def url_in_keyring(body: dict[str, Any], payload_format: str, url: str = "") -> bool:
+    """``body["url_in_keyring"]`` if given (a boolean), else whether the URL carries a
+    credential: the format's URLs do (Slack, Discord), and so does one with a
+    credential-looking query parameter (``?token=``, ``?api_key=``, ``?sig=``...)."""
+    choice = body.get("url_in_keyring")
+    if choice is None:
+        return payload_format in URL_IN_KEYRING_FORMATS or is_credential_url(url)
+    if not isinstance(choice, bool):
+        raise invalid("url_in_keyring must be true or false", "url_in_keyring")
+    return choice
+
+
+def check_whsec(value: str) -> None:
+    StandardWebhooksSigner([value])  # raises ValueError for anything but whsec_<base64>
+
+
+class SubscriptionsApi:
+    def __init__(self, daemon: Daemon) -> None:
+        self.d = daemon
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/v1/subscriptions", self.list),
+            web.post("/v1/subscriptions", self.add),
+            web.get("/v1/subscriptions/{id}", self.show),
+            web.patch("/v1/subscriptions/{id}", self.patch),
+            web.delete("/v1/subscriptions/{id}", self.remove),
+            web.post("/v1/subscriptions/{id}/enable", self.enable),
+            web.post("/v1/subscriptions/{id}/disable", self.disable),
+            web.post("/v1/subscriptions/{id}/rotate-secret", self.rotate_secret),
+            web.post("/v1/subscriptions/{id}/test", self.test),
+        ]
+
+    def _id(self, request: web.Request) -> str:
+        return path_id(request, self.d.registry.subscriptions, noun="subscription",
+                       field="subscription_id")
+
+    async def _public(self, subscription_id: str) -> dict[str, Any]:
+        sub = self.d.registry.subscriptions[subscription_id]
+        data = sub.to_dict()
+        last_success, failing_since = await self.d.deliveries.health(subscription_id)
+        data["health"] = {
+            "last_success_at": format_time_ms(last_success) if last_success else None,
+            "failing_since": format_time_ms(failing_since) if failing_since else None,
+        }
+        data["pending"] = await self.d.deliveries.pending_count(subscription_id)
+        return data
+
+    async def _edit(self, change: Any) -> None:
+        await edit_registry(self.d, change, noun="subscription")
+        self.d.dispatcher.wake()
+
+    async def _store_url(self, subscription_id: str, url: str) -> str:
+        """Keep ``url`` in the keyring; return the reference the registry holds instead."""
+        ref = await store_secret(self.d.secrets, url_keyring_name(subscription_id), url)
+        self.d.secrets.forget_cached(ref)
+        return ref
+
+    async def _held(self, ref: str) -> str | None:
+        with contextlib.suppress(SecretNotFound, SecretRefError):
+            return await asyncio.to_thread(self.d.secrets.resolve, ref)
+        return None
+
+    async def _undo_writes(self, writes: list[tuple[str, str | None]]) -> None:
+        """Put keyring entries back as they were (``None``: there was none)."""
+        for name, before in reversed(writes):
+            if before is None:
+                with contextlib.suppress(Exception):
+                    await asyncio.to_thread(self.d.secrets.delete, name)
+            else:
+                await store_secret(self.d.secrets, name, before)
+        self.d.secrets.forget_cached()
+
+    async def _keep_headers(
+        self, subscription_id: str, headers: Mapping[str, str], current: Mapping[str, str]
+    ) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
+        """``headers`` with each credential-looking plain value (``Authorization``,
+        ``X-Api-Key``, ``*token*``, ``Bearer ...``) stored in the keyring and replaced by
+        its reference; and the keyring writes made, each with what the entry held before
+        (for ``_undo_writes``). ``current``: the headers the registry holds now."""
+        out = dict(headers)
+        writes: list[tuple[str, str | None]] = []
+        try:
+            for header, value in headers.items():
+                if is_ref(value) or not is_credential_header(header, value):
+                    continue
+                name = header_keyring_name(subscription_id, header)
+                ref = f"keyring:{name}"
+                writes.append((name, await self._held(ref) if ref in current.values() else None))
+                out[header] = await store_secret(self.d.secrets, name, value)
+                self.d.secrets.forget_cached(ref)
+        except ApiError:
+            await self._undo_writes(writes)
+            raise
+        return out, writes
+
+    async def _drop_header_secrets(self, subscription_id: str, before: Mapping[str, str],
+                                   after: Mapping[str, str]) -> None:
+        """Delete the keyring entries of header values ``before`` held and ``after`` does
+        not (a header removed, or given a value of its own)."""
+        prefix = f"keyring:subscription-header:{subscription_id}:"
+        for value in set(before.values()) - set(after.values()):
+            if value.startswith(prefix):
+                await asyncio.to_thread(self.d.secrets.delete, value.removeprefix("keyring:"))
+
+    def _check_https_only(self, url: str) -> None:
+        # A reference is checked once resolved, at send time.
+        if self.d.settings.get("delivery", "https_only") and not is_url_ref(url):
+            problem = check_url(url, https_only=True)
+            if problem is not None:
+                raise invalid(f"url: {problem}", field="url")
+
+    async def _journal(self, kind: str, subscription_id: str, payload: dict[str, Any]) -> None:
+        await self.d.append(kind=kind, source="admin", event_type=kind,
+                            payload={"subscription_id": subscription_id, **payload})
+
+    async def list(self, request: web.Request) -> web.Response:
+        ids = sorted(self.d.registry.subscriptions)
+        return web.json_response({"subscriptions": [await self._public(i) for i in ids]})
+
+    async def show(self, request: web.Request) -> web.Response:
+        return web.json_response({"subscription": await self._public(self._id(request))})
+
+    async def add(self, request: web.Request) -> web.Response:
+        body = await read_json_object(request)
+        fields = {k: body[k] for k in ("subscription_id", *EDITABLE) if k in body}
+        refuse_fields(set(body) - set(fields) - {"secret", "url_in_keyring"},
+                      "unknown field(s)")
+        fields = validated(validate_subscription_fields, fields)
+        self._check_https_only(fields["url"])
+        subscription_id = fields["subscription_id"]
+        keep_url = (not is_url_ref(fields["url"])
+                    and url_in_keyring(body, fields.get("format", "standard"), fields["url"]))
+        if subscription_id in self.d.registry.subscriptions:
+            raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
+                           field="subscription_id")
+        owner = fields.get("owner", "default")
+        limit = self.d.settings.get("delivery", "max_subscriptions_per_owner")
+        owned = sum(1 for s in self.d.registry.subscriptions.values() if s.owner == owner)
+        if owned >= limit:
+            raise ApiError(422, "limit_reached",
+                           f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
+                           "([delivery] max_subscriptions_per_owner)", field="owner")
+        choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
+            generate_subscription_secret(), None, True)
+        ref = choice.ref
+        if choice.value is not None:
+            ref = await store_secret(self.d.secrets, keyring_name(subscription_id), choice.value)
+            self.d.secrets.forget_cached(ref)
+        fields["secret_ref"] = ref
+        header_writes: list[tuple[str, str | None]] = []
+        try:
+            if keep_url:
+                fields["url"] = await self._store_url(subscription_id, fields["url"])
+            if fields.get("headers"):
+                fields["headers"], header_writes = await self._keep_headers(
+                    subscription_id, fields["headers"], {})
+        except ApiError:
+            for name, stored in ((keyring_name(subscription_id), choice.value is not None),
+                                 (url_keyring_name(subscription_id), keep_url)):
+                if stored:
+                    await asyncio.to_thread(self.d.secrets.delete, name)
+            raise
+        # The subscription starts with the next event, not with the journal's history.
+        await self.d.dispatcher.start_at_head(subscription_id)
+        now = self.d.now_dt()
+        try:
+            await self._edit(lambda doc: add_subscription(doc, fields, now))
+        except ApiError:
+            for name, stored in ((keyring_name(subscription_id), choice.value is not None),
+                                 (url_keyring_name(subscription_id), keep_url)):
+                if stored:
+                    await asyncio.to_thread(self.d.secrets.delete, name)
+            await self._undo_writes(header_writes)
+            raise
+        # Any token may read the journal: a reference, or the URL's origin only.
+        await self._journal("subscription.created", subscription_id,
+                            {"url": journal_url(fields["url"]),
+                             "events": list(fields.get("events", ()))})
+        answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
+        if choice.generated:
+            answer["secret"] = choice.value
+        return web.json_response(answer, status=201)
+
+    async def patch(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        body = await read_json_object(request)
+        refuse_fields(set(body) - set(EDITABLE) - {"url_in_keyring"},
+                      "field(s) not editable here")
+        current = self.d.registry.subscriptions[subscription_id].to_dict()
+        merged = {**current, **{k: v for k, v in body.items() if v is not None}}
+        check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
+        normalised = validated(validate_subscription_fields, check)
+        changes = {k: (None if body[k] is None else normalised.get(k)) for k in body
+                   if k != "url_in_keyring"}
+        if "url" in changes:
+            self._check_https_only(normalised["url"])
+        # A URL given, or one already there that the new format (or url_in_keyring) wants
+        # kept in the keyring, goes there.
+        stored: tuple[str, str | None] | None = None  # (the reference, what it held before)
+        if (({"url", "format", "url_in_keyring"} & set(body))
+                and not is_url_ref(normalised["url"])
+                and url_in_keyring(body, normalised.get("format", "standard"),
+                                   normalised["url"])):
+            ref = f"keyring:{url_keyring_name(subscription_id)}"
+            before = None
+            if current["url"] == ref:
+                with contextlib.suppress(SecretNotFound, SecretRefError):
+                    before = await asyncio.to_thread(self.d.secrets.resolve, ref)
+            changes["url"] = await self._store_url(subscription_id, normalised["url"])
+            stored = (ref, before)
+        old_headers = self.d.registry.subscriptions[subscription_id].headers
+        header_writes: list[tuple[str, str | None]] = []
+        given_headers = changes.get("headers")
+        if given_headers:
+            changes["headers"], header_writes = await self._keep_headers(
+                subscription_id, given_headers, old_headers)
+        now = self.d.now_dt()
+        try:
+            await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
+        except ApiError:
+            if stored is not None:  # the registry did not change: neither may its URL
+                ref, before = stored
+                if before is not None:
+                    await self._store_url(subscription_id, before)
+                else:
+                    await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+            await self._undo_writes(header_writes)
+            raise
+        if "headers" in changes:
+            await self._drop_header_secrets(subscription_id, old_headers,
+                                            changes["headers"] or {})
+        self.d.dispatcher.forget_cursor(subscription_id)
+        await self._journal("subscription.updated", subscription_id,
+                            {"changed": sorted(changes)})
+        return web.json_response({"subscription": await self._public(subscription_id)})
+
+    async def remove(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        sub = self.d.registry.subscriptions[subscription_id]
+        await self._edit(lambda doc: remove_subscription(doc, subscription_id))
+        await self.d.deliveries.forget_subscription(subscription_id, now_ms=self.d.now_ms())
+        self.d.dispatcher.forget_cursor(subscription_id)
+        name = keyring_name(subscription_id)
+        for ref in (f"keyring:{name}", f"keyring:{name}:previous",
+                    f"keyring:{url_keyring_name(subscription_id)}"):
+            if ref in (sub.secret_ref, sub.previous_secret_ref, sub.url):
+                await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+        await self._drop_header_secrets(subscription_id, sub.headers, {})
+        self.d.secrets.forget_cached()
+        await self._journal("subscription.deleted", subscription_id, {})
+        return web.json_response({"status": "deleted", "subscription_id": subscription_id})
+
+    async def enable(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        body = await read_json_object(request)
+        catch_up = body.get("catch_up", False)
+        if not isinstance(catch_up, bool):
+            raise invalid("catch_up must be true or false", "catch_up")
+        if not catch_up:
+            await self.d.dispatcher.start_at_head(subscription_id)
+        now = self.d.now_dt()
+        await self._edit(lambda doc: update_subscription(
+            doc, subscription_id, {"enabled": True, "disabled_reason": None}, now))
+        self.d.dispatcher.forget_cursor(subscription_id)
+        await self._journal("subscription.enabled", subscription_id, {"catch_up": catch_up})
+        return web.json_response({"subscription": await self._public(subscription_id)})
+
+    async def disable(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        await self.d.disable_subscription(subscription_id, "disabled by an operator")
+        return web.json_response({"subscription": await self._public(subscription_id)})
+
+    async def rotate_secret(self, request: web.Request) -> web.Response:
+        subscription_id = self._id(request)
+        sub = self.d.registry.subscriptions[subscription_id]
+        body = await read_json_object(request)
+        grace = grace_seconds(body)
+        choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
+            generate_subscription_secret(), None, True)
+        now = self.d.now_dt()
+        rotation = await rotate(
+            self.d.secrets,
+            lambda changes: self._edit(
+                lambda doc: update_subscription(doc, subscription_id, changes, now)),
+            current_name=keyring_name(subscription_id), old_ref=sub.secret_ref, choice=choice,
+            grace_s=grace, now=now)
+        self.d.dispatcher.forget_cursor(subscription_id)
+        await self._journal("subscription.secret_rotated", subscription_id,
+                            {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)})
+        answer: dict[str, Any] = {"subscription": await self._public(subscription_id),
+                                  "previous_valid_until": rfc3339(rotation.until)}
+        if choice.generated:
+            answer["secret"] = choice.value
+        return web.json_response(answer)
+
+    async def test(self, request: web.Request) -> web.Response:
+        """Publish ``palyra.test`` to this subscription alone and wait for its first attempt."""
+        subscription_id = self._id(request)
+        sub = self.d.registry.subscriptions[subscription_id]
+        if not sub.enabled:
+            raise ApiError(409, "conflict", f"subscription {subscription_id!r} is disabled")
+        body = await read_json_object(request)
+        data = body.get("data", {"message": "a test event from palyra"})
+        if not isinstance(data, dict):
+            raise invalid("data must be a JSON object", "data")
+        event_id = str(ulid.ULID())
+        first = self.d.dispatcher.first_attempt(event_id)
+        try:
+            result = await self.d.journal.append(NewEvent(
+                kind="palyra.test", source="admin", event_type="palyra.test", event_id=event_id,
+                payload={"subscription_id": subscription_id, "data": data},
+            ))
+        except Exception:
+            first.cancel()
+            raise
+        self.d.dispatcher.wake()
+        attempt = None
+        with contextlib.suppress(TimeoutError):
+            attempt = await asyncio.wait_for(asyncio.shield(first), sub.timeout_s + 5)
+        delivery = None
+        if attempt is not None:
+            found = await self.d.deliveries.get(attempt.delivery_id)
+            delivery = found[0].to_dict() if found else None
+        return web.json_response({
+            "event_id": result.event_id, "seq": result.seq, "delivery": delivery,
+            "attempt": attempt.to_dict() if attempt else None,
+        })

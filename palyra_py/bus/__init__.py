@@ -1,0 +1,1 @@
+"""The bus: "the journal's head is now N", told to every reader."""

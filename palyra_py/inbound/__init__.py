@@ -1,0 +1,3 @@
+"""Inbound: the public ingress for providers' webhooks (verify, envelope, journal append), its
+listener and its rejections.
+"""

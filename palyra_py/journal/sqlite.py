@@ -1,0 +1,487 @@
+"""SQLite storage for the journal: file creation, pragmas, schema, transactions, and the SQL
+of appends and reads; the hash chain's SQL (verification, retention) is in ``journal_chain``.
+
+``journal.py`` owns the rules (group commit, replay semantics); this module only stores and
+fetches rows. It knows nothing of the journal's dataclasses, so that a PostgreSQL store can
+be added beside it behind the same methods.
+
+A ``JournalStore`` wraps one connection and is not thread-safe: the journal gives the
+writer thread one store and guards the reader's with a lock.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+from palyra_py.journal.chain import (
+    EVENT_COLUMNS,
+    ZERO_HASH,
+    ChainWalk,
+    Row,
+    new_row_hash,
+    read_checkpoint,
+    remove_through,
+    retention_cut,
+    walk_chain,
+)
+from palyra_py.journal.chain import chain_hash as chain_hash  # re-exported
+from palyra_py.storage import sqlite as sqlite_files
+from palyra_py.storage.sqlite import FILE_MODE as FILE_MODE  # re-exported
+from palyra_py.storage.sqlite import open_database
+from palyra_py.storage.sqlite import related_files as related_files  # re-exported
+from palyra_py.storage.sqlite import restrict_permissions as restrict_permissions  # re-exported
+
+SCHEMA_VERSION = 1
+
+_COLS = ", ".join(EVENT_COLUMNS)
+_INSERT_EVENTS = f"INSERT INTO journal_events ({_COLS}) VALUES "  # noqa: S608 (constants)
+# REPLACE: an expired key with the same identity gives way.
+_INSERT_KEYS = (
+    "INSERT OR REPLACE INTO replay_keys (integration_id, delivery_id, seq, event_id,"
+    " expires_at_ms) VALUES "
+)
+_INSERT_ROWS_MAX = 64  # rows per INSERT: 64 x 13 parameters stay under SQLite's old 999
+_LIVE_KEYS_MAX = 256  # keys looked up per statement (2 parameters each)
+
+
+@cache
+def _insert_sql(head: str, columns: int, rows: int) -> str:
+    row = "(" + ", ".join("?" for _ in range(columns)) + ")"
+    return head + ", ".join(row for _ in range(rows))
+
+
+def _insert_rows(cur: sqlite3.Cursor, head: str, rows: list[tuple[Any, ...]]) -> None:
+    """INSERT ``rows`` with a few multi-row statements rather than one per row: sizes that
+    are powers of two (a handful of statement texts, all cached), largest first."""
+    if not rows:
+        return
+    columns = len(rows[0])
+    start = 0
+    while start < len(rows):
+        size = min(_INSERT_ROWS_MAX, 1 << ((len(rows) - start).bit_length() - 1))
+        chunk = rows[start:start + size]
+        cur.execute(_insert_sql(head, columns, size), [value for row in chunk for value in row])
+        start += size
+
+
+@cache
+def _live_keys_sql(count: int) -> str:
+    # CROSS JOIN keeps the listed keys as the outer loop, so each is one primary-key
+    # search (left to itself the planner may scan the expiry index instead).
+    values = ", ".join("(?, ?)" for _ in range(count))
+    return (
+        f"WITH k(integration_id, delivery_id) AS (VALUES {values})"  # noqa: S608 (placeholders)
+        " SELECT r.integration_id, r.delivery_id, r.seq, r.event_id FROM k"
+        " CROSS JOIN replay_keys AS r ON r.integration_id = k.integration_id"
+        " AND r.delivery_id = k.delivery_id WHERE r.expires_at_ms > ?"
+    )
+
+_SCHEMA: tuple[str, ...] = (
+    """CREATE TABLE IF NOT EXISTS journal_events (
+        seq INTEGER PRIMARY KEY,
+        event_id TEXT NOT NULL UNIQUE,
+        ts_unix_ms INTEGER NOT NULL,
+        kind TEXT NOT NULL,
+        source TEXT NOT NULL,
+        actor TEXT,
+        integration_id TEXT,
+        event_type TEXT,
+        severity TEXT NOT NULL,
+        payload_json TEXT NOT NULL,
+        redacted INTEGER NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    "CREATE INDEX IF NOT EXISTS journal_events_kind ON journal_events (kind, seq)",
+    "CREATE INDEX IF NOT EXISTS journal_events_event_type ON journal_events (event_type, seq)",
+    "CREATE INDEX IF NOT EXISTS journal_events_integration"
+    " ON journal_events (integration_id, seq)",
+    "CREATE INDEX IF NOT EXISTS journal_events_ts ON journal_events (ts_unix_ms)",
+    # One row; retention flips it on and off inside its own transaction, so no other
+    # connection ever sees it on.
+    """CREATE TABLE IF NOT EXISTS journal_guard (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        retention_running INTEGER NOT NULL DEFAULT 0
+    )""",
+    "INSERT OR IGNORE INTO journal_guard (id, retention_running) VALUES (1, 0)",
+    """CREATE TRIGGER IF NOT EXISTS journal_events_no_update
+        BEFORE UPDATE ON journal_events
+        BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END""",
+    """CREATE TRIGGER IF NOT EXISTS journal_events_no_delete
+        BEFORE DELETE ON journal_events
+        WHEN (SELECT retention_running FROM journal_guard WHERE id = 1) IS NOT 1
+        BEGIN SELECT RAISE(ABORT, 'journal is append-only'); END""",
+    # The (seq, hash) of the last row removed by retention: where the chain now starts.
+    """CREATE TABLE IF NOT EXISTS journal_checkpoint (
+        id INTEGER PRIMARY KEY CHECK (id = 1),
+        seq INTEGER NOT NULL,
+        hash TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS replay_keys (
+        integration_id TEXT NOT NULL,
+        delivery_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        event_id TEXT NOT NULL,
+        expires_at_ms INTEGER NOT NULL,
+        PRIMARY KEY (integration_id, delivery_id)
+    )""",
+    "CREATE INDEX IF NOT EXISTS replay_keys_expiry ON replay_keys (expires_at_ms)",
+)
+
+def encode_payload(payload: Any) -> str:
+    """The ``payload_json`` column: compact, sorted keys, UTF-8 text. Raises ``TypeError``
+    / ``ValueError`` for what JSON cannot hold (NaN and infinities included)."""
+    if not isinstance(payload, dict):
+        raise TypeError("payload must be a dict")
+    text = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+    if not is_storable_text(text):
+        # Lone surrogates (legal as JSON escapes): keep them escaped, losslessly.
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return text
+
+
+def is_storable_text(value: str) -> bool:
+    """False for strings holding lone surrogates, which have no UTF-8 form."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+class PendingRow(NamedTuple):
+    """One append as the store takes it: every column but seq, ts and the hashes."""
+
+    event_id: str
+    kind: str
+    source: str
+    actor: str | None
+    integration_id: str | None
+    event_type: str | None
+    severity: str
+    payload_json: str
+    redacted: bool
+    replay_key: tuple[str, str, int] | None
+    """``(integration_id, delivery_id, window_ms)``."""
+    content_key: str | None = None
+    """A second delivery id under ``replay_key``'s integration and window (a digest of the
+    signed content): the row is a duplicate when either key is live, and both are stored."""
+
+
+def _key_pairs(row: PendingRow) -> tuple[tuple[str, str], ...]:
+    """The ``(integration_id, delivery_id)`` keys a row is checked and stored under."""
+    key = row.replay_key
+    if key is None:
+        return ()
+    if row.content_key is None or row.content_key == key[1]:
+        return ((key[0], key[1]),)
+    return ((key[0], key[1]), (key[0], row.content_key))
+
+
+class Stored(NamedTuple):
+    """What became of one ``PendingRow``: ``new`` (written), ``duplicate`` (a live replay
+    key: seq/event_id are the original's) or ``id_conflict`` (event_id taken: seq is 0)."""
+
+    seq: int
+    event_id: str
+    status: Literal["new", "duplicate", "id_conflict"]
+
+
+@dataclass(frozen=True, slots=True)
+class WhereClause:
+    """A filter turned into SQL. ``exact`` is False when the SQL only narrows the rows
+    (a superset) and the caller must still filter them in Python."""
+
+    sql: str
+    params: tuple[Any, ...]
+    exact: bool
+
+
+def glob_for_fnmatch(pattern: str) -> tuple[str, bool]:
+    """Translate an ``fnmatch`` pattern to an SQLite GLOB pattern.
+
+    Returns ``(glob, exact)``. ``*``, ``?`` and literal characters translate exactly; a
+    ``[...]`` class (whose syntax differs: ``[!x]`` vs ``[^x]``) becomes ``?``, which
+    matches a superset, so ``exact`` is then False.
+    """
+    out: list[str] = []
+    exact = True
+    i, n = 0, len(pattern)
+    while i < n:
+        ch = pattern[i]
+        i += 1
+        if ch in "*?":
+            out.append(ch)
+        elif ch == "[":
+            # Find the end of the class the way fnmatch does: a leading "!" and a
+            # leading "]" belong to the class.
+            j = i
+            if j < n and pattern[j] == "!":
+                j += 1
+            if j < n and pattern[j] == "]":
+                j += 1
+            while j < n and pattern[j] != "]":
+                j += 1
+            if j >= n:
+                out.append("[[]")  # unclosed: fnmatch takes "[" literally
+            else:
+                out.append("?")  # a class matches exactly one character
+                exact = False
+                i = j + 1
+        else:
+            out.append(ch)
+    return "".join(out), exact
+
+
+def where_clause(
+    *,
+    types: Sequence[str],
+    integration_id: str | None,
+    source: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+) -> WhereClause:
+    """SQL for an event filter: ``types`` are fnmatch globs matched against ``kind`` or
+    ``event_type``; ``since_ms`` is inclusive, ``until_ms`` exclusive."""
+    parts: list[str] = []
+    params: list[Any] = []
+    exact = True
+    if types:
+        alternatives: list[str] = []
+        for pattern in types:
+            glob, glob_exact = glob_for_fnmatch(pattern)
+            exact = exact and glob_exact
+            alternatives.append("kind GLOB ? OR event_type GLOB ?")
+            params.extend((glob, glob))
+        parts.append("(" + " OR ".join(alternatives) + ")")
+    if integration_id is not None:
+        parts.append("integration_id = ?")
+        params.append(integration_id)
+    if source is not None:
+        parts.append("source = ?")
+        params.append(source)
+    if since_ms is not None:
+        parts.append("ts_unix_ms >= ?")
+        params.append(since_ms)
+    if until_ms is not None:
+        parts.append("ts_unix_ms < ?")
+        params.append(until_ms)
+    return WhereClause(" AND ".join(parts) if parts else "1", tuple(params), exact)
+
+
+class JournalStore:
+    """All SQL of the journal over one SQLite connection."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    @classmethod
+    def open(cls, path: Path, *, busy_timeout_ms: int, create: bool) -> JournalStore:
+        """Open the database; with ``create``, create it (mode 0600) and switch it to WAL,
+        else open it query-only. Every connection gets ``synchronous=FULL`` (a commit is
+        fsync'd) and the busy timeout."""
+        def prepare(conn: sqlite3.Connection) -> None:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                # Only possible before the first table: lets retention give space back.
+                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
+
+        conn = open_database(
+            path, busy_timeout_ms=busy_timeout_ms, create=create, label="journal",
+            prepare=prepare,
+        )
+        return cls(conn)
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def begin_read(self) -> None:
+        """Start a read transaction: every query until ``rollback`` sees one snapshot."""
+        self._conn.execute("BEGIN DEFERRED")
+
+    def rollback(self) -> None:
+        """Roll back if a transaction is open; never raises."""
+        sqlite_files.rollback(self._conn)
+
+    def ensure_schema(self) -> None:
+        """Create the tables, indexes and triggers if missing (idempotent)."""
+        sqlite_files.ensure_schema(self._conn, _SCHEMA, SCHEMA_VERSION, label="journal")
+
+    # -- chain head --------------------------------------------------------------------
+
+    def checkpoint(self) -> tuple[int, str] | None:
+        """``(seq, hash)`` of the last row removed by retention, if any."""
+        return read_checkpoint(self._conn)
+
+    def head(self) -> tuple[int, str]:
+        """``(seq, hash)`` the next append chains onto: the newest row, else the
+        checkpoint, else ``(0, ZERO_HASH)``."""
+        row = self._conn.execute(
+            "SELECT seq, hash FROM journal_events ORDER BY seq DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            return int(row[0]), str(row[1])
+        return self.checkpoint() or (0, ZERO_HASH)
+
+    # -- appends -----------------------------------------------------------------------
+
+    def append_batch(
+        self, rows: Sequence[PendingRow], *, now_ms: int, head: tuple[int, str] | None
+    ) -> tuple[list[Stored], tuple[int, str]]:
+        """Write ``rows`` after ``head`` (read from the table when None) in ONE transaction
+        (``BEGIN IMMEDIATE`` ... ``COMMIT``: one fsync), replay keys included. Returns one
+        ``Stored`` per row and the new head. On any error nothing is written."""
+        try:
+            return self._append(rows, now_ms, head, checked_ids=False)
+        except sqlite3.IntegrityError as exc:
+            if "journal_events.event_id" not in str(exc):
+                raise
+        # An event id already taken (only a caller-supplied one can be): nothing of the batch
+        # was written; write it again with every id checked first, so that only that row
+        # fails.
+        return self._append(rows, now_ms, head, checked_ids=True)
+
+    def _append(
+        self, rows: Sequence[PendingRow], now_ms: int, head: tuple[int, str] | None,
+        *, checked_ids: bool,
+    ) -> tuple[list[Stored], tuple[int, str]]:
+        # Statements per batch, not per row, where one can answer for all: each statement
+        # drops and retakes the GIL, which the event loop is waiting for.
+        cur = self._conn.cursor()
+        cur.execute("BEGIN IMMEDIATE")
+        try:
+            seq, prev_hash = self.head() if head is None else head
+            # Bounded pruning, enough to outpace the keys this batch can add (two a row).
+            cur.execute(
+                "DELETE FROM replay_keys WHERE rowid IN (SELECT rowid FROM replay_keys"
+                " WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?)",
+                (now_ms, 4 * len(rows) + 64),
+            )
+            live = self._live_keys(cur, [pair for row in rows for pair in _key_pairs(row)],
+                                   now_ms)
+            stored: list[Stored] = []
+            events: list[tuple[Any, ...]] = []
+            keys: list[tuple[Any, ...]] = []
+            batch_ids: set[str] = set()
+            for row in rows:
+                key = row.replay_key
+                pairs = _key_pairs(row)
+                seen = next((live[pair] for pair in pairs if pair in live), None)
+                if seen is not None:
+                    stored.append(seen)
+                    continue
+                if checked_ids and (row.event_id in batch_ids
+                                    or self._event_id_taken(row.event_id)):
+                    stored.append(Stored(0, row.event_id, "id_conflict"))
+                    continue
+                seq += 1
+                redacted = int(row.redacted)
+                row_hash = new_row_hash(
+                    prev_hash, seq, row.event_id, now_ms, row.kind, row.source, row.actor,
+                    row.integration_id, row.event_type, row.severity, row.payload_json,
+                    redacted,
+                )
+                events.append((
+                    seq, row.event_id, now_ms, row.kind, row.source, row.actor,
+                    row.integration_id, row.event_type, row.severity, row.payload_json,
+                    redacted, prev_hash, row_hash,
+                ))
+                prev_hash = row_hash
+                if key is not None:
+                    for pair in pairs:
+                        keys.append((*pair, seq, row.event_id, now_ms + key[2]))
+                        # A second delivery of the same key in this batch is its duplicate.
+                        live[pair] = Stored(seq, row.event_id, "duplicate")
+                if checked_ids:
+                    batch_ids.add(row.event_id)
+                stored.append(Stored(seq, row.event_id, "new"))
+            _insert_rows(cur, _INSERT_EVENTS, events)
+            _insert_rows(cur, _INSERT_KEYS, keys)
+            cur.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        return stored, (seq, prev_hash)
+
+    def _live_keys(
+        self, cur: sqlite3.Cursor, keys: list[tuple[str, str]], now_ms: int
+    ) -> dict[tuple[str, str], Stored]:
+        """The replay keys among ``keys`` that are present and not expired."""
+        found: dict[tuple[str, str], Stored] = {}
+        for start in range(0, len(keys), _LIVE_KEYS_MAX):
+            chunk = keys[start:start + _LIVE_KEYS_MAX]
+            # Padded to a power of two (repeating a key is harmless): a handful of
+            # statement texts, all kept in the connection's statement cache.
+            size = 1 << (len(chunk) - 1).bit_length()
+            chunk += [chunk[0]] * (size - len(chunk))
+            params = [part for pair in chunk for part in pair]
+            for integration_id, delivery_id, seq, event_id in cur.execute(
+                _live_keys_sql(size), (*params, now_ms)
+            ):
+                found[(integration_id, delivery_id)] = Stored(
+                    int(seq), str(event_id), "duplicate"
+                )
+        return found
+
+    def _event_id_taken(self, event_id: str) -> bool:
+        found = self._conn.execute(
+            "SELECT 1 FROM journal_events WHERE event_id = ?", (event_id,)
+        ).fetchone()
+        return found is not None
+
+    # -- retention ---------------------------------------------------------------------
+
+    def apply_retention(
+        self, *, older_than_ms: int | None, max_bytes: int | None
+    ) -> int:
+        """Remove the oldest rows (a prefix of the chain) in one transaction, recording
+        the last removed row's ``(seq, hash)`` as the checkpoint; return how many.
+
+        By age: the rows before the first one stamped at or after ``older_than_ms`` (so a
+        clock that stepped back never removes a newer row). By size: the oldest rows until
+        the estimated size of the rest is at most ``max_bytes``. The newest row always
+        stays, so the chain head survives.
+        """
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            cut = retention_cut(self._conn, older_than_ms, max_bytes)
+            removed = 0 if cut is None else remove_through(self._conn, cut)
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self.rollback()
+            raise
+        if removed:
+            try:
+                # Give freed pages back to the file system; the rows are gone either way.
+                self._conn.execute("PRAGMA incremental_vacuum").fetchall()
+            except sqlite3.Error:
+                pass
+        return removed
+
+    # -- reads -------------------------------------------------------------------------
+
+    def select_events(self, where: WhereClause, *, after_seq: int, limit: int) -> list[Row]:
+        """Rows with ``seq > after_seq`` matching ``where``, in seq order, at most ``limit``."""
+        return self._conn.execute(
+            f"SELECT {_COLS} FROM journal_events WHERE seq > ? AND ({where.sql})"  # noqa: S608
+            " ORDER BY seq LIMIT ?",
+            (after_seq, *where.params, limit),
+        ).fetchall()
+
+    def quick_check(self, *, budget_s: float) -> tuple[str | None, bool]:
+        """``PRAGMA quick_check`` for at most ``budget_s`` seconds: ``(problem, complete)``."""
+        return sqlite_files.quick_check(self._conn, budget_s=budget_s)
+
+    def walk_chain(self, *, chunk: int = 1000) -> ChainWalk:
+        """Check the whole chain in seq order, ``chunk`` rows at a time, from the
+        checkpoint (or seq 1 and ``ZERO_HASH``): contiguous seqs, each ``prev_hash`` equal
+        to the previous row's hash, each hash recomputed from the stored columns. Call
+        inside ``begin_read`` for one consistent snapshot."""
+        return walk_chain(self._conn, chunk=chunk)

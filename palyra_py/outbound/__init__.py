@@ -1,0 +1,3 @@
+"""Outbound: subscriptions' deliveries read from the journal, their filters, formats, retries,
+signing and the SSRF guard.
+"""

@@ -1,0 +1,572 @@
+"""Outbound delivery: journal events → subscriptions' HTTP endpoints, signed, retried.
+
+Two loops share one wake-up event:
+- the *enqueuer* follows the journal head and, per subscription, turns matching events into
+  pending deliveries while moving that subscription's durable cursor in the same commit;
+- the *scheduler* starts attempts for due deliveries, within each subscription's in-flight
+  cap, rate limit and order, and records every outcome. It launches from in-memory queues
+  of due deliveries (``dispatch_queue``), reading the store in pages, only when those
+  queues may be out of date.
+
+A subscription has at most ``max_in_flight`` requests open at its receiver. An attempt's
+slot is given back when its answer is in, and goes straight to that subscription's next
+queued delivery; the outcome is committed meanwhile (group commit, one fsync for many).
+Attempts answered and not yet committed are bounded too: at most ``max_in_flight`` more, so
+that a crash re-sends at most ``RESEND_FACTOR`` x ``max_in_flight`` deliveries per
+subscription. An ordered subscription launches its next delivery only once the previous
+outcome is committed. The global slots (``max_in_flight_total``) are shared fairly between
+subscriptions and owners (``dispatch_fair``): a receiver that never answers holds at most
+its share of them while others deliver. Time comes from the injected clock only; tests move
+it and call :meth:`Dispatcher.wake`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import structlog
+
+from palyra_py.bus.local import SeqBus
+from palyra_py.delivery.store import (
+    AttemptRecord,
+    Delivery,
+    DeliveryStore,
+    DeliveryStoreUnavailable,
+    NewDelivery,
+)
+from palyra_py.events import PublishedEvent, is_reserved, target_subscription
+from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
+from palyra_py.metrics import Metrics
+from palyra_py.outbound.attempt import (
+    AttemptRunner,
+    DisableHook,
+    DispatcherStats,
+    JournalHook,
+    SubState,
+)
+from palyra_py.outbound.due import ReadyEntry, ReadyQueues
+from palyra_py.outbound.fair import FairShare
+from palyra_py.outbound.formats import PreparedEvent
+from palyra_py.outbound.http import Sender
+from palyra_py.outbound.rendered import EVENT_CACHE, PreparedEvents
+from palyra_py.registry.subscriptions import Subscription
+from palyra_py.secrets.store import SecretStore
+
+__all__ = ["EVENT_CACHE", "PAGE", "Dispatcher", "DispatcherStats"]
+
+log = structlog.get_logger("palyra.dispatcher")
+
+PAGE = 500
+ENQUEUE_ROWS = 500
+"""Deliveries one enqueue transaction creates at most (a page of events x subscriptions):
+the attempts recorded meanwhile wait for it, and keep their places in the record budget."""
+RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
+RESEND_FACTOR = 2
+"""Attempts launched and not yet recorded per subscription: at most this many times its
+``max_in_flight`` (those open at the receiver, and as many answered whose outcome waits for
+its commit). What a crash can make again."""
+
+
+@dataclass(slots=True)
+class _Launched:
+    """One attempt in progress; settled (and its slot given back) once."""
+
+    delivery_id: str
+    sub: Subscription
+    answered: bool = False
+    settled: bool = False
+
+
+def _earliest(*times: int | None) -> int | None:
+    present = [t for t in times if t is not None]
+    return min(present) if present else None
+
+
+class Dispatcher:
+    def __init__(
+        self,
+        *,
+        journal: Journal,
+        bus: SeqBus,
+        store: DeliveryStore,
+        sender: Sender,
+        subscriptions: Callable[[], Mapping[str, Subscription]],
+        secrets: SecretStore,
+        journal_event: JournalHook,
+        disable_subscription: DisableHook,
+        clock: Callable[[], float] = time.time,
+        metrics: Metrics | None = None,
+        rand: random.Random | None = None,
+        disable_after_s: float = 5 * 86400,
+        max_in_flight_total: int = 256,
+        https_only: bool = False,
+    ) -> None:
+        self._journal = journal
+        self._bus = bus
+        self._store = store
+        self._subscriptions = subscriptions
+        self._clock = clock
+        self._metrics = metrics
+        self._events = PreparedEvents(journal)
+        self._runner = AttemptRunner(
+            store=store, sender=sender, secrets=secrets, journal_event=journal_event,
+            disable_subscription=disable_subscription, clock=clock, metrics=metrics,
+            rand=rand or random.Random(),  # noqa: S311 (jitter, not cryptography)
+            disable_after_ms=int(disable_after_s * 1000), event=self._events.get,
+            https_only=https_only,
+        )
+        self.stats = self._runner.stats
+        self._wake = asyncio.Event()
+        self._states: dict[str, SubState] = {}
+        self._cursors: dict[str, int] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        # Launched and not yet recorded: never launched again meanwhile (bug 7).
+        self._in_flight_ids: set[str] = set()
+        # Attempts not yet recorded (nor crashed): they hold the global slots, counted per
+        # subscription and owner for their fair shares.
+        self._slots = FairShare(max_in_flight_total)
+        self._parties_of: Mapping[str, Subscription] | None = None
+        self._ready: ReadyQueues[PreparedEvent] = ReadyQueues()
+        self._ordered_check: set[str] = set()
+        self._pass_lock = asyncio.Lock()
+        self._gauges_at = 0.0
+        self._stopping = False
+        self._halted = asyncio.Event()  # never set: a halted loop waits for the stop
+
+    # -- control -------------------------------------------------------------------------
+
+    def wake(self) -> None:
+        """Re-check everything now (after the clock moved, a registry change, a retry):
+        the next pass reads the due deliveries from the store again."""
+        self._ready.invalidate()
+        self._wake.set()
+
+    def _nudge(self) -> None:
+        # A slot freed or deliveries were queued: a pass from memory is enough.
+        self._wake.set()
+
+    def now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    def first_attempt(self, event_id: str) -> asyncio.Future[AttemptRecord]:
+        """A future for the first attempt of any delivery of ``event_id`` (subscription test)."""
+        return self._runner.first_attempt(event_id)
+
+    def in_flight(self, subscription_id: str) -> tuple[int, int]:
+        """``(unrecorded, open)``: the subscription's attempts launched and not yet recorded,
+        and of those the requests still waiting for their answer."""
+        state = self._states.get(subscription_id)
+        return (0, 0) if state is None else (state.in_flight, state.open)
+
+    async def wait_for_attempts(self, count: int, timeout: float = 15.0) -> None:  # noqa: ASYNC109
+        """Until ``count`` attempts have been recorded since start (tests, ``test``)."""
+        await self._runner.wait_for_attempts(count, timeout)
+
+    async def start_at_head(self, subscription_id: str) -> None:
+        """A new (or re-enabled without catch-up) subscription starts with the next event."""
+        head = await self._journal.last_seq()
+        await self._store.set_cursor(subscription_id, head)
+        self._cursors[subscription_id] = head
+        self.wake()
+
+    async def run(self) -> None:
+        """Run until cancelled; in-flight attempts are cancelled with it (they stay pending
+        and are attempted again after a restart: at most one extra attempt)."""
+        try:
+            await asyncio.gather(self._enqueue_forever(), self._schedule_forever())
+        finally:
+            self._stopping = True  # a cancelled attempt's freed slot starts nothing new
+            for task in list(self._tasks):
+                task.cancel()
+            for task in list(self._tasks):
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+
+    # -- enqueuer ------------------------------------------------------------------------
+
+    def _state(self, sub: Subscription) -> SubState:
+        state = self._states.get(sub.subscription_id)
+        if state is not None and state.subscription is sub:
+            return state
+        if state is None or state.subscription != sub:
+            previous = state
+            state = SubState.build(sub)
+            if previous is not None:
+                state.in_flight, state.open = previous.in_flight, previous.open
+            self._states[sub.subscription_id] = state
+        else:
+            state.subscription = sub  # an equal copy (a reload): compare by identity next time
+        return state
+
+    async def _cursor(self, subscription_id: str) -> int:
+        cursor = self._cursors.get(subscription_id)
+        if cursor is None:
+            stored = await self._store.cursor(subscription_id)
+            if stored is None:
+                stored = await self._journal.last_seq()
+                await self._store.set_cursor(subscription_id, stored)
+            cursor = self._cursors[subscription_id] = stored
+        return cursor
+
+    def forget_cursor(self, subscription_id: str) -> None:
+        self._cursors.pop(subscription_id, None)
+        self._states.pop(subscription_id, None)
+        self._ready.forget(subscription_id)
+        self._ordered_check.discard(subscription_id)
+
+    def halted(self) -> bool:
+        """The delivery store's file was removed or replaced: nothing written to it would be
+        kept, so nothing is enqueued or attempted any more (until a restart)."""
+        return self._store.check_file() is not None
+
+    async def _enqueue_forever(self) -> None:
+        while True:
+            if self.halted():
+                await self._halted.wait()
+            try:
+                progressed = await self.enqueue_once()
+            except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
+                # Nothing moved (deliveries and cursor commit together): try again shortly.
+                log.warning("delivery_enqueue_failed", error=str(exc), retry_in_s=RETRY_S)
+                await self._pause()
+                continue
+            if not progressed:
+                await self._bus.wait_beyond(self._lowest_cursor())
+
+    async def _pause(self) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.Event().wait(), RETRY_S)
+
+    def _lowest_cursor(self) -> int:
+        active = [self._cursors.get(s.subscription_id, 0)
+                  for s in self._subscriptions().values() if s.enabled]
+        return min(active) if active else self._bus.head
+
+    async def enqueue_once(self) -> bool:
+        """Turn the next page of journal events into deliveries; True if anything moved."""
+        subs = [s for s in self._subscriptions().values() if s.enabled]
+        if not subs or self.halted():
+            return False
+        cursors = {s.subscription_id: await self._cursor(s.subscription_id) for s in subs}
+        low = min(cursors.values())
+        limit = max(1, min(PAGE, ENQUEUE_ROWS // len(subs)))
+        page = await self._journal.list(EventFilter(), after_seq=low, limit=limit)
+        if not page:
+            return False
+        published = [(e, self._events.prepared(e)) for e in page]
+        by_seq = {e.seq: p for e, p in published if p is not None}
+        now_ms = self.now_ms()
+        targets: list[Subscription] = []
+        writes = []
+        for sub in subs:
+            cursor = cursors[sub.subscription_id]
+            if cursor >= page[-1].seq:
+                continue
+            state = self._state(sub)
+            new = [
+                NewDelivery(sub.subscription_id, e.seq, e.event_id, p.event.type, now_ms)
+                for e, p in published
+                if e.seq > cursor and p is not None and self._wanted(sub, state, e, p.event)
+            ]
+            targets.append(sub)
+            writes.append(self._store.enqueue_created(sub.subscription_id, page[-1].seq, new,
+                                                      now_ms=now_ms))
+        # Issued together, the store's writer commits them as one transaction (one fsync),
+        # instead of one fsync per subscription in turn. All are awaited, so that what was
+        # created reaches the scheduler's queues even when another write failed.
+        results = await asyncio.gather(*writes, return_exceptions=True)
+        failure: BaseException | None = None
+        for sub, result in zip(targets, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+                continue
+            self._cursors[sub.subscription_id] = max(cursors[sub.subscription_id],
+                                                     page[-1].seq)
+            if result:
+                self._queue_created(sub, result, by_seq)
+        if failure is not None:
+            self._ready.invalidate()
+            raise failure
+        return bool(writes)
+
+    def _queue_created(self, sub: Subscription, created: list[Delivery],
+                       events: Mapping[int, PreparedEvent]) -> None:
+        if sub.ordered:
+            self._ordered_check.add(sub.subscription_id)
+        else:
+            self._ready.add_created(sub.subscription_id, [
+                ReadyEntry(d, events.get(d.event_seq)) for d in created])
+        self._nudge()
+
+    @staticmethod
+    def _wanted(sub: Subscription, state: SubState, event: JournalEvent,
+                published: PublishedEvent) -> bool:
+        target = target_subscription(event)
+        if target is not None:
+            return target == sub.subscription_id
+        if not sub.events and is_reserved(published.type):
+            # No patterns means "application events and received webhooks"; the daemon's own
+            # events (integration.*, subscription.*, daemon.* ...) go only where named.
+            return False
+        return state.matcher.matches(published)
+
+    # -- scheduler -----------------------------------------------------------------------
+
+    async def _schedule_forever(self) -> None:
+        while True:
+            if self.halted():
+                await self._halted.wait()
+            self._wake.clear()
+            try:
+                next_ms = await self._schedule(refresh=False)
+            except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
+                log.warning("delivery_schedule_failed", error=str(exc), retry_in_s=RETRY_S)
+                await self._pause()
+                continue
+            timeout = None if next_ms is None else max(0.0, (next_ms - self.now_ms()) / 1000)
+            # asyncio.timeout, not wait_for: no task per wait.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+
+    async def schedule_once(self) -> int | None:
+        """Read the due deliveries from the store, start every attempt that may start now;
+        return when to look again (ms)."""
+        return await self._schedule(refresh=True)
+
+    async def _schedule(self, *, refresh: bool) -> int | None:
+        async with self._pass_lock:
+            if self.halted():
+                return None
+            if refresh:
+                self._ready.invalidate()
+            subs = self._subscriptions()
+            if subs is not self._parties_of:
+                self._count_parties(subs)
+            now_ms = self.now_ms()
+            if self._ready.needs_full_read(now_ms):
+                unordered = [s for s, sub in subs.items() if sub.enabled and not sub.ordered]
+                await self._read_due(unordered, now_ms, full=True)
+                self._ordered_check.update(s for s, sub in subs.items()
+                                           if sub.enabled and sub.ordered)
+            wait_until = self._launch_queued(subs, now_ms)
+            hungry = [s for s, sub in subs.items()
+                      if sub.enabled and not sub.ordered and self._ready.hungry(s)
+                      and self._has_slot(sub, self._state(sub))]
+            if hungry and self._slots.free > 0:
+                await self._read_due(hungry, now_ms, full=False)
+                wait_until = _earliest(wait_until, self._launch_queued(subs, now_ms))
+            if self._ordered_check:
+                wait_until = _earliest(wait_until, await self._launch_ordered(subs, now_ms))
+            await self._update_gauges(now_ms)
+            return _earliest(self._ready.next_due_ms, wait_until)
+
+    def _count_parties(self, subs: Mapping[str, Subscription]) -> None:
+        # Once per registry version (the mapping is replaced on every change), not per pass.
+        enabled = [sub for sub in subs.values() if sub.enabled]
+        self._slots.set_parties(len(enabled), len({sub.owner for sub in enabled}))
+        self._parties_of = subs
+
+    async def _read_due(self, subscriptions: list[str], now_ms: int, *, full: bool) -> None:
+        ready = self._ready
+        ready.begin_read(subscriptions)
+        try:
+            due, next_due = await self._store.due_page(now_ms, PAGE, subscriptions)
+            events = await self._events.get_many({d.event_seq for d in due})
+        except BaseException:
+            ready.abort_read()
+            raise
+        ready.end_read(subscriptions, [ReadyEntry(d, events.get(d.event_seq)) for d in due],
+                       in_flight=self._in_flight_ids, truncated=len(due) >= PAGE, full=full,
+                       next_due_ms=next_due)
+
+    def _launch_queued(self, subs: Mapping[str, Subscription], now_ms: int) -> int | None:
+        """Launch from the queues, earliest head first; returns when a rate limit lets the
+        next one go."""
+        ready = self._ready
+        wait_until: int | None = None
+        capacity = self._slots.free
+        for subscription_id in ready.subscriptions_ready():
+            if capacity <= 0:
+                break
+            sub = subs.get(subscription_id)
+            if sub is None or not sub.enabled or sub.ordered:
+                ready.forget(subscription_id)
+                continue
+            launched, waited = self._launch_from_queue(sub, self._state(sub), now_ms, capacity)
+            capacity -= launched
+            wait_until = _earliest(wait_until, waited)
+        return wait_until
+
+    def _launch_from_queue(self, sub: Subscription, state: SubState, now_ms: int,
+                           capacity: int) -> tuple[int, int | None]:
+        """Launch queued deliveries of ``sub`` while it has slots (at most ``capacity``);
+        how many, and when a rate limit lets the next one go."""
+        launched = 0
+        while launched < capacity and self._has_slot(sub, state):
+            entry = self._ready.peek(sub.subscription_id, self._in_flight_ids)
+            if entry is None:
+                break
+            delay = state.limiter.take(now_ms / 1000)
+            if delay > 0:
+                return launched, now_ms + int(delay * 1000) + 1
+            self._ready.pop(sub.subscription_id)
+            self._launch(entry.delivery, entry.extra, sub, state)
+            launched += 1
+        return launched, None
+
+    async def _launch_ordered(self, subs: Mapping[str, Subscription], now_ms: int
+                              ) -> int | None:
+        """An ordered subscription may only attempt its oldest pending delivery. Checked
+        when something may have changed for it (a delivery created or recorded, a full
+        read), not on every pass."""
+        candidates: list[str] = []
+        waiting: list[str] = []
+        for subscription_id in self._ordered_check:
+            sub = subs.get(subscription_id)
+            if sub is not None and sub.enabled and sub.ordered and self._state(sub).in_flight == 0:
+                if self._slots.may_take(subscription_id, sub.owner):
+                    candidates.append(subscription_id)
+                else:
+                    waiting.append(subscription_id)  # over its fair share: no read for it
+        # Taken out now: what happens during the read (a record, a new delivery) puts a
+        # subscription back; below, only those that still wait for a slot go back.
+        self._ordered_check.clear()
+        self._ordered_check.update(waiting)
+        if not candidates:
+            return None
+        ready = self._ready
+        ready.begin_read()
+        try:
+            oldest = await self._store.oldest_pending_of(candidates)
+        except BaseException:
+            ready.abort_read()
+            raise
+        stale = ready.end_read()
+        wait_until: int | None = None
+        subs = self._subscriptions()
+        for subscription_id in candidates:
+            delivery = oldest.get(subscription_id)
+            sub = subs.get(subscription_id)
+            if delivery is None or sub is None or not sub.enabled or not sub.ordered:
+                continue
+            if delivery.delivery_id in self._in_flight_ids:
+                continue  # its record puts the subscription back
+            due = delivery.next_attempt_ms is not None and delivery.next_attempt_ms <= now_ms
+            if delivery.delivery_id in stale or not due:
+                # Recorded during the read (it put the subscription back), or a retry not yet
+                # due (the next full read, at that time, puts it back).
+                continue
+            state = self._state(sub)
+            if state.in_flight > 0 or not self._slots.may_take(subscription_id, sub.owner):
+                self._ordered_check.add(subscription_id)
+                continue
+            delay = state.limiter.take(now_ms / 1000)
+            if delay > 0:
+                wait_until = _earliest(wait_until, now_ms + int(delay * 1000) + 1)
+                self._ordered_check.add(subscription_id)
+                continue
+            self._launch(delivery, None, sub, state)
+        return wait_until
+
+    def _has_slot(self, sub: Subscription, state: SubState) -> bool:
+        """May ``sub`` launch one more attempt: within its own caps (ordered: none may be
+        unrecorded) and its fair share of the global slots?"""
+        if sub.ordered:
+            own = state.in_flight == 0
+        else:
+            cap = sub.max_in_flight
+            own = state.open < cap and state.in_flight < RESEND_FACTOR * cap
+        return own and self._slots.may_take(sub.subscription_id, sub.owner)
+
+    def _launch(self, delivery: Delivery, prepared: PreparedEvent | None, sub: Subscription,
+                state: SubState) -> None:
+        launched = _Launched(delivery.delivery_id, sub)
+        state.in_flight += 1
+        state.open += 1
+        self._slots.take(launched.sub.subscription_id, launched.sub.owner)
+        self._in_flight_ids.add(launched.delivery_id)
+        task = asyncio.create_task(self._runner.run(
+            delivery, prepared, state, answered=lambda: self._answered(launched),
+            settled=lambda next_ms: self._settled(launched, next_ms)))
+        self._tasks.add(task)
+
+        def finished(t: asyncio.Task[None]) -> None:
+            self._tasks.discard(t)
+            if not launched.settled:  # not recorded (crashed, cancelled)
+                self._ready.invalidate()  # the store says whether it is still due
+                self._settled(launched, None)
+            if not t.cancelled() and t.exception() is not None:
+                log.error("delivery_attempt_crashed", delivery_id=launched.delivery_id,
+                          error=repr(t.exception()))
+            self._nudge()
+
+        task.add_done_callback(finished)
+
+    def _answered(self, launched: _Launched, *, launch: bool = True) -> None:
+        """The request is over: its slot at the receiver goes back (once), straight to the
+        subscription's next queued delivery when the record budget allows."""
+        if launched.answered:
+            return
+        launched.answered = True
+        state = self._states.get(launched.sub.subscription_id)
+        if state is None:
+            return
+        state.open = max(0, state.open - 1)
+        if launch and not self._launch_next(state):
+            self._nudge()
+
+    def _settled(self, launched: _Launched, next_ms: int | None) -> None:
+        """The attempt's outcome is in the store (or never will be): the delivery may be
+        launched again by what a read from now on finds. In this order: a read that was
+        running may have seen it pending, and ``note_due`` then makes a later one happen.
+        Once per attempt: after this, a retry of the delivery may be in flight while the
+        task of this attempt still finishes (journaling, disabling)."""
+        if launched.settled:
+            return
+        launched.settled = True
+        self._answered(launched, launch=False)  # crashed or cancelled before its answer
+        self._in_flight_ids.discard(launched.delivery_id)
+        self._ready.recorded(launched.delivery_id)
+        if next_ms is not None:
+            self._ready.note_due(next_ms)
+        if launched.sub.ordered:
+            self._ordered_check.add(launched.sub.subscription_id)
+        # Its place in the record budget goes back.
+        self._slots.give_back(launched.sub.subscription_id, launched.sub.owner)
+        state = self._states.get(launched.sub.subscription_id)
+        if state is not None:
+            state.in_flight = max(0, state.in_flight - 1)
+            if self._launch_next(state):
+                return
+        self._nudge()
+
+    def _launch_next(self, state: SubState) -> bool:
+        """The slot just freed goes straight to the subscription's next queued delivery, if
+        a pass would launch that one now anyway (no wait for the scheduler's turn: under load
+        every hop through it costs a turn of the busy loop). False: leave it to a pass."""
+        sub = state.subscription
+        now_ms = self.now_ms()
+        if (self._stopping or self._store.unavailable_reason is not None
+                or sub.ordered or not sub.enabled
+                or self._ready.needs_full_read(now_ms)
+                or self._subscriptions().get(sub.subscription_id) is not sub
+                or self._ready.queued(sub.subscription_id) == 0):
+            return False
+        capacity = self._slots.free
+        launched, waited = self._launch_from_queue(sub, state, now_ms, min(capacity, 1))
+        return launched > 0 and waited is None
+
+    async def _update_gauges(self, now_ms: int) -> None:
+        # Both queries walk the pending rows: at most once a second, not once a pass.
+        if self._metrics is None or time.monotonic() - self._gauges_at < 1.0:
+            return
+        self._gauges_at = time.monotonic()
+        self._metrics.deliveries_pending.set(await self._store.pending_count())
+        age = await self._store.oldest_pending_age_ms(now_ms)
+        self._metrics.delivery_oldest_pending_seconds.set((age or 0) / 1000)

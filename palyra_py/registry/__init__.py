@@ -1,0 +1,3 @@
+"""The registry `webhooks.toml`: integrations, subscriptions and tokens; their fields, reading
+and editing.
+"""

@@ -1,0 +1,1 @@
+"""Secrets behind refs (`keyring:`, `env:`, `file:`) and the keyring fallback."""

@@ -1,0 +1,1 @@
+"""Composition: the daemon that builds every part, its listeners and its limits."""

@@ -1,0 +1,862 @@
+"""The daemon: one process, two listeners (public ingress on TCP, admin API on a 0600 Unix
+socket), one journal. :class:`Daemon` is an app factory that tests start in one line;
+:func:`run_daemon` is what ``palyra daemon run`` calls."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import ssl
+import stat
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+import tomlkit
+from aiohttp import web, web_response
+
+from palyra_py import __version__
+from palyra_py.admin.deliveries import DeliveriesApi
+from palyra_py.admin.errors import ApiError, error_middleware
+from palyra_py.admin.events import PRINCIPAL, EventsApi, body_capped
+from palyra_py.admin.subscriptions import SubscriptionsApi
+from palyra_py.admin.webhooks import WebhooksApi
+from palyra_py.bus.local import SeqBus
+from palyra_py.delivery.store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
+from palyra_py.delivery_start import DeliveriesFrom, parse_deliveries_from
+from palyra_py.inbound.ingress import ActiveIntegration, Ingress
+from palyra_py.inbound.listener import CappedTCPSite, ConnectionCap
+from palyra_py.inbound.rejections import RejectionLog
+from palyra_py.journal.journal import (
+    AppendResult,
+    EventFilter,
+    Journal,
+    JournalDamaged,
+    JournalUnavailable,
+    NewEvent,
+)
+from palyra_py.metrics import Metrics
+from palyra_py.outbound.dispatcher import Dispatcher
+from palyra_py.outbound.http import Sender
+from palyra_py.outbound.ssrf import AddressPolicy
+from palyra_py.ownership import ForeignOwner, check_path_owner
+from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
+from palyra_py.registry.integrations import Integration, Registry, RegistryError, RegistryFile
+from palyra_py.registry.subscriptions import update_subscription
+from palyra_py.registry.tokens import Principal, split_token, token_matches
+from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
+from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
+from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
+from palyra_py.storage.sqlite import related_files
+from palyra_py.stream.hub import StreamHub
+from palyra_py.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
+
+log = structlog.get_logger("palyra.daemon")
+
+TOKEN_REFUSALS = frozenset({"unauthorized", "token_expired", "scope_denied"})
+"""The refusals of the token routes, counted in ``palyra_token_refusals_total``."""
+
+SERVER_HEADER = "palyra"
+"""The ``Server`` header of every answer on every listener: no version banner."""
+
+
+def hide_server_version() -> None:
+    """aiohttp names itself and Python with their versions in every answer's ``Server``
+    header (``Python/3.11 aiohttp/3.14.5``), including the 400s its parser sends before any
+    handler runs; the daemon says ``palyra`` and nothing an advisory could be matched
+    against. aiohttp reads this module global when it prepares each answer."""
+    web_response.SERVER_SOFTWARE = SERVER_HEADER  # type: ignore[attr-defined]
+
+
+EXIT_CANNOT_START = 1
+EXIT_JOURNAL_DAMAGED = 3
+"""``palyra daemon run`` refused to start on a damaged journal (docs/cli.md)."""
+EXIT_DELIVERIES_MISSING = 4
+"""``deliveries.db`` is missing while the journal has events and there are subscriptions:
+``--deliveries-from`` must say where deliveries resume (docs/cli.md)."""
+
+
+class DaemonError(Exception):
+    """The daemon cannot start; the message says why and what to do."""
+
+    def __init__(self, message: str, *, exit_code: int = EXIT_CANNOT_START) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def prepare_state_dir(state_dir: Path, *, expected_uid: int | None = None) -> None:
+    """Create the state dir 0700 (and tighten an existing one: it holds the journal, the
+    registry, the admin socket and maybe the fallback secrets file). An existing one owned
+    by another user than ``expected_uid`` (default: the effective uid) and root is refused
+    (``DaemonError``): that user could loosen it again or swap its files."""
+    state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        check_path_owner(state_dir, what="the state dir", expected_uid=expected_uid)
+    except ForeignOwner as exc:
+        raise DaemonError(str(exc)) from None
+    mode = stat.S_IMODE(state_dir.stat().st_mode)
+    if mode != 0o700:
+        os.chmod(state_dir, 0o700)
+        log.warning("state_dir_permissions_tightened", path=str(state_dir), was=oct(mode))
+
+
+def claim_socket(path: Path) -> None:
+    """Remove a stale socket; refuse if another daemon answers on it."""
+    if not path.exists():
+        return
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.connect(str(path))
+    except OSError:
+        path.unlink()
+    else:
+        raise DaemonError(f"another daemon is running on {path}; stop it first")
+    finally:
+        probe.close()
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    kind: str
+    address: str
+
+
+class Daemon:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        clock: Callable[[], float] = time.time,
+        secrets: SecretStore | None = None,
+        deliveries_from: DeliveriesFrom | None = None,
+    ) -> None:
+        """``deliveries_from``: where deliveries resume if ``deliveries.db`` is missing
+        (``palyra daemon run --deliveries-from``)."""
+        self.settings = settings
+        self._deliveries_from = deliveries_from
+        self.delivery_store_lost = asyncio.Event()
+        """Set once the removal of ``deliveries.db`` is logged (tests wait for it)."""
+        self.state_dir = settings.state_dir
+        self.clock = clock
+        self._secrets = secrets
+        self.bus = SeqBus()
+        self.metrics = Metrics()
+        self.stream_hub: StreamHub
+        self.rejections = RejectionLog()
+        self.registry_file = RegistryFile(self.state_dir / REGISTRY_FILE)
+        self.registry = Registry(self.registry_file.path, {})
+        self.active: dict[str, ActiveIntegration] = {}
+        self.journal = Journal(
+            self.state_dir / JOURNAL_FILE,
+            clock=clock,
+            batch_max=settings.get("journal", "batch_max"),
+            on_commit=self._committed,
+            start_check_s=settings.get("journal", "start_check_s"),
+            on_unavailable=self._journal_unavailable,
+        )
+        self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
+        self.deliveries.on_unavailable = self._delivery_store_unavailable
+        cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
+                 if c.strip()]
+        self.sender = Sender(
+            AddressPolicy(settings.get("delivery", "allow_private_networks"), cidrs),
+            max_connections=settings.get("delivery", "max_in_flight_total"),
+        )
+        self._dispatcher: Dispatcher | None = None
+        self.listeners: list[Listener] = []
+        self.started_at = 0.0
+        self._runners: list[web.AppRunner] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._edit_lock = asyncio.Lock()
+        self._ingress: Ingress | None = None
+        self.ingress_port = 0
+        self.connections = ConnectionCap(0, 0)  # replaced when the listener starts
+        self.fd_budget: FdBudget | None = None  # set at start
+        self.fd_warning = ""
+        """Why the caps were lowered to fit the open-file limit ("" when they were not)."""
+        self._ingress_host = "127.0.0.1"
+        self._tls = False
+        self.stopped = asyncio.Event()
+        self.streams: set[asyncio.Task[Any]] = set()
+        self.retention_passes = 0
+        self.retention_ran = asyncio.Event()
+        """Set after each retention pass (tests await it instead of a timer)."""
+        self.token_usage = TokenUsage(self.state_dir / USAGE_FILE)
+
+    def _committed(self, seq: int) -> None:
+        self.metrics.committed(seq)
+        self.bus.publish(seq)
+
+    def _journal_unavailable(self, reason: str) -> None:
+        """The journal file was found removed, replaced or damaged: from now on nothing is
+        acknowledged, readiness is false, and the log and ``daemon status`` say why."""
+        log.error("journal_damaged" if self.journal.damaged else "journal_removed",
+                  error=reason)
+
+    def _delivery_store_unavailable(self, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._report_deliveries_lost(reason))
+        self._tasks.append(task)
+
+    async def _report_deliveries_lost(self, reason: str) -> None:
+        """Say that dispatching stopped, and from where a restart must re-deliver so that
+        nothing is lost: the open (removed) file still tells the lowest pending seq and
+        cursor."""
+        try:
+            resume = await self.deliveries.resume_seq()
+        except DeliveryStoreUnavailable:
+            resume = None
+        if resume is None:
+            resume = self.bus.head + 1
+        log.error(
+            "delivery_store_removed", error=reason, deliveries_from=f"seq:{resume}",
+            what_to_do=(
+                "events are still journaled and acknowledged, but nothing is delivered "
+                "until a restart. Restart with `palyra daemon run --deliveries-from "
+                f"seq:{resume}` to deliver every pending retry and every event journaled "
+                "since (receivers may see some again), or --deliveries-from head to skip "
+                "them"),
+        )
+        self.delivery_store_lost.set()
+
+    def not_ready_because(self) -> tuple[str, str] | None:
+        """``(code, detail)`` of what keeps the daemon from taking events, else ``None``."""
+        if self._ingress is None or self.stopped.is_set():
+            return "not_started", "the daemon is starting or stopping"
+        journal = self.journal.check_file()
+        if journal is not None:
+            return "journal_unavailable", journal
+        deliveries = self.deliveries.check_file()
+        if deliveries is not None:
+            return "deliveries_unavailable", deliveries
+        return None
+
+    # -- parts ---------------------------------------------------------------------------
+
+    @property
+    def secrets(self) -> SecretStore:
+        assert self._secrets is not None, "daemon not started"
+        return self._secrets
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        assert self._dispatcher is not None, "daemon not started"
+        return self._dispatcher
+
+    @property
+    def ingress(self) -> Ingress:
+        assert self._ingress is not None, "daemon not started"
+        return self._ingress
+
+    @property
+    def journal_path(self) -> Path:
+        return self.state_dir / JOURNAL_FILE
+
+    @property
+    def socket_path(self) -> Path:
+        return socket_path(self.state_dir)
+
+    def now_ms(self) -> int:
+        return int(self.clock() * 1000)
+
+    def now_dt(self) -> datetime:
+        return datetime.fromtimestamp(self.clock(), tz=UTC).replace(microsecond=0)
+
+    def ingress_url_for(self, integration_id: str, *, local: bool = False) -> str:
+        public = self.settings.get("daemon", "public_url")
+        if public and not local:
+            return f"{public.rstrip('/')}/hooks/{integration_id}"
+        host = self._ingress_host
+        if local and host in ("0.0.0.0", "::", ""):  # noqa: S104
+            host = "127.0.0.1"
+        if ":" in host:
+            host = f"[{host}]"
+        scheme = "https" if self._tls else "http"
+        return f"{scheme}://{host}:{self.ingress_port}/hooks/{integration_id}"
+
+    async def readiness_of(self, integ: Integration) -> tuple[str, str]:
+        if not integ.enabled:
+            return "disabled", "integration is disabled"
+        if not integ.signature_required:
+            return "ready", "signature not required"
+        readiness, detail = await asyncio.to_thread(self.secrets.readiness, integ.secret_ref)
+        return readiness, detail
+
+    # -- registry ------------------------------------------------------------------------
+
+    def _activate(self, registry: Registry) -> None:
+        active: dict[str, ActiveIntegration] = {}
+        for integration_id, integ in registry.integrations.items():
+            previous = self.active.get(integration_id)
+            entry = ActiveIntegration.build(integ)
+            if previous is not None and previous.integration == integ:
+                entry.secrets, entry.secrets_until = previous.secrets, previous.secrets_until
+            active[integration_id] = entry
+        self.registry, self.active = registry, active
+        if self._dispatcher is not None:
+            self._dispatcher.wake()
+
+    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
+        """Disable (410 Gone, days of failures, an operator) and journal why."""
+        if subscription_id not in self.registry.subscriptions:
+            return
+        now = self.now_dt()
+        try:
+            await self.edit_registry(lambda doc: update_subscription(
+                doc, subscription_id, {"enabled": False, "disabled_reason": reason[:240]}, now))
+        except (RegistryError, KeyError) as exc:
+            log.error("subscription_disable_failed", subscription_id=subscription_id,
+                      error=str(exc))
+            return
+        await self.append(kind="subscription.disabled", source="daemon",
+                          event_type="subscription.disabled",
+                          payload={"subscription_id": subscription_id, "reason": reason})
+        log.warning("subscription_disabled", subscription_id=subscription_id, reason=reason)
+
+    async def _check_cursors(self) -> None:
+        """A cursor past the journal's head means the journal was replaced (removed, or
+        restored from an older copy): new events would be skipped until seq caught up. Such
+        cursors restart at the head, and the daemon says so."""
+        head = await self.journal.last_seq()
+        for subscription_id in self.registry.subscriptions:
+            cursor = await self.deliveries.cursor(subscription_id)
+            if cursor is not None and cursor > head:
+                await self.deliveries.set_cursor(subscription_id, head)
+                log.warning("delivery_cursor_reset", subscription_id=subscription_id,
+                            cursor=cursor, journal_head=head,
+                            reason="the journal is behind the cursor: it was replaced")
+
+    async def _without_delivery_store(self) -> None:
+        """``deliveries.db`` is missing. A first start (empty journal) or one without
+        subscriptions has nothing to lose; otherwise the file was lost and where deliveries
+        resume is the operator's choice, never a guess."""
+        head = await self.journal.last_seq()
+        if head > 0 and self.registry.subscriptions and self._deliveries_from is None:
+            raise DaemonError(
+                f"{self.deliveries.path} is missing, but the journal has events (head seq "
+                f"{head}) and there are {len(self.registry.subscriptions)} subscriptions: the "
+                "delivery store (pending retries and each subscription's cursor) was removed "
+                "or lost, and palyra will not guess where deliveries resume. Restore it from "
+                "a backup, or start with --deliveries-from head (every subscription starts "
+                "at the journal head: what happened in the gap is not delivered), "
+                "--deliveries-from seq:N (re-deliver from seq N) or --deliveries-from "
+                "2026-12-07T10:00Z (re-deliver from that time). If the daemon logged "
+                "delivery_store_removed, its deliveries_from says where nothing is lost",
+                exit_code=EXIT_DELIVERIES_MISSING)
+        for orphan in related_files(self.deliveries.path)[1:]:
+            if orphan.exists():  # a WAL without its database would be replayed into a new one
+                aside = orphan.with_name(f"{orphan.name}.orphaned-{int(self.clock())}")
+                orphan.rename(aside)
+                log.warning("delivery_store_orphan_moved", path=str(orphan), to=str(aside))
+
+    async def _place_cursors(self, choice: DeliveriesFrom) -> None:
+        """Every subscription's cursor where the operator chose (a new delivery store)."""
+        head = await self.journal.last_seq()
+        if choice.kind == "head":
+            cursor = head
+        elif choice.kind == "seq":
+            cursor = min(head, choice.value - 1)
+        else:
+            first = await self.journal.list(EventFilter(since_ms=choice.value), limit=1)
+            cursor = first[0].seq - 1 if first else head
+        for subscription_id in self.registry.subscriptions:
+            await self.deliveries.set_cursor(subscription_id, cursor)
+        log.warning("delivery_cursors_placed", deliveries_from=choice.describe(),
+                    cursor=cursor, journal_head=head,
+                    subscriptions=len(self.registry.subscriptions))
+
+    async def _journal_from_dispatcher(self, kind: str, payload: dict[str, Any]) -> None:
+        with contextlib.suppress(ApiError):
+            await self.append(kind=kind, source="daemon", event_type=kind, payload=payload)
+
+    # -- tokens (publishing and streaming over TCP) ---------------------------------------
+
+    async def authorize(self, request: web.Request) -> Principal:
+        """Who a valid ``Authorization: Bearer`` token speaks for, else 401 ``unauthorized``
+        (401 ``token_expired`` for a genuine token past its ``expires_at``). Notes the use
+        in memory (``token_usage``)."""
+        scheme, _, value = request.headers.get("Authorization", "").partition(" ")
+        parsed = split_token(value.strip()) if scheme.lower() == "bearer" else None
+        token = self.registry.tokens.get(parsed[0]) if parsed else None
+        if parsed is None or token is None or token.secret_ref is None:
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
+        try:
+            expected = await asyncio.to_thread(self.secrets.resolve, token.secret_ref)
+        except (SecretNotFound, SecretRefError):
+            raise ApiError(401, "unauthorized", "the token's secret is unavailable") from None
+        if not token_matches(expected, parsed[1]):
+            raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
+        now = self.clock()
+        if token.expires_at is not None and now >= token.expires_at.timestamp():
+            expired = token.expires_at.isoformat().replace("+00:00", "Z")
+            raise ApiError(401, "token_expired",
+                           f"token {token.token_id} expired at {expired}; create a new one"
+                           " (palyra tokens create) and revoke this one")
+        self.token_usage.touch(token.token_id, int(now))
+        return Principal.of(token)
+
+    def _token_required(self, handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                        scope: str = "", allowed: Callable[[Principal], bool] | None = None,
+                        ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        """``handler`` behind a valid token (``request[PRINCIPAL]``); with ``allowed``, a
+        token it refuses gets 403 ``scope_denied`` naming ``scope``."""
+        async def guarded(request: web.Request) -> web.StreamResponse:
+            try:
+                principal = await self.authorize(request)
+                if allowed is not None and not allowed(principal):
+                    raise ApiError(403, "scope_denied",
+                                   f"token {principal.token_id} lacks the {scope} scope")
+                request[PRINCIPAL] = principal
+                return await handler(request)
+            except ApiError as exc:
+                if exc.code in TOKEN_REFUSALS:  # a bounded label: three codes
+                    self.metrics.token_refusals.labels(exc.code).inc()
+                raise
+
+        async def rendered(request: web.Request) -> web.StreamResponse:
+            return await error_middleware(request, guarded)
+
+        return rendered
+
+    def _registry_vanished(self) -> bool:
+        """The file is gone while the registry in force is not empty: reading it as empty
+        would drop every integration, subscription and token at once."""
+        current = self.registry
+        in_force = bool(current.integrations or current.subscriptions or current.tokens)
+        return in_force and not self.registry_file.path.exists()
+
+    def _refuse_if_vanished(self) -> None:
+        if self._registry_vanished():
+            raise RegistryError(
+                "the file is missing; the last good registry stays in force. Restore the file "
+                "(or restart the daemon to begin with an empty registry)",
+                path=self.registry_file.path,
+            )
+
+    async def edit_registry(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
+        async with self._edit_lock:
+            self._refuse_if_vanished()
+            registry = await asyncio.to_thread(self.registry_file.edit, change)
+            self._activate(registry)
+            return registry
+
+    async def reload(self) -> Registry:
+        """Re-read ``webhooks.toml``. An invalid file raises ``RegistryError`` and the last
+        good registry stays in force."""
+        async with self._edit_lock:
+            self._refuse_if_vanished()
+            registry = await asyncio.to_thread(self.registry_file.load)
+            self.secrets.forget_cached()
+            for entry in self.active.values():
+                entry.secrets = None
+            self._activate(registry)
+        await self.append(kind="daemon.reloaded", source="daemon",
+                          payload={"integrations": len(registry.integrations)})
+        return registry
+
+    # -- journal -------------------------------------------------------------------------
+
+    async def append(self, *, kind: str, source: str, payload: dict[str, Any],
+                     **fields: Any) -> AppendResult:
+        try:
+            return await self.journal.append(
+                NewEvent(kind=kind, source=source, payload=payload, **fields)
+            )
+        except JournalUnavailable as exc:
+            raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
+
+    async def journal_admin(self, kind: str, integration_id: str,
+                            payload: Mapping[str, Any]) -> None:
+        await self.append(kind=kind, source="admin", integration_id=integration_id,
+                          event_type=kind, payload={"integration_id": integration_id, **payload})
+
+    # -- lifecycle -----------------------------------------------------------------------
+
+    def _ssl_context(self) -> ssl.SSLContext | None:
+        cert, key = self.settings.get("daemon", "tls_cert"), self.settings.get("daemon", "tls_key")
+        if not cert and not key:
+            return None
+        if not (cert and key):
+            raise DaemonError("TLS needs both daemon.tls_cert and daemon.tls_key")
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(cert, key)
+        except (OSError, ssl.SSLError) as exc:
+            raise DaemonError(f"cannot load TLS certificate/key: {exc}") from None
+        return ctx
+
+    def _ingress_app(self) -> web.Application:
+        # No middleware here: every /hooks request would pay for it; the token routes get
+        # the admin error rendering through their own wrapper.
+        app = web.Application(client_max_size=32 * 1024 * 1024 + 1)
+        app.add_routes(self.ingress.routes())
+        events = EventsApi(self)
+
+        def can_read(principal: Principal) -> bool:
+            return principal.can_read
+
+        def can_scrape(principal: Principal) -> bool:
+            return principal.can_scrape_metrics
+
+        app.add_routes([
+            web.post("/v1/events", self._token_required(body_capped(events.emit))),
+            web.get("/v1/events", self._token_required(body_capped(events.list), "read",
+                                                       can_read)),
+            web.get("/v1/events/stream",
+                    self._token_required(body_capped(events.stream), "read", can_read)),
+        ])
+        metrics = (self._metrics if self.settings.get("metrics", "public")
+                   else self._token_required(self._metrics, "metrics", can_scrape))
+        app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz),
+                        web.get("/metrics", metrics)])
+        return app
+
+    def _admin_app(self) -> web.Application:
+        from palyra_py.admin.status import AdminApi
+
+        app = web.Application(
+            middlewares=[error_middleware],
+            client_max_size=self.settings.get("admin", "max_body_bytes"),
+        )
+        app.add_routes(AdminApi(self).routes())
+        app.add_routes(WebhooksApi(self).routes())
+        app.add_routes(EventsApi(self).routes())
+        app.add_routes(SubscriptionsApi(self).routes())
+        app.add_routes(DeliveriesApi(self).routes())
+        return app
+
+    async def _metrics(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.metrics.render(),
+                            headers={"Content-Type": self.metrics.content_type})
+
+    async def _healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def _readyz(self, request: web.Request) -> web.Response:
+        problem = self.not_ready_because()
+        if problem is None:
+            return web.json_response({"status": "ready"})
+        return web.json_response({"status": "not_ready", "reason": problem[0],
+                                  "detail": problem[1]}, status=503)
+
+    def _fit_open_file_limit(self) -> FdBudget:
+        """Raise the soft RLIMIT_NOFILE as far as the caps need; lower the caps (with a
+        warning) where the limit cannot hold them, refuse to start where it holds nothing."""
+        max_connections = self.settings.get("ingress", "max_connections")
+        max_streams = self.settings.get("stream", "max_clients")
+        try:
+            budget = fit_open_file_limit(
+                max_connections=max_connections, max_streams=max_streams,
+                outbound=self.settings.get("delivery", "max_in_flight_total"))
+        except FdLimitError as exc:
+            raise DaemonError(str(exc)) from None
+        if budget.raised_from is not None:
+            log.info("open_file_limit_raised", was=budget.raised_from, now=budget.limit,
+                     needed=budget.needed)
+        self.fd_warning = budget.warning(max_connections, max_streams)
+        if self.fd_warning:
+            log.warning("open_file_limit_lowers_caps", limit=budget.limit, hard=budget.hard,
+                        needed=budget.needed, max_connections=budget.max_connections,
+                        max_streams=budget.max_streams, hint=self.fd_warning)
+        return budget
+
+    async def start(self) -> None:
+        hide_server_version()
+        prepare_state_dir(self.state_dir)
+        self.fd_budget = budget = self._fit_open_file_limit()
+        ssl_ctx = self._ssl_context()
+        host, port = parse_listen(self.settings.get("daemon", "listen"))
+        sock_path = self.socket_path
+        claim_socket(sock_path)
+        if self._secrets is None:
+            self._secrets = SecretStore(self.state_dir)
+        if self.secrets.is_fallback:
+            log.warning("keyring_fallback", backend=self.secrets.backend_name,
+                        hint="no usable OS keyring; secrets are kept in a 0600 file")
+        try:
+            registry = self.registry_file.load()
+        except RegistryError as exc:
+            raise DaemonError(f"registry invalid: {exc}") from None
+        self._activate(registry)
+        self.token_usage.load()
+        try:
+            await self.journal.start()
+        except JournalDamaged as exc:
+            raise DaemonError(f"refusing to start: {exc}",
+                              exit_code=EXIT_JOURNAL_DAMAGED) from None
+        except Exception as exc:
+            raise DaemonError(f"cannot open the journal: {exc}") from None
+        if self.journal.start_check == "incomplete":
+            log.warning("journal_check_incomplete",
+                        checked_s=self.settings.get("journal", "start_check_s"),
+                        hint="the quick check stopped at journal.start_check_s; run "
+                             "`palyra system events verify` to check the whole chain")
+        self.bus.publish(await self.journal.last_seq())
+        deliveries_missing = not self.deliveries.path.exists()
+        if deliveries_missing:
+            try:
+                await self._without_delivery_store()
+            except DaemonError:
+                await self.journal.close()
+                raise
+        elif self._deliveries_from is not None:
+            log.warning("deliveries_from_ignored", deliveries_from=self._deliveries_from.describe(),
+                        reason=f"{self.deliveries.path} exists: its cursors stay")
+        self.stream_hub = StreamHub(
+            self.journal, self.bus,
+            max_clients=budget.max_streams,
+            buffer=self.settings.get("stream", "buffer_events"),
+            max_per_owner=self.settings.get("stream", "max_per_token"),
+        )
+        self._tasks.append(asyncio.create_task(self.stream_hub.run()))
+        try:
+            await self.deliveries.start()
+        except Exception as exc:
+            raise DaemonError(f"cannot open the delivery store: {exc}") from None
+        await self.sender.start()
+        if deliveries_missing and self._deliveries_from is not None:
+            await self._place_cursors(self._deliveries_from)
+        await self._check_cursors()
+        self._dispatcher = Dispatcher(
+            journal=self.journal, bus=self.bus, store=self.deliveries, sender=self.sender,
+            subscriptions=lambda: self.registry.subscriptions, secrets=self.secrets,
+            journal_event=self._journal_from_dispatcher,
+            disable_subscription=self.disable_subscription, clock=self.clock,
+            metrics=self.metrics,
+            disable_after_s=self.settings.get("delivery", "disable_after_s"),
+            max_in_flight_total=self.settings.get("delivery", "max_in_flight_total"),
+            https_only=self.settings.get("delivery", "https_only"),
+        )
+        self._tasks.append(asyncio.create_task(self._dispatcher.run()))
+        self._ingress = Ingress(
+            integrations=lambda: self.active,
+            secrets=self.secrets,
+            journal=self.journal,
+            rejections=self.rejections,
+            clock=self.clock,
+            body_timeout_s=self.settings.get("ingress", "body_timeout_s"),
+            retry_after_s=self.settings.get("ingress", "retry_after_s"),
+            metrics=self.metrics,
+        )
+        ingress_runner = web.AppRunner(
+            self._ingress_app(), access_log=None,
+            max_headers=self.settings.get("ingress", "max_headers"),
+            max_field_size=self.settings.get("ingress", "max_header_bytes"),
+            max_line_size=self.settings.get("ingress", "max_header_bytes"),
+            # Armed when a connection opens (aiohttp >= 3.14): bounds idle connections and
+            # request heads that never finish, not only keep-alive between requests.
+            keepalive_timeout=self.settings.get("ingress", "idle_timeout_s"),
+        )
+        await ingress_runner.setup()
+        self._runners.append(ingress_runner)
+        stats = self._ingress.stats
+        self.connections = ConnectionCap(
+            budget.max_connections,
+            self.settings.get("ingress", "retry_after_s"),
+            on_refused=stats.count,
+            per_source=self.settings.get("ingress", "max_connections_per_source"),
+            max_head_bytes=self.settings.get("ingress", "max_head_bytes"))
+        self.metrics.ingress_connections.set_function(lambda: self.connections.open)
+        site = CappedTCPSite(ingress_runner, host, port, cap=self.connections,
+                             ssl_context=ssl_ctx, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.ingress_port = sockets[0].getsockname()[1] if sockets else port
+        self._ingress_host, self._tls = host, ssl_ctx is not None
+        admin_runner = web.AppRunner(self._admin_app(), access_log=None)
+        await admin_runner.setup()
+        self._runners.append(admin_runner)
+        old_umask = os.umask(0o077)  # the socket is born 0600: no window with looser modes
+        try:
+            await web.UnixSite(admin_runner, str(sock_path)).start()
+        finally:
+            os.umask(old_umask)
+        os.chmod(sock_path, 0o600)
+        self.listeners = [
+            Listener("ingress", self.ingress_url_for("{id}", local=True).rsplit("/hooks", 1)[0]),
+            Listener("admin", str(sock_path)),
+        ]
+        self.started_at = self.clock()
+        await self.append(
+            kind="daemon.started", source="daemon",
+            payload={"version": __version__, "pid": os.getpid(),
+                     "listeners": [vars_of(x) for x in self.listeners],
+                     "keyring_backend": self.secrets.backend_name},
+        )
+        self._tasks.append(asyncio.create_task(self._flush_rejections_forever()))
+        self._tasks.append(asyncio.create_task(self._retention_forever()))
+        self._tasks.append(asyncio.create_task(self._token_usage_forever()))
+        log.info("daemon_started", version=__version__, ingress=self.listeners[0].address,
+                 admin_socket=str(sock_path), state_dir=str(self.state_dir),
+                 registry_integrations=len(self.registry.integrations))
+
+    async def stop(self) -> None:
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
+        for task in [*self._tasks, *self.streams]:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+            except Exception:  # a background task died earlier: stop the rest regardless
+                log.exception("background_task_failed", task=task.get_name())
+        for runner in reversed(self._runners):
+            await runner.cleanup()
+        with contextlib.suppress(JournalUnavailable, RuntimeError):
+            await self.rejections.flush(self.journal)
+            await self.journal.append(NewEvent(kind="daemon.stopped", source="daemon",
+                                               payload={"pid": os.getpid()}))
+        await asyncio.to_thread(self.token_usage.flush, set(self.registry.tokens))
+        await self.sender.close()
+        await self.deliveries.close()
+        await self.journal.close()
+        with contextlib.suppress(FileNotFoundError):
+            if self.listeners:
+                self.socket_path.unlink()
+        log.info("daemon_stopped")
+
+    async def _flush_rejections_forever(self) -> None:
+        window = self.settings.get("ingress", "rejection_window_s")
+        while True:
+            await asyncio.sleep(window)
+            if self.rejections.pending():
+                await self.rejections.flush(self.journal)
+
+    async def _token_usage_forever(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_INTERVAL_S)
+            await asyncio.to_thread(self.token_usage.flush, set(self.registry.tokens))
+
+    async def _retention_forever(self) -> None:
+        days = self.settings.get("journal", "retention_days")
+        max_bytes = self.settings.get("journal", "retention_max_bytes")
+        interval = self.settings.get("journal", "retention_interval_s")
+        if not days and not max_bytes:
+            return
+        while True:
+            try:
+                removed = await self.journal.apply_retention(
+                    max_age_s=days * 86400 if days else None, max_bytes=max_bytes or None
+                )
+                if removed:
+                    log.info("journal_retention", removed=removed)
+            except JournalUnavailable as exc:
+                log.warning("journal_retention_failed", error=str(exc))
+            if days:
+                # The delivery log keeps finished deliveries as long as the journal keeps
+                # their events; pending ones are never pruned.
+                try:
+                    pruned = await self.deliveries.prune(self.now_ms() - int(days * 86400_000))
+                    if pruned:
+                        log.info("delivery_log_retention", removed=pruned)
+                except DeliveryStoreUnavailable as exc:
+                    log.warning("delivery_log_retention_failed", error=str(exc))
+            self.retention_passes += 1
+            self.retention_ran.set()
+            await asyncio.sleep(interval)
+
+
+def vars_of(listener: Listener) -> dict[str, str]:
+    return {"kind": listener.kind, "address": listener.address}
+
+
+async def _serve(daemon: Daemon) -> None:
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    reloads: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        try:
+            registry = await daemon.reload()
+            log.info("registry_reloaded", integrations=len(registry.integrations))
+        except RegistryError as exc:
+            log.error("registry_reload_refused", error=str(exc))
+        except ApiError as exc:
+            log.error("registry_reload_failed", error=exc.message)
+
+    def on_hup() -> None:
+        if daemon.started_at == 0.0:
+            log.warning("registry_reload_ignored", reason="the daemon is still starting")
+            return
+        task = loop.create_task(reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    # Handlers go in before start() says "started": a SIGHUP that follows that line at
+    # once must reload, not kill the process with the default action.
+    loop.add_signal_handler(signal.SIGTERM, stop.set)
+    loop.add_signal_handler(signal.SIGINT, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, on_hup)
+    await daemon.start()
+    try:
+        await stop.wait()
+    finally:
+        await daemon.stop()
+
+
+def run_daemon(
+    *,
+    state_dir: Path | None,
+    listen: str | None = None,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    log_level: str | None = None,
+    log_format: str | None = None,
+    deliveries_from: str | None = None,
+) -> int:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads the registry. Returns the exit code.
+    ``deliveries_from``: ``--deliveries-from`` (``delivery_start``)."""
+    from palyra_py.logs import configure_logging
+
+    flags = {
+        ("daemon", "listen"): listen,
+        ("daemon", "tls_cert"): str(tls_cert) if tls_cert else None,
+        ("daemon", "tls_key"): str(tls_key) if tls_key else None,
+        ("daemon", "log_level"): log_level,
+        ("daemon", "log_format"): log_format,
+    }
+    resolved = resolve_state_dir(state_dir)
+    try:
+        settings = load_settings(resolved, flags=flags)
+    except SettingsError as exc:
+        configure_logging()
+        log.error("settings_invalid", error=str(exc))
+        return 2
+    configure_logging(settings.get("daemon", "log_level"), settings.get("daemon", "log_format"))
+    try:
+        start_from = None if deliveries_from is None else parse_deliveries_from(deliveries_from)
+    except ValueError as exc:
+        log.error("daemon_cannot_start", error=str(exc))
+        return 2
+    daemon = Daemon(settings, deliveries_from=start_from)
+    try:
+        asyncio.run(_serve(daemon))
+    except DaemonError as exc:
+        log.error("daemon_cannot_start", error=str(exc))
+        return exc.exit_code
+    except SettingsError as exc:
+        log.error("settings_invalid", error=str(exc))
+        return 2
+    return 0
+
+
+def load_for_tests(state_dir: Path, env: Mapping[str, str] | None = None,
+                   **flags: Any) -> Settings:
+    """Settings for an in-process daemon: ``listen="127.0.0.1:0"`` by default."""
+    values = {("daemon", "listen"): flags.pop("listen", "127.0.0.1:0")}
+    values.update({tuple(k.split("__", 1)): v for k, v in flags.items()})  # type: ignore[misc]
+    return load_settings(state_dir, env=env or {}, flags=values)

@@ -1,0 +1,3 @@
+"""Plumbing shared by the stores' files: SQLite connections and writer threads, atomic private
+files. No store logic.
+"""
