@@ -53,10 +53,10 @@ from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
 from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
+from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
 from palyra_py.storage.sqlite import related_files
 from palyra_py.stream.hub import StreamHub
-from palyra_py.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
 
 log = structlog.get_logger("palyra.daemon")
 
