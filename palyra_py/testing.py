@@ -15,7 +15,7 @@ from keyring.backend import KeyringBackend
 from keyring.compat import properties
 from keyring.errors import PasswordDeleteError
 
-from palyra_py.delivery_start import DeliveriesFrom
+from palyra_py.delivery.start import DeliveriesFrom
 from palyra_py.secrets.store import SecretStore
 from palyra_py.server.daemon import Daemon, load_for_tests
 

@@ -19,7 +19,7 @@ import aiohttp
 import pytest
 import structlog.testing
 
-from palyra_py.delivery_start import DeliveriesFrom, parse_deliveries_from
+from palyra_py.delivery.start import DeliveriesFrom, parse_deliveries_from
 from palyra_py.server.daemon import EXIT_DELIVERIES_MISSING, Daemon, DaemonError
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.daemon_process import child_env

@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from palyra_py.ownership import ForeignOwner, check_path_owner
 from palyra_py.registry.integrations import RegistryError, RegistryFile
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.daemon import Daemon, DaemonError
+from palyra_py.storage.ownership import ForeignOwner, check_path_owner
 from palyra_py.testing import MemoryKeyring, running_daemon
 from tests.helpers import add_integration
 

@@ -101,7 +101,7 @@ def run(
     if (tls_cert is None) != (tls_key is None):
         usage_error("--tls-cert and --tls-key go together", param="--tls-cert")
     if deliveries_from is not None:
-        from palyra_py.delivery_start import parse_deliveries_from
+        from palyra_py.delivery.start import parse_deliveries_from
 
         try:
             parse_deliveries_from(deliveries_from)

@@ -22,7 +22,6 @@ from typing import Any
 import tomlkit
 from tomlkit.items import AoT, Array, Comment, InlineTable, Null, Table, Trivia, Whitespace
 
-from palyra_py.ownership import ForeignOwner, check_owner
 from palyra_py.registry.integrations import (
     ALWAYS_WRITTEN,
     DEFAULTS,
@@ -39,6 +38,7 @@ from palyra_py.registry.integrations import (
     validate_integration_fields,
 )
 from palyra_py.storage.files import exclusive_lock, write_atomic
+from palyra_py.storage.ownership import ForeignOwner, check_owner
 
 
 class RegistryFile:

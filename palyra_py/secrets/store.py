@@ -26,8 +26,8 @@ from keyring.backend import KeyringBackend
 from keyring.backends import chainer, fail, null
 from keyring.errors import PasswordDeleteError
 
-from palyra_py.ownership import ForeignOwner, check_owner
 from palyra_py.secrets.keyring_file import StateDirKeyring
+from palyra_py.storage.ownership import ForeignOwner, check_owner
 
 KEYRING_SERVICE = "palyra"
 MAX_SECRET_FILE_BYTES = 64 * 1024

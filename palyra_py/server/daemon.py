@@ -29,8 +29,8 @@ from palyra_py.admin.events import PRINCIPAL, EventsApi, body_capped
 from palyra_py.admin.subscriptions import SubscriptionsApi
 from palyra_py.admin.webhooks import WebhooksApi
 from palyra_py.bus.local import SeqBus
+from palyra_py.delivery.start import DeliveriesFrom, parse_deliveries_from
 from palyra_py.delivery.store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
-from palyra_py.delivery_start import DeliveriesFrom, parse_deliveries_from
 from palyra_py.inbound.ingress import ActiveIntegration, Ingress
 from palyra_py.inbound.listener import CappedTCPSite, ConnectionCap
 from palyra_py.inbound.rejections import RejectionLog
@@ -46,7 +46,6 @@ from palyra_py.metrics import Metrics
 from palyra_py.outbound.dispatcher import Dispatcher
 from palyra_py.outbound.http import Sender
 from palyra_py.outbound.ssrf import AddressPolicy
-from palyra_py.ownership import ForeignOwner, check_path_owner
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
 from palyra_py.registry.integrations import Integration, Registry, RegistryError, RegistryFile
 from palyra_py.registry.subscriptions import update_subscription
@@ -55,6 +54,7 @@ from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
+from palyra_py.storage.ownership import ForeignOwner, check_path_owner
 from palyra_py.storage.sqlite import related_files
 from palyra_py.stream.hub import StreamHub
 
