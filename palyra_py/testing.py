@@ -1,16 +1,21 @@
 """Supported test helpers (for our own tests and for users' integration tests): a real
-in-memory keyring backend, a clock you move by hand, and a daemon started in-process on
-loopback and a temporary Unix socket in one line."""
+in-memory keyring backend, a clock you move by hand, a daemon started in-process on
+loopback and a temporary Unix socket in one line, and a real HTTP receiver on loopback that
+captures what is delivered to it and answers as the test scripts."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import json
 import shutil
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from keyring.backend import KeyringBackend
 from keyring.compat import properties
 from keyring.errors import PasswordDeleteError
@@ -18,6 +23,16 @@ from keyring.errors import PasswordDeleteError
 from palyra_py.delivery.start import DeliveriesFrom
 from palyra_py.secrets.store import SecretStore
 from palyra_py.server.daemon import Daemon, load_for_tests
+
+__all__ = [
+    "CapturingReceiver",
+    "ManualClock",
+    "MemoryKeyring",
+    "Received",
+    "running_daemon",
+    "running_receiver",
+    "short_state_dir",
+]
 
 
 class MemoryKeyring(KeyringBackend):
@@ -95,3 +110,75 @@ async def running_daemon(
         await daemon.stop()
         if own:
             shutil.rmtree(state, ignore_errors=True)
+
+
+Script = Callable[["Received"], web.StreamResponse | None]
+
+
+@dataclass
+class Received:
+    """One request as the receiver got it."""
+
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class CapturingReceiver:
+    """A real HTTP receiver (see ``running_receiver``): every request is kept in
+    ``received``, in arrival order; ``script`` holds the answers to give in turn (a status,
+    or a function of the request returning a response, or ``None`` to hang until the
+    receiver stops); past the script it answers 200."""
+
+    url: str = ""
+    received: list[Received] = field(default_factory=list)
+    script: list[int | Script] = field(default_factory=list)
+    hang: asyncio.Event = field(default_factory=asyncio.Event)
+    _arrived: asyncio.Condition = field(default_factory=asyncio.Condition)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        got = Received(request.path, dict(request.headers), await request.read())
+        async with self._arrived:
+            self.received.append(got)
+            self._arrived.notify_all()
+        step = self.script.pop(0) if self.script else 200
+        if callable(step):
+            answer = step(got)
+            if answer is not None:
+                return answer
+            await self.hang.wait()  # a receiver that never answers
+            return web.Response(status=200)
+        return web.Response(status=step, text=f"answer {step}")
+
+    async def wait_for(self, count: int, timeout: float = 15) -> list[Received]:  # noqa: ASYNC109
+        """Every request so far, once at least ``count`` have arrived (``TimeoutError``
+        after ``timeout`` seconds)."""
+        async with self._arrived:
+            await asyncio.wait_for(
+                self._arrived.wait_for(lambda: len(self.received) >= count), timeout)
+        return list(self.received)
+
+
+@contextlib.asynccontextmanager
+async def running_receiver() -> AsyncIterator[CapturingReceiver]:
+    """Start a ``CapturingReceiver`` on 127.0.0.1 (ephemeral port; ``url`` ends in
+    ``/hook``, any path is served) and stop it on exit, releasing any hanging answer."""
+    receiver = CapturingReceiver()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", receiver.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    assert site._server is not None
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+    receiver.url = f"http://127.0.0.1:{port}/hook"
+    try:
+        yield receiver
+    finally:
+        receiver.hang.set()
+        await runner.cleanup()

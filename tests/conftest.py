@@ -12,10 +12,16 @@ import structlog.testing
 from palyra_py.bus.local import SeqBus
 from palyra_py.journal.journal import Journal
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon, short_state_dir
+from palyra_py.testing import (
+    CapturingReceiver,
+    ManualClock,
+    MemoryKeyring,
+    running_daemon,
+    running_receiver,
+    short_state_dir,
+)
 from tests import leakcheck
 from tests.fault_helpers import admin_session
-from tests.receiver import Receiver, running_receiver
 
 leakcheck.install()
 
@@ -63,7 +69,7 @@ def memory_keyring() -> MemoryKeyring:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
+async def receiver() -> AsyncIterator[CapturingReceiver]:
     """A real HTTP receiver on loopback whose answers the test scripts."""
     async with running_receiver() as r:
         yield r

@@ -21,10 +21,9 @@ import structlog.testing
 
 from palyra_py.delivery.start import DeliveriesFrom, parse_deliveries_from
 from palyra_py.server.daemon import EXIT_DELIVERIES_MISSING, Daemon, DaemonError
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon
 from tests.daemon_process import child_env
 from tests.fault_helpers import admin_session, publish, subscribe
-from tests.receiver import Receiver
 
 DELIVERY_FILES = ("deliveries.db", "deliveries.db-wal", "deliveries.db-shm")
 SETTINGS = {"delivery__allow_private_networks": True}
@@ -59,7 +58,7 @@ async def deliveries(admin: aiohttp.ClientSession) -> list[dict[str, Any]]:
 
 
 async def a_state_with_history(state_dir: Path, clock: ManualClock, keyring: MemoryKeyring,
-                               receiver: Receiver, count: int = 3) -> list[int]:
+                               receiver: CapturingReceiver, count: int = 3) -> list[int]:
     """A subscription and ``count`` events delivered, one minute apart; their seqs."""
     async with running_daemon(state_dir, clock=clock, keyring=keyring, **SETTINGS) as d, \
             admin_session(d.socket_path) as admin:
@@ -74,7 +73,7 @@ async def a_state_with_history(state_dir: Path, clock: ManualClock, keyring: Mem
 
 
 async def test_delivery_store_removed_under_the_daemon_stops_dispatching_and_says_where_to_resume(
-    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
     http: aiohttp.ClientSession,
 ) -> None:
     clock = ManualClock(start=time.time())
@@ -126,7 +125,7 @@ async def test_delivery_store_removed_under_the_daemon_stops_dispatching_and_say
 
 
 async def test_a_start_without_the_delivery_store_refuses_to_guess(
-    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
 ) -> None:
     clock = ManualClock(start=time.time())
     await a_state_with_history(state_dir, clock, memory_keyring, receiver)
@@ -144,7 +143,7 @@ async def test_a_start_without_the_delivery_store_refuses_to_guess(
 
 
 async def test_deliveries_from_head_skips_the_gap(
-    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
 ) -> None:
     clock = ManualClock(start=time.time())
     await a_state_with_history(state_dir, clock, memory_keyring, receiver)
@@ -159,7 +158,7 @@ async def test_deliveries_from_head_skips_the_gap(
 
 @pytest.mark.parametrize("how", ["seq", "time"])
 async def test_deliveries_from_a_seq_or_a_time_delivers_again_from_there(
-    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver, how: str,
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: CapturingReceiver, how: str,
 ) -> None:
     clock = ManualClock(start=time.time())
     seqs = await a_state_with_history(state_dir, clock, memory_keyring, receiver)
@@ -200,7 +199,7 @@ async def test_no_choice_is_needed_without_subscriptions_or_history(
 
 
 async def test_a_first_start_with_subscriptions_needs_no_choice(
-    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
 ) -> None:
     """The registry has subscriptions, but neither journal nor delivery store exist yet
     (a registry written by hand, or copied to a new machine): nothing to lose."""
@@ -215,7 +214,7 @@ async def test_a_first_start_with_subscriptions_needs_no_choice(
 
 
 async def test_a_wal_left_without_its_database_is_moved_aside(
-    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
 ) -> None:
     clock = ManualClock(start=time.time())
     await a_state_with_history(state_dir, clock, memory_keyring, receiver, count=1)
@@ -229,7 +228,7 @@ async def test_a_wal_left_without_its_database_is_moved_aside(
 
 
 async def test_palyra_daemon_run_exits_4_without_a_choice_and_2_for_a_bad_one(
-    state_dir: Path, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
 ) -> None:
     clock = ManualClock(start=time.time())
     await a_state_with_history(state_dir, clock, memory_keyring, receiver, count=1)

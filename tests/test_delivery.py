@@ -16,10 +16,9 @@ from aiohttp import web
 from standardwebhooks import Webhook
 
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, events, send_signed
-from tests.receiver import Receiver
 
 
 @pytest.fixture
@@ -51,7 +50,7 @@ async def deliveries(admin: aiohttp.ClientSession, **query: str) -> list[dict[st
 
 
 async def test_published_event_arrives_signed_in_the_standard_shape(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     created = await subscribe(admin_o, "app", receiver.url, events=["entry.*"])
     secret = created["secret"]
@@ -69,7 +68,7 @@ async def test_published_event_arrives_signed_in_the_standard_shape(
 
 
 async def test_received_github_push_is_published_as_github_push(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
     http: aiohttp.ClientSession,
 ) -> None:
     await subscribe(admin_o, "ci", receiver.url, events=["github.push"],
@@ -85,7 +84,8 @@ async def test_received_github_push_is_published_as_github_push(
 
 
 async def test_failures_are_retried_on_schedule_then_succeed(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, clock: ManualClock,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
+    clock: ManualClock,
 ) -> None:
     receiver.script = [500, 502]
     await subscribe(admin_o, "flaky", receiver.url, retry_schedule=["0s", "10s", "5m"])
@@ -108,7 +108,8 @@ async def test_failures_are_retried_on_schedule_then_succeed(
 
 
 async def test_exhausted_retries_fail_and_are_journaled(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, clock: ManualClock,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
+    clock: ManualClock,
 ) -> None:
     receiver.script = [500, 500]
     await subscribe(admin_o, "down", receiver.url, retry_schedule=["0s", "1s"])
@@ -126,7 +127,7 @@ async def test_exhausted_retries_fail_and_are_journaled(
 
 
 async def test_410_disables_the_subscription(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     receiver.script = [410]
     await subscribe(admin_o, "gone", receiver.url)
@@ -140,7 +141,8 @@ async def test_410_disables_the_subscription(
 
 
 async def test_429_retry_after_and_redirects_are_failures(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, clock: ManualClock,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
+    clock: ManualClock,
 ) -> None:
     def throttle(_: object) -> web.Response:
         return web.Response(status=429, headers={"Retry-After": "120"})
@@ -167,7 +169,7 @@ async def test_429_retry_after_and_redirects_are_failures(
 
 
 async def test_rotation_signs_with_both_secrets(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     old = (await subscribe(admin_o, "rot", receiver.url))["secret"]
     async with admin_o.post("/v1/subscriptions/rot/rotate-secret", json={"grace_s": 3600}) as r:
@@ -180,7 +182,8 @@ async def test_rotation_signs_with_both_secrets(
 
 
 async def test_ordered_subscription_waits_for_the_previous_event(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, clock: ManualClock,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
+    clock: ManualClock,
 ) -> None:
     receiver.script = [500, 500]
     await subscribe(admin_o, "seq", receiver.url, ordered=True,
@@ -197,7 +200,7 @@ async def test_ordered_subscription_waits_for_the_previous_event(
 
 
 async def test_ssrf_guard_refuses_internal_addresses_by_default(
-    state_dir: Path, receiver: Receiver
+    state_dir: Path, receiver: CapturingReceiver
 ) -> None:
     async with running_daemon(state_dir) as d:
         async with admin_session(d.socket_path) as admin:
@@ -212,7 +215,7 @@ async def test_ssrf_guard_refuses_internal_addresses_by_default(
 
 
 async def test_https_only_refuses_http_urls_on_add_and_at_send_time(
-    state_dir: Path, receiver: Receiver, memory_keyring: MemoryKeyring
+    state_dir: Path, receiver: CapturingReceiver, memory_keyring: MemoryKeyring
 ) -> None:
     async with running_daemon(state_dir, keyring=memory_keyring,
                               delivery__allow_private_networks=True) as d:
@@ -250,7 +253,7 @@ async def test_owner_limit_and_validation(admin_o: aiohttp.ClientSession) -> Non
 
 
 async def test_subscription_test_reports_the_attempt(
-    admin_o: aiohttp.ClientSession, receiver: Receiver
+    admin_o: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     await subscribe(admin_o, "t", receiver.url, events=["nothing.matches"])
     async with admin_o.post("/v1/subscriptions/t/test") as resp:
@@ -282,7 +285,7 @@ async def test_token_publishes_over_tcp(
 
 
 async def test_restart_in_the_middle_of_retries_loses_nothing(
-    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
 ) -> None:
     receiver.script = [500] * 3
     settings = {"delivery__allow_private_networks": True}
@@ -307,7 +310,7 @@ async def test_restart_in_the_middle_of_retries_loses_nothing(
 
 
 async def test_retention_prunes_old_journal_events_and_finished_deliveries(
-    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring, receiver: Receiver,
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
 ) -> None:
     settings = {"delivery__allow_private_networks": True, "journal__retention_days": 1}
     async with running_daemon(state_dir, clock=clock, keyring=memory_keyring, **settings) as d:
@@ -330,7 +333,7 @@ async def test_retention_prunes_old_journal_events_and_finished_deliveries(
 
 
 async def test_concurrent_attempts_never_send_a_delivery_twice(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     # Attempts that finish while the scheduler reads due deliveries were read back as still
     # pending and sent again. bench/deliveries.py showed it under CPU contention (4-5 %);
@@ -343,7 +346,7 @@ async def test_concurrent_attempts_never_send_a_delivery_twice(
 
 
 async def test_a_cookie_a_receiver_sets_is_never_sent_back(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     # One HTTP session serves every subscriber: a cookie jar would carry one receiver's
     # session cookie into later deliveries.

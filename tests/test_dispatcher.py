@@ -20,9 +20,15 @@ from palyra_py.metrics import Metrics
 from palyra_py.outbound.dispatcher import PAGE, RESEND_FACTOR
 from palyra_py.outbound.due import QUEUE_MAX
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from palyra_py.testing import (
+    CapturingReceiver,
+    ManualClock,
+    MemoryKeyring,
+    Received,
+    running_daemon,
+    running_receiver,
+)
 from tests.fault_helpers import admin_session
-from tests.receiver import Received, Receiver, running_receiver
 
 
 @pytest.fixture
@@ -56,7 +62,7 @@ async def attempts_of(admin: aiohttp.ClientSession, sub: str) -> list[tuple[Any,
 
 
 async def test_a_retry_due_at_once_is_made_without_being_woken(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     # The clock never moves and nobody calls wake(): the recorded retry alone must bring
     # the delivery back, although it was in flight when the scheduler last looked.
@@ -73,7 +79,7 @@ async def test_a_retry_due_at_once_is_made_without_being_woken(
 
 
 async def test_the_end_of_an_attempt_never_frees_its_retry_for_a_second_send(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     # Each first attempt fails and its retry is due at once: the retry can go out while
     # the failed attempt still finishes (its health check). That attempt's end must not
@@ -151,7 +157,7 @@ async def test_max_in_flight_holds_while_freed_slots_go_to_the_next_delivery(
 
 
 async def test_an_answer_frees_the_slot_before_its_record_commits_within_the_budget(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, state_dir: Path,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver, state_dir: Path,
 ) -> None:
     assert RESEND_FACTOR == 2  # max_in_flight 1: two attempts may wait for their records
 
@@ -183,7 +189,8 @@ async def test_an_answer_frees_the_slot_before_its_record_commits_within_the_bud
 
 
 async def test_the_rate_limit_holds_when_a_slot_frees(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, clock: ManualClock,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
+    clock: ManualClock,
 ) -> None:
     await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="slow",
                url=receiver.url, rate_limit_per_s=1, max_in_flight=5, enabled=False)
@@ -206,7 +213,7 @@ async def test_the_rate_limit_holds_when_a_slot_frees(
 
 
 async def test_a_backlog_past_a_page_and_a_queue_is_delivered_once_each(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     count = QUEUE_MAX + PAGE // 2
     await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="late",

@@ -22,7 +22,7 @@ from standardwebhooks import Webhook
 
 from palyra_py.providers import get_provider
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock, running_daemon
+from palyra_py.testing import CapturingReceiver, ManualClock, running_daemon
 from tests.daemon_process import DaemonProcess
 from tests.fault_helpers import (
     FlakyKeyring,
@@ -37,7 +37,6 @@ from tests.fault_helpers import (
     write_lock_held_elsewhere,
 )
 from tests.helpers import add_integration, events, send_signed
-from tests.receiver import Receiver
 
 SECRET = "It's a Secret to Everybody"
 SW_SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # the Standard Webhooks docs' example
@@ -285,7 +284,7 @@ async def test_keyring_unavailable_at_start(
 
 
 async def test_keyring_failing_mid_run_keeps_cached_secrets(
-    state_dir: Path, http: aiohttp.ClientSession, receiver: Receiver
+    state_dir: Path, http: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     """Secrets resolved before the keyring failed keep verifying (ingress) and signing
     (deliveries); one never resolved gets 503 secret_unavailable; a reload drops the cache

@@ -17,7 +17,7 @@ import aiohttp
 import pytest
 
 from palyra_py.server.daemon import Daemon, DaemonError
-from palyra_py.testing import ManualClock, running_daemon
+from palyra_py.testing import CapturingReceiver, ManualClock, running_daemon
 from tests.fault_helpers import (
     admin_session,
     endless_response,
@@ -31,7 +31,6 @@ from tests.fault_helpers import (
     write_lock_held_elsewhere,
 )
 from tests.helpers import events
-from tests.receiver import Receiver
 
 JOURNAL_FILES = ("journal.db", "journal.db-wal", "journal.db-shm")
 
@@ -50,7 +49,7 @@ async def only_delivery(admin: aiohttp.ClientSession, sid: str) -> dict[str, Any
     return shown
 
 
-async def assert_still_delivering(admin: aiohttp.ClientSession, good: Receiver) -> None:
+async def assert_still_delivering(admin: aiohttp.ClientSession, good: CapturingReceiver) -> None:
     """A healthy subscription next to the bad one is served as if nothing happened."""
     await subscribe(admin, "healthy", good.url, events=["healthy.*"])
     assert (await publish(admin, "healthy.ping"))[0] == 201
@@ -62,7 +61,7 @@ async def assert_still_delivering(admin: aiohttp.ClientSession, good: Receiver) 
 
 
 async def test_receiver_resetting_mid_request_body_is_a_connect_failure(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     async with raw_receiver(reset_mid_request_body) as bad:
         await subscribe(admin_o, "bad", bad.url, events=["app.*"],
@@ -78,7 +77,7 @@ async def test_receiver_resetting_mid_request_body_is_a_connect_failure(
 
 
 async def test_receiver_hanging_up_mid_response_body_is_judged_by_its_status(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     """The status line is the receiver's answer: a 200 whose body is cut short counts as
     delivered (re-sending it would only make a duplicate), with what arrived as excerpt."""
@@ -96,7 +95,7 @@ async def test_receiver_hanging_up_mid_response_body_is_judged_by_its_status(
 
 @pytest.mark.parametrize("status", [200, 500])
 async def test_endless_response_is_read_4_kib_and_hung_up_on(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver, status: int,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver, status: int,
 ) -> None:
     """The daemon reads 4 KiB of an answer that never ends and closes the connection; the
     status line decides success (Standard Webhooks: only the status counts)."""
@@ -117,7 +116,7 @@ async def test_endless_response_is_read_4_kib_and_hung_up_on(
 
 
 async def test_receiver_stalling_in_its_headers_times_out_within_the_subscription_timeout(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     async with raw_receiver(stall_in_headers) as bad:
         await subscribe(admin_o, "bad", bad.url, events=["app.*"], timeout_s=1,
@@ -134,7 +133,7 @@ async def test_receiver_stalling_in_its_headers_times_out_within_the_subscriptio
 
 
 async def test_unresolvable_host_is_a_dns_failure_and_is_retried(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     clock = outbound.clock
     assert isinstance(clock, ManualClock)
@@ -159,7 +158,7 @@ async def test_unresolvable_host_is_a_dns_failure_and_is_retried(
 
 
 async def test_retry_scheduled_before_a_backward_jump_waits_for_the_clock_to_catch_up(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     """Retry times are wall-clock instants: after a step back of an hour, a retry due in
     10 s is due in 1 h 10 s. It is not lost: it runs once the clock gets there. New
@@ -198,7 +197,7 @@ async def test_retry_scheduled_before_a_backward_jump_waits_for_the_clock_to_cat
 
 
 async def test_delivery_store_locked_by_another_process_delays_deliveries_only(
-    state_dir: Path, memory_keyring: Any, receiver: Receiver,
+    state_dir: Path, memory_keyring: Any, receiver: CapturingReceiver,
 ) -> None:
     # The daemon is started here, not by a fixture: today its stop() raises, and that
     # must fail this test rather than error its teardown.
@@ -218,7 +217,7 @@ async def test_delivery_store_locked_by_another_process_delays_deliveries_only(
 
 
 async def test_restart_after_the_journal_was_removed_still_delivers(
-    state_dir: Path, memory_keyring: Any, receiver: Receiver
+    state_dir: Path, memory_keyring: Any, receiver: CapturingReceiver
 ) -> None:
     clock = ManualClock(start=time.time())
     settings = {"delivery__allow_private_networks": True}

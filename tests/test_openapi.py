@@ -23,8 +23,7 @@ from palyra_py.registry.integrations import Integration
 from palyra_py.registry.subscriptions import Subscription
 from palyra_py.registry.tokens import ApiToken
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
-from tests.receiver import Receiver
+from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon
 
 SPEC_FILE = Path(__file__).resolve().parents[1] / "docs" / "openapi.yaml"
 SPEC_URI = "urn:palyra:admin-openapi"
@@ -298,7 +297,7 @@ async def outbound(
 
 
 async def test_outbound_answers_match_the_spec(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
     spec: dict[str, Any],
 ) -> None:
     api = Api(admin_o, spec)

@@ -35,10 +35,9 @@ from slack_sdk.signature import SignatureVerifier
 
 from palyra_py.providers import get_provider
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock
+from palyra_py.testing import CapturingReceiver, ManualClock
 from tests.fault_helpers import publish, subscribe
 from tests.helpers import add_integration, events
-from tests.receiver import Receiver
 from tests.test_cli_e2e import palyra
 
 STRIPE_BODY = json.dumps({
@@ -345,7 +344,7 @@ async def test_gitlab_signing_token_headers_are_verified(
 # -- outbound deliveries: the libraries as receivers --------------------------------------------
 
 async def test_outbound_deliveries_verify_with_svix_and_standardwebhooks(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     created = await subscribe(admin_o, "app", receiver.url, events=["entry.*"])
     secret = created["secret"]

@@ -19,7 +19,7 @@ from palyra_py.outbound.ssrf import (
     find_ssrf_blocked,
 )
 from palyra_py.server.daemon import Daemon
-from tests.receiver import Receiver
+from palyra_py.testing import CapturingReceiver
 
 BLOCKED = [
     ("127.0.0.1", "loopback"),
@@ -293,12 +293,14 @@ METADATA_SPELLINGS = [
 ]
 
 
-def port_of(receiver: Receiver) -> int:
+def port_of(receiver: CapturingReceiver) -> int:
     return int(receiver.url.rsplit(":", 1)[1].split("/", 1)[0])
 
 
 @pytest.mark.parametrize("host", LOOPBACK_SPELLINGS)
-async def test_no_spelling_of_loopback_reaches_a_receiver(receiver: Receiver, host: str) -> None:
+async def test_no_spelling_of_loopback_reaches_a_receiver(
+    receiver: CapturingReceiver, host: str
+) -> None:
     # http://127。0。0。1/ used to be judged as the name urlsplit saw (not an address, so
     # "the resolver's job"), while the client mapped it to 127.0.0.1 and never resolved.
     sender = Sender(AddressPolicy())
@@ -337,7 +339,7 @@ def test_ipv4_compatible_metadata_is_metadata() -> None:
 
 @pytest.mark.parametrize("host", ["127.0.0.1", IDEOGRAPHIC, "[::ffff:127.0.0.1]"])
 async def test_the_connector_checks_every_socket_before_it_connects(
-    receiver: Receiver, host: str
+    receiver: CapturingReceiver, host: str
 ) -> None:
     # No literal check before the request, and aiohttp skips the resolver for an IP
     # literal: the socket's own address is what refuses it.
@@ -364,7 +366,7 @@ async def call(admin: aiohttp.ClientSession, method: str, path: str, expect: int
 
 
 async def test_unicode_addresses_are_refused_on_add_and_edit(
-    daemon: Daemon, admin: aiohttp.ClientSession, receiver: Receiver
+    daemon: Daemon, admin: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     port = port_of(receiver)
     for host in (IDEOGRAPHIC, fullwidth("127.0.0.1"), CIRCLED, "2130706433"):
@@ -380,7 +382,7 @@ async def test_unicode_addresses_are_refused_on_add_and_edit(
 
 
 async def test_a_blocked_target_shows_no_answer_in_test_or_deliveries_show(
-    daemon: Daemon, admin: aiohttp.ClientSession, receiver: Receiver
+    daemon: Daemon, admin: aiohttp.ClientSession, receiver: CapturingReceiver
 ) -> None:
     # The default policy: the receiver on loopback must never be reached, and nothing it
     # would have answered can be read back through `subscriptions test` or `deliveries show`.

@@ -17,9 +17,8 @@ from palyra_py.admin.subscriptions import header_keyring_name, journal_url
 from palyra_py.registry.subscriptions import is_credential_header, is_credential_url
 from palyra_py.secrets.store import parse_secret_ref
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import MemoryKeyring, running_daemon
+from palyra_py.testing import CapturingReceiver, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
-from tests.receiver import Receiver
 from tests.test_cli_e2e import palyra, palyra_json
 
 SECRET_PART = "T0AAAA/B0BBBB/s3cretPathPart"
@@ -46,7 +45,7 @@ async def last_attempt(admin: aiohttp.ClientSession, sid: str) -> dict[str, Any]
 
 
 async def test_a_slack_url_is_kept_in_the_keyring_and_still_delivered_to(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
     memory_keyring: MemoryKeyring, state_dir: Path,
 ) -> None:
     url = f"{receiver.url}/services/{SECRET_PART}"
@@ -71,7 +70,7 @@ async def test_a_slack_url_is_kept_in_the_keyring_and_still_delivered_to(
 
 
 async def test_where_a_given_url_is_kept(
-    admin_o: aiohttp.ClientSession, receiver: Receiver, memory_keyring: MemoryKeyring,
+    admin_o: aiohttp.ClientSession, receiver: CapturingReceiver, memory_keyring: MemoryKeyring,
 ) -> None:
     await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="std",
                url=receiver.url + "/std")
@@ -112,7 +111,7 @@ async def test_becoming_a_slack_subscription_moves_its_url_to_the_keyring() -> N
 
 
 async def test_an_env_reference_is_resolved_and_a_bad_one_fails_without_quoting_it(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PALYRA_TEST_HOOK_URL", receiver.url + "/from-env")
@@ -134,7 +133,7 @@ async def test_an_env_reference_is_resolved_and_a_bad_one_fails_without_quoting_
 
 
 async def test_a_refused_edit_leaves_the_keyring_as_it_was(
-    admin_o: aiohttp.ClientSession, receiver: Receiver, memory_keyring: MemoryKeyring,
+    admin_o: aiohttp.ClientSession, receiver: CapturingReceiver, memory_keyring: MemoryKeyring,
     state_dir: Path,
 ) -> None:
     first = f"{receiver.url}/services/first-{SECRET_PART}"
@@ -166,7 +165,7 @@ def everywhere_but_the_keyring(state_dir: Path) -> str:
 
 
 async def test_credential_headers_are_kept_in_the_keyring_and_still_sent(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
     memory_keyring: MemoryKeyring, state_dir: Path,
 ) -> None:
     created = await call(admin_o, "POST", "/v1/subscriptions", 201, subscription_id="hdrs",
@@ -202,7 +201,7 @@ async def test_credential_headers_are_kept_in_the_keyring_and_still_sent(
 
 
 async def test_a_url_with_a_credential_in_its_query_goes_to_the_keyring(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
     memory_keyring: MemoryKeyring, state_dir: Path,
 ) -> None:
     url = f"{receiver.url}/q?access_token=q-s3cret-value&team=docs"
@@ -227,7 +226,7 @@ async def test_a_url_with_a_credential_in_its_query_goes_to_the_keyring(
 
 
 async def test_header_values_may_be_references(
-    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: Receiver,
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv("PALYRA_TEST_HDR", "from-env-s3cret")

@@ -15,11 +15,10 @@ import pytest
 from palyra_py.registry.integrations import RegistryError, parse_registry
 from palyra_py.registry.tokens import Principal, parse_scope
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, create_token, send_signed
 from tests.raw_http import exchange, request_bytes
-from tests.receiver import Receiver
 
 PUSH = json.dumps({"ref": "refs/heads/main"}).encode()
 
@@ -271,7 +270,7 @@ async def test_last_use_is_listed_and_survives_a_restart(
 
 async def test_a_token_cannot_forge_a_provider_event_and_its_events_name_it(
     outbound: Daemon, admin_o: aiohttp.ClientSession, http: aiohttp.ClientSession,
-    receiver: Receiver,
+    receiver: CapturingReceiver,
 ) -> None:
     await add_integration(admin_o, "gh-main")
     async with admin_o.post("/v1/subscriptions", json={
