@@ -23,7 +23,6 @@ from palyra_py.storage.sqlite import (
     Outcome,
     QueueWriterThread,
     call_in_loop,
-    checkpoint_elsewhere,
     describe_sqlite_error,
     file_identity,
     header_problem_of,
@@ -115,8 +114,9 @@ class GroupCommitWriter(QueueWriterThread):
         # One descriptor kept for the header check, closed only by ``release_file`` after
         # every connection: closing a descriptor of the file drops SQLite's POSIX locks.
         self._fd = _open_for_reading(path) if path is not None else None
-        # And the WAL index, to tell whether another process is inside a checkpoint.
-        self._shm_fd = _open_for_reading(Path(f"{path}-shm")) if path is not None else None
+        # The file's size at the last check: SQLite grows a database file, and shrinks it
+        # only to what its header then counts (a checkpoint after an incremental vacuum).
+        self._size_floor = os.fstat(self._fd).st_size if self._fd is not None else 0
         self._gone: str | None = None
         self._damaged = False
         self._gone_lock = threading.Lock()
@@ -192,10 +192,13 @@ class GroupCommitWriter(QueueWriterThread):
         header? Else refuse every append from now on. Returns the reason, if any. Any
         thread (cheap: a stat and a 100-byte read).
 
-        ``sizes`` also compares the file's size with its header's page count: only on the
-        writer thread between its commits (its own checkpoints are done then). A checkpoint
-        by another process leaves the header ahead of the file for a moment, so a short file
-        counts only when no other process held the checkpoint lock around two reads."""
+        ``sizes`` also looks for a truncation: only on the writer thread, between its
+        commits. A file shorter than its header counts is not enough: a checkpoint that
+        grows the file writes page 1 first, and one that could not copy every frame (a
+        reader still on an older snapshot) can leave the header ahead of the file until the
+        next full checkpoint. A file that shrank since the last check and is shorter than its
+        header counts is truncated (SQLite itself shrinks a file only to what its header
+        then counts)."""
         if self._gone is None and self._path is not None:
             if file_identity(self._path) != self._inode:
                 self._refuse_from_now(
@@ -213,21 +216,20 @@ class GroupCommitWriter(QueueWriterThread):
             problem = header_problem_of(self._fd, sizes=False)
             if problem is not None or not sizes:
                 return problem
-            for _ in range(2):
-                problem = header_problem_of(self._fd, sizes=True)
-                if problem is None or checkpoint_elsewhere(self._shm_fd):
-                    return None
-            return problem
+            size = os.fstat(self._fd).st_size
+            shrank, self._size_floor = size < self._size_floor, size
+            if not shrank:
+                return None
+            return header_problem_of(self._fd, sizes=True)
         except OSError as exc:
             return f"cannot read its header ({exc.strerror})"
 
     def release_file(self) -> None:
         """Close the descriptor of the header check: only once every connection to the file
         in this process is closed (the writer's and the journal's reader)."""
-        for fd in (self._fd, self._shm_fd):
-            if fd is not None:
-                os.close(fd)
-        self._fd = self._shm_fd = None
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = None
 
     def _file_gone(self) -> str | None:
         return self.check_file(sizes=True)

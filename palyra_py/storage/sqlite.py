@@ -12,7 +12,6 @@ import asyncio
 import os
 import queue
 import sqlite3
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -116,28 +115,6 @@ def header_problem_of(fd: int, *, sizes: bool = True, empty_ok: bool = False) ->
         return (f"the file is {size} bytes but its header counts {pages} pages of"
                 f" {page_size} bytes: truncated")
     return None
-
-
-_CHECKPOINT_LOCK_BYTE = 121  # WAL_CKPT_LOCK: byte 120 + 1 of the -shm file
-_FLOCK = "hhqqi"  # Linux struct flock: l_type, l_whence, l_start, l_len, l_pid
-
-
-def checkpoint_elsewhere(shm_fd: int | None) -> bool:
-    """Whether another process may be inside a checkpoint of the database whose WAL index
-    (``-shm``) is open as ``shm_fd``: it holds SQLite's checkpoint lock byte. F_GETLK only
-    asks (it takes no lock, and our own process's locks never show). Where it cannot be
-    told (not Linux, no descriptor), ``True``: maybe."""
-    if shm_fd is None or not sys.platform.startswith("linux"):
-        return True
-    import fcntl
-    import struct
-
-    query = struct.pack(_FLOCK, fcntl.F_WRLCK, os.SEEK_SET, _CHECKPOINT_LOCK_BYTE, 1, 0)
-    try:
-        answer = fcntl.fcntl(shm_fd, fcntl.F_GETLK, query)
-    except OSError:
-        return True
-    return int(struct.unpack(_FLOCK, answer[:struct.calcsize(_FLOCK)])[0]) != fcntl.F_UNLCK
 
 
 def quick_check(conn: sqlite3.Connection, *, budget_s: float, max_errors: int = 5
