@@ -1,1 +1,2 @@
-"""The admin API (`docs/admin-api.md`): handlers on the daemon's parts, over the Unix socket."""
+"""The admin API (`docs/admin-api.md`): handlers over the Unix socket, each on a typed
+context of the parts it uses (:mod:`palyra_py.admin.context`), never on the daemon."""

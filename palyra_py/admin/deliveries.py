@@ -5,10 +5,11 @@ from __future__ import annotations
 import asyncio
 import secrets as random_secrets
 from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from palyra_py.admin.context import DeliveriesContext
 from palyra_py.admin.errors import ApiError, invalid, not_found, read_json_object
 from palyra_py.admin.events import parse_int, parse_time_ms
 from palyra_py.admin.records import registry_error
@@ -27,13 +28,10 @@ from palyra_py.registry.tokens import (
     validate_token_fields,
 )
 
-if TYPE_CHECKING:
-    from palyra_py.server.daemon import Daemon
-
 
 class DeliveriesApi:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, context: DeliveriesContext) -> None:
+        self.ctx = context
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -53,7 +51,7 @@ class DeliveriesApi:
         if status is not None and status not in STATUSES:
             raise invalid(f"status: one of {', '.join(STATUSES)}", "status")
         limit = parse_int(q.get("limit"), "limit", 100, 1, MAX_LIMIT)
-        rows = await self.d.deliveries.list(
+        rows = await self.ctx.deliveries.list(
             subscription_id=q.get("subscription") or None, status=status,
             since_ms=parse_time_ms(q["since"], "since") if q.get("since") else None,
             until_ms=parse_time_ms(q["until"], "until") if q.get("until") else None,
@@ -64,7 +62,7 @@ class DeliveriesApi:
                                   "next_after": next_after})
 
     async def show(self, request: web.Request) -> web.Response:
-        found = await self.d.deliveries.get(request.match_info["id"])
+        found = await self.ctx.deliveries.get(request.match_info["id"])
         if found is None:
             raise not_found(f"no delivery {request.match_info['id'][:40]!r}")
         delivery, attempts = found
@@ -73,15 +71,15 @@ class DeliveriesApi:
 
     async def retry(self, request: web.Request) -> web.Response:
         delivery_id = request.match_info["id"]
-        found = await self.d.deliveries.get(delivery_id)
+        found = await self.ctx.deliveries.get(delivery_id)
         if found is None:
             raise not_found(f"no delivery {delivery_id[:40]!r}")
-        if found[0].subscription_id not in self.d.registry.subscriptions:
+        if found[0].subscription_id not in self.ctx.editor.registry.subscriptions:
             raise ApiError(409, "conflict", "its subscription no longer exists")
         if found[0].status == "succeeded":
             raise ApiError(409, "conflict", "the delivery already succeeded")
-        delivery = await self.d.deliveries.retry(delivery_id, self.d.now_ms())
-        self.d.dispatcher.wake()
+        delivery = await self.ctx.deliveries.retry(delivery_id, self.ctx.time.now_ms())
+        self.ctx.dispatcher.wake()
         assert delivery is not None
         return web.json_response({"delivery": delivery.to_dict()})
 
@@ -89,28 +87,29 @@ class DeliveriesApi:
         body = await read_json_object(request)
         subscription_id = body.get("subscription_id")
         if not isinstance(subscription_id, str) or (
-            subscription_id not in self.d.registry.subscriptions
+            subscription_id not in self.ctx.editor.registry.subscriptions
         ):
             raise not_found(f"no subscription {str(subscription_id)[:64]!r}")
         if not isinstance(body.get("since"), str | int | float):
             raise invalid("since is required (RFC 3339 or unix seconds)", "since")
         since = parse_time_ms(str(body["since"]), "since")
         until = parse_time_ms(str(body["until"]), "until") if body.get("until") else None
-        count = await self.d.deliveries.recover(subscription_id, since, until, self.d.now_ms())
-        self.d.dispatcher.wake()
+        count = await self.ctx.deliveries.recover(subscription_id, since, until,
+                                                  self.ctx.time.now_ms())
+        self.ctx.dispatcher.wake()
         return web.json_response({"recovered": count})
 
     async def stats(self, request: web.Request) -> web.Response:
         q = request.query
         since = parse_time_ms(q["since"], "since") if q.get("since") else None
-        result: dict[str, Any] = await self.d.deliveries.stats(
+        result: dict[str, Any] = await self.ctx.deliveries.stats(
             subscription_id=q.get("subscription") or None, since_ms=since)
         subscription_id = q.get("subscription") or None
         if subscription_id is None:
-            age = await self.d.deliveries.oldest_pending_age_ms(self.d.now_ms())
+            age = await self.ctx.deliveries.oldest_pending_age_ms(self.ctx.time.now_ms())
         else:
-            oldest = await self.d.deliveries.oldest_pending(subscription_id)
-            age = None if oldest is None else max(0, self.d.now_ms() - oldest.created_ms)
+            oldest = await self.ctx.deliveries.oldest_pending(subscription_id)
+            age = None if oldest is None else max(0, self.ctx.time.now_ms() - oldest.created_ms)
         result["oldest_pending_age_ms"] = age
         return web.json_response(result)
 
@@ -118,13 +117,13 @@ class DeliveriesApi:
 
     def _token_dict(self, token: ApiToken) -> dict[str, Any]:
         out = token.to_dict()
-        used = self.d.token_usage.last_used(token.token_id)
+        used = self.ctx.token_use.last_used(token.token_id)
         out["last_used_at"] = (None if used is None else datetime.fromtimestamp(used, UTC)
                                .isoformat().replace("+00:00", "Z"))
         return out
 
     async def list_tokens(self, request: web.Request) -> web.Response:
-        tokens = sorted(self.d.registry.tokens.values(), key=lambda t: t.token_id)
+        tokens = sorted(self.ctx.editor.registry.tokens.values(), key=lambda t: t.token_id)
         return web.json_response({"tokens": [self._token_dict(t) for t in tokens]})
 
     async def create_token(self, request: web.Request) -> web.Response:
@@ -140,7 +139,7 @@ class DeliveriesApi:
         ):
             raise invalid(f"expires_in_s: an integer from 1 to {MAX_EXPIRES_IN_S} (seconds)",
                           "expires_in_s")
-        now = self.d.now_dt()
+        now = self.ctx.time.now_dt()
         token_id = new_token_id()
         fields = {"token_id": token_id, "name": body.get("name"),
                   "description": body.get("description", ""), "scopes": scopes,
@@ -152,29 +151,29 @@ class DeliveriesApi:
         except RegistryError as exc:
             raise registry_error(exc) from None
         secret = format_token(token_id, random_secrets.token_urlsafe(32))
-        fields["secret_ref"] = await store_secret(self.d.secrets, f"token:{token_id}", secret)
+        fields["secret_ref"] = await store_secret(self.ctx.secrets, f"token:{token_id}", secret)
         try:
-            await self.d.edit_registry(lambda doc: add_token(doc, fields, now))
+            await self.ctx.editor.edit_registry(lambda doc: add_token(doc, fields, now))
         except RegistryError as exc:
-            await asyncio.to_thread(self.d.secrets.delete, f"token:{token_id}")
+            await asyncio.to_thread(self.ctx.secrets.delete, f"token:{token_id}")
             raise registry_error(exc) from None
-        token = self.d.registry.tokens[token_id]
-        await self.d.append(kind="daemon.token_created", source="admin",
-                            payload={"token_id": token_id, "name": token.name,
-                                     "scopes": list(token.scopes or ())})
+        token = self.ctx.editor.registry.tokens[token_id]
+        await self.ctx.appender.append(kind="daemon.token_created", source="admin",
+                                       payload={"token_id": token_id, "name": token.name,
+                                                "scopes": list(token.scopes or ())})
         return web.json_response({"token": self._token_dict(token), "secret": secret},
                                  status=201)
 
     async def revoke_token(self, request: web.Request) -> web.Response:
         token_id = request.match_info["id"]
-        if token_id not in self.d.registry.tokens:
+        if token_id not in self.ctx.editor.registry.tokens:
             raise not_found(f"no token {token_id[:40]!r}")
         try:
-            await self.d.edit_registry(lambda doc: remove_token(doc, token_id))
+            await self.ctx.editor.edit_registry(lambda doc: remove_token(doc, token_id))
         except RegistryError as exc:
             raise registry_error(exc) from None
-        await asyncio.to_thread(self.d.secrets.delete, f"token:{token_id}")
-        self.d.secrets.forget_cached(f"keyring:token:{token_id}")
-        await self.d.append(kind="daemon.token_revoked", source="admin",
-                            payload={"token_id": token_id})
+        await asyncio.to_thread(self.ctx.secrets.delete, f"token:{token_id}")
+        self.ctx.secrets.forget_cached(f"keyring:token:{token_id}")
+        await self.ctx.appender.append(kind="daemon.token_revoked", source="admin",
+                                       payload={"token_id": token_id})
         return web.json_response({"status": "revoked", "token_id": token_id})

@@ -8,10 +8,11 @@ import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from palyra_py.admin.context import EventsContext
 from palyra_py.admin.errors import ApiError, invalid, read_json_object
 from palyra_py.events import RESERVED_PREFIXES, SYSTEM_SOURCES
 from palyra_py.journal.journal import EventFilter, JournalUnavailable, ReplayKey
@@ -24,9 +25,6 @@ from palyra_py.stream.hub import (
     TooManyOwnerStreams,
     wildcard_chars,
 )
-
-if TYPE_CHECKING:
-    from palyra_py.server.daemon import Daemon
 
 EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
 SEVERITIES = ("info", "warn", "error")
@@ -160,8 +158,8 @@ def body_capped(handler: TokenHandler, limit: int = MAX_TOKEN_BODY_BYTES) -> Tok
 
 
 class EventsApi:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, context: EventsContext) -> None:
+        self.ctx = context
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -176,7 +174,7 @@ class EventsApi:
         after = parse_int(request.query.get("after_seq"), "after_seq", 0, 0, 2**62)
         limit = parse_int(request.query.get("limit"), "limit", 100, 1, MAX_LIST_LIMIT)
         try:
-            events = await self.d.journal.list(flt, after_seq=after, limit=limit)
+            events = await self.ctx.journal.list(flt, after_seq=after, limit=limit)
         except JournalUnavailable as exc:
             raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
         next_after = events[-1].seq if len(events) == limit else None
@@ -188,10 +186,10 @@ class EventsApi:
         """Server-Sent Events: replay from the cursor, then follow the journal head. The
         journal is read by seq, so a reconnect with ``Last-Event-ID`` never misses one."""
         flt = filter_from_query(request)
-        check_stream_patterns(flt, self.d.settings.get("stream", "max_patterns"))
+        check_stream_patterns(flt, self.ctx.settings.get("stream", "max_patterns"))
         last_id = request.headers.get("Last-Event-ID", "")
         try:
-            default_after = await self.d.journal.last_seq()
+            default_after = await self.ctx.journal.last_seq()
         except JournalUnavailable as exc:
             raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
         cursor = parse_int(request.query.get("after_seq"), "after_seq", default_after, 0, 2**62)
@@ -212,24 +210,24 @@ class EventsApi:
             # name); the admin socket's are not.
             principal = request.get(PRINCIPAL)
             owner = None if principal is None else principal.tag
-            async with self.d.stream_hub.open_sse(flt, cursor, owner) as client:
+            async with self.ctx.stream_hub.open_sse(flt, cursor, owner) as client:
                 if request.method != "HEAD":
                     # A stream on the ingress listener leaves the connection pool (streams
                     # have their own cap, stream.max_clients): providers keep every slot.
-                    self.d.connections.to_stream(request.transport)
+                    self.ctx.listener.connections.to_stream(request.transport)
                 await response.prepare(request)
                 if request.method == "HEAD":  # the head only: a HEAD response has no body
                     return response
                 await response.write(b": palyra event stream\n\n")
-                self.d.streams.add(task)
-                self.d.metrics.sse_clients.inc()
+                self.ctx.streams.add(task)
+                self.ctx.metrics.sse_clients.inc()
                 try:
                     # From here the hub writes the events; this task catches up from the
                     # journal, sends heartbeats and waits for the end.
                     await client.serve(response, request.transport, HEARTBEAT_S)
                 finally:
-                    self.d.streams.discard(task)
-                    self.d.metrics.sse_clients.dec()
+                    self.ctx.streams.discard(task)
+                    self.ctx.metrics.sse_clients.dec()
         except TooManyOwnerStreams as exc:
             raise ApiError(429, "too_many_streams_for_token", str(exc)) from None
         except TooManyClients as exc:
@@ -240,7 +238,7 @@ class EventsApi:
         """Publish an event (``palyra system events emit``, the Python client, apps)."""
         body = await read_json_object(request)
         principal = request.get(PRINCIPAL)
-        integrations = self.d.registry.integrations
+        integrations = self.ctx.registry_view.registry.integrations
         default_source = "operator" if principal is None else token_source(principal,
                                                                            integrations)
         name = body.get("type", body.get("name"))
@@ -297,7 +295,7 @@ class EventsApi:
             payload["summary"] = summary
         if principal is not None:
             payload["published_by"] = principal.tag
-        result = await self.d.append(
+        result = await self.ctx.appender.append(
             kind=name, source=source, payload=payload, actor=actor or source,
             event_type=name, severity=severity, redacted=redacted, replay_key=replay_key,
         )
@@ -308,7 +306,7 @@ class EventsApi:
 
     async def verify(self, request: web.Request) -> web.Response:
         try:
-            result = await self.d.journal.verify()
+            result = await self.ctx.journal.verify()
         except JournalUnavailable as exc:
             raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
         return web.json_response(

@@ -4,15 +4,13 @@ URL path, field checks, registry errors as API errors, and applying a registry e
 from __future__ import annotations
 
 from collections.abc import Callable, Collection
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from aiohttp import web
 
+from palyra_py.admin.context import RegistryChange, RegistryEditor
 from palyra_py.admin.errors import ApiError, invalid, not_found
 from palyra_py.registry.integrations import RegistryError, normalize_id
-
-if TYPE_CHECKING:
-    from palyra_py.server.daemon import Daemon
 
 
 def registry_error(exc: RegistryError) -> ApiError:
@@ -58,12 +56,12 @@ def validated(
         raise registry_error(exc) from None
 
 
-async def edit_registry(daemon: Daemon, change: Any, *, noun: str) -> None:
-    """Apply ``change`` to the registry document through the daemon (its only writer);
-    a ``RegistryError`` answered as :func:`registry_error`, a ``KeyError`` (the record is
+async def edit_registry(editor: RegistryEditor, change: RegistryChange, *, noun: str) -> None:
+    """Apply ``change`` to the registry document through its only writer; a
+    ``RegistryError`` answered as :func:`registry_error`, a ``KeyError`` (the record is
     gone) as 404 ``no <noun> ...``."""
     try:
-        await daemon.edit_registry(change)
+        await editor.edit_registry(change)
     except RegistryError as exc:
         raise registry_error(exc) from None
     except KeyError as exc:

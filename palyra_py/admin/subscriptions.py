@@ -7,12 +7,13 @@ import contextlib
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlsplit
 
 import ulid
 from aiohttp import web
 
+from palyra_py.admin.context import RegistryChange, SubscriptionsContext
 from palyra_py.admin.errors import ApiError, invalid, read_json_object
 from palyra_py.admin.records import edit_registry, path_id, refuse_fields, validated
 from palyra_py.admin.secrets import (
@@ -38,9 +39,6 @@ from palyra_py.registry.subscriptions import (
     validate_subscription_fields,
 )
 from palyra_py.secrets.store import SecretNotFound, SecretRefError
-
-if TYPE_CHECKING:
-    from palyra_py.server.daemon import Daemon
 
 EDITABLE = (
     "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
@@ -102,8 +100,8 @@ def check_whsec(value: str) -> None:
 
 
 class SubscriptionsApi:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, context: SubscriptionsContext) -> None:
+        self.ctx = context
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -119,33 +117,33 @@ class SubscriptionsApi:
         ]
 
     def _id(self, request: web.Request) -> str:
-        return path_id(request, self.d.registry.subscriptions, noun="subscription",
+        return path_id(request, self.ctx.editor.registry.subscriptions, noun="subscription",
                        field="subscription_id")
 
     async def _public(self, subscription_id: str) -> dict[str, Any]:
-        sub = self.d.registry.subscriptions[subscription_id]
+        sub = self.ctx.editor.registry.subscriptions[subscription_id]
         data = sub.to_dict()
-        last_success, failing_since = await self.d.deliveries.health(subscription_id)
+        last_success, failing_since = await self.ctx.deliveries.health(subscription_id)
         data["health"] = {
             "last_success_at": format_time_ms(last_success) if last_success else None,
             "failing_since": format_time_ms(failing_since) if failing_since else None,
         }
-        data["pending"] = await self.d.deliveries.pending_count(subscription_id)
+        data["pending"] = await self.ctx.deliveries.pending_count(subscription_id)
         return data
 
-    async def _edit(self, change: Any) -> None:
-        await edit_registry(self.d, change, noun="subscription")
-        self.d.dispatcher.wake()
+    async def _edit(self, change: RegistryChange) -> None:
+        await edit_registry(self.ctx.editor, change, noun="subscription")
+        self.ctx.dispatcher.wake()
 
     async def _store_url(self, subscription_id: str, url: str) -> str:
         """Keep ``url`` in the keyring; return the reference the registry holds instead."""
-        ref = await store_secret(self.d.secrets, url_keyring_name(subscription_id), url)
-        self.d.secrets.forget_cached(ref)
+        ref = await store_secret(self.ctx.secrets, url_keyring_name(subscription_id), url)
+        self.ctx.secrets.forget_cached(ref)
         return ref
 
     async def _held(self, ref: str) -> str | None:
         with contextlib.suppress(SecretNotFound, SecretRefError):
-            return await asyncio.to_thread(self.d.secrets.resolve, ref)
+            return await asyncio.to_thread(self.ctx.secrets.resolve, ref)
         return None
 
     async def _undo_writes(self, writes: list[tuple[str, str | None]]) -> None:
@@ -153,10 +151,10 @@ class SubscriptionsApi:
         for name, before in reversed(writes):
             if before is None:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.d.secrets.delete, name)
+                    await asyncio.to_thread(self.ctx.secrets.delete, name)
             else:
-                await store_secret(self.d.secrets, name, before)
-        self.d.secrets.forget_cached()
+                await store_secret(self.ctx.secrets, name, before)
+        self.ctx.secrets.forget_cached()
 
     async def _keep_headers(
         self, subscription_id: str, headers: Mapping[str, str], current: Mapping[str, str]
@@ -174,8 +172,8 @@ class SubscriptionsApi:
                 name = header_keyring_name(subscription_id, header)
                 ref = f"keyring:{name}"
                 writes.append((name, await self._held(ref) if ref in current.values() else None))
-                out[header] = await store_secret(self.d.secrets, name, value)
-                self.d.secrets.forget_cached(ref)
+                out[header] = await store_secret(self.ctx.secrets, name, value)
+                self.ctx.secrets.forget_cached(ref)
         except ApiError:
             await self._undo_writes(writes)
             raise
@@ -188,21 +186,21 @@ class SubscriptionsApi:
         prefix = f"keyring:subscription-header:{subscription_id}:"
         for value in set(before.values()) - set(after.values()):
             if value.startswith(prefix):
-                await asyncio.to_thread(self.d.secrets.delete, value.removeprefix("keyring:"))
+                await asyncio.to_thread(self.ctx.secrets.delete, value.removeprefix("keyring:"))
 
     def _check_https_only(self, url: str) -> None:
         # A reference is checked once resolved, at send time.
-        if self.d.settings.get("delivery", "https_only") and not is_url_ref(url):
+        if self.ctx.settings.get("delivery", "https_only") and not is_url_ref(url):
             problem = check_url(url, https_only=True)
             if problem is not None:
                 raise invalid(f"url: {problem}", field="url")
 
     async def _journal(self, kind: str, subscription_id: str, payload: dict[str, Any]) -> None:
-        await self.d.append(kind=kind, source="admin", event_type=kind,
-                            payload={"subscription_id": subscription_id, **payload})
+        await self.ctx.appender.append(kind=kind, source="admin", event_type=kind,
+                                       payload={"subscription_id": subscription_id, **payload})
 
     async def list(self, request: web.Request) -> web.Response:
-        ids = sorted(self.d.registry.subscriptions)
+        ids = sorted(self.ctx.editor.registry.subscriptions)
         return web.json_response({"subscriptions": [await self._public(i) for i in ids]})
 
     async def show(self, request: web.Request) -> web.Response:
@@ -218,12 +216,12 @@ class SubscriptionsApi:
         subscription_id = fields["subscription_id"]
         keep_url = (not is_url_ref(fields["url"])
                     and url_in_keyring(body, fields.get("format", "standard"), fields["url"]))
-        if subscription_id in self.d.registry.subscriptions:
+        if subscription_id in self.ctx.editor.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
                            field="subscription_id")
         owner = fields.get("owner", "default")
-        limit = self.d.settings.get("delivery", "max_subscriptions_per_owner")
-        owned = sum(1 for s in self.d.registry.subscriptions.values() if s.owner == owner)
+        limit = self.ctx.settings.get("delivery", "max_subscriptions_per_owner")
+        owned = sum(1 for s in self.ctx.editor.registry.subscriptions.values() if s.owner == owner)
         if owned >= limit:
             raise ApiError(422, "limit_reached",
                            f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
@@ -232,8 +230,8 @@ class SubscriptionsApi:
             generate_subscription_secret(), None, True)
         ref = choice.ref
         if choice.value is not None:
-            ref = await store_secret(self.d.secrets, keyring_name(subscription_id), choice.value)
-            self.d.secrets.forget_cached(ref)
+            ref = await store_secret(self.ctx.secrets, keyring_name(subscription_id), choice.value)
+            self.ctx.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
         header_writes: list[tuple[str, str | None]] = []
         try:
@@ -246,18 +244,18 @@ class SubscriptionsApi:
             for name, stored in ((keyring_name(subscription_id), choice.value is not None),
                                  (url_keyring_name(subscription_id), keep_url)):
                 if stored:
-                    await asyncio.to_thread(self.d.secrets.delete, name)
+                    await asyncio.to_thread(self.ctx.secrets.delete, name)
             raise
         # The subscription starts with the next event, not with the journal's history.
-        await self.d.dispatcher.start_at_head(subscription_id)
-        now = self.d.now_dt()
+        await self.ctx.dispatcher.start_at_head(subscription_id)
+        now = self.ctx.time.now_dt()
         try:
             await self._edit(lambda doc: add_subscription(doc, fields, now))
         except ApiError:
             for name, stored in ((keyring_name(subscription_id), choice.value is not None),
                                  (url_keyring_name(subscription_id), keep_url)):
                 if stored:
-                    await asyncio.to_thread(self.d.secrets.delete, name)
+                    await asyncio.to_thread(self.ctx.secrets.delete, name)
             await self._undo_writes(header_writes)
             raise
         # Any token may read the journal: a reference, or the URL's origin only.
@@ -274,7 +272,7 @@ class SubscriptionsApi:
         body = await read_json_object(request)
         refuse_fields(set(body) - set(EDITABLE) - {"url_in_keyring"},
                       "field(s) not editable here")
-        current = self.d.registry.subscriptions[subscription_id].to_dict()
+        current = self.ctx.editor.registry.subscriptions[subscription_id].to_dict()
         merged = {**current, **{k: v for k, v in body.items() if v is not None}}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
         normalised = validated(validate_subscription_fields, check)
@@ -293,16 +291,16 @@ class SubscriptionsApi:
             before = None
             if current["url"] == ref:
                 with contextlib.suppress(SecretNotFound, SecretRefError):
-                    before = await asyncio.to_thread(self.d.secrets.resolve, ref)
+                    before = await asyncio.to_thread(self.ctx.secrets.resolve, ref)
             changes["url"] = await self._store_url(subscription_id, normalised["url"])
             stored = (ref, before)
-        old_headers = self.d.registry.subscriptions[subscription_id].headers
+        old_headers = self.ctx.editor.registry.subscriptions[subscription_id].headers
         header_writes: list[tuple[str, str | None]] = []
         given_headers = changes.get("headers")
         if given_headers:
             changes["headers"], header_writes = await self._keep_headers(
                 subscription_id, given_headers, old_headers)
-        now = self.d.now_dt()
+        now = self.ctx.time.now_dt()
         try:
             await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
         except ApiError:
@@ -311,30 +309,31 @@ class SubscriptionsApi:
                 if before is not None:
                     await self._store_url(subscription_id, before)
                 else:
-                    await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+                    await asyncio.to_thread(self.ctx.secrets.delete, ref.removeprefix("keyring:"))
             await self._undo_writes(header_writes)
             raise
         if "headers" in changes:
             await self._drop_header_secrets(subscription_id, old_headers,
                                             changes["headers"] or {})
-        self.d.dispatcher.forget_cursor(subscription_id)
+        self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.updated", subscription_id,
                             {"changed": sorted(changes)})
         return web.json_response({"subscription": await self._public(subscription_id)})
 
     async def remove(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
-        sub = self.d.registry.subscriptions[subscription_id]
+        sub = self.ctx.editor.registry.subscriptions[subscription_id]
         await self._edit(lambda doc: remove_subscription(doc, subscription_id))
-        await self.d.deliveries.forget_subscription(subscription_id, now_ms=self.d.now_ms())
-        self.d.dispatcher.forget_cursor(subscription_id)
+        await self.ctx.deliveries.forget_subscription(subscription_id,
+                                                      now_ms=self.ctx.time.now_ms())
+        self.ctx.dispatcher.forget_cursor(subscription_id)
         name = keyring_name(subscription_id)
         for ref in (f"keyring:{name}", f"keyring:{name}:previous",
                     f"keyring:{url_keyring_name(subscription_id)}"):
             if ref in (sub.secret_ref, sub.previous_secret_ref, sub.url):
-                await asyncio.to_thread(self.d.secrets.delete, ref.removeprefix("keyring:"))
+                await asyncio.to_thread(self.ctx.secrets.delete, ref.removeprefix("keyring:"))
         await self._drop_header_secrets(subscription_id, sub.headers, {})
-        self.d.secrets.forget_cached()
+        self.ctx.secrets.forget_cached()
         await self._journal("subscription.deleted", subscription_id, {})
         return web.json_response({"status": "deleted", "subscription_id": subscription_id})
 
@@ -345,34 +344,34 @@ class SubscriptionsApi:
         if not isinstance(catch_up, bool):
             raise invalid("catch_up must be true or false", "catch_up")
         if not catch_up:
-            await self.d.dispatcher.start_at_head(subscription_id)
-        now = self.d.now_dt()
+            await self.ctx.dispatcher.start_at_head(subscription_id)
+        now = self.ctx.time.now_dt()
         await self._edit(lambda doc: update_subscription(
             doc, subscription_id, {"enabled": True, "disabled_reason": None}, now))
-        self.d.dispatcher.forget_cursor(subscription_id)
+        self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.enabled", subscription_id, {"catch_up": catch_up})
         return web.json_response({"subscription": await self._public(subscription_id)})
 
     async def disable(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
-        await self.d.disable_subscription(subscription_id, "disabled by an operator")
+        await self.ctx.switch.disable_subscription(subscription_id, "disabled by an operator")
         return web.json_response({"subscription": await self._public(subscription_id)})
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
-        sub = self.d.registry.subscriptions[subscription_id]
+        sub = self.ctx.editor.registry.subscriptions[subscription_id]
         body = await read_json_object(request)
         grace = grace_seconds(body)
         choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
             generate_subscription_secret(), None, True)
-        now = self.d.now_dt()
+        now = self.ctx.time.now_dt()
         rotation = await rotate(
-            self.d.secrets,
+            self.ctx.secrets,
             lambda changes: self._edit(
                 lambda doc: update_subscription(doc, subscription_id, changes, now)),
             current_name=keyring_name(subscription_id), old_ref=sub.secret_ref, choice=choice,
             grace_s=grace, now=now)
-        self.d.dispatcher.forget_cursor(subscription_id)
+        self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.secret_rotated", subscription_id,
                             {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)})
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id),
@@ -384,7 +383,7 @@ class SubscriptionsApi:
     async def test(self, request: web.Request) -> web.Response:
         """Publish ``palyra.test`` to this subscription alone and wait for its first attempt."""
         subscription_id = self._id(request)
-        sub = self.d.registry.subscriptions[subscription_id]
+        sub = self.ctx.editor.registry.subscriptions[subscription_id]
         if not sub.enabled:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} is disabled")
         body = await read_json_object(request)
@@ -392,22 +391,22 @@ class SubscriptionsApi:
         if not isinstance(data, dict):
             raise invalid("data must be a JSON object", "data")
         event_id = str(ulid.ULID())
-        first = self.d.dispatcher.first_attempt(event_id)
+        first = self.ctx.dispatcher.first_attempt(event_id)
         try:
-            result = await self.d.journal.append(NewEvent(
+            result = await self.ctx.journal.append(NewEvent(
                 kind="palyra.test", source="admin", event_type="palyra.test", event_id=event_id,
                 payload={"subscription_id": subscription_id, "data": data},
             ))
         except Exception:
             first.cancel()
             raise
-        self.d.dispatcher.wake()
+        self.ctx.dispatcher.wake()
         attempt = None
         with contextlib.suppress(TimeoutError):
             attempt = await asyncio.wait_for(asyncio.shield(first), sub.timeout_s + 5)
         delivery = None
         if attempt is not None:
-            found = await self.d.deliveries.get(attempt.delivery_id)
+            found = await self.ctx.deliveries.get(attempt.delivery_id)
             delivery = found[0].to_dict() if found else None
         return web.json_response({
             "event_id": result.event_id, "seq": result.seq, "delivery": delivery,

@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import aiohttp
 import ulid
 from aiohttp import web
 
+from palyra_py.admin.context import RegistryChange, WebhooksContext
 from palyra_py.admin.errors import ApiError, invalid, not_found, read_json_object
 from palyra_py.admin.records import edit_registry, path_id, refuse_fields, validated
 from palyra_py.admin.records import registry_error as registry_error  # re-exported
@@ -27,9 +28,6 @@ from palyra_py.providers import CannotSign, Provider, check_secret
 from palyra_py.registry.edit import add_integration, remove_integration, update_integration
 from palyra_py.registry.integrations import validate_integration_fields
 from palyra_py.secrets.store import SecretNotFound, SecretRefError, generate_secret
-
-if TYPE_CHECKING:
-    from palyra_py.server.daemon import Daemon
 
 EDITABLE = (
     "display_name", "allowed_events", "allowed_sources", "enabled", "signature_required",
@@ -53,8 +51,8 @@ def keyring_name(integration_id: str, previous: bool = False) -> str:
 
 
 class WebhooksApi:
-    def __init__(self, daemon: Daemon) -> None:
-        self.d = daemon
+    def __init__(self, context: WebhooksContext) -> None:
+        self.ctx = context
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -73,24 +71,24 @@ class WebhooksApi:
     # -- helpers -------------------------------------------------------------------------
 
     def _id(self, request: web.Request) -> str:
-        return path_id(request, self.d.registry.integrations, noun="integration",
+        return path_id(request, self.ctx.editor.registry.integrations, noun="integration",
                        field="integration_id")
 
     async def _public(self, integration_id: str) -> dict[str, Any]:
-        integ = self.d.registry.integrations[integration_id]
+        integ = self.ctx.editor.registry.integrations[integration_id]
         data = integ.to_dict()
-        readiness, _ = await self.d.readiness_of(integ)
+        readiness, _ = await self.ctx.readiness.readiness_of(integ)
         data["readiness"] = readiness
-        data["ingress_url"] = self.d.ingress_url_for(integration_id)
+        data["ingress_url"] = self.ctx.ingress.ingress_url_for(integration_id)
         return data
 
-    async def _edit(self, change: Any) -> None:
-        await edit_registry(self.d, change, noun="integration")
+    async def _edit(self, change: RegistryChange) -> None:
+        await edit_registry(self.ctx.editor, change, noun="integration")
 
     # -- handlers ------------------------------------------------------------------------
 
     async def list(self, request: web.Request) -> web.Response:
-        ids = sorted(self.d.registry.integrations)
+        ids = sorted(self.ctx.editor.registry.integrations)
         return web.json_response({"webhooks": [await self._public(i) for i in ids]})
 
     async def show(self, request: web.Request) -> web.Response:
@@ -102,7 +100,7 @@ class WebhooksApi:
         refuse_fields(set(body) - set(fields) - {"secret"}, "unknown field(s)")
         fields = validated(validate_integration_fields, fields)
         integration_id = fields["integration_id"]
-        if integration_id in self.d.registry.integrations:
+        if integration_id in self.ctx.editor.registry.integrations:
             raise ApiError(409, "conflict", f"integration {integration_id!r} already exists",
                            field="integration_id")
         provider = fields["provider"]
@@ -115,18 +113,18 @@ class WebhooksApi:
         stored_name = None
         if value is not None:
             stored_name = keyring_name(integration_id)
-            ref = await store_secret(self.d.secrets, stored_name, value)
-            self.d.secrets.forget_cached(ref)
+            ref = await store_secret(self.ctx.secrets, stored_name, value)
+            self.ctx.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
-        now = self.d.now_dt()
+        now = self.ctx.time.now_dt()
         try:
             await self._edit(lambda doc: add_integration(doc, fields, now))
         except ApiError:
             if stored_name is not None:
-                await asyncio.to_thread(self.d.secrets.delete, stored_name)
+                await asyncio.to_thread(self.ctx.secrets.delete, stored_name)
             raise
-        await self.d.journal_admin("integration.created", integration_id,
-                                   {"provider": fields["provider"], "secret_ref": ref})
+        await self.ctx.appender.journal_admin("integration.created", integration_id,
+                                              {"provider": fields["provider"], "secret_ref": ref})
         answer: dict[str, Any] = {"webhook": await self._public(integration_id)}
         if choice is not None and choice.generated:
             answer["secret"] = value  # shown once, never stored outside the keyring
@@ -136,38 +134,38 @@ class WebhooksApi:
         integration_id = self._id(request)
         body = await read_json_object(request)
         refuse_fields(set(body) - set(EDITABLE), "field(s) not editable here")
-        current = self.d.registry.integrations[integration_id]
+        current = self.ctx.editor.registry.integrations[integration_id]
         merged = {**current.to_dict(), **body}
         check = {k: merged[k] for k in ("integration_id", "provider", *EDITABLE) if k in merged}
         normalised = validated(validate_integration_fields, check)
         changes = {k: normalised.get(k) for k in body}
-        now = self.d.now_dt()
+        now = self.ctx.time.now_dt()
         await self._edit(lambda doc: update_integration(doc, integration_id, changes, now))
-        await self.d.journal_admin("integration.updated", integration_id,
-                                   {"changed": sorted(changes)})
+        await self.ctx.appender.journal_admin("integration.updated", integration_id,
+                                              {"changed": sorted(changes)})
         return web.json_response({"webhook": await self._public(integration_id)})
 
     async def remove(self, request: web.Request) -> web.Response:
         integration_id = self._id(request)
-        integ = self.d.registry.integrations[integration_id]
+        integ = self.ctx.editor.registry.integrations[integration_id]
         await self._edit(lambda doc: remove_integration(doc, integration_id))
         # Keyring entries the daemon created for this integration go with it.
         for previous in (False, True):
             name = keyring_name(integration_id, previous)
             if f"keyring:{name}" in (integ.secret_ref, integ.previous_secret_ref):
-                await asyncio.to_thread(self.d.secrets.delete, name)
-                self.d.secrets.forget_cached(f"keyring:{name}")
-        await self.d.journal_admin("integration.deleted", integration_id, {})
+                await asyncio.to_thread(self.ctx.secrets.delete, name)
+                self.ctx.secrets.forget_cached(f"keyring:{name}")
+        await self.ctx.appender.journal_admin("integration.deleted", integration_id, {})
         return web.json_response({"status": "deleted", "integration_id": integration_id})
 
     async def _set_enabled(self, request: web.Request, enabled: bool) -> web.Response:
         integration_id = self._id(request)
-        now = self.d.now_dt()
+        now = self.ctx.time.now_dt()
         await self._edit(
             lambda doc: update_integration(doc, integration_id, {"enabled": enabled}, now)
         )
         kind = "integration.enabled" if enabled else "integration.disabled"
-        await self.d.journal_admin(kind, integration_id, {})
+        await self.ctx.appender.journal_admin(kind, integration_id, {})
         return web.json_response({"webhook": await self._public(integration_id)})
 
     async def enable(self, request: web.Request) -> web.Response:
@@ -178,20 +176,20 @@ class WebhooksApi:
 
     async def rotate_secret(self, request: web.Request) -> web.Response:
         integration_id = self._id(request)
-        integ = self.d.registry.integrations[integration_id]
+        integ = self.ctx.editor.registry.integrations[integration_id]
         body = await read_json_object(request)
         grace = grace_seconds(body)
         choice = secret_choice(body, lambda: generate_secret(integ.provider),
                                lambda value: check_secret(integ.provider, value)) or SecretChoice(
             generate_secret(integ.provider), None, True)
-        now = self.d.now_dt()
+        now = self.ctx.time.now_dt()
         rotation = await rotate(
-            self.d.secrets,
+            self.ctx.secrets,
             lambda changes: self._edit(
                 lambda doc: update_integration(doc, integration_id, changes, now)),
             current_name=keyring_name(integration_id), old_ref=integ.secret_ref, choice=choice,
             grace_s=grace, now=now)
-        await self.d.journal_admin(
+        await self.ctx.appender.journal_admin(
             "integration.secret_rotated", integration_id,
             {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)},
         )
@@ -206,11 +204,11 @@ class WebhooksApi:
     async def readiness(self, request: web.Request) -> web.Response:
         wanted = request.query.get("integration_id")
         rows = []
-        for integration_id in sorted(self.d.registry.integrations):
+        for integration_id in sorted(self.ctx.editor.registry.integrations):
             if wanted and integration_id != wanted:
                 continue
-            readiness, detail = await self.d.readiness_of(
-                self.d.registry.integrations[integration_id]
+            readiness, detail = await self.ctx.readiness.readiness_of(
+                self.ctx.editor.registry.integrations[integration_id]
             )
             rows.append({"integration_id": integration_id, "readiness": readiness,
                          "detail": detail})
@@ -223,7 +221,7 @@ class WebhooksApi:
         real ingress, and record the verdict as ``last_test_*``."""
         integration_id = self._id(request)
         body = await read_json_object(request)
-        active = self.d.active[integration_id]
+        active = self.ctx.ingress.active[integration_id]
         integ = active.integration
         event_type, sample = active.provider.sample_event()
         wanted = body.get("event")
@@ -239,9 +237,9 @@ class WebhooksApi:
                 raise invalid("payload must be a JSON object", "payload")
             sample = json.dumps(body["payload"]).encode()
         result: dict[str, Any] = {"integration_id": integration_id}
-        now = self.d.clock()
+        now = self.ctx.time.clock()
         try:
-            secrets = await resolve_secrets(active, self.d.secrets, now)
+            secrets = await resolve_secrets(active, self.ctx.secrets, now)
         except (SecretNotFound, SecretRefError) as exc:
             result.update(outcome="not_ready", status_code=None, reason=str(exc))
         else:
@@ -249,10 +247,10 @@ class WebhooksApi:
                                                 secrets[0], now, event_type,
                                                 tamper=bool(body.get("tamper"))))
         message = f"{result['outcome']}: HTTP {result['status_code']} {result['reason']}"[:240]
-        now_dt = self.d.now_dt()
+        now_dt = self.ctx.time.now_dt()
         changes = {"last_test_status": result["outcome"], "last_test_at": now_dt,
                    "last_test_message": message}
-        if integ.integration_id in self.d.registry.integrations:
+        if integ.integration_id in self.ctx.editor.registry.integrations:
             await self._edit(lambda doc: update_integration(doc, integration_id, changes, now_dt))
         return web.json_response(result)
 
@@ -269,7 +267,7 @@ class WebhooksApi:
         headers = dict(signed.headers)
         if tamper:
             headers = tamper_signature(headers)
-        url = self.d.ingress_url_for(integration_id, local=True)
+        url = self.ctx.ingress.ingress_url_for(integration_id, local=True)
         timeout = aiohttp.ClientTimeout(total=15)
         try:
             async with aiohttp.ClientSession(timeout=timeout) as session, session.post(

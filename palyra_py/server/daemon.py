@@ -23,9 +23,17 @@ import tomlkit
 from aiohttp import web, web_response
 
 from palyra_py import __version__
+from palyra_py.admin.context import (
+    DeliveriesContext,
+    EventsContext,
+    StatusContext,
+    SubscriptionsContext,
+    WebhooksContext,
+)
 from palyra_py.admin.deliveries import DeliveriesApi
 from palyra_py.admin.errors import ApiError, error_middleware
 from palyra_py.admin.events import PRINCIPAL, EventsApi, body_capped
+from palyra_py.admin.status import AdminApi
 from palyra_py.admin.subscriptions import SubscriptionsApi
 from palyra_py.admin.webhooks import WebhooksApi
 from palyra_py.bus.local import SeqBus
@@ -496,7 +504,7 @@ class Daemon:
         # the admin error rendering through their own wrapper.
         app = web.Application(client_max_size=32 * 1024 * 1024 + 1)
         app.add_routes(self.ingress.routes())
-        events = EventsApi(self)
+        events = EventsApi(self._events_context())
 
         def can_read(principal: Principal) -> bool:
             return principal.can_read
@@ -518,18 +526,53 @@ class Daemon:
         return app
 
     def _admin_app(self) -> web.Application:
-        from palyra_py.admin.status import AdminApi
-
         app = web.Application(
             middlewares=[error_middleware],
             client_max_size=self.settings.get("admin", "max_body_bytes"),
         )
-        app.add_routes(AdminApi(self).routes())
-        app.add_routes(WebhooksApi(self).routes())
-        app.add_routes(EventsApi(self).routes())
-        app.add_routes(SubscriptionsApi(self).routes())
-        app.add_routes(DeliveriesApi(self).routes())
+        app.add_routes(AdminApi(self._status_context()).routes())
+        app.add_routes(WebhooksApi(self._webhooks_context()).routes())
+        app.add_routes(EventsApi(self._events_context()).routes())
+        app.add_routes(SubscriptionsApi(self._subscriptions_context()).routes())
+        app.add_routes(DeliveriesApi(self._deliveries_context()).routes())
         return app
+
+    # -- the admin handlers' contexts: the parts each uses, never the daemon itself --------
+    # The daemon implements the operation Protocols (registry edits, appends, the clock);
+    # the other parts exist once the start has built them.
+
+    def _status_context(self) -> StatusContext:
+        return StatusContext(
+            reloader=self, readiness=self, runtime=self, listener=self, time=self,
+            journal=self.journal, deliveries=self.deliveries, secrets=self.secrets,
+            ingress_stats=self.ingress.stats, rejections=self.rejections,
+            settings=self.settings, state_dir=self.state_dir, admin_socket=self.socket_path,
+            registry_path=self.registry_file.path, journal_path=self.journal_path,
+        )
+
+    def _webhooks_context(self) -> WebhooksContext:
+        return WebhooksContext(editor=self, appender=self, ingress=self, readiness=self,
+                               secrets=self.secrets, time=self)
+
+    def _subscriptions_context(self) -> SubscriptionsContext:
+        return SubscriptionsContext(
+            editor=self, appender=self, journal=self.journal, switch=self,
+            dispatcher=self.dispatcher, deliveries=self.deliveries, secrets=self.secrets,
+            settings=self.settings, time=self,
+        )
+
+    def _deliveries_context(self) -> DeliveriesContext:
+        return DeliveriesContext(
+            editor=self, appender=self, deliveries=self.deliveries, dispatcher=self.dispatcher,
+            secrets=self.secrets, token_use=self.token_usage, time=self,
+        )
+
+    def _events_context(self) -> EventsContext:
+        return EventsContext(
+            registry_view=self, appender=self, journal=self.journal,
+            stream_hub=self.stream_hub, listener=self, streams=self.streams,
+            metrics=self.metrics, settings=self.settings,
+        )
 
     async def _metrics(self, request: web.Request) -> web.Response:
         return web.Response(body=self.metrics.render(),
