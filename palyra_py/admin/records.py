@@ -9,7 +9,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from palyra_py.admin.errors import ApiError, invalid, not_found
-from palyra_py.registry.integrations import RegistryError, normalize_id
+from palyra_py.registry.fields import normalize_id
+from palyra_py.registry.positions import RegistryError
 
 if TYPE_CHECKING:
     from palyra_py.server.daemon import Daemon

@@ -13,7 +13,7 @@ from aiohttp import web
 from palyra_py import __version__
 from palyra_py.admin.errors import ApiError
 from palyra_py.journal.journal import JournalUnavailable
-from palyra_py.registry.integrations import RegistryError
+from palyra_py.registry.positions import RegistryError
 
 if TYPE_CHECKING:
     from palyra_py.server.daemon import Daemon

@@ -24,8 +24,12 @@ from palyra_py.admin.secrets import (
 )
 from palyra_py.inbound.ingress import resolve_secrets
 from palyra_py.providers import CannotSign, Provider, check_secret
-from palyra_py.registry.edit import add_integration, remove_integration, update_integration
-from palyra_py.registry.integrations import validate_integration_fields
+from palyra_py.registry.integrations import (
+    add_integration,
+    remove_integration,
+    update_integration,
+    validate_integration_fields,
+)
 from palyra_py.secrets.store import SecretNotFound, SecretRefError, generate_secret
 
 if TYPE_CHECKING:

@@ -48,7 +48,10 @@ from palyra_py.outbound.http import Sender
 from palyra_py.outbound.ssrf import AddressPolicy
 from palyra_py.ownership import ForeignOwner, check_path_owner
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
-from palyra_py.registry.integrations import Integration, Registry, RegistryError, RegistryFile
+from palyra_py.registry.document import Registry
+from palyra_py.registry.file import RegistryFile
+from palyra_py.registry.integrations import Integration
+from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
 from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
