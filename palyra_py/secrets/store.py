@@ -9,7 +9,6 @@ verification of integrations already in use), and stores new secrets under servi
 from __future__ import annotations
 
 import base64
-import importlib
 import os
 import re
 import secrets as _random
@@ -18,7 +17,7 @@ import string
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import keyring
 import keyring.core
@@ -27,6 +26,7 @@ from keyring.backends import chainer, fail, null
 from keyring.errors import PasswordDeleteError
 
 from palyra_py.ownership import ForeignOwner, check_owner
+from palyra_py.providers import secret_format
 from palyra_py.secrets.keyring_file import StateDirKeyring
 
 KEYRING_SERVICE = "palyra"
@@ -94,35 +94,16 @@ def parse_secret_ref(ref: str) -> tuple[str, str]:
     return kind, os.path.normpath(path)
 
 
-def _providers_attr(name: str) -> Any:
-    """An attribute of :mod:`palyra_py.providers`, or ``None`` while it does not exist.
-
-    Imported lazily: providers import this package's modules, and the registry and secrets
-    must keep working on their own fallbacks before providers offer the attribute.
-    """
-    try:
-        module = importlib.import_module("palyra_py.providers")
-    except ImportError:
-        return None
-    return getattr(module, name, None)
-
-
 def generate_secret(provider: str) -> str:
     """A strong random secret (32 random bytes of entropy or more) in the form the provider
-    expects: ``whsec_<base64>`` for Standard Webhooks, ``whsec_`` + 32 letters and digits for
-    Stripe, 64 hex characters for the others. The form comes from
-    ``palyra_py.providers.secret_format`` when it exists (which raises ``ValueError`` for an
-    unknown provider); its ``"token"`` is Stripe's form, as documented there."""
-    name = provider.strip().lower()
-    secret_format = _providers_attr("secret_format")
-    if callable(secret_format):
-        form = str(secret_format(name))
-    else:
-        form = {"standard-webhooks": "whsec", "stripe": "token"}.get(name, "hex")
-    if form == "whsec" and name != "stripe":
+    expects (``palyra_py.providers.secret_format``): ``whsec_<base64>`` for Standard
+    Webhooks, ``whsec_`` + 32 letters and digits for Stripe, 64 hex characters for the
+    others. ``provider`` is trimmed and lowercased; ``ValueError`` for an unknown one."""
+    form = secret_format(provider.strip().lower())
+    if form == "whsec":
         # Standard Webhooks: the key is the base64-decoded part (24..64 bytes accepted).
         return "whsec_" + base64.b64encode(_random.token_bytes(32)).decode("ascii")
-    if form in ("whsec", "token"):
+    if form == "token":
         # Stripe's form: the whole string, prefix included, is the HMAC key.
         return "whsec_" + "".join(_random.choice(_ALNUM) for _ in range(32))
     return _random.token_hex(32)
