@@ -37,7 +37,8 @@ from palyra_py.registry.subscriptions import (
     update_subscription,
     validate_subscription_fields,
 )
-from palyra_py.secrets.store import SecretNotFound, SecretRefError
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound
 
 if TYPE_CHECKING:
     from palyra_py.server.daemon import Daemon

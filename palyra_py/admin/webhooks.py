@@ -30,7 +30,8 @@ from palyra_py.registry.integrations import (
     update_integration,
     validate_integration_fields,
 )
-from palyra_py.secrets.store import SecretNotFound, SecretRefError, generate_secret
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound, generate_secret
 
 if TYPE_CHECKING:
     from palyra_py.server.daemon import Daemon

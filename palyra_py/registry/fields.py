@@ -20,7 +20,7 @@ from datetime import UTC, date, datetime, time
 from typing import Any
 
 from palyra_py.registry.positions import RegistryError
-from palyra_py.secrets.store import SecretRefError, parse_secret_ref
+from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
 
 Check = Callable[[Any, str], Any]
 """``(value, field name) -> normalised value``; raises ``RegistryError`` naming the field."""

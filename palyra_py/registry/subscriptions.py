@@ -51,7 +51,7 @@ from palyra_py.registry.fields import (
     record_defaults,
     show,
 )
-from palyra_py.secrets.store import SecretRefError, parse_secret_ref
+from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
 
 Scalar = str | int | float | bool
 DEFAULT_MAX_IN_FLIGHT = 10

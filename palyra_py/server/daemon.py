@@ -54,7 +54,8 @@ from palyra_py.registry.integrations import Integration
 from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
-from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
