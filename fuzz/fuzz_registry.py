@@ -23,7 +23,8 @@ if str(Path(__file__).resolve().parent) not in sys.path:  # the shared harness s
 
 from _harness import run
 
-from palyra_py.registry.integrations import RegistryError, parse_registry
+from palyra_py.registry.document import parse_registry
+from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.tokens import MAX_SCOPES, Principal, parse_scope
 
 PATH = Path("/fuzz/webhooks.toml")

@@ -14,7 +14,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from palyra_py.registry.integrations import RegistryError, RegistryFile
+from palyra_py.registry.file import RegistryFile
+from palyra_py.registry.positions import RegistryError
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.daemon import Daemon, DaemonError
 from palyra_py.storage.ownership import ForeignOwner, check_path_owner

@@ -19,20 +19,20 @@ import tomlkit
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from palyra_py.registry.document import parse_registry
+from palyra_py.registry.fields import normalize_id
+from palyra_py.registry.file import RegistryFile
 from palyra_py.registry.integrations import (
     DEFAULT_MAX_PAYLOAD_BYTES,
     MAX_ALLOWED_EVENTS,
     MAX_INTEGRATIONS,
     Integration,
-    RegistryError,
-    RegistryFile,
     add_integration,
-    normalize_id,
-    parse_registry,
     remove_integration,
     update_integration,
     validate_integration_fields,
 )
+from palyra_py.registry.positions import RegistryError
 
 REPO = Path(__file__).resolve().parent.parent
 NOW = datetime(2025, 3, 1, 12, 0, 0, tzinfo=UTC)
@@ -700,7 +700,8 @@ ADD_FROM_ANOTHER_PROCESS = """
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
-from palyra_py.registry.integrations import RegistryFile, add_integration
+from palyra_py.registry.file import RegistryFile
+from palyra_py.registry.integrations import add_integration
 path, integration_id = Path(sys.argv[1]), sys.argv[2]
 sys.stdin.read()  # wait for the go signal so that all processes start together
 RegistryFile(path).edit(lambda doc: add_integration(

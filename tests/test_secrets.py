@@ -20,15 +20,14 @@ from keyring.compat import properties
 from keyring.errors import KeyringError, PasswordDeleteError
 
 from palyra_py.secrets.keyring_file import StateDirKeyring
+from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
 from palyra_py.secrets.store import (
     KEYRING_SERVICE,
     MAX_SECRET_FILE_BYTES,
     SecretBackendError,
     SecretNotFound,
-    SecretRefError,
     SecretStore,
     generate_secret,
-    parse_secret_ref,
 )
 
 SECRET = "s3cr3t-value-that-must-never-leak"

@@ -15,7 +15,7 @@ import pytest
 
 from palyra_py.admin.subscriptions import header_keyring_name, journal_url
 from palyra_py.registry.subscriptions import is_credential_header, is_credential_url
-from palyra_py.secrets.store import parse_secret_ref
+from palyra_py.secrets.refs import parse_secret_ref
 from palyra_py.server.daemon import Daemon
 from palyra_py.testing import CapturingReceiver, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session

@@ -18,15 +18,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from palyra_py.outbound.retry import DEFAULT_SCHEDULE, parse_duration
+from palyra_py.registry.document import Registry, parse_registry
+from palyra_py.registry.file import RegistryFile
 from palyra_py.registry.integrations import (
-    Registry,
-    RegistryError,
-    RegistryFile,
     add_integration,
-    parse_registry,
     remove_integration,
     update_integration,
 )
+from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.subscriptions import (
     MAX_SUBSCRIPTIONS,
     Subscription,
@@ -840,8 +839,8 @@ def test_the_registry_imports_without_aiohttp() -> None:
     code = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from palyra_py.registry.integrations import parse_registry\n"
-        "import palyra_py.registry.subscriptions, palyra_py.registry.tokens\n"
+        "from palyra_py.registry.document import parse_registry\n"
+        "import palyra_py.registry.file\n"
         f"path = Path({str(REPO / 'webhooks.example.toml')!r})\n"
         "assert parse_registry(path.read_text(), path).subscriptions\n"
         "assert 'aiohttp' not in sys.modules, 'aiohttp was imported'\n"

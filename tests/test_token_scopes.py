@@ -12,7 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from palyra_py.registry.integrations import RegistryError, parse_registry
+from palyra_py.registry.document import parse_registry
+from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.tokens import Principal, parse_scope
 from palyra_py.server.daemon import Daemon
 from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon

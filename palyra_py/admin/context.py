@@ -28,7 +28,8 @@ from palyra_py.inbound.rejections import RejectionLog
 from palyra_py.journal.journal import AppendResult, Journal
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.dispatcher import Dispatcher
-from palyra_py.registry.integrations import Integration, Registry
+from palyra_py.registry.document import Registry
+from palyra_py.registry.integrations import Integration
 from palyra_py.secrets.store import SecretStore
 from palyra_py.settings import Settings
 from palyra_py.stream.hub import StreamHub

@@ -15,7 +15,7 @@ from palyra_py.admin.events import parse_int, parse_time_ms
 from palyra_py.admin.records import registry_error
 from palyra_py.admin.secrets import store_secret
 from palyra_py.delivery.store import MAX_LIMIT, STATUSES
-from palyra_py.registry.integrations import RegistryError
+from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.tokens import (
     DEFAULT_SCOPES,
     MAX_EXPIRES_IN_S,

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from palyra_py.admin.context import RegistryChange, RegistryEditor
 from palyra_py.admin.errors import ApiError, invalid, not_found
-from palyra_py.registry.integrations import RegistryError, normalize_id
+from palyra_py.registry.fields import normalize_id
+from palyra_py.registry.positions import RegistryError
 
 
 def registry_error(exc: RegistryError) -> ApiError:

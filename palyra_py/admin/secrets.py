@@ -12,7 +12,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from palyra_py.admin.errors import ApiError, invalid
-from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore, parse_secret_ref
+from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
+from palyra_py.secrets.store import SecretNotFound, SecretStore
 
 MAX_GRACE_S = 30 * 86400
 

@@ -14,7 +14,7 @@ from palyra_py import __version__
 from palyra_py.admin.context import DaemonRuntime, StatusContext
 from palyra_py.admin.errors import ApiError
 from palyra_py.journal.journal import JournalUnavailable
-from palyra_py.registry.integrations import RegistryError
+from palyra_py.registry.positions import RegistryError
 
 
 def open_files(runtime: DaemonRuntime) -> dict[str, Any]:

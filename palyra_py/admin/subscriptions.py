@@ -38,7 +38,8 @@ from palyra_py.registry.subscriptions import (
     update_subscription,
     validate_subscription_fields,
 )
-from palyra_py.secrets.store import SecretNotFound, SecretRefError
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound
 
 EDITABLE = (
     "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",

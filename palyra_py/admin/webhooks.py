@@ -25,9 +25,14 @@ from palyra_py.admin.secrets import (
 )
 from palyra_py.inbound.ingress import resolve_secrets
 from palyra_py.providers import CannotSign, Provider, check_secret
-from palyra_py.registry.edit import add_integration, remove_integration, update_integration
-from palyra_py.registry.integrations import validate_integration_fields
-from palyra_py.secrets.store import SecretNotFound, SecretRefError, generate_secret
+from palyra_py.registry.integrations import (
+    add_integration,
+    remove_integration,
+    update_integration,
+    validate_integration_fields,
+)
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound, generate_secret
 
 EDITABLE = (
     "display_name", "allowed_events", "allowed_sources", "enabled", "signature_required",

@@ -48,7 +48,8 @@ from palyra_py.providers import get_provider
 from palyra_py.providers.base import Provider, Verified
 from palyra_py.reasons import ANSWERS, Reason, Rejection
 from palyra_py.registry.integrations import Integration
-from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound, SecretStore
 
 log = structlog.get_logger("palyra.ingress")
 

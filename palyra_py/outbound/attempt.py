@@ -27,7 +27,8 @@ from palyra_py.outbound.signing import (
 )
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import Subscription, is_ref, is_url_ref, valid_header_value
-from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound, SecretStore
 
 JournalHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 DisableHook = Callable[[str, str], Awaitable[None]]

@@ -1,152 +1,24 @@
-"""Changing ``webhooks.toml`` on disk while keeping what a person wrote in it.
+"""Editing the records of a registry document in place, keeping what a person wrote.
 
-``RegistryFile`` reads the file and runs every change as one locked read-change-validate-
-write cycle; ``add_integration``, ``update_integration`` and ``remove_integration`` are the
-changes it applies to the tomlkit document, in place, so comments, blank lines and key
-order survive. They are ``add_record``, ``update_record`` and ``remove_record`` for the
-``INTEGRATIONS`` ``RecordKind``; ``subscriptions`` and ``tokens`` use the same for theirs.
-The model, the field rules and ``parse_registry`` are in ``registry``, which re-exports the
-integration edits and ``RegistryFile``.
+``add_record``, ``update_record`` and ``remove_record`` change one ``[[table]]`` record of a
+tomlkit document, described by its ``RecordKind``, so that comments, blank lines and key
+order survive. Each record kind (``integrations``, ``subscriptions``, ``tokens``) declares
+its ``RecordKind`` and its ``add_*``/``update_*``/``remove_*`` with these; run them through
+``RegistryFile.edit`` (``registry.file``), which validates and writes the result.
 """
 
 from __future__ import annotations
 
-import os
-import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import tomlkit
 from tomlkit.items import AoT, Array, Comment, InlineTable, Null, Table, Trivia, Whitespace
 
-from palyra_py.registry.integrations import (
-    ALWAYS_WRITTEN,
-    DEFAULTS,
-    FIELDS,
-    MAX_INTEGRATIONS,
-    MAX_REGISTRY_BYTES,
-    NEW_REGISTRY_TEXT,
-    Registry,
-    RegistryError,
-    _fail,
-    _plain,
-    normalize_id,
-    parse_registry,
-    validate_integration_fields,
-)
-from palyra_py.storage.files import exclusive_lock, write_atomic
-from palyra_py.storage.ownership import ForeignOwner, check_owner
-
-
-class RegistryFile:
-    """The on-disk registry. All writes are atomic and serialised by an inter-process lock."""
-
-    def __init__(self, path: Path, *, expected_uid: int | None = None) -> None:
-        """``expected_uid``: who must own the file (or root); default the effective uid."""
-        self.path = Path(path)
-        self.lock_path = self.path.with_name(self.path.name + ".lock")
-        self._lock = threading.Lock()
-        self._expected_uid = expected_uid
-
-    def load(self) -> Registry:
-        """Read and validate the file; a missing file is an empty registry."""
-        text = self._read_text()
-        if text is None:
-            return Registry(path=self.path, integrations={})
-        return parse_registry(text, self.path)
-
-    def _read_text(self) -> str | None:
-        try:
-            with open(self.path, "rb") as file:
-                # The owner of what is read, not of what the path named a moment before.
-                owner = os.fstat(file.fileno()).st_uid
-                check_owner(self.path, owner, what="the registry",
-                            expected_uid=self._expected_uid)
-                raw = file.read(MAX_REGISTRY_BYTES + 1)
-        except FileNotFoundError:
-            return None
-        except ForeignOwner as exc:
-            raise RegistryError(str(exc), path=self.path) from None
-        except OSError as exc:
-            message = f"cannot read the registry ({exc.strerror})"
-            raise RegistryError(message, path=self.path) from None
-        if len(raw) > MAX_REGISTRY_BYTES:
-            raise RegistryError(f"larger than {MAX_REGISTRY_BYTES} bytes", path=self.path)
-        try:
-            return raw.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            line = raw.count(b"\n", 0, exc.start) + 1
-            col = exc.start - (raw.rfind(b"\n", 0, exc.start) + 1) + 1
-            raise RegistryError("not UTF-8 text", path=self.path, line=line, col=col) from None
-
-    def edit(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
-        """Under the lock: read the file as it is on disk (or a new ``version = 1`` document),
-        apply ``change`` to the tomlkit document, validate the result, write it atomically
-        (temp file in the same dir, fsync, rename, fsync dir; mode 0600), and return it. If
-        validation fails nothing is written and ``RegistryError`` is raised."""
-        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        with self._lock, exclusive_lock(self.lock_path):
-            text = self._read_text()
-            exists = text is not None
-            if text is None:
-                text = NEW_REGISTRY_TEXT
-            # Validate what is on disk first: if the change leaves a hand-made error in
-            # place, that error is reported with its true line and column.
-            try:
-                parse_registry(text, self.path)
-                on_disk_error: RegistryError | None = None
-            except RegistryError as exc:
-                if exc.field is None:  # not even TOML: there is no document to change
-                    raise
-                on_disk_error = exc
-            doc = tomlkit.parse(text)
-            if exists and doc.as_string() != text:
-                # A hand-made error first: the file needs a hand edit either way.
-                raise on_disk_error or _layout_error(text, doc.as_string(), self.path)
-            change(doc)
-            new_text = doc.as_string()
-            try:
-                registry = parse_registry(new_text, self.path)
-            except RegistryError as exc:
-                if on_disk_error is not None and on_disk_error.message == exc.message:
-                    raise on_disk_error from None
-                # Positions would point into text that was never written: leave them out.
-                raise RegistryError(exc.message, path=self.path, field=exc.field) from None
-            if not exists or new_text != text:
-                write_atomic(self.path, new_text.encode("utf-8"))
-            return registry
-
-
-def _layout_error(text: str, rewritten: str, path: Path) -> RegistryError:
-    """The file cannot be edited without rewriting parts the edit is not about: tomlkit
-    keeps an array of tables together, so records of one kind written after records of
-    another kind would move (with the comments above them). Say where, and what to do."""
-    seen: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = line.strip()
-        if not (header.startswith("[[") and "]]" in header):
-            continue
-        kind = header[2:header.index("]]")].strip()
-        if seen and kind != seen[-1] and kind in seen:
-            return RegistryError(
-                f"[[{kind}]] here comes after [[{seen[-1]}]] records, below other [[{kind}]]"
-                f" records: an edit would move it next to them. Put the records of each kind"
-                f" together (all [[{kind}]] records in one run), then retry; nothing was"
-                f" changed", path=path, line=number, col=1)
-        seen.append(kind)
-    old_lines, new_lines = text.splitlines(), rewritten.splitlines()
-    first = next((i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False)) if a != b),
-                 min(len(old_lines), len(new_lines)))
-    return RegistryError(
-        "an edit would also rewrite parts of the file it is not about (tomlkit cannot keep"
-        " their layout); nothing was changed", path=path, line=first + 1, col=1)
-
-
-# ---------------------------------------------------------------------------------------
-# Editing the document in place, keeping what a person wrote.
+from palyra_py.registry.fields import fail, normalize_id, plain
+from palyra_py.registry.positions import RegistryError
 
 
 def toml_value(value: Any) -> Any:
@@ -187,19 +59,13 @@ class RecordKind:
     to_toml: Callable[[str, Any], Any] = _write_as_is
 
 
-INTEGRATIONS = RecordKind(
-    "webhooks", "integration_id", "integration", MAX_INTEGRATIONS, FIELDS, DEFAULTS,
-    ALWAYS_WRITTEN, validate_integration_fields,
-)  # fmt: skip
-
-
 def _records(doc: tomlkit.TOMLDocument, kind: RecordKind) -> AoT | Array | None:
     if kind.table not in doc:
         return None
     item = doc.item(kind.table)
     if isinstance(item, (AoT, Array)):
         return item
-    raise _fail(kind.table, f"must be an array of tables, written [[{kind.table}]]")
+    raise fail(kind.table, f"must be an array of tables, written [[{kind.table}]]")
 
 
 def _find(doc: tomlkit.TOMLDocument, kind: RecordKind, record_id: str) -> tuple[AoT | Array, int]:
@@ -223,13 +89,13 @@ def add_record(doc: tomlkit.TOMLDocument, kind: RecordKind, norm: Mapping[str, A
     record_id = norm[kind.id_key]
     if records is not None:
         if len(records) >= kind.limit:
-            raise _fail(kind.table, f"at most {kind.limit} {kind.noun}s are allowed")
+            raise fail(kind.table, f"at most {kind.limit} {kind.noun}s are allowed")
         try:
             _find(doc, kind, record_id)
         except KeyError:
             pass
         else:
-            raise _fail(kind.id_key, f"{record_id!r} already exists")
+            raise fail(kind.id_key, f"{record_id!r} already exists")
     table = tomlkit.table()
     for key in kind.fields:
         value = norm.get(key, kind.defaults.get(key))
@@ -287,12 +153,12 @@ def update_record(
     is unknown, ``RegistryError`` naming the field for a bad value or a changed id."""
     records, index = _find(doc, kind, record_id)
     record = records[index]
-    current = _plain(record)
+    current = plain(record)
     new_id = changes.get(kind.id_key)
     if new_id is not None and normalize_id(new_id, field=kind.id_key) != normalize_id(
         current[kind.id_key], field=kind.id_key
     ):
-        raise _fail(
+        raise fail(
             kind.id_key, f"cannot be changed; remove the {kind.noun} and add it again"
         )
     merged = {**current, **changes, "updated_at": now}
@@ -305,27 +171,6 @@ def update_record(
             record[key] = kind.to_toml(key, norm[key])
         else:
             _append_key(record, key, kind.to_toml(key, norm[key]))
-
-
-def add_integration(doc: tomlkit.TOMLDocument, fields: Mapping[str, Any], now: datetime) -> None:
-    """Append a ``[[webhooks]]`` record (sets created_at/updated_at); raise ``RegistryError``
-    if the id exists (field ``integration_id``) or the limit is reached."""
-    norm = validate_integration_fields({**fields, "created_at": now, "updated_at": now})
-    add_record(doc, INTEGRATIONS, norm)
-
-
-def update_integration(
-    doc: tomlkit.TOMLDocument, integration_id: str, changes: Mapping[str, Any], now: datetime
-) -> None:
-    """Change fields of one record in place (``None`` removes a key), bump updated_at, keep
-    comments and order. Raise ``KeyError`` if the id is unknown, ``RegistryError`` naming
-    the field for a bad value or an attempt to change ``integration_id``."""
-    update_record(doc, INTEGRATIONS, integration_id, changes, now)
-
-
-def remove_integration(doc: tomlkit.TOMLDocument, integration_id: str) -> None:
-    """Remove one record; raise ``KeyError`` if unknown (see ``remove_record``)."""
-    remove_record(doc, INTEGRATIONS, integration_id)
 
 
 def _append_key(record: Table | InlineTable, key: str, value: Any) -> None:

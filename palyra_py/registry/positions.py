@@ -1,10 +1,10 @@
 """Registry errors and where in the registry text they are: line and column.
 
-``RegistryError`` is what every registry check raises (``registry`` re-exports it). tomlkit
-keeps no positions, so ``locate`` scans the text itself. It knows the registry's
-layout (``[[webhooks]]``, ``[[subscriptions]]`` and ``[[tokens]]`` records, keys inside them,
-``[webhooks.key]`` sub-tables) and TOML's multi-line strings, so that a key-like line inside a
-string is never taken for a key.
+``RegistryError`` is what every registry check raises (``registry.fields.fail`` makes one
+that names the field). tomlkit keeps no positions, so ``locate`` scans the text itself. It
+knows the registry's layout (``[[webhooks]]``, ``[[subscriptions]]`` and ``[[tokens]]``
+records, keys inside them, ``[webhooks.key]`` sub-tables) and TOML's multi-line strings, so
+that a key-like line inside a string is never taken for a key.
 """
 
 from __future__ import annotations

@@ -1,10 +1,10 @@
 """Outbound subscriptions: the ``[[subscriptions]]`` records of ``webhooks.toml``.
 
 The model the dispatcher reads, the field rules of docs/outbound.md, parsing (called by
-``registry.parse_registry``) and the comment-preserving edits the admin API applies through
-``RegistryFile.edit``. Errors are ``RegistryError`` naming the field (``retry_schedule[2]``,
-or ``subscriptions[0].url`` when read from the file) and what is allowed. A message never
-repeats a URL or a header value: both may carry credentials.
+``registry.document.parse_registry``) and the comment-preserving edits the admin API
+applies through ``RegistryFile.edit``. Errors are ``RegistryError`` naming the field
+(``retry_schedule[2]``, or ``subscriptions[0].url`` when read from the file) and what is
+allowed. A message never repeats a URL or a header value: both may carry credentials.
 """
 
 from __future__ import annotations
@@ -35,23 +35,23 @@ from palyra_py.registry.edit import (
     toml_value,
     update_record,
 )
-from palyra_py.registry.integrations import (
-    _CONTROL,
+from palyra_py.registry.fields import (
+    CONTROL_CHARS,
     Check,
-    _check_bool,
-    _check_datetime,
-    _check_secret_ref,
-    _fail,
-    _int_range,
-    _jsonable,
-    _show,
+    check_bool,
+    check_datetime,
     check_record,
     check_rotation_pair,
+    check_secret_ref,
     collect_records,
+    fail,
+    int_range,
+    jsonable,
     normalize_id,
     record_defaults,
+    show,
 )
-from palyra_py.secrets.store import SecretRefError, parse_secret_ref
+from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
 
 Scalar = str | int | float | bool
 DEFAULT_MAX_IN_FLIGHT = 10
@@ -103,7 +103,7 @@ class Subscription:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (datetimes RFC 3339 Z; retry_schedule as duration strings)."""
-        data = {name: _jsonable(getattr(self, name)) for name in FIELDS}
+        data = {name: jsonable(getattr(self, name)) for name in FIELDS}
         data["retry_schedule"] = [format_duration(s) for s in self.retry_schedule]
         return data
 
@@ -194,32 +194,32 @@ def _check_url(value: Any, name: str) -> str:
     rule = (f"must be an http:// or https:// URL of at most {MAX_URL_CHARS} characters, or a"
             " secret reference holding one (keyring:NAME, env:VAR, file:/absolute/path)")
     if not isinstance(value, str):
-        raise _fail(name, f"{rule}, got {type(value).__name__}")
+        raise fail(name, f"{rule}, got {type(value).__name__}")
     url = value.strip()
     if is_url_ref(url):
-        return _check_secret_ref(url, name)
+        return check_secret_ref(url, name)
     problem = check_url(url)
     if problem is not None:
-        raise _fail(name, f"{rule}: {problem}")
+        raise fail(name, f"{rule}: {problem}")
     return url
 
 
 def _check_events(value: Any, name: str) -> tuple[str, ...]:
     if isinstance(value, str) or not isinstance(value, (list, tuple)):
-        raise _fail(name, f"must be an array of glob patterns (empty = every event), got"
-                          f" {_show(value)}")
+        raise fail(name, f"must be an array of glob patterns (empty = every event), got"
+                         f" {show(value)}")
     patterns: dict[str, None] = {}
     for index, entry in enumerate(value):
         norm = entry.strip() if isinstance(entry, str) else ""
-        if not 1 <= len(norm) <= MAX_PATTERN_CHARS or _CONTROL.search(norm):
-            raise _fail(f"{name}[{index}]", f"must be a glob pattern of 1 to {MAX_PATTERN_CHARS}"
-                                            f" characters, no control characters, got"
-                                            f" {_show(entry)}")
+        if not 1 <= len(norm) <= MAX_PATTERN_CHARS or CONTROL_CHARS.search(norm):
+            raise fail(f"{name}[{index}]", f"must be a glob pattern of 1 to {MAX_PATTERN_CHARS}"
+                                           f" characters, no control characters, got"
+                                           f" {show(entry)}")
         patterns.setdefault(norm, None)
     try:
         return validate_event_patterns(tuple(patterns))
     except ValueError as exc:
-        raise _fail(name, str(exc).removeprefix("events: ")) from None
+        raise fail(name, str(exc).removeprefix("events: ")) from None
 
 
 def _flatten(table: Mapping[Any, Any], prefix: str, out: dict[str, Any], name: str) -> None:
@@ -228,24 +228,24 @@ def _flatten(table: Mapping[Any, Any], prefix: str, out: dict[str, Any], name: s
         path = f"{prefix}{key}"
         if isinstance(value, Mapping):
             if path.count(".") >= 8:
-                raise _fail(name, f"path {path[:64]!r}...: too deep")
+                raise fail(name, f"path {path[:64]!r}...: too deep")
             _flatten(value, path + ".", out, name)
         elif path in out:
-            raise _fail(name, f"path {path[:128]!r} is given twice")
+            raise fail(name, f"path {path[:128]!r} is given twice")
         else:
             out[path] = value
 
 
 def _check_filter(value: Any, name: str) -> dict[str, Scalar]:
     if not isinstance(value, Mapping):
-        raise _fail(name, f'must be a table of path = value, e.g. {{ "data.kb" = "docs" }}, got'
-                          f" {_show(value)}")
+        raise fail(name, f'must be a table of path = value, e.g. {{ "data.kb" = "docs" }}, got'
+                         f" {show(value)}")
     flat: dict[str, Any] = {}
     _flatten(value, "", flat, name)
     try:
         return validate_filter_table(flat)
     except ValueError as exc:
-        raise _fail(name, str(exc).removeprefix("filter").lstrip(": ")) from None
+        raise fail(name, str(exc).removeprefix("filter").lstrip(": ")) from None
 
 
 def _check_schedule(value: Any, name: str) -> tuple[float, ...]:
@@ -254,20 +254,20 @@ def _check_schedule(value: Any, name: str) -> tuple[float, ...]:
     if isinstance(value, str):
         value = value.split(",")
     if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_SCHEDULE_ENTRIES:
-        raise _fail(name, f"{rule}, got {_show(value)}")
+        raise fail(name, f"{rule}, got {show(value)}")
     out: list[float] = []
     for index, entry in enumerate(value):
         if isinstance(entry, str):
             try:
                 seconds = parse_duration(entry)
             except ValueError as exc:
-                raise _fail(f"{name}[{index}]", str(exc)) from None
+                raise fail(f"{name}[{index}]", str(exc)) from None
         elif isinstance(entry, (int, float)) and not isinstance(entry, bool) and (
             0 <= entry <= MAX_DELAY_S
         ):
             seconds = float(entry)
         else:
-            raise _fail(f"{name}[{index}]", f"{rule}, got {_show(entry)}")
+            raise fail(f"{name}[{index}]", f"{rule}, got {show(entry)}")
         # Kept to the millisecond, as written back, so the file reads back to equal values.
         out.append(parse_duration(format_duration(seconds)))
     return tuple(out)
@@ -279,40 +279,40 @@ _HEADER_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 def _check_headers(value: Any, name: str) -> dict[str, str]:
     if not isinstance(value, Mapping):
-        raise _fail(name, f"must be a table of header name = value, got {_show(value)}")
+        raise fail(name, f"must be a table of header name = value, got {show(value)}")
     if len(value) > MAX_HEADERS:
-        raise _fail(name, f"at most {MAX_HEADERS} headers, got {len(value)}")
+        raise fail(name, f"at most {MAX_HEADERS} headers, got {len(value)}")
     out: dict[str, str] = {}
     seen: set[str] = set()
     for key, raw in value.items():
         header = str(key)
         if len(header) > MAX_HEADER_NAME_CHARS or not _HEADER_NAME.fullmatch(header):
-            raise _fail(name, f"{_show(header)} is not a header name (1 to"
-                              f" {MAX_HEADER_NAME_CHARS} of A-Z a-z 0-9 ! # $ % & ' * + . ^ _"
-                              " ` | ~ -)")
+            raise fail(name, f"{show(header)} is not a header name (1 to"
+                             f" {MAX_HEADER_NAME_CHARS} of A-Z a-z 0-9 ! # $ % & ' * + . ^ _"
+                             " ` | ~ -)")
         lower = header.lower()
         if lower in RESERVED_HEADERS or lower.startswith(RESERVED_HEADER_PREFIXES):
-            raise _fail(name, f"{header!r} is set by palyra or HTTP and cannot be given; not"
-                              " allowed: Host, Content-Length, Content-Type, Transfer-Encoding,"
-                              " Connection (and other hop-by-hop headers), webhook-*,"
-                              " X-Hub-Signature*")
+            raise fail(name, f"{header!r} is set by palyra or HTTP and cannot be given; not"
+                             " allowed: Host, Content-Length, Content-Type, Transfer-Encoding,"
+                             " Connection (and other hop-by-hop headers), webhook-*,"
+                             " X-Hub-Signature*")
         if lower in seen:
-            raise _fail(name, f"{header!r} is given twice (header names ignore case)")
+            raise fail(name, f"{header!r} is given twice (header names ignore case)")
         seen.add(lower)
         # The value is never shown: custom headers often carry credentials.
         if not isinstance(raw, str):
-            raise _fail(name, f"{header}: the value must be a string")
+            raise fail(name, f"{header}: the value must be a string")
         text = str(raw).strip()
         if not valid_header_value(text):
-            raise _fail(name, f"{header}: the value must be at most {MAX_HEADER_VALUE_CHARS}"
-                              " characters of printable ASCII and tabs (no CR, LF or other"
-                              " control characters), or a secret reference holding one"
-                              " (keyring:NAME, env:VAR, file:/absolute/path)")
+            raise fail(name, f"{header}: the value must be at most {MAX_HEADER_VALUE_CHARS}"
+                             " characters of printable ASCII and tabs (no CR, LF or other"
+                             " control characters), or a secret reference holding one"
+                             " (keyring:NAME, env:VAR, file:/absolute/path)")
         if is_ref(text):
             try:
                 parse_secret_ref(text)
             except SecretRefError as exc:
-                raise _fail(name, f"{header}: {exc}") from None
+                raise fail(name, f"{header}: {exc}") from None
         out[header] = text
     return out
 
@@ -321,7 +321,7 @@ def _float_range(low: float, high: float) -> Check:
     def check(value: Any, name: str) -> float:
         ok = isinstance(value, (int, float)) and not isinstance(value, bool)
         if not ok or not low <= value <= high:  # NaN fails the comparison too
-            raise _fail(name, f"must be a number from {low:g} to {high:g}, got {_show(value)}")
+            raise fail(name, f"must be a number from {low:g} to {high:g}, got {show(value)}")
         return float(value)
 
     return check
@@ -331,7 +331,7 @@ def _choice(allowed: tuple[str, ...]) -> Check:
     def check(value: Any, name: str) -> str:
         norm = value.strip().lower() if isinstance(value, str) else None
         if norm not in allowed:
-            raise _fail(name, f"must be one of {', '.join(allowed)}, got {_show(value)}")
+            raise fail(name, f"must be one of {', '.join(allowed)}, got {show(value)}")
         return norm
 
     return check
@@ -340,10 +340,10 @@ def _choice(allowed: tuple[str, ...]) -> Check:
 def _text(limit: int) -> Check:
     def check(value: Any, name: str) -> str:
         if not isinstance(value, str):
-            raise _fail(name, f"must be a string, got {_show(value)}")
+            raise fail(name, f"must be a string, got {show(value)}")
         norm = value.strip()
-        if len(norm) > limit or _CONTROL.search(norm):
-            raise _fail(name, f"must be at most {limit} characters, no control characters")
+        if len(norm) > limit or CONTROL_CHARS.search(norm):
+            raise fail(name, f"must be at most {limit} characters, no control characters")
         return norm
 
     return check
@@ -354,22 +354,22 @@ CHECKS: dict[str, Check] = {
     "url": _check_url,
     "events": _check_events,
     "filter": _check_filter,
-    "secret_ref": _check_secret_ref,
-    "previous_secret_ref": _check_secret_ref,
-    "previous_valid_until": _check_datetime,
-    "enabled": _check_bool,
+    "secret_ref": check_secret_ref,
+    "previous_secret_ref": check_secret_ref,
+    "previous_valid_until": check_datetime,
+    "enabled": check_bool,
     "owner": lambda value, name: normalize_id(value, field=name),
     "rate_limit_per_s": _float_range(0.0, MAX_RATE_LIMIT_PER_S),
-    "max_in_flight": _int_range(1, MAX_IN_FLIGHT),
-    "ordered": _check_bool,
+    "max_in_flight": int_range(1, MAX_IN_FLIGHT),
+    "ordered": check_bool,
     "format": _choice(FORMATS),
     "signature_format": _choice(SIGNATURE_FORMATS),
     "timeout_s": _float_range(MIN_TIMEOUT_S, MAX_TIMEOUT_S),
     "retry_schedule": _check_schedule,
     "headers": _check_headers,
     "description": _text(MAX_DESCRIPTION_CHARS),
-    "created_at": _check_datetime,
-    "updated_at": _check_datetime,
+    "created_at": check_datetime,
+    "updated_at": check_datetime,
     "disabled_reason": _text(MAX_DISABLED_REASON_CHARS),
 }
 assert tuple(CHECKS) == FIELDS

@@ -38,16 +38,16 @@ import tomlkit
 from palyra_py.events import SYSTEM_SOURCES, published_type
 from palyra_py.providers._common import same_secret
 from palyra_py.registry.edit import RecordKind, add_record, remove_record
-from palyra_py.registry.integrations import (
+from palyra_py.registry.fields import (
     Check,
-    _check_datetime,
-    _check_secret_ref,
-    _fail,
-    _jsonable,
-    _show,
+    check_datetime,
     check_record,
+    check_secret_ref,
     collect_records,
+    fail,
+    jsonable,
     record_defaults,
+    show,
 )
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ class ApiToken:
         """``{token_id, name, description, scopes, legacy, expires_at, created_at}``,
         JSON-ready; neither the token nor where it is kept. ``scopes`` is ``null`` for a
         legacy token."""
-        out = {name: _jsonable(getattr(self, name)) for name in PUBLIC_FIELDS}
+        out = {name: jsonable(getattr(self, name)) for name in PUBLIC_FIELDS}
         out["legacy"] = self.legacy
         return out
 
@@ -152,7 +152,7 @@ def token_matches(expected: str, given: str) -> bool:
 def _check_token_id(value: Any, name: str) -> str:
     norm = value.strip().lower() if isinstance(value, str) else None
     if norm is None or not _TOKEN_ID.fullmatch(norm):
-        raise _fail(name, f"must be 8 to 32 characters of a-z 0-9, got {_show(value)}")
+        raise fail(name, f"must be 8 to 32 characters of a-z 0-9, got {show(value)}")
     return norm
 
 
@@ -160,7 +160,7 @@ def _printable(low: int, high: int) -> Check:
     def check(value: Any, name: str) -> str:
         norm = value.strip() if isinstance(value, str) else None
         if norm is None or not low <= len(norm) <= high or not norm.isprintable():
-            raise _fail(name, f"must be {low} to {high} printable characters, got {_show(value)}")
+            raise fail(name, f"must be {low} to {high} printable characters, got {show(value)}")
         return norm
 
     return check
@@ -188,18 +188,18 @@ def parse_scope(text: str) -> str:
 
 def _check_scopes(value: Any, name: str) -> tuple[str, ...]:
     if not isinstance(value, (list, tuple)) or not value:
-        raise _fail(name, f"must be an array of 1 to {MAX_SCOPES} scopes, got {_show(value)}"
-                    " (publish[:glob], read[:glob], admin, metrics)")
+        raise fail(name, f"must be an array of 1 to {MAX_SCOPES} scopes, got {show(value)}"
+                   " (publish[:glob], read[:glob], admin, metrics)")
     seen: dict[str, None] = {}
     for index, entry in enumerate(value):
         if not isinstance(entry, str):
-            raise _fail(f"{name}[{index}]", f"must be a string, got {_show(entry)}")
+            raise fail(f"{name}[{index}]", f"must be a string, got {show(entry)}")
         try:
             seen.setdefault(parse_scope(entry), None)
         except ValueError as exc:
-            raise _fail(f"{name}[{index}]", str(exc)) from None
+            raise fail(f"{name}[{index}]", str(exc)) from None
     if len(seen) > MAX_SCOPES:
-        raise _fail(name, f"must have at most {MAX_SCOPES} distinct scopes, got {len(seen)}")
+        raise fail(name, f"must have at most {MAX_SCOPES} distinct scopes, got {len(seen)}")
     return tuple(seen)
 
 
@@ -208,9 +208,9 @@ CHECKS: dict[str, Check] = {
     "name": _printable(1, MAX_NAME_CHARS),
     "description": _printable(0, MAX_DESCRIPTION_CHARS),
     "scopes": _check_scopes,
-    "expires_at": _check_datetime,
-    "secret_ref": _check_secret_ref,
-    "created_at": _check_datetime,
+    "expires_at": check_datetime,
+    "secret_ref": check_secret_ref,
+    "created_at": check_datetime,
 }
 assert tuple(CHECKS) == FIELDS
 

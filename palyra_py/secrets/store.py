@@ -1,6 +1,7 @@
-"""Secret references (``keyring:NAME``, ``env:VAR``, ``file:PATH``) and the keyring.
+"""The keyring, and reading the secrets that references name.
 
-The registry holds references, never secrets. :class:`SecretStore` turns a reference into the
+The registry holds references (``keyring:NAME``, ``env:VAR``, ``file:PATH``; their grammar
+is in ``secrets.refs``), never secrets. :class:`SecretStore` turns a reference into the
 secret, caches it in memory (so a keyring that becomes unreachable later does not stop
 verification of integrations already in use), and stores new secrets under service
 ``palyra``. No message raised here ever contains a secret.
@@ -9,16 +10,14 @@ verification of integrations already in use), and stores new secrets under servi
 from __future__ import annotations
 
 import base64
-import importlib
 import os
-import re
 import secrets as _random
 import stat
 import string
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import keyring
 import keyring.core
@@ -26,7 +25,9 @@ from keyring.backend import KeyringBackend
 from keyring.backends import chainer, fail, null
 from keyring.errors import PasswordDeleteError
 
+from palyra_py.providers import secret_format
 from palyra_py.secrets.keyring_file import StateDirKeyring
+from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
 from palyra_py.storage.ownership import ForeignOwner, check_owner
 
 KEYRING_SERVICE = "palyra"
@@ -35,14 +36,7 @@ SECRETS_FILE_NAME = "secrets.json"
 
 Readiness = Literal["ready", "invalid_secret_ref", "secret_not_found"]
 
-_KEYRING_NAME = re.compile(r"[A-Za-z0-9._:/-]{1,128}")
-_ENV_VAR = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_ALLOWED_FORMS = "keyring:NAME, env:VAR or file:/absolute/path"
 _ALNUM = string.ascii_letters + string.digits
-
-
-class SecretRefError(ValueError):
-    """The reference is not of a known form."""
 
 
 class SecretNotFound(LookupError):
@@ -56,73 +50,16 @@ class SecretBackendError(SecretNotFound):
     ``except``; the message names the backend and the reference, never a value."""
 
 
-def parse_secret_ref(ref: str) -> tuple[str, str]:
-    """``"keyring:gh"`` -> ``("keyring", "gh")``; raise ``SecretRefError``.
-
-    ``keyring:NAME``: NAME is 1 to 128 of ``A-Z a-z 0-9 . _ : / -``. ``env:VAR``: a shell
-    variable name. ``file:PATH``: an absolute path, or one starting with ``~`` (expanded
-    here, so the second element is always absolute). The rejected value is never quoted
-    when its form is unknown: a secret pasted in place of a reference must not be echoed.
-    """
-    if not isinstance(ref, str):
-        raise SecretRefError(f"a secret reference must be a string ({_ALLOWED_FORMS})")
-    kind, sep, value = ref.partition(":")
-    if not sep or kind not in ("keyring", "env", "file"):
-        raise SecretRefError(
-            f"unknown secret reference form; use {_ALLOWED_FORMS} (value not shown)"
-        )
-    if kind == "keyring":
-        if not _KEYRING_NAME.fullmatch(value):
-            raise SecretRefError(
-                f"keyring:NAME needs a NAME of 1 to 128 characters from A-Z a-z 0-9 . _ : / -"
-                f" (allowed forms: {_ALLOWED_FORMS})"
-            )
-        return kind, value
-    if kind == "env":
-        if not _ENV_VAR.fullmatch(value):
-            raise SecretRefError(
-                "env:VAR needs a variable name of letters, digits and '_', not starting with a"
-                f" digit (allowed forms: {_ALLOWED_FORMS})"
-            )
-        return kind, value
-    path = os.path.expanduser(value) if value.startswith("~") else value
-    if not value or "\x00" in value or not os.path.isabs(path):
-        raise SecretRefError(
-            f"file:PATH needs an absolute path or one starting with ~ (allowed forms:"
-            f" {_ALLOWED_FORMS})"
-        )
-    return kind, os.path.normpath(path)
-
-
-def _providers_attr(name: str) -> Any:
-    """An attribute of :mod:`palyra_py.providers`, or ``None`` while it does not exist.
-
-    Imported lazily: providers import this package's modules, and the registry and secrets
-    must keep working on their own fallbacks before providers offer the attribute.
-    """
-    try:
-        module = importlib.import_module("palyra_py.providers")
-    except ImportError:
-        return None
-    return getattr(module, name, None)
-
-
 def generate_secret(provider: str) -> str:
     """A strong random secret (32 random bytes of entropy or more) in the form the provider
-    expects: ``whsec_<base64>`` for Standard Webhooks, ``whsec_`` + 32 letters and digits for
-    Stripe, 64 hex characters for the others. The form comes from
-    ``palyra_py.providers.secret_format`` when it exists (which raises ``ValueError`` for an
-    unknown provider); its ``"token"`` is Stripe's form, as documented there."""
-    name = provider.strip().lower()
-    secret_format = _providers_attr("secret_format")
-    if callable(secret_format):
-        form = str(secret_format(name))
-    else:
-        form = {"standard-webhooks": "whsec", "stripe": "token"}.get(name, "hex")
-    if form == "whsec" and name != "stripe":
+    expects (``palyra_py.providers.secret_format``): ``whsec_<base64>`` for Standard
+    Webhooks, ``whsec_`` + 32 letters and digits for Stripe, 64 hex characters for the
+    others. ``provider`` is trimmed and lowercased; ``ValueError`` for an unknown one."""
+    form = secret_format(provider.strip().lower())
+    if form == "whsec":
         # Standard Webhooks: the key is the base64-decoded part (24..64 bytes accepted).
         return "whsec_" + base64.b64encode(_random.token_bytes(32)).decode("ascii")
-    if form in ("whsec", "token"):
+    if form == "token":
         # Stripe's form: the whole string, prefix included, is the HMAC key.
         return "whsec_" + "".join(_random.choice(_ALNUM) for _ in range(32))
     return _random.token_hex(32)

@@ -55,10 +55,14 @@ from palyra_py.outbound.dispatcher import Dispatcher
 from palyra_py.outbound.http import Sender
 from palyra_py.outbound.ssrf import AddressPolicy
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
-from palyra_py.registry.integrations import Integration, Registry, RegistryError, RegistryFile
+from palyra_py.registry.document import Registry
+from palyra_py.registry.file import RegistryFile
+from palyra_py.registry.integrations import Integration
+from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
-from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
+from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
