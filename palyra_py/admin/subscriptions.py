@@ -23,7 +23,6 @@ from palyra_py.admin.secrets import (
     secret_choice,
     store_secret,
 )
-from palyra_py.delivery.store import format_time_ms
 from palyra_py.journal.journal import NewEvent
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.outbound.urls import check_url
@@ -38,6 +37,7 @@ from palyra_py.registry.subscriptions import (
     validate_subscription_fields,
 )
 from palyra_py.secrets.store import SecretNotFound, SecretRefError
+from palyra_py.times import format_unix_ms
 
 if TYPE_CHECKING:
     from palyra_py.server.daemon import Daemon
@@ -127,8 +127,8 @@ class SubscriptionsApi:
         data = sub.to_dict()
         last_success, failing_since = await self.d.deliveries.health(subscription_id)
         data["health"] = {
-            "last_success_at": format_time_ms(last_success) if last_success else None,
-            "failing_since": format_time_ms(failing_since) if failing_since else None,
+            "last_success_at": format_unix_ms(last_success) if last_success else None,
+            "failing_since": format_unix_ms(failing_since) if failing_since else None,
         }
         data["pending"] = await self.d.deliveries.pending_count(subscription_id)
         return data

@@ -8,12 +8,12 @@ from __future__ import annotations
 import itertools
 import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
 import ulid
 
 from palyra_py.delivery.sqlite import MAX_ERROR_DETAIL_CHARS, MAX_RESPONSE_EXCERPT_BYTES, Row
+from palyra_py.times import format_unix_ms
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
@@ -23,15 +23,8 @@ class DeliveryNotFound(LookupError):
     """No delivery with that id."""
 
 
-def format_time_ms(ts_unix_ms: int) -> str:
-    """RFC 3339, UTC, milliseconds, ``Z``: ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ts_unix_ms // 1000, UTC)
-    moment += timedelta(milliseconds=ts_unix_ms % 1000)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _time_or_none(ts_unix_ms: int | None) -> str | None:
-    return None if ts_unix_ms is None else format_time_ms(ts_unix_ms)
+    return None if ts_unix_ms is None else format_unix_ms(ts_unix_ms)
 
 
 def clip_utf8(text: str, max_bytes: int) -> str:
@@ -82,8 +75,8 @@ class Delivery:
         fields = {name: getattr(self, name) for name in self.__slots__}
         return {
             **fields,
-            "created_at": format_time_ms(self.created_ms),
-            "updated_at": format_time_ms(self.updated_ms),
+            "created_at": format_unix_ms(self.created_ms),
+            "updated_at": format_unix_ms(self.updated_ms),
             "next_attempt_at": _time_or_none(self.next_attempt_ms),
         }
 
@@ -106,7 +99,7 @@ class AttemptRecord:
     def to_dict(self) -> dict[str, Any]:
         """Every field, plus ``started_at`` as RFC 3339."""
         fields = {name: getattr(self, name) for name in self.__slots__}
-        return {**fields, "started_at": format_time_ms(self.started_ms)}
+        return {**fields, "started_at": format_unix_ms(self.started_ms)}
 
 
 def delivery_from_row(row: Row) -> Delivery:

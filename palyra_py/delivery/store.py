@@ -35,7 +35,6 @@ from palyra_py.delivery.records import (
     attempt_row,
     clip_utf8,
     delivery_from_row,
-    format_time_ms,
     response_excerpt,
 )
 from palyra_py.delivery.sqlite import (
@@ -61,7 +60,6 @@ __all__ = [
     "DeliveryStoreUnavailable",
     "NewDelivery",
     "clip_utf8",
-    "format_time_ms",
     "response_excerpt",
 ]
 

@@ -8,7 +8,6 @@ import hashlib
 import json
 import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import orjson
 
 from palyra_py.reasons import Reason, Rejection
+from palyra_py.times import format_unix_ms
 
 SCHEMA_NAME = "webhook-envelope.v1.json"
 PALYRA_MAX_LIMIT = 1024 * 1024  # the schema's bound on limits.max_payload_bytes
@@ -109,21 +109,6 @@ class EventIds:
         return "".join([pairs[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
 
 
-# (second, its text up to the dot): one strftime per second rather than one per event.
-_second_text: tuple[int, str] = (0, "1970-01-01T00:00:00.")
-
-
-def rfc3339_ms(ts_ms: int) -> str:
-    """``2024-05-01T12:00:00.123Z`` (UTC, milliseconds) for ``ts_ms`` ms since the epoch."""
-    global _second_text
-    second, ms = divmod(ts_ms, 1000)
-    cached = _second_text
-    if cached[0] != second:
-        text = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        cached = _second_text = (second, text)
-    return f"{cached[1]}{ms:03d}Z"
-
-
 def build_envelope(
     *,
     event_id: str,
@@ -146,7 +131,7 @@ def build_envelope(
         "replay_protection": {"nonce": nonce, "timestamp_unix_ms": max(0, timestamp_ms)},
         "integration_id": integration_id,
         "provider": provider,
-        "received_at": rfc3339_ms(received_at_ms),
+        "received_at": format_unix_ms(received_at_ms),
         "headers": dict(headers),
     }
     # Palyra's schema bounds limits.max_payload_bytes at 1 MiB; larger limits are ours alone

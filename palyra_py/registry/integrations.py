@@ -32,6 +32,7 @@ from tomlkit.exceptions import ParseError
 from palyra_py.registry.positions import RegistryError as RegistryError
 from palyra_py.registry.positions import locate
 from palyra_py.secrets.store import SecretRefError, parse_secret_ref
+from palyra_py.times import InvalidTime, format_rfc3339, parse_rfc3339
 
 if TYPE_CHECKING:
     from palyra_py.registry.edit import RegistryFile as RegistryFile
@@ -121,14 +122,9 @@ ALWAYS_WRITTEN = frozenset(
 )  # fmt: skip
 
 
-def _rfc3339(value: datetime) -> str:
-    text = value.astimezone(UTC).isoformat()
-    return text[: -len("+00:00")] + "Z" if text.endswith("+00:00") else text
-
-
 def _jsonable(value: Any) -> Any:
     if isinstance(value, datetime):
-        return _rfc3339(value)
+        return format_rfc3339(value, timespec="auto")
     if isinstance(value, (date, time)):
         return value.isoformat()
     if isinstance(value, Mapping):
@@ -220,9 +216,10 @@ def _check_datetime(value: Any, name: str) -> datetime:
     rule = "must be an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z"
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise _fail(name, f"{rule}, got {_show(value)}") from None
+            value = parse_rfc3339(value)
+        except InvalidTime as exc:
+            problem = " (this one has no offset)" if exc.missing_offset else f", got {_show(value)}"
+            raise _fail(name, rule + problem) from None
     if not isinstance(value, datetime):
         raise _fail(name, f"{rule}, got {_show(value)}")
     if value.utcoffset() is None:

@@ -57,6 +57,7 @@ from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsag
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
 from palyra_py.storage.sqlite import related_files
 from palyra_py.stream.hub import StreamHub
+from palyra_py.times import format_rfc3339
 
 log = structlog.get_logger("palyra.daemon")
 
@@ -394,7 +395,7 @@ class Daemon:
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
         now = self.clock()
         if token.expires_at is not None and now >= token.expires_at.timestamp():
-            expired = token.expires_at.isoformat().replace("+00:00", "Z")
+            expired = format_rfc3339(token.expires_at, timespec="auto")
             raise ApiError(401, "token_expired",
                            f"token {token.token_id} expired at {expired}; create a new one"
                            " (palyra tokens create) and revoke this one")
