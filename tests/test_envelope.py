@@ -8,13 +8,11 @@ import json
 import string
 
 import orjson
-import pytest
 import ulid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from palyra_py.inbound.envelope import (
-    EventIds,
     _validator,
     build_envelope,
     encode_envelope,
@@ -58,21 +56,3 @@ def test_spliced_raw_body_reads_back_as_the_payload(payload: dict[str, object],
     envelope = {"v": 1, "event": "push", "payload": payload}
     spliced = orjson.loads(encode_envelope(envelope, raw))
     assert spliced == orjson.loads(encode_envelope(envelope)) == envelope
-
-
-@settings(max_examples=300, deadline=None)
-@given(now=st.floats(0, 2**48 / 1000 - 1, allow_nan=False), more=st.integers(1, 5))
-def test_event_ids_are_ulids_of_the_time_counting_up_within_a_ms(now: float, more: int) -> None:
-    ids = EventIds()
-    made = [ids.new(now) for _ in range(1 + more)]
-    parsed = [ulid.ULID.from_str(text) for text in made]
-    assert [str(u) for u in parsed] == made  # canonical Crockford text, 26 characters
-    assert {text[:10] for text in made} == {str(ulid.ULID.from_timestamp(now))[:10]}
-    assert [int(u) for u in parsed] == list(range(int(parsed[0]), int(parsed[0]) + 1 + more))
-    later = ids.new(now + 0.002)
-    assert later > made[-1] and later[:10] != made[0][:10]
-
-
-def test_event_ids_refuse_times_a_ulid_cannot_hold() -> None:
-    with pytest.raises(ValueError):
-        EventIds().new(2**48 / 1000 + 1)

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-import ulid
 from aiohttp import web
 
 from palyra_py.admin.errors import ApiError, invalid, read_json_object
@@ -23,6 +22,7 @@ from palyra_py.admin.secrets import (
     secret_choice,
     store_secret,
 )
+from palyra_py.ids import new_ulid
 from palyra_py.journal.journal import NewEvent
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.outbound.urls import check_url
@@ -391,7 +391,7 @@ class SubscriptionsApi:
         data = body.get("data", {"message": "a test event from palyra"})
         if not isinstance(data, dict):
             raise invalid("data must be a JSON object", "data")
-        event_id = str(ulid.ULID())
+        event_id = new_ulid()
         first = self.d.dispatcher.first_attempt(event_id)
         try:
             result = await self.d.journal.append(NewEvent(

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
-import ulid
 from aiohttp import web
 
 from palyra_py.admin.errors import ApiError, invalid, not_found, read_json_object
@@ -22,6 +21,7 @@ from palyra_py.admin.secrets import (
     secret_choice,
     store_secret,
 )
+from palyra_py.ids import new_ulid
 from palyra_py.inbound.ingress import resolve_secrets
 from palyra_py.providers import CannotSign, Provider, check_secret
 from palyra_py.registry.edit import add_integration, remove_integration, update_integration
@@ -263,7 +263,7 @@ class WebhooksApi:
         ``cannot_sign`` when the secret cannot sign (a ``whpk_`` public key, a secret that
         does not decode), ``unreachable`` when the ingress does not answer."""
         try:
-            signed = provider.sign(sample, secret, now, event_type, str(ulid.ULID()))
+            signed = provider.sign(sample, secret, now, event_type, new_ulid())
         except CannotSign as exc:
             return {"outcome": "cannot_sign", "status_code": None, "reason": str(exc)}
         headers = dict(signed.headers)

@@ -5,12 +5,8 @@ OS random source of the ids. ``delivery_store`` re-exports every public name her
 
 from __future__ import annotations
 
-import itertools
-import os
 from dataclasses import dataclass
 from typing import Any, Literal, get_args
-
-import ulid
 
 from palyra_py.delivery.sqlite import MAX_ERROR_DETAIL_CHARS, MAX_RESPONSE_EXCERPT_BYTES, Row
 from palyra_py.times import format_unix_ms
@@ -131,43 +127,3 @@ def attempt_row(attempt: AttemptRecord) -> Row:
         attempt.delivery_id, attempt.attempt_no, attempt.started_ms, attempt.duration_ms,
         attempt.status_code, attempt.error_class, detail, excerpt,
     )
-
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_NEXT_DIGIT = dict(itertools.pairwise(_CROCKFORD))
-_SHIFTS = tuple(range(125, -1, -5))
-_RANDOM_BITS = 80
-
-
-def ulid_text(value: int) -> str:
-    """The 26-character Crockford text of a 128-bit ULID value (``str(ULID.from_int(v))``,
-    without building the object)."""
-    return "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
-
-
-class DeliveryIds:
-    """ULIDs stamped with the caller's time and strictly increasing in the order rows are
-    created, even for several rows in one ms or a clock that stepped back: ``list`` pages
-    by id and must see creation order. Within one ms (or behind the last id) the next id
-    is the last plus one, as in the ULID spec's monotonic mode."""
-
-    def __init__(self, last: str | None) -> None:
-        self._last = -1 if last is None else int(ulid.ULID.from_str(last))
-        self._last_text = "" if last is None else last.upper()
-
-    def next(self, now_ms: int) -> str:
-        # One per delivery row, on the enqueue path: the common case (a page of rows in one
-        # ms) changes only the last character of the previous id.
-        last = self._last
-        if last >= 0 and int(now_ms) <= last >> _RANDOM_BITS:
-            self._last = last + 1
-            digit = _NEXT_DIGIT.get(self._last_text[-1])
-            if digit is not None:
-                self._last_text = self._last_text[:-1] + digit
-            else:
-                self._last_text = ulid_text(self._last)
-            return self._last_text
-        random_part = int.from_bytes(os.urandom(_RANDOM_BITS // 8), "big")
-        self._last = (int(now_ms) << _RANDOM_BITS) | random_part
-        self._last_text = ulid_text(self._last)
-        return self._last_text

@@ -25,10 +25,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from palyra_py.ids import UlidSource
 from palyra_py.inbound.envelope import (
     MAX_JSON_DEPTH,
     MAX_PAYLOAD_PROPERTIES,
-    EventIds,
     build_envelope,
     encode_envelope,
     json_depth_ok,
@@ -259,7 +259,7 @@ class Ingress:
         self._retry_after_s = retry_after_s
         self.stats = IngressStats(metrics=metrics)
         self._metrics = metrics
-        self._ids = EventIds()
+        self._ids = UlidSource()
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.route("*", "/hooks/{integration_id}", self.handle)]
@@ -448,7 +448,7 @@ class Ingress:
         if verified.envelope is not None and isinstance(verified.envelope.get("id"), str):
             headers["palyra-envelope-id"] = str(verified.envelope["id"])[:64]
         envelope = build_envelope(
-            event_id=self._ids.new(now),
+            event_id=self._ids.new(int(now * 1000)),
             integration_id=integ.integration_id,
             provider=integ.provider,
             event_type=verified.event_type,

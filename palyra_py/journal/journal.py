@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-import ulid
 
+from palyra_py.ids import new_ulid
 from palyra_py.journal.chain import ChainWalk, Row
 from palyra_py.journal.sqlite import (
     JournalStore,
@@ -243,7 +243,7 @@ def _pending_row(event: NewEvent) -> PendingRow:
         if key.content_key is not None and key.content_key != key.delivery_id:
             content_key = key.content_key
     return PendingRow(
-        event.event_id if event.event_id is not None else str(ulid.ULID()),
+        event.event_id if event.event_id is not None else new_ulid(),
         event.kind,
         event.source,
         event.actor,
