@@ -22,7 +22,6 @@ from palyra_py.admin.secrets import (
     store_secret,
 )
 from palyra_py.ids import new_ulid
-from palyra_py.inbound.ingress import resolve_secrets
 from palyra_py.providers import CannotSign, Provider, check_secret
 from palyra_py.registry.edit import add_integration, remove_integration, update_integration
 from palyra_py.registry.integrations import validate_integration_fields
@@ -241,7 +240,7 @@ class WebhooksApi:
         result: dict[str, Any] = {"integration_id": integration_id}
         now = self.d.clock()
         try:
-            secrets = await resolve_secrets(active, self.d.secrets, now)
+            secrets = await active.secrets.resolve(self.d.secrets, now)
         except (SecretNotFound, SecretRefError) as exc:
             result.update(outcome="not_ready", status_code=None, reason=str(exc))
         else:

@@ -297,7 +297,7 @@ class Daemon:
             previous = self.active.get(integration_id)
             entry = ActiveIntegration.build(integ)
             if previous is not None and previous.integration == integ:
-                entry.secrets, entry.secrets_until = previous.secrets, previous.secrets_until
+                entry.secrets = previous.secrets  # same references: keep what they held
             active[integration_id] = entry
         self.registry, self.active = registry, active
         if self._dispatcher is not None:
@@ -455,7 +455,7 @@ class Daemon:
             registry = await asyncio.to_thread(self.registry_file.load)
             self.secrets.forget_cached()
             for entry in self.active.values():
-                entry.secrets = None
+                entry.secrets.forget()
             self._activate(registry)
         await self.append(kind="daemon.reloaded", source="daemon",
                           payload={"integrations": len(registry.integrations)})
