@@ -30,7 +30,8 @@ from palyra_py.cli.subscription_inputs import (
 )
 from palyra_py.cli.timeparse import TimeParseError, parse_duration, parse_time
 from palyra_py.cli.tokens_cmd import publish_base_url
-from palyra_py.clients.admin import AdminClient, ApiError, SseDecoder, SseEvent, iter_sse
+from palyra_py.clients.admin import AdminClient, SseDecoder, SseEvent, iter_sse
+from palyra_py.clients.errors import ApiError
 from palyra_py.paths import SocketPathTooLong, resolve_state_dir, socket_path
 
 runner = CliRunner()
