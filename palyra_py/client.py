@@ -27,12 +27,13 @@ from urllib.parse import urlencode, urlsplit
 
 from palyra_py import __version__
 from palyra_py.clients.admin import SseDecoder, SseEvent
+from palyra_py.clients.errors import NOT_RUNNING_ERRORS, ApiError, PalyraError, PalyraUnreachable
 from palyra_py.paths import resolve_state_dir, socket_path
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["AsyncClient", "Client", "EmitResult", "PalyraError", "PalyraUnreachable"]
+__all__ = ["ApiError", "AsyncClient", "Client", "EmitResult", "PalyraError", "PalyraUnreachable"]
 
 Severity = Literal["info", "warn", "error"]
 Event = dict[str, Any]
@@ -55,27 +56,6 @@ class EmitResult:
     event_id: str
     seq: int
     duplicate: bool
-
-
-class PalyraError(Exception):
-    """The daemon refused the request. ``status`` is the HTTP status, ``code`` the API's
-    error code (``invalid_request``, ``unauthorized``, ``journal_unavailable``, ...),
-    ``message`` its text and ``field`` the request field at fault, when one is."""
-
-    def __init__(self, status: int, code: str, message: str, *, field: str | None = None) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status = status
-        self.code = code
-        self.message = message
-        self.field = field
-
-
-class PalyraUnreachable(PalyraError):
-    """No answer: nothing listens, the connection failed or broke, TLS failed, or the
-    daemon did not answer within the timeout. ``status`` is 0, ``code`` ``unreachable``."""
-
-    def __init__(self, message: str) -> None:
-        super().__init__(0, "unreachable", message)
 
 
 # --- what both clients share ---------------------------------------------------------
@@ -179,20 +159,30 @@ def _stream_target(
     return "/v1/events/stream" + ("?" + urlencode(pairs) if pairs else "")
 
 
-def _error(status: int, reason: str, raw: bytes) -> PalyraError:
+def _error(status: int, reason: str, raw: bytes) -> ApiError:
     try:
         doc = json.loads(raw) if raw else None
     except ValueError:
         doc = None
     if isinstance(doc, dict) and "error" in doc:
-        field = doc.get("field")
-        return PalyraError(
-            status, str(doc["error"]), str(doc.get("message") or f"HTTP {status}"),
-            field=None if field is None else str(field),
-        )
+        return ApiError(status, doc)
     text = raw[:200].decode("utf-8", errors="replace").strip()
     message = f"HTTP {status} {reason}".rstrip() + (f": {text}" if text else "")
-    return PalyraError(status, "http_error", message)
+    return ApiError(status, {"error": "http_error", "message": message})
+
+
+def _unreachable(exc: BaseException, where: str) -> PalyraUnreachable:
+    """What a transport failure means, the same for ``Client`` and ``AsyncClient``."""
+    if isinstance(exc, NOT_RUNNING_ERRORS):
+        return PalyraUnreachable(
+            f"the daemon is not running (nothing listens on {where})", where=where,
+            not_running=True,
+        )
+    if isinstance(exc, TimeoutError):
+        return PalyraUnreachable(f"no answer from {where} within the timeout", where=where)
+    if isinstance(exc, ssl.SSLError):
+        return PalyraUnreachable(f"TLS with {where} failed: {exc}", where=where)
+    return PalyraUnreachable(f"cannot talk to {where}: {exc or type(exc).__name__}", where=where)
 
 
 def _emit_result(status: int, reason: str, raw: bytes) -> EmitResult:
@@ -206,8 +196,8 @@ def _emit_result(status: int, reason: str, raw: bytes) -> EmitResult:
             duplicate=doc.get("duplicate") is True,
         )
     except (ValueError, KeyError, TypeError):
-        raise PalyraError(
-            status, "invalid_response", "the answer has no event_id and seq"
+        raise ApiError(
+            status, {"error": "invalid_response", "message": "the answer has no event_id and seq"}
         ) from None
 
 
@@ -238,9 +228,10 @@ class Client:
     ``token``): the daemon's ingress listener, e.g. ``https://hooks.example:8443``, instead.
     ``timeout``: seconds for connecting and for each answer. ``ssl_context``: for HTTPS with
     a private CA. Raises ``ValueError`` for a bad ``url`` and ``paths.SocketPathTooLong`` for
-    a socket path that cannot be bound. Methods raise ``PalyraError`` when the daemon
-    refuses, ``PalyraUnreachable`` when it cannot be reached; never with the token in the
-    message.
+    a socket path that cannot be bound. Methods raise ``PalyraError``s
+    (``palyra_py.clients.errors``, the CLI's admin client's classes too):
+    ``ApiError`` when the daemon refuses, ``PalyraUnreachable`` when it cannot be reached;
+    never with the token in the message.
     """
 
     def __init__(
@@ -357,20 +348,8 @@ class Client:
     def _guard(self, action: Callable[[], _T]) -> _T:
         try:
             return action()
-        except (FileNotFoundError, ConnectionRefusedError):
-            raise PalyraUnreachable(
-                f"the daemon is not running (nothing listens on {self._endpoint.where})"
-            ) from None
-        except TimeoutError:
-            raise PalyraUnreachable(
-                f"no answer from {self._endpoint.where} within the timeout"
-            ) from None
-        except ssl.SSLError as exc:
-            raise PalyraUnreachable(f"TLS with {self._endpoint.where} failed: {exc}") from None
-        except (http.client.HTTPException, OSError) as exc:
-            raise PalyraUnreachable(
-                f"cannot talk to {self._endpoint.where}: {exc or type(exc).__name__}"
-            ) from None
+        except (TimeoutError, ssl.SSLError, http.client.HTTPException, OSError) as exc:
+            raise _unreachable(exc, self._endpoint.where) from None
 
 
 # --- the asynchronous client -----------------------------------------------------------
@@ -488,10 +467,8 @@ class AsyncClient:
         return self._http
 
     def _unreachable(self, exc: BaseException) -> PalyraUnreachable:
-        where = self._endpoint.where
-        if isinstance(exc, TimeoutError):
-            return PalyraUnreachable(f"no answer from {where} within the timeout")
-        if isinstance(getattr(exc, "os_error", exc), FileNotFoundError | ConnectionRefusedError):
-            return PalyraUnreachable(f"the daemon is not running (nothing listens on {where})")
-        detail = str(exc) or type(exc).__name__
-        return PalyraUnreachable(f"cannot talk to {where}: {detail}")
+        # aiohttp wraps the socket's own error (ClientConnectorError.os_error).
+        cause = getattr(exc, "os_error", None)
+        if isinstance(cause, NOT_RUNNING_ERRORS) and not isinstance(exc, TimeoutError):
+            exc = cause
+        return _unreachable(exc, self._endpoint.where)

@@ -8,7 +8,8 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from palyra_py.journal.journal import JournalEvent, format_time_ms
+from palyra_py.journal.journal import JournalEvent
+from palyra_py.times import format_unix_ms
 
 EVENT_TYPE_RE = re.compile(r"[a-z0-9._:-]{1,64}")
 """A published (operator) event name, after trimming and lowercasing. ``validate_event_type``
@@ -96,7 +97,7 @@ def from_journal(event: JournalEvent) -> PublishedEvent | None:
     else:
         type_, data, actor = event.kind, payload, event.actor
     return PublishedEvent(
-        id=event.event_id, type=type_, timestamp=format_time_ms(event.ts_unix_ms), data=data,
+        id=event.event_id, type=type_, timestamp=format_unix_ms(event.ts_unix_ms), data=data,
         source=event.source, actor=actor, seq=event.seq, published_by=published_by,
     )
 

@@ -6,21 +6,17 @@ from __future__ import annotations
 
 import json
 import string
-from datetime import UTC, datetime
 
 import orjson
-import pytest
 import ulid
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from palyra_py.inbound.envelope import (
-    EventIds,
     _validator,
     build_envelope,
     encode_envelope,
     make_nonce,
-    rfc3339_ms,
 )
 
 ids = st.text(alphabet=string.ascii_lowercase + string.digits + "._-", min_size=1, max_size=64)
@@ -60,30 +56,3 @@ def test_spliced_raw_body_reads_back_as_the_payload(payload: dict[str, object],
     envelope = {"v": 1, "event": "push", "payload": payload}
     spliced = orjson.loads(encode_envelope(envelope, raw))
     assert spliced == orjson.loads(encode_envelope(envelope)) == envelope
-
-
-@settings(max_examples=300, deadline=None)
-@given(now=st.floats(0, 2**48 / 1000 - 1, allow_nan=False), more=st.integers(1, 5))
-def test_event_ids_are_ulids_of_the_time_counting_up_within_a_ms(now: float, more: int) -> None:
-    ids = EventIds()
-    made = [ids.new(now) for _ in range(1 + more)]
-    parsed = [ulid.ULID.from_str(text) for text in made]
-    assert [str(u) for u in parsed] == made  # canonical Crockford text, 26 characters
-    assert {text[:10] for text in made} == {str(ulid.ULID.from_timestamp(now))[:10]}
-    assert [int(u) for u in parsed] == list(range(int(parsed[0]), int(parsed[0]) + 1 + more))
-    later = ids.new(now + 0.002)
-    assert later > made[-1] and later[:10] != made[0][:10]
-
-
-def test_event_ids_refuse_times_a_ulid_cannot_hold() -> None:
-    with pytest.raises(ValueError):
-        EventIds().new(2**48 / 1000 + 1)
-
-
-@settings(max_examples=500, deadline=None)
-@given(ts_ms=st.integers(-(10**12), 253_402_300_799_999)  # up to the end of year 9999
-       | st.integers(1714565000000, 1714565003000))
-def test_rfc3339_ms_is_the_datetime_text(ts_ms: int) -> None:
-    expected = datetime.fromtimestamp(ts_ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-    assert rfc3339_ms(ts_ms) == expected + f"{ts_ms % 1000:03d}Z"
-    assert rfc3339_ms(ts_ms) == rfc3339_ms(ts_ms)  # cached second, same text

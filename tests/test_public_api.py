@@ -9,7 +9,7 @@ import importlib
 import pytest
 
 PUBLIC = {
-    "palyra_py.client": ["AsyncClient", "Client", "EmitResult", "PalyraError",
+    "palyra_py.client": ["ApiError", "AsyncClient", "Client", "EmitResult", "PalyraError",
                          "PalyraUnreachable"],
     "palyra_py.testing": ["CapturingReceiver", "ManualClock", "MemoryKeyring", "Received",
                           "running_daemon", "running_receiver", "short_state_dir"],

@@ -130,3 +130,8 @@ def test_rate_limiter_unlimited_and_invalid() -> None:
     for bad in (-1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError):
             RateLimiter(bad)
+
+
+def test_parse_schedule_takes_the_cli_duration_forms_too() -> None:
+    assert parse_schedule(["1h30m", "90", "1w", " 5M ", "1d12h"]) == (5400, 90, 604800, 300,
+                                                                       129600)

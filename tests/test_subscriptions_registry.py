@@ -846,3 +846,10 @@ def test_the_registry_imports_without_aiohttp() -> None:
         "assert 'aiohttp' not in sys.modules, 'aiohttp was imported'\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_retry_schedule_takes_the_cli_duration_forms_too() -> None:
+    # One grammar: the CLI's compound and week forms read the same in the registry.
+    sub = _sub(retry_schedule=["0", "90", "1h30m", "1W", " 5M ", "250ms", "0.5h"])
+    assert sub.retry_schedule == (0, 90, 5400, 604800, 300, 0.25, 1800)
+    assert sub.to_dict()["retry_schedule"] == ["0s", "90s", "90m", "7d", "5m", "250ms", "30m"]

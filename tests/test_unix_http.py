@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from palyra_py.clients import unix_http
-from palyra_py.clients.admin import AdminClient, DaemonUnreachable
+from palyra_py.clients.admin import AdminClient
+from palyra_py.clients.errors import PalyraUnreachable
 from palyra_py.clients.unix_http import ProtocolError
 
 
@@ -204,14 +205,14 @@ def test_header_injection_is_refused(peer: RawPeer) -> None:
 def test_admin_client_reports_a_broken_or_silent_daemon(peer: RawPeer) -> None:
     client = AdminClient(peer.path.parent, timeout=0.2)
     peer.answer = [b"garbage\r\n\r\n"]
-    with pytest.raises(DaemonUnreachable, match=r"cannot talk to the daemon on .*status line"):
+    with pytest.raises(PalyraUnreachable, match=r"cannot talk to the daemon on .*status line"):
         client.status()
     peer.answer = []
-    with pytest.raises(DaemonUnreachable, match="closed the connection") as caught:
+    with pytest.raises(PalyraUnreachable, match="closed the connection") as caught:
         client.status()
     assert not caught.value.not_running
     peer.answer, peer.close = [], False
-    with pytest.raises(DaemonUnreachable, match=r"did not answer .* in time"):
+    with pytest.raises(PalyraUnreachable, match=r"did not answer .* in time"):
         client.status()
 
 
@@ -220,5 +221,5 @@ def test_admin_stream_cut_mid_chunk_is_unreachable(peer: RawPeer) -> None:
                    b"F\r\ndata: {\"a\":1}\n\n\r\n9\r\ndata: {"]
     events = AdminClient(peer.path.parent).stream("/v1/events/stream")
     assert next(events).json() == {"a": 1}
-    with pytest.raises(DaemonUnreachable, match="ended"):
+    with pytest.raises(PalyraUnreachable, match="ended"):
         next(events)

@@ -27,6 +27,7 @@ from palyra_py.registry.tokens import (
     token_secret_ref,
     validate_token_fields,
 )
+from palyra_py.times import format_rfc3339
 
 
 class DeliveriesApi:
@@ -118,8 +119,8 @@ class DeliveriesApi:
     def _token_dict(self, token: ApiToken) -> dict[str, Any]:
         out = token.to_dict()
         used = self.ctx.token_use.last_used(token.token_id)
-        out["last_used_at"] = (None if used is None else datetime.fromtimestamp(used, UTC)
-                               .isoformat().replace("+00:00", "Z"))
+        out["last_used_at"] = (None if used is None else format_rfc3339(
+            datetime.fromtimestamp(used, UTC), timespec="auto"))
         return out
 
     async def list_tokens(self, request: web.Request) -> web.Response:

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import re
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +24,7 @@ from palyra_py.stream.hub import (
     TooManyOwnerStreams,
     wildcard_chars,
 )
+from palyra_py.times import InvalidTime, parse_rfc3339_ms
 
 EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
 SEVERITIES = ("info", "warn", "error")
@@ -67,13 +67,12 @@ def parse_time_ms(value: str, name: str) -> int:
             raise invalid(f"{name}: unix seconds from 0 to {MAX_TIME_MS // 1000}", name)
         return int(seconds * 1000)
     try:
-        dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
-    except ValueError:
+        ms = parse_rfc3339_ms(text)
+    except InvalidTime as exc:
+        if exc.missing_offset:
+            raise invalid(f"{name}: give a time zone (e.g. Z)", name) from None
         raise invalid(f"{name}: expected RFC 3339 or unix seconds, got {text[:40]!r}",
                       name) from None
-    if dt.tzinfo is None:
-        raise invalid(f"{name}: give a time zone (e.g. Z)", name)
-    ms = int(dt.timestamp() * 1000)
     if not 0 <= ms <= MAX_TIME_MS:
         raise invalid(f"{name}: must be from 1970 to 9999", name)
     return ms

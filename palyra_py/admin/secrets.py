@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from palyra_py.admin.errors import ApiError, invalid
 from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
 from palyra_py.secrets.store import SecretNotFound, SecretStore
+from palyra_py.times import format_rfc3339
 
 MAX_GRACE_S = 30 * 86400
 
@@ -158,4 +159,4 @@ async def _held(store: SecretStore, ref: str) -> str | None:
 def rfc3339(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+    return format_rfc3339(value, timespec="auto")

@@ -10,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
-import ulid
 from aiohttp import web
 
 from palyra_py.admin.context import RegistryChange, SubscriptionsContext
@@ -24,7 +23,7 @@ from palyra_py.admin.secrets import (
     secret_choice,
     store_secret,
 )
-from palyra_py.delivery.store import format_time_ms
+from palyra_py.ids import new_ulid
 from palyra_py.journal.journal import NewEvent
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.outbound.urls import check_url
@@ -40,6 +39,7 @@ from palyra_py.registry.subscriptions import (
 )
 from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.store import SecretNotFound
+from palyra_py.times import format_unix_ms
 
 EDITABLE = (
     "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
@@ -126,8 +126,8 @@ class SubscriptionsApi:
         data = sub.to_dict()
         last_success, failing_since = await self.ctx.deliveries.health(subscription_id)
         data["health"] = {
-            "last_success_at": format_time_ms(last_success) if last_success else None,
-            "failing_since": format_time_ms(failing_since) if failing_since else None,
+            "last_success_at": format_unix_ms(last_success) if last_success else None,
+            "failing_since": format_unix_ms(failing_since) if failing_since else None,
         }
         data["pending"] = await self.ctx.deliveries.pending_count(subscription_id)
         return data
@@ -391,7 +391,7 @@ class SubscriptionsApi:
         data = body.get("data", {"message": "a test event from palyra"})
         if not isinstance(data, dict):
             raise invalid("data must be a JSON object", "data")
-        event_id = str(ulid.ULID())
+        event_id = new_ulid()
         first = self.ctx.dispatcher.first_attempt(event_id)
         try:
             result = await self.ctx.journal.append(NewEvent(

@@ -8,7 +8,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import aiohttp
-import ulid
 from aiohttp import web
 
 from palyra_py.admin.context import RegistryChange, WebhooksContext
@@ -23,7 +22,7 @@ from palyra_py.admin.secrets import (
     secret_choice,
     store_secret,
 )
-from palyra_py.inbound.ingress import resolve_secrets
+from palyra_py.ids import new_ulid
 from palyra_py.providers import CannotSign, Provider, check_secret
 from palyra_py.registry.integrations import (
     add_integration,
@@ -244,7 +243,7 @@ class WebhooksApi:
         result: dict[str, Any] = {"integration_id": integration_id}
         now = self.ctx.time.clock()
         try:
-            secrets = await resolve_secrets(active, self.ctx.secrets, now)
+            secrets = await active.secrets.resolve(self.ctx.secrets, now)
         except (SecretNotFound, SecretRefError) as exc:
             result.update(outcome="not_ready", status_code=None, reason=str(exc))
         else:
@@ -266,7 +265,7 @@ class WebhooksApi:
         ``cannot_sign`` when the secret cannot sign (a ``whpk_`` public key, a secret that
         does not decode), ``unreachable`` when the ingress does not answer."""
         try:
-            signed = provider.sign(sample, secret, now, event_type, str(ulid.ULID()))
+            signed = provider.sign(sample, secret, now, event_type, new_ulid())
         except CannotSign as exc:
             return {"outcome": "cannot_sign", "status_code": None, "reason": str(exc)}
         headers = dict(signed.headers)

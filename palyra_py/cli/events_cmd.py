@@ -22,7 +22,8 @@ from palyra_py.cli.session import (
     time_option,
     usage_error,
 )
-from palyra_py.clients.admin import AdminClient, DaemonUnreachable, JsonObject, QueryValue
+from palyra_py.clients.admin import AdminClient, JsonObject, QueryValue
+from palyra_py.clients.errors import PalyraUnreachable
 
 app = typer.Typer(help="The event journal: list, follow, emit, verify.", no_args_is_help=True)
 
@@ -231,8 +232,8 @@ def _follow(
             shown = seq
         _show(event, json_output)
     # The daemon ends the stream only when it shuts down.
-    raise DaemonUnreachable(
-        "the daemon closed the event stream (stopped?)", path=client.socket_path, not_running=False
+    raise PalyraUnreachable(
+        "the daemon closed the event stream (stopped?)", where=str(client.socket_path)
     )
 
 

@@ -11,7 +11,7 @@ from enum import IntEnum
 from pathlib import Path
 
 from palyra_py.cli import output
-from palyra_py.clients.admin import ApiError, DaemonUnreachable
+from palyra_py.clients.errors import ApiError, PalyraUnreachable
 
 
 class ExitCode(IntEnum):
@@ -34,9 +34,9 @@ def start_hint(state_dir: Path) -> str:
     return f"Start it with: palyra daemon run --state-dir {shlex.quote(str(state_dir))}"
 
 
-def report_unreachable(exc: DaemonUnreachable, state_dir: Path) -> None:
+def report_unreachable(exc: PalyraUnreachable, state_dir: Path) -> None:
     """The message for exit code 3, on stderr; with a start hint when nothing runs."""
-    message = str(exc)
+    message = exc.message
     if exc.not_running:
         message = f"{message}. {start_hint(state_dir)}"
     output.error(message)

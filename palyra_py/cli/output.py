@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
+from palyra_py.times import format_rfc3339
+
 if TYPE_CHECKING:
     from rich.console import Console
     from rich.table import Table
@@ -182,8 +184,7 @@ def text(value: Any) -> str:
 def moment(value: Any) -> str:
     """A time the API gives as RFC 3339 text or as unix seconds."""
     if isinstance(value, int | float) and not isinstance(value, bool):
-        stamp = datetime.fromtimestamp(value, tz=UTC)
-        return stamp.strftime("%Y-%m-%dT%H:%M:%S.") + f"{stamp.microsecond // 1000:03d}Z"
+        return format_rfc3339(datetime.fromtimestamp(value, tz=UTC))
     return text(value)
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 
 from palyra_py.cli import output
 from palyra_py.cli.failures import ExitCode, report_api_error, report_unreachable
-from palyra_py.clients.admin import AdminClient, ApiError, DaemonUnreachable, JsonObject
+from palyra_py.clients.admin import AdminClient, JsonObject
+from palyra_py.clients.errors import ApiError, PalyraUnreachable
 from palyra_py.paths import STATE_DIR_ENV, SocketPathTooLong, resolve_state_dir
 
 NO_ID, REQUIRED_ID = 0, 1
@@ -75,7 +76,7 @@ def run(args: Sequence[str], env: Mapping[str, str] | None = None) -> int | None
     try:
         try:
             answer = fetch(client, ident)
-        except DaemonUnreachable as exc:
+        except PalyraUnreachable as exc:
             report_unreachable(exc, state_dir)
             return ExitCode.UNREACHABLE
         except ApiError as exc:

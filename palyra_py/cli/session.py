@@ -22,7 +22,8 @@ from palyra_py.cli.failures import (
     start_hint,
 )
 from palyra_py.cli.timeparse import TimeParseError, parse_time
-from palyra_py.clients.admin import AdminClient, ApiError, DaemonUnreachable
+from palyra_py.clients.admin import AdminClient
+from palyra_py.clients.errors import ApiError, PalyraUnreachable
 from palyra_py.paths import STATE_DIR_ENV, SocketPathTooLong, resolve_state_dir
 
 __all__ = [
@@ -100,7 +101,7 @@ def admin_session(state_dir_flag: Path | None, *, json_output: bool) -> Iterator
         usage_error(str(exc), param="--state-dir")
     try:
         yield client
-    except DaemonUnreachable as exc:
+    except PalyraUnreachable as exc:
         report_unreachable(exc, state_dir)
         raise typer.Exit(ExitCode.UNREACHABLE) from None
     except ApiError as exc:

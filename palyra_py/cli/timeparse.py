@@ -1,16 +1,24 @@
-"""Durations (``30s``, ``15m``, ``24h``, ``7d``, ``1h30m``, plain seconds) and points in
-time (RFC 3339, unix seconds, or a duration meaning "that long ago") for the CLI."""
+"""Durations and points in time as the CLI's options take them.
+
+The grammar is ``palyra_py.times``'s, the same the registry reads: a DURATION is plain
+seconds (``90``) or numbers with units ``ms``, ``s``, ``m``, ``h``, ``d``, ``w``, alone or
+combined (``30s``, ``15m``, ``24h``, ``90d``, ``1h30m``, ``1.5h``); the CLI's options want
+whole seconds. A TIME is RFC 3339, unix seconds, or a duration with a unit meaning "that
+long ago"."""
 
 from __future__ import annotations
 
 import re
 from datetime import UTC, date, datetime, timedelta
 
-UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+from palyra_py.times import (
+    InvalidDuration,
+    InvalidTime,
+    format_rfc3339,
+    parse_rfc3339,
+)
+from palyra_py.times import parse_duration as parse_duration_seconds
 
-_PLAIN = re.compile(r"\d+")
-_PART = re.compile(r"(\d+)([smhdw])")
-_COMPOUND = re.compile(r"(?:\d+[smhdw])+")
 _UNIX = re.compile(r"\d+(?:\.\d+)?")
 
 
@@ -19,19 +27,18 @@ class TimeParseError(ValueError):
 
 
 def parse_duration(text: str) -> int:
-    """Whole seconds in ``text``: ``"90"`` -> 90, ``"15m"`` -> 900, ``"1h30m"`` -> 5400.
-
-    Units: s, m, h, d, w. Zero is allowed; signs, fractions and spaces are not.
-    """
-    value = text.strip().lower()
-    if _PLAIN.fullmatch(value):
-        return int(value)
-    if _COMPOUND.fullmatch(value):
-        return sum(int(n) * UNIT_SECONDS[unit] for n, unit in _PART.findall(value))
-    raise TimeParseError(
-        f"invalid duration {text!r}: use seconds (90) or a number with a unit "
-        "s, m, h, d or w (30s, 15m, 24h, 7d, 1h30m)"
-    )
+    """Whole seconds in ``text``: ``"90"`` -> 90, ``"15m"`` -> 900, ``"1h30m"`` -> 5400,
+    ``"1.5h"`` -> 5400. Raises ``TimeParseError`` for text outside the grammar and for a
+    duration that is not a whole number of seconds (``250ms``)."""
+    try:
+        seconds = parse_duration_seconds(text)
+    except InvalidDuration as exc:
+        raise TimeParseError(str(exc)) from None
+    if not seconds.is_integer():
+        raise TimeParseError(
+            f"duration {text.strip()[:40]!r} is not a whole number of seconds (e.g. 15m, 90)"
+        )
+    return int(seconds)
 
 
 def parse_time(text: str, *, now: datetime) -> str:
@@ -47,26 +54,30 @@ def parse_time(text: str, *, now: datetime) -> str:
     value = text.strip()
     if _UNIX.fullmatch(value):
         return format_rfc3339(datetime.fromtimestamp(float(value), tz=UTC))
-    if _COMPOUND.fullmatch(value.lower()):
-        return format_rfc3339(now - timedelta(seconds=parse_duration(value)))
+    try:
+        ago = parse_duration_seconds(value)
+    except InvalidDuration:
+        pass
+    else:
+        return format_rfc3339(now - timedelta(seconds=ago))
     try:
         if len(value) == 10:
             day = date.fromisoformat(value)
             return format_rfc3339(datetime(day.year, day.month, day.day, tzinfo=UTC))
-        moment = datetime.fromisoformat(value)
+        moment = parse_rfc3339(value)
+    except InvalidTime as exc:
+        if exc.missing_offset:
+            raise TimeParseError(
+                f"time {text!r} has no timezone: add Z (UTC) or an offset such as +02:00"
+            ) from None
+        raise _invalid_time(text) from None
     except ValueError:
-        raise TimeParseError(
-            f"invalid time {text!r}: use RFC 3339 (2024-05-01T12:00:00Z), unix seconds "
-            "(1714564800) or an age such as 15m, 2h, 7d"
-        ) from None
-    if moment.tzinfo is None:
-        raise TimeParseError(
-            f"time {text!r} has no timezone: add Z (UTC) or an offset such as +02:00"
-        )
+        raise _invalid_time(text) from None
     return format_rfc3339(moment)
 
 
-def format_rfc3339(moment: datetime) -> str:
-    """``moment`` in UTC as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the journal's own format)."""
-    utc = moment.astimezone(UTC)
-    return utc.strftime("%Y-%m-%dT%H:%M:%S.") + f"{utc.microsecond // 1000:03d}Z"
+def _invalid_time(text: str) -> TimeParseError:
+    return TimeParseError(
+        f"invalid time {text!r}: use RFC 3339 (2024-05-01T12:00:00Z), unix seconds "
+        "(1714564800) or an age such as 15m, 2h, 7d"
+    )

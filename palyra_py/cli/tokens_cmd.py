@@ -17,7 +17,8 @@ from palyra_py.cli.session import (
     run_read,
 )
 from palyra_py.cli.webhook_inputs import duration_option, split_list
-from palyra_py.clients.admin import AdminClient, ApiError
+from palyra_py.clients.admin import AdminClient
+from palyra_py.clients.errors import ApiError
 
 app = typer.Typer(
     help="API tokens: applications publish and read events and scrape /metrics over HTTP.",

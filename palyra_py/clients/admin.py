@@ -16,6 +16,7 @@ from urllib.parse import quote, urlencode
 
 from palyra_py import __version__
 from palyra_py.clients import unix_http
+from palyra_py.clients.errors import NOT_RUNNING_ERRORS, ApiError, PalyraUnreachable
 from palyra_py.paths import socket_path
 
 _T = TypeVar("_T")
@@ -31,34 +32,6 @@ SUBSCRIPTION_TEST_TIMEOUT_S = 75.0
 USER_AGENT = f"palyra-cli/{__version__}"
 
 
-class AdminClientError(Exception):
-    """Base of everything this client raises."""
-
-
-class DaemonUnreachable(AdminClientError):
-    """Nothing answers on the admin socket. ``not_running`` is true when the socket is
-    missing or refuses connections (the daemon is simply not started)."""
-
-    def __init__(self, message: str, *, path: Path, not_running: bool) -> None:
-        super().__init__(message)
-        self.path = path
-        self.not_running = not_running
-
-
-class ApiError(AdminClientError):
-    """The daemon answered with a non-2xx status. ``body`` is its JSON error document
-    (``{"error", "message", "field"?, "location"?}``), synthesised if it sent none."""
-
-    def __init__(self, status: int, body: JsonObject) -> None:
-        self.status = status
-        self.body = body
-        self.code = str(body.get("error", "unknown"))
-        self.message = str(body.get("message", f"HTTP {status}"))
-        self.field: str | None = _opt_str(body.get("field"))
-        self.location: str | None = _opt_str(body.get("location"))
-        super().__init__(f"{self.code}: {self.message}")
-
-
 def _rotation(grace_s: int | None, secret: JsonObject | None) -> JsonObject:
     """The body of a rotate-secret request: only the fields given."""
     body: JsonObject = {}
@@ -67,10 +40,6 @@ def _rotation(grace_s: int | None, secret: JsonObject | None) -> JsonObject:
     if secret is not None:
         body["secret"] = secret
     return body
-
-
-def _opt_str(value: Any) -> str | None:
-    return None if value is None else str(value)
 
 
 # --- server-sent events -------------------------------------------------------------
@@ -193,8 +162,9 @@ def _segment(value: str) -> str:
 class AdminClient:
     """Talks to the daemon whose state directory is ``state_dir``.
 
-    Every method returns the API's JSON answer as a dict, or raises ``DaemonUnreachable``
-    (nothing listens), ``ApiError`` (the daemon answered an error) or
+    Every method returns the API's JSON answer as a dict, or raises ``PalyraUnreachable``
+    (nothing answers), ``ApiError`` (the daemon answered an error), both ``PalyraError``s
+    (``clients.errors``, the same classes the Python client raises), or
     ``paths.SocketPathTooLong`` (raised at construction).
     """
 
@@ -273,13 +243,13 @@ class AdminClient:
 
     def _guard(self, action: Callable[[], _T]) -> _T:
         """Run one step of the exchange, turning transport failures into
-        ``DaemonUnreachable``."""
+        ``PalyraUnreachable``."""
         try:
             return action()
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._unreachable(f"no socket at {self.socket_path}", True) from None
         except ConnectionRefusedError:
             raise self._unreachable(f"nothing is listening on {self.socket_path}", True) from None
+        except NOT_RUNNING_ERRORS:
+            raise self._unreachable(f"no socket at {self.socket_path}", True) from None
         except TimeoutError:
             raise self._unreachable(
                 f"the daemon did not answer on {self.socket_path} in time", False
@@ -298,10 +268,10 @@ class AdminClient:
                 f"cannot talk to the daemon on {self.socket_path}: {exc}", False
             ) from None
 
-    def _unreachable(self, text: str, not_running: bool) -> DaemonUnreachable:
+    def _unreachable(self, text: str, not_running: bool) -> PalyraUnreachable:
         if not_running:
             text = f"the daemon is not running ({text})"
-        return DaemonUnreachable(text, path=self.socket_path, not_running=not_running)
+        return PalyraUnreachable(text, where=str(self.socket_path), not_running=not_running)
 
     @staticmethod
     def _decode(status: int, reason: str, raw: bytes) -> JsonObject:

@@ -5,15 +5,11 @@ OS random source of the ids. ``delivery_store`` re-exports every public name her
 
 from __future__ import annotations
 
-import itertools
-import os
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, get_args
 
-import ulid
-
 from palyra_py.delivery.sqlite import MAX_ERROR_DETAIL_CHARS, MAX_RESPONSE_EXCERPT_BYTES, Row
+from palyra_py.times import format_unix_ms
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
@@ -23,15 +19,8 @@ class DeliveryNotFound(LookupError):
     """No delivery with that id."""
 
 
-def format_time_ms(ts_unix_ms: int) -> str:
-    """RFC 3339, UTC, milliseconds, ``Z``: ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ts_unix_ms // 1000, UTC)
-    moment += timedelta(milliseconds=ts_unix_ms % 1000)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def _time_or_none(ts_unix_ms: int | None) -> str | None:
-    return None if ts_unix_ms is None else format_time_ms(ts_unix_ms)
+    return None if ts_unix_ms is None else format_unix_ms(ts_unix_ms)
 
 
 def clip_utf8(text: str, max_bytes: int) -> str:
@@ -82,8 +71,8 @@ class Delivery:
         fields = {name: getattr(self, name) for name in self.__slots__}
         return {
             **fields,
-            "created_at": format_time_ms(self.created_ms),
-            "updated_at": format_time_ms(self.updated_ms),
+            "created_at": format_unix_ms(self.created_ms),
+            "updated_at": format_unix_ms(self.updated_ms),
             "next_attempt_at": _time_or_none(self.next_attempt_ms),
         }
 
@@ -106,7 +95,7 @@ class AttemptRecord:
     def to_dict(self) -> dict[str, Any]:
         """Every field, plus ``started_at`` as RFC 3339."""
         fields = {name: getattr(self, name) for name in self.__slots__}
-        return {**fields, "started_at": format_time_ms(self.started_ms)}
+        return {**fields, "started_at": format_unix_ms(self.started_ms)}
 
 
 def delivery_from_row(row: Row) -> Delivery:
@@ -138,43 +127,3 @@ def attempt_row(attempt: AttemptRecord) -> Row:
         attempt.delivery_id, attempt.attempt_no, attempt.started_ms, attempt.duration_ms,
         attempt.status_code, attempt.error_class, detail, excerpt,
     )
-
-
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-_NEXT_DIGIT = dict(itertools.pairwise(_CROCKFORD))
-_SHIFTS = tuple(range(125, -1, -5))
-_RANDOM_BITS = 80
-
-
-def ulid_text(value: int) -> str:
-    """The 26-character Crockford text of a 128-bit ULID value (``str(ULID.from_int(v))``,
-    without building the object)."""
-    return "".join([_CROCKFORD[(value >> shift) & 31] for shift in _SHIFTS])
-
-
-class DeliveryIds:
-    """ULIDs stamped with the caller's time and strictly increasing in the order rows are
-    created, even for several rows in one ms or a clock that stepped back: ``list`` pages
-    by id and must see creation order. Within one ms (or behind the last id) the next id
-    is the last plus one, as in the ULID spec's monotonic mode."""
-
-    def __init__(self, last: str | None) -> None:
-        self._last = -1 if last is None else int(ulid.ULID.from_str(last))
-        self._last_text = "" if last is None else last.upper()
-
-    def next(self, now_ms: int) -> str:
-        # One per delivery row, on the enqueue path: the common case (a page of rows in one
-        # ms) changes only the last character of the previous id.
-        last = self._last
-        if last >= 0 and int(now_ms) <= last >> _RANDOM_BITS:
-            self._last = last + 1
-            digit = _NEXT_DIGIT.get(self._last_text[-1])
-            if digit is not None:
-                self._last_text = self._last_text[:-1] + digit
-            else:
-                self._last_text = ulid_text(self._last)
-            return self._last_text
-        random_part = int.from_bytes(os.urandom(_RANDOM_BITS // 8), "big")
-        self._last = (int(now_ms) << _RANDOM_BITS) | random_part
-        self._last_text = ulid_text(self._last)
-        return self._last_text

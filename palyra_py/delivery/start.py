@@ -14,8 +14,9 @@ Standard library only: the CLI checks the value without loading the daemon.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Literal
+
+from palyra_py.times import InvalidTime, parse_rfc3339_ms
 
 FLAG = "--deliveries-from"
 EXAMPLES = "head, seq:N or a time such as 2026-12-07T10:00Z"
@@ -48,9 +49,8 @@ def parse_deliveries_from(text: str) -> DeliveriesFrom:
                              f"{value[:40]!r}")
         return DeliveriesFrom("seq", int(number))
     try:
-        moment = datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
-    except ValueError:
+        return DeliveriesFrom("time", parse_rfc3339_ms(value))
+    except InvalidTime as exc:
+        if exc.missing_offset:
+            raise ValueError(f"{FLAG}: give the time a zone (e.g. {value[:30]}Z)") from None
         raise ValueError(f"{FLAG}: expected {EXAMPLES}, got {value[:40]!r}") from None
-    if moment.tzinfo is None:
-        raise ValueError(f"{FLAG}: give the time a zone (e.g. {value[:30]}Z)")
-    return DeliveriesFrom("time", int(moment.timestamp() * 1000))

@@ -27,7 +27,6 @@ from palyra_py.delivery.records import (
     STATUSES,
     AttemptRecord,
     Delivery,
-    DeliveryIds,
     DeliveryNotFound,
     DeliveryStatus,
     NewDelivery,
@@ -35,7 +34,6 @@ from palyra_py.delivery.records import (
     attempt_row,
     clip_utf8,
     delivery_from_row,
-    format_time_ms,
     response_excerpt,
 )
 from palyra_py.delivery.sqlite import (
@@ -46,6 +44,7 @@ from palyra_py.delivery.sqlite import (
     restrict_permissions,
 )
 from palyra_py.delivery.sqlite_writer import DeliveryWriter, WriteJob
+from palyra_py.ids import UlidSource
 
 __all__ = [
     "DELIVERIES_FILE",
@@ -61,7 +60,6 @@ __all__ = [
     "DeliveryStoreUnavailable",
     "NewDelivery",
     "clip_utf8",
-    "format_time_ms",
     "response_excerpt",
 ]
 
@@ -118,7 +116,7 @@ class DeliveryStore:
         self._batcher: AttemptBatcher | None = None
         self._reader: DeliverySql | None = None
         # Used only on the writer thread, inside jobs, so ids follow commit order.
-        self._ids = DeliveryIds(None)
+        self._ids = UlidSource()
         self._read_lock = threading.Lock()
         self._pending = 0
         self._closed = False
@@ -167,7 +165,7 @@ class DeliveryStore:
             raise DeliveryStoreUnavailable(describe_error(exc, "open")) from exc
         self._loop = asyncio.get_running_loop()
         self._reader = reader_sql
-        self._ids = DeliveryIds(last_id)
+        self._ids = UlidSource(last_id)
         self._writer = DeliveryWriter(writer_sql, loop=self._loop, batch_max=self._batch_max,
                                       path=self.path)
         self._writer.on_unavailable = self.on_unavailable
@@ -285,7 +283,7 @@ class DeliveryStore:
 
         def run(sql: DeliverySql) -> list[Delivery]:
             rows = [
-                (ids.next(now_ms), subscription_id, d.event_seq, d.event_id, d.event_type,
+                (ids.new(now_ms), subscription_id, d.event_seq, d.event_id, d.event_type,
                  d.next_attempt_ms, now_ms)
                 for d in items
             ]

@@ -1,14 +1,12 @@
 """Build the normalised v1 envelope for an accepted request and validate it against
 ``schemas/webhook-envelope.v1.json`` (one cached validator). Pure: no I/O after import of the
-schema but the OS random source of event ids, no clock (times are passed in)."""
+schema, no clock (times are passed in); event ids come from ``palyra_py.ids``."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -16,20 +14,13 @@ from typing import Any
 import orjson
 
 from palyra_py.reasons import Reason, Rejection
+from palyra_py.times import format_unix_ms
 
 SCHEMA_NAME = "webhook-envelope.v1.json"
 PALYRA_MAX_LIMIT = 1024 * 1024  # the schema's bound on limits.max_payload_bytes
 NONCE_MIN, NONCE_MAX = 16, 128
 MAX_JSON_DEPTH = 64
 MAX_PAYLOAD_PROPERTIES = 2048  # the schema's bound on payload
-_RANDOM_BITS = 80  # of a ULID; the 48 bits above them are the time in ms
-_RANDOM_MASK = (1 << _RANDOM_BITS) - 1
-_MAX_ULID_MS = (1 << 48) - 1
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
-# A ULID's 26 characters are 13 pairs of 10 bits each (the first 2 bits always zero): one
-# table lookup per pair.
-_PAIRS = tuple(a + b for a in _CROCKFORD for b in _CROCKFORD)
-_PAIR_SHIFTS = tuple(range(120, -1, -10))
 
 
 def load_schema() -> dict[str, Any]:
@@ -83,47 +74,6 @@ def make_nonce(integration_id: str, dedupe_key: str) -> str:
     return hashlib.sha256(f"{integration_id}\n{dedupe_key}".encode()).hexdigest()
 
 
-class EventIds:
-    """Event ids (ULID text) stamped with the caller's time: ids made in the same ms count up
-    by one from a random start, the way python-ulid's default generator makes them, so they
-    sort in the order they were made; a new ms starts from fresh randomness."""
-
-    __slots__ = ("_last", "_last_ms")
-
-    def __init__(self) -> None:
-        self._last_ms = -1
-        self._last = 0
-
-    def new(self, now: float) -> str:
-        """A new id for ``now`` (seconds since the epoch). ``ValueError`` for a time a ULID
-        cannot hold."""
-        ms = int(now * 1000)
-        if ms == self._last_ms and self._last & _RANDOM_MASK != _RANDOM_MASK:
-            value = self._last + 1
-        elif 0 <= ms <= _MAX_ULID_MS:
-            value = (ms << _RANDOM_BITS) | int.from_bytes(os.urandom(_RANDOM_BITS // 8), "big")
-        else:
-            raise ValueError("time out of the range of a ULID")
-        self._last_ms, self._last = ms, value
-        pairs = _PAIRS
-        return "".join([pairs[(value >> shift) & 0x3FF] for shift in _PAIR_SHIFTS])
-
-
-# (second, its text up to the dot): one strftime per second rather than one per event.
-_second_text: tuple[int, str] = (0, "1970-01-01T00:00:00.")
-
-
-def rfc3339_ms(ts_ms: int) -> str:
-    """``2024-05-01T12:00:00.123Z`` (UTC, milliseconds) for ``ts_ms`` ms since the epoch."""
-    global _second_text
-    second, ms = divmod(ts_ms, 1000)
-    cached = _second_text
-    if cached[0] != second:
-        text = datetime.fromtimestamp(second, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S.")
-        cached = _second_text = (second, text)
-    return f"{cached[1]}{ms:03d}Z"
-
-
 def build_envelope(
     *,
     event_id: str,
@@ -146,7 +96,7 @@ def build_envelope(
         "replay_protection": {"nonce": nonce, "timestamp_unix_ms": max(0, timestamp_ms)},
         "integration_id": integration_id,
         "provider": provider,
-        "received_at": rfc3339_ms(received_at_ms),
+        "received_at": format_unix_ms(received_at_ms),
         "headers": dict(headers),
     }
     # Palyra's schema bounds limits.max_payload_bytes at 1 MiB; larger limits are ours alone

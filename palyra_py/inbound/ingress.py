@@ -25,10 +25,10 @@ from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_protocol import RequestPayloadError
 
+from palyra_py.ids import UlidSource
 from palyra_py.inbound.envelope import (
     MAX_JSON_DEPTH,
     MAX_PAYLOAD_PROPERTIES,
-    EventIds,
     build_envelope,
     encode_envelope,
     json_depth_ok,
@@ -49,6 +49,7 @@ from palyra_py.providers.base import Provider, Verified
 from palyra_py.reasons import ANSWERS, Reason, Rejection
 from palyra_py.registry.integrations import Integration
 from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.rotation import RotatingSecrets
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 
 log = structlog.get_logger("palyra.ingress")
@@ -59,14 +60,12 @@ IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 @dataclass(slots=True)
 class ActiveIntegration:
     """An integration as the ingress uses it: its provider object and parsed networks are
-    built once per registry load; resolved secrets are cached here."""
+    built once per registry load; ``secrets`` resolves (and keeps) what it verifies with."""
 
     integration: Integration
     provider: Provider
     networks: tuple[IpNetwork, ...]
-    secrets: tuple[str, ...] | None = field(default=None, repr=False)  # never in a repr/log
-    secrets_until: float = float("inf")
-    """When the cached secret list must be rebuilt (end of a rotation grace period)."""
+    secrets: RotatingSecrets = field(repr=False)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -75,7 +74,15 @@ class ActiveIntegration:
         networks = tuple(
             ipaddress.ip_network(src, strict=False) for src in integration.allowed_sources
         )
-        return cls(integration, provider, networks)
+
+        def previous_unavailable() -> None:
+            log.warning("previous_secret_unavailable", integration_id=integration.integration_id)
+
+        secrets = RotatingSecrets(
+            integration.secret_ref, integration.previous_secret_ref,
+            integration.previous_valid_until, on_previous_unavailable=previous_unavailable,
+        )
+        return cls(integration, provider, networks, secrets)
 
     def source_allowed(self, remote: str | None) -> bool:
         if not self.networks:
@@ -93,31 +100,6 @@ class ActiveIntegration:
     def event_allowed(self, event_type: str) -> bool:
         patterns = self.integration.allowed_events
         return not patterns or any(fnmatchcase(event_type, p) for p in patterns)
-
-
-async def resolve_secrets(
-    active: ActiveIntegration, store: SecretStore, now: float
-) -> tuple[str, ...]:
-    """Current secret first, then the previous one while its grace period lasts. Cached on
-    ``active``; resolution (keyring, file) runs in a thread so it never blocks the loop."""
-    if active.secrets is not None and now < active.secrets_until:
-        return active.secrets
-    integ = active.integration
-    if integ.secret_ref is None:
-        raise SecretNotFound("no secret_ref set")
-    current = await asyncio.to_thread(store.resolve, integ.secret_ref)
-    found = [current]
-    until = float("inf")
-    if integ.previous_secret_ref and integ.previous_valid_until is not None:
-        valid_until = integ.previous_valid_until.timestamp()
-        if now < valid_until:
-            try:
-                found.append(await asyncio.to_thread(store.resolve, integ.previous_secret_ref))
-                until = valid_until
-            except (SecretNotFound, SecretRefError):
-                log.warning("previous_secret_unavailable", integration_id=integ.integration_id)
-    active.secrets, active.secrets_until = tuple(found), until
-    return active.secrets
 
 
 # Every byte value but "{" and "[": deleting them leaves the opening brackets.
@@ -260,7 +242,7 @@ class Ingress:
         self._retry_after_s = retry_after_s
         self.stats = IngressStats(metrics=metrics)
         self._metrics = metrics
-        self._ids = EventIds()
+        self._ids = UlidSource()
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.route("*", "/hooks/{integration_id}", self.handle)]
@@ -417,9 +399,9 @@ class Ingress:
         if not integ.signature_required:
             return active.provider.verify_unsigned(headers, body)
         try:
-            secrets = active.secrets
-            if secrets is None or now >= active.secrets_until:
-                secrets = await resolve_secrets(active, self._secrets, now)
+            secrets = active.secrets.cached(now)
+            if secrets is None:
+                secrets = await active.secrets.resolve(self._secrets, now)
         except (SecretNotFound, SecretRefError):
             log.error("secret_unavailable", integration_id=integ.integration_id)
             raise Rejection(Reason.SECRET_UNAVAILABLE) from None
@@ -449,7 +431,7 @@ class Ingress:
         if verified.envelope is not None and isinstance(verified.envelope.get("id"), str):
             headers["palyra-envelope-id"] = str(verified.envelope["id"])[:64]
         envelope = build_envelope(
-            event_id=self._ids.new(now),
+            event_id=self._ids.new(int(now * 1000)),
             integration_id=integ.integration_id,
             provider=integ.provider,
             event_type=verified.event_type,

@@ -18,13 +18,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
 import orjson
-import ulid
 
+from palyra_py.ids import new_ulid
 from palyra_py.journal.chain import ChainWalk, Row
 from palyra_py.journal.sqlite import (
     JournalStore,
@@ -47,6 +46,7 @@ from palyra_py.journal.sqlite_writer import (
     describe_failure,
 )
 from palyra_py.storage.sqlite import header_problem, is_corruption
+from palyra_py.times import format_unix_ms
 
 __all__ = [
     "DEFAULT_BUSY_TIMEOUT_MS",
@@ -63,7 +63,6 @@ __all__ = [
     "NewEvent",
     "ReplayKey",
     "VerifyResult",
-    "format_time_ms",
 ]
 
 _T = TypeVar("_T")
@@ -135,7 +134,7 @@ class JournalEvent:
         """The admin API's ``Event`` object (adds ``time`` as RFC 3339 with ms, UTC)."""
         fields = {name: getattr(self, name) for name in self.__slots__}
         return {"seq": self.seq, "event_id": self.event_id,
-                "time": format_time_ms(self.ts_unix_ms), **fields}
+                "time": format_unix_ms(self.ts_unix_ms), **fields}
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,13 +187,6 @@ class VerifyResult:
     reason: str
     """``ok``, ``seq gap`` (``first_broken_seq`` is the first missing seq), ``prev_hash
     does not link`` or ``hash mismatch``."""
-
-
-def format_time_ms(ts_unix_ms: int) -> str:
-    """RFC 3339, UTC, milliseconds, ``Z``: ``2024-05-01T12:00:00.123Z``."""
-    moment = datetime.fromtimestamp(ts_unix_ms // 1000, UTC)
-    moment += timedelta(milliseconds=ts_unix_ms % 1000)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 _LONG_DIGITS = re.compile(r"[0-9]{20}")
@@ -251,7 +243,7 @@ def _pending_row(event: NewEvent) -> PendingRow:
         if key.content_key is not None and key.content_key != key.delivery_id:
             content_key = key.content_key
     return PendingRow(
-        event.event_id if event.event_id is not None else str(ulid.ULID()),
+        event.event_id if event.event_id is not None else new_ulid(),
         event.kind,
         event.source,
         event.actor,

@@ -7,7 +7,6 @@ send, record, count, and act on the outcome.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import random
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from palyra_py.outbound.signing import (
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import Subscription, is_ref, is_url_ref, valid_header_value
 from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.rotation import RotatingSecrets
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 
 JournalHook = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -53,13 +53,14 @@ class SubState:
     limiter: RateLimiter
     subscription: Subscription
     base_headers: dict[str, str] = field(repr=False)  # header refs resolved: never in a repr
+    rotation: RotatingSecrets = field(repr=False)
     in_flight: int = 0
     """Attempts launched and not yet recorded (what a crash would make again)."""
     open: int = 0
     """Of those, the requests not yet answered: open at the receiver."""
     secrets: tuple[str, ...] | None = field(default=None, repr=False)  # never in a repr/log
+    """What ``signer`` was built from (``load_secrets``)."""
     signer: StandardWebhooksSigner | None = field(default=None, repr=False)
-    secrets_until: float = float("inf")
     target: str | None = field(default=None, repr=False)  # the URL, once a ref is resolved
     headers_resolved: bool = False
 
@@ -67,30 +68,24 @@ class SubState:
     def build(cls, sub: Subscription) -> SubState:
         headers = dict(sub.headers)
         headers["Content-Type"] = "application/json"
+        rotation = RotatingSecrets(sub.secret_ref, sub.previous_secret_ref,
+                                   sub.previous_valid_until)
         return cls(EventMatcher(sub.events, sub.filter), RateLimiter(sub.rate_limit_per_s),
-                   sub, headers)
+                   sub, headers, rotation)
 
     async def load_secrets(self, store: SecretStore, now: float) -> StandardWebhooksSigner:
         """The signer of the current secret and, inside its grace period, the previous
         one; resolved once and kept until that grace ends. Raises ``SecretNotFound`` /
         ``SecretRefError`` (nothing kept then), ``ValueError`` for a secret that is not
         ``whsec_<base64>``."""
-        if self.signer is not None and now < self.secrets_until:
-            return self.signer
-        sub = self.subscription
-        if sub.secret_ref is None:
-            raise SecretNotFound("no secret_ref set")
-        found = [await asyncio.to_thread(store.resolve, sub.secret_ref)]
-        until = float("inf")
-        if sub.previous_secret_ref and sub.previous_valid_until is not None:
-            valid_until = sub.previous_valid_until.timestamp()
-            if now < valid_until:
-                with contextlib.suppress(SecretNotFound, SecretRefError):
-                    found.append(await asyncio.to_thread(store.resolve, sub.previous_secret_ref))
-                    until = valid_until
-        signer = StandardWebhooksSigner(found)
-        self.secrets, self.signer, self.secrets_until = tuple(found), signer, until
-        return signer
+        found = self.rotation.cached(now)
+        if found is None:
+            found = await self.rotation.resolve(store, now)
+        if self.signer is None or found is not self.secrets:
+            # Built before it is kept: a secret that is not whsec_ raises, nothing kept.
+            signer = StandardWebhooksSigner(found)
+            self.secrets, self.signer = found, signer
+        return self.signer
 
     async def target_url(self, store: SecretStore, https_only: bool) -> str:
         """The URL to POST to: the subscription's ``url``, or what its secret reference

@@ -16,26 +16,22 @@ from collections.abc import Sequence
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 
+from palyra_py.times import parse_duration as parse_duration_seconds
+
 DEFAULT_SCHEDULE: tuple[float, ...] = (0, 5, 300, 1800, 7200, 18000, 36000, 36000)
 MAX_DELAY_S = 7 * 86400
 MAX_SCHEDULE_ENTRIES = 20
 MAX_RETRY_AFTER_S = 86400.0
 DEFAULT_JITTER = 0.10
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-_DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(ms|s|m|h|d)?")
 _DELTA_SECONDS = re.compile(r"[0-9]{1,12}")
 
 
 def parse_duration(text: str) -> float:
-    """Seconds from ``250ms``, ``0s``, ``5s``, ``5m``, ``2h``, ``1d`` or plain seconds
-    (``30``, ``1.5``); at most 7 days; otherwise ``ValueError``."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(
-            f"duration {text[:40]!r}: expected a number with ms, s, m, h or d (e.g. 5m)"
-        )
-    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
+    """Seconds of one retry delay, in the grammar of ``times.parse_duration`` (``250ms``,
+    ``0s``, ``5m``, ``2h``, ``1d``, ``1h30m``, plain seconds ``30`` or ``1.5``); at most
+    7 days; otherwise ``ValueError``."""
+    seconds = parse_duration_seconds(text)
     if seconds > MAX_DELAY_S:
         raise ValueError(f"duration {text.strip()!r}: at most 7 days")
     return seconds

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from secrets import choice, token_hex
+from secrets import token_hex
 from typing import Any, ClassVar
 
+from palyra_py.ids import random_ulid
 from palyra_py.providers import _common as c
 from palyra_py.providers.base import Headers, SignedRequest, Verified
 from palyra_py.reasons import Reason, Rejection
@@ -13,7 +14,6 @@ from palyra_py.reasons import Reason, Rejection
 SIGNATURE = "X-Palyra-Signature"
 PREFIX = "sha256="
 KEPT = ("User-Agent",)
-_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _MAX_MS = 2**53
 
 
@@ -140,10 +140,9 @@ class PalyraSignature:
     def sample_event(self) -> tuple[str, bytes]:
         """A ``palyra.test`` envelope with a random ULID-shaped ``id`` and nonce and a zero
         timestamp (:meth:`sign` sets the real one)."""
-        ulid = choice("01234567") + "".join(choice(_CROCKFORD) for _ in range(25))
         body = {
             "v": 1,
-            "id": ulid,
+            "id": random_ulid(),
             "event": "palyra.test",
             "source": "palyra-py",
             "payload": {"message": "hello from palyra-py"},

@@ -11,6 +11,7 @@ from typing import Any, ClassVar
 from palyra_py.providers import _common as c
 from palyra_py.providers.base import Headers, SignedRequest, Verified
 from palyra_py.reasons import Reason, Rejection
+from palyra_py.times import format_rfc3339
 
 SIGNATURE = "X-Shopify-Hmac-Sha256"
 TOPIC = "X-Shopify-Topic"
@@ -97,7 +98,6 @@ class ShopifySignature:
         delivery_id: str,
     ) -> SignedRequest:
         signature = base64.b64encode(c.hmac_digest(c.to_bytes(secret), body)).decode("ascii")
-        triggered = datetime.fromtimestamp(now, UTC).isoformat(timespec="milliseconds")
         return SignedRequest(
             headers={
                 "Content-Type": "application/json",
@@ -107,7 +107,7 @@ class ShopifySignature:
                 WEBHOOK_ID: delivery_id,
                 "X-Shopify-Shop-Domain": "example.myshopify.com",
                 "X-Shopify-API-Version": "2024-07",
-                "X-Shopify-Triggered-At": triggered.replace("+00:00", "Z"),
+                "X-Shopify-Triggered-At": format_rfc3339(datetime.fromtimestamp(now, UTC)),
                 SIGNATURE: signature,
             },
             body=body,

@@ -21,6 +21,7 @@ from typing import Any
 
 from palyra_py.registry.positions import RegistryError
 from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
+from palyra_py.times import InvalidTime, format_rfc3339, parse_rfc3339
 
 Check = Callable[[Any, str], Any]
 """``(value, field name) -> normalised value``; raises ``RegistryError`` naming the field."""
@@ -69,9 +70,10 @@ def check_datetime(value: Any, name: str) -> datetime:
     rule = "must be an RFC 3339 date-time with an offset, e.g. 2024-05-01T12:00:00Z"
     if isinstance(value, str):
         try:
-            value = datetime.fromisoformat(value.strip())
-        except ValueError:
-            raise fail(name, f"{rule}, got {show(value)}") from None
+            value = parse_rfc3339(value)
+        except InvalidTime as exc:
+            problem = " (this one has no offset)" if exc.missing_offset else f", got {show(value)}"
+            raise fail(name, rule + problem) from None
     if not isinstance(value, datetime):
         raise fail(name, f"{rule}, got {show(value)}")
     if value.utcoffset() is None:
@@ -110,16 +112,11 @@ def int_range(low: int, high: int) -> Check:
     return check
 
 
-def _rfc3339(value: datetime) -> str:
-    text = value.astimezone(UTC).isoformat()
-    return text[: -len("+00:00")] + "Z" if text.endswith("+00:00") else text
-
-
 def jsonable(value: Any) -> Any:
     """A record field as JSON holds it: datetimes as RFC 3339 strings in UTC (``Z``), dates
     and times in ISO form, tuples as lists, mappings with string keys; others unchanged."""
     if isinstance(value, datetime):
-        return _rfc3339(value)
+        return format_rfc3339(value, timespec="auto")
     if isinstance(value, (date, time)):
         return value.isoformat()
     if isinstance(value, Mapping):

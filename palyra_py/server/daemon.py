@@ -69,6 +69,7 @@ from palyra_py.settings import Settings, SettingsError, load_settings, parse_lis
 from palyra_py.storage.ownership import ForeignOwner, check_path_owner
 from palyra_py.storage.sqlite import related_files
 from palyra_py.stream.hub import StreamHub
+from palyra_py.times import format_rfc3339
 
 log = structlog.get_logger("palyra.daemon")
 
@@ -308,7 +309,7 @@ class Daemon:
             previous = self.active.get(integration_id)
             entry = ActiveIntegration.build(integ)
             if previous is not None and previous.integration == integ:
-                entry.secrets, entry.secrets_until = previous.secrets, previous.secrets_until
+                entry.secrets = previous.secrets  # same references: keep what they held
             active[integration_id] = entry
         self.registry, self.active = registry, active
         if self._dispatcher is not None:
@@ -406,7 +407,7 @@ class Daemon:
             raise ApiError(401, "unauthorized", "send Authorization: Bearer <palyra token>")
         now = self.clock()
         if token.expires_at is not None and now >= token.expires_at.timestamp():
-            expired = token.expires_at.isoformat().replace("+00:00", "Z")
+            expired = format_rfc3339(token.expires_at, timespec="auto")
             raise ApiError(401, "token_expired",
                            f"token {token.token_id} expired at {expired}; create a new one"
                            " (palyra tokens create) and revoke this one")
@@ -466,7 +467,7 @@ class Daemon:
             registry = await asyncio.to_thread(self.registry_file.load)
             self.secrets.forget_cached()
             for entry in self.active.values():
-                entry.secrets = None
+                entry.secrets.forget()
             self._activate(registry)
         await self.append(kind="daemon.reloaded", source="daemon",
                           payload={"integrations": len(registry.integrations)})
