@@ -192,6 +192,19 @@ async def test_verify_with_the_journal_removed_says_journal_unavailable(
         assert (resp.status, (await resp.json())["error"]) == (503, "journal_unavailable")
 
 
+async def test_subscriptions_test_with_the_journal_removed_says_journal_unavailable(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, receiver: CapturingReceiver
+) -> None:
+    """The test event is journaled like any other: a documented 503, never a 500."""
+    async with admin_o.post("/v1/subscriptions", json={
+            "subscription_id": "probe", "url": receiver.url, "events": ["*"]}) as resp:
+        assert resp.status == 201, await resp.text()
+    (outbound.state_dir / "journal.db").unlink()
+    async with admin_o.post("/v1/subscriptions/probe/test", json={}) as resp:
+        assert (resp.status, (await resp.json())["error"]) == (503, "journal_unavailable")
+    assert receiver.received == []
+
+
 async def test_journal_locked_by_another_process_refuses_then_recovers(
     daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession
 ) -> None:

@@ -230,8 +230,6 @@ class SubscriptionsContext:
 
     editor: RegistryEditor
     appender: JournalAppender
-    journal: Journal
-    """Where ``test`` appends its ``palyra.test`` event (directly, not through ``appender``)."""
     switch: SubscriptionSwitch
     dispatcher: Dispatcher
     deliveries: DeliveryStore

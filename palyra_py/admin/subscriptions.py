@@ -24,7 +24,6 @@ from palyra_py.admin.secrets import (
     store_secret,
 )
 from palyra_py.ids import new_ulid
-from palyra_py.journal.journal import NewEvent
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import (
@@ -394,10 +393,10 @@ class SubscriptionsApi:
         event_id = new_ulid()
         first = self.ctx.dispatcher.first_attempt(event_id)
         try:
-            result = await self.ctx.journal.append(NewEvent(
+            result = await self.ctx.appender.append(
                 kind="palyra.test", source="admin", event_type="palyra.test", event_id=event_id,
                 payload={"subscription_id": subscription_id, "data": data},
-            ))
+            )
         except Exception:
             first.cancel()
             raise

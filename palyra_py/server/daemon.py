@@ -561,7 +561,7 @@ class Daemon:
 
     def _subscriptions_context(self) -> SubscriptionsContext:
         return SubscriptionsContext(
-            editor=self, appender=self, journal=self.journal, switch=self,
+            editor=self, appender=self, switch=self,
             dispatcher=self.dispatcher, deliveries=self.deliveries, secrets=self.secrets,
             settings=self.settings, time=self,
         )
