@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from palyra_py.events import AppendResult
 from palyra_py.journal.sqlite import JournalStore, PendingRow
 from palyra_py.storage.sqlite import (
     Outcome,
@@ -59,15 +60,6 @@ def damaged_message(path: Path, problem: str) -> str:
 
 class DuplicateEventId(ValueError):
     """A caller-supplied ``event_id`` is already in the journal; nothing was written."""
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    seq: int
-    event_id: str
-    duplicate: bool
-    """True when the replay key was already present: ``seq``/``event_id`` are the original's
-    and nothing new was written."""
 
 
 def describe_failure(exc: BaseException, action: str = "write") -> str:
