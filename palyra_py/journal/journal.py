@@ -1,23 +1,17 @@
-"""Append-only journal: SQLite (WAL, synchronous=FULL), one writer thread, group commit,
-SHA-256 hash chain, replay keys in the same commit, retention with a checkpoint.
+"""The journal, the spine: append-only events with a contiguous, increasing ``seq``, a SHA-256
+hash chain, replay keys in the same commit, retention with a checkpoint, over one storage
+engine (``JournalBackend``; SQLite: ``journal.sqlite_journal``).
 
-Every system event is appended with a contiguous, increasing ``seq``; when ``append``
-returns, the event is durable (its commit was fsync'd). The writer thread is in
-``journal_writer``, the SQL in ``journal_store`` and ``journal_chain``; every public name
-of the journal can be imported from here.
+When ``append`` returns, the event is durable (its commit was fsync'd, or committed by the
+server). This facade checks and encodes events on the caller's side, bounds the appends
+waiting, and turns stored rows into ``JournalEvent``s; every public name of the journal can
+be imported from here.
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-import sqlite3
-import threading
-import time
-from collections.abc import Callable
-from pathlib import Path
-from typing import TypeVar
 
 import orjson
 import ulid
@@ -32,37 +26,24 @@ from palyra_py.events import (
     VerifyResult,
     format_time_ms,
 )
-from palyra_py.journal.chain import ChainWalk, Row
-from palyra_py.journal.sqlite import (
-    JournalStore,
-    PendingRow,
-    encode_payload,
-    is_storable_text,
-    related_files,
-    restrict_permissions,
-    where_clause,
-)
-from palyra_py.journal.sqlite_writer import (
-    AppendJob,
+from palyra_py.journal.backend import (
     DuplicateEventId,
-    GroupCommitWriter,
+    EventRow,
+    JournalBackend,
     JournalDamaged,
     JournalUnavailable,
-    RetentionJob,
-    damaged_message,
-    describe_failure,
+    PendingRow,
 )
-from palyra_py.storage.sqlite import header_problem, is_corruption
+from palyra_py.journal.chain import encode_payload, is_storable_text
 
 __all__ = [
-    "DEFAULT_BUSY_TIMEOUT_MS",
     "DEFAULT_MAX_PENDING",
     "AppendResult",
     "DuplicateEventId",
     "EncodedPayload",
     "EventFilter",
-    "GroupCommitWriter",
     "Journal",
+    "JournalBackend",
     "JournalDamaged",
     "JournalEvent",
     "JournalUnavailable",
@@ -72,11 +53,8 @@ __all__ = [
     "format_time_ms",
 ]
 
-_T = TypeVar("_T")
-
-DEFAULT_BUSY_TIMEOUT_MS = 5000
 DEFAULT_MAX_PENDING = 10_000
-DEFAULT_START_CHECK_S = 10.0
+
 _LIST_CHUNK_MIN = 256
 _LIST_CHUNK_MAX = 4096
 
@@ -84,22 +62,24 @@ _LIST_CHUNK_MAX = 4096
 _LONG_DIGITS = re.compile(r"[0-9]{20}")
 
 
-def _event_from_row(row: Row) -> JournalEvent:
+def _event_from_row(row: EventRow) -> JournalEvent:
+    text = row.payload_json
     try:
         # orjson turns integers past 64 bits into floats; a run of 20 digits may be one, so
         # such payloads take the exact (slower) parser.
-        payload = json.loads(row[9]) if _LONG_DIGITS.search(row[9]) else orjson.loads(row[9])
+        payload = json.loads(text) if _LONG_DIGITS.search(text) else orjson.loads(text)
     except (TypeError, ValueError):
         try:  # orjson refuses escaped lone surrogates, which encode_payload may keep
-            payload = json.loads(row[9])
+            payload = json.loads(text)
         except (TypeError, ValueError):
             payload = None
     if not isinstance(payload, dict):
         # Only a row altered behind the daemon's back gets here; verify names it.
         payload = {"_unreadable_payload": True}
     return JournalEvent(
-        int(row[0]), str(row[1]), int(row[2]), str(row[3]), str(row[4]), row[5], row[6],
-        row[7], str(row[8]), payload, bool(row[10]), str(row[11]), str(row[12]),
+        int(row.seq), str(row.event_id), int(row.ts_unix_ms), str(row.kind), str(row.source),
+        row.actor, row.integration_id, row.event_type, str(row.severity), payload,
+        bool(row.redacted), str(row.prev_hash), str(row.hash),
     )
 
 
@@ -154,227 +134,111 @@ def _pending_row(event: NewEvent) -> PendingRow:
 
 
 class Journal:
-    """The journal of one state root. Use it from the event loop that ran ``start``."""
+    """The journal of one state root over ``backend``. Use it from the event loop that ran
+    ``start``."""
 
-    def __init__(
-        self,
-        path: Path,
-        *,
-        clock: Callable[[], float] = time.time,
-        batch_max: int = 512,
-        on_commit: Callable[[int], None] | None = None,
-        busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
-        max_pending: int = DEFAULT_MAX_PENDING,
-        start_check_s: float = DEFAULT_START_CHECK_S,
-        on_unavailable: Callable[[str], None] | None = None,
-    ) -> None:
-        """``on_commit(last_seq)`` runs in the event loop after each commit that wrote
-        rows. ``max_pending`` bounds appends waiting for the writer; beyond it, append
-        raises ``JournalUnavailable``. ``start`` runs ``PRAGMA quick_check`` for at most
-        ``start_check_s`` seconds (0: not at all). ``on_unavailable(reason)`` runs in the
-        event loop once, when the file is found removed, replaced or damaged while open."""
-        self.path = Path(path)
-        self._clock = clock
-        self._batch_max = batch_max
-        self._on_commit = on_commit
-        self._busy_timeout_ms = busy_timeout_ms
+    def __init__(self, backend: JournalBackend, *, max_pending: int = DEFAULT_MAX_PENDING
+                 ) -> None:
+        """``max_pending`` bounds appends waiting for the engine; beyond it, append raises
+        ``JournalUnavailable``."""
+        self._backend = backend
         self._max_pending = max_pending
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._writer: GroupCommitWriter | None = None
-        self._reader: JournalStore | None = None
-        self._read_lock = threading.Lock()
         self._pending = 0
+        self._live = False
         self._closed = False
-        self._start_check_s = start_check_s
-        self._on_unavailable = on_unavailable
-        self.start_check = "not run"
-        """``ok``, ``incomplete`` (stopped after ``start_check_s``) or ``skipped``."""
+
+    @property
+    def backend(self) -> JournalBackend:
+        """The storage engine (the composition root chose it)."""
+        return self._backend
+
+    @property
+    def start_check(self) -> str:
+        """The engine's integrity check at ``start``: ``ok``, ``incomplete``, ``skipped``
+        or ``not run``."""
+        return self._backend.start_check
 
     @property
     def unavailable_reason(self) -> str | None:
-        """Why every append is refused until a restart (the file removed, replaced or
+        """Why every append is refused until a restart (the storage removed, replaced or
         damaged), else ``None``."""
-        return None if self._writer is None else self._writer.unavailable_reason
+        return self._backend.unavailable_reason
 
     @property
     def damaged(self) -> bool:
-        """Whether the file was found damaged (see ``unavailable_reason``)."""
-        return self._writer is not None and self._writer.damaged
+        """Whether the storage was found damaged (see ``unavailable_reason``)."""
+        return self._backend.damaged
 
     def check_file(self) -> str | None:
-        """Check now that the path still names the open file and its header is sound (as
-        after every commit, but for the file's size: only the writer compares it, between
-        its commits); the reason appends are refused, if any."""
-        if self._writer is None or self._closed:
-            return None if self._writer is None else self._writer.unavailable_reason
-        return self._writer.check_file()
+        """Check now that the storage is still the one opened and sound; the reason
+        appends are refused, if any."""
+        return self._backend.check_file()
 
     @property
     def commits(self) -> int:
         """Append transactions committed so far (one fsync each), for tests and metrics."""
-        return 0 if self._writer is None else self._writer.commits
+        return self._backend.commits
 
     @property
     def failed_batches(self) -> int:
         """Append batches answered with ``JournalUnavailable`` so far."""
-        return 0 if self._writer is None else self._writer.failed_batches
+        return self._backend.failed_batches
 
     async def start(self) -> None:
-        """Create or open the file (0600, WAL, schema) and start the writer thread.
-        Raises ``JournalUnavailable`` if the file cannot be used."""
+        """Open (create if missing) the storage and start taking appends. Raises
+        ``JournalUnavailable`` (``JournalDamaged``) if it cannot be used."""
         if self._closed:
             raise JournalUnavailable("journal is closed")
-        if self._writer is not None:
-            return
-        try:
-            writer_store, reader_store, head = await asyncio.to_thread(self._open)
-        except sqlite3.Error as exc:
-            if is_corruption(exc):
-                raise JournalDamaged(damaged_message(self.path, describe_failure(exc, "open"))
-                                     ) from exc
-            raise JournalUnavailable(describe_failure(exc, "open")) from exc
-        except OSError as exc:
-            raise JournalUnavailable(describe_failure(exc, "open")) from exc
-        self._loop = asyncio.get_running_loop()
-        self._reader = reader_store
-        self._writer = GroupCommitWriter(
-            writer_store,
-            loop=self._loop,
-            clock=self._clock,
-            batch_max=self._batch_max,
-            on_commit=self._on_commit,
-            head=head,
-            path=self.path,
-        )
-        self._writer.on_unavailable = self._on_unavailable
-        self._writer.start()
-
-    def _open(self) -> tuple[JournalStore, JournalStore, tuple[int, str]]:
-        # Sizes only without a WAL to replay: a crash inside a checkpoint may leave the
-        # header ahead of the file while the WAL still holds the pages.
-        wal = related_files(self.path)[1]
-        problem = header_problem(self.path, sizes=not wal.exists() or wal.stat().st_size == 0)
-        if problem is not None:
-            raise JournalDamaged(damaged_message(self.path, problem))
-        writer = JournalStore.open(self.path, busy_timeout_ms=self._busy_timeout_ms, create=True)
-        try:
-            writer.ensure_schema()
-            head = writer.head()
-            self._quick_check(writer)
-            restrict_permissions(self.path)
-            reader = JournalStore.open(
-                self.path, busy_timeout_ms=self._busy_timeout_ms, create=False
-            )
-        except BaseException:
-            writer.close()
-            raise
-        return writer, reader, head
-
-    def _quick_check(self, store: JournalStore) -> None:
-        if self._start_check_s <= 0:
-            self.start_check = "skipped"
-            return
-        problem, complete = store.quick_check(budget_s=self._start_check_s)
-        if problem is not None:
-            raise JournalDamaged(damaged_message(self.path, f"quick check: {problem}"))
-        self.start_check = "ok" if complete else "incomplete"
+        await self._backend.start()
+        self._live = True
 
     async def close(self) -> None:
-        """Finish every append already queued, stop the writer, close the connections.
-        Later appends raise ``JournalUnavailable``."""
+        """Finish every append already queued and release the storage. Later appends
+        raise ``JournalUnavailable``."""
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None:
-            self._writer.stop()
-            await asyncio.to_thread(self._writer.join)
-        with self._read_lock:
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-        if self._writer is not None:
-            self._writer.release_file()
-
-    def _live_writer(self) -> tuple[GroupCommitWriter, asyncio.AbstractEventLoop]:
-        if self._writer is None or self._loop is None or self._closed:
-            raise JournalUnavailable("journal is closed")
-        return self._writer, self._loop
+        self._live = False
+        await self._backend.close()
 
     async def append(self, event: NewEvent) -> AppendResult:
         """Append ``event``; return once it is durable, or is a duplicate of a live replay
         key. Raises ``JournalUnavailable`` (nothing written), ``DuplicateEventId``, or
         ``ValueError``/``TypeError`` for an event that cannot be stored (e.g. NaN)."""
-        writer, loop = self._live_writer()
+        if not self._live:
+            raise JournalUnavailable("journal is closed")
         if self._pending >= self._max_pending:
             raise JournalUnavailable("journal write queue is full")
-        job = AppendJob(_pending_row(event), loop.create_future())
+        committed = self._backend.append(_pending_row(event))
         self._pending += 1
         try:
-            writer.submit(job)
-            return await job.future
+            return await committed
         finally:
             self._pending -= 1
 
     async def apply_retention(self, *, max_age_s: float | None, max_bytes: int | None) -> int:
         """Remove the oldest rows older than ``max_age_s`` and/or beyond ``max_bytes`` of
         estimated row size, never the newest row, keeping the chain verifiable through a
-        checkpoint. Runs on the writer thread between append batches, so appends never
-        fail because of it. Returns the number of rows removed."""
-        writer, loop = self._live_writer()
-        if max_age_s is None and max_bytes is None:
-            return 0
-        job = RetentionJob(max_age_s, max_bytes, loop.create_future())
-        writer.submit(job)
-        return await job.future
-
-    async def _read(self, fn: Callable[[JournalStore], _T]) -> _T:
-        def run() -> _T:
-            with self._read_lock:
-                if self._reader is None:
-                    raise JournalUnavailable("journal is closed")
-                return fn(self._reader)
-
-        try:
-            return await asyncio.to_thread(run)
-        except sqlite3.Error as exc:
-            raise self._read_failure(exc) from exc
-
-    def _read_failure(self, exc: sqlite3.Error) -> JournalUnavailable:
-        """A read failed: a damaged file also stops every append from now on."""
-        reason = describe_failure(exc, "read")
-        if not is_corruption(exc):
-            return JournalUnavailable(reason)
-        if self._writer is not None:
-            self._writer.mark_damaged(reason)
-            if self._writer.damaged and self._writer.unavailable_reason is not None:
-                return JournalDamaged(self._writer.unavailable_reason)
-        return JournalDamaged(damaged_message(self.path, reason))
+        checkpoint. Appends never fail because of it. Returns the number of rows removed."""
+        if not self._live:
+            raise JournalUnavailable("journal is closed")
+        return await self._backend.apply_retention(max_age_s=max_age_s, max_bytes=max_bytes)
 
     async def list(
         self, flt: EventFilter, *, after_seq: int = 0, limit: int = 100
     ) -> list[JournalEvent]:
         """Events with ``seq > after_seq`` matching ``flt``, in seq order, at most
         ``limit`` (no other cap). Page on with ``after_seq`` = the last seq returned."""
-        where = where_clause(
-            types=tuple(flt.types),
-            integration_id=flt.integration_id,
-            source=flt.source,
-            since_ms=flt.since_ms,
-            until_ms=flt.until_ms,
-        )
+        backend = self._backend
+        # An exact filter in the engine reads only what is needed; a coarse one (glob
+        # classes) reads bigger chunks and the rest of the filtering happens here.
+        exact = flt.visible is None and backend.filters_exactly(flt.types)
         found: list[JournalEvent] = []
         cursor = after_seq
         while len(found) < limit:
             want = limit - len(found)
-            # An exact SQL filter reads only what is needed; a coarse one (glob classes)
-            # reads bigger chunks and the rest of the filtering happens here.
-            exact = where.exact and flt.visible is None
             chunk = want if exact else min(max(want, _LIST_CHUNK_MIN), _LIST_CHUNK_MAX)
-
-            def page(store: JournalStore, after: int = cursor, size: int = chunk) -> list[Row]:
-                return store.select_events(where, after_seq=after, limit=size)
-
-            rows = await self._read(page)
+            rows = await backend.read_events(flt, after_seq=cursor, limit=chunk)
             for row in rows:
                 event = _event_from_row(row)
                 if flt.matches(event):
@@ -383,38 +247,20 @@ class Journal:
                         break
             if len(rows) < chunk:
                 break
-            cursor = int(rows[-1][0])
+            cursor = int(rows[-1].seq)
         return found
 
     async def last_seq(self) -> int:
         """The newest seq (0 for an empty journal; retention never removes the newest)."""
-        return await self._read(lambda store: store.head()[0])
+        return await self._backend.last_seq()
 
     async def verify(self) -> VerifyResult:
         """Walk the whole chain (from the retention checkpoint, if any) recomputing every
-        hash, on a connection of its own and in one snapshot, so appends and listing go
-        on meanwhile. Also works on a closed journal."""
-        try:
-            walk = await asyncio.to_thread(self._walk_chain)
-        except sqlite3.Error as exc:
-            raise self._read_failure(exc) from exc
+        hash, in one snapshot, so appends and listing go on meanwhile. Also works on a
+        closed journal."""
+        walk = await self._backend.verify()
         return VerifyResult(walk.first_broken_seq is None, *walk)
 
-    def _walk_chain(self) -> ChainWalk:
-        store = JournalStore.open(self.path, busy_timeout_ms=self._busy_timeout_ms, create=False)
-        try:
-            store.begin_read()
-            return store.walk_chain()
-        finally:
-            store.rollback()
-            store.close()
-
     def size_bytes(self) -> int:
-        """Bytes on disk of the database file and its write-ahead log."""
-        total = 0
-        for file in related_files(self.path)[:2]:
-            try:
-                total += file.stat().st_size
-            except FileNotFoundError:
-                continue
-        return total
+        """Bytes the journal takes on its storage (SQLite: the file and its WAL)."""
+        return self._backend.size_bytes()
