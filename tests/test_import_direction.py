@@ -92,13 +92,7 @@ ALLOWED: dict[tuple[str, str], str] = {
 }
 """Imports that look like a broken rule and are not, each with the reason."""
 
-KNOWN: frozenset[tuple[str, str]] = frozenset({
-    # SQL beside the pure rules of attempts (being split apart).
-    ("palyra_py.delivery.attempts", "asyncio"),
-    ("palyra_py.delivery.attempts", "sqlite3"),
-    ("palyra_py.delivery.attempts", "palyra_py.delivery.sqlite"),
-    ("palyra_py.delivery.records", "palyra_py.delivery.sqlite"),
-})
+KNOWN: frozenset[tuple[str, str]] = frozenset()
 """Imports that break a rule today and are being removed: each must still exist (so the
 list only shrinks), and nothing else may break one."""
 

@@ -34,7 +34,7 @@ from palyra_py.journal.sqlite_chain import (
 )
 from palyra_py.storage import sqlite as sqlite_files
 from palyra_py.storage.sqlite import FILE_MODE as FILE_MODE  # re-exported
-from palyra_py.storage.sqlite import open_database
+from palyra_py.storage.sqlite import open_database, scalar
 from palyra_py.storage.sqlite import related_files as related_files  # re-exported
 from palyra_py.storage.sqlite import restrict_permissions as restrict_permissions  # re-exported
 
@@ -229,7 +229,7 @@ class JournalStore:
         else open it query-only. Every connection gets ``synchronous=FULL`` (a commit is
         fsync'd) and the busy timeout."""
         def prepare(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            if scalar(conn.execute("SELECT count(*) FROM sqlite_master")) == 0:
                 # Only possible before the first table: lets retention give space back.
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
