@@ -553,6 +553,7 @@ class Daemon:
             ingress_stats=self.ingress.stats, rejections=self.rejections,
             settings=self.settings, state_dir=self.state_dir, admin_socket=self.socket_path,
             registry_path=self.registry_file.path, journal_path=self.journal_path,
+            deliveries_path=self.deliveries.path,
         )
 
     def _webhooks_context(self) -> WebhooksContext:
