@@ -181,12 +181,12 @@ KeyPair = tuple[str, str]
 def key_pairs(row: PendingRow) -> tuple[KeyPair, ...]:
     """The replay keys a row is checked and stored under: its delivery id and, when it
     differs, its content key, both under its integration."""
-    key = row.replay_key
-    if key is None:
+    if row.replay_key is None:
         return ()
-    if row.content_key is None or row.content_key == key[1]:
-        return ((key[0], key[1]),)
-    return ((key[0], key[1]), (key[0], row.content_key))
+    integration_id, delivery_id, _ = row.replay_key
+    if row.content_key is None or row.content_key == delivery_id:
+        return ((integration_id, delivery_id),)
+    return ((integration_id, delivery_id), (integration_id, row.content_key))
 
 
 class BatchPlan(NamedTuple):
@@ -241,8 +241,9 @@ def plan_batch(
         ))
         prev_hash = new_hash
         if key is not None:
+            _, _, window_ms = key
             for pair in pairs:
-                keys.append((*pair, seq, row.event_id, now_ms + key[2]))
+                keys.append((*pair, seq, row.event_id, now_ms + window_ms))
                 # A second delivery of the same key in this batch is its duplicate.
                 live[pair] = Stored(seq, row.event_id, "duplicate")
         if id_taken is not None:
