@@ -19,7 +19,7 @@ from palyra_py.delivery.records import (
     NewDelivery,
 )
 
-__all__ = ["DeliveryLog", "DeliveryQueue", "DeliveryStoreUnavailable"]
+__all__ = ["DeliveryBackend", "DeliveryLog", "DeliveryQueue", "DeliveryStoreUnavailable"]
 
 
 class DeliveryStoreUnavailable(Exception):
@@ -169,4 +169,29 @@ class DeliveryLog(Protocol):
     ) -> list[Delivery]:
         """Deliveries matching every filter given, oldest first (by id), at most ``limit``
         (1..1000); page on with ``after`` = the last id returned."""
+        ...
+
+
+class DeliveryBackend(DeliveryQueue, DeliveryLog, Protocol):
+    """A whole engine, as the composition root holds it: both sides, and its lifecycle
+    and upkeep."""
+
+    async def start(self) -> None:
+        """Open (create if missing) the storage. Raises ``DeliveryStoreUnavailable``."""
+        ...
+
+    async def close(self) -> None:
+        """Commit every write already queued, then release the storage; later calls raise
+        ``DeliveryStoreUnavailable``."""
+        ...
+
+    async def resume_seq(self) -> int | None:
+        """The first journal seq from which re-delivering loses nothing: the lowest of any
+        pending delivery's seq and every cursor + 1 (``None``: no cursor, nothing
+        pending)."""
+        ...
+
+    async def prune(self, before_ms: int) -> int:
+        """Delete finished deliveries last updated before ``before_ms`` with their
+        attempts (pending ones stay); returns how many."""
         ...

@@ -157,9 +157,10 @@ class JournalBackend(Protocol):
     def append(self, row: PendingRow) -> Awaitable[AppendResult]:
         """Queue ``row``; the awaitable settles once the transaction holding it (and the
         rows queued with it: group commit) is durable, with its seq, or the original's for a
-        live replay key. Raises (through the awaitable) ``JournalUnavailable`` or
-        ``DuplicateEventId``. Seqs are gap-free and each row chains onto the one before,
-        whatever other appenders share the storage."""
+        live replay key, or raises ``JournalUnavailable`` (nothing of its batch written) or
+        ``DuplicateEventId``; when the engine is closed or not started, raises
+        ``JournalUnavailable`` at once. Seqs are gap-free and each row chains onto the one
+        before, whatever other appenders share the storage."""
         ...
 
     async def apply_retention(self, *, max_age_s: float | None, max_bytes: int | None) -> int:
