@@ -1,6 +1,6 @@
 """The figures' queries of the delivery store (``deliveries stats``) and the small WHERE
 builder the listing and queue queries share. ``DeliverySql`` inherits the queries; call
-them inside ``begin_read`` for one snapshot. Rows as in ``delivery_store_sql``.
+them inside ``begin_read`` for one snapshot.
 """
 
 from __future__ import annotations

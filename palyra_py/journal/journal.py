@@ -63,7 +63,9 @@ _LONG_DIGITS = re.compile(r"[0-9]{20}")
 
 
 def _event_from_row(row: EventRow) -> JournalEvent:
-    text = row.payload_json
+    # Unpacked once: the dispatcher and every stream read through here.
+    (seq, event_id, ts_unix_ms, kind, source, actor, integration_id, event_type, severity,
+     text, redacted, prev_hash, row_hash) = row
     try:
         # orjson turns integers past 64 bits into floats; a run of 20 digits may be one, so
         # such payloads take the exact (slower) parser.
@@ -77,9 +79,9 @@ def _event_from_row(row: EventRow) -> JournalEvent:
         # Only a row altered behind the daemon's back gets here; verify names it.
         payload = {"_unreadable_payload": True}
     return JournalEvent(
-        int(row.seq), str(row.event_id), int(row.ts_unix_ms), str(row.kind), str(row.source),
-        row.actor, row.integration_id, row.event_type, str(row.severity), payload,
-        bool(row.redacted), str(row.prev_hash), str(row.hash),
+        int(seq), str(event_id), int(ts_unix_ms), str(kind), str(source), actor,
+        integration_id, event_type, str(severity), payload, bool(redacted), str(prev_hash),
+        str(row_hash),
     )
 
 
