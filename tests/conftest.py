@@ -11,6 +11,7 @@ import structlog.testing
 
 from palyra_py.bus.local import SeqBus
 from palyra_py.journal.journal import Journal
+from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.server.daemon import Daemon
 from palyra_py.testing import (
     CapturingReceiver,
@@ -52,7 +53,7 @@ def state_dir() -> Iterator[Path]:
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[Journal, SeqBus]]:
     """A started journal in tmp_path whose commits are published on a bus."""
     bus = SeqBus()
-    journal = Journal(tmp_path / "journal.db", on_commit=bus.publish)
+    journal = Journal(SqliteJournal(tmp_path / "journal.db", on_commit=bus.publish))
     await journal.start()
     yield journal, bus
     await journal.close()

@@ -13,7 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from palyra_py.journal.backend import PendingRow
 from palyra_py.journal.journal import (
+    DEFAULT_MAX_PENDING,
     DuplicateEventId,
     EventFilter,
     Journal,
@@ -25,10 +27,10 @@ from palyra_py.journal.journal import (
 from palyra_py.journal.sqlite import (
     ZERO_HASH,
     JournalStore,
-    PendingRow,
     chain_hash,
     glob_for_fnmatch,
 )
+from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.testing import ManualClock
 
 JournalFactory = Callable[..., Journal]
@@ -40,7 +42,9 @@ async def make_journal(tmp_path: Path, clock: ManualClock) -> AsyncIterator[Jour
 
     def make(path: Path | None = None, **kwargs: object) -> Journal:
         kwargs.setdefault("clock", clock)
-        journal = Journal(path or tmp_path / "journal.db", **kwargs)  # type: ignore[arg-type]
+        max_pending = kwargs.pop("max_pending", DEFAULT_MAX_PENDING)
+        backend = SqliteJournal(path or tmp_path / "journal.db", **kwargs)  # type: ignore[arg-type]
+        journal = Journal(backend, max_pending=max_pending)  # type: ignore[arg-type]
         opened.append(journal)
         return journal
 

@@ -12,9 +12,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from palyra_py.journal.backend import PendingRow
 from palyra_py.journal.chain import chain_hash, new_row_hash
 from palyra_py.journal.journal import Journal, NewEvent, ReplayKey
-from palyra_py.journal.sqlite import JournalStore, PendingRow
+from palyra_py.journal.sqlite import JournalStore
+from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.testing import ManualClock
 
 # Any text SQLite can store: no lone surrogates; control characters, quotes, backslashes,
@@ -119,7 +121,7 @@ def test_taken_event_id_in_a_big_batch_fails_only_that_row(
 
 
 async def test_batched_writes_verify_and_read_back(tmp_path: Path, clock: ManualClock) -> None:
-    journal = Journal(tmp_path / "journal.db", clock=clock)
+    journal = Journal(SqliteJournal(tmp_path / "journal.db", clock=clock))
     await journal.start()
     try:
         results = await asyncio.gather(*(
@@ -140,7 +142,7 @@ async def test_batched_writes_verify_and_read_back(tmp_path: Path, clock: Manual
 async def test_unstorable_replay_key_fails_its_own_append(
     tmp_path: Path, clock: ManualClock
 ) -> None:
-    journal = Journal(tmp_path / "journal.db", clock=clock)
+    journal = Journal(SqliteJournal(tmp_path / "journal.db", clock=clock))
     await journal.start()
     try:
         with pytest.raises(ValueError, match="replay_key"):

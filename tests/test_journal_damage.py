@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 
 from palyra_py.journal.journal import Journal, JournalDamaged
+from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.server.daemon import EXIT_JOURNAL_DAMAGED, Daemon, DaemonError
 from palyra_py.testing import running_daemon
 from tests.daemon_process import child_env
@@ -199,17 +200,17 @@ async def test_moving_the_damaged_files_aside_lets_the_daemon_start(state_dir: P
 
 
 async def test_the_start_check_is_bounded(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.db", start_check_s=0)
+    journal = Journal(SqliteJournal(tmp_path / "journal.db", start_check_s=0))
     await journal.start()
     assert journal.start_check == "skipped"
     await journal.close()
-    checked = Journal(tmp_path / "journal.db")
+    checked = Journal(SqliteJournal(tmp_path / "journal.db"))
     await checked.start()
     assert checked.start_check == "ok"
     await checked.close()
     overwrite_header(tmp_path / "journal.db")
     with pytest.raises(JournalDamaged):
-        await Journal(tmp_path / "journal.db", start_check_s=0).start()
+        await Journal(SqliteJournal(tmp_path / "journal.db", start_check_s=0)).start()
 
 
 def header_ahead_of_the_file(path: Path, pages: int) -> None:

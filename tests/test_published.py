@@ -15,6 +15,7 @@ from palyra_py.events import (
     validate_event_type,
 )
 from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, NewEvent
+from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.testing import ManualClock
 
 
@@ -115,7 +116,7 @@ def test_reserved_prefixes() -> None:
 
 
 async def test_from_real_journal_rows(tmp_path: Path) -> None:
-    journal = Journal(tmp_path / "journal.db", clock=ManualClock(1_800_000_000.5))
+    journal = Journal(SqliteJournal(tmp_path / "journal.db", clock=ManualClock(1_800_000_000.5)))
     await journal.start()
     try:
         await journal.append(NewEvent(

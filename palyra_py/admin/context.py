@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 import tomlkit
 
-from palyra_py.delivery.store import DeliveryStore
+from palyra_py.delivery.backend import DeliveryLog
 from palyra_py.inbound.ingress import ActiveIntegration, IngressStats
 from palyra_py.inbound.listener import ConnectionCap
 from palyra_py.inbound.rejections import RejectionLog
@@ -201,7 +201,7 @@ class StatusContext:
     listener: ConnectionsView
     time: Clock
     journal: Journal
-    deliveries: DeliveryStore
+    deliveries: DeliveryLog
     secrets: SecretStore
     ingress_stats: IngressStats
     rejections: RejectionLog
@@ -210,6 +210,7 @@ class StatusContext:
     admin_socket: Path
     registry_path: Path
     journal_path: Path
+    deliveries_path: Path
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +233,7 @@ class SubscriptionsContext:
     appender: JournalAppender
     switch: SubscriptionSwitch
     dispatcher: Dispatcher
-    deliveries: DeliveryStore
+    deliveries: DeliveryLog
     secrets: SecretStore
     settings: Settings
     time: Clock
@@ -244,7 +245,7 @@ class DeliveriesContext:
 
     editor: RegistryEditor
     appender: JournalAppender
-    deliveries: DeliveryStore
+    deliveries: DeliveryLog
     dispatcher: Dispatcher
     secrets: SecretStore
     token_use: TokenUse

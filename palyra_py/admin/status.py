@@ -60,7 +60,7 @@ class AdminApi:
                           for x in ctx.runtime.listeners],
             "admin_socket": str(ctx.admin_socket),
             "registry": str(ctx.registry_path),
-            "deliveries": {"path": str(ctx.deliveries.path),
+            "deliveries": {"path": str(ctx.deliveries_path),
                            "problem": ctx.deliveries.check_file()},
             "journal": {
                 "path": str(ctx.journal_path),

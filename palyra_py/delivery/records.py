@@ -1,18 +1,31 @@
-"""The records of the delivery store: deliveries, attempts, new deliveries to create, their
-row conversions, delivery ids, and the text bounds of the attempt log. Pure apart from the
-OS random source of the ids. ``delivery_store`` re-exports every public name here.
+"""The records of the delivery store: deliveries, attempts, new deliveries to create, the
+typed rows every engine stores and returns and their conversions, and the
+text bounds of the attempt log. Pure.
+``delivery.store`` re-exports every public name here.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, NamedTuple, get_args
 
-from palyra_py.delivery.sqlite import MAX_ERROR_DETAIL_CHARS, MAX_RESPONSE_EXCERPT_BYTES, Row
 from palyra_py.times import format_unix_ms
 
 DeliveryStatus = Literal["pending", "succeeded", "failed"]
 STATUSES: tuple[DeliveryStatus, ...] = get_args(DeliveryStatus)
+
+MAX_ERROR_DETAIL_CHARS = 512
+MAX_RESPONSE_EXCERPT_BYTES = 4096
+MAX_LIMIT = 1000
+"""Largest ``limit`` that ``due`` and ``list`` accept."""
+SUBSCRIPTION_REMOVED = "subscription_removed"
+"""``last_error_class`` of the deliveries ``forget_subscription`` ended."""
+
+
+def check_limit(limit: int) -> None:
+    """``ValueError`` unless ``1 <= limit <= MAX_LIMIT``."""
+    if not 1 <= limit <= MAX_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_LIMIT}")
 
 
 class DeliveryNotFound(LookupError):
@@ -98,22 +111,89 @@ class AttemptRecord:
         return {**fields, "started_at": format_unix_ms(self.started_ms)}
 
 
-def delivery_from_row(row: Row) -> Delivery:
-    """A ``Delivery`` from a row in ``DELIVERY_COLUMNS`` order."""
+# -- rows ------------------------------------------------------------------------------
+
+
+class DeliveryRow(NamedTuple):
+    """A stored delivery, as every engine returns it (``Delivery``'s fields, in order)."""
+
+    delivery_id: str
+    subscription_id: str
+    event_seq: int
+    event_id: str
+    event_type: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_ms: int | None
+    created_ms: int
+    updated_ms: int
+    last_status_code: int | None
+    last_error_class: str | None
+
+
+class NewDeliveryRow(NamedTuple):
+    """A delivery to insert as pending (``attempts`` 0, ``updated_ms`` = ``created_ms``)."""
+
+    delivery_id: str
+    subscription_id: str
+    event_seq: int
+    event_id: str
+    event_type: str
+    next_attempt_ms: int
+    created_ms: int
+
+
+class DeliveryUpdate(NamedTuple):
+    """What a delivery's attempts made of it, written once per delivery and batch."""
+
+    delivery_id: str
+    status: DeliveryStatus
+    attempts: int
+    next_attempt_ms: int | None
+    last_status_code: int | None
+    last_error_class: str | None
+    updated_ms: int
+
+
+class AttemptRow(NamedTuple):
+    """A stored attempt, as every engine takes and returns it (``AttemptRecord``'s fields,
+    in order)."""
+
+    delivery_id: str
+    attempt_no: int
+    started_ms: int
+    duration_ms: int
+    status_code: int | None
+    error_class: str | None
+    error_detail: str | None
+    response_excerpt: str | None
+
+
+class Health(NamedTuple):
+    """A subscription's health; both ``None`` before any attempt."""
+
+    last_success_ms: int | None
+    failing_since_ms: int | None
+
+
+def delivery_from_row(row: DeliveryRow) -> Delivery:
+    """The ``Delivery`` of a stored row."""
     return Delivery(
-        str(row[0]), str(row[1]), int(row[2]), str(row[3]), str(row[4]), row[5], int(row[6]),
-        row[7], int(row[8]), int(row[9]), row[10], row[11],
+        str(row.delivery_id), str(row.subscription_id), int(row.event_seq), str(row.event_id),
+        str(row.event_type), row.status, int(row.attempts), row.next_attempt_ms,
+        int(row.created_ms), int(row.updated_ms), row.last_status_code, row.last_error_class,
     )
 
 
-def attempt_from_row(row: Row) -> AttemptRecord:
-    """An ``AttemptRecord`` from a row in ``ATTEMPT_COLUMNS`` order."""
+def attempt_from_row(row: AttemptRow) -> AttemptRecord:
+    """The ``AttemptRecord`` of a stored row."""
     return AttemptRecord(
-        str(row[0]), int(row[1]), int(row[2]), int(row[3]), row[4], row[5], row[6], row[7]
+        str(row.delivery_id), int(row.attempt_no), int(row.started_ms), int(row.duration_ms),
+        row.status_code, row.error_class, row.error_detail, row.response_excerpt,
     )
 
 
-def attempt_row(attempt: AttemptRecord) -> Row:
+def attempt_row(attempt: AttemptRecord) -> AttemptRow:
     """The stored row of ``attempt`` (``ATTEMPT_COLUMNS`` order), its texts cut to their
     bounds."""
     detail = attempt.error_detail
@@ -123,7 +203,8 @@ def attempt_row(attempt: AttemptRecord) -> Row:
     excerpt = attempt.response_excerpt
     if excerpt is not None:
         excerpt = clip_utf8(excerpt, MAX_RESPONSE_EXCERPT_BYTES)
-    return (
+    return AttemptRow(
         attempt.delivery_id, attempt.attempt_no, attempt.started_ms, attempt.duration_ms,
         attempt.status_code, attempt.error_class, detail, excerpt,
     )
+

@@ -1,10 +1,10 @@
 """The SQLite side of the delivery store: ``deliveries.db`` (file mode, pragmas, schema)
 and its SQL statements.
 
-``delivery_store.py`` owns the rules (transitions, ids, health, stats) and the dataclasses;
-this module stores and fetches rows as tuples in the column orders below, so that a
-PostgreSQL store can be added beside it behind the same methods. The figures' queries are
-in ``delivery_sql_stats`` and the writer thread in ``delivery_writer``.
+The rules (transitions, health: ``delivery.attempts``) and the records and typed rows
+(``delivery.records``) are engine-independent; this module stores and fetches those rows.
+The figures' queries are in ``sqlite_stats``, recording attempts in ``sqlite_attempts``,
+the writer thread in ``sqlite_writer``.
 
 A ``DeliverySql`` wraps one connection and is not thread-safe: the store gives the writer
 thread one and guards the reader's with a lock. Its write methods run inside the
@@ -19,32 +19,30 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from palyra_py.delivery.records import (
+    MAX_ERROR_DETAIL_CHARS,
+    MAX_RESPONSE_EXCERPT_BYTES,
+    AttemptRow,
+    DeliveryRow,
+    DeliveryUpdate,
+    Health,
+    NewDeliveryRow,
+)
 from palyra_py.delivery.sqlite_stats import DeliveryStatsQueries, Where
 from palyra_py.storage import sqlite as sqlite_files
 from palyra_py.storage.sqlite import DIR_MODE as DIR_MODE  # re-exported
 from palyra_py.storage.sqlite import FILE_MODE as FILE_MODE  # re-exported
-from palyra_py.storage.sqlite import describe_sqlite_error, open_database
+from palyra_py.storage.sqlite import describe_sqlite_error, open_database, optional_int, scalar
 from palyra_py.storage.sqlite import related_files as related_files  # re-exported
 from palyra_py.storage.sqlite import restrict_permissions as restrict_permissions  # re-exported
 
 SCHEMA_VERSION = 1
-MAX_ERROR_DETAIL_CHARS = 512
-MAX_RESPONSE_EXCERPT_BYTES = 4096
 
-DELIVERY_COLUMNS: tuple[str, ...] = (
-    "delivery_id", "subscription_id", "event_seq", "event_id", "event_type", "status",
-    "attempts", "next_attempt_ms", "created_ms", "updated_ms", "last_status_code",
-    "last_error_class",
-)
+DELIVERY_COLUMNS: tuple[str, ...] = DeliveryRow._fields
 """Column order of every delivery row this module returns."""
 
-ATTEMPT_COLUMNS: tuple[str, ...] = (
-    "delivery_id", "attempt_no", "started_ms", "duration_ms", "status_code", "error_class",
-    "error_detail", "response_excerpt",
-)
+ATTEMPT_COLUMNS: tuple[str, ...] = AttemptRow._fields
 """Column order of every attempt row this module returns or accepts."""
-
-Row = tuple[Any, ...]
 
 _D_COLS = ", ".join(DELIVERY_COLUMNS)
 _A_COLS = ", ".join(ATTEMPT_COLUMNS)
@@ -99,11 +97,6 @@ _SCHEMA: tuple[str, ...] = (
 )
 
 
-class DeliveryStoreUnavailable(Exception):
-    """The store could not read or make a write durable (disk full, locked, closed...).
-    Nothing of the failed write was committed."""
-
-
 def describe_error(exc: BaseException, action: str) -> str:
     """A short reason for DeliveryStoreUnavailable. SQLite's messages name the failure,
     never bound values, so no payload leaks through."""
@@ -113,7 +106,7 @@ def describe_error(exc: BaseException, action: str) -> str:
 _BULK_JSON = sqlite3.sqlite_version_info >= (3, 33)  # UPDATE ... FROM
 
 
-def _json_rows(rows: Sequence[Row]) -> str | None:
+def _json_rows(rows: Sequence[tuple[Any, ...]]) -> str | None:
     """``rows`` as one JSON array for ``json_each``: a bulk write is then ONE statement,
     one trip of the writer thread out of and back into the GIL, instead of one per row
     (``executemany``), each of which can wait for a busy event loop to let go of it.
@@ -162,6 +155,9 @@ class DeliverySql(DeliveryStatsQueries):
     def close(self) -> None:
         self._conn.close()
 
+    def _deliveries(self, sql: str, params: Sequence[Any]) -> list[DeliveryRow]:
+        return [*map(DeliveryRow._make, self._conn.execute(sql, params))]
+
     def ensure_schema(self) -> None:
         """Create the tables and indexes if missing (idempotent)."""
         sqlite_files.ensure_schema(self._conn, _SCHEMA, SCHEMA_VERSION, label="deliveries.db")
@@ -197,10 +193,9 @@ class DeliverySql(DeliveryStatsQueries):
     # -- cursors -----------------------------------------------------------------------
 
     def cursor(self, subscription_id: str) -> int | None:
-        row = self._conn.execute(
+        return optional_int(scalar(self._conn.execute(
             "SELECT seq FROM cursors WHERE subscription_id = ?", (subscription_id,)
-        ).fetchone()
-        return None if row is None else int(row[0])
+        )))
 
     def set_cursor(self, subscription_id: str, seq: int) -> None:
         self._conn.execute(
@@ -220,13 +215,12 @@ class DeliverySql(DeliveryStatsQueries):
     # -- deliveries --------------------------------------------------------------------
 
     def max_delivery_id(self) -> str | None:
-        row = self._conn.execute("SELECT max(delivery_id) FROM deliveries").fetchone()
-        return None if row[0] is None else str(row[0])
+        found = scalar(self._conn.execute("SELECT max(delivery_id) FROM deliveries"))
+        return None if found is None else str(found)
 
-    def insert_pending(self, rows: Sequence[Row]) -> int:
-        """Insert ``(delivery_id, subscription_id, event_seq, event_id, event_type,
-        next_attempt_ms, created_ms)`` rows as pending; a row whose ``(subscription_id,
-        event_id)`` exists is skipped. Returns how many were inserted."""
+    def insert_pending(self, rows: Sequence[NewDeliveryRow]) -> int:
+        """Insert ``rows`` as pending; a row whose ``(subscription_id, event_id)`` exists is
+        skipped. Returns how many were inserted."""
         if not rows:
             return 0
         columns = ("INSERT INTO deliveries (delivery_id, subscription_id, event_seq, event_id,"
@@ -248,22 +242,22 @@ class DeliverySql(DeliveryStatsQueries):
             )
         return max(cur.rowcount, 0)
 
-    def delivery(self, delivery_id: str) -> Row | None:
-        row: Row | None = self._conn.execute(
+    def delivery(self, delivery_id: str) -> DeliveryRow | None:
+        found = self._conn.execute(
             f"SELECT {_D_COLS} FROM deliveries WHERE delivery_id = ?",  # noqa: S608
             (delivery_id,),
         ).fetchone()
-        return row
+        return None if found is None else DeliveryRow._make(found)
 
-    def deliveries_by_id(self, delivery_ids: Sequence[str]) -> list[Row]:
+    def deliveries_by_id(self, delivery_ids: Sequence[str]) -> list[DeliveryRow]:
         """The rows of those of ``delivery_ids`` that exist, in no particular order."""
         sql, params = _in_list("delivery_id", delivery_ids)
-        return self._conn.execute(
+        return self._deliveries(
             f"SELECT {_D_COLS} FROM deliveries WHERE {sql}",  # noqa: S608
             params,
-        ).fetchall()
+        )
 
-    def insert_attempt(self, row: Row) -> None:
+    def insert_attempt(self, row: AttemptRow) -> None:
         """Insert an attempt row (``ATTEMPT_COLUMNS`` order). Raises
         ``sqlite3.IntegrityError`` if that attempt number is already recorded."""
         self._conn.execute(
@@ -272,7 +266,7 @@ class DeliverySql(DeliveryStatsQueries):
             row,
         )
 
-    def insert_attempts(self, rows: Sequence[Row]) -> None:
+    def insert_attempts(self, rows: Sequence[AttemptRow]) -> None:
         """``insert_attempt`` for many rows, all or none: ``sqlite3.IntegrityError`` (or
         ``ValueError`` for text SQLite cannot take) leaves none of them inserted."""
         doc = _json_rows(rows)
@@ -295,17 +289,15 @@ class DeliverySql(DeliveryStatsQueries):
             raise
         self.release_savepoint("attempts")
 
-    def attempts_of(self, delivery_id: str) -> list[Row]:
-        return self._conn.execute(
+    def attempts_of(self, delivery_id: str) -> list[AttemptRow]:
+        return [*map(AttemptRow._make, self._conn.execute(
             f"SELECT {_A_COLS} FROM attempts WHERE delivery_id = ?"  # noqa: S608
             " ORDER BY attempt_no",
             (delivery_id,),
-        ).fetchall()
+        ))]
 
-    def update_after_attempts(self, rows: Sequence[Row]) -> None:
-        """Set, per delivery, what its attempts made of it: rows of ``(delivery_id,
-        status, attempts, next_attempt_ms, last_status_code, last_error_class,
-        updated_ms)``, one per delivery."""
+    def update_after_attempts(self, rows: Sequence[DeliveryUpdate]) -> None:
+        """Set, per delivery, what its attempts made of it: one row per delivery."""
         doc = _json_rows(rows)
         if doc is None:
             self._conn.executemany(
@@ -373,13 +365,13 @@ class DeliverySql(DeliveryStatsQueries):
 
     # -- health ------------------------------------------------------------------------
 
-    def health(self, subscription_id: str) -> tuple[int | None, int | None]:
-        row = self._conn.execute(
+    def health(self, subscription_id: str) -> Health:
+        found = self._conn.execute(
             "SELECT last_success_ms, failing_since_ms FROM subscription_health"
             " WHERE subscription_id = ?",
             (subscription_id,),
         ).fetchone()
-        return (None, None) if row is None else (row[0], row[1])
+        return Health(None, None) if found is None else Health._make(found)
 
     def health_success(self, subscription_id: str, now_ms: int) -> None:
         self._conn.execute(
@@ -400,18 +392,18 @@ class DeliverySql(DeliveryStatsQueries):
 
     # -- queue reads -------------------------------------------------------------------
 
-    def due(self, now_ms: int, limit: int, exclude: Sequence[str]) -> list[Row]:
+    def due(self, now_ms: int, limit: int, exclude: Sequence[str]) -> list[DeliveryRow]:
         where = Where()
         where.add("status = 'pending'")
         where.add("next_attempt_ms <= ?", now_ms)
         if exclude:
             sql, params = _in_list("subscription_id", exclude)
             where.add(f"NOT {sql}", *params)
-        return self._conn.execute(
+        return self._deliveries(
             f"SELECT {_D_COLS} FROM deliveries WHERE {where.sql}"  # noqa: S608
             " ORDER BY next_attempt_ms, event_seq, delivery_id LIMIT ?",
             (*where.params, limit),
-        ).fetchall()
+        )
 
     def next_due_ms(self, exclude: Sequence[str]) -> int | None:
         where = Where()
@@ -420,69 +412,65 @@ class DeliverySql(DeliveryStatsQueries):
         if exclude:
             sql, params = _in_list("subscription_id", exclude)
             where.add(f"NOT {sql}", *params)
-        row = self._conn.execute(
+        return optional_int(scalar(self._conn.execute(
             f"SELECT next_attempt_ms FROM deliveries WHERE {where.sql}"  # noqa: S608
             " ORDER BY next_attempt_ms LIMIT 1",
             tuple(where.params),
-        ).fetchone()
-        return None if row is None else int(row[0])
+        )))
 
-    def due_of(self, now_ms: int, limit: int, subscriptions: Sequence[str]) -> list[Row]:
+    def due_of(self, now_ms: int, limit: int, subscriptions: Sequence[str]
+               ) -> list[DeliveryRow]:
         """Like ``due``, but only of the given subscriptions."""
         sql, params = _in_list("subscription_id", subscriptions)
-        return self._conn.execute(
+        return self._deliveries(
             f"SELECT {_D_COLS} FROM deliveries"  # noqa: S608
             f" WHERE status = 'pending' AND next_attempt_ms <= ? AND {sql}"
             " ORDER BY next_attempt_ms, event_seq, delivery_id LIMIT ?",
             (now_ms, *params, limit),
-        ).fetchall()
+        )
 
     def next_due_after(self, now_ms: int) -> int | None:
         """The earliest ``next_attempt_ms`` after ``now_ms`` of any pending delivery."""
-        row = self._conn.execute(
+        return optional_int(scalar(self._conn.execute(
             "SELECT min(next_attempt_ms) FROM deliveries"
             " WHERE status = 'pending' AND next_attempt_ms > ?",
             (now_ms,),
-        ).fetchone()
-        return None if row[0] is None else int(row[0])
+        )))
 
-    def oldest_pending(self, subscription_id: str) -> Row | None:
-        row: Row | None = self._conn.execute(
+    def oldest_pending(self, subscription_id: str) -> DeliveryRow | None:
+        found = self._conn.execute(
             f"SELECT {_D_COLS} FROM deliveries"  # noqa: S608
             " WHERE subscription_id = ? AND status = 'pending'"
             " ORDER BY event_seq, delivery_id LIMIT 1",
             (subscription_id,),
         ).fetchone()
-        return row
+        return None if found is None else DeliveryRow._make(found)
 
     def pending_count(self, subscription_id: str | None) -> int:
         if subscription_id is None:
-            row = self._conn.execute(
+            count = scalar(self._conn.execute(
                 "SELECT count(*) FROM deliveries WHERE status = 'pending'"
-            ).fetchone()
+            ))
         else:
-            row = self._conn.execute(
+            count = scalar(self._conn.execute(
                 "SELECT count(*) FROM deliveries WHERE subscription_id = ?"
                 " AND status = 'pending'",
                 (subscription_id,),
-            ).fetchone()
-        return int(row[0])
+            ))
+        return int(count)
 
     def oldest_pending_created_ms(self) -> int | None:
-        row = self._conn.execute(
+        return optional_int(scalar(self._conn.execute(
             "SELECT min(created_ms) FROM deliveries WHERE status = 'pending'"
-        ).fetchone()
-        return None if row[0] is None else int(row[0])
+        )))
 
     def lowest_pending_seq(self) -> int | None:
-        row = self._conn.execute(
+        return optional_int(scalar(self._conn.execute(
             "SELECT min(event_seq) FROM deliveries WHERE status = 'pending'"
-        ).fetchone()
-        return None if row[0] is None else int(row[0])
+        )))
 
     def min_cursor(self) -> int | None:
-        row = self._conn.execute("SELECT min(seq) FROM cursors").fetchone()
-        return None if row[0] is None else int(row[0])
+        return optional_int(scalar(self._conn.execute("SELECT min(seq) FROM cursors")))
 
     # -- listing -----------------------------------------------------------------------
 
@@ -495,7 +483,7 @@ class DeliverySql(DeliveryStatsQueries):
         until_ms: int | None,
         after: str | None,
         limit: int,
-    ) -> list[Row]:
+    ) -> list[DeliveryRow]:
         """Matching rows in ``delivery_id`` order (creation order), after ``after``;
         ``since_ms`` inclusive and ``until_ms`` exclusive on ``created_ms``."""
         where = Where()
@@ -509,8 +497,8 @@ class DeliverySql(DeliveryStatsQueries):
             where.add("created_ms < ?", until_ms)
         if after is not None:
             where.add("delivery_id > ?", after)
-        return self._conn.execute(
+        return self._deliveries(
             f"SELECT {_D_COLS} FROM deliveries WHERE {where.sql}"  # noqa: S608
             " ORDER BY delivery_id LIMIT ?",
             (*where.params, limit),
-        ).fetchall()
+        )

@@ -1,6 +1,6 @@
 """The figures' queries of the delivery store (``deliveries stats``) and the small WHERE
 builder the listing and queue queries share. ``DeliverySql`` inherits the queries; call
-them inside ``begin_read`` for one snapshot. Rows as in ``delivery_store_sql``.
+them inside ``begin_read`` for one snapshot.
 """
 
 from __future__ import annotations
@@ -43,12 +43,12 @@ class DeliveryStatsQueries:
         """``(attempts, attempts without an error class)`` started at or after
         ``since_ms``."""
         source, where = _attempts_where(subscription_id, since_ms)
-        row = self._conn.execute(
+        attempts, succeeded = self._conn.execute(
             f"SELECT count(*), ifnull(sum(a.error_class IS NULL), 0) FROM {source}"  # noqa: S608
             f" WHERE {where.sql}",
             tuple(where.params),
         ).fetchone()
-        return int(row[0]), int(row[1])
+        return int(attempts), int(succeeded)
 
     def recent_durations(
         self, subscription_id: str | None, since_ms: int | None, limit: int
@@ -60,7 +60,7 @@ class DeliveryStatsQueries:
             " ORDER BY a.started_ms DESC LIMIT ?",
             (*where.params, limit),
         ).fetchall()
-        return [int(row[0]) for row in rows]
+        return [int(duration) for (duration,) in rows]
 
     def failures_by_class(
         self, subscription_id: str | None, since_ms: int | None

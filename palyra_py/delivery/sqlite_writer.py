@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
-from palyra_py.delivery.sqlite import DeliverySql, DeliveryStoreUnavailable, describe_error
+from palyra_py.delivery.backend import DeliveryStoreUnavailable
+from palyra_py.delivery.sqlite import DeliverySql, describe_error
 from palyra_py.storage.sqlite import (
     QueueWriterThread,
     call_in_loop,

@@ -1,22 +1,23 @@
-"""The journal's SHA-256 hash chain in SQLite: how a row's hash is made, how the whole chain
-is checked, and how retention cuts off its oldest rows while keeping it verifiable.
+"""The journal's rules every engine applies inside its transactions, pure (no I/O, no
+clock): the payload's stored text, the SHA-256 hash chain (how a row's hash is made and how
+the chain is checked), and the plan of one append batch (seqs, hashes, replay keys).
 
 Each row's ``hash`` covers its other columns and the previous row's hash, so a row changed,
 removed or inserted behind the daemon's back breaks the chain at that row. Retention removes
 a prefix of the chain and records the last removed row's ``(seq, hash)`` as the checkpoint
-the chain then starts from.
-
-The functions that take a connection run no transaction of their own: ``JournalStore``
-opens one around them (a snapshot for ``walk_chain``, a write transaction for retention).
+the chain then starts from. The SQLite side (reading rows for these rules, retention's
+cut) is ``journal.sqlite_chain``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
+from collections.abc import Callable, Sequence
 from json.encoder import encode_basestring
 from typing import Any, NamedTuple
+
+from palyra_py.journal.backend import ChainHead, ChainWalk, EventRow, PendingRow, Stored
 
 ZERO_HASH = "0" * 64
 _GIL_FREE_HASH_BYTES = 2047  # CPython's hashlib releases the GIL from 2048 bytes on
@@ -36,24 +37,32 @@ EVENT_COLUMNS: tuple[str, ...] = (
     "prev_hash",
     "hash",
 )
-"""Column order of every row the journal store returns or accepts; the hash covers every
-column but the last, in this order."""
+"""Column order of every row the journal store returns or accepts (``EventRow``); the
+hash covers every column but the last, in this order."""
 
-Row = tuple[Any, ...]
 
-_COLS = ", ".join(EVENT_COLUMNS)
 
-# Estimated stored bytes of one row, for size-based retention: the text columns plus a
-# fixed allowance for the integers and SQLite's record overhead.
-_ROW_BYTES = (
-    "(48 + "
-    + " + ".join(
-        f"ifnull(length(CAST({col} AS BLOB)), 0)"
-        for col in EVENT_COLUMNS
-        if col not in ("seq", "ts_unix_ms", "redacted")
+def encode_payload(payload: Any) -> str:
+    """The ``payload_json`` column: compact, sorted keys, UTF-8 text. Raises ``TypeError``
+    / ``ValueError`` for what JSON cannot hold (NaN and infinities included)."""
+    if not isinstance(payload, dict):
+        raise TypeError("payload must be a dict")
+    text = json.dumps(
+        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
     )
-    + ")"
-)
+    if not is_storable_text(text):
+        # Lone surrogates (legal as JSON escapes): keep them escaped, losslessly.
+        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return text
+
+
+def is_storable_text(value: str) -> bool:
+    """False for strings holding lone surrogates, which have no UTF-8 form."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def canonical_json(value: Any) -> str:
@@ -111,111 +120,134 @@ def new_row_hash(
     return digest.hexdigest()
 
 
-def row_hash(row: Row) -> str:
+def row_hash(row: EventRow) -> str:
     """The hash a stored row should carry, recomputed from its other columns."""
-    return chain_hash(str(row[11]), dict(zip(EVENT_COLUMNS[:-1], row[:-1], strict=True)))
-
-
-class ChainWalk(NamedTuple):
-    checked: int
-    first_seq: int | None
-    last_seq: int | None
-    first_broken_seq: int | None
-    reason: str
-
-
-def read_checkpoint(conn: sqlite3.Connection) -> tuple[int, str] | None:
-    """``(seq, hash)`` of the last row removed by retention, if any."""
-    row = conn.execute("SELECT seq, hash FROM journal_checkpoint WHERE id = 1").fetchone()
-    return None if row is None else (int(row[0]), str(row[1]))
+    record = row._asdict()
+    del record["hash"]
+    return chain_hash(str(row.prev_hash), record)
 
 
 # -- verification ----------------------------------------------------------------------
 
 
-def walk_chain(conn: sqlite3.Connection, *, chunk: int = 1000) -> ChainWalk:
-    """Check the whole chain in seq order, ``chunk`` rows at a time, from the checkpoint
-    (or seq 1 and ``ZERO_HASH``): contiguous seqs, each ``prev_hash`` equal to the previous
-    row's hash, each hash recomputed from the stored columns. Run it inside one read
-    transaction for one consistent snapshot."""
-    checkpoint = read_checkpoint(conn)
-    expected, prev_hash = checkpoint or (0, ZERO_HASH)
-    expected += 1
-    checked, first, last = 0, None, None
-    after = 0
-    while True:
-        rows = conn.execute(
-            f"SELECT {_COLS} FROM journal_events"  # noqa: S608
-            " WHERE seq > ? ORDER BY seq LIMIT ?",
-            (after, chunk),
-        ).fetchall()
+class ChainCheck:
+    """Checks a chain fed in seq order, from the checkpoint (or seq 1 and ``ZERO_HASH``):
+    contiguous seqs, each ``prev_hash`` equal to the previous row's hash, each hash
+    recomputed from the stored columns. Feed every row of one consistent snapshot."""
+
+    def __init__(self, checkpoint: ChainHead | None) -> None:
+        expected, self._prev_hash = checkpoint or (0, ZERO_HASH)
+        self._expected = expected + 1
+        self._checked = 0
+        self._first: int | None = None
+        self._last: int | None = None
+        self.broken: ChainWalk | None = None
+        """The outcome once a row broke the chain; feed no more rows then."""
+
+    def feed(self, rows: Sequence[EventRow]) -> ChainWalk | None:
+        """Check ``rows`` (the next ones in seq order); the outcome if one broke the
+        chain, else ``None``."""
         for row in rows:
-            seq = int(row[0])
-            first = seq if first is None else first
-            if seq != expected:
+            seq = int(row.seq)
+            self._first = seq if self._first is None else self._first
+            if seq != self._expected:
                 # The first missing seq (or a row that sits before the checkpoint).
-                return ChainWalk(checked, first, last, min(seq, expected), "seq gap")
-            if row[11] != prev_hash:
-                return ChainWalk(checked, first, last, seq, "prev_hash does not link")
-            if row_hash(row) != row[12]:
-                return ChainWalk(checked, first, last, seq, "hash mismatch")
-            checked, last, prev_hash, expected = checked + 1, seq, str(row[12]), seq + 1
-        if len(rows) < chunk:
-            return ChainWalk(checked, first, last, None, "ok")
-        after = int(rows[-1][0])
-
-
-# -- retention -------------------------------------------------------------------------
-
-
-def retention_cut(
-    conn: sqlite3.Connection, older_than_ms: int | None, max_bytes: int | None
-) -> int | None:
-    """The last seq retention should remove, or None for nothing; never the newest row.
-
-    By age: the rows before the first one stamped at or after ``older_than_ms`` (so a clock
-    that stepped back never removes a newer row). By size: the oldest rows until the
-    estimated size of the rest is at most ``max_bytes``."""
-    bounds = conn.execute("SELECT min(seq), max(seq) FROM journal_events").fetchone()
-    if bounds[0] is None:
+                return self._break(min(seq, self._expected), "seq gap")
+            if row.prev_hash != self._prev_hash:
+                return self._break(seq, "prev_hash does not link")
+            if row_hash(row) != row.hash:
+                return self._break(seq, "hash mismatch")
+            self._checked, self._last = self._checked + 1, seq
+            self._prev_hash, self._expected = str(row.hash), seq + 1
         return None
-    first, newest = int(bounds[0]), int(bounds[1])
-    cut = first - 1
-    if older_than_ms is not None:
-        row = conn.execute(
-            "SELECT seq FROM journal_events WHERE ts_unix_ms >= ? ORDER BY seq LIMIT 1",
-            (older_than_ms,),
-        ).fetchone()
-        cut = max(cut, newest if row is None else int(row[0]) - 1)
-    if max_bytes is not None:
-        total = conn.execute(
-            f"SELECT ifnull(sum({_ROW_BYTES}), 0) FROM journal_events"  # noqa: S608
-        ).fetchone()[0]
-        excess = int(total) - max_bytes
-        if excess > 0:
-            removed = 0
-            # The cursor streams rows: memory stays bounded however long the scan.
-            for seq, size in conn.execute(
-                f"SELECT seq, {_ROW_BYTES} FROM journal_events ORDER BY seq"  # noqa: S608
-            ):
-                removed += int(size)
-                if removed >= excess:
-                    cut = max(cut, int(seq))
-                    break
-    cut = min(cut, newest - 1)
-    return cut if cut >= first else None
+
+    def _break(self, seq: int, reason: str) -> ChainWalk:
+        self.broken = ChainWalk(self._checked, self._first, self._last, seq, reason)
+        return self.broken
+
+    def result(self) -> ChainWalk:
+        """The outcome after the last row."""
+        if self.broken is not None:
+            return self.broken
+        return ChainWalk(self._checked, self._first, self._last, None, "ok")
 
 
-def remove_through(conn: sqlite3.Connection, seq: int) -> int:
-    """Delete the rows up to ``seq`` (past the append-only trigger, through the guard row)
-    and make ``seq`` and its hash the checkpoint; return how many rows went."""
-    last = conn.execute("SELECT hash FROM journal_events WHERE seq = ?", (seq,))
-    last_hash = str(last.fetchone()[0])
-    conn.execute("UPDATE journal_guard SET retention_running = 1 WHERE id = 1")
-    cur = conn.execute("DELETE FROM journal_events WHERE seq <= ?", (seq,))
-    conn.execute("UPDATE journal_guard SET retention_running = 0 WHERE id = 1")
-    conn.execute(
-        "INSERT OR REPLACE INTO journal_checkpoint (id, seq, hash) VALUES (1, ?, ?)",
-        (seq, last_hash),
-    )
-    return max(cur.rowcount, 0)
+# -- the plan of one append batch ------------------------------------------------------
+
+KeyPair = tuple[str, str]
+"""A replay key as stored: ``(integration_id, delivery_id)``."""
+
+
+def key_pairs(row: PendingRow) -> tuple[KeyPair, ...]:
+    """The replay keys a row is checked and stored under: its delivery id and, when it
+    differs, its content key, both under its integration."""
+    if row.replay_key is None:
+        return ()
+    integration_id, delivery_id, _ = row.replay_key
+    if row.content_key is None or row.content_key == delivery_id:
+        return ((integration_id, delivery_id),)
+    return ((integration_id, delivery_id), (integration_id, row.content_key))
+
+
+class BatchPlan(NamedTuple):
+    """What one append transaction writes: ``events`` (parameter tuples in
+    ``EVENT_COLUMNS`` order), ``keys`` (``(integration_id, delivery_id, seq, event_id,
+    expires_at_ms)``), one ``Stored`` per row given, and the head after it."""
+
+    stored: list[Stored]
+    events: list[tuple[Any, ...]]
+    keys: list[tuple[Any, ...]]
+    head: ChainHead
+
+
+def plan_batch(
+    rows: Sequence[PendingRow],
+    *,
+    head: tuple[int, str],
+    now_ms: int,
+    live: dict[KeyPair, Stored],
+    id_taken: Callable[[str], bool] | None = None,
+) -> BatchPlan:
+    """Plan appending ``rows`` after ``head`` (read inside the transaction), all stamped
+    ``now_ms``: a row with a key in ``live`` (the keys present and unexpired, as
+    ``duplicate``) is that original's duplicate, and so is a second row of the batch with
+    one of the same keys; with ``id_taken``, a row whose event id is taken (or repeats one
+    of the batch) is an ``id_conflict``; every other row gets the next seq and chains on.
+    ``live`` is updated with the keys planned."""
+    seq, prev_hash = head
+    stored: list[Stored] = []
+    events: list[tuple[Any, ...]] = []
+    keys: list[tuple[Any, ...]] = []
+    batch_ids: set[str] = set()
+    for row in rows:
+        key = row.replay_key
+        pairs = key_pairs(row)
+        seen = next((live[pair] for pair in pairs if pair in live), None)
+        if seen is not None:
+            stored.append(seen)
+            continue
+        if id_taken is not None and (row.event_id in batch_ids or id_taken(row.event_id)):
+            stored.append(Stored(0, row.event_id, "id_conflict"))
+            continue
+        seq += 1
+        redacted = int(row.redacted)
+        new_hash = new_row_hash(
+            prev_hash, seq, row.event_id, now_ms, row.kind, row.source, row.actor,
+            row.integration_id, row.event_type, row.severity, row.payload_json, redacted,
+        )
+        events.append((
+            seq, row.event_id, now_ms, row.kind, row.source, row.actor, row.integration_id,
+            row.event_type, row.severity, row.payload_json, redacted, prev_hash, new_hash,
+        ))
+        prev_hash = new_hash
+        if key is not None:
+            _, _, window_ms = key
+            for pair in pairs:
+                keys.append((*pair, seq, row.event_id, now_ms + window_ms))
+                # A second delivery of the same key in this batch is its duplicate.
+                live[pair] = Stored(seq, row.event_id, "duplicate")
+        if id_taken is not None:
+            batch_ids.add(row.event_id)
+        stored.append(Stored(seq, row.event_id, "new"))
+    return BatchPlan(stored, events, keys, ChainHead(seq, prev_hash))
+

@@ -1,39 +1,40 @@
 """SQLite storage for the journal: file creation, pragmas, schema, transactions, and the SQL
-of appends and reads; the hash chain's SQL (verification, retention) is in ``journal_chain``.
+of appends and reads; the hash chain's SQL (verification, retention) is in
+``sqlite_chain``, the rules applied inside the transactions in ``chain``.
 
-``journal.py`` owns the rules (group commit, replay semantics); this module only stores and
-fetches rows. It knows nothing of the journal's dataclasses, so that a PostgreSQL store can
-be added beside it behind the same methods.
-
-A ``JournalStore`` wraps one connection and is not thread-safe: the journal gives the
-writer thread one store and guards the reader's with a lock.
+This module only stores and fetches rows (``backend.EventRow``), applying
+``chain.plan_batch`` inside the append transaction. A ``JournalStore`` wraps one
+connection and is not thread-safe: the engine (``sqlite_journal``) gives the writer thread
+one store and guards the reader's with a lock.
 """
 
 from __future__ import annotations
 
-import json
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
+from palyra_py.journal.backend import ChainHead, ChainWalk, EventRow, PendingRow, Stored
 from palyra_py.journal.chain import (
     EVENT_COLUMNS,
     ZERO_HASH,
-    ChainWalk,
-    Row,
-    new_row_hash,
+    KeyPair,
+    key_pairs,
+    plan_batch,
+)
+from palyra_py.journal.chain import chain_hash as chain_hash  # re-exported
+from palyra_py.journal.sqlite_chain import (
     read_checkpoint,
     remove_through,
     retention_cut,
     walk_chain,
 )
-from palyra_py.journal.chain import chain_hash as chain_hash  # re-exported
 from palyra_py.storage import sqlite as sqlite_files
 from palyra_py.storage.sqlite import FILE_MODE as FILE_MODE  # re-exported
-from palyra_py.storage.sqlite import open_database
+from palyra_py.storage.sqlite import open_database, scalar
 from palyra_py.storage.sqlite import related_files as related_files  # re-exported
 from palyra_py.storage.sqlite import restrict_permissions as restrict_permissions  # re-exported
 
@@ -134,67 +135,6 @@ _SCHEMA: tuple[str, ...] = (
     "CREATE INDEX IF NOT EXISTS replay_keys_expiry ON replay_keys (expires_at_ms)",
 )
 
-def encode_payload(payload: Any) -> str:
-    """The ``payload_json`` column: compact, sorted keys, UTF-8 text. Raises ``TypeError``
-    / ``ValueError`` for what JSON cannot hold (NaN and infinities included)."""
-    if not isinstance(payload, dict):
-        raise TypeError("payload must be a dict")
-    text = json.dumps(
-        payload, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    )
-    if not is_storable_text(text):
-        # Lone surrogates (legal as JSON escapes): keep them escaped, losslessly.
-        text = json.dumps(payload, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return text
-
-
-def is_storable_text(value: str) -> bool:
-    """False for strings holding lone surrogates, which have no UTF-8 form."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
-
-
-class PendingRow(NamedTuple):
-    """One append as the store takes it: every column but seq, ts and the hashes."""
-
-    event_id: str
-    kind: str
-    source: str
-    actor: str | None
-    integration_id: str | None
-    event_type: str | None
-    severity: str
-    payload_json: str
-    redacted: bool
-    replay_key: tuple[str, str, int] | None
-    """``(integration_id, delivery_id, window_ms)``."""
-    content_key: str | None = None
-    """A second delivery id under ``replay_key``'s integration and window (a digest of the
-    signed content): the row is a duplicate when either key is live, and both are stored."""
-
-
-def _key_pairs(row: PendingRow) -> tuple[tuple[str, str], ...]:
-    """The ``(integration_id, delivery_id)`` keys a row is checked and stored under."""
-    key = row.replay_key
-    if key is None:
-        return ()
-    if row.content_key is None or row.content_key == key[1]:
-        return ((key[0], key[1]),)
-    return ((key[0], key[1]), (key[0], row.content_key))
-
-
-class Stored(NamedTuple):
-    """What became of one ``PendingRow``: ``new`` (written), ``duplicate`` (a live replay
-    key: seq/event_id are the original's) or ``id_conflict`` (event_id taken: seq is 0)."""
-
-    seq: int
-    event_id: str
-    status: Literal["new", "duplicate", "id_conflict"]
-
-
 @dataclass(frozen=True, slots=True)
 class WhereClause:
     """A filter turned into SQL. ``exact`` is False when the SQL only narrows the rows
@@ -289,7 +229,7 @@ class JournalStore:
         else open it query-only. Every connection gets ``synchronous=FULL`` (a commit is
         fsync'd) and the busy timeout."""
         def prepare(conn: sqlite3.Connection) -> None:
-            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+            if scalar(conn.execute("SELECT count(*) FROM sqlite_master")) == 0:
                 # Only possible before the first table: lets retention give space back.
                 conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
 
@@ -316,25 +256,26 @@ class JournalStore:
 
     # -- chain head --------------------------------------------------------------------
 
-    def checkpoint(self) -> tuple[int, str] | None:
+    def checkpoint(self) -> ChainHead | None:
         """``(seq, hash)`` of the last row removed by retention, if any."""
         return read_checkpoint(self._conn)
 
-    def head(self) -> tuple[int, str]:
+    def head(self) -> ChainHead:
         """``(seq, hash)`` the next append chains onto: the newest row, else the
         checkpoint, else ``(0, ZERO_HASH)``."""
-        row = self._conn.execute(
+        newest = self._conn.execute(
             "SELECT seq, hash FROM journal_events ORDER BY seq DESC LIMIT 1"
         ).fetchone()
-        if row is not None:
-            return int(row[0]), str(row[1])
-        return self.checkpoint() or (0, ZERO_HASH)
+        if newest is not None:
+            seq, row_hash = newest
+            return ChainHead(int(seq), str(row_hash))
+        return self.checkpoint() or ChainHead(0, ZERO_HASH)
 
     # -- appends -----------------------------------------------------------------------
 
     def append_batch(
         self, rows: Sequence[PendingRow], *, now_ms: int, head: tuple[int, str] | None
-    ) -> tuple[list[Stored], tuple[int, str]]:
+    ) -> tuple[list[Stored], ChainHead]:
         """Write ``rows`` after ``head`` (read from the table when None) in ONE transaction
         (``BEGIN IMMEDIATE`` ... ``COMMIT``: one fsync), replay keys included. Returns one
         ``Stored`` per row and the new head. On any error nothing is written."""
@@ -351,7 +292,7 @@ class JournalStore:
     def _append(
         self, rows: Sequence[PendingRow], now_ms: int, head: tuple[int, str] | None,
         *, checked_ids: bool,
-    ) -> tuple[list[Stored], tuple[int, str]]:
+    ) -> tuple[list[Stored], ChainHead]:
         # Statements per batch, not per row, where one can answer for all: each statement
         # drops and retakes the GIL, which the event loop is waiting for.
         cur = self._conn.cursor()
@@ -364,57 +305,24 @@ class JournalStore:
                 " WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?)",
                 (now_ms, 4 * len(rows) + 64),
             )
-            live = self._live_keys(cur, [pair for row in rows for pair in _key_pairs(row)],
+            live = self._live_keys(cur, [pair for row in rows for pair in key_pairs(row)],
                                    now_ms)
-            stored: list[Stored] = []
-            events: list[tuple[Any, ...]] = []
-            keys: list[tuple[Any, ...]] = []
-            batch_ids: set[str] = set()
-            for row in rows:
-                key = row.replay_key
-                pairs = _key_pairs(row)
-                seen = next((live[pair] for pair in pairs if pair in live), None)
-                if seen is not None:
-                    stored.append(seen)
-                    continue
-                if checked_ids and (row.event_id in batch_ids
-                                    or self._event_id_taken(row.event_id)):
-                    stored.append(Stored(0, row.event_id, "id_conflict"))
-                    continue
-                seq += 1
-                redacted = int(row.redacted)
-                row_hash = new_row_hash(
-                    prev_hash, seq, row.event_id, now_ms, row.kind, row.source, row.actor,
-                    row.integration_id, row.event_type, row.severity, row.payload_json,
-                    redacted,
-                )
-                events.append((
-                    seq, row.event_id, now_ms, row.kind, row.source, row.actor,
-                    row.integration_id, row.event_type, row.severity, row.payload_json,
-                    redacted, prev_hash, row_hash,
-                ))
-                prev_hash = row_hash
-                if key is not None:
-                    for pair in pairs:
-                        keys.append((*pair, seq, row.event_id, now_ms + key[2]))
-                        # A second delivery of the same key in this batch is its duplicate.
-                        live[pair] = Stored(seq, row.event_id, "duplicate")
-                if checked_ids:
-                    batch_ids.add(row.event_id)
-                stored.append(Stored(seq, row.event_id, "new"))
-            _insert_rows(cur, _INSERT_EVENTS, events)
-            _insert_rows(cur, _INSERT_KEYS, keys)
+            plan = plan_batch(
+                rows, head=(seq, prev_hash), now_ms=now_ms, live=live,
+                id_taken=self._event_id_taken if checked_ids else None,
+            )
+            _insert_rows(cur, _INSERT_EVENTS, plan.events)
+            _insert_rows(cur, _INSERT_KEYS, plan.keys)
             cur.execute("COMMIT")
         except BaseException:
             self.rollback()
             raise
-        return stored, (seq, prev_hash)
-
+        return plan.stored, plan.head
     def _live_keys(
-        self, cur: sqlite3.Cursor, keys: list[tuple[str, str]], now_ms: int
-    ) -> dict[tuple[str, str], Stored]:
+        self, cur: sqlite3.Cursor, keys: list[KeyPair], now_ms: int
+    ) -> dict[KeyPair, Stored]:
         """The replay keys among ``keys`` that are present and not expired."""
-        found: dict[tuple[str, str], Stored] = {}
+        found: dict[KeyPair, Stored] = {}
         for start in range(0, len(keys), _LIVE_KEYS_MAX):
             chunk = keys[start:start + _LIVE_KEYS_MAX]
             # Padded to a power of two (repeating a key is harmless): a handful of
@@ -467,13 +375,14 @@ class JournalStore:
 
     # -- reads -------------------------------------------------------------------------
 
-    def select_events(self, where: WhereClause, *, after_seq: int, limit: int) -> list[Row]:
+    def select_events(self, where: WhereClause, *, after_seq: int, limit: int
+                      ) -> list[EventRow]:
         """Rows with ``seq > after_seq`` matching ``where``, in seq order, at most ``limit``."""
-        return self._conn.execute(
+        return [*map(EventRow._make, self._conn.execute(
             f"SELECT {_COLS} FROM journal_events WHERE seq > ? AND ({where.sql})"  # noqa: S608
             " ORDER BY seq LIMIT ?",
             (after_seq, *where.params, limit),
-        ).fetchall()
+        ))]
 
     def quick_check(self, *, budget_s: float) -> tuple[str | None, bool]:
         """``PRAGMA quick_check`` for at most ``budget_s`` seconds: ``(problem, complete)``."""

@@ -18,7 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from palyra_py.journal.sqlite import JournalStore, PendingRow
+from palyra_py.events import AppendResult
+from palyra_py.journal.backend import (
+    DuplicateEventId,
+    JournalDamaged,
+    JournalUnavailable,
+    PendingRow,
+)
+from palyra_py.journal.sqlite import JournalStore
 from palyra_py.storage.sqlite import (
     Outcome,
     QueueWriterThread,
@@ -33,17 +40,6 @@ from palyra_py.storage.sqlite import (
 _log = logging.getLogger(__name__)
 
 
-class JournalUnavailable(Exception):
-    """The journal could not make an append durable (disk full, locked, removed...).
-    Nothing of the failed batch was committed."""
-
-
-class JournalDamaged(JournalUnavailable):
-    """The journal file is damaged (SQLITE_CORRUPT, SQLITE_NOTADB, a truncated or
-    overwritten file): nothing more is acknowledged until it is dealt with. The message
-    says what happened and what to do."""
-
-
 def damaged_message(path: Path, problem: str) -> str:
     """What a damaged journal means and what the operator does about it."""
     aside = path.parent / "damaged"
@@ -55,19 +51,6 @@ def damaged_message(path: Path, problem: str) -> str:
         f"without it (a new, empty journal is begun; `sqlite3 {aside / path.name} .recover` "
         f"may salvage rows); then start the daemon and run `palyra system events verify`"
     )
-
-
-class DuplicateEventId(ValueError):
-    """A caller-supplied ``event_id`` is already in the journal; nothing was written."""
-
-
-@dataclass(frozen=True, slots=True)
-class AppendResult:
-    seq: int
-    event_id: str
-    duplicate: bool
-    """True when the replay key was already present: ``seq``/``event_id`` are the original's
-    and nothing new was written."""
 
 
 def describe_failure(exc: BaseException, action: str = "write") -> str:

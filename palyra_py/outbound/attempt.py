@@ -13,7 +13,8 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
-from palyra_py.delivery.store import AttemptRecord, Delivery, DeliveryStatus, DeliveryStore
+from palyra_py.delivery.backend import DeliveryQueue
+from palyra_py.delivery.records import AttemptRecord, Delivery, DeliveryStatus
 from palyra_py.filters import EventMatcher
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.formats import PreparedEvent
@@ -179,7 +180,7 @@ class AttemptRunner:
     def __init__(
         self,
         *,
-        store: DeliveryStore,
+        store: DeliveryQueue,
         sender: Sender,
         secrets: SecretStore,
         journal_event: JournalHook,

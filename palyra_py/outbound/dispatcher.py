@@ -31,14 +31,9 @@ from dataclasses import dataclass
 
 import structlog
 
-from palyra_py.bus.local import SeqBus
-from palyra_py.delivery.store import (
-    AttemptRecord,
-    Delivery,
-    DeliveryStore,
-    DeliveryStoreUnavailable,
-    NewDelivery,
-)
+from palyra_py.bus.base import Bus
+from palyra_py.delivery.backend import DeliveryQueue, DeliveryStoreUnavailable
+from palyra_py.delivery.records import AttemptRecord, Delivery, NewDelivery
 from palyra_py.events import PublishedEvent, is_reserved, target_subscription
 from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
 from palyra_py.metrics import Metrics
@@ -92,8 +87,8 @@ class Dispatcher:
         self,
         *,
         journal: Journal,
-        bus: SeqBus,
-        store: DeliveryStore,
+        bus: Bus,
+        store: DeliveryQueue,
         sender: Sender,
         subscriptions: Callable[[], Mapping[str, Subscription]],
         secrets: SecretStore,

@@ -51,7 +51,7 @@ from palyra_py.registry.fields import (
 )
 
 if TYPE_CHECKING:
-    from palyra_py.journal.journal import JournalEvent
+    from palyra_py.events import JournalEvent
 
 MAX_TOKENS = 256
 MAX_NAME_CHARS = 64

@@ -50,6 +50,7 @@ from palyra_py.journal.journal import (
     JournalUnavailable,
     NewEvent,
 )
+from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.dispatcher import Dispatcher
 from palyra_py.outbound.http import Sender
@@ -166,14 +167,14 @@ class Daemon:
         self.registry_file = RegistryFile(self.state_dir / REGISTRY_FILE)
         self.registry = Registry(self.registry_file.path, {})
         self.active: dict[str, ActiveIntegration] = {}
-        self.journal = Journal(
+        self.journal = Journal(SqliteJournal(
             self.state_dir / JOURNAL_FILE,
             clock=clock,
             batch_max=settings.get("journal", "batch_max"),
             on_commit=self._committed,
             start_check_s=settings.get("journal", "start_check_s"),
             on_unavailable=self._journal_unavailable,
-        )
+        ))
         self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
         self.deliveries.on_unavailable = self._delivery_store_unavailable
         cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
@@ -553,6 +554,7 @@ class Daemon:
             ingress_stats=self.ingress.stats, rejections=self.rejections,
             settings=self.settings, state_dir=self.state_dir, admin_socket=self.socket_path,
             registry_path=self.registry_file.path, journal_path=self.journal_path,
+            deliveries_path=self.deliveries.path,
         )
 
     def _webhooks_context(self) -> WebhooksContext:

@@ -133,7 +133,7 @@ def quick_check(conn: sqlite3.Connection, *, budget_s: float, max_errors: int = 
         raise
     finally:
         conn.set_progress_handler(None, 0)
-    text = "; ".join(str(row[0]) for row in rows).replace("\n", " ")
+    text = "; ".join(str(message) for (message,) in rows).replace("\n", " ")
     return (None if text == "ok" else text[:400]), True
 
 
@@ -167,7 +167,7 @@ def open_database(
         if create:
             if prepare is not None:
                 prepare(conn)
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = scalar(conn.execute("PRAGMA journal_mode = WAL"))
             if str(mode).lower() != "wal":
                 name = label if wal_label is None else wal_label
                 raise sqlite3.OperationalError(f"cannot switch {name} to WAL ({mode})")
@@ -215,7 +215,22 @@ def rollback(conn: sqlite3.Connection) -> None:
 
 
 def _user_version(conn: sqlite3.Connection) -> int:
-    return int(conn.execute("PRAGMA user_version").fetchone()[0])
+    return int(scalar(conn.execute("PRAGMA user_version")))
+
+
+def scalar(cursor: sqlite3.Cursor) -> Any:
+    """The one value of a query that answers one column: of its first row, ``None`` when it
+    has none (a ``min`` over no rows is ``None`` too)."""
+    found = cursor.fetchone()
+    if found is None:
+        return None
+    (value,) = found
+    return value
+
+
+def optional_int(value: Any) -> int | None:
+    """``int(value)``, ``None`` kept."""
+    return None if value is None else int(value)
 
 
 def settle_outcomes(outcomes: list[Outcome]) -> None:

@@ -23,7 +23,7 @@ from typing import Protocol
 
 import structlog
 
-from palyra_py.bus.local import SeqBus
+from palyra_py.bus.base import Bus
 from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
 from palyra_py.stream.sse import PAGE, Batch, SseClient
 
@@ -233,7 +233,7 @@ def group_key(flt: EventFilter) -> EventFilter:
 
 class StreamHub:
     def __init__(
-        self, journal: Journal, bus: SeqBus, *, max_clients: int = 2000, buffer: int = 1000,
+        self, journal: Journal, bus: Bus, *, max_clients: int = 2000, buffer: int = 1000,
         max_per_owner: int = 16,
         pass_s_per_client: float = PASS_S_PER_CLIENT,
         max_pass_interval_s: float = MAX_PASS_INTERVAL_S,
