@@ -270,7 +270,12 @@ def _pending_row(event: NewEvent) -> PendingRow:
 
 
 class Journal:
-    """The journal of one state root. Use it from the event loop that ran ``start``."""
+    """The journal of one state root. Use it from the event loop that ran ``start``.
+
+    Several ``Journal`` instances, in several processes, may append to one file: each
+    batch reads the chain head and the next seq inside its own write transaction, so seqs
+    stay gap-free, the chain links, and replay keys are refused whichever process holds
+    them."""
 
     def __init__(
         self,
@@ -343,7 +348,7 @@ class Journal:
         if self._writer is not None:
             return
         try:
-            writer_store, reader_store, head = await asyncio.to_thread(self._open)
+            writer_store, reader_store = await asyncio.to_thread(self._open)
         except sqlite3.Error as exc:
             if is_corruption(exc):
                 raise JournalDamaged(damaged_message(self.path, describe_failure(exc, "open"))
@@ -359,13 +364,12 @@ class Journal:
             clock=self._clock,
             batch_max=self._batch_max,
             on_commit=self._on_commit,
-            head=head,
             path=self.path,
         )
         self._writer.on_unavailable = self._on_unavailable
         self._writer.start()
 
-    def _open(self) -> tuple[JournalStore, JournalStore, tuple[int, str]]:
+    def _open(self) -> tuple[JournalStore, JournalStore]:
         # Sizes only without a WAL to replay: a crash inside a checkpoint may leave the
         # header ahead of the file while the WAL still holds the pages.
         wal = related_files(self.path)[1]
@@ -375,7 +379,6 @@ class Journal:
         writer = JournalStore.open(self.path, busy_timeout_ms=self._busy_timeout_ms, create=True)
         try:
             writer.ensure_schema()
-            head = writer.head()
             self._quick_check(writer)
             restrict_permissions(self.path)
             reader = JournalStore.open(
@@ -384,7 +387,7 @@ class Journal:
         except BaseException:
             writer.close()
             raise
-        return writer, reader, head
+        return writer, reader
 
     def _quick_check(self, store: JournalStore) -> None:
         if self._start_check_s <= 0:

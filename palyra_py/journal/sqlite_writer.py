@@ -103,7 +103,6 @@ class GroupCommitWriter(QueueWriterThread):
         clock: Callable[[], float],
         batch_max: int,
         on_commit: Callable[[int], None] | None,
-        head: tuple[int, str],
         path: Path | None = None,
     ) -> None:
         super().__init__(name="palyra-journal-writer", batch_max=batch_max)
@@ -125,8 +124,6 @@ class GroupCommitWriter(QueueWriterThread):
         self._loop = loop
         self._clock = clock
         self._on_commit = on_commit
-        # The chain head as committed; None after a failure until re-read from the file.
-        self._head: tuple[int, str] | None = head
         self.commits = 0
         self.failed_batches = 0
 
@@ -243,8 +240,10 @@ class GroupCommitWriter(QueueWriterThread):
             return
         try:
             now_ms = int(self._clock() * 1000)
+            # The head is read inside the write transaction, never carried over from the
+            # last commit: other processes may append to the same file between two batches.
             stored, head = self._store.append_batch(
-                [job.row for job in jobs], now_ms=now_ms, head=self._head
+                [job.row for job in jobs], now_ms=now_ms, head=None
             )
         except Exception as exc:
             if not isinstance(exc, sqlite3.Error | OSError):
@@ -252,7 +251,6 @@ class GroupCommitWriter(QueueWriterThread):
             self.failed_batches += 1
             if is_corruption(exc):
                 self.mark_damaged(describe_failure(exc))
-            self._head = self._reload_head()
             error = (self._refusal(self._gone) if self._gone is not None
                      else JournalUnavailable(describe_failure(exc)))
             self._deliver([(job.future, error) for job in jobs])
@@ -270,15 +268,8 @@ class GroupCommitWriter(QueueWriterThread):
             else:
                 value = AppendResult(result.seq, result.event_id, result.status == "duplicate")
                 outcomes.append((job.future, value))
-        written = self._head is None or head[0] != self._head[0]
-        self._head = head
+        written = any(result.status == "new" for result in stored)
         self._deliver(outcomes, head[0] if written else None)
-
-    def _reload_head(self) -> tuple[int, str] | None:
-        try:
-            return self._store.head()
-        except sqlite3.Error:
-            return None  # the next batch reads it inside its transaction
 
     def _retain(self, job: RetentionJob) -> None:
         result: int | JournalUnavailable
