@@ -57,6 +57,7 @@ class AdminApi:
             "uptime_s": round(now - d.started_at, 3),
             "state_dir": str(d.state_dir),
             "listeners": [{"kind": x.kind, "address": x.address} for x in d.listeners],
+            "processes": await d.processes(),
             "admin_socket": str(d.socket_path),
             "registry": str(d.registry_file.path),
             "deliveries": {"path": str(d.deliveries.path),
