@@ -248,3 +248,48 @@ async def test_sigterm_drains_every_process(state_dir: Path, daemon: DaemonProce
     assert len(journaled) == len(set(journaled))
     assert len(stopped["events"]) == 1
     assert verdict["ok"] is True
+
+
+async def _read_stream_until(resp: aiohttp.ClientResponse, seq: int) -> list[int]:
+    seen: list[int] = []
+    while True:
+        line = await asyncio.wait_for(resp.content.readline(), 30)
+        assert line, "the stream ended"
+        if line.startswith(b"data: "):
+            seen.append(json.loads(line[len(b"data: "):])["seq"])
+            if seen[-1] >= seq:
+                return seen
+
+
+async def test_a_commit_in_any_process_reaches_the_streams_of_the_others(
+    state_dir: Path, daemon: DaemonProcess
+) -> None:
+    created = await _admin(state_dir, "POST", "/v1/tokens",
+                           {"name": "reader", "scopes": ["read", "publish"]})
+    auth = {"Authorization": f"Bearer {created['secret']}"}
+    head = (await _admin(state_dir, "GET", "/v1/status"))["journal"]["last_seq"]
+    base = daemon.ingress
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http, \
+            admin_session(state_dir) as admin:
+        # Streams on several connections (the workers'), and one on the admin socket (the
+        # control process's), all open before anything is committed.
+        public = [await http.get(f"{base}/v1/events/stream", params={"after_seq": str(head)},
+                                 headers=auth) for _ in range(6)]
+        control = await admin.get("/v1/events/stream", params={"after_seq": str(head)})
+        try:
+            assert all(resp.status == 200 for resp in [*public, control])
+            # Committed by the control process: every worker's streams see it.
+            published = await _admin(state_dir, "POST", "/v1/events", {"type": "cross.admin"})
+            for resp in [*public, control]:
+                assert published["seq"] in await _read_stream_until(resp, published["seq"])
+            # Committed by a worker: the control process's stream and the other worker's.
+            async with http.post(f"{base}/v1/events", json={"type": "cross.public"},
+                                 headers=auth) as resp:
+                answer = await resp.json()
+                assert resp.status == 201, answer
+            for resp in [*public, control]:
+                assert answer["seq"] in await _read_stream_until(resp, answer["seq"])
+        finally:
+            for resp in [*public, control]:
+                resp.close()
