@@ -115,6 +115,20 @@ async def test_webhooks_spread_over_the_workers_are_journaled_once(
     assert sum(w["accepted"] for w in workers) == len(deliveries)
     assert all(w["accepted"] > 0 for w in workers), workers  # both took some
     assert (await _verify(state_dir))["ok"] is True
+    # /metrics, whichever worker answers, counts every worker's webhooks.
+    created = await _admin(state_dir, "POST", "/v1/tokens",
+                           {"name": "scraper", "scopes": ["metrics"]})
+    auth = {"Authorization": f"Bearer {created['secret']}"}
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(6):
+            async with http.get(f"{daemon.ingress}/metrics", headers=auth) as resp:
+                assert resp.status == 200
+                text = await resp.text()
+            accepted = [line for line in text.splitlines()
+                        if line.startswith("palyra_ingress_requests_total{")
+                        and 'reason="accepted"' in line]
+            assert [float(line.rsplit(" ", 1)[1]) for line in accepted] == [len(deliveries)]
 
 
 async def test_an_edit_is_in_force_on_every_worker_when_the_call_returns(

@@ -54,6 +54,7 @@ from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
 from palyra_py.secrets.store import SecretNotFound, SecretRefError, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
+from palyra_py.server.metrics_view import merge_expositions
 from palyra_py.server.supervisor import (
     Supervisor,
     WorkerSlot,
@@ -168,6 +169,9 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self.relay: HeadRelay | None = None
         """The bus across this daemon's processes (not in a single process)."""
+        self.metrics_view: Callable[[], Awaitable[bytes]] | None = None
+        """What ``/metrics`` answers when it is more than this process's registry (every
+        process's, merged)."""
         self._deliveries_from = deliveries_from
         self.delivery_store_lost = asyncio.Event()
         """Set once the removal of ``deliveries.db`` is logged (tests wait for it)."""
@@ -586,7 +590,8 @@ class Daemon:
         return app
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(),
+        body = self.metrics.render() if self.metrics_view is None else await self.metrics_view()
+        return web.Response(body=body,
                             headers={"Content-Type": self.metrics.content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -802,13 +807,20 @@ class Daemon:
         self.supervisor = Supervisor(
             count=self.workers, listener=self._listen_socket, state_dir=str(self.state_dir),
             flags=flags, on_restart=self._worker_restarted, on_usage=self._tokens_used,
-            clock=self.clock)
+            on_metrics=self._merged_metrics, clock=self.clock)
+        self.metrics_view = self._merged_metrics
         try:
             await self.supervisor.start()
         except WorkerStartFailed as exc:
             self.supervisor = None
             await self.stop()
             raise DaemonError(f"cannot start the ingress workers: {exc}") from None
+
+    async def _merged_metrics(self) -> bytes:
+        """This process's metrics and every worker's, as one view (``metrics_view``)."""
+        assert self.supervisor is not None
+        texts = [self.metrics.render().decode(), *await self.supervisor.scrape()]
+        return merge_expositions(texts)
 
     def _worker_slots(self) -> list[WorkerSlot]:
         return [] if self.supervisor is None else self.supervisor.slots

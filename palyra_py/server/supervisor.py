@@ -7,10 +7,13 @@ the others. Each worker also gets one end of a socket pair, the **channel**, car
 lines:
 
 - worker -> control: ``{"op": "ready", "pid": P}`` once it serves; ``{"op": "ack", "id":
-  N, ...}`` after a ``reload``; ``{"op": "usage", "tokens": {...}}`` now and then; each
-  message may carry ``"accepted"``, the webhooks it journaled so far.
+  N, ...}`` answering a request; ``{"op": "usage", "tokens": {...}}`` now and then;
+  ``{"op": "metrics", "id": N}``: the merged metrics of every process, answered
+  ``{"op": "answer", "id": N, "text": ...}``. Each message may carry ``"accepted"``, the
+  webhooks the worker journaled so far.
 - control -> worker: ``{"op": "reload", "id": N}``: re-read the registry and forget cached
-  secrets, then ack; ``{"op": "ping", "id": N}``: ack (with fresh figures).
+  secrets, then ack; ``{"op": "ping", "id": N}``: ack (with fresh figures); ``{"op":
+  "scrape", "id": N}``: ack with ``"text"``, the worker's own metrics exposition.
 
 :meth:`Supervisor.broadcast_reload` returns once every live worker has acknowledged (one
 that does not answer in time is killed and restarted, and a new worker reads the registry
@@ -47,6 +50,8 @@ STOP_TIMEOUT_S = 90.0
 """Longest wait for a worker to drain on SIGTERM (aiohttp gives handlers 60 s) before
 SIGKILL."""
 _RESTART_PAUSE_MAX_S = 5.0
+CHANNEL_LINE_MAX = 32 * 1024 * 1024
+"""Longest message on a channel (a metrics exposition is the big one)."""
 
 
 class WorkerStartFailed(Exception):
@@ -85,7 +90,7 @@ class WorkerSlot:
     proc: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    acks: dict[int, asyncio.Future[None]] = field(default_factory=dict)
+    acks: dict[int, asyncio.Future[dict[str, Any]]] = field(default_factory=dict)
     reader_task: asyncio.Task[None] | None = None
 
     def describe(self) -> dict[str, Any]:
@@ -106,18 +111,22 @@ class Supervisor:
         flags: Mapping[str, Any],
         on_restart: Callable[[WorkerSlot, int | None, int], Awaitable[None]],
         on_usage: Callable[[Mapping[str, int]], None],
+        on_metrics: Callable[[], Awaitable[bytes]] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """``flags``: the ``daemon run`` flags, passed on so every worker has the control
         process's settings. ``on_restart(slot, exit_code, previous_pid)`` runs after a
         worker that exited unasked serves again; ``on_usage(tokens)`` gets the token uses
-        a worker reports (token id -> unix seconds)."""
+        a worker reports (token id -> unix seconds); ``on_metrics()`` answers a worker's
+        ``metrics`` request (every process's metrics, merged)."""
         self._count = count
         self._listener = listener
         self._state_dir = state_dir
         self._flags = dict(flags)
         self._on_restart = on_restart
         self._on_usage = on_usage
+        self._on_metrics = on_metrics
+        self._answering: set[asyncio.Task[None]] = set()
         self._clock = clock
         self.slots = [WorkerSlot(index) for index in range(count)]
         self._watchers: list[asyncio.Task[None]] = []
@@ -156,17 +165,28 @@ class Supervisor:
                  if slot.proc is not None and slot.ready.is_set()]
         await asyncio.gather(*waits)
 
-    async def _ask(self, slot: WorkerSlot, request: int, op: str = "reload") -> None:
+    async def scrape(self) -> list[str]:
+        """Every serving worker's own metrics exposition (those that answer within
+        ``PING_TIMEOUT_S``)."""
+        self._next_id += 1
+        request = self._next_id
+        waits = [self._ask(slot, request, "scrape") for slot in self.slots
+                 if slot.proc is not None and slot.ready.is_set()]
+        answers = await asyncio.gather(*waits)
+        return [str(a["text"]) for a in answers if a is not None and "text" in a]
+
+    async def _ask(self, slot: WorkerSlot, request: int,
+                   op: str = "reload") -> dict[str, Any] | None:
         proc, writer = slot.proc, slot.writer
         if proc is None or writer is None or proc.returncode is not None:
-            return  # being replaced: the new one reads the registry when it starts
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            return None  # being replaced: the new one reads the registry when it starts
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         slot.acks[request] = future
         try:
             writer.write(json.dumps({"op": op, "id": request}).encode() + b"\n")
             await writer.drain()
-            await asyncio.wait_for(asyncio.shield(future),
-                                   ACK_TIMEOUT_S if op == "reload" else PING_TIMEOUT_S)
+            return await asyncio.wait_for(asyncio.shield(future),
+                                          ACK_TIMEOUT_S if op == "reload" else PING_TIMEOUT_S)
         except (TimeoutError, ConnectionError, RuntimeError):
             if op == "reload" and proc.returncode is None and slot.proc is proc:
                 log.error("worker_not_acknowledging", index=slot.index, pid=proc.pid)
@@ -175,6 +195,7 @@ class Supervisor:
                 # Its replacement reads the registry as it starts; wait for it to serve.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
+            return None
         finally:
             slot.acks.pop(request, None)
 
@@ -219,7 +240,7 @@ class Supervisor:
             )
         finally:
             theirs.close()
-        reader, writer = await asyncio.open_unix_connection(sock=ours)
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHANNEL_LINE_MAX)
         slot.proc, slot.writer, slot.pid = proc, writer, proc.pid
         slot.ready = asyncio.Event()
         slot.reader_task = asyncio.create_task(self._read(slot, reader))
@@ -260,10 +281,24 @@ class Supervisor:
                 elif op == "ack":
                     future = slot.acks.get(message.get("id", -1))
                     if future is not None and not future.done():
-                        future.set_result(None)
+                        future.set_result(message)
+                elif op == "metrics" and self._on_metrics is not None:
+                    task = asyncio.create_task(self._answer_metrics(slot, message.get("id")))
+                    self._answering.add(task)
+                    task.add_done_callback(self._answering.discard)
                 elif op == "usage" and isinstance(message.get("tokens"), dict):
                     self._on_usage({key: value for key, value in message["tokens"].items()
                                     if isinstance(key, str) and isinstance(value, int)})
+
+    async def _answer_metrics(self, slot: WorkerSlot, request: Any) -> None:
+        assert self._on_metrics is not None
+        text = (await self._on_metrics()).decode()
+        writer = slot.writer
+        if writer is not None and not writer.is_closing():
+            writer.write(json.dumps({"op": "answer", "id": request, "text": text}).encode()
+                         + b"\n")
+            with contextlib.suppress(ConnectionError):
+                await writer.drain()
 
     async def _close_channel(self, slot: WorkerSlot) -> None:
         if slot.writer is not None:

@@ -26,10 +26,13 @@ from typing import Any
 import structlog
 
 from palyra_py.server.daemon import Daemon, DaemonError
+from palyra_py.server.supervisor import CHANNEL_LINE_MAX
 from palyra_py.server.token_usage import FLUSH_INTERVAL_S
 from palyra_py.settings import SettingsError, load_settings
 
 log = structlog.get_logger("palyra.worker")
+
+METRICS_TIMEOUT_S = 5.0
 
 
 class WorkerChannel:
@@ -39,12 +42,31 @@ class WorkerChannel:
         self._daemon = daemon
         self._sock = sock
         self._writer: asyncio.StreamWriter | None = None
+        self._asked: dict[int, asyncio.Future[str]] = {}
+        self._next_id = 0
         self.closed = asyncio.Event()
         """Set when the control process's end closed."""
 
     async def open(self) -> asyncio.StreamReader:
-        reader, self._writer = await asyncio.open_unix_connection(sock=self._sock)
+        reader, self._writer = await asyncio.open_unix_connection(
+            sock=self._sock, limit=CHANNEL_LINE_MAX)
         return reader
+
+    async def merged_metrics(self) -> bytes:
+        """Every process's metrics, merged by the control process; this worker's own if
+        the control process does not answer within ``METRICS_TIMEOUT_S``."""
+        self._next_id += 1
+        request = self._next_id
+        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._asked[request] = future
+        try:
+            await self.send({"op": "metrics", "id": request})
+            return (await asyncio.wait_for(future, METRICS_TIMEOUT_S)).encode()
+        except TimeoutError:
+            log.warning("metrics_merge_timed_out", reason="only this worker's metrics answered")
+            return self._daemon.metrics.render()
+        finally:
+            self._asked.pop(request, None)
 
     def _accepted(self) -> int:
         return self._daemon.ingress.stats.by_reason.get("accepted", 0)
@@ -73,6 +95,13 @@ class WorkerChannel:
                     await self.report_usage()
                 elif message.get("op") == "ping":
                     await self.send({"op": "ack", "id": message.get("id")})
+                elif message.get("op") == "scrape":
+                    await self.send({"op": "ack", "id": message.get("id"),
+                                     "text": self._daemon.metrics.render().decode()})
+                elif message.get("op") == "answer":
+                    future = self._asked.get(message.get("id", -1))
+                    if future is not None and not future.done():
+                        future.set_result(str(message.get("text", "")))
         except ConnectionError:
             pass
         finally:
@@ -104,6 +133,7 @@ async def _serve(daemon: Daemon, channel_sock: socket.socket, index: int) -> Non
     loop.add_signal_handler(signal.SIGHUP, lambda: None)
     channel = WorkerChannel(daemon, channel_sock)
     reader = await channel.open()
+    daemon.metrics_view = channel.merged_metrics
     await daemon.start()
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(channel.serve(reader)),
              asyncio.create_task(channel.report_usage_forever())]
