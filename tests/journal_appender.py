@@ -1,8 +1,9 @@
 """A child process that appends to a journal file, for the several-appenders tests.
 
-``python -m tests.journal_appender PATH COUNT TAG`` opens the journal, prints ``ready``,
-waits for a line on stdin, then appends ``COUNT`` events concurrently (every third one
-under a replay key shared by every appender) and prints one JSON line per append:
+``python -m tests.journal_appender PATH COUNT TAG locked|plain`` opens the journal (with
+the writers' lock file or without), prints ``ready``, waits for a line on stdin, then
+appends ``COUNT`` events concurrently (every third one under a replay key shared by every
+appender) and prints one JSON line per append:
 ``{"seq": ..., "event_id": ..., "duplicate": ..., "key": ...}``.
 """
 
@@ -17,7 +18,8 @@ from palyra_py.journal.journal import Journal, NewEvent, ReplayKey
 
 
 async def main(path: Path, count: int, tag: str) -> None:
-    journal = Journal(path, start_check_s=0, batch_max=16)
+    journal = Journal(path, start_check_s=0, batch_max=16,
+                      several_appenders=sys.argv[4] == "locked")
     await journal.start()
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)

@@ -11,16 +11,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from palyra_py.journal.journal import EventFilter, Journal
 
 COUNT = 300
 REPO = Path(__file__).resolve().parent.parent
 
 
-async def _appender(path: Path, tag: str) -> asyncio.subprocess.Process:
+async def _appender(path: Path, tag: str, mode: str) -> asyncio.subprocess.Process:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.journal_appender", str(path), str(COUNT), tag,
+        sys.executable, "-m", "tests.journal_appender", str(path), str(COUNT), tag, mode,
         stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, env=env, cwd=REPO)
     assert proc.stdout is not None
     line = await asyncio.wait_for(proc.stdout.readline(), 30)
@@ -35,12 +37,15 @@ async def _results(proc: asyncio.subprocess.Process) -> list[dict[str, Any]]:
     return [json.loads(line) for line in out.splitlines()]
 
 
-async def test_two_processes_append_gap_free_and_chained(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["plain", "locked"])
+async def test_two_processes_append_gap_free_and_chained(tmp_path: Path, mode: str) -> None:
+    """``locked``: the writers also take turns on the writers' lock file, as a daemon's
+    processes do; ``plain``: SQLite's own locking alone."""
     path = tmp_path / "journal.db"
     first = Journal(path)
     await first.start()  # creates the file and its schema before the children open it
     await first.close()
-    procs = [await _appender(path, "a"), await _appender(path, "b")]
+    procs = [await _appender(path, "a", mode), await _appender(path, "b", mode)]
     for proc in procs:  # both are open and waiting: let them go together
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")

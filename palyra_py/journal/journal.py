@@ -288,13 +288,17 @@ class Journal:
         max_pending: int = DEFAULT_MAX_PENDING,
         start_check_s: float = DEFAULT_START_CHECK_S,
         on_unavailable: Callable[[str], None] | None = None,
+        several_appenders: bool = False,
     ) -> None:
         """``on_commit(last_seq)`` runs in the event loop after each commit that wrote
         rows. ``max_pending`` bounds appends waiting for the writer; beyond it, append
         raises ``JournalUnavailable``. ``start`` runs ``PRAGMA quick_check`` for at most
         ``start_check_s`` seconds (0: not at all). ``on_unavailable(reason)`` runs in the
-        event loop once, when the file is found removed, replaced or damaged while open."""
+        event loop once, when the file is found removed, replaced or damaged while open.
+        ``several_appenders``: other processes append to this file too; the writers then
+        take turns on ``<path>-writer.lock`` (see ``GroupCommitWriter``)."""
         self.path = Path(path)
+        self._several_appenders = several_appenders
         self._clock = clock
         self._batch_max = batch_max
         self._on_commit = on_commit
@@ -365,6 +369,8 @@ class Journal:
             batch_max=self._batch_max,
             on_commit=self._on_commit,
             path=self.path,
+            writer_lock=(self.path.with_name(f"{self.path.name}-writer.lock")
+                         if self._several_appenders else None),
         )
         self._writer.on_unavailable = self._on_unavailable
         self._writer.start()

@@ -193,6 +193,7 @@ class Daemon:
             # The control process checked the file before it started the workers.
             start_check_s=0 if self.role == "worker" else settings.get("journal", "start_check_s"),
             on_unavailable=self._journal_unavailable,
+            several_appenders=self.role != "single",
         )
         self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
         self.deliveries.on_unavailable = self._delivery_store_unavailable
