@@ -50,6 +50,7 @@ class AdminApi:
             last_seq: int | None = await d.journal.last_seq()
         except JournalUnavailable as exc:
             last_seq, problem = None, problem or str(exc)
+        processes = await d.processes()  # first: it refreshes the workers' figures
         return web.json_response({
             "version": __version__,
             "pid": os.getpid(),
@@ -57,7 +58,7 @@ class AdminApi:
             "uptime_s": round(now - d.started_at, 3),
             "state_dir": str(d.state_dir),
             "listeners": [{"kind": x.kind, "address": x.address} for x in d.listeners],
-            "processes": await d.processes(),
+            "processes": processes,
             "admin_socket": str(d.socket_path),
             "registry": str(d.registry_file.path),
             "deliveries": {"path": str(d.deliveries.path),
@@ -74,12 +75,9 @@ class AdminApi:
                 },
             },
             "integrations": {"total": len(d.registry.integrations), "by_readiness": by_readiness},
-            "ingress": {"answers": dict(d.ingress.stats.by_reason),
-                        "rejections_pending": d.rejections.pending(),
-                        "connections": d.connections.open,
+            "ingress": {**d.ingress_figures(),
                         "max_connections": d.connections.limit,
-                        "max_connections_per_source": d.connections.per_source,
-                        "streams": d.connections.streams},
+                        "max_connections_per_source": d.connections.per_source},
             "keyring": {"backend": d.secrets.backend_name, "fallback": d.secrets.is_fallback},
             "open_files": open_files(d),
             "settings": d.settings.table(),

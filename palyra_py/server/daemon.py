@@ -823,6 +823,21 @@ class Daemon:
         texts = [self.metrics.render().decode(), *await self.supervisor.scrape()]
         return merge_expositions(texts)
 
+    def ingress_figures(self) -> dict[str, Any]:
+        """Answers by reason, open connections, streams and pending rejections of the
+        public listener: this process's, or with workers the sum of what each reported
+        last (``processes`` refreshes them)."""
+        cap = self.connections
+        answers = dict(self.ingress.stats.by_reason)
+        figures = {"connections": cap.open, "streams": cap.streams,
+                   "rejections_pending": self.rejections.pending()}
+        for slot in self._worker_slots():
+            for reason, count in (slot.ingress.get("answers") or {}).items():
+                answers[reason] = answers.get(reason, 0) + int(count)
+            for key in figures:
+                figures[key] += int(slot.ingress.get(key) or 0)
+        return {"answers": answers, **figures}
+
     def _worker_slots(self) -> list[WorkerSlot]:
         return [] if self.supervisor is None else self.supervisor.slots
 

@@ -87,6 +87,8 @@ class WorkerSlot:
     started_at: float = 0.0
     restarts: int = 0
     accepted: int = 0
+    ingress: dict[str, Any] = field(default_factory=dict)
+    """The worker's last ingress figures: answers by reason, connections, streams."""
     proc: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
@@ -275,6 +277,8 @@ class Supervisor:
                     continue
                 if isinstance(message.get("accepted"), int):
                     slot.accepted = message["accepted"]
+                if isinstance(message.get("ingress"), dict):
+                    slot.ingress = message["ingress"]
                 op = message.get("op")
                 if op == "ready":
                     slot.ready.set()

@@ -75,6 +75,10 @@ class WorkerChannel:
         if self._writer is None or self._writer.is_closing():
             return
         message["accepted"] = self._accepted()
+        cap = self._daemon.connections
+        message["ingress"] = {"answers": dict(self._daemon.ingress.stats.by_reason),
+                              "connections": cap.open, "streams": cap.streams,
+                              "rejections_pending": self._daemon.rejections.pending()}
         self._writer.write(json.dumps(message).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await self._writer.drain()
