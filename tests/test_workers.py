@@ -4,6 +4,7 @@ listening socket, as real processes over real HTTP and a real journal."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -309,3 +310,24 @@ async def test_a_commit_in_any_process_reaches_the_streams_of_the_others(
         finally:
             for resp in [*public, control]:
                 resp.close()
+
+
+async def test_a_worker_that_does_not_acknowledge_an_edit_is_replaced(
+    state_dir: Path, daemon: DaemonProcess
+) -> None:
+    await _add_github(state_dir)
+    victim = (await _workers(state_dir))[0]
+    mark = len(daemon.log)
+    os.kill(victim["pid"], signal.SIGSTOP)  # alive, holding its old registry, deaf
+    try:
+        # Returns once the stopped worker is gone (after the acknowledgement timeout).
+        await _admin(state_dir, "DELETE", "/v1/webhooks/gh")
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(victim["pid"], signal.SIGCONT)
+    gone = await _send_each_on_its_own_connection(f"{daemon.ingress}/hooks/gh",
+                                                  [f"deaf-{n}" for n in range(40)])
+    assert set(gone.values()) == {404}
+    restarted = await daemon.wait_for_log(("worker_restarted",), mark)
+    assert restarted["previous_pid"] == victim["pid"]
+    assert any(r.get("event") == "worker_not_acknowledging" for r in daemon.log[mark:])

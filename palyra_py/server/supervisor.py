@@ -185,16 +185,25 @@ class Supervisor:
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         slot.acks[request] = future
         try:
-            writer.write(json.dumps({"op": op, "id": request}).encode() + b"\n")
-            await writer.drain()
-            return await asyncio.wait_for(asyncio.shield(future),
-                                          ACK_TIMEOUT_S if op == "reload" else PING_TIMEOUT_S)
-        except (TimeoutError, ConnectionError, RuntimeError):
+            try:
+                writer.write(json.dumps({"op": op, "id": request}).encode() + b"\n")
+                await writer.drain()
+            except (ConnectionError, RuntimeError):
+                return None  # its channel is gone: it is exiting, its replacement reads anew
+            channel = slot.reader_task
+            waits: set[asyncio.Future[Any]] = {future} if channel is None else {future, channel}
+            done, _ = await asyncio.wait(
+                waits, timeout=ACK_TIMEOUT_S if op == "reload" else PING_TIMEOUT_S,
+                return_when=asyncio.FIRST_COMPLETED)
+            if future in done:
+                return future.result()
+            if channel is not None and channel in done:
+                return None  # it exited: its replacement reads the registry as it starts
             if op == "reload" and proc.returncode is None and slot.proc is proc:
                 log.error("worker_not_acknowledging", index=slot.index, pid=proc.pid)
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
-                # Its replacement reads the registry as it starts; wait for it to serve.
+                # Once it is gone the edit cannot be missed: its replacement reads the file.
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(proc.wait(), STOP_TIMEOUT_S)
             return None
