@@ -21,6 +21,12 @@ After the last round the daemon drains, then:
 
     .venv/bin/python bench/crash_loop.py                      # 10 rounds, under a minute
     .venv/bin/python bench/crash_loop.py --rounds 3 --seed 7 --json
+    .venv/bin/python bench/crash_loop.py --workers 2          # also SIGKILL a worker
+
+With ``--workers N`` (N > 1) the daemon runs a control process and N ingress workers; each
+round first SIGKILLs a random worker at a random moment (the control process restarts it
+and journals ``daemon.worker_restarted``; the senders go on), then SIGKILLs the control
+process as above (its workers see their channel end and drain).
 
 Exit status 0 when every check holds, 1 otherwise. Results are also saved as
 ``bench/results/crash-loop-<UTC time>.json``.
@@ -187,7 +193,7 @@ class Child:
         return code
 
 
-def daemon_child(state_dir: Path, log_path: Path) -> Child:
+def daemon_child(state_dir: Path, log_path: Path, workers: int = 1) -> Child:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PALYRA_")}
     env.update({
         "PALYRA_STATE_DIR": str(state_dir),
@@ -197,7 +203,7 @@ def daemon_child(state_dir: Path, log_path: Path) -> Child:
         "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
     })
     argv = [sys.executable, "-m", "palyra_py", "daemon", "run", "--listen", "127.0.0.1:0",
-            "--log-format", "json"]
+            "--log-format", "json", "--workers", str(workers)]
     return Child(argv, log_path, env)
 
 
@@ -225,6 +231,11 @@ class Round:
     attempts in flight at the kill, sent again (at most one each)."""
     twice: int = 0
     """Arrivals of an event already delivered in the same life of the daemon (must be 0)."""
+    worker_killed_after_s: float | None = None
+    """With ``--workers``: when a worker was SIGKILLed (before the control process)."""
+    worker_restarts_journaled: int = 0
+    """``daemon.worker_restarted`` events journaled in this life (0 or 1: the control
+    process may die before the replacement serves)."""
 
     @property
     def acked(self) -> int:
@@ -242,8 +253,10 @@ class Round:
 
 
 async def load(round_: Round, ingress_url: str, admin: aiohttp.ClientSession,
-               http: aiohttp.ClientSession, body: bytes, args: argparse.Namespace) -> None:
-    """Send until the daemon dies (every worker returns on its first connection error)."""
+               http: aiohttp.ClientSession, body: bytes, args: argparse.Namespace,
+               dying: asyncio.Event) -> None:
+    """Send until the daemon dies: every sender returns on its first connection error
+    once ``dying`` is set (before that, an error is a killed worker's: send on)."""
     other: Counter[str] = Counter()
 
     async def ingress(worker: int) -> None:
@@ -259,7 +272,9 @@ async def load(round_: Round, ingress_url: str, admin: aiohttp.ClientSession,
                 async with http.post(ingress_url, data=own, headers=headers) as resp:
                     await resp.read()
             except (aiohttp.ClientError, OSError, TimeoutError):
-                return
+                if dying.is_set():
+                    return
+                continue
             if resp.status == 202:
                 round_.acked_ingress.append(delivery)
             else:
@@ -358,6 +373,7 @@ class CrashLoop:
         self.receiver: Child | None = None
         self.daemon: Child | None = None
         self.ingress_url = ""
+        self.worker_restarts_seen = 0
 
     async def tell_receiver(self, order: dict[str, Any]) -> None:
         async with self.http.post(f"{self.sink}/_control", json=order) as resp:
@@ -373,7 +389,8 @@ class CrashLoop:
         """The daemon's next life; the receiver tags what arrives from now on with it."""
         self.life += 1
         await self.tell_receiver({"life": self.life})
-        self.daemon = daemon_child(self.state_dir, self.work / f"daemon-{self.life:03d}.log")
+        self.daemon = daemon_child(self.state_dir, self.work / f"daemon-{self.life:03d}.log",
+                                   self.args.workers)
         up = await self.daemon.start('"daemon_started"')
         self.ingress_url = f"{up['ingress']}/hooks/gh"
 
@@ -397,12 +414,25 @@ class CrashLoop:
         round_ = Round(number, round(self.rng.uniform(args.min_kill_s, args.max_kill_s), 3))
         self.rounds.append(round_)
         assert self.daemon is not None
+        dying = asyncio.Event()
         async with admin_session(self.state_dir) as admin:
+            workers = []
+            if args.workers > 1:
+                _, status = await admin_call(admin, "GET", "/v1/status")
+                workers = [p["pid"] for p in status["processes"] if p["role"] == "worker"]
             loader = asyncio.create_task(
-                load(round_, self.ingress_url, admin, self.http, self.body, args))
-            await asyncio.sleep(round_.kill_after_s)  # the random moment of the kill
+                load(round_, self.ingress_url, admin, self.http, self.body, args, dying))
+            if workers:
+                round_.worker_killed_after_s = round(
+                    self.rng.uniform(0.05, round_.kill_after_s * 0.6), 3)
+                await asyncio.sleep(round_.worker_killed_after_s)  # a random moment
+                os.kill(self.rng.choice(workers), signal.SIGKILL)
+                await asyncio.sleep(round_.kill_after_s - round_.worker_killed_after_s)
+            else:
+                await asyncio.sleep(round_.kill_after_s)  # the random moment of the kill
+            dying.set()
             code = await self.daemon.end(signal.SIGKILL)
-            await loader
+            await loader  # returns once the workers, draining, refuse connections
         await self.start_daemon()
         async with admin_session(self.state_dir) as admin:
             new = await scan(admin, self.journal)
@@ -413,6 +443,12 @@ class CrashLoop:
             round_.journaled_ids = sorted(new)
             verdict = await verify(admin)
             round_.verify_ok, round_.verify_checked = verdict["ok"], verdict["checked"]
+            if args.workers > 1:
+                _, restarts = await admin_call(
+                    admin, "GET", "/v1/events?type=daemon.worker_restarted&limit=1000")
+                seen = len(restarts["events"])
+                round_.worker_restarts_journaled = seen - self.worker_restarts_seen
+                self.worker_restarts_seen = seen
         log(f"round {number}: killed after {round_.kill_after_s:.2f} s (exit {code}),"
             f" {round_.acked} acknowledged, {round_.journaled} journaled,"
             f" {round_.lost} lost, verify {'ok' if round_.verify_ok else verdict}")
@@ -501,6 +537,9 @@ def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
             r.resent <= RESEND_CAP * len(SUBSCRIPTIONS) for r in rounds),
         "signatures_verify": stats["bad_signatures"] == 0 and stats["unverified"] == 0,
         "nothing_pending_or_failed": not pending["deliveries"] and not failed["deliveries"],
+        "at_most_one_worker_restart_journaled_per_kill": all(
+            r.worker_restarts_journaled <= (r.worker_killed_after_s is not None)
+            for r in rounds),
     }
     return {
         "command": " ".join([".venv/bin/python bench/crash_loop.py", *sys.argv[1:]]),
@@ -521,6 +560,8 @@ def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
             "bad_signatures": stats["bad_signatures"],
             "other_answers": dict(sum((Counter(r.other_answers) for r in rounds), Counter())),
             "final_chain_rows": final_verdict.get("checked"),
+            "worker_kills": sum(r.worker_killed_after_s is not None for r in rounds),
+            "worker_restarts_journaled": sum(r.worker_restarts_journaled for r in rounds),
         },
         "checks": checks,
         "ok": all(checks.values()),
@@ -566,6 +607,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="longest load before a kill (3.0)")
     parser.add_argument("--ingress-workers", type=int, default=8,
                         help="concurrent ingress senders (8)")
+    parser.add_argument("--workers", type=int, default=1,
+                        help="daemon.workers: above 1, also SIGKILL a worker each round (1)")
     parser.add_argument("--publish-workers", type=int, default=4,
                         help="concurrent publishers on the admin socket (4)")
     parser.add_argument("--drain-timeout-s", type=float, default=60.0,

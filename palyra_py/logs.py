@@ -35,6 +35,9 @@ def configure_logging(level: str = "info", fmt: str = "console") -> None:
             *processors,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        # One write per line: a redirected stderr is unbuffered, and print() writes the
+        # line and its newline apart, so the lines of the daemon's processes (which share
+        # stderr) could interleave mid-line.
+        logger_factory=structlog.WriteLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=False,
     )

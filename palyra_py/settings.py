@@ -36,6 +36,10 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("daemon", "log_format", str, "console", "Log format", choices=("console", "json")),
     SettingSpec(
+        "daemon", "workers", str, "1",
+        "Ingress worker processes: N, or auto (one per core); 1 = one process for everything",
+    ),
+    SettingSpec(
         "journal", "retention_days", float, 30.0, "Drop events older than this (0 = keep)",
         minimum=0,
     ),
@@ -246,7 +250,23 @@ def load_settings(
             value = _coerce(spec, flags[name], "the command line")
             source = "flag"
         values[name] = Setting(spec.section, spec.key, value, source)  # type: ignore[arg-type]
+    parse_workers(values[("daemon", "workers")].value)
     return Settings(state_dir=state_dir, values=values)
+
+
+MAX_WORKERS = 64
+
+
+def parse_workers(value: str) -> int:
+    """``daemon.workers`` as a count: ``"auto"`` is one per core (``os.cpu_count()``, at
+    least 1), else a whole number from 1 to ``MAX_WORKERS``. Raises ``SettingsError``."""
+    text = value.strip().lower()
+    if text == "auto":
+        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+    if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
+        raise SettingsError(
+            f"daemon.workers: expected a number from 1 to {MAX_WORKERS} or auto, got {value!r}")
+    return int(text)
 
 
 def parse_listen(value: str) -> tuple[str, int]:

@@ -7,7 +7,7 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +23,13 @@ def child_env(state_dir: Path) -> dict[str, str]:
 
 class DaemonProcess:
     def __init__(self, state_dir: Path, *, env: Mapping[str, str] | None = None,
-                 preexec_fn: Callable[[], None] | None = None) -> None:
+                 preexec_fn: Callable[[], None] | None = None,
+                 args: Sequence[str] = ()) -> None:
         """``env`` is added to the child's environment; ``preexec_fn`` runs in the child
-        before the daemon starts (resource limits, signal dispositions)."""
+        before the daemon starts (resource limits, signal dispositions); ``args`` are
+        more ``daemon run`` options (``--workers 2``)."""
         self.state_dir = state_dir
+        self.args = tuple(args)
         self.extra_env = dict(env or {})
         self.preexec_fn = preexec_fn
         self.proc: asyncio.subprocess.Process | None = None
@@ -37,7 +40,7 @@ class DaemonProcess:
     async def start(self) -> DaemonProcess:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "palyra_py", "daemon", "run", "--listen", "127.0.0.1:0",
-            "--log-format", "json", env={**child_env(self.state_dir), **self.extra_env},
+            "--log-format", "json", *self.args, env={**child_env(self.state_dir), **self.extra_env},
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
             preexec_fn=self.preexec_fn,
         )

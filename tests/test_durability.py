@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from palyra_py.providers import get_provider
 from tests.daemon_process import DaemonProcess
@@ -23,8 +24,12 @@ async def admin_session(state_dir: Path) -> aiohttp.ClientSession:
     )
 
 
-async def test_sigkill_while_sending_loses_no_acknowledged_event(state_dir: Path) -> None:
-    daemon = await DaemonProcess(state_dir).start()
+@pytest.mark.parametrize("processes", ["1", "2"])
+async def test_sigkill_while_sending_loses_no_acknowledged_event(
+    state_dir: Path, processes: str
+) -> None:
+    """With workers, SIGKILL hits the control process: its workers drain and stop."""
+    daemon = await DaemonProcess(state_dir, args=("--workers", processes)).start()
     async with await admin_session(state_dir) as admin:
         async with admin.post("/v1/webhooks", json={
             "integration_id": "gh", "provider": "github", "secret": {"value": SECRET},
@@ -61,7 +66,7 @@ async def test_sigkill_while_sending_loses_no_acknowledged_event(state_dir: Path
     assert await daemon.stop() != 0
     assert len(acked) >= 400
 
-    restarted = await DaemonProcess(state_dir).start()
+    restarted = await DaemonProcess(state_dir, args=("--workers", processes)).start()
     try:
         async with await admin_session(state_dir) as admin:
             found: set[str] = set()
@@ -84,10 +89,14 @@ async def test_sigkill_while_sending_loses_no_acknowledged_event(state_dir: Path
         await restarted.stop()
 
 
-async def test_sighup_reloads_a_hand_edit_and_refuses_a_broken_one(state_dir: Path) -> None:
+@pytest.mark.parametrize("workers", ["1", "2"])
+async def test_sighup_reloads_a_hand_edit_and_refuses_a_broken_one(
+    state_dir: Path, workers: str
+) -> None:
+    """With workers, the control process reloads and every worker takes the registry."""
     import signal
 
-    daemon = await DaemonProcess(state_dir).start()
+    daemon = await DaemonProcess(state_dir, args=("--workers", workers)).start()
     try:
         registry = state_dir / "webhooks.toml"
         registry.write_text(

@@ -187,6 +187,16 @@ class DaemonRuntime(Protocol):
         """Why the caps were lowered to fit the open-file limit ("" when they were not)."""
         ...
 
+    async def processes(self) -> list[dict[str, Any]]:
+        """The daemon's processes (this one, then each worker); refreshes the workers'
+        figures that ``ingress_figures`` adds up."""
+        ...
+
+    def ingress_figures(self) -> dict[str, Any]:
+        """Answers by reason, open connections, streams and pending rejections of the
+        public listener, summed over the processes that serve it."""
+        ...
+
 
 # -- one context per handler class ---------------------------------------------------------
 

@@ -48,6 +48,7 @@ class AdminApi:
             last_seq: int | None = await ctx.journal.last_seq()
         except JournalUnavailable as exc:
             last_seq, problem = None, problem or str(exc)
+        processes = await ctx.runtime.processes()  # first: it refreshes the workers' figures
         started_at = ctx.runtime.started_at
         connections = ctx.listener.connections
         return web.json_response({
@@ -58,6 +59,7 @@ class AdminApi:
             "state_dir": str(ctx.state_dir),
             "listeners": [{"kind": x.kind, "address": x.address}
                           for x in ctx.runtime.listeners],
+            "processes": processes,
             "admin_socket": str(ctx.admin_socket),
             "registry": str(ctx.registry_path),
             "deliveries": {"path": str(ctx.deliveries_path),
@@ -75,12 +77,9 @@ class AdminApi:
             },
             "integrations": {"total": len(ctx.reloader.registry.integrations),
                              "by_readiness": by_readiness},
-            "ingress": {"answers": dict(ctx.ingress_stats.by_reason),
-                        "rejections_pending": ctx.rejections.pending(),
-                        "connections": connections.open,
+            "ingress": {**ctx.runtime.ingress_figures(),
                         "max_connections": connections.limit,
-                        "max_connections_per_source": connections.per_source,
-                        "streams": connections.streams},
+                        "max_connections_per_source": connections.per_source},
             "keyring": {"backend": ctx.secrets.backend_name,
                         "fallback": ctx.secrets.is_fallback},
             "open_files": open_files(ctx.runtime),

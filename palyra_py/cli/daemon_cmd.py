@@ -86,6 +86,15 @@ def run(
             "(RFC 3339, e.g. 2026-12-07T10:00Z).",
         ),
     ] = None,
+    workers: Annotated[
+        str | None,
+        typer.Option(
+            "--workers",
+            metavar="N|auto",
+            help="Ingress worker processes sharing the listener (auto: one per core); 1 runs "
+            "everything in one process. Default from settings (daemon.workers).",
+        ),
+    ] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM.
 
@@ -107,6 +116,13 @@ def run(
             parse_deliveries_from(deliveries_from)
         except ValueError as exc:
             usage_error(str(exc), param="--deliveries-from")
+    if workers is not None:
+        from palyra_py.settings import SettingsError, parse_workers
+
+        try:
+            parse_workers(workers)
+        except SettingsError as exc:
+            usage_error(str(exc), param="--workers")
     try:
         socket_path(resolve_state_dir(state_dir))
     except SocketPathTooLong as exc:
@@ -126,6 +142,7 @@ def run(
         log_level=log_level.value if log_level else None,
         log_format=log_format.value if log_format else None,
         deliveries_from=deliveries_from,
+        workers=workers,
     )
     raise typer.Exit(code)
 

@@ -47,6 +47,27 @@ def _listeners(value: Any) -> str:
     return "\n".join(lines)
 
 
+def _processes(value: Any) -> str:
+    """One line per process: ``control  pid 123  started ...  restarts 0`` (``-`` when
+    the daemon did not say)."""
+    if not isinstance(value, list) or not value:
+        return "-"
+    lines = []
+    for item in value:
+        if not isinstance(item, dict):
+            continue
+        role = output.text(item.get("role"))
+        if item.get("index") is not None:
+            role += f" {output.text(item.get('index'))}"
+        line = (f"{role}  pid {output.text(item.get('pid'))}  started "
+                f"{output.moment(item.get('started_at'))}  restarts "
+                f"{output.text(item.get('restarts'))}")
+        if item.get("accepted") is not None:
+            line += f"  accepted {output.text(item.get('accepted'))}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
 def show_status(answer: Mapping[str, Any]) -> int:
     """``palyra daemon status`` for people; the exit code."""
     journal = answer.get("journal") or {}
@@ -70,6 +91,7 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("state dir", output.text(answer.get("state_dir"))),
         ("admin socket", output.text(answer.get("admin_socket"))),
         ("listeners", _listeners(answer.get("listeners"))),
+        ("processes", _processes(answer.get("processes"))),
         ("connections", _connections(answer.get("ingress"))),
         ("open files", _open_files(answer.get("open_files"))),
         ("journal", output.text(journal.get("path"))),

@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import json
+import socket
 from collections.abc import Callable
 from ssl import SSLContext
 from typing import Any
@@ -314,20 +315,30 @@ class _Counted(asyncio.Protocol):
 
 
 class CappedTCPSite(web.TCPSite):
-    """``web.TCPSite`` whose connections go through ``cap``."""
+    """``web.TCPSite`` whose connections go through ``cap``. With ``sock`` (a listening
+    socket bound elsewhere, e.g. shared by worker processes) it accepts on that socket
+    instead of binding ``host``:``port``."""
 
     def __init__(self, runner: web.BaseRunner, host: str, port: int, *, cap: ConnectionCap,
                  ssl_context: SSLContext | None = None,
-                 reuse_address: bool | None = None) -> None:
+                 reuse_address: bool | None = None,
+                 sock: socket.socket | None = None) -> None:
         super().__init__(runner, host, port, ssl_context=ssl_context,
                          reuse_address=reuse_address)
         self._cap = cap
+        self._sock = sock
 
     async def start(self) -> None:
         await web.BaseSite.start(self)  # registers the site with its runner
         server = self._runner.server
         assert server is not None
         loop = asyncio.get_running_loop()
+        if self._sock is not None:
+            self._server = await loop.create_server(
+                self._cap.wrap(server), sock=self._sock, ssl=self._ssl_context,
+                backlog=self._backlog,
+            )
+            return
         self._server = await loop.create_server(
             self._cap.wrap(server), self._host, self._port, ssl=self._ssl_context,
             backlog=self._backlog, reuse_address=self._reuse_address,

@@ -16,7 +16,6 @@ from typing import TypeVar
 
 from palyra_py.events import AppendResult, EventFilter
 from palyra_py.journal.backend import (
-    ChainHead,
     ChainWalk,
     EventRow,
     JournalDamaged,
@@ -61,12 +60,18 @@ class SqliteJournal:
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         start_check_s: float = DEFAULT_START_CHECK_S,
         on_unavailable: Callable[[str], None] | None = None,
+        several_appenders: bool = False,
     ) -> None:
         """``on_commit(last_seq)`` runs in the event loop after each commit that wrote
         rows. ``start`` runs ``PRAGMA quick_check`` for at most ``start_check_s`` seconds
         (0: not at all). ``on_unavailable(reason)`` runs in the event loop once, when the
-        file is found removed, replaced or damaged while open."""
+        file is found removed, replaced or damaged while open. ``several_appenders``: other
+        processes append to this file too; the writers then take turns on
+        ``<path>-writer.lock`` (see ``GroupCommitWriter``). Each batch reads the chain head
+        and the next seq inside its own write transaction either way, so several instances
+        keep seqs gap-free and the chain linked."""
         self.path = Path(path)
+        self._several_appenders = several_appenders
         self._clock = clock
         self._batch_max = batch_max
         self._on_commit = on_commit
@@ -123,7 +128,7 @@ class SqliteJournal:
         if self._writer is not None:
             return
         try:
-            writer_store, reader_store, head = await asyncio.to_thread(self._open)
+            writer_store, reader_store = await asyncio.to_thread(self._open)
         except sqlite3.Error as exc:
             if is_corruption(exc):
                 raise JournalDamaged(damaged_message(self.path, describe_failure(exc, "open"))
@@ -139,13 +144,14 @@ class SqliteJournal:
             clock=self._clock,
             batch_max=self._batch_max,
             on_commit=self._on_commit,
-            head=head,
             path=self.path,
+            writer_lock=(self.path.with_name(f"{self.path.name}-writer.lock")
+                         if self._several_appenders else None),
         )
         self._writer.on_unavailable = self._on_unavailable
         self._writer.start()
 
-    def _open(self) -> tuple[JournalStore, JournalStore, ChainHead]:
+    def _open(self) -> tuple[JournalStore, JournalStore]:
         # Sizes only without a WAL to replay: a crash inside a checkpoint may leave the
         # header ahead of the file while the WAL still holds the pages.
         wal = related_files(self.path)[1]
@@ -155,7 +161,6 @@ class SqliteJournal:
         writer = JournalStore.open(self.path, busy_timeout_ms=self._busy_timeout_ms, create=True)
         try:
             writer.ensure_schema()
-            head = writer.head()
             self._quick_check(writer)
             restrict_permissions(self.path)
             reader = JournalStore.open(
@@ -164,7 +169,7 @@ class SqliteJournal:
         except BaseException:
             writer.close()
             raise
-        return writer, reader, head
+        return writer, reader
 
     def _quick_check(self, store: JournalStore) -> None:
         if self._start_check_s <= 0:

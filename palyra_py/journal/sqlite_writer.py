@@ -10,11 +10,13 @@ removed) after the commit, or ``JournalUnavailable`` / ``DuplicateEventId``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -85,11 +87,18 @@ class GroupCommitWriter(QueueWriterThread):
         clock: Callable[[], float],
         batch_max: int,
         on_commit: Callable[[int], None] | None,
-        head: tuple[int, str],
         path: Path | None = None,
+        writer_lock: Path | None = None,
     ) -> None:
+        """``writer_lock``: a file every process appending to this journal locks (flock)
+        around each write transaction. SQLite alone would also keep them apart, but its
+        busy handler waits by sleeping in steps of up to 100 ms; a process blocked on the
+        lock wakes the moment the other's commit is done (and its queue has grown into a
+        bigger batch meanwhile)."""
         super().__init__(name="palyra-journal-writer", batch_max=batch_max)
         self._store = store
+        self._lock_fd = (os.open(writer_lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+                         if writer_lock is not None else None)
         # The file this writer commits into. SQLite keeps writing into an unlinked inode, so
         # after every commit the path must still name it, or nothing may be acknowledged.
         self._path = path
@@ -108,8 +117,6 @@ class GroupCommitWriter(QueueWriterThread):
         self._loop = loop
         self._clock = clock
         self._on_commit = on_commit
-        # The chain head as committed; None after a failure until re-read from the file.
-        self._head: tuple[int, str] | None = head
         self.commits = 0
         self.failed_batches = 0
 
@@ -118,6 +125,21 @@ class GroupCommitWriter(QueueWriterThread):
 
     def _close(self) -> None:
         self._store.close()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the writers' lock (if any) for one write transaction."""
+        if self._lock_fd is None:
+            yield
+            return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _run_batch(self, batch: list[object]) -> None:
         appends: list[AppendJob] = []
@@ -228,16 +250,18 @@ class GroupCommitWriter(QueueWriterThread):
             return
         try:
             now_ms = int(self._clock() * 1000)
-            stored, head = self._store.append_batch(
-                [job.row for job in jobs], now_ms=now_ms, head=self._head
-            )
+            # The head is read inside the write transaction, never carried over from the
+            # last commit: other processes may append to the same file between two batches.
+            with self._exclusive():
+                stored, head = self._store.append_batch(
+                    [job.row for job in jobs], now_ms=now_ms, head=None
+                )
         except Exception as exc:
             if not isinstance(exc, sqlite3.Error | OSError):
                 _log.exception("journal writer: unexpected error")
             self.failed_batches += 1
             if is_corruption(exc):
                 self.mark_damaged(describe_failure(exc))
-            self._head = self._reload_head()
             error = (self._refusal(self._gone) if self._gone is not None
                      else JournalUnavailable(describe_failure(exc)))
             self._deliver([(job.future, error) for job in jobs])
@@ -255,24 +279,19 @@ class GroupCommitWriter(QueueWriterThread):
             else:
                 value = AppendResult(result.seq, result.event_id, result.status == "duplicate")
                 outcomes.append((job.future, value))
-        written = self._head is None or head[0] != self._head[0]
-        self._head = head
+        written = any(result.status == "new" for result in stored)
         self._deliver(outcomes, head[0] if written else None)
-
-    def _reload_head(self) -> tuple[int, str] | None:
-        try:
-            return self._store.head()
-        except sqlite3.Error:
-            return None  # the next batch reads it inside its transaction
 
     def _retain(self, job: RetentionJob) -> None:
         result: int | JournalUnavailable
         try:
             now_ms = int(self._clock() * 1000)
-            result = self._store.apply_retention(
-                older_than_ms=None if job.max_age_s is None else now_ms - int(job.max_age_s * 1000),
-                max_bytes=job.max_bytes,
-            )
+            with self._exclusive():
+                result = self._store.apply_retention(
+                    older_than_ms=(None if job.max_age_s is None
+                                   else now_ms - int(job.max_age_s * 1000)),
+                    max_bytes=job.max_bytes,
+                )
         except Exception as exc:
             if not isinstance(exc, sqlite3.Error | OSError):
                 _log.exception("journal retention: unexpected error")

@@ -16,7 +16,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import structlog
 import tomlkit
@@ -37,6 +37,7 @@ from palyra_py.admin.status import AdminApi
 from palyra_py.admin.subscriptions import SubscriptionsApi
 from palyra_py.admin.webhooks import WebhooksApi
 from palyra_py.bus.local import SeqBus
+from palyra_py.bus.socket import HeadRelay
 from palyra_py.delivery.start import DeliveriesFrom, parse_deliveries_from
 from palyra_py.delivery.store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
 from palyra_py.inbound.ingress import ActiveIntegration, Ingress
@@ -65,8 +66,16 @@ from palyra_py.registry.tokens import Principal, split_token, token_matches
 from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
+from palyra_py.server.metrics_view import merge_expositions
+from palyra_py.server.supervisor import (
+    Supervisor,
+    WorkerSlot,
+    WorkerStartFailed,
+    bind_listener,
+    own_process,
+)
 from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsage
-from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen
+from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen, parse_workers
 from palyra_py.storage.ownership import ForeignOwner, check_path_owner
 from palyra_py.storage.sqlite import related_files
 from palyra_py.stream.hub import StreamHub
@@ -136,6 +145,13 @@ def claim_socket(path: Path) -> None:
         probe.close()
 
 
+Role = Literal["single", "control", "worker"]
+"""``single``: everything in one process (``daemon.workers = 1``). ``control``: admin
+socket, registry writer, dispatcher, retention, supervision of the workers. ``worker``: the
+public listener (webhooks, publishing, streams, metrics, health) on the control process's
+socket."""
+
+
 @dataclass(frozen=True, slots=True)
 class Listener:
     kind: str
@@ -150,10 +166,26 @@ class Daemon:
         clock: Callable[[], float] = time.time,
         secrets: SecretStore | None = None,
         deliveries_from: DeliveriesFrom | None = None,
+        worker_of: socket.socket | None = None,
+        flags: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
         """``deliveries_from``: where deliveries resume if ``deliveries.db`` is missing
-        (``palyra daemon run --deliveries-from``)."""
+        (``palyra daemon run --deliveries-from``). The role follows ``daemon.workers``
+        (1: ``single``, more: ``control``), or is ``worker`` when ``worker_of`` (the
+        control process's listening socket) is given. ``flags``: the ``daemon run`` flags,
+        passed on to the workers."""
         self.settings = settings
+        self.workers = parse_workers(settings.get("daemon", "workers"))
+        self.role: Role = ("worker" if worker_of is not None
+                           else "control" if self.workers > 1 else "single")
+        self._listen_socket = worker_of
+        self._flags = dict(flags or {})
+        self.supervisor: Supervisor | None = None
+        self.relay: HeadRelay | None = None
+        """The bus across this daemon's processes (not in a single process)."""
+        self.metrics_view: Callable[[], Awaitable[bytes]] | None = None
+        """What ``/metrics`` answers when it is more than this process's registry (every
+        process's, merged)."""
         self._deliveries_from = deliveries_from
         self.delivery_store_lost = asyncio.Event()
         """Set once the removal of ``deliveries.db`` is logged (tests wait for it)."""
@@ -172,8 +204,10 @@ class Daemon:
             clock=clock,
             batch_max=settings.get("journal", "batch_max"),
             on_commit=self._committed,
-            start_check_s=settings.get("journal", "start_check_s"),
+            # The control process checked the file before it started the workers.
+            start_check_s=0 if self.role == "worker" else settings.get("journal", "start_check_s"),
             on_unavailable=self._journal_unavailable,
+            several_appenders=self.role != "single",
         ))
         self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
         self.deliveries.on_unavailable = self._delivery_store_unavailable
@@ -207,6 +241,8 @@ class Daemon:
     def _committed(self, seq: int) -> None:
         self.metrics.committed(seq)
         self.bus.publish(seq)
+        if self.relay is not None:
+            self.relay.notify(seq)
 
     def _journal_unavailable(self, reason: str) -> None:
         """The journal file was found removed, replaced or damaged: from now on nothing is
@@ -246,7 +282,7 @@ class Daemon:
         journal = self.journal.check_file()
         if journal is not None:
             return "journal_unavailable", journal
-        deliveries = self.deliveries.check_file()
+        deliveries = None if self.role == "worker" else self.deliveries.check_file()
         if deliveries is not None:
             return "deliveries_unavailable", deliveries
         return None
@@ -458,6 +494,7 @@ class Daemon:
             self._refuse_if_vanished()
             registry = await asyncio.to_thread(self.registry_file.edit, change)
             self._activate(registry)
+            await self._in_force_everywhere()
             return registry
 
     async def reload(self) -> Registry:
@@ -470,9 +507,31 @@ class Daemon:
             for entry in self.active.values():
                 entry.secrets.forget()
             self._activate(registry)
+            await self._in_force_everywhere()
         await self.append(kind="daemon.reloaded", source="daemon",
                           payload={"integrations": len(registry.integrations)})
         return registry
+
+    async def _in_force_everywhere(self) -> None:
+        """Return once every worker has read the registry just written and forgotten the
+        secrets it cached (the control process asks, each worker acknowledges)."""
+        if self.supervisor is not None:
+            await self.supervisor.broadcast_reload()
+
+    async def refresh_registry(self) -> None:
+        """A worker, told by the control process: re-read ``webhooks.toml`` and forget every
+        cached secret. A file that does not validate (a hand edit the control process
+        refused too) leaves the registry in force."""
+        async with self._edit_lock:
+            try:
+                registry = await asyncio.to_thread(self.registry_file.load)
+            except RegistryError as exc:
+                log.error("registry_refresh_refused", error=str(exc))
+                return
+            self.secrets.forget_cached()
+            for entry in self.active.values():
+                entry.secrets.forget()
+            self._activate(registry)
 
     # -- journal -------------------------------------------------------------------------
 
@@ -582,7 +641,8 @@ class Daemon:
         )
 
     async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(body=self.metrics.render(),
+        body = self.metrics.render() if self.metrics_view is None else await self.metrics_view()
+        return web.Response(body=body,
                             headers={"Content-Type": self.metrics.content_type})
 
     async def _healthz(self, request: web.Request) -> web.Response:
@@ -623,10 +683,11 @@ class Daemon:
         ssl_ctx = self._ssl_context()
         host, port = parse_listen(self.settings.get("daemon", "listen"))
         sock_path = self.socket_path
-        claim_socket(sock_path)
+        if self.role != "worker":  # a worker leaves the admin socket to the control process
+            claim_socket(sock_path)
         if self._secrets is None:
             self._secrets = SecretStore(self.state_dir)
-        if self.secrets.is_fallback:
+        if self.secrets.is_fallback and self.role != "worker":
             log.warning("keyring_fallback", backend=self.secrets.backend_name,
                         hint="no usable OS keyring; secrets are kept in a 0600 file")
         try:
@@ -648,6 +709,12 @@ class Daemon:
                         hint="the quick check stopped at journal.start_check_s; run "
                              "`palyra system events verify` to check the whole chain")
         self.bus.publish(await self.journal.last_seq())
+        if self.role != "single":
+            self.relay = HeadRelay(self.state_dir, self.bus, self.journal.last_seq)
+            await self.relay.start()
+        if self.role == "worker":
+            await self._start_worker(budget, ssl_ctx, host, port)
+            return
         deliveries_missing = not self.deliveries.path.exists()
         if deliveries_missing:
             try:
@@ -658,13 +725,7 @@ class Daemon:
         elif self._deliveries_from is not None:
             log.warning("deliveries_from_ignored", deliveries_from=self._deliveries_from.describe(),
                         reason=f"{self.deliveries.path} exists: its cursors stay")
-        self.stream_hub = StreamHub(
-            self.journal, self.bus,
-            max_clients=budget.max_streams,
-            buffer=self.settings.get("stream", "buffer_events"),
-            max_per_owner=self.settings.get("stream", "max_per_token"),
-        )
-        self._tasks.append(asyncio.create_task(self.stream_hub.run()))
+        self._start_stream_hub(budget)
         try:
             await self.deliveries.start()
         except Exception as exc:
@@ -684,46 +745,11 @@ class Daemon:
             https_only=self.settings.get("delivery", "https_only"),
         )
         self._tasks.append(asyncio.create_task(self._dispatcher.run()))
-        self._ingress = Ingress(
-            integrations=lambda: self.active,
-            secrets=self.secrets,
-            journal=self.journal,
-            rejections=self.rejections,
-            clock=self.clock,
-            body_timeout_s=self.settings.get("ingress", "body_timeout_s"),
-            retry_after_s=self.settings.get("ingress", "retry_after_s"),
-            metrics=self.metrics,
-        )
-        ingress_runner = web.AppRunner(
-            self._ingress_app(), access_log=None,
-            max_headers=self.settings.get("ingress", "max_headers"),
-            max_field_size=self.settings.get("ingress", "max_header_bytes"),
-            max_line_size=self.settings.get("ingress", "max_header_bytes"),
-            # Armed when a connection opens (aiohttp >= 3.14): bounds idle connections and
-            # request heads that never finish, not only keep-alive between requests.
-            keepalive_timeout=self.settings.get("ingress", "idle_timeout_s"),
-        )
-        await ingress_runner.setup()
-        self._runners.append(ingress_runner)
-        stats = self._ingress.stats
-        self.connections = ConnectionCap(
-            budget.max_connections,
-            self.settings.get("ingress", "retry_after_s"),
-            on_refused=stats.count,
-            per_source=self.settings.get("ingress", "max_connections_per_source"),
-            max_head_bytes=self.settings.get("ingress", "max_head_bytes"))
-        self.metrics.ingress_connections.set_function(lambda: self.connections.open)
-        site = CappedTCPSite(ingress_runner, host, port, cap=self.connections,
-                             ssl_context=ssl_ctx, reuse_address=True)
-        try:
-            await site.start()
-        except OSError as exc:
-            await self.stop()
-            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-        server = site._server
-        sockets = getattr(server, "sockets", None) or []
-        self.ingress_port = sockets[0].getsockname()[1] if sockets else port
-        self._ingress_host, self._tls = host, ssl_ctx is not None
+        if self.role == "control":
+            self._build_ingress(budget)
+            await self._start_workers(host, port, ssl_ctx)
+        else:
+            await self._serve_ingress(budget, ssl_ctx, host, port)
         admin_runner = web.AppRunner(self._admin_app(), access_log=None)
         await admin_runner.setup()
         self._runners.append(admin_runner)
@@ -742,19 +768,166 @@ class Daemon:
             kind="daemon.started", source="daemon",
             payload={"version": __version__, "pid": os.getpid(),
                      "listeners": [vars_of(x) for x in self.listeners],
-                     "keyring_backend": self.secrets.backend_name},
+                     "keyring_backend": self.secrets.backend_name,
+                     "workers": [slot.pid for slot in self._worker_slots()]},
         )
         self._tasks.append(asyncio.create_task(self._flush_rejections_forever()))
         self._tasks.append(asyncio.create_task(self._retention_forever()))
         self._tasks.append(asyncio.create_task(self._token_usage_forever()))
         log.info("daemon_started", version=__version__, ingress=self.listeners[0].address,
                  admin_socket=str(sock_path), state_dir=str(self.state_dir),
-                 registry_integrations=len(self.registry.integrations))
+                 registry_integrations=len(self.registry.integrations),
+                 workers=len(self._worker_slots()))
+
+    def _start_stream_hub(self, budget: FdBudget) -> None:
+        self.stream_hub = StreamHub(
+            self.journal, self.bus,
+            max_clients=budget.max_streams,
+            buffer=self.settings.get("stream", "buffer_events"),
+            max_per_owner=self.settings.get("stream", "max_per_token"),
+        )
+        self._tasks.append(asyncio.create_task(self.stream_hub.run()))
+
+    def _build_ingress(self, budget: FdBudget) -> None:
+        self._ingress = Ingress(
+            integrations=lambda: self.active,
+            secrets=self.secrets,
+            journal=self.journal,
+            rejections=self.rejections,
+            clock=self.clock,
+            body_timeout_s=self.settings.get("ingress", "body_timeout_s"),
+            retry_after_s=self.settings.get("ingress", "retry_after_s"),
+            metrics=self.metrics,
+        )
+        self.connections = ConnectionCap(
+            budget.max_connections,
+            self.settings.get("ingress", "retry_after_s"),
+            on_refused=self._ingress.stats.count,
+            per_source=self.settings.get("ingress", "max_connections_per_source"),
+            max_head_bytes=self.settings.get("ingress", "max_head_bytes"))
+
+    async def _serve_ingress(self, budget: FdBudget, ssl_ctx: ssl.SSLContext | None,
+                             host: str, port: int) -> None:
+        """Serve the public listener in this process: on ``host``:``port``, or on the
+        socket the control process handed over (a worker)."""
+        self._build_ingress(budget)
+        ingress_runner = web.AppRunner(
+            self._ingress_app(), access_log=None,
+            max_headers=self.settings.get("ingress", "max_headers"),
+            max_field_size=self.settings.get("ingress", "max_header_bytes"),
+            max_line_size=self.settings.get("ingress", "max_header_bytes"),
+            # Armed when a connection opens (aiohttp >= 3.14): bounds idle connections and
+            # request heads that never finish, not only keep-alive between requests.
+            keepalive_timeout=self.settings.get("ingress", "idle_timeout_s"),
+        )
+        await ingress_runner.setup()
+        self._runners.append(ingress_runner)
+        self.metrics.ingress_connections.set_function(lambda: self.connections.open)
+        site = CappedTCPSite(ingress_runner, host, port, cap=self.connections,
+                             ssl_context=ssl_ctx, reuse_address=True, sock=self._listen_socket)
+        try:
+            await site.start()
+        except OSError as exc:
+            await self.stop()
+            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        self.ingress_port = sockets[0].getsockname()[1] if sockets else port
+        self._ingress_host, self._tls = host, ssl_ctx is not None
+
+    async def _start_worker(self, budget: FdBudget, ssl_ctx: ssl.SSLContext | None,
+                            host: str, port: int) -> None:
+        """An ingress worker: the public listener, publishing and streams on the shared
+        socket; the registry read-only (the control process tells it when to re-read)."""
+        self._start_stream_hub(budget)
+        await self._serve_ingress(budget, ssl_ctx, host, port)
+        self.started_at = self.clock()
+        self._tasks.append(asyncio.create_task(self._flush_rejections_forever()))
+
+    async def _start_workers(self, host: str, port: int, ssl_ctx: ssl.SSLContext | None) -> None:
+        """The control process: bind the public socket once, start the workers on it."""
+        try:
+            self._listen_socket = bind_listener(host, port)
+        except OSError as exc:
+            await self.stop()
+            raise DaemonError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+        self.ingress_port = self._listen_socket.getsockname()[1]
+        self._ingress_host, self._tls = host, ssl_ctx is not None
+        flags = {f"{section}.{key}": value for (section, key), value in self._flags.items()
+                 if value is not None}
+        self.supervisor = Supervisor(
+            count=self.workers, listener=self._listen_socket, state_dir=str(self.state_dir),
+            flags=flags, on_restart=self._worker_restarted, on_usage=self._tokens_used,
+            on_metrics=self._merged_metrics, clock=self.clock)
+        self.metrics_view = self._merged_metrics
+        try:
+            await self.supervisor.start()
+        except WorkerStartFailed as exc:
+            self.supervisor = None
+            await self.stop()
+            raise DaemonError(f"cannot start the ingress workers: {exc}") from None
+
+    async def _merged_metrics(self) -> bytes:
+        """This process's metrics and every worker's, as one view (``metrics_view``)."""
+        assert self.supervisor is not None
+        texts = [self.metrics.render().decode(), *await self.supervisor.scrape()]
+        return merge_expositions(texts)
+
+    def ingress_figures(self) -> dict[str, Any]:
+        """Answers by reason, open connections, streams and pending rejections of the
+        public listener: this process's, or with workers the sum of what each reported
+        last (``processes`` refreshes them)."""
+        cap = self.connections
+        answers = dict(self.ingress.stats.by_reason)
+        figures = {"connections": cap.open, "streams": cap.streams,
+                   "rejections_pending": self.rejections.pending()}
+        for slot in self._worker_slots():
+            for reason, count in (slot.ingress.get("answers") or {}).items():
+                answers[reason] = answers.get(reason, 0) + int(count)
+            for key in figures:
+                figures[key] += int(slot.ingress.get(key) or 0)
+        return {"answers": answers, **figures}
+
+    def _worker_slots(self) -> list[WorkerSlot]:
+        return [] if self.supervisor is None else self.supervisor.slots
+
+    async def _worker_restarted(self, slot: WorkerSlot, code: int | None,
+                                previous_pid: int) -> None:
+        signal_name = None
+        if code is not None and code < 0:
+            with contextlib.suppress(ValueError):
+                signal_name = signal.Signals(-code).name
+        payload = {"index": slot.index, "pid": slot.pid, "previous_pid": previous_pid,
+                   "exit_code": code, "signal": signal_name, "restarts": slot.restarts}
+        log.warning("worker_restarted", **payload)
+        with contextlib.suppress(ApiError):
+            await self.append(kind="daemon.worker_restarted", source="daemon",
+                              event_type="daemon.worker_restarted", severity="warning",
+                              payload=payload)
+
+    def _tokens_used(self, uses: Mapping[str, int]) -> None:
+        for token_id, at in uses.items():
+            if at > (self.token_usage.last_used(token_id) or 0):
+                self.token_usage.touch(token_id, at)
+
+    async def processes(self) -> list[dict[str, Any]]:
+        """This daemon's processes for ``daemon status``: this one (``single`` or
+        ``control``), then each worker (pid, role, started_at, restarts, accepted)."""
+        if self.supervisor is not None:
+            await self.supervisor.refresh()
+        own = own_process(self.role, self.started_at)
+        if self.role == "single" and self._ingress is not None:
+            own["accepted"] = self._ingress.stats.by_reason.get("accepted", 0)
+        return [own, *(slot.describe() for slot in self._worker_slots())]
 
     async def stop(self) -> None:
         if self.stopped.is_set():
             return
         self.stopped.set()
+        if self.supervisor is not None:
+            # Workers first: each drains its requests and streams while the control
+            # process still takes their admin edits' journal events and dispatches.
+            await self.supervisor.stop()
         for task in [*self._tasks, *self.streams]:
             task.cancel()
         for task in self._tasks:
@@ -768,9 +941,15 @@ class Daemon:
             await runner.cleanup()
         with contextlib.suppress(JournalUnavailable, RuntimeError):
             await self.rejections.flush(self.journal)
-            await self.journal.append(NewEvent(kind="daemon.stopped", source="daemon",
-                                               payload={"pid": os.getpid()}))
-        await asyncio.to_thread(self.token_usage.flush, set(self.registry.tokens))
+            if self.role != "worker":
+                await self.journal.append(NewEvent(kind="daemon.stopped", source="daemon",
+                                                   payload={"pid": os.getpid()}))
+        if self.role != "worker":  # a worker's uses go to the control process
+            await asyncio.to_thread(self.token_usage.flush, set(self.registry.tokens))
+        if self.relay is not None:
+            await self.relay.close()
+        if self._listen_socket is not None and self.role == "control":
+            self._listen_socket.close()
         await self.sender.close()
         await self.deliveries.close()
         await self.journal.close()
@@ -867,9 +1046,11 @@ def run_daemon(
     log_level: str | None = None,
     log_format: str | None = None,
     deliveries_from: str | None = None,
+    workers: str | None = None,
 ) -> int:
     """Run until SIGTERM/SIGINT; SIGHUP reloads the registry. Returns the exit code.
-    ``deliveries_from``: ``--deliveries-from`` (``delivery_start``)."""
+    ``deliveries_from``: ``--deliveries-from`` (``delivery_start``). ``workers``:
+    ``--workers N|auto`` (``daemon.workers``)."""
     from palyra_py.logs import configure_logging
 
     flags = {
@@ -878,6 +1059,7 @@ def run_daemon(
         ("daemon", "tls_key"): str(tls_key) if tls_key else None,
         ("daemon", "log_level"): log_level,
         ("daemon", "log_format"): log_format,
+        ("daemon", "workers"): workers,
     }
     resolved = resolve_state_dir(state_dir)
     try:
@@ -892,7 +1074,7 @@ def run_daemon(
     except ValueError as exc:
         log.error("daemon_cannot_start", error=str(exc))
         return 2
-    daemon = Daemon(settings, deliveries_from=start_from)
+    daemon = Daemon(settings, deliveries_from=start_from, flags=flags)
     try:
         asyncio.run(_serve(daemon))
     except DaemonError as exc:
