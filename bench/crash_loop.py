@@ -27,8 +27,11 @@ After the last round the daemon drains, then:
 runs with its own default. When the daemon has ingress workers (a control process and N
 workers), each round first SIGKILLs a random worker at a random moment under the load,
 waits (bounded, the load going on) until the control process has journaled
-``daemon.worker_restarted`` for that pid, lets the replacement take load, then SIGKILLs
-the control process as above (its workers see their channel end and drain).
+``daemon.worker_restarted`` for that pid, has the senders open new connections until the
+replacement has accepted webhooks (kept-alive connections stay where they were accepted),
+then SIGKILLs the control process as above and checks that its workers stop (they see
+their channel end and drain). Checks added with workers: each killed worker restarted and
+journaled once, each replacement took load, no worker outlived its control process.
 
 Exit status 0 when every check holds, 1 otherwise. Results are also saved as
 ``bench/results/crash-loop-<UTC time>.json``.
@@ -69,6 +72,9 @@ MAX_IN_FLIGHT = 10  # per subscription: requests open at the receiver at once
 # and as many answered whose outcome was not committed yet).
 RESEND_CAP = RESEND_FACTOR * MAX_IN_FLIGHT
 RESTART_WAIT_S = 60.0  # longest wait for a killed worker's replacement (it imports, opens)
+TAKE_LOAD_WAIT_S = 10.0  # longest wait for a replacement to accept its first webhook
+ORPHAN_WAIT_S = 30.0  # longest wait for the workers of a killed control process to stop
+
 
 
 def log(message: str) -> None:
@@ -252,11 +258,17 @@ class Round:
     replacement_accepted: int | None = None
     """Webhooks the replacement worker had accepted just before the control process's kill
     (``daemon status``)."""
+    connection_renewals: int = 0
+    """How many times the senders opened new connections before the replacement accepted
+    one (each time, the kernel hands them to whichever worker accepts first)."""
     ingress_errors_alive: int = 0
     """Ingress requests that failed (connection reset, refused) while the control process
     lived: the killed worker's connections; the sender sent again."""
     worker_restarts_journaled: int = 0
     """``daemon.worker_restarted`` events journaled in this life (1 per worker kill)."""
+    orphans_gone_s: float | None = None
+    """With workers: from the control process's SIGKILL until every worker of that life had
+    exited (None: some still ran after ``ORPHAN_WAIT_S``)."""
 
     @property
     def acked(self) -> int:
@@ -405,6 +417,31 @@ async def admin_call(admin: aiohttp.ClientSession, method: str, path: str,
         return resp.status, await resp.json()
 
 
+def running(pid: int) -> bool:
+    """The process exists and is no zombie (an orphan is reaped by whoever adopts it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+async def accepted_by(admin: aiohttp.ClientSession, pid: int) -> int | None:
+    """Webhooks the worker ``pid`` has accepted (``daemon status``), None if not listed."""
+    _, status = await admin_call(admin, "GET", "/v1/status")
+    return next((p["accepted"] for p in status["processes"] if p["pid"] == pid), None)
+
+
+async def workers_gone(pids: list[int], since: float) -> float | None:
+    """Seconds from ``since`` until none of ``pids`` runs; None after ``ORPHAN_WAIT_S``."""
+    while any(running(pid) for pid in pids):
+        if time.monotonic() - since > ORPHAN_WAIT_S:
+            return None
+        await asyncio.sleep(0.05)  # polling a bounded wait of the bench, not a test
+    return round(time.monotonic() - since, 3)
+
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -480,10 +517,16 @@ class CrashLoop:
             else:
                 await asyncio.sleep(round_.kill_after_s)  # the random moment of the kill
             round_.load_s = round(time.monotonic() - started, 3)
+            if workers:  # the workers serving now, the replacement among them
+                _, status = await admin_call(admin, "GET", "/v1/status")
+                workers = [p["pid"] for p in status["processes"] if p["role"] == "worker"]
             dying.set()
+            killed_at = time.monotonic()
             code = await self.daemon.end(signal.SIGKILL)
             await loader  # returns once the workers, draining, refuse connections
             await self.senders.close_old()
+            if workers:
+                round_.orphans_gone_s = await workers_gone(workers, killed_at)
         await self.start_daemon()
         async with admin_session(self.state_dir) as admin:
             new = await scan(admin, self.journal)
@@ -507,7 +550,8 @@ class CrashLoop:
             worker = (f" worker {round_.worker_killed_pid} killed at"
                       f" {round_.worker_killed_after_s:.2f} s, {restart},"
                       f" {round_.acked_until_worker_restart} acknowledged meanwhile,"
-                      f" replacement accepted {round_.replacement_accepted};")
+                      f" replacement accepted {round_.replacement_accepted}"
+                      f" ({round_.connection_renewals} connection renewals);")
         log(f"round {number}:{worker} control killed after {round_.load_s:.2f} s (exit"
             f" {code}), {round_.acked} acknowledged, {round_.journaled} journaled,"
             f" {round_.lost} lost, verify {'ok' if round_.verify_ok else verdict}")
@@ -540,16 +584,25 @@ class CrashLoop:
                 round_.worker_restart_s = round(time.monotonic() - killed, 3)
                 round_.worker_restart_event = True
                 replacement = found[0].get("pid")
-                self.senders.renew()  # new connections: the replacement gets its share
                 break
             await asyncio.sleep(0.05)  # polling a bounded wait of the bench, not a test
         round_.acked_until_worker_restart = round_.acked - round_.acked_before_worker_kill
+        if replacement is not None:
+            # The senders' connections are kept alive where they were accepted, and a busy
+            # worker may accept a whole burst of new ones: renew them until the replacement
+            # has taken some (bounded).
+            taken = time.monotonic()
+            while True:
+                self.senders.renew()
+                round_.connection_renewals += 1
+                await asyncio.sleep(0.3)  # let the new connections carry requests
+                round_.replacement_accepted = await accepted_by(admin, replacement)
+                if round_.replacement_accepted or time.monotonic() - taken > TAKE_LOAD_WAIT_S:
+                    break
         elapsed = time.monotonic() - started
         await asyncio.sleep(max(round_.kill_after_s - elapsed, self.rng.uniform(0.2, 0.6)))
         if replacement is not None:
-            _, status = await admin_call(admin, "GET", "/v1/status")
-            round_.replacement_accepted = next(
-                (p["accepted"] for p in status["processes"] if p["pid"] == replacement), None)
+            round_.replacement_accepted = await accepted_by(admin, replacement)
 
     def expected(self) -> set[tuple[str, str]]:
         """(sink, event id) of every journaled event that matches a subscription."""
@@ -640,6 +693,8 @@ def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
         "every_killed_worker_restarted_and_journaled_once": all(
             r.worker_restarts_journaled == (r.worker_killed_pid is not None)
             and (r.worker_killed_pid is None or r.worker_restart_event) for r in rounds),
+        "workers_stop_with_their_control_process": all(
+            r.orphans_gone_s is not None for r in rounds if r.worker_killed_pid is not None),
         "every_replacement_took_load": all(
             r.worker_killed_pid is None or (r.replacement_accepted or 0) > 0 for r in rounds),
     }
@@ -667,6 +722,8 @@ def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
             "worker_restarts_journaled": sum(r.worker_restarts_journaled for r in rounds),
             "worker_restart_s_max": max((r.worker_restart_s for r in rounds
                                          if r.worker_restart_s is not None), default=None),
+            "orphans_gone_s_max": max((r.orphans_gone_s for r in rounds
+                                       if r.orphans_gone_s is not None), default=None),
             "acked_while_a_worker_restarted": sum(r.acked_until_worker_restart
                                                   for r in rounds),
             "ingress_errors_alive": sum(r.ingress_errors_alive for r in rounds),
@@ -685,7 +742,8 @@ def render(result: dict[str, Any]) -> str:
             f"{'journaled':>9} {'lost':>4} {'delivered':>11} {'resent':>6} {'twice':>5} "
             f"{'verify':>6}")
     if workers:
-        head += f" {'worker@s':>8} {'restart s':>9} {'acked meanwhile':>15} {'new took':>8}"
+        head += (f" {'worker@s':>8} {'restart s':>9} {'acked meanwhile':>15} {'new took':>8}"
+                 f" {'renewed':>7} {'gone s':>6}")
     lines = [head, "-" * len(head)]
     for r in result["rounds"]:
         split = f"({r['acked_ingress']}+{r['acked_publish']})"
@@ -696,8 +754,10 @@ def render(result: dict[str, Any]) -> str:
         if workers:
             restart = "NONE" if r["worker_restart_s"] is None else f"{r['worker_restart_s']:.2f}"
             took = "n/a" if r["replacement_accepted"] is None else str(r["replacement_accepted"])
+            gone = "NO" if r["orphans_gone_s"] is None else f"{r['orphans_gone_s']:.2f}"
             line += (f" {r['worker_killed_after_s'] or 0:>8.2f} {restart:>9}"
-                     f" {r['acked_until_worker_restart']:>15} {took:>8}")
+                     f" {r['acked_until_worker_restart']:>15} {took:>8}"
+                     f" {r['connection_renewals']:>7} {gone:>6}")
         lines.append(line)
     lines += [
         "",
@@ -715,7 +775,8 @@ def render(result: dict[str, Any]) -> str:
             f"{t['worker_restarts_journaled']} daemon.worker_restarted journaled (slowest"
             f" restart {t['worker_restart_s_max']} s), {t['acked_while_a_worker_restarted']}"
             f" acknowledged while a worker restarted, {t['ingress_errors_alive']} ingress"
-            " requests cut by a worker kill (sent again)")
+            " requests cut by a worker kill (sent again); after each control process's kill"
+            f" its workers were gone within {t['orphans_gone_s_max']} s")
     lines.append("checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}"
                                         for k, v in result["checks"].items()))
     if t["other_answers"]:
