@@ -153,6 +153,12 @@ def measure_variant(run: Run, variant: str, tag: str, args: argparse.Namespace) 
             role: value * 1000 / served for role, value in used["by_role"].items()}
         out["wrk_cpu_ms_per_request"] = out["wrk"]["cpu_s"] * 1000 / served
         out["cpu_processes"] = used["processes"]
+        # How the load spread over the workers (they share one listening socket; a
+        # kept-alive connection stays with the worker that accepted it).
+        worker_cpu = sorted((p["cpu_s"] for p in used["processes"] if p["role"] == "worker"),
+                            reverse=True)
+        if worker_cpu and sum(worker_cpu) > 0:
+            out["worker_cpu_shares"] = [c / sum(worker_cpu) for c in worker_cpu]
         if is_palyra and used["loop_s"] is not None:  # its event loop is the main thread
             out["loop_cpu_ms_per_request"] = used["loop_s"] * 1000 / served
         if server.log_is_verbose:
@@ -369,6 +375,12 @@ def render(result: dict[str, Any]) -> str:
         loop = (f"; event loop of the first process {m['loop_cpu_ms_per_request']:.3f}"
                 if m["loop_cpu_ms_per_request"] is not None else "")
         lines.append(f"  {label(v):<14} {roles}{loop}; wrk {m['wrk_cpu_ms_per_request']:.3f}")
+        shares = [r[v].get("worker_cpu_shares") for r in rounds]
+        if any(shares):
+            lines.append(f"  {'':<14} workers' shares of the worker CPU, busiest first, by "
+                         "round: " + "; ".join(
+                             " / ".join(f"{x:.0%}" for x in share) if share else "n/a"
+                             for share in shares))
         cap = (f"; the control process alone caps it at {proj['control_cap_rps']:,.0f}"
                if "control_cap_rps" in proj else
                f"; one event loop caps it at {proj['single_loop_cap_rps']:,.0f}"
