@@ -175,15 +175,191 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
-class Window:
-    """CPU figures of one process over a stretch of wall time: its CPU seconds (all
-    threads), and how much of the time its main thread (the event loop) was on a CPU or
-    runnable but waiting for one; plus the machine's CPU pressure."""
+# -- a process tree: the daemon's control process and its workers -----------------------
 
-    def __init__(self, pid: int) -> None:
+WORKER_MODULE = "palyra_py.server.workers"
+
+
+def _children_files_supported() -> bool:
+    return Path(f"/proc/{os.getpid()}/task/{os.getpid()}/children").exists()
+
+
+_CHILDREN_FILES = _children_files_supported()
+
+
+def child_pids(pid: int) -> list[int]:
+    """The live children of ``pid`` (zombies too): from ``/proc/PID/task/*/children`` where
+    the kernel has it (CONFIG_PROC_CHILDREN), else from every ``/proc/N/stat``'s ppid."""
+    found: list[int] = []
+    if _CHILDREN_FILES:
+        with contextlib.suppress(OSError):
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError):
+                    text = Path(f"/proc/{pid}/task/{task}/children").read_text()
+                    found += [int(x) for x in text.split()]
+        return found
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            with contextlib.suppress(OSError, ValueError, IndexError):
+                if int(proc_stat(int(name))[1]) == pid:
+                    found.append(int(name))
+    return found
+
+
+def tree_pids(root: int) -> list[int]:
+    """``root`` and every live descendant, parents before their children."""
+    pids, index = [root], 0
+    while index < len(pids):
+        pids += [c for c in child_pids(pids[index]) if c not in pids]
+        index += 1
+    return pids
+
+
+def _cmdline(pid: int) -> str:
+    with contextlib.suppress(OSError):
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+            errors="replace")
+    return ""
+
+
+@dataclass(frozen=True)
+class ProcReading:
+    """One process of a tree at one moment (CPU in clock ticks)."""
+
+    pid: int
+    started: int
+    """Start time (field 22), which tells a new process from an old one with the same pid."""
+    role: str
+    own_ticks: int
+    """utime + stime: every thread of the process."""
+    reaped_ticks: int
+    """cutime + cstime: its children that exited and that it waited for."""
+    loop_ticks: int
+    """utime + stime of the main thread (palyra's event loop)."""
+
+
+def read_process(pid: int, root: int) -> ProcReading | None:
+    """``pid`` now, or None if it is gone. ``role``: ``worker`` (an ingress worker),
+    ``main`` (``root``), ``child`` (anything else in the tree)."""
+    try:
+        fields = proc_stat(pid)
+        loop = thread_ticks(pid, pid)
+    except (OSError, ValueError, IndexError):
+        return None
+    role = ("worker" if WORKER_MODULE in _cmdline(pid)
+            else "main" if pid == root else "child")
+    return ProcReading(pid, int(fields[19]), role, int(fields[11]) + int(fields[12]),
+                       int(fields[13]) + int(fields[14]), loop)
+
+
+def tree_readings(root: int, descendants: bool = True) -> dict[tuple[int, int], ProcReading]:
+    """Every live process of the tree under ``root`` (``descendants`` False: ``root``
+    alone), by (pid, start time)."""
+    found = {}
+    for pid in tree_pids(root) if descendants else [root]:
+        reading = read_process(pid, root)
+        if reading is not None:
+            found[(reading.pid, reading.started)] = reading
+    return found
+
+
+def tree_ticks(root: int) -> int:
+    """CPU ticks of the tree: own + reaped ticks of every live process, so that a process
+    that exited and was waited for by a parent in the tree still counts (in its parent's
+    reaped ticks)."""
+    return sum(r.own_ticks + r.reaped_ticks for r in tree_readings(root).values())
+
+
+def _main_role(readings: Sequence[ProcReading]) -> str:
+    return "control" if any(r.role == "worker" for r in readings) else "main"
+
+
+class TreeCpu:
+    """CPU of a process and all its descendants over a stretch of time, in total and per
+    process, counting processes that started or exited meanwhile.
+
+    The total is exact for every process whose parent is in the tree and waits for it
+    (the daemon's control process waits for its workers, a restarted one too): an exited
+    process's CPU moves into its parent's cutime/cstime, which the total sums. Limits: a
+    process reparented out of the tree (its parent died first) and not waited for is
+    lost; the per-process figures of processes that exited are not known one by one, only
+    together (``exited_s``); clock ticks are 10 ms, so short windows are coarse."""
+
+    def __init__(self, root: int, descendants: bool = True) -> None:
+        self.root, self.descendants = root, descendants
+        self.start = tree_readings(root, descendants)
+        self.hz = os.sysconf("SC_CLK_TCK")
+
+    def close(self) -> dict[str, Any]:
+        """``cpu_s`` (the tree), ``loop_s`` (the root's main thread), ``exited_s`` (of
+        processes gone by now), ``by_role`` and ``processes`` (each live one: pid, role,
+        cpu_s, loop_s, new = started during the window)."""
+        end = tree_readings(self.root, self.descendants)
+        hz = self.hz
+        processes: list[dict[str, Any]] = []
+        for key, now in end.items():
+            before = self.start.get(key)
+            own = now.own_ticks - (before.own_ticks if before else 0)
+            loop = now.loop_ticks - (before.loop_ticks if before else 0)
+            processes.append({"pid": now.pid, "role": now.role, "cpu_s": own / hz,
+                              "loop_s": loop / hz, "new": before is None})
+        total = (sum(r.own_ticks + r.reaped_ticks for r in end.values())
+                 - sum(r.own_ticks + r.reaped_ticks for r in self.start.values()))
+        exited = total / hz - sum(p["cpu_s"] for p in processes)
+        main = _main_role(list(end.values()))
+        by_role: dict[str, float] = {}
+        for p in processes:
+            if p["role"] == "main":
+                p["role"] = main
+            by_role[p["role"]] = by_role.get(p["role"], 0.0) + p["cpu_s"]
+        if abs(exited) * hz >= 0.5:
+            by_role["exited"] = exited
+        root = next((r for r in self.start.values() if r.pid == self.root), None)
+        root_now = next((r for r in end.values() if r.pid == self.root), None)
+        loop_s = (None if root is None or root_now is None
+                  else (root_now.loop_ticks - root.loop_ticks) / hz)
+        return {"cpu_s": total / hz, "loop_s": loop_s, "exited_s": exited,
+                "by_role": by_role, "processes": sorted(processes, key=lambda p: p["pid"])}
+
+
+def pss_mb(pid: int) -> float | None:
+    """Proportional set size (``/proc/PID/smaps_rollup``): shared pages divided among the
+    processes that map them, so a tree's PSS adds up where its RSS counts shared pages
+    once per process. None where the file is missing or unreadable."""
+    with contextlib.suppress(OSError, ValueError, IndexError):
+        for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                return int(line.split()[1]) / 1024
+    return None
+
+
+def tree_memory(root: int) -> dict[str, Any]:
+    """RSS and PSS of every live process of the tree: ``rss_mb`` and ``pss_mb`` summed
+    (``pss_mb`` None if any process's is unknown), ``processes`` one by one."""
+    readings = list(tree_readings(root).values())
+    main = _main_role(readings)
+    processes = []
+    for r in readings:
+        with contextlib.suppress(OSError, BenchError):
+            processes.append({"pid": r.pid, "role": main if r.role == "main" else r.role,
+                              "rss_mb": rss_mb(r.pid), "pss_mb": pss_mb(r.pid)})
+    pss = [p["pss_mb"] for p in processes]
+    return {"rss_mb": sum(p["rss_mb"] for p in processes),
+            "pss_mb": None if None in pss else sum(pss), "count": len(processes),
+            "processes": processes}
+
+
+class Window:
+    """CPU figures of a process and its descendants over a stretch of wall time: their CPU
+    seconds (all threads of every process, the daemon's workers too: :class:`TreeCpu`),
+    and how much of the time the main thread of the first process (its event loop) was on
+    a CPU or runnable but waiting for one; plus the machine's CPU pressure."""
+
+    def __init__(self, pid: int, descendants: bool = True) -> None:
+        """``descendants`` False: ``pid`` alone (and the children it reaps)."""
         self.pid = pid
         self.wall0 = time.monotonic()
-        self.cpu0 = cpu_seconds(pid)
+        self.tree = TreeCpu(pid, descendants)
         self.sched0 = schedstat(pid)
         self.psi0 = cpu_pressure_s()
 
@@ -191,8 +367,10 @@ class Window:
         wall = max(1e-9, time.monotonic() - self.wall0)
         on_cpu, waiting = schedstat(self.pid)
         psi = cpu_pressure_s()
+        tree = self.tree.close()
         return {
-            "wall_s": wall, "cpu_s": cpu_seconds(self.pid) - self.cpu0,
+            "wall_s": wall, "cpu_s": tree["cpu_s"], "cpu_by_role_s": tree["by_role"],
+            "processes": tree["processes"],
             "loop_on_cpu": (on_cpu - self.sched0[0]) / wall,
             "loop_waiting_for_cpu": (waiting - self.sched0[1]) / wall,
             "machine_cpu_pressure": None if psi is None or self.psi0 is None
@@ -299,6 +477,8 @@ class DaemonProc:
     state_dir: Path
     log_path: Path
     ingress_url: str
+    workers: int = 0
+    """Ingress worker processes (0: a single process)."""
 
     @property
     def pid(self) -> int:
@@ -311,12 +491,16 @@ class DaemonProc:
 
 def start_daemon(children: Children, palyra: Path, state_dir: Path, log_path: Path, *,
                  settings: dict[str, str] | None = None,
-                 many_files: bool = False) -> DaemonProc:
+                 many_files: bool = False, workers: str = "default") -> DaemonProc:
     """``palyra daemon run`` on a new state dir, ingress on 127.0.0.1 (any free port);
-    returns once the admin socket answers and the daemon is the child we started.
-    ``settings``: ``PALYRA_*`` environment variables."""
+    returns once the admin socket answers and the daemon is the child we started (with
+    workers: the control process). ``settings``: ``PALYRA_*`` environment variables.
+    ``workers``: ``--workers`` (a count or ``auto``), or ``default``: no flag, the
+    daemon's own default."""
     argv = [str(palyra), "daemon", "run", "--state-dir", str(state_dir),
             "--listen", "127.0.0.1:0"]
+    if workers != "default":
+        argv += ["--workers", workers]
     proc = children.spawn(argv, log_path, env=daemon_env(**(settings or {})),
                           many_files=many_files)
     sock = state_dir / "palyra.sock"
@@ -326,7 +510,22 @@ def start_daemon(children: Children, palyra: Path, state_dir: Path, log_path: Pa
     if info.get("pid") != proc.pid:
         raise BenchError(f"daemon pid {info.get('pid')} is not the child's {proc.pid}")
     base = next(x["address"] for x in info["listeners"] if x["kind"] == "ingress")
-    return DaemonProc(proc, state_dir, log_path, base)
+    return DaemonProc(proc, state_dir, log_path, base,
+                      sum(p.get("role") == "worker" for p in info.get("processes", [])))
+
+
+def workers_list(text: str) -> list[str]:
+    """``--workers 1,auto``: each a count of at least 1, ``auto`` or ``default`` (no flag:
+    the daemon's own default), in order, without repeats. Raises ``ValueError``."""
+    found: list[str] = []
+    for item in (x.strip() for x in text.split(",")):
+        if item not in ("auto", "default") and not (item.isdigit() and int(item) >= 1):
+            raise ValueError(f"--workers: {item!r} is not a count, auto or default")
+        if item not in found:
+            found.append(item)
+    if not found:
+        raise ValueError("--workers: give at least one value")
+    return found
 
 
 # -- numbers and results ----------------------------------------------------------------

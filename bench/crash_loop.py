@@ -23,10 +23,15 @@ After the last round the daemon drains, then:
     .venv/bin/python bench/crash_loop.py --rounds 3 --seed 7 --json
     .venv/bin/python bench/crash_loop.py --workers 2          # also SIGKILL a worker
 
-With ``--workers N`` (N > 1) the daemon runs a control process and N ingress workers; each
-round first SIGKILLs a random worker at a random moment (the control process restarts it
-and journals ``daemon.worker_restarted``; the senders go on), then SIGKILLs the control
-process as above (its workers see their channel end and drain).
+``--workers`` is the daemon's ``--workers`` (a count or ``auto``); without it the daemon
+runs with its own default. When the daemon has ingress workers (a control process and N
+workers), each round first SIGKILLs a random worker at a random moment under the load,
+waits (bounded, the load going on) until the control process has journaled
+``daemon.worker_restarted`` for that pid, has the senders open new connections until the
+replacement has accepted webhooks (kept-alive connections stay where they were accepted),
+then SIGKILLs the control process as above and checks that its workers stop (they see
+their channel end and drain). Checks added with workers: each killed worker restarted and
+journaled once, each replacement took load, no worker outlived its control process.
 
 Exit status 0 when every check holds, 1 otherwise. Results are also saved as
 ``bench/results/crash-loop-<UTC time>.json``.
@@ -66,6 +71,10 @@ MAX_IN_FLIGHT = 10  # per subscription: requests open at the receiver at once
 # Attempts launched and not yet recorded, per subscription: what a kill can cut (those open,
 # and as many answered whose outcome was not committed yet).
 RESEND_CAP = RESEND_FACTOR * MAX_IN_FLIGHT
+RESTART_WAIT_S = 60.0  # longest wait for a killed worker's replacement (it imports, opens)
+TAKE_LOAD_WAIT_S = 10.0  # longest wait for a replacement to accept its first webhook
+ORPHAN_WAIT_S = 30.0  # longest wait for the workers of a killed control process to stop
+
 
 
 def log(message: str) -> None:
@@ -193,7 +202,8 @@ class Child:
         return code
 
 
-def daemon_child(state_dir: Path, log_path: Path, workers: int = 1) -> Child:
+def daemon_child(state_dir: Path, log_path: Path, workers: str | None = None) -> Child:
+    """``workers``: the daemon's ``--workers``; None: no flag (the daemon's default)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("PALYRA_")}
     env.update({
         "PALYRA_STATE_DIR": str(state_dir),
@@ -203,7 +213,7 @@ def daemon_child(state_dir: Path, log_path: Path, workers: int = 1) -> Child:
         "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring",
     })
     argv = [sys.executable, "-m", "palyra_py", "daemon", "run", "--listen", "127.0.0.1:0",
-            "--log-format", "json", "--workers", str(workers)]
+            "--log-format", "json"] + ([] if workers is None else ["--workers", workers])
     return Child(argv, log_path, env)
 
 
@@ -231,11 +241,34 @@ class Round:
     attempts in flight at the kill, sent again (at most one each)."""
     twice: int = 0
     """Arrivals of an event already delivered in the same life of the daemon (must be 0)."""
+    load_s: float = 0.0
+    """From the start of the load to the control process's SIGKILL (``kill_after_s``, or
+    more with a worker kill: the bench waits for the replacement)."""
     worker_killed_after_s: float | None = None
-    """With ``--workers``: when a worker was SIGKILLed (before the control process)."""
+    """With workers: when a worker was SIGKILLed (before the control process)."""
+    worker_killed_pid: int | None = None
+    worker_restart_s: float | None = None
+    """From the worker's SIGKILL until its ``daemon.worker_restarted`` was journaled (None:
+    not within ``RESTART_WAIT_S``)."""
+    worker_restart_event: bool = False
+    """A ``daemon.worker_restarted`` names the killed pid as ``previous_pid``."""
+    acked_before_worker_kill: int = 0
+    acked_until_worker_restart: int = 0
+    """Acknowledged between the worker's kill and its restart: the other workers served."""
+    replacement_accepted: int | None = None
+    """Webhooks the replacement worker had accepted just before the control process's kill
+    (``daemon status``)."""
+    connection_renewals: int = 0
+    """How many times the senders opened new connections before the replacement accepted
+    one (each time, the kernel hands them to whichever worker accepts first)."""
+    ingress_errors_alive: int = 0
+    """Ingress requests that failed (connection reset, refused) while the control process
+    lived: the killed worker's connections; the sender sent again."""
     worker_restarts_journaled: int = 0
-    """``daemon.worker_restarted`` events journaled in this life (0 or 1: the control
-    process may die before the replacement serves)."""
+    """``daemon.worker_restarted`` events journaled in this life (1 per worker kill)."""
+    orphans_gone_s: float | None = None
+    """With workers: from the control process's SIGKILL until every worker of that life had
+    exited (None: some still ran after ``ORPHAN_WAIT_S``)."""
 
     @property
     def acked(self) -> int:
@@ -252,8 +285,36 @@ class Round:
         return {**fields, "acked": self.acked, "journaled": self.journaled}
 
 
+class Senders:
+    """The ingress senders' HTTP session. Its connections are kept alive, so they stay
+    with the workers that accepted them; ``renew`` makes the senders open new ones, which
+    the kernel hands to whichever worker accepts first (a replacement too)."""
+
+    def __init__(self) -> None:
+        self.session = self._new()
+        self._old: list[aiohttp.ClientSession] = []
+
+    @staticmethod
+    def _new() -> aiohttp.ClientSession:
+        return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60))
+
+    def renew(self) -> None:
+        """New requests go out on new connections; those in flight finish on theirs."""
+        self._old.append(self.session)
+        self.session = self._new()
+
+    async def close_old(self) -> None:
+        for session in self._old:
+            await session.close()
+        self._old.clear()
+
+    async def close(self) -> None:
+        await self.close_old()
+        await self.session.close()
+
+
 async def load(round_: Round, ingress_url: str, admin: aiohttp.ClientSession,
-               http: aiohttp.ClientSession, body: bytes, args: argparse.Namespace,
+               senders: Senders, body: bytes, args: argparse.Namespace,
                dying: asyncio.Event) -> None:
     """Send until the daemon dies: every sender returns on its first connection error
     once ``dying`` is set (before that, an error is a killed worker's: send on)."""
@@ -269,11 +330,13 @@ async def load(round_: Round, ingress_url: str, admin: aiohttp.ClientSession,
                        "X-GitHub-Delivery": delivery,
                        "X-Hub-Signature-256": github_signature(SECRET.encode(), own)}
             try:
-                async with http.post(ingress_url, data=own, headers=headers) as resp:
+                async with senders.session.post(ingress_url, data=own,
+                                                headers=headers) as resp:
                     await resp.read()
             except (aiohttp.ClientError, OSError, TimeoutError):
                 if dying.is_set():
                     return
+                round_.ingress_errors_alive += 1
                 continue
             if resp.status == 202:
                 round_.acked_ingress.append(delivery)
@@ -295,7 +358,7 @@ async def load(round_: Round, ingress_url: str, admin: aiohttp.ClientSession,
 
     workers = [asyncio.create_task(ingress(w)) for w in range(args.ingress_workers)]
     workers += [asyncio.create_task(publisher(w)) for w in range(args.publish_workers)]
-    await asyncio.wait_for(asyncio.gather(*workers), args.max_kill_s + 60)
+    await asyncio.wait_for(asyncio.gather(*workers), args.max_kill_s + RESTART_WAIT_S + 60)
     round_.other_answers = dict(other)
 
 
@@ -354,6 +417,31 @@ async def admin_call(admin: aiohttp.ClientSession, method: str, path: str,
         return resp.status, await resp.json()
 
 
+def running(pid: int) -> bool:
+    """The process exists and is no zombie (an orphan is reaped by whoever adopts it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
+async def accepted_by(admin: aiohttp.ClientSession, pid: int) -> int | None:
+    """Webhooks the worker ``pid`` has accepted (``daemon status``), None if not listed."""
+    _, status = await admin_call(admin, "GET", "/v1/status")
+    return next((p["accepted"] for p in status["processes"] if p["pid"] == pid), None)
+
+
+async def workers_gone(pids: list[int], since: float) -> float | None:
+    """Seconds from ``since`` until none of ``pids`` runs; None after ``ORPHAN_WAIT_S``."""
+    while any(running(pid) for pid in pids):
+        if time.monotonic() - since > ORPHAN_WAIT_S:
+            return None
+        await asyncio.sleep(0.05)  # polling a bounded wait of the bench, not a test
+    return round(time.monotonic() - since, 3)
+
+
+
 # -- the run --------------------------------------------------------------------------------
 
 
@@ -363,6 +451,7 @@ class CrashLoop:
     def __init__(self, args: argparse.Namespace, work: Path, http: aiohttp.ClientSession
                  ) -> None:
         self.args, self.work, self.http = args, work, http
+        self.senders = Senders()
         self.state_dir = work / "state"
         self.rng = random.Random(args.seed)
         self.body = github_push_payload()
@@ -374,6 +463,7 @@ class CrashLoop:
         self.daemon: Child | None = None
         self.ingress_url = ""
         self.worker_restarts_seen = 0
+        self.workers_seen = 0
 
     async def tell_receiver(self, order: dict[str, Any]) -> None:
         async with self.http.post(f"{self.sink}/_control", json=order) as resp:
@@ -416,23 +506,27 @@ class CrashLoop:
         assert self.daemon is not None
         dying = asyncio.Event()
         async with admin_session(self.state_dir) as admin:
-            workers = []
-            if args.workers > 1:
-                _, status = await admin_call(admin, "GET", "/v1/status")
-                workers = [p["pid"] for p in status["processes"] if p["role"] == "worker"]
+            _, status = await admin_call(admin, "GET", "/v1/status")
+            workers = [p["pid"] for p in status["processes"] if p["role"] == "worker"]
+            self.workers_seen = max(self.workers_seen, len(workers))
+            started = time.monotonic()
             loader = asyncio.create_task(
-                load(round_, self.ingress_url, admin, self.http, self.body, args, dying))
+                load(round_, self.ingress_url, admin, self.senders, self.body, args, dying))
             if workers:
-                round_.worker_killed_after_s = round(
-                    self.rng.uniform(0.05, round_.kill_after_s * 0.6), 3)
-                await asyncio.sleep(round_.worker_killed_after_s)  # a random moment
-                os.kill(self.rng.choice(workers), signal.SIGKILL)
-                await asyncio.sleep(round_.kill_after_s - round_.worker_killed_after_s)
+                await self.kill_a_worker(round_, admin, workers, started)
             else:
                 await asyncio.sleep(round_.kill_after_s)  # the random moment of the kill
+            round_.load_s = round(time.monotonic() - started, 3)
+            if workers:  # the workers serving now, the replacement among them
+                _, status = await admin_call(admin, "GET", "/v1/status")
+                workers = [p["pid"] for p in status["processes"] if p["role"] == "worker"]
             dying.set()
+            killed_at = time.monotonic()
             code = await self.daemon.end(signal.SIGKILL)
             await loader  # returns once the workers, draining, refuse connections
+            await self.senders.close_old()
+            if workers:
+                round_.orphans_gone_s = await workers_gone(workers, killed_at)
         await self.start_daemon()
         async with admin_session(self.state_dir) as admin:
             new = await scan(admin, self.journal)
@@ -443,16 +537,72 @@ class CrashLoop:
             round_.journaled_ids = sorted(new)
             verdict = await verify(admin)
             round_.verify_ok, round_.verify_checked = verdict["ok"], verdict["checked"]
-            if args.workers > 1:
+            if workers:
                 _, restarts = await admin_call(
                     admin, "GET", "/v1/events?type=daemon.worker_restarted&limit=1000")
                 seen = len(restarts["events"])
                 round_.worker_restarts_journaled = seen - self.worker_restarts_seen
                 self.worker_restarts_seen = seen
-        log(f"round {number}: killed after {round_.kill_after_s:.2f} s (exit {code}),"
-            f" {round_.acked} acknowledged, {round_.journaled} journaled,"
+        worker = ""
+        if round_.worker_killed_pid is not None:
+            restart = ("not restarted" if round_.worker_restart_s is None
+                       else f"restarted in {round_.worker_restart_s:.2f} s")
+            worker = (f" worker {round_.worker_killed_pid} killed at"
+                      f" {round_.worker_killed_after_s:.2f} s, {restart},"
+                      f" {round_.acked_until_worker_restart} acknowledged meanwhile,"
+                      f" replacement accepted {round_.replacement_accepted}"
+                      f" ({round_.connection_renewals} connection renewals);")
+        log(f"round {number}:{worker} control killed after {round_.load_s:.2f} s (exit"
+            f" {code}), {round_.acked} acknowledged, {round_.journaled} journaled,"
             f" {round_.lost} lost, verify {'ok' if round_.verify_ok else verdict}")
         return round_
+
+    async def kill_a_worker(self, round_: Round, admin: aiohttp.ClientSession,
+                            workers: list[int], started: float) -> None:
+        """SIGKILL a random worker at a random moment of the load; wait (bounded) for the
+        control process to journal its restart; let the replacement take load until the
+        round's kill moment (and at least a little while)."""
+        round_.worker_killed_after_s = round(
+            self.rng.uniform(0.05, round_.kill_after_s * 0.6), 3)
+        await asyncio.sleep(round_.worker_killed_after_s)  # a random moment
+        victim = self.rng.choice(workers)
+        round_.acked_before_worker_kill = round_.acked
+        _, page = await admin_call(
+            admin, "GET", "/v1/events?type=daemon.worker_restarted&limit=1000")
+        after_seq = max((e["seq"] for e in page["events"]), default=0)
+        os.kill(victim, signal.SIGKILL)
+        round_.worker_killed_pid = victim
+        killed = time.monotonic()
+        replacement: int | None = None
+        while time.monotonic() - killed < RESTART_WAIT_S:
+            _, page = await admin_call(
+                admin, "GET",
+                f"/v1/events?type=daemon.worker_restarted&after_seq={after_seq}&limit=100")
+            found = [e["payload"] for e in page["events"]
+                     if e["payload"].get("previous_pid") == victim]
+            if found:
+                round_.worker_restart_s = round(time.monotonic() - killed, 3)
+                round_.worker_restart_event = True
+                replacement = found[0].get("pid")
+                break
+            await asyncio.sleep(0.05)  # polling a bounded wait of the bench, not a test
+        round_.acked_until_worker_restart = round_.acked - round_.acked_before_worker_kill
+        if replacement is not None:
+            # The senders' connections are kept alive where they were accepted, and a busy
+            # worker may accept a whole burst of new ones: renew them until the replacement
+            # has taken some (bounded).
+            taken = time.monotonic()
+            while True:
+                self.senders.renew()
+                round_.connection_renewals += 1
+                await asyncio.sleep(0.3)  # let the new connections carry requests
+                round_.replacement_accepted = await accepted_by(admin, replacement)
+                if round_.replacement_accepted or time.monotonic() - taken > TAKE_LOAD_WAIT_S:
+                    break
+        elapsed = time.monotonic() - started
+        await asyncio.sleep(max(round_.kill_after_s - elapsed, self.rng.uniform(0.2, 0.6)))
+        if replacement is not None:
+            round_.replacement_accepted = await accepted_by(admin, replacement)
 
     def expected(self) -> set[tuple[str, str]]:
         """(sink, event id) of every journaled event that matches a subscription."""
@@ -480,6 +630,7 @@ class CrashLoop:
         return stats, missing, pending, failed, verdict
 
     async def stop(self) -> None:
+        await self.senders.close()
         for child in (self.daemon, self.receiver):
             if child is not None and child.proc is not None:
                 await child.end()
@@ -502,13 +653,15 @@ async def run(args: argparse.Namespace, work: Path) -> dict[str, Any]:
         finally:
             await bench.stop()
     return summarize(args, bench.rounds, bench.journal, stats, bench.expected(), missing,
-                     pending, failed, verdict, time.monotonic() - started)
+                     pending, failed, verdict, time.monotonic() - started,
+                     bench.workers_seen)
 
 
 def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
               stats: dict[str, Any], expected: set[tuple[str, str]],
               missing: set[tuple[str, str]], pending: Any, failed: Any,
-              final_verdict: dict[str, Any], elapsed: float) -> dict[str, Any]:
+              final_verdict: dict[str, Any], elapsed: float,
+              workers_seen: int = 0) -> dict[str, Any]:
     arrivals = [(name, wid, int(life)) for name, wid, life in stats["arrivals"]]
     per_life = Counter(arrivals)
     same_life_duplicates = sum(n - 1 for n in per_life.values() if n > 1)
@@ -537,9 +690,13 @@ def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
             r.resent <= RESEND_CAP * len(SUBSCRIPTIONS) for r in rounds),
         "signatures_verify": stats["bad_signatures"] == 0 and stats["unverified"] == 0,
         "nothing_pending_or_failed": not pending["deliveries"] and not failed["deliveries"],
-        "at_most_one_worker_restart_journaled_per_kill": all(
-            r.worker_restarts_journaled <= (r.worker_killed_after_s is not None)
-            for r in rounds),
+        "every_killed_worker_restarted_and_journaled_once": all(
+            r.worker_restarts_journaled == (r.worker_killed_pid is not None)
+            and (r.worker_killed_pid is None or r.worker_restart_event) for r in rounds),
+        "workers_stop_with_their_control_process": all(
+            r.orphans_gone_s is not None for r in rounds if r.worker_killed_pid is not None),
+        "every_replacement_took_load": all(
+            r.worker_killed_pid is None or (r.replacement_accepted or 0) > 0 for r in rounds),
     }
     return {
         "command": " ".join([".venv/bin/python bench/crash_loop.py", *sys.argv[1:]]),
@@ -560,8 +717,18 @@ def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
             "bad_signatures": stats["bad_signatures"],
             "other_answers": dict(sum((Counter(r.other_answers) for r in rounds), Counter())),
             "final_chain_rows": final_verdict.get("checked"),
-            "worker_kills": sum(r.worker_killed_after_s is not None for r in rounds),
+            "workers": workers_seen,
+            "worker_kills": sum(r.worker_killed_pid is not None for r in rounds),
             "worker_restarts_journaled": sum(r.worker_restarts_journaled for r in rounds),
+            "worker_restart_s_max": max((r.worker_restart_s for r in rounds
+                                         if r.worker_restart_s is not None), default=None),
+            "orphans_gone_s_max": max((r.orphans_gone_s for r in rounds
+                                       if r.orphans_gone_s is not None), default=None),
+            "acked_while_a_worker_restarted": sum(r.acked_until_worker_restart
+                                                  for r in rounds),
+            "ingress_errors_alive": sum(r.ingress_errors_alive for r in rounds),
+            "resent_max_per_round": max((r.resent for r in rounds), default=0),
+            "resent_cap_per_round": RESEND_CAP * len(SUBSCRIPTIONS),
         },
         "checks": checks,
         "ok": all(checks.values()),
@@ -569,28 +736,49 @@ def summarize(args: argparse.Namespace, rounds: list[Round], journal: Journaled,
 
 
 def render(result: dict[str, Any]) -> str:
+    t = result["totals"]
+    workers = bool(t["worker_kills"])
     head = (f"{'round':>5} {'kill@s':>6} {'acked':>6} {'(ingress+publish)':>17} "
             f"{'journaled':>9} {'lost':>4} {'delivered':>11} {'resent':>6} {'twice':>5} "
             f"{'verify':>6}")
+    if workers:
+        head += (f" {'worker@s':>8} {'restart s':>9} {'acked meanwhile':>15} {'new took':>8}"
+                 f" {'renewed':>7} {'gone s':>6}")
     lines = [head, "-" * len(head)]
     for r in result["rounds"]:
         split = f"({r['acked_ingress']}+{r['acked_publish']})"
         delivered = f"{r['delivered']}/{r['expected_deliveries']}"
-        lines.append(f"{r['number']:>5} {r['kill_after_s']:>6.2f} {r['acked']:>6} {split:>17} "
-                     f"{r['journaled']:>9} {r['lost']:>4} {delivered:>11} {r['resent']:>6} "
-                     f"{r['twice']:>5} {'ok' if r['verify_ok'] else 'BROKEN':>6}")
-    t = result["totals"]
+        line = (f"{r['number']:>5} {r['load_s']:>6.2f} {r['acked']:>6} {split:>17} "
+                f"{r['journaled']:>9} {r['lost']:>4} {delivered:>11} {r['resent']:>6} "
+                f"{r['twice']:>5} {'ok' if r['verify_ok'] else 'BROKEN':>6}")
+        if workers:
+            restart = "NONE" if r["worker_restart_s"] is None else f"{r['worker_restart_s']:.2f}"
+            took = "n/a" if r["replacement_accepted"] is None else str(r["replacement_accepted"])
+            gone = "NO" if r["orphans_gone_s"] is None else f"{r['orphans_gone_s']:.2f}"
+            line += (f" {r['worker_killed_after_s'] or 0:>8.2f} {restart:>9}"
+                     f" {r['acked_until_worker_restart']:>15} {took:>8}"
+                     f" {r['connection_renewals']:>7} {gone:>6}")
+        lines.append(line)
     lines += [
         "",
         f"acknowledged {t['acked']}, journaled {t['journaled_events']} (the rest were in flight"
         f" at a kill: committed, never answered), delivered {t['delivered']}/"
         f"{t['expected_deliveries']} in {t['arrivals']} arrivals: {t['resent_after_kills']}"
-        f" sent again after a kill, {t['same_life_duplicates']} twice in one life;"
+        f" sent again after a kill (at most {t['resent_max_per_round']} in a round, bound"
+        f" {t['resent_cap_per_round']}), {t['same_life_duplicates']} twice in one life;"
         f" chain of {t['final_chain_rows']} rows verified; {result['elapsed_s']} s"
         f" (seed {result['args']['seed']})",
-        "checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}"
-                              for k, v in result["checks"].items()),
     ]
+    if workers:
+        lines.append(
+            f"workers: {t['workers']}; {t['worker_kills']} worker kills, "
+            f"{t['worker_restarts_journaled']} daemon.worker_restarted journaled (slowest"
+            f" restart {t['worker_restart_s_max']} s), {t['acked_while_a_worker_restarted']}"
+            f" acknowledged while a worker restarted, {t['ingress_errors_alive']} ingress"
+            " requests cut by a worker kill (sent again); after each control process's kill"
+            f" its workers were gone within {t['orphans_gone_s_max']} s")
+    lines.append("checks: " + ", ".join(f"{k} {'ok' if v else 'FAILED'}"
+                                        for k, v in result["checks"].items()))
     if t["other_answers"]:
         lines.append(f"answers other than 202/201: {t['other_answers']}")
     return "\n".join(lines)
@@ -607,8 +795,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="longest load before a kill (3.0)")
     parser.add_argument("--ingress-workers", type=int, default=8,
                         help="concurrent ingress senders (8)")
-    parser.add_argument("--workers", type=int, default=1,
-                        help="daemon.workers: above 1, also SIGKILL a worker each round (1)")
+    parser.add_argument("--workers", default=None, metavar="N|auto",
+                        help="the daemon's --workers (default: no flag, the daemon's own "
+                        "default); with workers, also SIGKILL a worker each round")
     parser.add_argument("--publish-workers", type=int, default=4,
                         help="concurrent publishers on the admin socket (4)")
     parser.add_argument("--drain-timeout-s", type=float, default=60.0,

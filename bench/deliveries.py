@@ -4,6 +4,12 @@ event -> delivery latency at a fixed publish rate.
 
     .venv/bin/python bench/deliveries.py [--events 5000] [--subscriptions 4] [--rounds 3]
                                          [--rate 1000] [--duration 10] [--json]
+                                         [--workers 1,auto]
+
+``--workers LIST``: palyra runs once per item in each round (``palyra daemon run
+--workers N``; ``default``: no flag), next to the same round's bare loop; the daemon's CPU
+and memory are summed over all its processes (the control process, which dispatches, and
+its ingress workers).
 
 What is measured and how to read it: bench/README.md. Results are printed and saved under
 bench/results/ (gitignored). Everything runs on 127.0.0.1 and the admin socket; every child
@@ -17,6 +23,7 @@ import asyncio
 import json
 import os
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -45,10 +52,11 @@ from _common import (
     port_open,
     publish_events,
     render_targets,
-    rss_mb,
     run_benchmark,
     start_daemon,
+    tree_memory,
     wait_until,
+    workers_list,
 )
 
 THROUGHPUT_TYPE = "bench.tick"
@@ -157,14 +165,14 @@ class Bench:
         self.port = receiver_port
         self.captured: Path | None = None
 
-    def start_daemon(self, tag: str) -> DaemonProc:
+    def start_daemon(self, tag: str, workers: str) -> DaemonProc:
         settings = {
             "PALYRA_DELIVERY_ALLOW_PRIVATE_NETWORKS": "1",
             "PALYRA_DELIVERY_MAX_SUBSCRIPTIONS_PER_OWNER": str(max(5, self.args.subscriptions)),
         }
         return start_daemon(self.children, self.args.palyra, self.work / f"state-{tag}",
                             self.work / f"palyra-{tag}.log", settings=settings,
-                            many_files=True)
+                            many_files=True, workers=workers)
 
     def subscribe(self, daemon: DaemonProc, sub_id: str, event_type: str,
                   enabled: bool) -> None:
@@ -203,13 +211,14 @@ class Bench:
             problems.append(f"{crashed} delivery_attempt_crashed in the daemon log")
         return problems
 
-    def palyra_throughput(self, tag: str) -> dict[str, Any]:
+    def palyra_throughput(self, tag: str, workers: str) -> dict[str, Any]:
         """Publish N events while M subscriptions are disabled, then enable them all with
         catch-up and time until the receiver has N x M deliveries: the dispatcher alone,
         from a durable backlog, with no publishing competing for the loop."""
         args = self.args
-        daemon = self.start_daemon(tag)
+        daemon = self.start_daemon(tag, workers)
         try:
+            idle = tree_memory(daemon.pid)
             subs = [f"bench-{k}" for k in range(args.subscriptions)]
             for sub in subs:
                 self.subscribe(daemon, sub, THROUGHPUT_TYPE, enabled=False)
@@ -235,10 +244,15 @@ class Bench:
                 "duplicates": stats["duplicates"], "by_subscription": stats["by_name"],
                 "elapsed_s": elapsed, "per_s": stats["unique"] / elapsed, "window": used,
                 "cpu_ms_per_delivery": used["cpu_s"] * 1000 / done,
+                "cpu_ms_per_delivery_by_role": {
+                    role: value * 1000 / done for role, value in used["cpu_by_role_s"].items()},
                 "loop_cpu_ms_per_delivery": used["loop_on_cpu"] * used["wall_s"] * 1000 / done,
                 "loop_on_cpu": used["loop_on_cpu"],
                 "loop_waiting_for_cpu": used["loop_waiting_for_cpu"],
-                "rss_after_mb": rss_mb(daemon.pid),
+                "processes": idle["count"], "workers": daemon.workers,
+                "idle_rss_mb": idle["rss_mb"], "idle_pss_mb": idle["pss_mb"],
+                "idle_memory": idle["processes"],
+                "rss_after_mb": tree_memory(daemon.pid)["rss_mb"],
             }
             out["problems"] = self.check(daemon, stats, expected)
             self.captured = self.work / "captured.jsonl"
@@ -258,7 +272,7 @@ class Bench:
                 by_name.setdefault(item["name"], []).append(
                     (item["headers"], item["body"].encode()))
         local_json(self.port, "POST", "/_reset", {"capture": False})
-        window, started = Window(os.getpid()), time.time()
+        window, started = Window(os.getpid(), descendants=False), time.time()
         errors = asyncio.run(bare_loop(self.port, by_name, self.args.in_flight,
                                        self.args.deadline))
         used = window.close()
@@ -271,10 +285,10 @@ class Bench:
                 "loop_on_cpu": used["loop_on_cpu"],
                 "loop_waiting_for_cpu": used["loop_waiting_for_cpu"]}
 
-    def latency(self, tag: str) -> dict[str, Any]:
+    def latency(self, tag: str, workers: str) -> dict[str, Any]:
         """Publish at a fixed rate to one subscription; the receiver notes each arrival."""
         args = self.args
-        daemon = self.start_daemon(tag)
+        daemon = self.start_daemon(tag, workers)
         try:
             self.subscribe(daemon, "latency", LATENCY_TYPE, enabled=True)
             local_json(self.port, "POST", "/_reset", {"capture": False})
@@ -291,9 +305,10 @@ class Bench:
                 "publish_per_s": published.rate, "pacer_lag_max_ms": published.lag_max_ms,
                 "received": stats["unique"], "duplicates": stats["duplicates"],
                 "window": used, "daemon_cpu_share": used["cpu_s"] / used["wall_s"],
+                "cpu_ms_per_event": used["cpu_s"] * 1000 / max(1, stats["unique"]),
                 "loop_on_cpu": used["loop_on_cpu"],
                 "loop_waiting_for_cpu": used["loop_waiting_for_cpu"],
-                "rss_after_mb": rss_mb(daemon.pid),
+                "rss_after_mb": tree_memory(daemon.pid)["rss_mb"],
             }
             for name, values in (("latency", samples["latency_ms"]),
                                  ("journal_to_arrival", samples["journal_to_arrival_ms"]),
@@ -347,25 +362,48 @@ async def bare_loop(port: int, by_name: dict[str, list[tuple[dict[str, str], byt
 # -- summary ------------------------------------------------------------------------------
 
 
-def summarize(rounds: list[dict[str, Any]]) -> dict[str, Any]:
-    palyra, bare, latency = (medians([r[part] for r in rounds])
-                             for part in ("palyra", "bare", "latency"))
-    assert palyra["per_s"] is not None and bare["per_s"] is not None
-    values = {"palyra/bare deliveries/s": palyra["per_s"] / bare["per_s"],
-              "latency p99 ms": latency["latency_p99_ms"]}
-    targets = check_targets(values, TARGETS)
-    problems = [f"round {i + 1} {part}: {p}" for i, r in enumerate(rounds)
-                for part in ("palyra", "latency") for p in r[part]["problems"]]
+def label(workers: str) -> str:
+    return f"palyra N={workers}"
+
+
+def summarize(rounds: list[dict[str, Any]], workers: Sequence[str]) -> dict[str, Any]:
+    bare = medians([r["bare"] for r in rounds])
+    assert bare["per_s"] is not None
+    by_n: dict[str, Any] = {}
+    checked: dict[str, float | None] = {}
+    limits: dict[str, tuple[float, str]] = {}
+    problems = []
+    for n in workers:
+        palyra = medians([r[f"palyra-w{n}"] for r in rounds])
+        latency = medians([r[f"latency-w{n}"] for r in rounds])
+        roles = sorted({role for r in rounds
+                        for role in r[f"palyra-w{n}"]["cpu_ms_per_delivery_by_role"]})
+        palyra_roles = {role: statistics.median(
+            r[f"palyra-w{n}"]["cpu_ms_per_delivery_by_role"].get(role, 0.0) for r in rounds)
+            for role in roles}
+        assert palyra["per_s"] is not None
+        ratio = palyra["per_s"] / bare["per_s"]
+        by_n[n] = {"palyra": palyra, "latency": latency, "ratio": ratio,
+                   "cpu_ms_per_delivery_by_role": palyra_roles,
+                   "cpu_vs_bare": None if not bare["cpu_ms_per_request"]
+                   or palyra["cpu_ms_per_delivery"] is None
+                   else palyra["cpu_ms_per_delivery"] / bare["cpu_ms_per_request"]}
+        for name, key, value in ((f"palyra-w{n}/bare deliveries/s",
+                                  "palyra/bare deliveries/s", ratio),
+                                 (f"palyra-w{n} latency p99 ms", "latency p99 ms",
+                                  latency["latency_p99_ms"])):
+            checked[name], limits[name] = value, TARGETS[key]
+        problems += [f"round {i + 1} {label(n)} {part}: {p}" for i, r in enumerate(rounds)
+                     for part in ("palyra", "latency") for p in r[f"{part}-w{n}"]["problems"]]
+    targets = check_targets(checked, limits)
     problems += [f"round {i + 1} bare: errors {r['bare']['errors']}"
                  for i, r in enumerate(rounds) if r["bare"]["errors"]]
-    return {"palyra": palyra, "bare": bare, "latency": latency,
-            "ratio": values["palyra/bare deliveries/s"], "targets": targets,
-            "problems": problems}
+    return {"by_workers": by_n, "bare": bare, "targets": targets, "problems": problems}
 
 
 def render(result: dict[str, Any]) -> str:
     cfg, summary, rounds = result["config"], result["summary"], result["rounds"]
-    p, b, lat = summary["palyra"], summary["bare"], summary["latency"]
+    b = summary["bare"]
 
     def by_round(part: str, key: str, fmt: str = ",.0f") -> str:
         return " / ".join("n/a" if r[part][key] is None else format(r[part][key], fmt)
@@ -378,30 +416,45 @@ def render(result: dict[str, Any]) -> str:
         f"throughput: {cfg['events']:,} events x {cfg['subscriptions']} subscriptions = "
         f"{cfg['events'] * cfg['subscriptions']:,} deliveries from a backlog, "
         f"{cfg['in_flight']} in flight per subscription",
-        f"  palyra {p['per_s']:7,.0f} deliveries/s  by round {by_round('palyra', 'per_s')}; "
-        f"daemon CPU {p['cpu_ms_per_delivery']:.2f} ms per delivery (event loop "
-        f"{p['loop_cpu_ms_per_delivery']:.2f} ms); loop on a CPU {p['loop_on_cpu']:.0%}, "
-        f"waiting for one {p['loop_waiting_for_cpu']:.0%}",
-        f"  bare   {b['per_s']:7,.0f} requests/s    by round {by_round('bare', 'per_s')}; "
-        f"client CPU {b['cpu_ms_per_request']:.2f} ms per request; loop on a CPU "
+        f"  {'bare':<13} {b['per_s']:7,.0f} requests/s    by round {by_round('bare', 'per_s')}; "
+        f"client CPU {b['cpu_ms_per_request']:.3f} ms per request; loop on a CPU "
         f"{b['loop_on_cpu']:.0%}, waiting for one {b['loop_waiting_for_cpu']:.0%}",
-        f"  palyra / bare = {summary['ratio']:.2f}x; the backlog was published at "
-        f"{p['publish_per_s']:,.0f} events/s (POST /v1/events, 32 in flight)",
-        "",
-        f"latency: {cfg['rate']:g} events/s for {cfg['duration_s']:g} s to 1 subscription, "
-        f"published at {lat['publish_per_s']:,.0f}/s (pacer behind by up to "
-        f"{lat['pacer_lag_max_ms']:,.0f} ms)",
-        f"  publish -> delivery: p50 {ms(lat['latency_p50_ms'])}, p90 "
-        f"{ms(lat['latency_p90_ms'])}, p99 {ms(lat['latency_p99_ms'])}, max "
-        f"{ms(lat['latency_max_ms'])}; p99 by round {by_round('latency', 'latency_p99_ms')}",
-        f"  journal timestamp -> delivery: p50 {ms(lat['journal_to_arrival_p50_ms'])}, p99 "
-        f"{ms(lat['journal_to_arrival_p99_ms'])}",
-        f"  POST /v1/events round trip: p50 {ms(lat['publish_rtt_p50_ms'])}, p99 "
-        f"{ms(lat['publish_rtt_p99_ms'])}; daemon CPU {lat['daemon_cpu_share']:.0%} of one "
-        f"core, loop on a CPU {lat['loop_on_cpu']:.0%}, waiting for one "
-        f"{lat['loop_waiting_for_cpu']:.0%}",
-        "", *render_targets(summary["targets"]),
     ]
+    for n in cfg["workers"]:
+        s = summary["by_workers"][n]
+        p = s["palyra"]
+        roles = ", ".join(f"{role} {value:.3f}"
+                          for role, value in s["cpu_ms_per_delivery_by_role"].items())
+        pss = "n/a" if p["idle_pss_mb"] is None else f"{p['idle_pss_mb']:.0f} MB"
+        lines += [
+            f"  {label(n):<13} {p['per_s']:7,.0f} deliveries/s  by round "
+            f"{by_round(f'palyra-w{n}', 'per_s')}; x{s['ratio']:.2f} bare; published at "
+            f"{p['publish_per_s']:,.0f} events/s (POST /v1/events, 32 in flight)",
+            f"  {'':<13} CPU {p['cpu_ms_per_delivery']:.3f} ms per delivery over "
+            f"{p['processes']:.0f} processes ({roles}; event loop of the first process "
+            f"{p['loop_cpu_ms_per_delivery']:.3f}); loop on a CPU {p['loop_on_cpu']:.0%}, "
+            f"waiting for one {p['loop_waiting_for_cpu']:.0%}; idle RSS "
+            f"{p['idle_rss_mb']:.0f} MB, PSS {pss}",
+        ]
+    lines += ["", f"latency: {cfg['rate']:g} events/s for {cfg['duration_s']:g} s to 1 "
+              "subscription"]
+    for n in cfg["workers"]:
+        lat = summary["by_workers"][n]["latency"]
+        part = f"latency-w{n}"
+        lines += [
+            f"  {label(n)}: published at {lat['publish_per_s']:,.0f}/s (pacer behind by up to "
+            f"{lat['pacer_lag_max_ms']:,.0f} ms)",
+            f"    publish -> delivery: p50 {ms(lat['latency_p50_ms'])}, p90 "
+            f"{ms(lat['latency_p90_ms'])}, p99 {ms(lat['latency_p99_ms'])}, max "
+            f"{ms(lat['latency_max_ms'])}; p99 by round {by_round(part, 'latency_p99_ms')}",
+            f"    journal timestamp -> delivery: p50 {ms(lat['journal_to_arrival_p50_ms'])}, "
+            f"p99 {ms(lat['journal_to_arrival_p99_ms'])}",
+            f"    POST /v1/events round trip: p50 {ms(lat['publish_rtt_p50_ms'])}, p99 "
+            f"{ms(lat['publish_rtt_p99_ms'])}; daemon CPU {lat['daemon_cpu_share']:.0%} of one "
+            f"core ({lat['cpu_ms_per_event']:.3f} ms per event, every process), loop on a "
+            f"CPU {lat['loop_on_cpu']:.0%}, waiting for one {lat['loop_waiting_for_cpu']:.0%}",
+        ]
+    lines += ["", *render_targets(summary["targets"])]
     if summary["problems"]:
         lines += ["", "PROBLEMS:"] + [f"  {x}" for x in summary["problems"]]
     return "\n".join(lines)
@@ -426,6 +479,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--palyra", type=Path, default=DEFAULT_PALYRA)
     parser.add_argument("--tmp-dir", type=Path, default=None)
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
+    parser.add_argument("--workers", default="1", metavar="LIST",
+                        help="palyra's --workers, one palyra run per item in each round, "
+                        "comma-separated: counts, auto, default (no flag); e.g. 1,auto (1)")
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--serve-receiver", type=int, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -439,6 +495,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             parser.error("--rate is 0..20000 and --duration 0..600 s")
         if not 0 <= args.pad <= 7000 or not 1 <= args.deadline <= 600:
             parser.error("--pad is 0..7000 and --deadline 1..600 s")
+        try:
+            args.workers = workers_list(args.workers)
+        except ValueError as exc:
+            parser.error(str(exc))
     return args
 
 
@@ -457,18 +517,26 @@ def benchmark(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         for index in range(args.rounds):
             rnd: dict[str, Any] = {}
             # palyra must go first once: the bare loop replays what it sent.
-            order = ("palyra", "bare") if index % 2 == 0 else ("bare", "palyra")
+            palyras = [f"palyra-w{n}" for n in args.workers]
+            if index % 2:
+                palyras.reverse()
+            order = [*palyras, "bare"] if index % 2 == 0 else ["bare", *palyras]
             for part in order:
-                if part == "palyra":
-                    rnd["palyra"] = bench.palyra_throughput(f"r{index + 1}")
-                else:
+                if part == "bare":
                     rnd["bare"] = bench.bare_throughput()
-            rnd["latency"] = bench.latency(f"r{index + 1}-latency")
-            p, b, lat = rnd["palyra"], rnd["bare"], rnd["latency"]
-            log(f"[round {index + 1}/{args.rounds}] palyra {p['per_s']:7.0f}/s  bare "
-                f"{b['per_s']:7.0f}/s  ({p['per_s'] / b['per_s']:.2f}x)  latency p50 "
-                f"{lat['latency_p50_ms']:.1f} ms p99 {lat['latency_p99_ms']:.1f} ms  "
-                f"{lat['received']}/{lat['published']} received")
+                else:
+                    n = part[len("palyra-w"):]
+                    rnd[part] = bench.palyra_throughput(f"r{index + 1}-w{n}", n)
+            for n in args.workers:
+                rnd[f"latency-w{n}"] = bench.latency(f"r{index + 1}-w{n}-latency", n)
+            b = rnd["bare"]
+            for n in args.workers:
+                p, lat = rnd[f"palyra-w{n}"], rnd[f"latency-w{n}"]
+                log(f"[round {index + 1}/{args.rounds}] {label(n)} {p['per_s']:7.0f}/s  bare"
+                    f" {b['per_s']:7.0f}/s  ({p['per_s'] / b['per_s']:.2f}x)  CPU "
+                    f"{p['cpu_ms_per_delivery']:.3f} ms/delivery  latency p50 "
+                    f"{lat['latency_p50_ms']:.1f} ms p99 {lat['latency_p99_ms']:.1f} ms  "
+                    f"{lat['received']}/{lat['published']} received")
             rounds.append(rnd)
         return {
             "started_at": started_at.isoformat(timespec="seconds"),
@@ -479,8 +547,8 @@ def benchmark(args: argparse.Namespace, children: Children) -> dict[str, Any]:
             "config": {"events": args.events, "subscriptions": args.subscriptions,
                        "in_flight": args.in_flight, "rate": args.rate,
                        "duration_s": args.duration, "pad": args.pad, "rounds": args.rounds,
-                       "state_fs": filesystem_of(work)},
-            "rounds": rounds, "summary": summarize(rounds),
+                       "workers": args.workers, "state_fs": filesystem_of(work)},
+            "rounds": rounds, "summary": summarize(rounds, args.workers),
             "fsync_start": fsync_start, "fsync_end": fsync_probe(work),
             "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()),
         }

@@ -20,11 +20,11 @@ from _common import (
     BenchError,
     Children,
     admin,
-    cpu_ticks,
     free_port,
     port_open,
     proc_stat,
     start_daemon,
+    tree_ticks,
     wait_until,
 )
 from github_push import github_signature
@@ -41,13 +41,14 @@ def children_minor_faults(pid: int) -> int:
 
 
 def wait_idle(pid: int, deadline_s: float = 20.0) -> float:
-    """Wait (bounded) until the process and its children stop burning CPU, so that work
-    left over from one run (webhook's queued commands) does not load the next one."""
+    """Wait (bounded) until the process and its descendants (the daemon's workers,
+    webhook's commands) stop burning CPU, so that work left over from one run does not
+    load the next one."""
     start = time.monotonic()
-    previous, quiet = cpu_ticks(pid), 0
+    previous, quiet = tree_ticks(pid), 0
     while time.monotonic() - start < deadline_s and quiet < 2:
         time.sleep(0.25)
-        now = cpu_ticks(pid)
+        now = tree_ticks(pid)
         quiet = quiet + 1 if now - previous <= 1 else 0
         previous = now
     return time.monotonic() - start
@@ -102,6 +103,8 @@ class Server:
     state_dir: Path | None = None
     faults_per_command: float | None = None
     log_is_verbose: bool = False
+    workers: int = 0
+    """palyra's ingress worker processes (0: one process does everything)."""
 
     @property
     def pid(self) -> int:
@@ -122,9 +125,10 @@ def start_bare(run: Run, tag: str) -> Server:
     return Server("bare", f"http://127.0.0.1:{port}/hooks/{INTEGRATION_ID}", proc, log_path)
 
 
-def start_palyra(run: Run, tag: str) -> Server:
+def start_palyra(run: Run, tag: str, workers: str = "1") -> Server:
+    """``workers``: ``--workers`` (a count, ``auto``), or ``default`` for no flag."""
     state_dir, log_path = run.work / f"palyra-{tag}", run.work / f"palyra-{tag}.log"
-    daemon = start_daemon(run.children, run.palyra, state_dir, log_path)
+    daemon = start_daemon(run.children, run.palyra, state_dir, log_path, workers=workers)
     status, answer = admin(daemon.socket, "POST", "/v1/webhooks", {
         "integration_id": INTEGRATION_ID, "provider": "github",
         "secret": {"value": run.secret.decode()},
@@ -132,7 +136,7 @@ def start_palyra(run: Run, tag: str) -> Server:
     if status != 201:
         raise BenchError(f"adding the integration: {status} {answer}")
     return Server("palyra", f"{daemon.ingress_url}/hooks/{INTEGRATION_ID}", daemon.proc,
-                  log_path, state_dir)
+                  log_path, state_dir, workers=daemon.workers)
 
 
 def start_webhook(run: Run, tag: str) -> Server:

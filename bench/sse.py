@@ -54,9 +54,10 @@ from _common import (
     publish_events,
     raise_nofile_limit,
     render_targets,
-    rss_mb,
     run_benchmark,
     start_daemon,
+    tree_memory,
+    tree_pids,
 )
 
 EVENT_TYPE = "bench.sse"
@@ -301,19 +302,27 @@ def write_atomic(path: Path, doc: Any) -> None:
     os.replace(part, path)
 
 
+def ms_or_na(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1f} MB"
+
+
 # -- the orchestrator ---------------------------------------------------------------------
 
 
 class RssSampler(threading.Thread):
+    """RSS of the daemon's process tree (every process: with workers, all of them), every
+    ``every_s``."""
+
     def __init__(self, pid: int, every_s: float = 0.2) -> None:
         super().__init__(daemon=True)
-        self.pid, self.every_s, self.samples = pid, every_s, [rss_mb(pid)]
+        self.pid, self.every_s = pid, every_s
+        self.samples = [tree_memory(pid)["rss_mb"]]
         self.halt = threading.Event()
 
     def run(self) -> None:
         while not self.halt.wait(self.every_s):
             with contextlib.suppress(OSError, BenchError):
-                self.samples.append(rss_mb(self.pid))
+                self.samples.append(tree_memory(self.pid)["rss_mb"])
 
 
 def sse_gauge(daemon: DaemonProc) -> float | None:
@@ -357,7 +366,8 @@ def one_round(args: argparse.Namespace, work: Path, children: Children, tag: str
                           settings=settings, many_files=True)
     clients: list[tuple[subprocess.Popen[bytes], Path]] = []
     try:
-        rss_idle = rss_mb(daemon.pid)
+        idle = tree_memory(daemon.pid)  # every process of the daemon
+        rss_idle = idle["rss_mb"]
         shares = [args.clients // args.processes + (i < args.clients % args.processes)
                   for i in range(args.processes)]
         clients = [spawn_client(children, work, daemon, f"{tag}-c{i}", n, EVENT_TYPE)
@@ -370,7 +380,8 @@ def one_round(args: argparse.Namespace, work: Path, children: Children, tag: str
         if connected != args.clients:
             raise BenchError(f"only {connected} of {args.clients} streams connected")
         gauge = sse_gauge(daemon)
-        rss_connected, fds = rss_mb(daemon.pid), open_fds(daemon.pid)
+        rss_connected = tree_memory(daemon.pid)["rss_mb"]
+        fds = sum(open_fds(pid) for pid in tree_pids(daemon.pid))
         stalled.send_signal(signal.SIGSTOP)  # a client that stops reading, from now on
         clients_cpu0 = sum(cpu_seconds(p.pid) for p, _ in clients)
         sampler = RssSampler(daemon.pid)
@@ -397,8 +408,10 @@ def one_round(args: argparse.Namespace, work: Path, children: Children, tag: str
             "publish_per_s": published.rate, "pacer_lag_max_ms": published.lag_max_ms,
             "publish_rtt_p99_ms": percentile(sorted(published.rtt_ms), 99),
             "sse_clients_gauge": gauge, "daemon_fds": fds,
-            "rss_idle_mb": rss_idle, "rss_connected_mb": rss_connected,
-            "rss_during_max_mb": max(sampler.samples), "rss_after_mb": rss_mb(daemon.pid),
+            "rss_idle_mb": rss_idle, "pss_idle_mb": idle["pss_mb"],
+            "processes": idle["count"], "rss_connected_mb": rss_connected,
+            "rss_during_max_mb": max(sampler.samples),
+            "rss_after_mb": tree_memory(daemon.pid)["rss_mb"],
             "window": used, "window_s": used["wall_s"],
             "daemon_cpu_share": used["cpu_s"] / used["wall_s"],
             "loop_on_cpu": used["loop_on_cpu"],
@@ -487,7 +500,8 @@ def render(result: dict[str, Any]) -> str:
         + " / ".join(ms(r["latency_p99_ms"]) for r in rounds),
         f"event -> the last client to get it (complete clients only): p50 "
         f"{ms(m['all_clients_p50_ms'])}, p99 {ms(m['all_clients_p99_ms'])}",
-        f"daemon RSS: idle {m['rss_idle_mb']:.1f} MB, {cfg['clients']} clients connected "
+        f"daemon RSS (all its {m['processes']:.0f} processes): idle {m['rss_idle_mb']:.1f} MB"
+        f" (PSS {ms_or_na(m['pss_idle_mb'])}), {cfg['clients']} clients connected "
         f"{m['rss_connected_mb']:.1f} MB, during the load max {m['rss_during_max_mb']:.1f} MB,"
         f" after {m['rss_after_mb']:.1f} MB",
         f"daemon CPU: {m['daemon_cpu_us_per_frame']:.1f} us per event per client; its event "
