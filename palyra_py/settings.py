@@ -303,6 +303,15 @@ def check_storage(values: Mapping[tuple[str, str], Setting]) -> None:
             " (environment PALYRA_STORAGE_DSN or PALYRA_STORAGE_DSN_REF)")
 
 
+def storage_location(settings: Settings) -> str:
+    """Where the stores are, fit to show: ``sqlite`` (the state dir), or ``postgres`` and
+    the URI without its password (or the reference that holds it)."""
+    if settings.get("storage", "backend") != "postgres":
+        return "sqlite"
+    ref = settings.get("storage", "dsn_ref")
+    return f"postgres {ref}" if ref else f"postgres {redact_dsn(settings.get('storage', 'dsn'))}"
+
+
 def _origin(setting: Setting) -> str:
     if setting.source == "env":
         return f"${'PALYRA_' + setting.section.upper() + '_' + setting.key.upper()}"

@@ -52,6 +52,9 @@ __all__ = ["PostgresJournal"]
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _SIZE_EVERY_COMMITS = 256
+PROBE_INTERVAL_S = 1.0
+"""While the server is unreachable, how often the idle writer tries it again (so that
+readiness comes back without waiting for an append)."""
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, RuntimeError)
 _READERS_MAX = 4
 
@@ -79,16 +82,19 @@ class PostgresJournal:
 
     def __init__(
         self,
-        dsn: str,
+        dsn: str | Callable[[], str],
         *,
         clock: Callable[[], float] = time.time,
         batch_max: int = 512,
         on_commit: Callable[[int], None] | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
-        """``on_commit(last_seq)`` runs in the event loop after each commit that wrote
-        rows, before any of its appenders resumes."""
-        self._dsn = dsn
+        """``dsn``: the URI, or a function that gives it at ``start`` (a secret read
+        then; whatever it raises is ``JournalUnavailable``, with its message). ``on_commit
+        (last_seq)`` runs in the event loop after each commit that wrote rows, before any of
+        its appenders resumes."""
+        self._dsn_source = dsn
+        self._dsn = dsn if isinstance(dsn, str) else ""
         self._clock = clock
         self._batch_max = batch_max
         self._on_commit = on_commit
@@ -103,6 +109,7 @@ class PostgresJournal:
         self._failed_batches = 0
         self._size = 0
         self._reached_commit = False
+        self._down: str | None = None
 
     # -- state -------------------------------------------------------------------------
 
@@ -129,7 +136,9 @@ class PostgresJournal:
         return "skipped"
 
     def check_file(self) -> str | None:
-        return None
+        """Why appends fail now (the server unreachable since the last try), else
+        ``None``; cleared by the next append or probe that reaches it."""
+        return None if self._closed else self._down
 
     def size_bytes(self) -> int:
         """Bytes of the journal's tables and indexes, as last measured (at start, after
@@ -145,6 +154,11 @@ class PostgresJournal:
             raise JournalUnavailable("journal is closed")
         if self._started:
             return
+        if not isinstance(self._dsn_source, str):
+            try:
+                self._dsn = self._dsn_source()
+            except Exception as exc:
+                raise JournalUnavailable(f"journal start failed: {exc}") from None
         try:
             self._writer = await connect(self._dsn, timeout_s=self._connect_timeout_s)
             await migrate(self._writer, STORE, MIGRATIONS)
@@ -212,10 +226,35 @@ class PostgresJournal:
         self._queue.put_nowait(_Retention(max_age_s, max_bytes, future))
         return await future
 
+    async def _next_job(self) -> _Job | None:
+        """The next job; while the server is down, try it every ``PROBE_INTERVAL_S``
+        meanwhile."""
+        while self._down is not None:
+            try:
+                return await asyncio.wait_for(self._queue.get(), PROBE_INTERVAL_S)
+            except TimeoutError:
+                await self._probe()
+        return await self._queue.get()
+
+    async def _probe(self) -> None:
+        try:
+            conn = await self._connection()
+            await conn.fetchval("SELECT 1")
+        except DRIVER_ERRORS as exc:
+            self._lost(exc)
+            self._down = describe_pg_error(exc, "journal", "write")
+            return
+        self._recovered()
+
+    def _recovered(self) -> None:
+        if self._down is not None:
+            _log.warning("journal: PostgreSQL reachable again")
+        self._down = None
+
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = await self._queue.get()
+            job = await self._next_job()
             if job is None:
                 break
             batch: list[_Job] = [job]
@@ -269,12 +308,15 @@ class PostgresJournal:
             self._lost(exc)
             self._failed_batches += 1
             error = JournalUnavailable(describe_pg_error(exc, "journal", "write"))
+            if self._writer is None:
+                self._down = str(error)
             _log.warning("journal append failed: %s", error)
             for job in jobs:
                 if not job.future.done():
                     job.future.set_exception(error)
             return
         self._commits += 1
+        self._recovered()
         if self._commits % _SIZE_EVERY_COMMITS == 0:
             await self._measure()
         if any(result.status == "new" for result in stored) and self._on_commit is not None:
