@@ -114,6 +114,7 @@ async def test_a_stopped_server_fails_appends_until_it_is_back(
             await journal.last_seq()
         assert journal.failed_batches == 1
         assert journal.unavailable_reason is None  # not "until a restart"
+        assert journal.check_file() is not None and not journal.reachable.is_set()
         # A node starting meanwhile fails to start, and its error quotes no DSN.
         other = PostgresJournal(
             f"postgresql://palyra:{password}@/{pg_server.databases[-1]}"
@@ -124,7 +125,10 @@ async def test_a_stopped_server_fails_appends_until_it_is_back(
         await other.close()
     finally:
         pg_server.start()
-    # Back: the same journal appends again, after the seq it had.
+    # Back: the idle writer's probe finds it without an append (readiness returns).
+    await asyncio.wait_for(journal.reachable.wait(), 10)
+    assert journal.check_file() is None
+    # And the same journal appends again, after the seq it had.
     assert (await journal.append(row(3))).seq == 2
     assert await journal.last_seq() == 2
     assert (await journal.verify()).reason == "ok"

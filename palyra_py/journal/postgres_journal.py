@@ -110,6 +110,9 @@ class PostgresJournal:
         self._size = 0
         self._reached_commit = False
         self._down: str | None = None
+        self.reachable = asyncio.Event()
+        """Set while the server answers (from ``start``); cleared when it is found
+        unreachable, set again by the first append or probe that reaches it."""
 
     # -- state -------------------------------------------------------------------------
 
@@ -177,6 +180,7 @@ class PostgresJournal:
             await self._release()
             raise
         self._started = True
+        self.reachable.set()
         self._task = asyncio.create_task(self._run(), name="palyra-journal-pg-writer")
 
     async def close(self) -> None:
@@ -242,7 +246,7 @@ class PostgresJournal:
             await conn.fetchval("SELECT 1")
         except DRIVER_ERRORS as exc:
             self._lost(exc)
-            self._down = describe_pg_error(exc, "journal", "write")
+            self._unreachable(describe_pg_error(exc, "journal", "write"))
             return
         self._recovered()
 
@@ -250,6 +254,11 @@ class PostgresJournal:
         if self._down is not None:
             _log.warning("journal: PostgreSQL reachable again")
         self._down = None
+        self.reachable.set()
+
+    def _unreachable(self, reason: str) -> None:
+        self._down = reason
+        self.reachable.clear()
 
     async def _run(self) -> None:
         stopping = False
@@ -309,7 +318,7 @@ class PostgresJournal:
             self._failed_batches += 1
             error = JournalUnavailable(describe_pg_error(exc, "journal", "write"))
             if self._writer is None:
-                self._down = str(error)
+                self._unreachable(str(error))
             _log.warning("journal append failed: %s", error)
             for job in jobs:
                 if not job.future.done():
