@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+
+from palyra_py.storage.dsn import dsn_problem, redact_dsn
 
 Source = Literal["default", "file", "env", "flag"]
 
@@ -23,6 +25,8 @@ class SettingSpec:
     help: str
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    shown: Callable[[Any], Any] | None = None
+    """How ``daemon status`` shows the value (a DSN without its password), if not as is."""
 
 
 SPECS: tuple[SettingSpec, ...] = (
@@ -141,6 +145,23 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec(
         "admin", "max_body_bytes", int, 1024 * 1024, "Largest admin API request body", minimum=1024
     ),
+    SettingSpec(
+        "storage", "backend", str, "sqlite",
+        "Storage engine: sqlite (embedded files in the state dir) or postgres (one PostgreSQL"
+        " that several nodes may share; needs dsn or dsn_ref)",
+        choices=("sqlite", "postgres"),
+    ),
+    SettingSpec(
+        "storage", "dsn", str, "",
+        "PostgreSQL URI (postgresql://USER:PASSWORD@HOST:PORT/DATABASE); shown and logged"
+        " without its password. It holds one: prefer dsn_ref",
+        shown=redact_dsn,
+    ),
+    SettingSpec(
+        "storage", "dsn_ref", str, "",
+        "Secret reference (env:VAR, file:PATH or keyring:NAME) whose value is the PostgreSQL"
+        " URI; instead of dsn",
+    ),
 )
 
 _BY_NAME = {(s.section, s.key): s for s in SPECS}
@@ -167,10 +188,15 @@ class Settings:
         return self.values[(section, key)].value
 
     def table(self) -> list[dict[str, Any]]:
-        return [
-            {"section": s.section, "key": s.key, "value": s.value, "source": s.source}
-            for s in self.values.values()
-        ]
+        """Every value as it may be shown (a DSN without its password) and its source."""
+        rows: list[dict[str, Any]] = []
+        for s in self.values.values():
+            spec = _BY_NAME.get((s.section, s.key))
+            value = spec.shown(s.value) if spec is not None and spec.shown and s.value else (
+                s.value)
+            rows.append({"section": s.section, "key": s.key, "value": value,
+                         "source": s.source})
+        return rows
 
 
 def _coerce(spec: SettingSpec, raw: Any, origin: str) -> Any:
@@ -251,7 +277,45 @@ def load_settings(
             source = "flag"
         values[name] = Setting(spec.section, spec.key, value, source)  # type: ignore[arg-type]
     parse_workers(values[("daemon", "workers")].value)
+    check_storage(values)
     return Settings(state_dir=state_dir, values=values)
+
+
+def check_storage(values: Mapping[tuple[str, str], Setting]) -> None:
+    """``storage.backend = "postgres"`` needs exactly one of ``storage.dsn`` and
+    ``storage.dsn_ref``; a DSN given must be a ``postgresql://`` URI. Raises
+    ``SettingsError``, never quoting a DSN. (A ``dsn_ref``'s form is checked where it is
+    read: ``secrets.dsn``.)"""
+    dsn, ref = values[("storage", "dsn")], values[("storage", "dsn_ref")]
+    if dsn.value:
+        problem = dsn_problem(dsn.value)
+        if problem is not None:
+            raise SettingsError(f"storage.dsn (from {_origin(dsn)}) {problem} (value not shown)")
+    if values[("storage", "backend")].value != "postgres":
+        return
+    if dsn.value and ref.value:
+        raise SettingsError(
+            f"storage.dsn (from {_origin(dsn)}) and storage.dsn_ref (from {_origin(ref)}):"
+            " give one of them, not both")
+    if not dsn.value and not ref.value:
+        raise SettingsError(
+            'storage.backend = "postgres" needs storage.dsn or storage.dsn_ref'
+            " (environment PALYRA_STORAGE_DSN or PALYRA_STORAGE_DSN_REF)")
+
+
+def storage_location(settings: Settings) -> str:
+    """Where the stores are, fit to show: ``sqlite`` (the state dir), or ``postgres`` and
+    the URI without its password (or the reference that holds it)."""
+    if settings.get("storage", "backend") != "postgres":
+        return "sqlite"
+    ref = settings.get("storage", "dsn_ref")
+    return f"postgres {ref}" if ref else f"postgres {redact_dsn(settings.get('storage', 'dsn'))}"
+
+
+def _origin(setting: Setting) -> str:
+    if setting.source == "env":
+        return f"${'PALYRA_' + setting.section.upper() + '_' + setting.key.upper()}"
+    return {"file": "palyra.toml", "flag": "the command line"}.get(setting.source, "default")
 
 
 MAX_WORKERS = 64

@@ -23,6 +23,7 @@ from palyra_py.testing import (
 )
 from tests import leakcheck
 from tests.fault_helpers import admin_session
+from tests.pg import pg_server as pg_server  # the session's PostgreSQL, started on first use
 
 leakcheck.install()
 

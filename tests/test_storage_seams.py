@@ -1,7 +1,9 @@
 """The seams in front of storage hold: only the SQLite engine modules (and the shared
-SQLite plumbing) import ``sqlite3``, and rows from a query are read by name, never by
-position. Read from the source with ``ast``, so that a new module cannot slip past. (That
-the pure rules and the Protocols import no store module is ``test_import_direction``'s.)"""
+SQLite plumbing) import ``sqlite3``, only the PostgreSQL engine modules (and the shared
+PostgreSQL plumbing) import the driver, ``asyncpg``, and rows from a query are read by
+name, never by position. Read from the source with ``ast``, so that a new module cannot
+slip past. (That the pure rules and the Protocols import no store module is
+``test_import_direction``'s.)"""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ PACKAGE = Path(__file__).resolve().parent.parent / "palyra_py"
 
 SQLITE_PLUMBING = "storage/sqlite.py"
 """Shared SQLite file and writer-thread plumbing, no store logic."""
+
+POSTGRES_PLUMBING = "storage/postgres.py"
+"""Shared PostgreSQL connections, error wording and migrations, no store logic."""
 
 PURE_MODULES = (
     "events.py",
@@ -48,23 +53,38 @@ def _imported(tree: ast.Module) -> set[str]:
     return found
 
 
-def _is_engine_module(name: str) -> bool:
-    """An engine module of a store: ``<store>/sqlite*.py``."""
+def _is_engine_module(name: str, engine: str = "sqlite") -> bool:
+    """An engine module of a store: ``<store>/sqlite*.py`` (``<store>/postgres*.py``)."""
     folder, _, file = name.rpartition("/")
-    return folder in ("journal", "delivery") and file.startswith("sqlite")
+    stores = ("journal", "delivery", "bus") if engine == "postgres" else ("journal", "delivery")
+    return folder in stores and file.startswith(engine)
+
+
+def _importers(driver: str) -> set[str]:
+    return {
+        name for name, tree in _modules()
+        if any(module == driver or module.startswith(f"{driver}.")
+               for module in _imported(tree))
+    }
 
 
 def test_only_engine_modules_import_sqlite3() -> None:
-    importers = {
-        name for name, tree in _modules()
-        if any(module == "sqlite3" or module.startswith("sqlite3.")
-               for module in _imported(tree))
-    }
+    importers = _importers("sqlite3")
     strays = sorted(name for name in importers
                     if name != SQLITE_PLUMBING and not _is_engine_module(name))
     assert strays == [], f"sqlite3 imported outside the SQLite engine modules: {strays}"
     # The engines are still where the rule looks for them.
     assert {SQLITE_PLUMBING, "journal/sqlite.py", "delivery/sqlite.py"} <= importers
+
+
+def test_only_postgres_engine_modules_import_the_driver() -> None:
+    importers = _importers("asyncpg")
+    strays = sorted(name for name in importers
+                    if name != POSTGRES_PLUMBING and not _is_engine_module(name, "postgres"))
+    assert strays == [], f"asyncpg imported outside the PostgreSQL engine modules: {strays}"
+    assert {POSTGRES_PLUMBING, "journal/postgres.py"} <= importers
+    # One driver: the other is not imported anywhere.
+    assert not _importers("psycopg") and not _importers("psycopg2")
 
 
 def _positional_row_reads(tree: ast.Module) -> Iterator[int]:

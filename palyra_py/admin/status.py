@@ -15,6 +15,7 @@ from palyra_py.admin.context import DaemonRuntime, StatusContext
 from palyra_py.admin.errors import ApiError
 from palyra_py.journal.journal import JournalUnavailable
 from palyra_py.registry.positions import RegistryError
+from palyra_py.settings import storage_location
 
 
 def open_files(runtime: DaemonRuntime) -> dict[str, Any]:
@@ -48,6 +49,7 @@ class AdminApi:
             last_seq: int | None = await ctx.journal.last_seq()
         except JournalUnavailable as exc:
             last_seq, problem = None, problem or str(exc)
+        storage = storage_location(ctx.settings)
         processes = await ctx.runtime.processes()  # first: it refreshes the workers' figures
         started_at = ctx.runtime.started_at
         connections = ctx.listener.connections
@@ -65,7 +67,9 @@ class AdminApi:
             "deliveries": {"path": str(ctx.deliveries_path),
                            "problem": ctx.deliveries.check_file()},
             "journal": {
-                "path": str(ctx.journal_path),
+                # On PostgreSQL: the URI without its password.
+                "path": (str(ctx.journal_path) if storage == "sqlite" else storage),
+                "storage": storage,
                 "size_bytes": ctx.journal.size_bytes(),
                 "last_seq": last_seq,
                 "problem": problem,

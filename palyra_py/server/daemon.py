@@ -43,6 +43,7 @@ from palyra_py.delivery.store import DELIVERIES_FILE, DeliveryStore, DeliverySto
 from palyra_py.inbound.ingress import ActiveIntegration, Ingress
 from palyra_py.inbound.listener import CappedTCPSite, ConnectionCap
 from palyra_py.inbound.rejections import RejectionLog
+from palyra_py.journal.backend import JournalBackend
 from palyra_py.journal.journal import (
     AppendResult,
     EventFilter,
@@ -63,6 +64,7 @@ from palyra_py.registry.integrations import Integration
 from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
+from palyra_py.secrets.dsn import storage_dsn
 from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
@@ -199,16 +201,7 @@ class Daemon:
         self.registry_file = RegistryFile(self.state_dir / REGISTRY_FILE)
         self.registry = Registry(self.registry_file.path, {})
         self.active: dict[str, ActiveIntegration] = {}
-        self.journal = Journal(SqliteJournal(
-            self.state_dir / JOURNAL_FILE,
-            clock=clock,
-            batch_max=settings.get("journal", "batch_max"),
-            on_commit=self._committed,
-            # The control process checked the file before it started the workers.
-            start_check_s=0 if self.role == "worker" else settings.get("journal", "start_check_s"),
-            on_unavailable=self._journal_unavailable,
-            several_appenders=self.role != "single",
-        ))
+        self.journal = Journal(self._journal_backend())
         self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
         self.deliveries.on_unavailable = self._delivery_store_unavailable
         cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
@@ -237,6 +230,34 @@ class Daemon:
         self.retention_ran = asyncio.Event()
         """Set after each retention pass (tests await it instead of a timer)."""
         self.token_usage = TokenUsage(self.state_dir / USAGE_FILE)
+
+    def _journal_backend(self) -> JournalBackend:
+        """The journal's engine, as ``[storage] backend`` says."""
+        settings = self.settings
+        if settings.get("storage", "backend") == "postgres":
+            # Loaded only here: the driver is not imported by an embedded daemon.
+            from palyra_py.journal.postgres_journal import PostgresJournal
+
+            return PostgresJournal(
+                self._storage_dsn, clock=self.clock,
+                batch_max=settings.get("journal", "batch_max"), on_commit=self._committed,
+            )
+        return SqliteJournal(
+            self.state_dir / JOURNAL_FILE,
+            clock=self.clock,
+            batch_max=settings.get("journal", "batch_max"),
+            on_commit=self._committed,
+            # The control process checked the file before it started the workers.
+            start_check_s=0 if self.role == "worker" else settings.get("journal", "start_check_s"),
+            on_unavailable=self._journal_unavailable,
+            several_appenders=self.role != "single",
+        )
+
+    def _storage_dsn(self) -> str:
+        """The PostgreSQL URI, read when the journal starts (a ``dsn_ref`` secret too)."""
+        dsn = storage_dsn(self.settings, self.secrets.resolve)
+        assert dsn is not None, "storage.backend is postgres"
+        return dsn
 
     def _committed(self, seq: int) -> None:
         self.metrics.committed(seq)

@@ -3,6 +3,11 @@
 ``engine`` is parametrised by engine name; a new engine adds its name to ``ENGINES`` and a
 branch to ``Engine``'s factories (its storage set up and torn down here), and passes the
 suite unchanged. The tests never see an engine's class, file or SQL.
+
+PostgreSQL: a fresh database of the session's server (``tests/pg.py``) per test; where
+the binaries are missing, those tests skip with the line that says how to install them.
+A store with no PostgreSQL engine yet keeps its suite on the engines it has
+(``engine_fixture``).
 """
 
 from __future__ import annotations
@@ -17,30 +22,42 @@ from palyra_py.bus.local import SeqBus
 from palyra_py.delivery.backend import DeliveryBackend
 from palyra_py.delivery.sqlite_store import DeliveryStore
 from palyra_py.journal.backend import JournalBackend
+from palyra_py.journal.postgres_journal import PostgresJournal
 from palyra_py.journal.sqlite_journal import SqliteJournal
+from tests.pg import PgServer
 
-ENGINES = ["sqlite"]
+ENGINES = ["sqlite", "postgres"]
+DELIVERY_ENGINES = ["sqlite"]
+"""The delivery store has no PostgreSQL engine yet."""
 
 
 class Engine:
     """Builds stores of one engine over one storage (for SQLite, a directory), closing
     every one it built at the end of the test."""
 
-    def __init__(self, name: str, root: Path) -> None:
+    def __init__(self, name: str, root: Path, dsn: str | None = None) -> None:
         self.name = name
         self._root = root
+        self._dsn = dsn
         self._journals: list[JournalBackend] = []
         self._deliveries: list[DeliveryBackend] = []
 
     def journal(
-        self, *, clock: Callable[[], float], on_commit: Callable[[int], None] | None = None
+        self, *, clock: Callable[[], float], on_commit: Callable[[int], None] | None = None,
+        shared: bool = False,
     ) -> JournalBackend:
-        """A journal backend, not started, over this test's storage."""
-        if self.name != "sqlite":
+        """A journal backend, not started, over this test's storage; ``shared``: other
+        backends append to the same storage too (processes or nodes)."""
+        backend: JournalBackend
+        if self.name == "sqlite":
+            backend = SqliteJournal(
+                self._root / "journal.db", clock=clock, on_commit=on_commit, start_check_s=0,
+                several_appenders=shared,
+            )
+        elif self.name == "postgres" and self._dsn is not None:
+            backend = PostgresJournal(self._dsn, clock=clock, on_commit=on_commit)
+        else:
             raise AssertionError(f"no journal for engine {self.name!r}")
-        backend: JournalBackend = SqliteJournal(
-            self._root / "journal.db", clock=clock, on_commit=on_commit, start_check_s=0
-        )
         self._journals.append(backend)
         return backend
 
@@ -53,7 +70,8 @@ class Engine:
         return backend
 
     def bus(self) -> Bus:
-        """A bus as a reader in this process sees it."""
+        """A bus as a reader in this process sees it (on PostgreSQL too, until its
+        LISTEN/NOTIFY bus: the journal's tests there are what runs on the server)."""
         bus: Bus = SeqBus()
         return bus
 
@@ -64,8 +82,25 @@ class Engine:
             await deliveries.close()
 
 
-@pytest.fixture(params=ENGINES)
-async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
-    built = Engine(str(request.param), tmp_path)
-    yield built
-    await built.close()
+EngineFixture = Callable[[pytest.FixtureRequest, Path], AsyncIterator[Engine]]
+
+
+def engine_fixture(names: list[str]) -> EngineFixture:
+    """An ``engine`` fixture over ``names``: a module whose store runs on fewer engines
+    defines its own ``engine = engine_fixture([...])``."""
+
+    @pytest.fixture(params=names)
+    async def engine(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Engine]:
+        name = str(request.param)
+        dsn = None
+        if name == "postgres":
+            server: PgServer = request.getfixturevalue("pg_server")
+            dsn = server.new_database()
+        built = Engine(name, tmp_path, dsn)
+        yield built
+        await built.close()
+
+    return engine
+
+
+engine = engine_fixture(ENGINES)

@@ -19,7 +19,9 @@ from palyra_py.delivery.records import (
     DeliveryStatus,
     NewDelivery,
 )
-from tests.contract.conftest import Engine
+from tests.contract.conftest import DELIVERY_ENGINES, Engine, engine_fixture
+
+engine = engine_fixture(DELIVERY_ENGINES)
 
 T0 = 1_700_000_000_000
 

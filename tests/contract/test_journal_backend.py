@@ -73,6 +73,23 @@ async def test_concurrent_appends_get_gap_free_seqs(engine: Engine, clock: Manua
     assert sorted(r.seq for r in more) == [301, 302, 303, 304, 305]
 
 
+async def test_appenders_sharing_one_storage_keep_one_gap_free_chain(
+    engine: Engine, clock: ManualClock
+) -> None:
+    backends = [engine.journal(clock=clock, shared=True) for _ in range(2)]
+    await asyncio.gather(*(b.start() for b in backends))
+    results = await asyncio.gather(*(backends[n % 2].append(row(n)) for n in range(200)))
+    assert sorted(r.seq for r in results) == list(range(1, 201))
+    key = ("github", "shared-1", 60_000)
+    keyed = await asyncio.gather(*(b.append(row(key=key)) for b in backends for _ in "ab"))
+    assert len({(r.seq, r.event_id) for r in keyed}) == 1
+    assert [await b.last_seq() for b in backends] == [201, 201]
+    rows = await read_all(backends[1])
+    assert [r.seq for r in rows] == list(range(1, 202))
+    assert all(later.prev_hash == earlier.hash for earlier, later in pairwise(rows))
+    assert (await backends[0].verify()).reason == "ok"
+
+
 async def test_the_chain_verifies_and_links_every_row(engine: Engine, clock: ManualClock
                                                       ) -> None:
     backend = await started(engine, clock)
