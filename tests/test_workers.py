@@ -33,7 +33,7 @@ def admin_session(state_dir: Path) -> aiohttp.ClientSession:
 
 @pytest.fixture
 async def daemon(state_dir: Path) -> AsyncIterator[DaemonProcess]:
-    process = await DaemonProcess(state_dir, args=("--workers", "2")).start()
+    process = await DaemonProcess(state_dir, workers="2").start()
     try:
         yield process
     finally:

@@ -1088,7 +1088,10 @@ def run_daemon(
 
 def load_for_tests(state_dir: Path, env: Mapping[str, str] | None = None,
                    **flags: Any) -> Settings:
-    """Settings for an in-process daemon: ``listen="127.0.0.1:0"`` by default."""
-    values = {("daemon", "listen"): flags.pop("listen", "127.0.0.1:0")}
+    """Settings for an in-process daemon: ``listen="127.0.0.1:0"`` and one process
+    (``daemon__workers="1"``: workers are child processes, which an in-process daemon
+    cannot start) unless ``flags`` say otherwise."""
+    values = {("daemon", "listen"): flags.pop("listen", "127.0.0.1:0"),
+              ("daemon", "workers"): flags.pop("daemon__workers", "1")}
     values.update({tuple(k.split("__", 1)): v for k, v in flags.items()})  # type: ignore[misc]
     return load_settings(state_dir, env=env or {}, flags=values)
