@@ -53,7 +53,8 @@ def state_dir() -> Iterator[Path]:
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[Journal, SeqBus]]:
     """A started journal in tmp_path whose commits are published on a bus."""
     bus = SeqBus()
-    journal = Journal(SqliteJournal(tmp_path / "journal.db", on_commit=bus.publish))
+    journal = Journal(SqliteJournal(tmp_path / "journal.db",
+                                    on_commit=lambda seq, _events: bus.publish(seq)))
     await journal.start()
     yield journal, bus
     await journal.close()

@@ -94,6 +94,14 @@ async def _workers(state_dir: Path) -> list[dict[str, Any]]:
     return [p for p in status["processes"] if p["role"] == "worker"]
 
 
+def sample(exposition: str, name: str) -> float:
+    """The value of the unlabelled sample ``name`` in a Prometheus text exposition."""
+    for line in exposition.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}")
+
+
 async def _verify(state_dir: Path) -> dict[str, Any]:
     return await _admin(state_dir, "POST", "/v1/journal/verify")
 
@@ -132,6 +140,10 @@ async def test_webhooks_spread_over_the_workers_are_journaled_once(
                         if line.startswith("palyra_ingress_requests_total{")
                         and 'reason="accepted"' in line]
             assert [float(line.rsplit(" ", 1)[1]) for line in accepted] == [len(deliveries)]
+            # Every process counted its own commits' events: together, the whole journal
+            # (each process's head moved past the others' rows too).
+            assert sample(text, "palyra_journal_batch_events_sum") == sample(
+                text, "palyra_journal_last_seq")
 
 
 async def test_an_edit_is_in_force_on_every_worker_when_the_call_returns(

@@ -238,8 +238,8 @@ class Daemon:
         """Set after each retention pass (tests await it instead of a timer)."""
         self.token_usage = TokenUsage(self.state_dir / USAGE_FILE)
 
-    def _committed(self, seq: int) -> None:
-        self.metrics.committed(seq)
+    def _committed(self, seq: int, events: int) -> None:
+        self.metrics.committed(seq, events)
         self.bus.publish(seq)
         if self.relay is not None:
             self.relay.notify(seq)

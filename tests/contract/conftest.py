@@ -33,7 +33,8 @@ class Engine:
         self._deliveries: list[DeliveryBackend] = []
 
     def journal(
-        self, *, clock: Callable[[], float], on_commit: Callable[[int], None] | None = None
+        self, *, clock: Callable[[], float],
+        on_commit: Callable[[int, int], None] | None = None,
     ) -> JournalBackend:
         """A journal backend, not started, over this test's storage."""
         if self.name != "sqlite":
