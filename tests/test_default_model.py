@@ -21,6 +21,7 @@ from palyra_py.testing import running_receiver
 from tests import leakcheck
 from tests.daemon_process import DaemonProcess, child_env
 from tests.test_cli_e2e import palyra, palyra_json
+from tests.test_deliveries_lost import remove_delivery_store
 from tests.test_workers import (
     NEW_SECRET,
     SECRET,
@@ -209,6 +210,32 @@ async def test_a_subscription_added_with_the_cli_delivers_what_the_workers_take(
         finally:
             code, _, err = await palyra(sd, "subscriptions", "remove", "default-app", "--yes")
             assert code == 0, err
+
+
+async def _readyz(base: str, times: int) -> list[tuple[int, str]]:
+    """``GET /readyz`` on ``times`` connections of their own: (status, reason) of each."""
+    found: list[tuple[int, str]] = []
+    connector = aiohttp.TCPConnector(force_close=True)
+    async with aiohttp.ClientSession(connector=connector) as http:
+        for _ in range(times):
+            async with http.get(f"{base}/readyz") as resp:
+                found.append((resp.status, (await resp.json()).get("reason", "")))
+    return found
+
+
+async def test_readiness_is_the_same_whichever_process_answers() -> None:
+    """A removed ``deliveries.db`` (only the control process opens it) makes every worker
+    answer 503 ``deliveries_unavailable``, as one process does."""
+    with leakcheck.checked_state_dir("pt-dm-") as state:
+        daemon = await DaemonProcess(state, workers=None).start()
+        try:
+            assert set(await _readyz(daemon.ingress, 8)) == {(200, "")}
+            remove_delivery_store(state)
+            assert set(await _readyz(daemon.ingress, 8)) == {(503, "deliveries_unavailable")}
+            status = await _admin(state, "GET", "/v1/status")
+            assert "deliveries.db was removed" in status["deliveries"]["problem"]
+        finally:
+            await daemon.stop()
 
 
 def _one_core() -> None:
