@@ -1,6 +1,8 @@
-"""The daemon: one process, two listeners (public ingress on TCP, admin API on a 0600 Unix
-socket), one journal. :class:`Daemon` is an app factory that tests start in one line;
-:func:`run_daemon` is what ``palyra daemon run`` calls."""
+"""The daemon: two listeners (public ingress on TCP, admin API on a 0600 Unix socket), one
+journal; one process (``role`` ``single``), or by default a control process and one
+ingress worker process per core (``control``, ``worker``). :class:`Daemon` is an app
+factory that tests start in one line (one process); :func:`run_daemon` is what ``palyra
+daemon run`` calls."""
 
 from __future__ import annotations
 
