@@ -91,9 +91,9 @@ def run(
         typer.Option(
             "--workers",
             metavar="N|auto",
-            help="Ingress worker processes sharing the listener: auto (the default) is one "
-            "per core this process may run on, 1 on a 1-core box; 1 runs everything in one "
-            "process, the lightest on a 1-2 core box. Default from settings (daemon.workers).",
+            help="Ingress worker processes sharing the listener: N, or auto (one per core "
+            "this process may run on; 1 on a 1-core box). 1 runs everything in one process, "
+            "the lightest on a 1-2 core box. Default: daemon.workers, auto unless set.",
         ),
     ] = None,
 ) -> None:
