@@ -41,6 +41,11 @@ SPECS: tuple[SettingSpec, ...] = (
         " 1-core box); 1 = one process for everything",
     ),
     SettingSpec(
+        "daemon", "worker_ack_timeout_s", float, 10.0,
+        "Longest wait for each ingress worker to take an admin edit before the edit returns;"
+        " a worker that does not answer in time is replaced", minimum=0.5,
+    ),
+    SettingSpec(
         "journal", "retention_days", float, 30.0, "Drop events older than this (0 = keep)",
         minimum=0,
     ),

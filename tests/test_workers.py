@@ -324,9 +324,21 @@ async def test_a_commit_in_any_process_reaches_the_streams_of_the_others(
                 resp.close()
 
 
+@pytest.fixture
+async def quick_to_replace(state_dir: Path) -> AsyncIterator[DaemonProcess]:
+    """The ``daemon`` fixture's, waiting 2 s (not 10) for a worker to take an edit."""
+    process = await DaemonProcess(
+        state_dir, workers="2", env={"PALYRA_DAEMON_WORKER_ACK_TIMEOUT_S": "2"}).start()
+    try:
+        yield process
+    finally:
+        await process.stop()
+
+
 async def test_a_worker_that_does_not_acknowledge_an_edit_is_replaced(
-    state_dir: Path, daemon: DaemonProcess
+    state_dir: Path, quick_to_replace: DaemonProcess
 ) -> None:
+    daemon = quick_to_replace
     await _add_github(state_dir)
     victim = (await _workers(state_dir))[0]
     mark = len(daemon.log)
@@ -343,3 +355,6 @@ async def test_a_worker_that_does_not_acknowledge_an_edit_is_replaced(
     restarted = await daemon.wait_for_log(("worker_restarted",), mark)
     assert restarted["previous_pid"] == victim["pid"]
     assert any(r.get("event") == "worker_not_acknowledging" for r in daemon.log[mark:])
+    settings = (await _admin(state_dir, "GET", "/v1/status"))["settings"]
+    assert {"section": "daemon", "key": "worker_ack_timeout_s", "value": 2.0,
+            "source": "env"} in settings

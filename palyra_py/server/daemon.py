@@ -868,7 +868,8 @@ class Daemon:
             count=self.workers, listener=self._listen_socket, state_dir=str(self.state_dir),
             flags=flags, on_restart=self._worker_restarted, on_usage=self._tokens_used,
             answers={"metrics": self._merged_metrics_answer, "readiness": self._readiness_answer},
-            clock=self.clock)
+            clock=self.clock,
+            ack_timeout_s=self.settings.get("daemon", "worker_ack_timeout_s"))
         self.metrics_view = self._merged_metrics
         try:
             await self.supervisor.start()

@@ -45,7 +45,8 @@ log = structlog.get_logger("palyra.supervisor")
 READY_TIMEOUT_S = 60.0
 """Longest wait for a new worker to serve (imports, opening the journal)."""
 ACK_TIMEOUT_S = 10.0
-"""Longest wait for a worker's acknowledgement of a reload before it is replaced."""
+"""Longest wait for a worker's acknowledgement of a reload before it is replaced, unless
+the supervisor is given another (``daemon.worker_ack_timeout_s``)."""
 PING_TIMEOUT_S = 2.0
 """Longest wait for a worker's figures (``daemon status``)."""
 STOP_TIMEOUT_S = 90.0
@@ -117,13 +118,15 @@ class Supervisor:
         on_usage: Callable[[Mapping[str, int]], None],
         answers: Mapping[str, Callable[[], Awaitable[dict[str, Any]]]] | None = None,
         clock: Callable[[], float] = time.time,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
     ) -> None:
         """``flags``: the ``daemon run`` flags, passed on so every worker has the control
         process's settings. ``on_restart(slot, exit_code, previous_pid)`` runs after a
         worker that exited unasked serves again; ``on_usage(tokens)`` gets the token uses
         a worker reports (token id -> unix seconds); ``answers[op]()`` gives the fields of
         the answer to a worker's ``op`` request (``metrics``: every process's metrics,
-        merged; ``readiness``: the control process's)."""
+        merged; ``readiness``: the control process's). ``ack_timeout_s``: how long
+        ``broadcast_reload`` waits for each worker before replacing it."""
         self._count = count
         self._listener = listener
         self._state_dir = state_dir
@@ -133,6 +136,7 @@ class Supervisor:
         self._answers = dict(answers or {})
         self._answering: set[asyncio.Task[None]] = set()
         self._clock = clock
+        self._ack_timeout_s = ack_timeout_s
         self.slots = [WorkerSlot(index) for index in range(count)]
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -156,7 +160,7 @@ class Supervisor:
     async def broadcast_reload(self) -> None:
         """Tell every live worker to re-read the registry and forget cached secrets;
         return once each has acknowledged. A worker that does not acknowledge within
-        ``ACK_TIMEOUT_S`` is killed: its replacement reads the registry as it starts."""
+        ``ack_timeout_s`` is killed: its replacement reads the registry as it starts."""
         self._next_id += 1
         request = self._next_id
         waits = [self._ask(slot, request) for slot in self.slots if slot.proc is not None]
@@ -196,7 +200,7 @@ class Supervisor:
             channel = slot.reader_task
             waits: set[asyncio.Future[Any]] = {future} if channel is None else {future, channel}
             done, _ = await asyncio.wait(
-                waits, timeout=ACK_TIMEOUT_S if op == "reload" else PING_TIMEOUT_S,
+                waits, timeout=self._ack_timeout_s if op == "reload" else PING_TIMEOUT_S,
                 return_when=asyncio.FIRST_COMPLETED)
             if future in done:
                 return future.result()
