@@ -95,7 +95,8 @@ async def _workers(state_dir: Path) -> list[dict[str, Any]]:
 
 
 def sample(exposition: str, name: str) -> float:
-    """The value of the unlabelled sample ``name`` in a Prometheus text exposition."""
+    """The value of sample ``name`` in a Prometheus text exposition: a bare name, or one
+    with its labels as exposed (``x_total{a="1",b="2"}``, labels in name order)."""
     for line in exposition.splitlines():
         if line.startswith(f"{name} "):
             return float(line.rsplit(" ", 1)[1])
