@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from collections.abc import AsyncIterator
 
@@ -225,7 +226,8 @@ async def _readyz(base: str, times: int) -> list[tuple[int, str]]:
 
 async def test_readiness_is_the_same_whichever_process_answers() -> None:
     """A removed ``deliveries.db`` (only the control process opens it) makes every worker
-    answer 503 ``deliveries_unavailable``, as one process does."""
+    answer 503 ``deliveries_unavailable``, as one process does; a control process that
+    does not answer leaves the worker its own view (docs/admin-api.md)."""
     with leakcheck.checked_state_dir("pt-dm-") as state:
         daemon = await DaemonProcess(state, workers=None).start()
         try:
@@ -234,6 +236,17 @@ async def test_readiness_is_the_same_whichever_process_answers() -> None:
             assert set(await _readyz(daemon.ingress, 8)) == {(503, "deliveries_unavailable")}
             status = await _admin(state, "GET", "/v1/status")
             assert "deliveries.db was removed" in status["deliveries"]["problem"]
+            if CORES > 1:
+                # A control process that does not answer (stopped): the worker answers
+                # its own view once READINESS_TIMEOUT_S is over, and says so.
+                assert daemon.proc is not None
+                mark = len(daemon.log)
+                os.kill(daemon.proc.pid, signal.SIGSTOP)
+                try:
+                    assert await _readyz(daemon.ingress, 1) == [(200, "")]
+                finally:
+                    os.kill(daemon.proc.pid, signal.SIGCONT)
+                await daemon.wait_for_log(("readiness_check_timed_out",), mark)
         finally:
             await daemon.stop()
 
