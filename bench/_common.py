@@ -468,7 +468,10 @@ def local_json(port: int, method: str, path: str, body: Any = None) -> Any:
 
 def daemon_env(**settings: str) -> dict[str, str]:
     # The fail backend makes the daemon keep secrets in its own 0600 file in the state dir.
-    return {**os.environ, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring", **settings}
+    # The worker count comes from the bench's --workers (start_daemon), never from the
+    # environment of whoever runs it.
+    env = {key: value for key, value in os.environ.items() if key != "PALYRA_DAEMON_WORKERS"}
+    return {**env, "PYTHON_KEYRING_BACKEND": "keyring.backends.fail.Keyring", **settings}
 
 
 @dataclass

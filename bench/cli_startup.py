@@ -56,7 +56,8 @@ def timed(argv: list[str], env: dict[str, str]) -> tuple[float, float]:
 
 def start_daemon(palyra: Path, state_dir: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     proc = subprocess.Popen(
-        [str(palyra), "daemon", "run", "--state-dir", str(state_dir), "--listen", "127.0.0.1:0"],
+        [str(palyra), "daemon", "run", "--state-dir", str(state_dir), "--listen", "127.0.0.1:0",
+         "--workers", "1"],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     status = [str(palyra), "daemon", "status", "--state-dir", str(state_dir)]

@@ -87,13 +87,12 @@ class Metrics:
         self.token_refusals = Counter(
             "palyra_token_refusals", "Token routes' refusals (unauthorized, token_expired,"
             " scope_denied) by reason", ["reason"], registry=r)
-        self._head = 0
 
-    def committed(self, seq: int) -> None:
-        """Called with the new head after every group commit."""
-        if self._head:
-            self.journal_batch_size.observe(max(1, seq - self._head))
-        self._head = seq
+    def committed(self, seq: int, events: int) -> None:
+        """Called after every group commit of this process: the new head and how many
+        events the commit wrote. Each process counts its own commits only, so the merged
+        histogram's sum is every event the daemon's processes journaled."""
+        self.journal_batch_size.observe(events)
         self.journal_last_seq.set(seq)
 
     def delivery_attempted(self, subscription: str, result: str, seconds: float) -> None:

@@ -40,8 +40,14 @@ SPECS: tuple[SettingSpec, ...] = (
     ),
     SettingSpec("daemon", "log_format", str, "console", "Log format", choices=("console", "json")),
     SettingSpec(
-        "daemon", "workers", str, "1",
-        "Ingress worker processes: N, or auto (one per core); 1 = one process for everything",
+        "daemon", "workers", str, "auto",
+        "Ingress worker processes: N, or auto (one per core this process may run on; 1 on a"
+        " 1-core box); 1 = one process for everything",
+    ),
+    SettingSpec(
+        "daemon", "worker_ack_timeout_s", float, 10.0,
+        "Longest wait for each ingress worker to take an admin edit before the edit returns;"
+        " a worker that does not answer in time is replaced", minimum=0.5,
     ),
     SettingSpec(
         "journal", "retention_days", float, 30.0, "Drop events older than this (0 = keep)",
@@ -321,12 +327,22 @@ def _origin(setting: Setting) -> str:
 MAX_WORKERS = 64
 
 
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (a container's or ``taskset``'s
+    limit), else every core of the machine; at least 1."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # no sched_getaffinity on this platform
+        return max(1, os.cpu_count() or 1)
+
+
 def parse_workers(value: str) -> int:
-    """``daemon.workers`` as a count: ``"auto"`` is one per core (``os.cpu_count()``, at
-    least 1), else a whole number from 1 to ``MAX_WORKERS``. Raises ``SettingsError``."""
+    """``daemon.workers`` as a count: ``"auto"`` is one per usable core
+    (:func:`usable_cores`, at most ``MAX_WORKERS``), so 1 (one process) on a 1-core box;
+    else a whole number from 1 to ``MAX_WORKERS``. Raises ``SettingsError``."""
     text = value.strip().lower()
     if text == "auto":
-        return max(1, min(MAX_WORKERS, os.cpu_count() or 1))
+        return min(MAX_WORKERS, usable_cores())
     if not text.isdigit() or not 1 <= int(text) <= MAX_WORKERS:
         raise SettingsError(
             f"daemon.workers: expected a number from 1 to {MAX_WORKERS} or auto, got {value!r}")

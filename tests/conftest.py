@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -19,7 +18,6 @@ from palyra_py.testing import (
     MemoryKeyring,
     running_daemon,
     running_receiver,
-    short_state_dir,
 )
 from tests import leakcheck
 from tests.fault_helpers import admin_session
@@ -43,18 +41,16 @@ def no_secret_in_logs_or_outputs() -> Iterator[None]:
 
 @pytest.fixture
 def state_dir() -> Iterator[Path]:
-    path = short_state_dir("pt-")
-    yield path
-    problems = leakcheck.WATCH.scan_state_dir(path)
-    shutil.rmtree(path, ignore_errors=True)
-    assert not problems, f"secrets found in the state dir: {problems}"
+    with leakcheck.checked_state_dir() as path:
+        yield path
 
 
 @pytest.fixture
 async def parts(tmp_path: Path) -> AsyncIterator[tuple[Journal, SeqBus]]:
     """A started journal in tmp_path whose commits are published on a bus."""
     bus = SeqBus()
-    journal = Journal(SqliteJournal(tmp_path / "journal.db", on_commit=bus.publish))
+    journal = Journal(SqliteJournal(tmp_path / "journal.db",
+                                    on_commit=lambda seq, _events: bus.publish(seq)))
     await journal.start()
     yield journal, bus
     await journal.close()

@@ -24,12 +24,14 @@ def child_env(state_dir: Path) -> dict[str, str]:
 class DaemonProcess:
     def __init__(self, state_dir: Path, *, env: Mapping[str, str] | None = None,
                  preexec_fn: Callable[[], None] | None = None,
-                 args: Sequence[str] = ()) -> None:
+                 args: Sequence[str] = (), workers: str | None = "1") -> None:
         """``env`` is added to the child's environment; ``preexec_fn`` runs in the child
         before the daemon starts (resource limits, signal dispositions); ``args`` are
-        more ``daemon run`` options (``--workers 2``)."""
+        more ``daemon run`` options. ``workers``: ``--workers`` (one process unless a test
+        asks); ``None`` gives no flag, so the daemon runs its default (``auto``: on a
+        2-core box a control process and 2 workers)."""
         self.state_dir = state_dir
-        self.args = tuple(args)
+        self.args = (*args, *(() if workers is None else ("--workers", workers)))
         self.extra_env = dict(env or {})
         self.preexec_fn = preexec_fn
         self.proc: asyncio.subprocess.Process | None = None

@@ -4,7 +4,8 @@
 the writers' lock file or without), prints ``ready``, waits for a line on stdin, then
 appends ``COUNT`` events concurrently (every third one under a replay key shared by every
 appender) and prints one JSON line per append:
-``{"seq": ..., "event_id": ..., "duplicate": ..., "key": ...}``.
+``{"seq": ..., "event_id": ..., "duplicate": ..., "key": ...}``, then one line with what
+its commits told ``on_commit``: ``{"commits": [[last_seq, events], ...]}``.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ from palyra_py.journal.sqlite_journal import SqliteJournal
 
 
 async def main(path: Path, count: int, tag: str) -> None:
+    commits: list[tuple[int, int]] = []
     journal = Journal(SqliteJournal(path, start_check_s=0, batch_max=16,
-                      several_appenders=sys.argv[4] == "locked"))
+                      several_appenders=sys.argv[4] == "locked",
+                      on_commit=lambda seq, events: commits.append((seq, events))))
     await journal.start()
     print("ready", flush=True)
     await asyncio.to_thread(sys.stdin.readline)
@@ -38,6 +41,7 @@ async def main(path: Path, count: int, tag: str) -> None:
     await journal.close()
     for result in results:
         print(json.dumps(result), flush=True)
+    print(json.dumps({"commits": commits}), flush=True)
 
 
 if __name__ == "__main__":

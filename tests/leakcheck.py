@@ -8,11 +8,14 @@ run with where it was found (never the secret itself)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from palyra_py.testing import MemoryKeyring
+from palyra_py.testing import MemoryKeyring, short_state_dir
 
 MIN_LEN = 8  # shorter test secrets ("s", "x") would match by chance
 KEYRING_FILES = {"secrets.json", "secrets.json.lock"}
@@ -68,6 +71,17 @@ class LeakWatch:
 
 
 WATCH = LeakWatch()
+
+
+@contextlib.contextmanager
+def checked_state_dir(prefix: str = "pt-") -> Iterator[Path]:
+    """A fresh short state dir, scanned for every remembered secret and removed at the
+    end (a secret found there fails the test)."""
+    path = short_state_dir(prefix)
+    yield path
+    problems = WATCH.scan_state_dir(path)
+    shutil.rmtree(path, ignore_errors=True)
+    assert not problems, f"secrets found in the state dir: {problems}"
 
 
 def install() -> None:

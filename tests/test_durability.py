@@ -1,10 +1,15 @@
 """A 2xx means durable: SIGKILL the daemon while clients are sending; after a restart,
-every delivery that was answered 2xx is in the journal and the hash chain verifies."""
+every delivery that was answered 2xx is in the journal and the hash chain verifies.
+
+Each test runs with one process (``--workers 1``), two workers, and the default (no
+``--workers`` flag: on this box a control process and one worker per core)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 from pathlib import Path
 
 import aiohttp
@@ -24,28 +29,35 @@ async def admin_session(state_dir: Path) -> aiohttp.ClientSession:
     )
 
 
-@pytest.mark.parametrize("processes", ["1", "2"])
+WORKERS = pytest.mark.parametrize("workers", ["1", "2", None], ids=["1", "2", "default"])
+
+
+@WORKERS
 async def test_sigkill_while_sending_loses_no_acknowledged_event(
-    state_dir: Path, processes: str
+    state_dir: Path, workers: str | None
 ) -> None:
-    """With workers, SIGKILL hits the control process: its workers drain and stop."""
-    daemon = await DaemonProcess(state_dir, args=("--workers", processes)).start()
+    """With ``--workers 2``, SIGKILL hits the control process: its workers drain and stop.
+    With the default, every process of the daemon is SIGKILLed at once (the OOM killer
+    ending a cgroup, a container killed): nobody drains."""
+    daemon = await DaemonProcess(state_dir, workers=workers).start()
     async with await admin_session(state_dir) as admin:
         async with admin.post("/v1/webhooks", json={
             "integration_id": "gh", "provider": "github", "secret": {"value": SECRET},
         }) as resp:
             assert resp.status == 201, await resp.text()
+        async with admin.get("/v1/status") as resp:
+            pids = [p["pid"] for p in (await resp.json())["processes"]]
 
     github = get_provider("github")
     acked: set[str] = set()
     enough = asyncio.Event()
     url = f"{daemon.ingress}/hooks/gh"
 
-    async def sender(worker: int, http: aiohttp.ClientSession) -> None:
+    async def sender(lane: int, http: aiohttp.ClientSession) -> None:
         import time
 
         for n in range(10_000):
-            delivery = f"{worker:04d}-{n:06d}-durability-test"
+            delivery = f"{lane:04d}-{n:06d}-durability-test"
             # Each event its own content: the same content again would be a replay.
             body = BODY.replace(b'"ref"', f'"delivery": "{delivery}", "ref"'.encode(), 1)
             signed = github.sign(body, SECRET, time.time(), "push", delivery)
@@ -59,14 +71,16 @@ async def test_sigkill_while_sending_loses_no_acknowledged_event(
                 enough.set()
 
     async with aiohttp.ClientSession() as http:
-        workers = [asyncio.create_task(sender(w, http)) for w in range(16)]
+        senders = [asyncio.create_task(sender(lane, http)) for lane in range(16)]
         await asyncio.wait_for(enough.wait(), 120)
-        daemon.kill()  # in the middle of the traffic: requests are still in flight
-        await asyncio.gather(*workers)
+        # In the middle of the traffic: requests are still in flight.
+        for pid in pids if workers is None else pids[:1]:
+            os.kill(pid, signal.SIGKILL)
+        await asyncio.gather(*senders)
     assert await daemon.stop() != 0
     assert len(acked) >= 400
 
-    restarted = await DaemonProcess(state_dir, args=("--workers", processes)).start()
+    restarted = await DaemonProcess(state_dir, workers=workers).start()
     try:
         async with await admin_session(state_dir) as admin:
             found: set[str] = set()
@@ -89,14 +103,12 @@ async def test_sigkill_while_sending_loses_no_acknowledged_event(
         await restarted.stop()
 
 
-@pytest.mark.parametrize("workers", ["1", "2"])
+@WORKERS
 async def test_sighup_reloads_a_hand_edit_and_refuses_a_broken_one(
-    state_dir: Path, workers: str
+    state_dir: Path, workers: str | None
 ) -> None:
     """With workers, the control process reloads and every worker takes the registry."""
-    import signal
-
-    daemon = await DaemonProcess(state_dir, args=("--workers", workers)).start()
+    daemon = await DaemonProcess(state_dir, workers=workers).start()
     try:
         registry = state_dir / "webhooks.toml"
         registry.write_text(

@@ -118,8 +118,8 @@ async def test_payload_json_is_compact_and_sorted(journal: Journal, tmp_path: Pa
 
 
 async def test_concurrent_appends_share_commits(make_journal: JournalFactory) -> None:
-    committed: list[int] = []
-    journal = make_journal(on_commit=committed.append)
+    commits: list[tuple[int, int]] = []
+    journal = make_journal(on_commit=lambda seq, events: commits.append((seq, events)))
     await journal.start()
 
     results = await asyncio.gather(*(journal.append(event(i)) for i in range(200)))
@@ -128,6 +128,7 @@ async def test_concurrent_appends_share_commits(make_journal: JournalFactory) ->
     assert len({r.event_id for r in results}) == 200
     assert journal.commits < 20, journal.commits  # group commit: far fewer fsyncs than appends
     await asyncio.sleep(0)  # on_commit is scheduled with call_soon_threadsafe
+    committed = [seq for seq, _ in commits]
     assert committed and committed[-1] == 200 and committed == sorted(committed)
     assert len(committed) == journal.commits
     assert (await journal.verify()).ok

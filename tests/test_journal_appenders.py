@@ -31,11 +31,15 @@ async def _appender(path: Path, tag: str, mode: str) -> asyncio.subprocess.Proce
     return proc
 
 
-async def _results(proc: asyncio.subprocess.Process) -> list[dict[str, Any]]:
+async def _results(
+    proc: asyncio.subprocess.Process,
+) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
+    """Each append's result, and each commit's ``(last_seq, events)``."""
     assert proc.stdout is not None
     out = await asyncio.wait_for(proc.stdout.read(), 60)
     assert await proc.wait() == 0
-    return [json.loads(line) for line in out.splitlines()]
+    *appends, commits = [json.loads(line) for line in out.splitlines()]
+    return appends, [(seq, events) for seq, events in commits["commits"]]
 
 
 @pytest.mark.parametrize("mode", ["plain", "locked"])
@@ -51,7 +55,7 @@ async def test_two_processes_append_gap_free_and_chained(tmp_path: Path, mode: s
         assert proc.stdin is not None
         proc.stdin.write(b"go\n")
         await proc.stdin.drain()
-    results = [await _results(proc) for proc in procs]
+    results, commits = zip(*[await _results(proc) for proc in procs], strict=True)
 
     journal = Journal(SqliteJournal(path))
     await journal.start()
@@ -78,3 +82,10 @@ async def test_two_processes_append_gap_free_and_chained(tmp_path: Path, mode: s
     assert duplicates == shared
     acknowledged = {result["seq"] for result in results[0] + results[1]}
     assert acknowledged == set(seqs)
+    # Each process's commits count its own events (palyra_journal_batch_events): together
+    # exactly the journal's rows, each process the rows it wrote, whatever the other's
+    # commits in between moved the head by.
+    for own, its_commits in zip(results, commits, strict=True):
+        assert sum(events for _, events in its_commits) == sum(
+            not result["duplicate"] for result in own)
+    assert sum(events for its_commits in commits for _, events in its_commits) == len(seqs)

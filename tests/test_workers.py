@@ -33,7 +33,7 @@ def admin_session(state_dir: Path) -> aiohttp.ClientSession:
 
 @pytest.fixture
 async def daemon(state_dir: Path) -> AsyncIterator[DaemonProcess]:
-    process = await DaemonProcess(state_dir, args=("--workers", "2")).start()
+    process = await DaemonProcess(state_dir, workers="2").start()
     try:
         yield process
     finally:
@@ -94,6 +94,15 @@ async def _workers(state_dir: Path) -> list[dict[str, Any]]:
     return [p for p in status["processes"] if p["role"] == "worker"]
 
 
+def sample(exposition: str, name: str) -> float:
+    """The value of sample ``name`` in a Prometheus text exposition: a bare name, or one
+    with its labels as exposed (``x_total{a="1",b="2"}``, labels in name order)."""
+    for line in exposition.splitlines():
+        if line.startswith(f"{name} "):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no sample {name}")
+
+
 async def _verify(state_dir: Path) -> dict[str, Any]:
     return await _admin(state_dir, "POST", "/v1/journal/verify")
 
@@ -132,6 +141,10 @@ async def test_webhooks_spread_over_the_workers_are_journaled_once(
                         if line.startswith("palyra_ingress_requests_total{")
                         and 'reason="accepted"' in line]
             assert [float(line.rsplit(" ", 1)[1]) for line in accepted] == [len(deliveries)]
+            # Every process counted its own commits' events: together, the whole journal
+            # (each process's head moved past the others' rows too).
+            assert sample(text, "palyra_journal_batch_events_sum") == sample(
+                text, "palyra_journal_last_seq")
 
 
 async def test_an_edit_is_in_force_on_every_worker_when_the_call_returns(
@@ -312,9 +325,21 @@ async def test_a_commit_in_any_process_reaches_the_streams_of_the_others(
                 resp.close()
 
 
+@pytest.fixture
+async def quick_to_replace(state_dir: Path) -> AsyncIterator[DaemonProcess]:
+    """The ``daemon`` fixture's, waiting 2 s (not 10) for a worker to take an edit."""
+    process = await DaemonProcess(
+        state_dir, workers="2", env={"PALYRA_DAEMON_WORKER_ACK_TIMEOUT_S": "2"}).start()
+    try:
+        yield process
+    finally:
+        await process.stop()
+
+
 async def test_a_worker_that_does_not_acknowledge_an_edit_is_replaced(
-    state_dir: Path, daemon: DaemonProcess
+    state_dir: Path, quick_to_replace: DaemonProcess
 ) -> None:
+    daemon = quick_to_replace
     await _add_github(state_dir)
     victim = (await _workers(state_dir))[0]
     mark = len(daemon.log)
@@ -331,3 +356,6 @@ async def test_a_worker_that_does_not_acknowledge_an_edit_is_replaced(
     restarted = await daemon.wait_for_log(("worker_restarted",), mark)
     assert restarted["previous_pid"] == victim["pid"]
     assert any(r.get("event") == "worker_not_acknowledging" for r in daemon.log[mark:])
+    settings = (await _admin(state_dir, "GET", "/v1/status"))["settings"]
+    assert {"section": "daemon", "key": "worker_ack_timeout_s", "value": 2.0,
+            "source": "env"} in settings

@@ -91,15 +91,17 @@ def run(
         typer.Option(
             "--workers",
             metavar="N|auto",
-            help="Ingress worker processes sharing the listener (auto: one per core); 1 runs "
-            "everything in one process. Default from settings (daemon.workers).",
+            help="Ingress worker processes sharing the listener: N, or auto (one per core "
+            "this process may run on; 1 on a 1-core box). 1 runs everything in one process, "
+            "the lightest on a 1-2 core box. Default: daemon.workers, auto unless set.",
         ),
     ] = None,
 ) -> None:
     """Run the daemon in the foreground until SIGINT or SIGTERM.
 
     It serves the public ingress (POST /hooks/ID) on --listen and the admin API
-    on STATE_DIR/palyra.sock (mode 0600). SIGHUP reloads webhooks.toml.
+    on STATE_DIR/palyra.sock (mode 0600). SIGHUP reloads webhooks.toml. By
+    default a control process runs one ingress worker per core (--workers).
 
     Example:
 

@@ -86,12 +86,13 @@ class PostgresJournal:
         *,
         clock: Callable[[], float] = time.time,
         batch_max: int = 512,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[int, int], None] | None = None,
         connect_timeout_s: float = CONNECT_TIMEOUT_S,
     ) -> None:
         """``dsn``: the URI, or a function that gives it at ``start`` (a secret read
         then; whatever it raises is ``JournalUnavailable``, with its message). ``on_commit
-        (last_seq)`` runs in the event loop after each commit that wrote rows, before any of
+        (last_seq, events)`` runs in the event loop after each commit that wrote rows (``events``:
+        how many this commit wrote), before any of
         its appenders resumes."""
         self._dsn_source = dsn
         self._dsn = dsn if isinstance(dsn, str) else ""
@@ -328,8 +329,9 @@ class PostgresJournal:
         self._recovered()
         if self._commits % _SIZE_EVERY_COMMITS == 0:
             await self._measure()
-        if any(result.status == "new" for result in stored) and self._on_commit is not None:
-            self._on_commit(head.seq)
+        written = sum(1 for result in stored if result.status == "new")
+        if written and self._on_commit is not None:
+            self._on_commit(head.seq, written)
         for job, result in zip(jobs, stored, strict=True):
             if job.future.done():  # its caller was cancelled
                 continue

@@ -56,15 +56,17 @@ class SqliteJournal:
         *,
         clock: Callable[[], float] = time.time,
         batch_max: int = 512,
-        on_commit: Callable[[int], None] | None = None,
+        on_commit: Callable[[int, int], None] | None = None,
         busy_timeout_ms: int = DEFAULT_BUSY_TIMEOUT_MS,
         start_check_s: float = DEFAULT_START_CHECK_S,
         on_unavailable: Callable[[str], None] | None = None,
         several_appenders: bool = False,
     ) -> None:
-        """``on_commit(last_seq)`` runs in the event loop after each commit that wrote
-        rows. ``start`` runs ``PRAGMA quick_check`` for at most ``start_check_s`` seconds
-        (0: not at all). ``on_unavailable(reason)`` runs in the event loop once, when the
+        """``on_commit(last_seq, events)`` runs in the event loop after each commit of this
+        instance that wrote rows: the new head, and how many events that commit wrote (with
+        other appenders, not the distance from the head of its previous commit).
+        ``start`` runs ``PRAGMA quick_check`` for at most ``start_check_s`` seconds (0: not
+        at all). ``on_unavailable(reason)`` runs in the event loop once, when the
         file is found removed, replaced or damaged while open. ``several_appenders``: other
         processes append to this file too; the writers then take turns on
         ``<path>-writer.lock`` (see ``GroupCommitWriter``). Each batch reads the chain head

@@ -86,7 +86,7 @@ class GroupCommitWriter(QueueWriterThread):
         loop: asyncio.AbstractEventLoop,
         clock: Callable[[], float],
         batch_max: int,
-        on_commit: Callable[[int], None] | None,
+        on_commit: Callable[[int, int], None] | None,
         path: Path | None = None,
         writer_lock: Path | None = None,
     ) -> None:
@@ -155,14 +155,17 @@ class GroupCommitWriter(QueueWriterThread):
         if appends:
             self._commit(appends)
 
-    def _deliver(self, outcomes: list[Outcome], committed_seq: int | None = None) -> None:
-        on_commit = self._on_commit if committed_seq is not None else None
+    def _deliver(self, outcomes: list[Outcome],
+                 committed: tuple[int, int] | None = None) -> None:
+        """Settle ``outcomes`` in the loop; ``committed``: the new head and the events this
+        commit wrote, told to ``on_commit`` first."""
+        on_commit = self._on_commit if committed is not None else None
 
         def settle() -> None:
             # One loop callback: the head moves (on_commit) before any caller resumes, so a
             # caller that just got its seq never sees an older head on the bus.
-            if on_commit is not None and committed_seq is not None:
-                on_commit(committed_seq)
+            if on_commit is not None and committed is not None:
+                on_commit(*committed)
             settle_outcomes(outcomes)
 
         call_in_loop(self._loop, settle)
@@ -279,8 +282,10 @@ class GroupCommitWriter(QueueWriterThread):
             else:
                 value = AppendResult(result.seq, result.event_id, result.status == "duplicate")
                 outcomes.append((job.future, value))
-        written = any(result.status == "new" for result in stored)
-        self._deliver(outcomes, head[0] if written else None)
+        # Counted here, not from the head: other processes' rows may lie between two of
+        # this writer's heads.
+        written = sum(result.status == "new" for result in stored)
+        self._deliver(outcomes, (head[0], written) if written else None)
 
     def _retain(self, job: RetentionJob) -> None:
         result: int | JournalUnavailable

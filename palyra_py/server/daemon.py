@@ -1,6 +1,8 @@
-"""The daemon: one process, two listeners (public ingress on TCP, admin API on a 0600 Unix
-socket), one journal. :class:`Daemon` is an app factory that tests start in one line;
-:func:`run_daemon` is what ``palyra daemon run`` calls."""
+"""The daemon: two listeners (public ingress on TCP, admin API on a 0600 Unix socket), one
+journal; one process (``role`` ``single``), or by default a control process and one
+ingress worker process per core (``control``, ``worker``). :class:`Daemon` is an app
+factory that tests start in one line (one process); :func:`run_daemon` is what ``palyra
+daemon run`` calls."""
 
 from __future__ import annotations
 
@@ -188,6 +190,9 @@ class Daemon:
         self.metrics_view: Callable[[], Awaitable[bytes]] | None = None
         """What ``/metrics`` answers when it is more than this process's registry (every
         process's, merged)."""
+        self.readiness_view: Callable[[], Awaitable[tuple[str, str] | None]] | None = None
+        """A worker's: what keeps the control process from taking events (its journal and
+        its delivery store, which a worker does not open), asked by each ``/readyz``."""
         self._deliveries_from = deliveries_from
         self.delivery_store_lost = asyncio.Event()
         """Set once the removal of ``deliveries.db`` is logged (tests wait for it)."""
@@ -259,8 +264,8 @@ class Daemon:
         assert dsn is not None, "storage.backend is postgres"
         return dsn
 
-    def _committed(self, seq: int) -> None:
-        self.metrics.committed(seq)
+    def _committed(self, seq: int, events: int) -> None:
+        self.metrics.committed(seq, events)
         self.bus.publish(seq)
         if self.relay is not None:
             self.relay.notify(seq)
@@ -297,7 +302,9 @@ class Daemon:
         self.delivery_store_lost.set()
 
     def not_ready_because(self) -> tuple[str, str] | None:
-        """``(code, detail)`` of what keeps the daemon from taking events, else ``None``."""
+        """``(code, detail)`` of what keeps this process from taking events, else ``None``.
+        A worker checks the journal, not ``deliveries.db`` (only the control process opens
+        it): its ``/readyz`` adds the control process's answer (``readiness_view``)."""
         if self._ingress is None or self.stopped.is_set():
             return "not_started", "the daemon is starting or stopping"
         journal = self.journal.check_file()
@@ -671,6 +678,8 @@ class Daemon:
 
     async def _readyz(self, request: web.Request) -> web.Response:
         problem = self.not_ready_because()
+        if problem is None and self.readiness_view is not None:
+            problem = await self.readiness_view()
         if problem is None:
             return web.json_response({"status": "ready"})
         return web.json_response({"status": "not_ready", "reason": problem[0],
@@ -879,7 +888,9 @@ class Daemon:
         self.supervisor = Supervisor(
             count=self.workers, listener=self._listen_socket, state_dir=str(self.state_dir),
             flags=flags, on_restart=self._worker_restarted, on_usage=self._tokens_used,
-            on_metrics=self._merged_metrics, clock=self.clock)
+            answers={"metrics": self._merged_metrics_answer, "readiness": self._readiness_answer},
+            clock=self.clock,
+            ack_timeout_s=self.settings.get("daemon", "worker_ack_timeout_s"))
         self.metrics_view = self._merged_metrics
         try:
             await self.supervisor.start()
@@ -893,6 +904,13 @@ class Daemon:
         assert self.supervisor is not None
         texts = [self.metrics.render().decode(), *await self.supervisor.scrape()]
         return merge_expositions(texts)
+
+    async def _merged_metrics_answer(self) -> dict[str, Any]:
+        return {"text": (await self._merged_metrics()).decode()}
+
+    async def _readiness_answer(self) -> dict[str, Any]:
+        problem = self.not_ready_because()
+        return {"problem": None if problem is None else list(problem)}
 
     def ingress_figures(self) -> dict[str, Any]:
         """Answers by reason, open connections, streams and pending rejections of the
@@ -1109,7 +1127,10 @@ def run_daemon(
 
 def load_for_tests(state_dir: Path, env: Mapping[str, str] | None = None,
                    **flags: Any) -> Settings:
-    """Settings for an in-process daemon: ``listen="127.0.0.1:0"`` by default."""
-    values = {("daemon", "listen"): flags.pop("listen", "127.0.0.1:0")}
+    """Settings for an in-process daemon: ``listen="127.0.0.1:0"`` and one process
+    (``daemon__workers="1"``: workers are child processes, which an in-process daemon
+    cannot start) unless ``flags`` say otherwise."""
+    values = {("daemon", "listen"): flags.pop("listen", "127.0.0.1:0"),
+              ("daemon", "workers"): flags.pop("daemon__workers", "1")}
     values.update({tuple(k.split("__", 1)): v for k, v in flags.items()})  # type: ignore[misc]
     return load_settings(state_dir, env=env or {}, flags=values)

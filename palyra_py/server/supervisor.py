@@ -9,8 +9,10 @@ lines:
 - worker -> control: ``{"op": "ready", "pid": P}`` once it serves; ``{"op": "ack", "id":
   N, ...}`` answering a request; ``{"op": "usage", "tokens": {...}}`` now and then;
   ``{"op": "metrics", "id": N}``: the merged metrics of every process, answered
-  ``{"op": "answer", "id": N, "text": ...}``. Each message may carry ``"accepted"``, the
-  webhooks the worker journaled so far.
+  ``{"op": "answer", "id": N, "text": ...}``; ``{"op": "readiness", "id": N}``: what keeps
+  the control process from taking events (its journal, its delivery store), answered
+  ``{"op": "answer", "id": N, "problem": [code, detail] | null}``. Each message may carry
+  ``"accepted"``, the webhooks the worker journaled so far.
 - control -> worker: ``{"op": "reload", "id": N}``: re-read the registry and forget cached
   secrets, then ack; ``{"op": "ping", "id": N}``: ack (with fresh figures); ``{"op":
   "scrape", "id": N}``: ack with ``"text"``, the worker's own metrics exposition.
@@ -43,7 +45,8 @@ log = structlog.get_logger("palyra.supervisor")
 READY_TIMEOUT_S = 60.0
 """Longest wait for a new worker to serve (imports, opening the journal)."""
 ACK_TIMEOUT_S = 10.0
-"""Longest wait for a worker's acknowledgement of a reload before it is replaced."""
+"""Longest wait for a worker's acknowledgement of a reload before it is replaced, unless
+the supervisor is given another (``daemon.worker_ack_timeout_s``)."""
 PING_TIMEOUT_S = 2.0
 """Longest wait for a worker's figures (``daemon status``)."""
 STOP_TIMEOUT_S = 90.0
@@ -113,23 +116,27 @@ class Supervisor:
         flags: Mapping[str, Any],
         on_restart: Callable[[WorkerSlot, int | None, int], Awaitable[None]],
         on_usage: Callable[[Mapping[str, int]], None],
-        on_metrics: Callable[[], Awaitable[bytes]] | None = None,
+        answers: Mapping[str, Callable[[], Awaitable[dict[str, Any]]]] | None = None,
         clock: Callable[[], float] = time.time,
+        ack_timeout_s: float = ACK_TIMEOUT_S,
     ) -> None:
         """``flags``: the ``daemon run`` flags, passed on so every worker has the control
         process's settings. ``on_restart(slot, exit_code, previous_pid)`` runs after a
         worker that exited unasked serves again; ``on_usage(tokens)`` gets the token uses
-        a worker reports (token id -> unix seconds); ``on_metrics()`` answers a worker's
-        ``metrics`` request (every process's metrics, merged)."""
+        a worker reports (token id -> unix seconds); ``answers[op]()`` gives the fields of
+        the answer to a worker's ``op`` request (``metrics``: every process's metrics,
+        merged; ``readiness``: the control process's). ``ack_timeout_s``: how long
+        ``broadcast_reload`` waits for each worker before replacing it."""
         self._count = count
         self._listener = listener
         self._state_dir = state_dir
         self._flags = dict(flags)
         self._on_restart = on_restart
         self._on_usage = on_usage
-        self._on_metrics = on_metrics
+        self._answers = dict(answers or {})
         self._answering: set[asyncio.Task[None]] = set()
         self._clock = clock
+        self._ack_timeout_s = ack_timeout_s
         self.slots = [WorkerSlot(index) for index in range(count)]
         self._watchers: list[asyncio.Task[None]] = []
         self._stopping = False
@@ -153,7 +160,7 @@ class Supervisor:
     async def broadcast_reload(self) -> None:
         """Tell every live worker to re-read the registry and forget cached secrets;
         return once each has acknowledged. A worker that does not acknowledge within
-        ``ACK_TIMEOUT_S`` is killed: its replacement reads the registry as it starts."""
+        ``ack_timeout_s`` is killed: its replacement reads the registry as it starts."""
         self._next_id += 1
         request = self._next_id
         waits = [self._ask(slot, request) for slot in self.slots if slot.proc is not None]
@@ -193,7 +200,7 @@ class Supervisor:
             channel = slot.reader_task
             waits: set[asyncio.Future[Any]] = {future} if channel is None else {future, channel}
             done, _ = await asyncio.wait(
-                waits, timeout=ACK_TIMEOUT_S if op == "reload" else PING_TIMEOUT_S,
+                waits, timeout=self._ack_timeout_s if op == "reload" else PING_TIMEOUT_S,
                 return_when=asyncio.FIRST_COMPLETED)
             if future in done:
                 return future.result()
@@ -295,20 +302,19 @@ class Supervisor:
                     future = slot.acks.get(message.get("id", -1))
                     if future is not None and not future.done():
                         future.set_result(message)
-                elif op == "metrics" and self._on_metrics is not None:
-                    task = asyncio.create_task(self._answer_metrics(slot, message.get("id")))
+                elif isinstance(op, str) and op in self._answers:
+                    task = asyncio.create_task(self._answer(slot, op, message.get("id")))
                     self._answering.add(task)
                     task.add_done_callback(self._answering.discard)
                 elif op == "usage" and isinstance(message.get("tokens"), dict):
                     self._on_usage({key: value for key, value in message["tokens"].items()
                                     if isinstance(key, str) and isinstance(value, int)})
 
-    async def _answer_metrics(self, slot: WorkerSlot, request: Any) -> None:
-        assert self._on_metrics is not None
-        text = (await self._on_metrics()).decode()
+    async def _answer(self, slot: WorkerSlot, op: str, request: Any) -> None:
+        fields = await self._answers[op]()
         writer = slot.writer
         if writer is not None and not writer.is_closing():
-            writer.write(json.dumps({"op": "answer", "id": request, "text": text}).encode()
+            writer.write(json.dumps({**fields, "op": "answer", "id": request}).encode()
                          + b"\n")
             with contextlib.suppress(ConnectionError):
                 await writer.drain()

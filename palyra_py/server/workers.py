@@ -33,6 +33,9 @@ from palyra_py.settings import SettingsError, load_settings
 log = structlog.get_logger("palyra.worker")
 
 METRICS_TIMEOUT_S = 5.0
+READINESS_TIMEOUT_S = 2.0
+"""Longest wait for the control process's readiness before ``/readyz`` answers this
+worker's own."""
 
 
 class WorkerChannel:
@@ -42,7 +45,7 @@ class WorkerChannel:
         self._daemon = daemon
         self._sock = sock
         self._writer: asyncio.StreamWriter | None = None
-        self._asked: dict[int, asyncio.Future[str]] = {}
+        self._asked: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._next_id = 0
         self.closed = asyncio.Event()
         """Set when the control process's end closed."""
@@ -52,21 +55,43 @@ class WorkerChannel:
             sock=self._sock, limit=CHANNEL_LINE_MAX)
         return reader
 
+    async def ask(self, op: str, timeout_s: float) -> dict[str, Any] | None:
+        """The control process's answer to ``op``, or ``None`` if none came within
+        ``timeout_s``."""
+        self._next_id += 1
+        request = self._next_id
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._asked[request] = future
+        try:
+            await self.send({"op": op, "id": request})
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            return None
+        finally:
+            self._asked.pop(request, None)
+
     async def merged_metrics(self) -> bytes:
         """Every process's metrics, merged by the control process; this worker's own if
         the control process does not answer within ``METRICS_TIMEOUT_S``."""
-        self._next_id += 1
-        request = self._next_id
-        future: asyncio.Future[str] = asyncio.get_running_loop().create_future()
-        self._asked[request] = future
-        try:
-            await self.send({"op": "metrics", "id": request})
-            return (await asyncio.wait_for(future, METRICS_TIMEOUT_S)).encode()
-        except TimeoutError:
+        answer = await self.ask("metrics", METRICS_TIMEOUT_S)
+        if answer is None:
             log.warning("metrics_merge_timed_out", reason="only this worker's metrics answered")
             return self._daemon.metrics.render()
-        finally:
-            self._asked.pop(request, None)
+        return str(answer.get("text", "")).encode()
+
+    async def control_readiness(self) -> tuple[str, str] | None:
+        """What keeps the control process from taking events (``not_ready_because``
+        there), or ``None``; ``None`` too if it does not answer within
+        ``READINESS_TIMEOUT_S``: then ``/readyz`` is this worker's own view."""
+        answer = await self.ask("readiness", READINESS_TIMEOUT_S)
+        if answer is None:
+            log.warning("readiness_check_timed_out",
+                        reason="the control process did not answer; this worker's view")
+            return None
+        problem = answer.get("problem")
+        if isinstance(problem, list) and len(problem) == 2:
+            return str(problem[0]), str(problem[1])
+        return None
 
     def _accepted(self) -> int:
         return self._daemon.ingress.stats.by_reason.get("accepted", 0)
@@ -105,7 +130,7 @@ class WorkerChannel:
                 elif message.get("op") == "answer":
                     future = self._asked.get(message.get("id", -1))
                     if future is not None and not future.done():
-                        future.set_result(str(message.get("text", "")))
+                        future.set_result(message)
         except ConnectionError:
             pass
         finally:
@@ -138,6 +163,7 @@ async def _serve(daemon: Daemon, channel_sock: socket.socket, index: int) -> Non
     channel = WorkerChannel(daemon, channel_sock)
     reader = await channel.open()
     daemon.metrics_view = channel.merged_metrics
+    daemon.readiness_view = channel.control_readiness
     await daemon.start()
     tasks: list[asyncio.Task[None]] = [asyncio.create_task(channel.serve(reader)),
              asyncio.create_task(channel.report_usage_forever())]

@@ -43,8 +43,8 @@ class Engine:
         self._deliveries: list[DeliveryBackend] = []
 
     def journal(
-        self, *, clock: Callable[[], float], on_commit: Callable[[int], None] | None = None,
-        shared: bool = False,
+        self, *, clock: Callable[[], float],
+        on_commit: Callable[[int, int], None] | None = None, shared: bool = False,
     ) -> JournalBackend:
         """A journal backend, not started, over this test's storage; ``shared``: other
         backends append to the same storage too (processes or nodes)."""

@@ -41,7 +41,8 @@ async def test_a_lost_notice_is_recovered_by_the_poll_backstop(engine: Engine,
                                                                clock: ManualClock) -> None:
     told = engine.bus()
     lost: list[int] = []
-    journal = Journal(engine.journal(clock=clock, on_commit=lost.append))  # never told
+    journal = Journal(engine.journal(  # never told
+        clock=clock, on_commit=lambda seq, _events: lost.append(seq)))
     await journal.start()
     try:
         cursor = 0

@@ -42,7 +42,7 @@ def row(
 
 
 async def started(engine: Engine, clock: ManualClock,
-                  on_commit: Callable[[int], None] | None = None) -> JournalBackend:
+                  on_commit: Callable[[int, int], None] | None = None) -> JournalBackend:
     backend = engine.journal(clock=clock, on_commit=on_commit)
     await backend.start()
     return backend
@@ -58,9 +58,11 @@ async def read_all(backend: JournalBackend, flt: EventFilter | None = None) -> l
 
 async def test_concurrent_appends_get_gap_free_seqs(engine: Engine, clock: ManualClock
                                                     ) -> None:
-    committed: list[int] = []
-    backend = await started(engine, clock, on_commit=committed.append)
+    commits: list[tuple[int, int]] = []
+    backend = await started(engine, clock,
+                            on_commit=lambda seq, events: commits.append((seq, events)))
     results = await append_all(backend, [row(n) for n in range(300)])
+    committed = [seq for seq, _ in commits]
     assert sorted(r.seq for r in results) == list(range(1, 301))
     assert not any(r.duplicate for r in results)
     assert await backend.last_seq() == 300
@@ -68,6 +70,8 @@ async def test_concurrent_appends_get_gap_free_seqs(engine: Engine, clock: Manua
     assert [r.seq for r in rows] == list(range(1, 301))
     assert {r.event_id for r in rows} == {r.event_id for r in results}
     assert committed and committed[-1] == 300 and committed == sorted(committed)
+    # Each commit says how many events it wrote: together, every append.
+    assert sum(events for _, events in commits) == 300
     # A second round after the first committed goes on from the head.
     more = await append_all(backend, [row(n) for n in range(5)])
     assert sorted(r.seq for r in more) == [301, 302, 303, 304, 305]
