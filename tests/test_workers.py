@@ -145,6 +145,14 @@ async def test_webhooks_spread_over_the_workers_are_journaled_once(
             # (each process's head moved past the others' rows too).
             assert sample(text, "palyra_journal_batch_events_sum") == sample(
                 text, "palyra_journal_last_seq")
+    # journal.commits counts the workers' commits too: one at a time, each is its own.
+    before = (await _admin(state_dir, "GET", "/v1/status"))["journal"]["commits"]
+    one_by_one = [f"alone-{n}" for n in range(6)]
+    for delivery in one_by_one:
+        assert await _send_each_on_its_own_connection(
+            f"{daemon.ingress}/hooks/gh", [delivery]) == {delivery: 202}
+    status = await _admin(state_dir, "GET", "/v1/status")
+    assert status["journal"]["commits"] - before >= len(one_by_one), status["journal"]
 
 
 async def test_an_edit_is_in_force_on_every_worker_when_the_call_returns(

@@ -197,6 +197,10 @@ class DaemonRuntime(Protocol):
         public listener, summed over the processes that serve it."""
         ...
 
+    def journal_commits(self) -> int:
+        """Journal commits (one fsync each) since start, summed over the processes."""
+        ...
+
 
 # -- one context per handler class ---------------------------------------------------------
 

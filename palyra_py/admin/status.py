@@ -73,7 +73,7 @@ class AdminApi:
                 "size_bytes": ctx.journal.size_bytes(),
                 "last_seq": last_seq,
                 "problem": problem,
-                "commits": getattr(ctx.journal, "commits", None),
+                "commits": ctx.runtime.journal_commits(),
                 "retention": {
                     "days": ctx.settings.get("journal", "retention_days"),
                     "max_bytes": ctx.settings.get("journal", "retention_max_bytes"),

@@ -927,6 +927,12 @@ class Daemon:
                 figures[key] += int(slot.ingress.get(key) or 0)
         return {"answers": answers, **figures}
 
+    def journal_commits(self) -> int:
+        """Journal commits since start: this process's, plus with workers what each
+        reported last (a restarted worker counts from its own start)."""
+        return self.journal.commits + sum(
+            int(slot.ingress.get("journal_commits") or 0) for slot in self._worker_slots())
+
     def _worker_slots(self) -> list[WorkerSlot]:
         return [] if self.supervisor is None else self.supervisor.slots
 

@@ -103,7 +103,8 @@ class WorkerChannel:
         cap = self._daemon.connections
         message["ingress"] = {"answers": dict(self._daemon.ingress.stats.by_reason),
                               "connections": cap.open, "streams": cap.streams,
-                              "rejections_pending": self._daemon.rejections.pending()}
+                              "rejections_pending": self._daemon.rejections.pending(),
+                              "journal_commits": self._daemon.journal.commits}
         self._writer.write(json.dumps(message).encode() + b"\n")
         with contextlib.suppress(ConnectionError):
             await self._writer.drain()
