@@ -5,6 +5,7 @@ alone; enqueue returns what it created; the scheduler's reads; delivery ids."""
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -84,6 +85,36 @@ async def test_attempts_of_one_turn_share_a_commit_and_keep_their_own_results(
         assert stored is not None and stored[0] == got
         assert [(a.attempt_no, a.status_code) for a in stored[1]] == [
             (1, 200 if n % 2 == 0 else 500)]
+
+
+async def test_attempts_recorded_while_the_writer_is_busy_join_one_job(
+    store: DeliveryStore,
+) -> None:
+    """Attempts that finish in many turns of the loop while the writer works on something
+    else all go into its next job: one read, one insert and one update for all of them."""
+    deliveries = await store.enqueue_created("s1", 30, [new(n) for n in range(1, 31)],
+                                             now_ms=T0)
+    started, release = threading.Event(), threading.Event()
+
+    def hold(_: object) -> None:  # a write job that keeps the writer busy until released
+        started.set()
+        release.wait(10)
+
+    busy = asyncio.ensure_future(store._write(hold))
+    assert await asyncio.to_thread(started.wait, 10)
+    jobs = store.write_jobs
+    pending = []
+    for n, x in enumerate(deliveries):
+        pending.append(record(store, x, 1, T0 + n, ok=True))
+        await asyncio.sleep(0)  # one turn of the loop each: not one job per turn any more
+    release.set()
+    await busy
+    results = await asyncio.gather(*pending)
+    assert store.write_jobs - jobs == 2  # the busy job, then ONE job of 30 attempts
+    assert [r.delivery_id for r in results] == [x.delivery_id for x in deliveries]
+    assert all(r.status == "succeeded" and r.attempts == 1 for r in results)
+    more = await record(store, deliveries[0], 2, T0 + 100, ok=True)  # a new job after it
+    assert more.attempts == 2 and store.write_jobs - jobs == 3
 
 
 async def test_a_refused_attempt_does_not_undo_the_others_of_its_batch(

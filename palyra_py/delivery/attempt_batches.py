@@ -1,18 +1,20 @@
-"""The batching of ``record_attempt`` calls: those recorded together (see
-``AttemptBatcher``) go to the engine's writer as ONE job, and each caller gets its own
-outcome once that job is committed.
+"""The batching of ``record_attempt`` calls: those recorded while the writer is busy go to
+the engine's writer as ONE job, and each caller gets its own outcome once that job is
+committed.
 
 Attempts finish in bursts (a receiver answers many requests at once); one job for a burst
 costs one read of the deliveries, one statement for the attempt rows and one for the
 deliveries' updates, instead of seven statements, a future and a queue hand-off per
 attempt on the writer thread, which must win the GIL back from the busy event loop after
-each statement.
+each statement. A job stays open to new attempts until the writer starts it, so that a
+transaction holds one record job, whatever the number of loop turns it waited for.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -54,32 +56,38 @@ def settle_batch(items: Sequence[PendingRecord],
                 _log.exception("delivery store: on_committed failed")
 
 
-class AttemptBatcher:
-    """Collects ``PendingRecord``s into writer jobs: straight away while the writer has
-    none of ours (nothing to wait for), else all those of the current turn of the event
-    loop in one job, queued behind it. ``submit(items)`` must make the job call
-    ``settled()`` once it is settled; ``flush`` submits what is collected at once (before
-    the writer stops)."""
+RECORD_BATCH_MAX = 1000
+"""Most attempts in one open job; beyond, the next ones start another."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 submit: Callable[[list[PendingRecord]], None]) -> None:
-        self._loop = loop
+
+class AttemptBatcher:
+    """Collects ``PendingRecord``s into writer jobs. The first attempt while no job of ours
+    waits for the writer submits one at once (``submit(items)``: nothing to wait for); the
+    later ones join that job's ``items`` until the writer starts it, so the attempts
+    recorded while the writer works on something else share its next transaction.
+
+    The job calls ``close(items)`` when it starts, on the writer thread (``add`` runs in
+    the event loop: a lock hands the list over), or before it settles unstarted; from then
+    on ``items`` never grows, and the job settles every item in it."""
+
+    def __init__(self, submit: Callable[[list[PendingRecord]], None], *,
+                 batch_max: int = RECORD_BATCH_MAX) -> None:
         self._submit = submit
-        self._items: list[PendingRecord] = []
-        self._outstanding = 0
+        self._batch_max = batch_max
+        self._open: list[PendingRecord] | None = None
+        self._lock = threading.Lock()
 
     def add(self, item: PendingRecord) -> None:
-        self._items.append(item)
-        if not self._outstanding:
-            self.flush()
-        elif len(self._items) == 1:
-            self._loop.call_soon(self.flush)
+        with self._lock:
+            if self._open is not None and len(self._open) < self._batch_max:
+                self._open.append(item)
+                return
+            items = self._open = [item]
+        self._submit(items)
 
-    def flush(self) -> None:
-        items, self._items = self._items, []
-        if items:
-            self._outstanding += 1
-            self._submit(items)
-
-    def settled(self) -> None:
-        self._outstanding = max(0, self._outstanding - 1)
+    def close(self, items: list[PendingRecord]) -> list[PendingRecord]:
+        """``items`` (a submitted job's list), which takes no more attempts from now on."""
+        with self._lock:
+            if self._open is items:
+                self._open = None
+        return items

@@ -118,6 +118,11 @@ class DeliveryStore:
         """Write transactions committed so far (one fsync each), for tests and metrics."""
         return 0 if self._writer is None else self._writer.commits
 
+    @property
+    def write_jobs(self) -> int:
+        """Writer jobs committed so far (attempts recorded together are one), for tests."""
+        return 0 if self._writer is None else self._writer.jobs
+
     async def start(self) -> None:
         """Create or open the file (0600, WAL, schema) and start the writer thread.
         Raises ``DeliveryStoreUnavailable`` if the file cannot be used."""
@@ -135,7 +140,7 @@ class DeliveryStore:
         self._writer = DeliveryWriter(writer_sql, loop=self._loop, batch_max=self._batch_max,
                                       path=self.path)
         self._writer.on_unavailable = self.on_unavailable
-        self._batcher = AttemptBatcher(self._loop, self._submit_records)
+        self._batcher = AttemptBatcher(self._submit_records)
         self._writer.start()
 
     def _open(self) -> tuple[DeliverySql, DeliverySql, str | None]:
@@ -157,8 +162,7 @@ class DeliveryStore:
         if self._closed:
             return
         self._closed = True
-        if self._batcher is not None:
-            self._batcher.flush()  # attempts of this turn of the loop go before the stop
+        # Every attempt recorded so far is in a job already queued: it goes before the stop.
         if self._writer is not None:
             self._writer.stop()
             await asyncio.to_thread(self._writer.join)
@@ -353,7 +357,7 @@ class DeliveryStore:
             raise ValueError("a pending delivery needs next_attempt_ms")
         loop, batcher = self._writable()
         future: asyncio.Future[Delivery] = loop.create_future()
-        # Recorded in one writer job with the attempts that come while the writer is busy
+        # Recorded in one writer job with the attempts that come until the writer starts it
         # (attempt_batches); the transaction is still committed before this returns.
         batcher.add(PendingRecord(attempt_row(attempt), status, next_attempt_ms, now_ms, future,
                                   on_committed))
@@ -365,14 +369,17 @@ class DeliveryStore:
 
     def _submit_records(self, items: list[PendingRecord]) -> None:
         writer, batcher = self._writer, self._batcher
-        if writer is None or batcher is None:  # not started; close() flushes before it stops
-            return
+        assert writer is not None and batcher is not None, "_writable checked it"
+
+        def run(sql: DeliverySql) -> list[Delivery | Exception]:
+            # Closed when the writer starts it: what comes from now on makes the next job.
+            return record_batch(sql, batcher.close(items))
 
         def settle(outcome: list[Delivery | Exception] | BaseException) -> None:
-            batcher.settled()
-            settle_batch(items, outcome)
+            # Closed here too, for a job the writer refused without running it.
+            settle_batch(batcher.close(items), outcome)
 
-        writer.submit(WriteJob(lambda sql: record_batch(sql, items), settle))
+        writer.submit(WriteJob(run, settle))
 
     async def health(self, subscription_id: str) -> tuple[int | None, int | None]:
         """``(last_success_ms, failing_since_ms)``; ``(None, None)`` before any attempt."""

@@ -66,6 +66,8 @@ class DeliveryWriter(QueueWriterThread):
         self._sql = sql
         self._loop = loop
         self.commits = 0
+        self.jobs = 0
+        """Jobs run in committed transactions (a batch of attempts is one)."""
         # As the journal's writer: SQLite goes on writing into an unlinked inode, so the
         # path must still name the file written, or nothing written is kept.
         self._path = path
@@ -140,6 +142,7 @@ class DeliveryWriter(QueueWriterThread):
                 outcomes.append((job.settle, value))
         sql.commit()
         self.commits += 1
+        self.jobs += len(jobs)
         return outcomes
 
     @staticmethod

@@ -74,6 +74,10 @@ class SubState:
         return cls(EventMatcher(sub.events, sub.filter), RateLimiter(sub.rate_limit_per_s),
                    sub, headers, rotation)
 
+    def signer_cached(self, now: float) -> bool:
+        """Whether ``signer`` is what ``load_secrets`` would return at ``now`` (no await)."""
+        return self.signer is not None and self.rotation.cached(now) is self.secrets
+
     async def load_secrets(self, store: SecretStore, now: float) -> StandardWebhooksSigner:
         """The signer of the current secret and, inside its grace period, the previous
         one; resolved once and kept until that grace ends. Raises ``SecretNotFound`` /
@@ -240,22 +244,26 @@ class AttemptRunner:
         sub = state.subscription
         now = self._clock()
         started_ms = int(now * 1000)
-        try:
-            url = await state.target_url(self._secrets, self._https_only)
-            await state.resolve_headers(self._secrets)
-        except UrlUnavailable as exc:
-            return started_ms, AttemptOutcome(None, exc.error_class, exc.detail, None, 0, None)
+        url = state.target
+        if url is None or not state.headers_resolved:  # once per version of the subscription
+            try:
+                url = await state.target_url(self._secrets, self._https_only)
+                await state.resolve_headers(self._secrets)
+            except UrlUnavailable as exc:
+                return started_ms, AttemptOutcome(None, exc.error_class, exc.detail, None, 0,
+                                                  None)
         if prepared is None:
             prepared = await self._event(delivery.event_seq)
         if prepared is None:
             return started_ms, AttemptOutcome(None, "connect", "event no longer in the journal",
                                               None, 0, None)
-        try:
-            await state.load_secrets(self._secrets, now)
-        except (SecretNotFound, SecretRefError) as exc:
-            return started_ms, AttemptOutcome(None, "connect",
-                                              f"signing secret unavailable: {exc}", None, 0,
-                                              None)
+        if not state.signer_cached(now):
+            try:
+                await state.load_secrets(self._secrets, now)
+            except (SecretNotFound, SecretRefError) as exc:
+                return started_ms, AttemptOutcome(None, "connect",
+                                                  f"signing secret unavailable: {exc}", None, 0,
+                                                  None)
         body, headers = prepare_request(state, prepared, now)
         return started_ms, await self._sender.post(url, body, headers, sub.timeout_s)
 

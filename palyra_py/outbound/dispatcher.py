@@ -219,9 +219,13 @@ class Dispatcher:
         kept, so nothing is enqueued or attempted any more (until a restart)."""
         return self._store.check_file() is not None
 
+    def _halted_already(self) -> bool:
+        # What the last check found (no stat): the passes check the file themselves.
+        return self._store.unavailable_reason is not None
+
     async def _enqueue_forever(self) -> None:
         while True:
-            if self.halted():
+            if self._halted_already():
                 await self._halted.wait()
             try:
                 progressed = await self.enqueue_once()
@@ -314,7 +318,7 @@ class Dispatcher:
 
     async def _schedule_forever(self) -> None:
         while True:
-            if self.halted():
+            if self._halted_already():
                 await self._halted.wait()
             self._wake.clear()
             try:
@@ -495,11 +499,11 @@ class Dispatcher:
             self._tasks.discard(t)
             if not launched.settled:  # not recorded (crashed, cancelled)
                 self._ready.invalidate()  # the store says whether it is still due
-                self._settled(launched, None)
+                self._settled(launched, None)  # it starts a pass
+            # (Settled before: its slot went to the next delivery, or it started a pass.)
             if not t.cancelled() and t.exception() is not None:
                 log.error("delivery_attempt_crashed", delivery_id=launched.delivery_id,
                           error=repr(t.exception()))
-            self._nudge()
 
         task.add_done_callback(finished)
 
@@ -513,8 +517,12 @@ class Dispatcher:
         if state is None:
             return
         state.open = max(0, state.open - 1)
-        if launch and not self._launch_next(state):
-            self._nudge()
+        if not launch or self._launch_next(state):
+            return
+        sub = state.subscription
+        if not sub.ordered and state.in_flight >= RESEND_FACTOR * sub.max_in_flight:
+            return  # no launch before a record: each one launches or starts a pass
+        self._nudge()
 
     def _settled(self, launched: _Launched, next_ms: int | None) -> None:
         """The attempt's outcome is in the store (or never will be): the delivery may be
@@ -546,12 +554,15 @@ class Dispatcher:
         a pass would launch that one now anyway (no wait for the scheduler's turn: under load
         every hop through it costs a turn of the busy loop). False: leave it to a pass."""
         sub = state.subscription
+        # The cheap checks first: under load the record budget is often what says no.
+        if (sub.ordered or not sub.enabled or self._stopping
+                or self._ready.queued(sub.subscription_id) == 0
+                or not self._has_slot(sub, state)
+                or self._store.unavailable_reason is not None):
+            return False
         now_ms = self.now_ms()
-        if (self._stopping or self._store.unavailable_reason is not None
-                or sub.ordered or not sub.enabled
-                or self._ready.needs_full_read(now_ms)
-                or self._subscriptions().get(sub.subscription_id) is not sub
-                or self._ready.queued(sub.subscription_id) == 0):
+        if (self._ready.needs_full_read(now_ms)
+                or self._subscriptions().get(sub.subscription_id) is not sub):
             return False
         capacity = self._slots.free
         launched, waited = self._launch_from_queue(sub, state, now_ms, min(capacity, 1))
