@@ -188,3 +188,38 @@ def test_big_rows_in_one_batch_keep_their_statement_journal_in_memory(
     assert store.walk_chain().first_broken_seq is None
     store.close()
     assert len(replay_rows(tmp_path / "journal.db")) == 60
+
+
+async def test_appends_of_one_loop_pass_commit_together_within_batch_max(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    # 50 appends made in one pass of the event loop reach the writer as one item: one
+    # commit, or ceil(50 / batch_max) with a smaller bound, seqs gap-free either way.
+    for batch_max, commits in ((512, 1), (8, 7)):
+        journal = Journal(SqliteJournal(tmp_path / f"j{batch_max}.db", clock=clock,
+                                        batch_max=batch_max))
+        await journal.start()
+        try:
+            results = await asyncio.gather(*(
+                journal.append(NewEvent(kind="k", source="s", payload={"i": i},
+                                        replay_key=ReplayKey("gh", f"d{i % 40}", 60)))
+                for i in range(50)
+            ))
+            assert journal.commits == commits
+            assert sorted({r.seq for r in results}) == list(range(1, 41))
+            assert sum(r.duplicate for r in results) == 10
+            assert (await journal.verify()).ok
+        finally:
+            await journal.close()
+
+
+async def test_close_commits_the_appends_of_the_current_pass(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    backend = SqliteJournal(tmp_path / "journal.db", clock=clock)
+    await backend.start()
+    # Queued in this pass (the writer has not been handed them yet), then closed at once.
+    futures = [backend.append(row(f"E{i}", f"k{i}")) for i in range(5)]
+    await backend.close()
+    async with asyncio.timeout(10):
+        assert [(await f).seq for f in futures] == [1, 2, 3, 4, 5]
