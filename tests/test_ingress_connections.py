@@ -345,3 +345,47 @@ async def test_an_open_file_limit_that_holds_nothing_refuses_to_start(
     assert daemon.proc is not None and await daemon.proc.wait() == 1
     (refusal,) = [r for r in daemon.log if r.get("event") == "daemon_cannot_start"]
     assert "open-file limit is 300" in refusal["error"] and "LimitNOFILE" in refusal["error"]
+
+
+async def test_a_read_with_a_whole_request_counts_the_next_heads_first_bytes(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    # One read holds a whole request (head and body: one parser call) and the first 3,000
+    # bytes of the next head; 2,000 more arrive later, never the blank line. Those first
+    # bytes count: the second head is past the 4,096-byte limit.
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              ingress__max_head_bytes=4096) as d:
+        async with admin_session(d.socket_path) as admin:
+            await add_integration(admin, "gh")
+        body = b'{"n": 1}'
+        signed = get_provider("github").sign(body, SECRET, d.clock(), "push", uuid.uuid4().hex)
+        first = request_bytes("POST", "/hooks/gh", list(signed.headers.items()), body)
+        next_head = b"GET /healthz HTTP/1.1\r\nX-Pad: " + b"p" * 2970 + b"\r\n"
+        conn = await RawConnection.tcp(d.ingress_port)
+        await conn.send(first + next_head)
+        assert (await conn.response()).status == 202
+        await conn.send(b"X-More: " + b"m" * 2000 + b"\r\n")
+        assert await conn.closed_by_peer()
+        assert d.ingress.stats.by_reason["head_too_large"] == 1
+        await conn.close()
+
+
+async def test_whole_requests_one_per_read_are_each_counted_afresh(
+    state_dir: Path, memory_keyring: MemoryKeyring
+) -> None:
+    # Request after request on one connection, each head and body in one write: each head
+    # starts the count again, however long the bodies before it were.
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              ingress__max_head_bytes=4096) as d:
+        async with admin_session(d.socket_path) as admin:
+            await add_integration(admin, "gh")
+        conn = await RawConnection.tcp(d.ingress_port)
+        for n in range(5):
+            body = b'{"n": %d, "blob": "%b"}' % (n, b"b" * 3500)
+            signed = get_provider("github").sign(body, SECRET, d.clock(), "push",
+                                                 uuid.uuid4().hex)
+            headers = [*signed.headers.items(), ("X-Pad", "p" * 3000)]
+            await conn.send(request_bytes("POST", "/hooks/gh", headers, body))
+            assert (await conn.response()).status == 202
+        assert "head_too_large" not in d.ingress.stats.by_reason
+        await conn.close()

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from palyra_py.journal.backend import PendingRow
 from palyra_py.journal.chain import chain_hash, new_row_hash
 from palyra_py.journal.journal import Journal, NewEvent, ReplayKey
-from palyra_py.journal.sqlite import JournalStore
+from palyra_py.journal.sqlite import _PRUNE_EVERY, JournalStore
 from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.testing import ManualClock
 
@@ -151,3 +151,75 @@ async def test_unstorable_replay_key_fails_its_own_append(
         assert (await journal.append(NewEvent(kind="k", source="s", payload={}))).seq == 1
     finally:
         await journal.close()
+
+
+def test_keys_another_writer_left_to_expire_are_pruned_within_a_bound(
+    store: JournalStore, tmp_path: Path
+) -> None:
+    # Another process's store writes short-lived keys; this one, whose own keys live long,
+    # still prunes them within _PRUNE_EVERY batches, and reads the head the other wrote.
+    other = JournalStore.open(tmp_path / "journal.db", busy_timeout_ms=1000, create=True)
+    _, head = store.append_batch([row("L0", "long", 10**9)], now_ms=1000, head=None)
+    _, head = other.append_batch([row(f"S{i}", f"short{i}", 100) for i in range(5)],
+                                 now_ms=1000, head=None)
+    other.close()
+    assert head[0] == 6
+    for n in range(_PRUNE_EVERY):
+        stored, head = store.append_batch([row(f"M{n}", f"m{n}", 10**9)], now_ms=5000,
+                                          head=None)
+        assert stored[0].seq == 7 + n  # chained on the other writer's rows
+    store.close()
+    keys = replay_rows(tmp_path / "journal.db")
+    assert not [k for k in keys if k.startswith("short")]
+    assert "long" in keys and len(keys) == 1 + _PRUNE_EVERY
+
+
+def test_big_rows_in_one_batch_keep_their_statement_journal_in_memory(
+    store: JournalStore, tmp_path: Path
+) -> None:
+    # 60 rows of 8 KB with keys: the batch's statement journal is past SQLite's 64 KiB
+    # spill; the writer keeps it in memory (temp_store 2), and the chain and keys are as
+    # for small rows.
+    assert store._conn.execute("PRAGMA temp_store").fetchone() == (2,)
+    rows = [row(f"B{i}", f"k{i}")._replace(payload_json='{"p":"' + "y" * 8000 + '"}')
+            for i in range(60)]
+    stored, head = store.append_batch(rows, now_ms=1000, head=None)
+    assert [s.seq for s in stored] == list(range(1, 61)) and head[0] == 60
+    assert store.walk_chain().first_broken_seq is None
+    store.close()
+    assert len(replay_rows(tmp_path / "journal.db")) == 60
+
+
+async def test_appends_of_one_loop_pass_commit_together_within_batch_max(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    # 50 appends made in one pass of the event loop reach the writer as one item: one
+    # commit, or ceil(50 / batch_max) with a smaller bound, seqs gap-free either way.
+    for batch_max, commits in ((512, 1), (8, 7)):
+        journal = Journal(SqliteJournal(tmp_path / f"j{batch_max}.db", clock=clock,
+                                        batch_max=batch_max))
+        await journal.start()
+        try:
+            results = await asyncio.gather(*(
+                journal.append(NewEvent(kind="k", source="s", payload={"i": i},
+                                        replay_key=ReplayKey("gh", f"d{i % 40}", 60)))
+                for i in range(50)
+            ))
+            assert journal.commits == commits
+            assert sorted({r.seq for r in results}) == list(range(1, 41))
+            assert sum(r.duplicate for r in results) == 10
+            assert (await journal.verify()).ok
+        finally:
+            await journal.close()
+
+
+async def test_close_commits_the_appends_of_the_current_pass(
+    tmp_path: Path, clock: ManualClock
+) -> None:
+    backend = SqliteJournal(tmp_path / "journal.db", clock=clock)
+    await backend.start()
+    # Queued in this pass (the writer has not been handed them yet), then closed at once.
+    futures = [backend.append(row(f"E{i}", f"k{i}")) for i in range(5)]
+    await backend.close()
+    async with asyncio.timeout(10):
+        assert [(await f).seq for f in futures] == [1, 2, 3, 4, 5]

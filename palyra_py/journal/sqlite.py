@@ -48,7 +48,11 @@ _INSERT_KEYS = (
     " expires_at_ms) VALUES "
 )
 _INSERT_ROWS_MAX = 64  # rows per INSERT: 64 x 13 parameters stay under SQLite's old 999
+_INSERT_EXACT_MAX = 32  # up to this many rows: one INSERT of exactly that size
 _LIVE_KEYS_MAX = 256  # keys looked up per statement (2 parameters each)
+_PRUNE_EVERY = 64
+"""Batches between two prunes of expired replay keys at most, even when no key this store
+wrote has expired: other processes append keys too."""
 
 
 @cache
@@ -58,30 +62,49 @@ def _insert_sql(head: str, columns: int, rows: int) -> str:
 
 
 def _insert_rows(cur: sqlite3.Cursor, head: str, rows: list[tuple[Any, ...]]) -> None:
-    """INSERT ``rows`` with a few multi-row statements rather than one per row: sizes that
-    are powers of two (a handful of statement texts, all cached), largest first."""
+    """INSERT ``rows`` with as few multi-row statements as the statement cache allows: a
+    batch of up to ``_INSERT_EXACT_MAX`` rows in one statement of its own size, a bigger
+    one in chunks of ``_INSERT_ROWS_MAX`` and a power of two, then the rest likewise.
+    Every statement releases and takes back the GIL (twice: step and reset), and while the
+    event loop holds it each take is a wait and a context switch, so fewer is cheaper."""
     if not rows:
         return
     columns = len(rows[0])
     start = 0
     while start < len(rows):
-        size = min(_INSERT_ROWS_MAX, 1 << ((len(rows) - start).bit_length() - 1))
+        left = len(rows) - start
+        size = (left if left <= _INSERT_EXACT_MAX
+                else min(_INSERT_ROWS_MAX, 1 << (left.bit_length() - 1)))
         chunk = rows[start:start + size]
         cur.execute(_insert_sql(head, columns, size), [value for row in chunk for value in row])
         start += size
 
 
+_HEAD_SQL = (
+    "SELECT 'head', NULL, NULL, seq, hash FROM"
+    " (SELECT seq, hash FROM journal_events ORDER BY seq DESC LIMIT 1)"
+)
+
+
 @cache
-def _live_keys_sql(count: int) -> str:
+def _live_keys_sql(count: int, with_head: bool) -> str:
+    """The live replay keys among ``count`` listed ones (tagged ``key``), after the chain's
+    newest row (tagged ``head``) when ``with_head``: one statement for both."""
+    if count == 0:
+        return _HEAD_SQL
     # CROSS JOIN keeps the listed keys as the outer loop, so each is one primary-key
     # search (left to itself the planner may scan the expiry index instead).
     values = ", ".join("(?, ?)" for _ in range(count))
-    return (
+    keys = (
         f"WITH k(integration_id, delivery_id) AS (VALUES {values})"  # noqa: S608 (placeholders)
-        " SELECT r.integration_id, r.delivery_id, r.seq, r.event_id FROM k"
+        " SELECT 'key', r.integration_id, r.delivery_id, r.seq, r.event_id FROM k"
         " CROSS JOIN replay_keys AS r ON r.integration_id = k.integration_id"
         " AND r.delivery_id = k.delivery_id WHERE r.expires_at_ms > ?"
     )
+    if not with_head:
+        return keys
+    # The head's subquery first: UNION ALL keeps both plans as they are alone.
+    return keys.replace(" SELECT 'key'", f" {_HEAD_SQL} UNION ALL SELECT 'key'", 1)
 
 _SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS journal_events (
@@ -222,6 +245,11 @@ class JournalStore:
 
     def __init__(self, conn: sqlite3.Connection) -> None:
         self._conn = conn
+        # When the expired replay keys must next be pruned: at the first batch, then once
+        # a key this store wrote may have expired, or after _PRUNE_EVERY batches (keys of
+        # other processes). Only ever moved on by a committed prune or insert.
+        self._prune_at_ms: int | None = None
+        self._batches_unpruned = 0
 
     @classmethod
     def open(cls, path: Path, *, busy_timeout_ms: int, create: bool) -> JournalStore:
@@ -237,6 +265,13 @@ class JournalStore:
             path, busy_timeout_ms=busy_timeout_ms, create=create, label="journal",
             prepare=prepare,
         )
+        if create:
+            # The statement journal in memory: a multi-row INSERT of a batch needs one
+            # (the replay keys' OR REPLACE may abort halfway), and past 64 KiB SQLite
+            # spilled it to a temporary file: an open, an unlink and a hundred writes per
+            # commit. It holds the pages the statement changes that existed before it
+            # (b-tree pages, never a payload's new overflow pages): tens of pages a batch.
+            conn.execute("PRAGMA temp_store = MEMORY")
         return cls(conn)
 
     def close(self) -> None:
@@ -295,18 +330,26 @@ class JournalStore:
     ) -> tuple[list[Stored], ChainHead]:
         # Statements per batch, not per row, where one can answer for all: each statement
         # drops and retakes the GIL, which the event loop is waiting for.
+        # The transaction is BEGIN, one SELECT (head and live keys), the prune when due,
+        # one INSERT per table, COMMIT.
         cur = self._conn.cursor()
         cur.execute("BEGIN IMMEDIATE")
         try:
-            seq, prev_hash = self.head() if head is None else head
-            # Bounded pruning, enough to outpace the keys this batch can add (two a row).
-            cur.execute(
-                "DELETE FROM replay_keys WHERE rowid IN (SELECT rowid FROM replay_keys"
-                " WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?)",
-                (now_ms, 4 * len(rows) + 64),
-            )
-            live = self._live_keys(cur, [pair for row in rows for pair in key_pairs(row)],
-                                   now_ms)
+            pairs = [pair for row in rows for pair in key_pairs(row)]
+            found, live = self._live_keys(cur, pairs, now_ms, with_head=head is None)
+            seq, prev_hash = (found or self.checkpoint() or ChainHead(0, ZERO_HASH)
+                              ) if head is None else head
+            pruned_all = False
+            if self._prune_due(now_ms):
+                # Bounded, enough to outpace the keys the batches since the last prune can
+                # have added (two a row).
+                limit = 4 * len(rows) * (self._batches_unpruned + 1) + 64
+                cur.execute(
+                    "DELETE FROM replay_keys WHERE rowid IN (SELECT rowid FROM replay_keys"
+                    " WHERE expires_at_ms <= ? ORDER BY expires_at_ms LIMIT ?)",
+                    (now_ms, limit),
+                )
+                pruned_all = cur.rowcount < limit
             plan = plan_batch(
                 rows, head=(seq, prev_hash), now_ms=now_ms, live=live,
                 id_taken=self._event_id_taken if checked_ids else None,
@@ -317,26 +360,54 @@ class JournalStore:
         except BaseException:
             self.rollback()
             raise
+        self._pruned(pruned_all, plan.keys)
         return plan.stored, plan.head
+
+    def _prune_due(self, now_ms: int) -> bool:
+        return (self._prune_at_ms is None or now_ms >= self._prune_at_ms
+                or self._batches_unpruned + 1 >= _PRUNE_EVERY)
+
+    def _pruned(self, complete: bool, keys: list[tuple[Any, ...]]) -> None:
+        """After a commit: a complete prune left no expired key; the keys written expire
+        at their ``expires_at_ms`` (the last field)."""
+        if complete:
+            self._batches_unpruned = 0
+            self._prune_at_ms = min((key[-1] for key in keys), default=None)
+            if self._prune_at_ms is None:
+                self._prune_at_ms = 1 << 62  # no key known to expire: the batch count rules
+            return
+        self._batches_unpruned += 1
+        if keys and self._prune_at_ms is not None:
+            self._prune_at_ms = min(self._prune_at_ms, min(key[-1] for key in keys))
+
     def _live_keys(
-        self, cur: sqlite3.Cursor, keys: list[KeyPair], now_ms: int
-    ) -> dict[KeyPair, Stored]:
-        """The replay keys among ``keys`` that are present and not expired."""
+        self, cur: sqlite3.Cursor, keys: list[KeyPair], now_ms: int, *, with_head: bool
+    ) -> tuple[ChainHead | None, dict[KeyPair, Stored]]:
+        """The chain's newest row (with ``with_head``; ``None`` for an empty table) and the
+        replay keys among ``keys`` that are present and not expired."""
+        head: ChainHead | None = None
         found: dict[KeyPair, Stored] = {}
-        for start in range(0, len(keys), _LIVE_KEYS_MAX):
-            chunk = keys[start:start + _LIVE_KEYS_MAX]
+        chunks = [keys[start:start + _LIVE_KEYS_MAX]
+                  for start in range(0, len(keys), _LIVE_KEYS_MAX)] or [[]]
+        for index, chunk in enumerate(chunks):
+            first = with_head and index == 0
+            if not chunk and not first:
+                continue
             # Padded to a power of two (repeating a key is harmless): a handful of
             # statement texts, all kept in the connection's statement cache.
-            size = 1 << (len(chunk) - 1).bit_length()
-            chunk += [chunk[0]] * (size - len(chunk))
+            size = 1 << (len(chunk) - 1).bit_length() if chunk else 0
+            chunk = chunk + [chunk[0]] * (size - len(chunk)) if chunk else chunk
             params = [part for pair in chunk for part in pair]
-            for integration_id, delivery_id, seq, event_id in cur.execute(
-                _live_keys_sql(size), (*params, now_ms)
+            for tag, integration_id, delivery_id, seq, value in cur.execute(
+                _live_keys_sql(size, first), (*params, now_ms) if chunk else ()
             ):
-                found[(integration_id, delivery_id)] = Stored(
-                    int(seq), str(event_id), "duplicate"
-                )
-        return found
+                if tag == "head":
+                    head = ChainHead(int(seq), str(value))
+                else:
+                    found[(integration_id, delivery_id)] = Stored(
+                        int(seq), str(value), "duplicate"
+                    )
+        return head, found
 
     def _event_id_taken(self, event_id: str) -> bool:
         found = self._conn.execute(

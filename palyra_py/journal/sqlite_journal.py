@@ -86,6 +86,8 @@ class SqliteJournal:
         self._start_check_s = start_check_s
         self._on_unavailable = on_unavailable
         self._start_check = "not run"
+        # Appends of the current event-loop pass, handed to the writer together at its end.
+        self._tick: list[AppendJob] = []
 
     @property
     def start_check(self) -> str:
@@ -187,6 +189,7 @@ class SqliteJournal:
         Later appends raise ``JournalUnavailable``."""
         if self._closed:
             return
+        self._flush()
         self._closed = True
         if self._writer is not None:
             self._writer.stop()
@@ -206,10 +209,23 @@ class SqliteJournal:
     def append(self, row: PendingRow) -> asyncio.Future[AppendResult]:
         """Queue ``row`` for the writer's next batch; the future settles after its
         commit."""
-        writer, loop = self._live_writer()
+        _, loop = self._live_writer()
         job = AppendJob(row, loop.create_future())
-        writer.submit(job)
+        tick = self._tick
+        tick.append(job)
+        if len(tick) == 1:
+            # The appends made until the loop's next pass go to the writer as one item: it
+            # wakes once for them and commits them together, rather than waking (and
+            # taking the GIL from the loop) for the first one alone.
+            loop.call_soon(self._flush)
         return job.future
+
+    def _flush(self) -> None:
+        """Hand the appends of this pass to the writer (close and retention call it too, so
+        that queue order holds)."""
+        jobs, self._tick = self._tick, []
+        if jobs and self._writer is not None:
+            self._writer.submit(jobs)
 
     async def apply_retention(self, *, max_age_s: float | None, max_bytes: int | None) -> int:
         """Runs on the writer thread between append batches, so appends never fail
@@ -218,6 +234,7 @@ class SqliteJournal:
         if max_age_s is None and max_bytes is None:
             return 0
         job = RetentionJob(max_age_s, max_bytes, loop.create_future())
+        self._flush()
         writer.submit(job)
         return await job.future
 

@@ -1,8 +1,9 @@
 """The journal's writer thread: group commit over one SQLite connection.
 
 ``Journal`` hands each append or retention run to ``GroupCommitWriter`` as a job carrying an
-asyncio future. The thread runs jobs in the order they were queued, commits the appends
-queued together in one transaction (one fsync for the lot), and settles each future in the
+asyncio future (the appends of one event-loop pass together, as one queue item). The thread
+runs jobs in the order they were queued, commits the appends queued together in one
+transaction (one fsync for the lot, at most ``batch_max``), and settles each future in the
 event loop once its outcome is final: an ``AppendResult`` (for retention, the number of rows
 removed) after the commit, or ``JournalUnavailable`` / ``DuplicateEventId``.
 """
@@ -120,7 +121,9 @@ class GroupCommitWriter(QueueWriterThread):
         self.commits = 0
         self.failed_batches = 0
 
-    def submit(self, job: AppendJob | RetentionJob) -> None:
+    def submit(self, job: AppendJob | RetentionJob | list[AppendJob]) -> None:
+        """Queue one job, or a list of appends (those of one event-loop pass): one queue
+        item, so one wake-up of this thread for all of them."""
         self._put(job)
 
     def _close(self) -> None:
@@ -144,8 +147,14 @@ class GroupCommitWriter(QueueWriterThread):
     def _run_batch(self, batch: list[object]) -> None:
         appends: list[AppendJob] = []
         for job in batch:
-            if isinstance(job, AppendJob):
-                appends.append(job)
+            if isinstance(job, AppendJob | list):
+                if isinstance(job, list):
+                    appends.extend(job)
+                else:
+                    appends.append(job)
+                while len(appends) > self._batch_max:  # a list may hold more
+                    self._commit(appends[:self._batch_max])
+                    appends = appends[self._batch_max:]
             elif isinstance(job, RetentionJob):
                 # Queue order holds: appends queued before the retention commit first.
                 if appends:
