@@ -251,3 +251,18 @@ def plan_batch(
         stored.append(Stored(seq, row.event_id, "new"))
     return BatchPlan(stored, events, keys, ChainHead(seq, prev_hash))
 
+
+
+def fnmatch_class_end(pattern: str, start: int) -> int | None:
+    """Where the ``[...]`` class whose ``[`` is just before ``start`` ends (the index of
+    its ``]``), found the way ``fnmatch`` does (a leading ``!`` and a leading ``]`` belong
+    to the class); ``None`` when it is not closed (``fnmatch`` then takes ``[`` literally).
+    For the engines' translations of type globs into their own pattern syntax."""
+    j, n = start, len(pattern)
+    if j < n and pattern[j] == "!":
+        j += 1
+    if j < n and pattern[j] == "]":
+        j += 1
+    while j < n and pattern[j] != "]":
+        j += 1
+    return None if j >= n else j

@@ -30,6 +30,7 @@ from palyra_py.journal.chain import (
     BatchPlan,
     ChainCheck,
     KeyPair,
+    fnmatch_class_end,
     key_pairs,
     plan_batch,
 )
@@ -180,15 +181,8 @@ def like_for_fnmatch(pattern: str) -> tuple[str, bool]:
         elif ch == "?":
             out.append("_")
         elif ch == "[":
-            # The class's end as fnmatch finds it: a leading "!" and "]" belong to it.
-            j = i
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
+            j = fnmatch_class_end(pattern, i)
+            if j is None:
                 out.append("[")  # unclosed: fnmatch takes "[" literally
             else:
                 out.append("_")

@@ -22,6 +22,7 @@ from palyra_py.journal.chain import (
     EVENT_COLUMNS,
     ZERO_HASH,
     KeyPair,
+    fnmatch_class_end,
     key_pairs,
     plan_batch,
 )
@@ -184,16 +185,8 @@ def glob_for_fnmatch(pattern: str) -> tuple[str, bool]:
         if ch in "*?":
             out.append(ch)
         elif ch == "[":
-            # Find the end of the class the way fnmatch does: a leading "!" and a
-            # leading "]" belong to the class.
-            j = i
-            if j < n and pattern[j] == "!":
-                j += 1
-            if j < n and pattern[j] == "]":
-                j += 1
-            while j < n and pattern[j] != "]":
-                j += 1
-            if j >= n:
+            j = fnmatch_class_end(pattern, i)
+            if j is None:
                 out.append("[[]")  # unclosed: fnmatch takes "[" literally
             else:
                 out.append("?")  # a class matches exactly one character
