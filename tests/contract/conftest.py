@@ -20,6 +20,7 @@ import pytest
 from palyra_py.bus.base import Bus
 from palyra_py.bus.local import SeqBus
 from palyra_py.delivery.backend import DeliveryBackend
+from palyra_py.delivery.postgres_store import PostgresDeliveries
 from palyra_py.delivery.sqlite_store import DeliveryStore
 from palyra_py.journal.backend import JournalBackend
 from palyra_py.journal.postgres_journal import PostgresJournal
@@ -27,8 +28,7 @@ from palyra_py.journal.sqlite_journal import SqliteJournal
 from tests.pg import PgServer
 
 ENGINES = ["sqlite", "postgres"]
-DELIVERY_ENGINES = ["sqlite"]
-"""The delivery store has no PostgreSQL engine yet."""
+DELIVERY_ENGINES = ENGINES
 
 
 class Engine:
@@ -63,9 +63,13 @@ class Engine:
 
     def deliveries(self) -> DeliveryBackend:
         """A delivery backend, not started, over this test's storage."""
-        if self.name != "sqlite":
+        backend: DeliveryBackend
+        if self.name == "sqlite":
+            backend = DeliveryStore(self._root / "deliveries.db")
+        elif self.name == "postgres" and self._dsn is not None:
+            backend = PostgresDeliveries(self._dsn)
+        else:
             raise AssertionError(f"no delivery store for engine {self.name!r}")
-        backend: DeliveryBackend = DeliveryStore(self._root / "deliveries.db")
         self._deliveries.append(backend)
         return backend
 

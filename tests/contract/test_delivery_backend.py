@@ -10,7 +10,12 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from palyra_py.delivery.backend import DeliveryBackend, DeliveryLog, DeliveryQueue
+from palyra_py.delivery.backend import (
+    DeliveryBackend,
+    DeliveryLog,
+    DeliveryQueue,
+    DeliveryStoreUnavailable,
+)
 from palyra_py.delivery.records import (
     SUBSCRIPTION_REMOVED,
     AttemptRecord,
@@ -216,3 +221,124 @@ async def test_prune_keeps_pending_deliveries(store: DeliveryBackend) -> None:
     assert await store.prune(T0 + 1_000) == 1
     assert await store.get(done.delivery_id) is None
     assert await store.get(waiting.delivery_id) is not None
+
+
+async def test_closed_and_empty_answers(engine: Engine) -> None:
+    backend = engine.deliveries()
+    await backend.start()
+    assert await backend.resume_seq() is None
+    assert await backend.oldest_pending_age_ms(T0) is None
+    assert await backend.oldest_pending_of([]) == {}
+    assert await backend.due_page(T0, 10, []) == ([], None)
+    assert await backend.oldest_pending("s1") is None
+    assert await backend.get("D" * 26) is None
+    assert backend.unavailable_reason is None and backend.check_file() is None
+    await create(backend, "s1", [4], cursor=9)
+    assert await backend.resume_seq() == 4
+    await backend.close()
+    with pytest.raises(DeliveryStoreUnavailable):
+        await backend.cursor("s1")
+    with pytest.raises(DeliveryStoreUnavailable):
+        await backend.set_cursor("s1", 1)
+
+
+async def test_attempt_texts_are_kept_to_their_bounds(store: DeliveryBackend) -> None:
+    one, two = await create(store, "s1", [1, 2], cursor=2)
+    long_detail = "é" * 2000
+    long_excerpt = "ü" * 5000  # 10,000 bytes of UTF-8
+    await store.record_attempt(
+        AttemptRecord(one.delivery_id, 1, T0, 5, 500, "http_5xx", long_detail, long_excerpt),
+        status="failed", next_attempt_ms=None, now_ms=T0)
+    # A receiver's body may hold any byte: recording it never fails.
+    await store.record_attempt(
+        AttemptRecord(two.delivery_id, 1, T0, 5, 500, "http_5xx", "a\x00b", "c\x00d"),
+        status="failed", next_attempt_ms=None, now_ms=T0)
+    found = await store.get(one.delivery_id)
+    assert found is not None
+    (kept,) = found[1]
+    assert kept.error_detail == "é" * 512
+    assert kept.response_excerpt is not None
+    assert len(kept.response_excerpt.encode()) <= 4096
+    assert kept.response_excerpt == "ü" * 2048
+    other = await store.get(two.delivery_id)
+    assert other is not None
+    (odd,) = other[1]
+    assert odd.error_detail is not None and len(odd.error_detail) == 3
+    assert odd.error_detail[::2] == "ab"
+
+
+async def test_a_refused_attempt_in_a_burst_leaves_the_others(store: DeliveryBackend) -> None:
+    created = await create(store, "s1", [1, 2, 3], cursor=3)
+    await attempt(store, created[1], at=T0, status="pending", code=503,
+                  error_class="http_5xx", next_ms=T0 + 10)
+    # Recorded together: attempt 1 of the second delivery again, and an unknown one.
+    outcomes = await asyncio.gather(
+        attempt(store, created[0], at=T0 + 1, status="succeeded"),
+        store.record_attempt(
+            AttemptRecord(created[1].delivery_id, 1, T0, 1, 200, None, None, None),
+            status="succeeded", next_attempt_ms=None, now_ms=T0 + 2),
+        store.record_attempt(
+            AttemptRecord("D" * 26, 1, T0, 1, 200, None, None, None),
+            status="succeeded", next_attempt_ms=None, now_ms=T0 + 3),
+        attempt(store, created[2], at=T0 + 4, status="succeeded"),
+        return_exceptions=True,
+    )
+    assert isinstance(outcomes[1], ValueError) and "already recorded" in str(outcomes[1])
+    assert isinstance(outcomes[2], DeliveryNotFound)
+    assert [o.status for o in (outcomes[0], outcomes[3]) if isinstance(o, Delivery)] == [
+        "succeeded", "succeeded"]
+    second = await store.get(created[1].delivery_id)
+    assert second is not None
+    assert second[0].status == "pending" and second[0].attempts == 1
+    assert [a.status_code for a in second[1]] == [503]
+
+
+# -- several writers on one storage (engines whose storage is shared by nodes) -----------
+
+
+def shared_pair(engine: Engine) -> tuple[DeliveryBackend, DeliveryBackend]:
+    if engine.name == "sqlite":
+        pytest.skip("deliveries.db has one writer process (the control process) by design")
+    return engine.deliveries(), engine.deliveries()
+
+
+async def test_two_writers_create_each_delivery_once(engine: Engine) -> None:
+    a, b = shared_pair(engine)
+    await a.start()
+    await b.start()
+    seqs = list(range(1, 41))
+    # Both enqueue the same events at once, each moving the cursor to its own page end.
+    made = await asyncio.gather(*(
+        w.enqueue_created("s1", cursor, [new(s) for s in seqs[:cursor]], now_ms=T0)
+        for w, cursor in ((a, 40), (b, 25), (a, 30), (b, 40))
+    ))
+    created = [d.event_seq for batch in made for d in batch]
+    assert sorted(created) == seqs  # each event once, whichever writer made it
+    listed = await b.list(subscription_id="s1", limit=1000)
+    assert sorted(d.event_seq for d in listed) == seqs
+    assert {d.delivery_id for batch in made for d in batch} == {d.delivery_id for d in listed}
+    # The cursor never went back, whichever commit came last.
+    assert await a.cursor("s1") == 40 and await b.cursor("s1") == 40
+    await b.enqueue_created("s1", 12, [new(3)], now_ms=T0)
+    assert await a.cursor("s1") == 40
+
+
+async def test_two_writers_record_one_attempt_once(engine: Engine) -> None:
+    a, b = shared_pair(engine)
+    await a.start()
+    await b.start()
+    (delivery,) = await create(a, "s1", [1], cursor=1)
+    outcomes = await asyncio.gather(
+        attempt(a, delivery, at=T0 + 10, status="succeeded"),
+        attempt(b, delivery, at=T0 + 20, status="succeeded"),
+        return_exceptions=True,
+    )
+    refused = [o for o in outcomes if isinstance(o, ValueError)]
+    done = [o for o in outcomes if isinstance(o, Delivery)]
+    assert len(refused) == 1 and len(done) == 1, outcomes
+    found = await b.get(delivery.delivery_id)
+    assert found is not None
+    assert found[0].attempts == 1 and len(found[1]) == 1
+    # Each writer sees what the other committed.
+    assert await a.health("s1") == await b.health("s1") != (None, None)
+    assert await b.pending_count() == 0
