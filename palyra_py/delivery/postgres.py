@@ -439,12 +439,13 @@ class DeliveryPgSql:
         ``since_ms``."""
         source, where = _attempts_where(subscription_id, since_ms)
         found = await self.conn.fetchrow(
-            "SELECT count(*), count(*) FILTER (WHERE a.error_class IS NULL)"  # noqa: S608
+            "SELECT count(*) AS attempts,"  # noqa: S608
+            " count(*) FILTER (WHERE a.error_class IS NULL) AS clean"
             f" FROM {source} WHERE {where.sql}",
             *where.params,
         )
         assert found is not None
-        return int(found[0]), int(found[1])
+        return int(found["attempts"]), int(found["clean"])
 
     async def recent_durations(self, subscription_id: str | None, since_ms: int | None,
                                limit: int) -> list[int]:
