@@ -7,12 +7,14 @@ moves every row to a new key, once. The key is watched for by the suite's leak c
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import contextlib
 import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -262,3 +264,50 @@ async def test_reencrypt_moves_every_row_to_the_new_key_once(
         assert third["failed"] == [
             f"db:webhook:odd: sealed with key {key_id(stranger)}, which this node does not"
             " have (set it as [secrets] key_ref or add it to [secrets] previous_key_refs)"]
+
+
+async def test_with_workers_a_db_secret_written_by_an_edit_is_in_force_on_every_worker(
+    pg_server: PgServer, state_dir: Path, key_dir: Path,
+) -> None:
+    """``--workers 2``: each process keeps its own copy of the rows; an admin edit that
+    writes a db: secret is in force on every worker when it returns (each worker reads
+    the table again as it takes the edit), not one poll later."""
+    from palyra_py.providers import get_provider
+    from tests.daemon_process import DaemonProcess
+
+    db = database(pg_server)
+    _, key_ref = new_key(key_dir, "key")
+    env = {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": pg_server.dsn(db),
+           "PALYRA_SECRETS_KEY_REF": key_ref}
+    process = await DaemonProcess(state_dir, env=env, workers="2").start()
+    github = get_provider("github")
+
+    async def statuses(secret: str, first: int) -> list[int]:
+        connector = aiohttp.TCPConnector(force_close=True)  # each on its own connection
+        async with aiohttp.ClientSession(connector=connector) as http:
+            async def one(n: int) -> int:
+                body = json.dumps({"n": n}).encode()
+                signed = github.sign(body, secret, time.time(), "push", f"delivery-{n:06d}")
+                async with http.post(f"{process.ingress}/hooks/gh", data=signed.body,
+                                     headers=dict(signed.headers)) as resp:
+                    return resp.status
+            return list(await asyncio.gather(*(one(first + n) for n in range(12))))
+
+    try:
+        async with admin_session(state_dir / "palyra.sock") as admin:
+            added = await answer(admin, "POST", "/v1/webhooks", integration_id="gh",
+                                 provider="github", secret={"generate": True})
+            leakcheck.WATCH.remember(added["secret"])
+            assert added["webhook"]["secret_ref"] == "db:webhook:gh"
+            assert await statuses(added["secret"], 0) == [202] * 12
+            rotated = await answer(admin, "POST", "/v1/webhooks/gh/rotate-secret", grace_s=0)
+            leakcheck.WATCH.remember(rotated["secret"])
+            assert await statuses(rotated["secret"], 100) == [202] * 12
+            assert set(await statuses(added["secret"], 200)) == {401}
+            workers = [p for p in (await answer(admin, "GET", "/v1/status"))["processes"]
+                       if p["role"] == "worker"]
+            assert len(workers) == 2
+    finally:
+        await process.stop()
+        for record in process.log:
+            leakcheck.WATCH.record(f"daemon log {record.get('event')!r}", json.dumps(record))

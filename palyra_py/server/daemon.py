@@ -68,7 +68,7 @@ from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
 from palyra_py.secrets.dsn import storage_dsn
 from palyra_py.secrets.refs import SecretRefError
-from palyra_py.secrets.shared import DbSecrets
+from palyra_py.secrets.shared import DbSecrets, DbSecretsUnavailable
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.metrics_view import merge_expositions
@@ -584,6 +584,9 @@ class Daemon:
             except RegistryError as exc:
                 log.error("registry_refresh_refused", error=str(exc))
                 return
+            if self.db_secrets is not None:  # a db: secret the edit wrote, in force now
+                with contextlib.suppress(DbSecretsUnavailable):
+                    await self.db_secrets.refresh()
             self.secrets.forget_cached()
             for entry in self.active.values():
                 entry.secrets.forget()
