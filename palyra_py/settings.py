@@ -168,6 +168,16 @@ SPECS: tuple[SettingSpec, ...] = (
         "Secret reference (env:VAR, file:PATH or keyring:NAME) whose value is the PostgreSQL"
         " URI; instead of dsn",
     ),
+    SettingSpec(
+        "secrets", "key_ref", str, "",
+        "With backend = postgres: env:VAR or file:PATH holding the 32-byte key (base64 or"
+        " hex) that seals db: secrets with AES-GCM; the same on every node",
+    ),
+    SettingSpec(
+        "secrets", "previous_key_refs", str, "",
+        "Comma-separated env:/file: refs of older keys still accepted for reading db:"
+        " secrets (key rotation: palyra secrets reencrypt)",
+    ),
 )
 
 _BY_NAME = {(s.section, s.key): s for s in SPECS}

@@ -1,5 +1,6 @@
 """Secrets as the admin API handles them, for integrations and subscriptions alike: where a
-new secret comes from (generated, given, or a reference), storing it in the keyring, and
+new secret comes from (generated, given, or a reference), storing it in the keyring (or, in
+cluster mode with ``[secrets] key_ref``, as a ``db:`` secret every node reads), and
 rotation with a grace period during which the previous secret still counts."""
 
 from __future__ import annotations
@@ -9,10 +10,11 @@ import contextlib
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from palyra_py.admin.errors import ApiError, invalid
 from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
+from palyra_py.secrets.shared import DbSecretsUnavailable
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.times import format_rfc3339
 
@@ -64,16 +66,31 @@ def secret_choice(
     return SecretChoice(None, ref, False)
 
 
-async def store_secret(store: SecretStore, name: str, value: str) -> str:
-    """Store in the keyring; a backend failure is a 422 ``secret_error`` that names the
-    backend and the error class, never the value."""
+async def store_secret(store: SecretStore, name: str, value: str,
+                       kind: Literal["keyring", "db"] = "keyring") -> str:
+    """Store in the keyring, or as ``db:NAME`` (``kind``, when the store has its ``db:``
+    secrets); return the reference. A failure is a 422 ``secret_error`` that names where
+    and the error class, never the value."""
     try:
+        if kind == "db" and store.db is not None:
+            return await store.db.put(name, value)
         return await asyncio.to_thread(store.store, name, value)
+    except DbSecretsUnavailable as exc:
+        raise ApiError(422, "secret_error", f"could not store db:{name}: {exc}") from None
     except Exception as exc:
         raise ApiError(
             422, "secret_error",
             f"could not store the secret in {store.backend_name}: {type(exc).__name__}",
         ) from None
+
+
+async def delete_secret(store: SecretStore, kind: str, name: str) -> None:
+    """Remove ``kind:name`` (``keyring`` or ``db``); an absent one is not an error."""
+    if kind == "db":
+        if store.db is not None:
+            await store.db.delete(name)
+        return
+    await asyncio.to_thread(store.delete, name)
 
 
 def grace_seconds(body: Mapping[str, Any]) -> float:
@@ -91,18 +108,20 @@ class Rotation:
     """Registry changes: secret_ref, previous_secret_ref, previous_valid_until."""
     until: datetime | None
     replaced: tuple[tuple[str, str | None], ...] = ()
-    """Keyring names written, each with what it held before (``None``: nothing)."""
+    """Names written (keyring or ``db:``, as ``kind``), each with what it held before
+    (``None``: nothing)."""
+    kind: Literal["keyring", "db"] = "keyring"
 
     async def undo(self, store: SecretStore) -> None:
-        """Put the keyring back as it was: for when the registry edit that was to go with
-        the rotation is refused, so that the registry's references still find the secrets
-        the senders and receivers use."""
+        """Put the secrets back as they were: for when the registry edit that was to go
+        with the rotation is refused, so that the registry's references still find the
+        secrets the senders and receivers use."""
         for name, before in reversed(self.replaced):
             if before is None:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(store.delete, name)
+                    await delete_secret(store, self.kind, name)
             else:
-                await store_secret(store, name, before)
+                await store_secret(store, name, before, self.kind)
         store.forget_cached()
 
 
@@ -115,31 +134,33 @@ async def rotate(
     choice: SecretChoice,
     grace_s: float,
     now: datetime,
+    kind: Literal["keyring", "db"] = "keyring",
 ) -> Rotation:
     """Put the new secret in place, then ``record(changes)`` (the registry edit). A
-    keyring-held current secret (``keyring:<current_name>``) is first copied to
-    ``<current_name>:previous`` so both count during the grace period. If the edit is
-    refused (``ApiError``), the keyring writes are undone, so the registry's references
-    still find the secrets in use, and the error goes on."""
+    current secret held where the new one goes (``<kind>:<current_name>``, ``kind`` the
+    keyring or ``db``) is first copied to ``<current_name>:previous`` so both count during
+    the grace period (a secret held elsewhere keeps its reference as the previous one).
+    If the edit is refused (``ApiError``), the writes are undone, so the registry's
+    references still find the secrets in use, and the error goes on."""
     prev_ref = old_ref
     new_ref = choice.ref
     replaced: list[tuple[str, str | None]] = []
     if choice.value is not None:
-        old_value = await _held(store, f"keyring:{current_name}")
-        if old_ref == f"keyring:{current_name}" and grace_s > 0:
+        old_value = await _held(store, f"{kind}:{current_name}")
+        if old_ref == f"{kind}:{current_name}" and grace_s > 0:
             previous_name = f"{current_name}:previous"
             if old_value is not None:
-                replaced.append((previous_name, await _held(store, f"keyring:{previous_name}")))
-            prev_ref = (await store_secret(store, previous_name, old_value)
+                replaced.append((previous_name, await _held(store, f"{kind}:{previous_name}")))
+            prev_ref = (await store_secret(store, previous_name, old_value, kind)
                         if old_value is not None else None)
         replaced.append((current_name, old_value))
-        new_ref = await store_secret(store, current_name, choice.value)
+        new_ref = await store_secret(store, current_name, choice.value, kind)
     store.forget_cached()
     until = now + timedelta(seconds=grace_s) if grace_s > 0 and prev_ref else None
     rotation = Rotation(
         {"secret_ref": new_ref, "previous_secret_ref": prev_ref if until else None,
          "previous_valid_until": until},
-        until, tuple(replaced),
+        until, tuple(replaced), kind,
     )
     try:
         await record(rotation.changes)

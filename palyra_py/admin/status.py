@@ -28,6 +28,16 @@ def open_files(runtime: DaemonRuntime) -> dict[str, Any]:
             "lowered": budget.lowered, "warning": runtime.fd_warning or None}
 
 
+def per_node_warnings(ctx: StatusContext) -> list[dict[str, str]]:
+    """In cluster mode, each integration whose secret is per node (``keyring:``)."""
+    rows = []
+    for integration_id, integ in sorted(ctx.reloader.registry.integrations.items()):
+        warning = ctx.secrets.per_node_warning(integ.secret_ref)
+        if warning is not None:
+            rows.append({"integration_id": integration_id, "warning": warning})
+    return rows
+
+
 class AdminApi:
     def __init__(self, context: StatusContext) -> None:
         self.ctx = context
@@ -80,7 +90,8 @@ class AdminApi:
                 },
             },
             "integrations": {"total": len(ctx.reloader.registry.integrations),
-                             "by_readiness": by_readiness},
+                             "by_readiness": by_readiness,
+                             "warnings": per_node_warnings(ctx)},
             "ingress": {**ctx.runtime.ingress_figures(),
                         "max_connections": connections.limit,
                         "max_connections_per_source": connections.per_source},

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -16,6 +15,7 @@ from palyra_py.admin.records import edit_registry, path_id, refuse_fields, valid
 from palyra_py.admin.records import registry_error as registry_error  # re-exported
 from palyra_py.admin.secrets import (
     SecretChoice,
+    delete_secret,
     grace_seconds,
     rfc3339,
     rotate,
@@ -83,6 +83,9 @@ class WebhooksApi:
         data = integ.to_dict()
         readiness, _ = await self.ctx.readiness.readiness_of(integ)
         data["readiness"] = readiness
+        warning = self.ctx.secrets.per_node_warning(integ.secret_ref)
+        if warning is not None:
+            data["readiness_warning"] = warning
         data["ingress_url"] = self.ctx.ingress.ingress_url_for(integration_id)
         return data
 
@@ -117,7 +120,8 @@ class WebhooksApi:
         stored_name = None
         if value is not None:
             stored_name = keyring_name(integration_id)
-            ref = await store_secret(self.ctx.secrets, stored_name, value)
+            ref = await store_secret(self.ctx.secrets, stored_name, value,
+                                     self.ctx.secrets.new_secret_kind)
             self.ctx.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
         now = self.ctx.time.now_dt()
@@ -125,7 +129,8 @@ class WebhooksApi:
             await self._edit(lambda doc: add_integration(doc, fields, now))
         except ApiError:
             if stored_name is not None:
-                await asyncio.to_thread(self.ctx.secrets.delete, stored_name)
+                await delete_secret(self.ctx.secrets, self.ctx.secrets.new_secret_kind,
+                                    stored_name)
             raise
         await self.ctx.appender.journal_admin("integration.created", integration_id,
                                               {"provider": fields["provider"], "secret_ref": ref})
@@ -153,12 +158,13 @@ class WebhooksApi:
         integration_id = self._id(request)
         integ = self.ctx.editor.registry.integrations[integration_id]
         await self._edit(lambda doc: remove_integration(doc, integration_id))
-        # Keyring entries the daemon created for this integration go with it.
+        # Keyring and db: entries the daemon created for this integration go with it.
         for previous in (False, True):
             name = keyring_name(integration_id, previous)
-            if f"keyring:{name}" in (integ.secret_ref, integ.previous_secret_ref):
-                await asyncio.to_thread(self.ctx.secrets.delete, name)
-                self.ctx.secrets.forget_cached(f"keyring:{name}")
+            for kind in ("keyring", "db"):
+                if f"{kind}:{name}" in (integ.secret_ref, integ.previous_secret_ref):
+                    await delete_secret(self.ctx.secrets, kind, name)
+                    self.ctx.secrets.forget_cached(f"{kind}:{name}")
         await self.ctx.appender.journal_admin("integration.deleted", integration_id, {})
         return web.json_response({"status": "deleted", "integration_id": integration_id})
 
@@ -192,7 +198,7 @@ class WebhooksApi:
             lambda changes: self._edit(
                 lambda doc: update_integration(doc, integration_id, changes, now)),
             current_name=keyring_name(integration_id), old_ref=integ.secret_ref, choice=choice,
-            grace_s=grace, now=now)
+            grace_s=grace, now=now, kind=self.ctx.secrets.new_secret_kind)
         await self.ctx.appender.journal_admin(
             "integration.secret_rotated", integration_id,
             {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)},
@@ -214,8 +220,13 @@ class WebhooksApi:
             readiness, detail = await self.ctx.readiness.readiness_of(
                 self.ctx.editor.registry.integrations[integration_id]
             )
-            rows.append({"integration_id": integration_id, "readiness": readiness,
-                         "detail": detail})
+            row = {"integration_id": integration_id, "readiness": readiness,
+                   "detail": detail}
+            warning = self.ctx.secrets.per_node_warning(
+                self.ctx.editor.registry.integrations[integration_id].secret_ref)
+            if warning is not None:
+                row["warning"] = warning
+            rows.append(row)
         if wanted and not rows:
             raise not_found(f"no integration {wanted!r}")
         return web.json_response({"readiness": rows})

@@ -48,6 +48,7 @@ GROUPS: dict[str, str] = {
     "subscriptions": "palyra_py.cli.subscriptions_cmd",
     "deliveries": "palyra_py.cli.deliveries_cmd",
     "tokens": "palyra_py.cli.tokens_cmd",
+    "secrets": "palyra_py.cli.secrets_cmd",
 }
 
 

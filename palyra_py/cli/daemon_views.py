@@ -103,6 +103,9 @@ def show_status(answer: Mapping[str, Any]) -> int:
           if deliveries.get("problem") else []),
         ("retention", output.text(journal.get("retention"))),
         ("integrations", integrations_text),
+        *[(f"warning {output.text(w.get('integration_id'))}",
+           f"[yellow]{output.text(w.get('warning'))}[/]")
+          for w in integrations.get("warnings") or []],
         ("keyring", keyring_text),
     ]
     settings = answer.get("settings") or []

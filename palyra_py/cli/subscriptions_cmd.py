@@ -61,7 +61,7 @@ SecretRefOption = Annotated[
     typer.Option(
         "--secret-ref",
         metavar="REF",
-        help="Use a secret kept elsewhere: keyring:NAME, env:VAR or file:PATH.",
+        help="Use a secret kept elsewhere: keyring:NAME, db:NAME, env:VAR or file:PATH.",
     ),
 ]
 

@@ -57,7 +57,8 @@ def webhooks_table(hooks: Sequence[Mapping[str, Any]]) -> Any:
             output.text(hook.get("integration_id")),
             output.text(hook.get("provider")),
             output.text(hook.get("enabled")),
-            output.readiness(hook.get("readiness")),
+            output.readiness(hook.get("readiness"))
+            + (" [yellow](per node)[/]" if hook.get("readiness_warning") else ""),
             output.text(hook.get("allowed_events")) if hook.get("allowed_events") else "all",
             last_test(hook),
         )
@@ -172,7 +173,8 @@ def readiness_table(items: Sequence[Mapping[str, Any]]) -> Any:
         (
             output.text(item.get("integration_id")),
             output.readiness(item.get("readiness")),
-            output.text(item.get("detail")),
+            output.text(item.get("detail"))
+            + (f"\n[yellow]{output.text(item['warning'])}[/]" if item.get("warning") else ""),
         )
         for item in items
     )

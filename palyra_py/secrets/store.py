@@ -1,10 +1,12 @@
 """The keyring, and reading the secrets that references name.
 
-The registry holds references (``keyring:NAME``, ``env:VAR``, ``file:PATH``; their grammar
-is in ``secrets.refs``), never secrets. :class:`SecretStore` turns a reference into the
-secret, caches it in memory (so a keyring that becomes unreachable later does not stop
-verification of integrations already in use), and stores new secrets under service
-``palyra``. No message raised here ever contains a secret.
+The registry holds references (``keyring:NAME``, ``db:NAME``, ``env:VAR``, ``file:PATH``;
+their grammar is in ``secrets.refs``), never secrets. ``db:`` secrets are read from the
+node's copy of the shared table (``secrets.shared``: attached as :attr:`SecretStore.db` in
+cluster mode), never from the database on the request path. :class:`SecretStore` turns
+a reference into the secret, caches it in memory (so a keyring that becomes unreachable
+later does not stop verification of integrations already in use), and stores new secrets
+under service ``palyra``. No message raised here ever contains a secret.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from keyring.errors import PasswordDeleteError
 from palyra_py.providers import secret_format
 from palyra_py.secrets.keyring_file import StateDirKeyring
 from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
+from palyra_py.secrets.shared import DbSecretNotFound, DbSecrets, per_node_warning
 from palyra_py.storage.ownership import ForeignOwner, check_owner
 
 KEYRING_SERVICE = "palyra"
@@ -147,6 +150,22 @@ class SecretStore:
         self._backend = backend
         self._cache: dict[str, str] = {}
         self._lock = threading.Lock()
+        self.db: DbSecrets | None = None
+        """The ``db:`` secrets (cluster mode with ``[secrets] key_ref``), else ``None``."""
+        self.cluster = False
+        """Whether several nodes may share the registry (``[storage] backend = postgres``):
+        then a ``keyring:`` secret gets a readiness warning."""
+
+    @property
+    def new_secret_kind(self) -> Literal["db", "keyring"]:
+        """Where the daemon stores a secret it generates or is given: ``db`` when the
+        ``db:`` secrets are attached, else the keyring."""
+        return "db" if self.db is not None else "keyring"
+
+    def per_node_warning(self, ref: str | None) -> str | None:
+        """In cluster mode, the warning for a ``keyring:`` reference (it resolves on this
+        node only); else ``None``."""
+        return per_node_warning(ref) if self.cluster else None
 
     @property
     def backend(self) -> KeyringBackend:
@@ -171,6 +190,8 @@ class SecretStore:
         """The secret ``ref`` names. Raise ``SecretRefError`` for a malformed reference,
         ``SecretNotFound`` (or its subclass ``SecretBackendError``) when it cannot be read."""
         kind, value = parse_secret_ref(ref)
+        if kind == "db":
+            return self._from_db(value)
         key = f"{kind}:{value}"
         with self._lock:
             cached = self._cache.get(key)
@@ -254,6 +275,18 @@ class SecretStore:
                 f" ({self.backend_name})"
             )
         return str(secret)
+
+    def _from_db(self, name: str) -> str:
+        """From the node's copy of the shared table (kept fresh by its poll, so never
+        cached here as well)."""
+        if self.db is None:
+            raise SecretNotFound(
+                f"db:{name}: db: secrets need [storage] backend = \"postgres\" and [secrets]"
+                " key_ref")
+        try:
+            return self.db.get(name)
+        except DbSecretNotFound as exc:
+            raise SecretNotFound(str(exc)) from None
 
     def _from_env(self, var: str) -> str:
         secret = self._env.get(var)

@@ -68,6 +68,7 @@ from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
 from palyra_py.secrets.dsn import storage_dsn
 from palyra_py.secrets.refs import SecretRefError
+from palyra_py.secrets.shared import DbSecrets, DbSecretsUnavailable
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.metrics_view import merge_expositions
@@ -235,6 +236,8 @@ class Daemon:
         self.retention_ran = asyncio.Event()
         """Set after each retention pass (tests await it instead of a timer)."""
         self.token_usage = TokenUsage(self.state_dir / USAGE_FILE)
+        self.db_secrets: DbSecrets | None = None
+        """Cluster mode with ``[secrets] key_ref``: the shared ``db:`` secrets."""
 
     def _journal_backend(self) -> JournalBackend:
         """The journal's engine, as ``[storage] backend`` says."""
@@ -263,6 +266,31 @@ class Daemon:
         dsn = storage_dsn(self.settings, self.secrets.resolve)
         assert dsn is not None, "storage.backend is postgres"
         return dsn
+
+    async def _start_db_secrets(self) -> None:
+        """Cluster mode: the ``db:`` secrets every node shares, and their poll."""
+        from palyra_py.secrets.postgres import start_db_secrets  # asyncpg: cluster mode only
+
+        try:
+            self.db_secrets = await start_db_secrets(
+                self.settings, self.secrets, self._storage_dsn, self._db_secrets_changed)
+        except SettingsError:
+            await self.journal.close()
+            raise
+        except Exception as exc:
+            await self.journal.close()
+            raise DaemonError(f"cannot read the db: secrets: {exc}") from None
+        if self.db_secrets is not None:
+            self._tasks.append(asyncio.create_task(self.db_secrets.run()))
+
+    def _db_secrets_changed(self, names: frozenset[str]) -> None:
+        """``db:`` secrets changed (here or on another node): what the ingress resolved
+        from them is read again on its next use."""
+        refs = {f"db:{name}" for name in names}
+        for entry in self.active.values():
+            integ = entry.integration
+            if integ.secret_ref in refs or integ.previous_secret_ref in refs:
+                entry.secrets.forget()
 
     def _committed(self, seq: int, events: int) -> None:
         self.metrics.committed(seq, events)
@@ -556,6 +584,9 @@ class Daemon:
             except RegistryError as exc:
                 log.error("registry_refresh_refused", error=str(exc))
                 return
+            if self.db_secrets is not None:  # a db: secret the edit wrote, in force now
+                with contextlib.suppress(DbSecretsUnavailable):
+                    await self.db_secrets.refresh()
             self.secrets.forget_cached()
             for entry in self.active.values():
                 entry.secrets.forget()
@@ -733,6 +764,8 @@ class Daemon:
                               exit_code=EXIT_JOURNAL_DAMAGED) from None
         except Exception as exc:
             raise DaemonError(f"cannot open the journal: {exc}") from None
+        if self.settings.get("storage", "backend") == "postgres":
+            await self._start_db_secrets()
         if self.journal.start_check == "incomplete":
             log.warning("journal_check_incomplete",
                         checked_s=self.settings.get("journal", "start_check_s"),
@@ -997,6 +1030,8 @@ class Daemon:
             self._listen_socket.close()
         await self.sender.close()
         await self.deliveries.close()
+        if self.db_secrets is not None:
+            await self.db_secrets.close()
         await self.journal.close()
         with contextlib.suppress(FileNotFoundError):
             if self.listeners:
