@@ -6,16 +6,23 @@ without its password."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+import structlog
 
-from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
-from tests.fault_helpers import admin_session, journaled_nonces, verify
+from palyra_py.delivery.start import DeliveriesFrom
+from palyra_py.server.daemon import Daemon
+from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon
+from tests.fault_helpers import admin_session, journaled_nonces, publish, subscribe, verify
 from tests.helpers import add_integration, send_signed
 from tests.pg import PgServer
+from tests.test_cli_e2e import palyra, palyra_json
 
 PASSWORD = "pg-pass-not-shown-5521"
 
@@ -74,3 +81,99 @@ async def test_webhooks_are_journaled_in_postgresql_and_refused_while_it_is_down
         assert (await ready(http, daemon.ingress_port))[0] == 200
         assert await journaled_nonces(admin) == [first, again]
         assert (await verify(admin))["ok"]
+
+
+# -- the delivery store on PostgreSQL --------------------------------------------------
+
+
+def pg_settings(dsn: str) -> dict[str, Any]:
+    return {"storage__backend": "postgres", "storage__dsn": dsn,
+            "delivery__allow_private_networks": True}
+
+
+async def wait_until(condition: Callable[[], Awaitable[bool]], what: str,
+                     timeout: float = 20) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not await condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.05)
+
+
+async def deliveries_of(admin: aiohttp.ClientSession) -> list[dict[str, Any]]:
+    async with admin.get("/v1/deliveries") as resp:
+        answer = await resp.json()
+        assert resp.status == 200, answer
+        return list(answer["deliveries"])
+
+
+def all_succeeded(admin: aiohttp.ClientSession, count: int
+                  ) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        found = await deliveries_of(admin)
+        return len(found) == count and all(d["status"] == "succeeded" for d in found)
+
+    return check
+
+
+async def test_deliveries_are_stored_in_postgresql_and_operated_through_the_cli(
+    pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    receiver: CapturingReceiver,
+) -> None:
+    """Delivered to a real receiver, logged in PostgreSQL (no deliveries.db), listed,
+    shown, retried and counted by the real CLI; ``--deliveries-from`` is ignored with a
+    warning (the cursors are in the database); status shows the engine, no password."""
+    pg_server.new_database("deliv")
+    database = pg_server.databases[-1]
+    dsn = pg_server.dsn(database, user=f"palyra:{PASSWORD}")
+    receiver.script = [500]  # the first event's only attempt fails
+    with structlog.testing.capture_logs() as logs:
+        started = running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                                 deliveries_from=DeliveriesFrom("seq", 1), **pg_settings(dsn))
+        async with started as daemon, admin_session(daemon.socket_path) as admin:
+            ignored = [e for e in logs if e["event"] == "deliveries_from_ignored"]
+            assert len(ignored) == 1 and "PostgreSQL" in ignored[0]["reason"], logs
+            await operate_through_the_cli(pg_server, database, daemon, admin, receiver)
+
+
+async def operate_through_the_cli(pg_server: PgServer, database: str, daemon: Daemon,
+                                  admin: aiohttp.ClientSession, receiver: CapturingReceiver
+                                  ) -> None:
+    """Deliveries listed, shown, retried and counted by the real CLI."""
+    await subscribe(admin, "app", receiver.url, retry_schedule=["0s"])
+    failing = (await publish(admin, "job.done", n=1))[1]["event_id"]
+    passing = (await publish(admin, "job.done", n=2))[1]["event_id"]
+    await daemon.dispatcher.wait_for_attempts(2)
+    assert {r.headers["webhook-id"] for r in receiver.received} == {failing, passing}
+
+    listed = await palyra_json(daemon.state_dir, "deliveries", "list")
+    by_event = {d["event_id"]: d for d in listed["deliveries"]}
+    assert (by_event[failing]["status"], by_event[passing]["status"]) == (
+        "failed", "succeeded")
+    failed_id = by_event[failing]["delivery_id"]
+    shown = await palyra_json(daemon.state_dir, "deliveries", "show", failed_id)
+    assert [(a["attempt_no"], a["status_code"]) for a in shown["attempts"]] == [(1, 500)]
+    retried = await palyra_json(daemon.state_dir, "deliveries", "retry", failed_id)
+    assert retried["delivery"]["status"] == "pending"
+    await daemon.dispatcher.wait_for_attempts(3)
+    await wait_until(all_succeeded(admin, 2), "both deliveries to succeed")
+    stats = await palyra_json(daemon.state_dir, "deliveries", "stats")
+    assert stats["deliveries"] == {"pending": 0, "succeeded": 2, "failed": 0}
+    assert stats["attempts"] == 3
+
+    # In PostgreSQL, not in a file of the state dir.
+    assert pg_server.psql(database, (
+        "SELECT status || ' ' || count(*) FROM deliveries GROUP BY status")) == "succeeded 2"
+    assert pg_server.psql(database, "SELECT count(*) FROM delivery_attempts") == "3"
+    assert not list(daemon.state_dir.glob("deliveries.db*"))
+    async with admin.get("/v1/status") as resp:
+        shown_text = await resp.text()
+    assert PASSWORD not in shown_text
+    deliveries = json.loads(shown_text)["deliveries"]
+    assert deliveries["storage"].startswith("postgres postgresql://palyra:***@/")
+    assert deliveries["path"] == deliveries["storage"] and deliveries["problem"] is None
+    code, out, err = await palyra(daemon.state_dir, "daemon", "status", columns=300)
+    assert code == 0, err
+    assert PASSWORD not in out + err
+    (row,) = [line for line in out.splitlines() if line.strip("│ ").startswith("deliveries ")]
+    assert "postgres postgresql://palyra:***@/" in row, out
