@@ -177,3 +177,93 @@ async def operate_through_the_cli(pg_server: PgServer, database: str, daemon: Da
     assert PASSWORD not in out + err
     (row,) = [line for line in out.splitlines() if line.strip("│ ").startswith("deliveries ")]
     assert "postgres postgresql://palyra:***@/" in row, out
+
+
+def hang(_request: Any) -> None:
+    """A receiver's answer held until ``receiver.hang`` is set."""
+    return None
+
+
+async def test_postgresql_stopped_mid_attempt_pauses_delivery_until_it_is_back(
+    pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    receiver: CapturingReceiver, http: aiohttp.ClientSession,
+) -> None:
+    """The server stops while an attempt waits for its answer: the outcome cannot be
+    stored, so the delivery stays pending; the dispatcher pauses (logged once, readiness
+    false, status says why) and, once the server is back, sends it again and records it.
+    Nothing acknowledged is lost: the event published before is delivered."""
+    pg_server.new_database("outage")
+    database = pg_server.databases[-1]
+    receiver.script = [hang]
+    with structlog.testing.capture_logs() as logs:
+        async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                                  **pg_settings(pg_server.dsn(database))) as daemon, \
+                admin_session(daemon.socket_path) as admin:
+            await subscribe(admin, "app", receiver.url)
+            event_id = (await publish(admin, "job.done"))[1]["event_id"]
+            await receiver.wait_for(1)  # in flight
+            pg_server.stop()
+            try:
+                receiver.hang.set()  # answered 200 now, with nobody to store the outcome
+
+                async def paused() -> bool:
+                    return (daemon.deliveries.down_reason is not None
+                            and "schedule" in daemon.dispatcher.paused())
+
+                await wait_until(paused, "the dispatcher to pause")
+                code, readiness = await ready(http, daemon.ingress_port)
+                assert code == 503, readiness
+                assert readiness["reason"] in ("deliveries_unavailable", "journal_unavailable")
+                async with admin.get("/v1/status") as resp:
+                    status = await resp.json()
+                assert "PostgreSQL unreachable" in status["deliveries"]["problem"], status
+                assert len(receiver.received) == 1  # nothing sent while paused
+            finally:
+                pg_server.start()
+            (first, again) = await receiver.wait_for(2)
+            assert first.headers["webhook-id"] == again.headers["webhook-id"] == event_id
+            await wait_until(all_succeeded(admin, 1), "the delivery to be recorded")
+
+            async def resumed() -> bool:
+                return daemon.deliveries.down_reason is None and not daemon.dispatcher.paused()
+
+            await wait_until(resumed, "the dispatcher to resume")
+            assert (await ready(http, daemon.ingress_port))[0] == 200
+    events = [e["event"] for e in logs]
+    assert events.count("delivery_attempt_unrecorded") == 1, events
+    # Once per pause and loop, however many times it tried meanwhile.
+    paused_loops = [e["loop"] for e in logs if e["event"] == "delivery_paused"]
+    assert paused_loops.count("schedule") == 1, paused_loops
+    resumed_loops = [e["loop"] for e in logs if e["event"] == "delivery_resumed"]
+    assert sorted(paused_loops) == sorted(resumed_loops), (paused_loops, resumed_loops)
+
+
+async def test_terminated_connections_are_replaced_without_losing_a_delivery(
+    pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    receiver: CapturingReceiver,
+) -> None:
+    """``pg_terminate_backend`` of every connection of the daemon, once between deliveries
+    and once while an attempt waits for its answer: the next writes and reads go on new
+    connections, each event is delivered once and recorded."""
+    pg_server.new_database("terminate")
+    database = pg_server.databases[-1]
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              **pg_settings(pg_server.dsn(database))) as daemon, \
+            admin_session(daemon.socket_path) as admin:
+        await subscribe(admin, "app", receiver.url)
+        ids = [(await publish(admin, "job.done", n=1))[1]["event_id"]]
+        await wait_until(all_succeeded(admin, 1), "the first delivery")
+        assert pg_server.terminate_backends(database) > 0
+
+        receiver.script = [hang]
+        status, body = await publish(admin, "job.done", n=2)
+        assert status == 201, body  # the journal's append went on a new connection
+        ids.append(body["event_id"])
+        await receiver.wait_for(2)
+        assert pg_server.terminate_backends(database) > 0
+        receiver.hang.set()
+        await wait_until(all_succeeded(admin, 2), "the second delivery to be recorded")
+        assert [r.headers["webhook-id"] for r in receiver.received] == ids
+        assert [d["attempts"] for d in await deliveries_of(admin)] == [1, 1]
+        async with admin.get("/v1/status") as resp:
+            assert (await resp.json())["deliveries"]["problem"] is None
