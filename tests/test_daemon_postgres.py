@@ -19,6 +19,7 @@ import structlog
 from palyra_py.delivery.start import DeliveriesFrom
 from palyra_py.server.daemon import Daemon
 from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon
+from tests.daemon_process import DaemonProcess
 from tests.fault_helpers import admin_session, journaled_nonces, publish, subscribe, verify
 from tests.helpers import add_integration, send_signed
 from tests.pg import PgServer
@@ -267,3 +268,61 @@ async def test_terminated_connections_are_replaced_without_losing_a_delivery(
         assert [d["attempts"] for d in await deliveries_of(admin)] == [1, 1]
         async with admin.get("/v1/status") as resp:
             assert (await resp.json())["deliveries"]["problem"] is None
+
+
+async def test_a_restart_after_sigkill_resumes_from_the_cursor_in_postgresql(
+    pg_server: PgServer, state_dir: Path, receiver: CapturingReceiver,
+) -> None:
+    """``palyra daemon run`` (a child process) SIGKILLed while deliveries are in flight:
+    the next start resumes from the cursors and pending deliveries in PostgreSQL (its
+    ``--deliveries-from`` is ignored, with a warning). Every event is delivered; what is
+    sent twice stays within the documented bound (2 x ``max_in_flight``), and includes
+    every attempt the kill left unanswered."""
+    pg_server.new_database("restart")
+    env = {"PALYRA_STORAGE_BACKEND": "postgres",
+           "PALYRA_STORAGE_DSN": pg_server.dsn(pg_server.databases[-1]),
+           "PALYRA_DELIVERY_ALLOW_PRIVATE_NETWORKS": "true"}
+    max_in_flight, answered = 4, 50
+    receiver.script = [*[200] * answered, *[hang] * max_in_flight]
+    published: list[str] = []
+    first = await DaemonProcess(state_dir, env=env).start()
+    try:
+        async with admin_session(state_dir / "palyra.sock") as admin:
+            await subscribe(admin, "app", receiver.url, max_in_flight=max_in_flight)
+            for n in range(200):
+                status, body = await publish(admin, "job.done", n=n)
+                assert status == 201, body
+                published.append(body["event_id"])
+        # Fifty answered, four waiting for their answer: then the kill.
+        await receiver.wait_for(answered + max_in_flight)
+    finally:
+        first.kill()
+        await first.stop()
+    unanswered = {r.headers["webhook-id"] for r in receiver.received[answered:]}
+    receiver.script.clear()
+    receiver.hang.set()
+    before_restart = len(receiver.received)
+
+    second = await DaemonProcess(state_dir, env=env, args=("--deliveries-from", "seq:1")
+                                 ).start()
+    try:
+        assert any(r.get("event") == "deliveries_from_ignored" for r in second.log)
+        async with admin_session(state_dir / "palyra.sock") as admin:
+            for n in range(200, 250):
+                status, body = await publish(admin, "job.done", n=n)
+                assert status == 201, body
+                published.append(body["event_id"])
+
+            async def delivered() -> bool:
+                async with admin.get("/v1/deliveries/stats") as resp:
+                    figures = (await resp.json())["deliveries"]
+                return bool(figures == {"pending": 0, "succeeded": 250, "failed": 0})
+
+            await wait_until(delivered, "every delivery to succeed", timeout=60)
+    finally:
+        await second.stop()
+    ids = [r.headers["webhook-id"] for r in receiver.received]
+    assert set(ids) == set(published)  # nothing skipped
+    resent = len(ids) - len(set(ids))
+    assert max_in_flight <= resent <= 2 * max_in_flight, resent
+    assert unanswered <= {r.headers["webhook-id"] for r in receiver.received[before_restart:]}
