@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 import structlog
 
 from palyra_py.delivery.start import DeliveriesFrom
@@ -270,10 +271,12 @@ async def test_terminated_connections_are_replaced_without_losing_a_delivery(
             assert (await resp.json())["deliveries"]["problem"] is None
 
 
+@pytest.mark.parametrize("workers", ["1", "2"])
 async def test_a_restart_after_sigkill_resumes_from_the_cursor_in_postgresql(
-    pg_server: PgServer, state_dir: Path, receiver: CapturingReceiver,
+    pg_server: PgServer, state_dir: Path, receiver: CapturingReceiver, workers: str,
 ) -> None:
-    """``palyra daemon run`` (a child process) SIGKILLed while deliveries are in flight:
+    """``palyra daemon run`` (a child process; with ``--workers 2`` the control process,
+    which delivers) SIGKILLed while deliveries are in flight:
     the next start resumes from the cursors and pending deliveries in PostgreSQL (its
     ``--deliveries-from`` is ignored, with a warning). Every event is delivered; what is
     sent twice stays within the documented bound (2 x ``max_in_flight``), and includes
@@ -285,7 +288,7 @@ async def test_a_restart_after_sigkill_resumes_from_the_cursor_in_postgresql(
     max_in_flight, answered = 4, 50
     receiver.script = [*[200] * answered, *[hang] * max_in_flight]
     published: list[str] = []
-    first = await DaemonProcess(state_dir, env=env).start()
+    first = await DaemonProcess(state_dir, env=env, workers=workers).start()
     try:
         async with admin_session(state_dir / "palyra.sock") as admin:
             await subscribe(admin, "app", receiver.url, max_in_flight=max_in_flight)
@@ -303,8 +306,8 @@ async def test_a_restart_after_sigkill_resumes_from_the_cursor_in_postgresql(
     receiver.hang.set()
     before_restart = len(receiver.received)
 
-    second = await DaemonProcess(state_dir, env=env, args=("--deliveries-from", "seq:1")
-                                 ).start()
+    second = await DaemonProcess(state_dir, env=env, args=("--deliveries-from", "seq:1"),
+                                 workers=workers).start()
     try:
         assert any(r.get("event") == "deliveries_from_ignored" for r in second.log)
         async with admin_session(state_dir / "palyra.sock") as admin:
