@@ -129,6 +129,10 @@ class ClusterNode:
         else:  # joined, released, stopped: the shares or the free leases changed
             self._notice.set()
 
+    def poke(self) -> None:
+        """Plan now (the registry changed here: a subscription added, enabled, removed)."""
+        self._notice.set()
+
     async def announce(self, payload: str) -> None:
         """Tell the other nodes (``wake``, ``cursor:<id>``); a failure is logged only
         (the holder's next full read or re-read catches up)."""

@@ -68,6 +68,8 @@ ENQUEUE_ROWS = 500
 """Deliveries one enqueue transaction creates at most (a page of events x subscriptions):
 the attempts recorded meanwhile wait for it, and keep their places in the record budget."""
 RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
+LEASED_POLL_S = 0.5
+"""Cluster mode: how often an idle enqueuer looks for events other nodes journaled."""
 RESEND_FACTOR = 2
 """Attempts launched and not yet recorded per subscription: at most this many times its
 ``max_in_flight`` (those open at the receiver, and as many answered whose outcome waits for
@@ -151,8 +153,11 @@ class Dispatcher:
         self._stopping = False
         self._halted = asyncio.Event()  # never set: a halted loop waits for the stop
         self._task_subs: dict[asyncio.Task[None], str] = {}
+        self._enqueue_kick = asyncio.Event()  # cluster mode: a lease was acquired
         self.loop_crashes = 0
         """Times one of the loops crashed and was started again (logged each time)."""
+        self._paused: dict[str, str] = {}
+        """Per loop (``enqueue``, ``schedule``): why its last pass failed, until one works."""
 
     # -- control -------------------------------------------------------------------------
 
@@ -197,6 +202,7 @@ class Dispatcher:
         self._cursors.pop(subscription_id, None)
         self._ready.forget(subscription_id)
         self._ordered_check.add(subscription_id)
+        self._enqueue_kick.set()
         self.wake()
 
     async def stop_delivering(self, subscription_id: str, *, grace_s: float) -> None:
@@ -329,19 +335,51 @@ class Dispatcher:
         while True:
             if self._halted_already():
                 await self._halted.wait()
+            self._enqueue_kick.clear()
             try:
                 progressed = await self.enqueue_once()
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
                 # Nothing moved (deliveries and cursor commit together): try again shortly.
-                log.warning("delivery_enqueue_failed", error=str(exc), retry_in_s=RETRY_S)
+                self._paused_by("enqueue", exc)
                 await self._pause()
                 continue
+            self._resumed("enqueue")
             if not progressed:
-                await self._bus.wait_beyond(self._lowest_cursor())
+                if self._leased:
+                    await self._wait_leased(self._lowest_cursor())
+                else:
+                    await self._bus.wait_beyond(self._lowest_cursor())
+
+    async def _wait_leased(self, low: int) -> None:
+        """Cluster mode: until an event beyond ``low`` is committed here, a lease is
+        acquired (:meth:`start_delivering`), or ``LEASED_POLL_S`` passed: events another
+        node journals reach this one's bus only through the poll."""
+        waits = [asyncio.ensure_future(self._bus.wait_beyond(low, timeout=LEASED_POLL_S)),
+                 asyncio.ensure_future(self._enqueue_kick.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.Event().wait(), RETRY_S)
+
+    def paused(self) -> dict[str, str]:
+        """The loops whose last pass failed on the store or the journal (``enqueue``,
+        ``schedule``) and why; each tries again every ``RETRY_S`` until one works."""
+        return dict(self._paused)
+
+    def _paused_by(self, loop: str, exc: Exception) -> None:
+        # Logged once per pause, not once per try: a server down for an hour is one line.
+        if loop not in self._paused:
+            log.warning("delivery_paused", loop=loop, error=str(exc), retry_every_s=RETRY_S)
+        self._paused[loop] = str(exc)
+
+    def _resumed(self, loop: str) -> None:
+        if self._paused.pop(loop, None) is not None:
+            log.warning("delivery_resumed", loop=loop)
 
     def _lowest_cursor(self) -> int:
         active = [self._cursors.get(s.subscription_id, 0)
@@ -426,9 +464,10 @@ class Dispatcher:
             try:
                 next_ms = await self._schedule(refresh=False)
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
-                log.warning("delivery_schedule_failed", error=str(exc), retry_in_s=RETRY_S)
+                self._paused_by("schedule", exc)
                 await self._pause()
                 continue
+            self._resumed("schedule")
             timeout = None if next_ms is None else max(0.0, (next_ms - self.now_ms()) / 1000)
             # asyncio.timeout, not wait_for: no task per wait.
             with contextlib.suppress(TimeoutError):
@@ -444,6 +483,10 @@ class Dispatcher:
         async with self._pass_lock:
             if self.halted():
                 return None
+            down = self._store.down_reason
+            if down is not None:
+                # Nothing launched from memory either: its outcome could not be stored.
+                raise DeliveryStoreUnavailable(down)
             if refresh:
                 self._ready.invalidate()
             subs = self._subscriptions()
@@ -610,9 +653,15 @@ class Dispatcher:
                 self._ready.invalidate()  # the store says whether it is still due
                 self._settled(launched, None)  # it starts a pass
             # (Settled before: its slot went to the next delivery, or it started a pass.)
-            if not t.cancelled() and t.exception() is not None:
+            error = None if t.cancelled() else t.exception()
+            if isinstance(error, DeliveryStoreUnavailable):
+                # Sent, but its outcome could not be stored: it stays pending in the store
+                # and is attempted again (the receiver may see it twice).
+                log.warning("delivery_attempt_unrecorded", delivery_id=launched.delivery_id,
+                            error=str(error))
+            elif error is not None:
                 log.error("delivery_attempt_crashed", delivery_id=launched.delivery_id,
-                          error=repr(t.exception()))
+                          error=repr(error))
 
         task.add_done_callback(finished)
 
@@ -667,7 +716,8 @@ class Dispatcher:
         if (sub.ordered or not sub.enabled or self._stopping
                 or self._ready.queued(sub.subscription_id) == 0
                 or not self._has_slot(sub, state)
-                or self._store.unavailable_reason is not None):
+                or self._store.unavailable_reason is not None
+                or self._store.down_reason is not None):
             return False
         now_ms = self.now_ms()
         if (self._ready.needs_full_read(now_ms)
