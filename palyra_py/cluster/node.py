@@ -77,7 +77,8 @@ class ClusterStore(Protocol):
 
     node_id: str
 
-    async def join(self, host: str, pid: int) -> float | None: ...
+    async def join(self, host: str, pid: int, *,
+                   dead: Callable[[str, int], bool] | None = None) -> float | None: ...
     async def heartbeat(self) -> dict[str, int]: ...
     async def snapshot(self) -> tuple[list[NodeRow], list[LeaseRow]]: ...
     async def acquire(self, candidates: Sequence[str], limit: int) -> list[Acquired]: ...
@@ -91,8 +92,11 @@ class ClusterNode:
     def __init__(self, store: ClusterStore, *, lease_s: float, heartbeat_s: float,
                  subscriptions: Callable[[], Collection[str]], control: DeliveryControl,
                  clock: Callable[[], float] = time.monotonic, metrics: Metrics | None = None,
-                 host: str | None = None, pid: int | None = None) -> None:
-        """``subscriptions``: the ids of the enabled subscriptions (read at each plan)."""
+                 host: str | None = None, pid: int | None = None,
+                 id_of_state_dir: bool = False) -> None:
+        """``subscriptions``: the ids of the enabled subscriptions (read at each plan).
+        ``id_of_state_dir``: the node id is the one generated for this state dir (not
+        configured), which no other running daemon can use."""
         self.store = store
         self.node_id = store.node_id
         self.lease_s = lease_s
@@ -103,6 +107,7 @@ class ClusterNode:
         self._metrics = metrics
         self.host = host or socket.gethostname()
         self.pid = os.getpid() if pid is None else pid
+        self._id_of_state_dir = id_of_state_dir
         self.leases = LocalLeases(lease_s)
         self.nodes: list[NodeRow] = []
         self.lease_rows: list[LeaseRow] = []
@@ -151,7 +156,7 @@ class ClusterNode:
         be reached."""
         started = self._clock()
         while True:
-            age = await self.store.join(self.host, self.pid)
+            age = await self.store.join(self.host, self.pid, dead=self._dead_here)
             if age is None:
                 break
             if self._clock() - started > self.lease_s + self.heartbeat_s:
@@ -165,6 +170,22 @@ class ClusterNode:
         self._tasks = [asyncio.create_task(self._guarded("heartbeat", self._beat_forever)),
                        asyncio.create_task(self._guarded("planner", self._plan_forever)),
                        asyncio.create_task(self._guarded("watchdog", self._watch_forever))]
+
+    def _dead_here(self, host: str, pid: int) -> bool:
+        """Whether the process that held the id is gone: the id is this state dir's (this
+        daemon holds its admin socket, so no other runs on it), it ran on this host and
+        its pid is not alive. A restart after a crash then need not wait for the old
+        heartbeat to lapse. A configured id (which a copy of the settings on another box
+        may share, even with the same host name) always waits."""
+        if not self._id_of_state_dir or host != self.host or pid == self.pid:
+            return False
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        except OSError:  # it exists (another user's): alive as far as we know
+            return False
+        return False
 
     async def leave(self) -> None:
         """Graceful stop: stop every loop, finish (or, after a grace, cancel) what is in

@@ -123,18 +123,23 @@ class PostgresCluster:
 
     # -- nodes ---------------------------------------------------------------------------
 
-    async def join(self, host: str, pid: int) -> float | None:
+    async def join(self, host: str, pid: int, *, dead: Callable[[str, int], bool] | None = None
+                   ) -> float | None:
         """Take the node id for this instance and release the leases a previous instance
         left. ``None`` when done; else the age (s) of the heartbeat of another instance
-        that still holds the id and did not stop (the caller waits for it to lapse)."""
+        that still holds the id and did not stop (the caller waits for it to lapse).
+        ``dead(host, pid)``: whether that instance is known dead (a process of this host
+        that no longer exists): then the id is taken at once."""
         async def write(conn: asyncpg.Connection) -> float | None:
             async with conn.transaction():
                 other = await conn.fetchrow(
                     "SELECT instance, extract(epoch FROM now() - heartbeat_at) AS age_s,"
-                    " stopped_at IS NOT NULL AS stopped FROM cluster_nodes"
+                    " stopped_at IS NOT NULL AS stopped, host, pid FROM cluster_nodes"
                     " WHERE node_id = $1 FOR UPDATE", self.node_id)
                 if (other is not None and other["instance"] != self.instance
-                        and not other["stopped"] and float(other["age_s"]) < self.lease_s):
+                        and not other["stopped"] and float(other["age_s"]) < self.lease_s
+                        and not (dead is not None
+                                 and dead(str(other["host"]), int(other["pid"])))):
                     return float(other["age_s"])
                 await conn.execute(
                     "INSERT INTO cluster_nodes (node_id, instance, host, pid, started_at,"

@@ -53,7 +53,8 @@ async def join_cluster(settings: Settings, dsn: Callable[[], str], *,
     lease deadline (tests pass their own)."""
     lease_s = settings.get("cluster", "lease_s")
     heartbeat_s = settings.get("cluster", "heartbeat_s")
-    node_id = node_id_for(settings.state_dir, settings.get("cluster", "node_id"))
+    configured = settings.get("cluster", "node_id")
+    node_id = node_id_for(settings.state_dir, configured)
     node: ClusterNode | None = None
 
     def heard(payload: str) -> None:
@@ -64,7 +65,8 @@ async def join_cluster(settings: Settings, dsn: Callable[[], str], *,
                             lease_s=lease_s, timeout_s=heartbeat_s, on_notice=heard)
     node = ClusterNode(store, lease_s=lease_s, heartbeat_s=heartbeat_s,
                        subscriptions=subscriptions, control=control,
-                       clock=clock or time.monotonic, metrics=metrics)
+                       clock=clock or time.monotonic, metrics=metrics,
+                       id_of_state_dir=not configured)
     try:
         await node.join()
     except (ClusterUnavailable, IdInUse) as exc:
