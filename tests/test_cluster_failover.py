@@ -28,6 +28,7 @@ from tests import leakcheck
 from tests.daemon_process import DaemonProcess
 from tests.fault_helpers import admin_session, publish, subscribe
 from tests.pg import PgServer
+from tests.test_cli_e2e import palyra, palyra_json
 
 LEASE_S, HEARTBEAT_S = 3.0, 0.5
 SLACK_S = 1.5
@@ -240,6 +241,14 @@ async def test_a_graceful_stop_hands_the_leases_over_at_once(
         assert status["lease_takeovers"] == 0  # released, not run out
         assert {n["node_id"]: n["state"] for n in status["nodes"]}[stopping] == "stopped"
         assert any(r.get("event") == "cluster_left" for r in nodes[stopping].process.log)
+        # The CLI shows the cluster to people too, and in --json.
+        code, out, err = await palyra(nodes[staying].state_dir, "daemon", "status",
+                                      columns=220)
+        assert code == 0, err
+        assert "cluster nodes" in out and f"{staying} (this node)  live" in out, out
+        assert f"{stopping}  stopped" in out and "leases 2: a, b" in out, out
+        shown = await palyra_json(nodes[staying].state_dir, "daemon", "status")
+        assert shown["cluster"]["leases_held"] == ["a", "b"]
     for sid in subs:
         ids = [r.headers["webhook-id"] for r in receiver.received if sub_of(r) == sid]
         assert set(ids) == set(published) and len(ids) == len(published), sid

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from palyra_py.cluster.identity import NODE_ID_FILE, node_id_for
 from palyra_py.cluster.leases import (
@@ -32,6 +33,7 @@ from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests import leakcheck
 from tests.fault_helpers import admin_session
 from tests.pg import PgServer
+from tests.test_openapi import SPEC_FILE, errors_of, schema_validator
 
 LEASE_S, HEARTBEAT_S = 3.0, 1.0
 
@@ -240,7 +242,11 @@ async def test_nodes_share_the_subscriptions_fairly_one_holder_each_and_hand_ove
         shown = holders(pg_server, db)
         assert sorted(shown) == SUBS
         assert {s for s, n in shown.items() if n == "na"} == set(delivering(a)[0])
-        status = (await status_of(b))["cluster"]
+        answer = await status_of(b)
+        status_schema = schema_validator(yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8")),
+                                         "/components/schemas/Status")
+        assert errors_of(status_schema, answer) == []
+        status = answer["cluster"]
         assert status["node_id"] == "nb" and status["fair_share"] == 2
         nodes = {n["node_id"]: n for n in status["nodes"]}
         assert set(nodes) == {"na", "nb"} and nodes["nb"]["this_node"]
