@@ -128,6 +128,8 @@ class ClusterNode:
         kind, _, arg = payload.partition(":")
         if kind == "cursor":
             if arg in self.leases.held:
+                log.info("cursor_reread", node_id=self.node_id, subscription_id=arg,
+                         reason="moved on another node")
                 self._control.resume_from_store(arg)
         elif kind == "wake":
             self._control.wake()
