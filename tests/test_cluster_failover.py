@@ -310,6 +310,16 @@ async def test_three_nodes_share_fairly_and_a_retry_on_a_non_holder_is_delivered
         s1 = [r.headers["webhook-id"] for r in receiver.received if sub_of(r) == "s1"]
         assert s1 == [event_id] * 2
 
+        # A subscription test asked of a node that does not hold it: the holder sends it,
+        # and the answer carries the attempt it recorded.
+        test_on = next(n for n in nodes.values() if n.name != holders(pg_server, db)["s2"])
+        async with test_on.admin() as admin, admin.post("/v1/subscriptions/s2/test",
+                                                        json={}) as resp:
+            tested = await resp.json()
+            assert resp.status == 200, tested
+        assert tested["attempt"] is not None and tested["attempt"]["status_code"] == 200
+        assert tested["delivery"]["status"] == "succeeded"
+
 
 async def test_a_second_live_node_with_the_same_id_refuses_to_start(
     pg_server: PgServer,

@@ -239,6 +239,17 @@ class Dispatcher:
         """A future for the first attempt of any delivery of ``event_id`` (subscription test)."""
         return self._runner.first_attempt(event_id)
 
+    def forget_first_attempt(self, event_id: str) -> None:
+        """Drop the future of :meth:`first_attempt` (its event was attempted elsewhere)."""
+        waiter = self._runner.stats.waiters.pop(event_id, None)
+        if waiter is not None:
+            waiter.cancel()
+
+    def delivers(self, subscription_id: str) -> bool:
+        """Whether this dispatcher delivers the subscription now: always without leases;
+        with them, while its node holds the lease."""
+        return not self._leased or subscription_id in self._delivering
+
     def in_flight(self, subscription_id: str) -> tuple[int, int]:
         """``(unrecorded, open)``: the subscription's attempts launched and not yet recorded,
         and of those the requests still waiting for their answer."""
