@@ -340,3 +340,53 @@ async def test_a_second_live_node_with_the_same_id_refuses_to_start(
             assert "cannot join the cluster: node id twin is in use" in refused["error"]
             # It waited for the first one's heartbeat to lapse, which it never did.
             assert time.monotonic() - began >= LEASE_S
+
+
+async def publish_until_taken(node: Node, n: int, timeout: float = 30.0) -> str:
+    """Publish one event, again while the journal answers 503 (PostgreSQL restarting)."""
+    began = time.monotonic()
+    async with node.admin() as admin:
+        while True:
+            status, body = await publish(admin, "job.done", n=n)
+            if status == 201:
+                return str(body["event_id"])
+            assert status == 503 and body["error"] == "journal_unavailable", body
+            assert time.monotonic() - began < timeout, "the journal did not come back"
+            await asyncio.sleep(0.1)  # a client's retry pause, not a synchronisation
+
+
+async def test_postgresql_restarted_mid_run_one_holder_each_and_every_event_delivered(
+    pg_server: PgServer, receiver: CapturingReceiver,
+) -> None:
+    subs = {"in-order": {"ordered": True}, "any": {"max_in_flight": 4}}
+    async with cluster(pg_server, ["r1", "r2"]) as (db, nodes):
+        await subscribe_everywhere(nodes, receiver, subs)
+
+        async def spread() -> bool:
+            return sorted(holders(pg_server, db).values()) == ["r1", "r2"]
+        await until(spread, "one subscription on each node")
+        published = [await publish_until_taken(nodes["r1" if n % 2 else "r2"], n)
+                     for n in range(20)]
+        pg_server.restart("fast")
+        published += [await publish_until_taken(nodes["r1" if n % 2 else "r2"], n)
+                      for n in range(20, 40)]
+
+        async def delivered() -> bool:
+            try:
+                figures = await nodes["r1"].stats()
+            except (KeyError, aiohttp.ClientError):
+                return False
+            return figures == {"pending": 0, "succeeded": 2 * len(published), "failed": 0}
+        await until(delivered, "every delivery to succeed", timeout=60)
+        await until(spread, "one holder each again")
+    for sid, fields in subs.items():
+        seen = [r for r in receiver.received if sub_of(r) == sid]
+        ids = [r.headers["webhook-id"] for r in seen]
+        assert set(ids) == set(published), sid
+        if fields.get("ordered"):
+            numbers = [r.json()["data"]["n"] for r in seen]
+            firsts = [n for i, n in enumerate(numbers) if i == 0 or numbers[i - 1] != n]
+            assert firsts == list(range(len(published))), numbers
+            assert len(ids) - len(set(ids)) <= 1
+        else:
+            assert len(ids) - len(set(ids)) <= RESEND_FACTOR * 4
