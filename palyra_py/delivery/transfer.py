@@ -11,6 +11,7 @@ subscription, are put last, whole, on every run.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -81,14 +82,20 @@ class DeliveryCopier:
         last, already = await self._target.last_id()
         advance(already)
         copied = 0
-        while True:
-            deliveries, attempts = await self._source.after(last, self._batch)
-            if not deliveries:
-                break
-            await self._target.write(deliveries, attempts)
-            last = deliveries[-1].delivery_id
+        deliveries, attempts = await self._source.after(last, self._batch)
+        while deliveries:
+            # The next batch is read (in SQLite's thread) while this one is written.
+            following = asyncio.ensure_future(
+                self._source.after(deliveries[-1].delivery_id, self._batch))
+            try:
+                await self._target.write(deliveries, attempts)
+            except BaseException:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+                raise
             copied += len(deliveries)
             advance(len(deliveries))
+            deliveries, attempts = await following
         await self._target.write_subscriptions(await self._source.subscriptions())
         return CopyDone(self.store, copied, already)
 

@@ -12,6 +12,7 @@ same hash (the same installation, unchanged up to there).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Sequence
 from typing import NamedTuple, Protocol
 
@@ -122,15 +123,21 @@ class JournalCopier:
             head = ChainHead(0, ZERO_HASH)
         copied = 0
         after_seq = max(head.seq, 0 if checkpoint is None else checkpoint.seq)
-        while True:
-            rows = await source.rows_after(after_seq, self._batch_rows)
-            if not rows:
-                break
-            head = await target.write(rows, after=head, checkpoint=pending_checkpoint)
+        rows = await source.rows_after(after_seq, self._batch_rows)
+        while rows:
+            # The next batch is read (in SQLite's thread) while this one is written.
+            following = asyncio.ensure_future(
+                source.rows_after(int(rows[-1].seq), self._batch_rows))
+            try:
+                head = await target.write(rows, after=head, checkpoint=pending_checkpoint)
+            except BaseException:
+                following.cancel()
+                await asyncio.gather(following, return_exceptions=True)
+                raise
             pending_checkpoint = None
-            after_seq = head.seq
             copied += len(rows)
             advance(len(rows))
+            rows = await following
         if pending_checkpoint is not None:  # a checkpoint and no row after it
             head = await target.write((), after=head, checkpoint=pending_checkpoint)
         # The keys last: a key names its event's seq, so the event is there first. A run
