@@ -389,3 +389,66 @@ async def test_migrate_applies_and_shows_every_store(target: str, tmp_path: Path
         assert done.returncode == 0
         assert [s["store"] for s in json.loads(done.stdout)["stores"]] == ["journal",
                                                                            "deliveries"]
+
+
+async def test_a_journal_cut_by_retention_copies_with_its_checkpoint(target: str) -> None:
+    with leakcheck.checked_state_dir("pt-copyr-") as state:
+        clock = ManualClock(time.time())
+        journal = Journal(SqliteJournal(state / "journal.db", clock=clock))
+        await journal.start()
+        for i in range(10):
+            await journal.append(NewEvent(kind="test.old", source="test", payload={"n": i}))
+        clock.advance(2 * 86400)
+        for i in range(5):
+            await journal.append(NewEvent(kind="test.new", source="test", payload={"n": i}))
+        assert await journal.apply_retention(max_age_s=86400, max_bytes=None) == 10
+        await journal.close()
+        checkpoint = sqlite_rows(state / "journal.db",
+                                 "SELECT seq, hash FROM journal_checkpoint")
+
+        done = palyra(state, "storage", "copy", "--to", target, "--json")
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["verified"]
+        assert (report["chain"]["first_seq"], report["chain"]["checked"]) == (11, 5)
+        assert await rows(target, "SELECT seq, hash FROM journal_checkpoint") == checkpoint
+        assert (await rows(target, JOURNAL_SQL)
+                == sqlite_rows(state / "journal.db", JOURNAL_SQL))
+
+
+class Interrupted(Exception):
+    """Stands for the copy dying right after a committed batch."""
+
+
+async def test_a_copy_stopped_inside_the_deliveries_resumes_after_its_last_batch(
+    installation: tuple[Path, dict[str, str]], target: str,
+) -> None:
+    from palyra_py.server.store_catalog import copy_installation
+
+    state, _ = installation
+    seen: list[int] = []
+
+    def stop_after_three(store: str, unit: str, total: int) -> Any:
+        def advance(n: int) -> None:
+            if store == "deliveries" and n:
+                seen.append(n)
+                if sum(seen) >= 3:
+                    raise Interrupted
+        return advance
+
+    def copy(progress: Any) -> Any:
+        return copy_installation(state, target, keys=None, resolve=lambda ref: "",
+                                 now_ms=lambda: int(time.time() * 1000), progress=progress,
+                                 batch_rows=2)  # one delivery a batch
+
+    with pytest.raises(Interrupted):
+        await copy(stop_after_three)
+    assert (await rows(target, "SELECT count(*) FROM deliveries"))[0][0] == 3
+    report = await copy(lambda store, unit, total: (lambda n: None))
+    done = {d.store: d for d in report.stores}
+    assert report.resumed and (done["deliveries"].already, done["deliveries"].copied) == (3, 3)
+    assert done["journal"].copied == 0
+    assert (await rows(target, DELIVERIES_SQL)
+            == sqlite_rows(state / "deliveries.db", DELIVERIES_SQL))
+    assert (await rows(target, ATTEMPTS_SQL.format("delivery_attempts"))
+            == sqlite_rows(state / "deliveries.db", ATTEMPTS_SQL.format("attempts")))

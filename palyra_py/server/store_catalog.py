@@ -206,22 +206,22 @@ async def _accept_target(conn: Any, identity: str, source_head: str, label: str)
     marker = await read_copy_marker(conn)
     tables = [t for s in SCHEMAS for t in s.data_tables]
     holding = await tables_with_rows(conn, tables)
-    if marker is None:
-        if holding:
-            raise CopyRefused(
-                f"the target database is not empty (it holds rows in {', '.join(holding)})"
-                " and is not a copy of this installation: copy into a new, empty database")
+    if not holding:  # empty, whatever a copy that wrote nothing left behind
         return False
+    if marker is None:
+        raise CopyRefused(
+            f"the target database is not empty (it holds rows in {', '.join(holding)})"
+            " and is not a copy of this installation: copy into a new, empty database")
     if marker.source != identity:
         raise CopyRefused(
             f"the target database holds a copy of another installation ({marker.label}):"
             " copy into a new, empty database")
-    if marker.source_head != source_head and holding:
+    if marker.source_head != source_head:
         raise CopyRefused(
             "the target database holds an earlier copy of this installation, made before"
             f" its daemon ran again (it started {marker.started_at:%Y-%m-%d %H:%M:%S %Z}):"
             " drop and create the database again, then copy")
-    return bool(holding) or marker.finished_at is not None
+    return True
 
 
 async def _close_all(runs: list[Copier]) -> None:
