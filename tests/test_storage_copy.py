@@ -314,8 +314,10 @@ async def test_refusals_each_with_its_exit_code_and_nothing_written(
             leakcheck.checked_state_dir("pt-copyb-") as other:
         await small_installation(one, 3)
         await small_installation(other, 3)
-        # Neither or both targets: a usage error.
+        # Neither or both targets, or no installation: a usage error.
         assert palyra(one, "storage", "copy").returncode == 2
+        done = palyra(tmp_path, "storage", "copy", "--to", target)
+        assert done.returncode == 2 and "holds no journal.db" in done.stderr
         assert palyra(one, "storage", "copy", "--to", "http://x/y").returncode == 2
 
         # Unreachable: exit 3, and the URI's password is not in the message.

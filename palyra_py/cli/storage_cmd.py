@@ -138,6 +138,9 @@ def _migrate(state_dir_flag: Path | None, status_only: bool, json_output: bool) 
     except DRIVER_ERRORS as exc:
         output.error(describe_pg_error(exc, "the database", "migration"))
         return ExitCode.UNREACHABLE
+    except ValueError as exc:  # an option of the URI the driver refuses: never quoted
+        output.error(f"storage.dsn is not usable ({type(exc).__name__}; value not shown)")
+        return ExitCode.USAGE
     doc = {"engine": where, "stores": [
         {"store": s.store, "known": s.known, "applied": list(s.applied),
          "pending": list(s.pending), "applied_now": applied.get(s.store, [])}
@@ -177,7 +180,7 @@ def _copy(state_dir_flag: Path | None, to: str | None, to_ref: str | None,
           key_ref: str | None, batch_rows: int, json_output: bool) -> ExitCode:
     import asyncio
 
-    from palyra_py.paths import resolve_state_dir
+    from palyra_py.paths import JOURNAL_FILE, resolve_state_dir
     from palyra_py.secrets.shared import load_keys
     from palyra_py.secrets.store import SecretNotFound, SecretStore
     from palyra_py.settings import SettingsError, load_settings
@@ -187,6 +190,10 @@ def _copy(state_dir_flag: Path | None, to: str | None, to_ref: str | None,
         output.error("give the target with --to URI or --to-ref REF (one of them)")
         return ExitCode.USAGE
     state_dir = resolve_state_dir(state_dir_flag)
+    if not (state_dir / JOURNAL_FILE).is_file():
+        output.error(f"{state_dir} holds no {JOURNAL_FILE}: is it a palyra state dir"
+                     " (--state-dir)?")
+        return ExitCode.USAGE
     try:
         settings = load_settings(state_dir, flags={("secrets", "key_ref"): key_ref})
         if settings.get("storage", "backend") == "postgres":

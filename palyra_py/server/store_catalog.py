@@ -167,6 +167,8 @@ async def copy_installation(state_dir: Path, dsn: str, *, keys: Keys | None,
         conn = await connect(dsn)
     except DRIVER_ERRORS as exc:
         raise CopyUnreachable(_unreachable(exc)) from None
+    except ValueError as exc:  # an option of the URI the driver refuses: never quoted
+        raise CopyFailed(f"the target URI is not usable ({type(exc).__name__})") from None
     try:
         try:
             if not await conn.fetchval("SELECT pg_try_advisory_lock($1)", COPY_LOCK):
