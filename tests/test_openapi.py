@@ -267,6 +267,22 @@ async def test_answers_match_the_spec(
     verified = await api.call("POST", "/v1/journal/verify", 200)
     assert verified["ok"] is True
 
+    exported = await api.call("GET", "/v1/registry", 200)
+    assert (exported["source"], exported["version"]) == ("file", None)
+    assert exported["counts"]["integrations"] == 2
+    reviewed = exported["document"] + "\n# reviewed in git\n"
+    dry = await api.call("POST", "/v1/registry/import", 200,
+                         json={"document": reviewed, "dry_run": True})
+    assert dry["status"] == "dry_run"
+    assert dry["changes"]["integrations"] == {"added": [], "removed": [], "changed": []}
+    invalid_doc = await api.call("POST", "/v1/registry/import", 422, json={
+        "document": reviewed + '[[webhooks]]\nintegration_id = "x"\nprovider = "nope"\n'})
+    assert invalid_doc["location"].startswith(f"{daemon.registry_file.path}:")
+    assert daemon.registry_file.path.read_text() == exported["document"]
+    imported = await api.call("POST", "/v1/registry/import", 200, json={"document": reviewed})
+    assert imported["status"] == "imported"
+    assert daemon.registry_file.path.read_text() == reviewed
+
     reloaded = await api.call("POST", "/v1/reload", 200)
     assert reloaded["integrations"] == 2
     await api.call("DELETE", "/v1/webhooks/{id}", 200, id="sw")

@@ -24,6 +24,7 @@ from palyra_py.registry.file import RegistryFile
 
 __all__ = [
     "FileSource",
+    "ImportOutcome",
     "RegistryConflict",
     "RegistryDocument",
     "RegistrySource",
@@ -59,6 +60,16 @@ class Snapshot(NamedTuple):
 
     registry: Registry
     document: RegistryDocument
+
+
+class ImportOutcome(NamedTuple):
+    """What an import changed (or, dry, would change) against ``previous``: per record
+    kind the ids added, removed and changed (``registry.apply.registry_changes``)."""
+
+    changes: dict[str, dict[str, list[str]]]
+    previous: RegistryDocument
+    document: RegistryDocument
+    applied: bool
 
 
 class RegistrySource(Protocol):
