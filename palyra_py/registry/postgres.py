@@ -194,13 +194,20 @@ class PostgresRegistry:
         return await self._call("read", read, read_only=True)
 
     async def close(self) -> None:
+        """Close the connection. A call still on it (a stop while a read waits on a
+        server that does not answer) is not waited for: the connection is cut, and that
+        call fails as unavailable."""
+        conn, self._conn = self._conn, None
+        if conn is None:
+            return
+        if self._lock.locked():
+            conn.terminate()
+            return
         async with self._lock:
-            if self._conn is not None:
-                conn, self._conn = self._conn, None
-                try:
-                    await asyncio.wait_for(conn.close(), 5)
-                except DRIVER_ERRORS:
-                    conn.terminate()
+            try:
+                await asyncio.wait_for(conn.close(), 5)
+            except DRIVER_ERRORS:
+                conn.terminate()
 
 
 def postgres_registry(dsn: Callable[[], str], path: Path, *,
