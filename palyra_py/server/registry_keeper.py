@@ -37,6 +37,7 @@ from palyra_py.registry.source import (
     Change,
     ImportOutcome,
     RegistryConflict,
+    RegistryDocument,
     RegistrySource,
     RegistryUnavailable,
     Snapshot,
@@ -94,6 +95,7 @@ class RegistryKeeper:
         self._wake = asyncio.Event()
         self._polled = asyncio.Event()
         self._refused_version: int | None = None
+        self._refusing: int | None = None
 
     @property
     def clustered(self) -> bool:
@@ -148,8 +150,12 @@ class RegistryKeeper:
         self._take(snapshot)
 
     async def document(self) -> Snapshot:
-        """The document as stored now (``GET /v1/registry``)."""
-        return await self._run(self.source.load())
+        """The document as stored now (``GET /v1/registry``); 422 ``registry_invalid``
+        when it does not validate."""
+        try:
+            return await self._run(self.source.load())
+        except RegistryError as exc:
+            raise registry_error(exc) from None
 
     async def import_document(self, text: str, *, dry_run: bool,
                               expected_version: int | None) -> ImportOutcome:
@@ -169,7 +175,12 @@ class RegistryKeeper:
 
     async def _import(self, text: str, *, dry_run: bool,
                       expected_version: int | None) -> ImportOutcome:
-        current = await self._run(self.source.load())
+        try:
+            current = await self._run(self.source.load())
+        except RegistryError:
+            # The stored document does not validate (SQL by hand): an import is how it is
+            # mended, and it is compared with nothing.
+            current = Snapshot(Registry(self.source.path, {}), RegistryDocument(""))
         try:
             new = await asyncio.to_thread(check_document, text, self.source.path)
         except RegistryError as exc:
@@ -208,6 +219,11 @@ class RegistryKeeper:
                 if self.unavailable is not None:
                     log.info("registry_reachable_again", version=self.version)
                 self.unavailable = None
+            except RegistryError as exc:
+                # Written around palyra (SQL by hand): the last good registry stays.
+                self._refused_version = self._refusing
+                log.error("registry_version_refused", version=self._refusing, error=str(exc),
+                          hint="the registry in force stays; import a valid document")
             except RegistryUnavailable as exc:
                 if self.unavailable is None:
                     log.warning("registry_unreachable", error=str(exc),
@@ -225,6 +241,7 @@ class RegistryKeeper:
         version = await self.source.version()
         if version is None or version == self.version or version == self._refused_version:
             return
+        self._refusing = version
         async with self._lock:
             snapshot = await self.source.load()
             stored = snapshot.document.version
