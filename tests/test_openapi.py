@@ -147,7 +147,8 @@ async def test_tcp_listener_extension_lists_the_ingress_routes(
     assert {r["path"] for r in listed} == registered
     tokened = {(r["method"], r["path"]) for r in listed if r["auth"] == "palyraToken"}
     assert tokened == {("POST", "/v1/events"), ("GET", "/v1/events"),
-                       ("GET", "/v1/events/stream")}
+                       ("GET", "/v1/events/stream"), ("GET", "/v1/registry"),
+                       ("POST", "/v1/registry/import")}
     assert all(r["path"] in spec["paths"] for r in listed if r["auth"] == "palyraToken")
     assert "/metrics" not in spec["paths"]
     assert spec["components"]["securitySchemes"]["palyraToken"]["scheme"] == "bearer"

@@ -312,3 +312,45 @@ async def test_postgresql_down_is_503_registry_unavailable_and_the_nodes_recover
 @pytest.fixture(autouse=True)
 def _no_stray_env() -> None:
     assert "PALYRA_STORAGE_DSN" not in os.environ
+
+
+async def test_an_admin_token_exports_and_imports_over_tcp_through_a_worker(
+    pg_server: PgServer, tmp_path: Path,
+) -> None:
+    async with cluster(pg_server, tmp_path) as (a, b):
+        tokens = {}
+        for scope in ("admin", "publish"):
+            created = await b.ok("POST", "/v1/tokens", {"name": f"ci-{scope}",
+                                                        "scopes": [scope]})
+            tokens[scope] = created["secret"]
+            leakcheck.WATCH.remember(created["secret"])
+        base = b.process.ingress  # served by B's workers
+        async with aiohttp.ClientSession() as http:
+            bearer = {"Authorization": f"Bearer {tokens['admin']}"}
+            async with http.get(f"{base}/v1/registry", headers=bearer) as resp:
+                exported = await resp.json()
+                assert resp.status == 200, exported
+            assert exported["document"] == (await a.ok("GET", "/v1/registry"))["document"]
+            async with http.get(f"{base}/v1/registry",
+                                headers={"Authorization": f"Bearer {tokens['publish']}"}
+                                ) as resp:
+                assert (resp.status, (await resp.json())["error"]) == (403, "scope_denied")
+            async with http.get(f"{base}/v1/registry") as resp:
+                assert resp.status == 401
+
+            assert exported["document"].startswith(SEED)  # then the two [[tokens]]
+            text = SEED + (
+                '\n[[webhooks]]\nintegration_id = "from-ci"\nprovider = "github"\n'
+                'secret_ref = "env:GH_SECRET"\n') + exported["document"][len(SEED):]
+            mark = a.mark()
+            async with http.post(f"{base}/v1/registry/import", headers=bearer,
+                                 json={"document": text}) as resp:
+                answer = await resp.json()
+                assert resp.status == 200, answer
+            assert answer["status"] == "imported"
+            assert answer["changes"]["integrations"]["added"] == ["from-ci"]
+        # In force on every process of B when it answered, and on A within the bound.
+        statuses = await asyncio.gather(*(b.hook("from-ci", f"ci-{n}") for n in range(10)))
+        assert set(statuses) == {202}
+        await asyncio.wait_for(a.in_force(answer["version"], mark), 5)
+        assert await a.hook("from-ci", "ci-a") == 202

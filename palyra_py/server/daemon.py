@@ -72,6 +72,7 @@ from palyra_py.secrets.dsn import storage_dsn
 from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.shared import DbSecrets, DbSecretsUnavailable
 from palyra_py.secrets.store import SecretNotFound, SecretStore
+from palyra_py.server.admin_relay import relay_to_admin_socket
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.metrics_view import merge_expositions
 from palyra_py.server.registry_keeper import RegistryKeeper, node_name, open_db_registry
@@ -661,6 +662,20 @@ class Daemon:
                                                        can_read)),
             web.get("/v1/events/stream",
                     self._token_required(body_capped(events.stream), "read", can_read)),
+        ])
+        def can_administer(principal: Principal) -> bool:
+            return principal.can_administer
+
+        if self.role == "worker":  # the control process writes the registry
+            show = update = relay_to_admin_socket(self.socket_path)
+        else:
+            registry = RegistryApi(self.registry_keeper, self)
+            show, update = registry.show, registry.import_document
+        import_limit = self.settings.get("admin", "max_body_bytes")
+        app.add_routes([
+            web.get("/v1/registry", self._token_required(show, "admin", can_administer)),
+            web.post("/v1/registry/import", self._token_required(
+                body_capped(update, import_limit), "admin", can_administer)),
         ])
         metrics = (self._metrics if self.settings.get("metrics", "public")
                    else self._token_required(self._metrics, "metrics", can_scrape))
