@@ -42,7 +42,8 @@ class RegistryUnavailable(Exception):
 
 class RegistryConflict(Exception):
     """The document changed under the write (409 ``registry_conflict``): an import's
-    ``expected_version`` is not the stored one, or an edit kept losing to others."""
+    ``expected_version`` is not the stored one. (Edits do not end so: their last try holds
+    the row, ``registry.engines``.)"""
 
 
 class RegistryDocument(NamedTuple):
