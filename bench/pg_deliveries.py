@@ -147,7 +147,7 @@ class Run:
             }
             if database is not None:
                 out["statements"] = self.statements(database, done)
-            out["problems"] = self.check(daemon.socket, stats, expected)
+            out["problems"] = self.check(daemon.socket, stats, expected, daemon.log_path)
             return out
         finally:
             self.children.stop(daemon.proc)
@@ -155,19 +155,21 @@ class Run:
     def statements(self, database: str, deliveries: int) -> list[dict[str, Any]]:
         """The statements that took the most server time since the reset."""
         rows = self.server.psql("postgres", (
-            "SELECT calls, round(total_exec_time::numeric, 3), round(mean_exec_time::numeric,"
-            " 4), regexp_replace(left(query, 90), E'\\\\s+', ' ', 'g')"
+            "SELECT queryid, calls, round(total_exec_time::numeric, 3),"
+            " round(mean_exec_time::numeric, 4), regexp_replace(left(query, 48) || ' ... '"
+            " || right(query, 60), E'\\\\s+', ' ', 'g')"
             " FROM pg_stat_statements WHERE dbid = (SELECT oid FROM pg_database"
             f" WHERE datname = '{database}') ORDER BY total_exec_time DESC"
             f" LIMIT {TOP_STATEMENTS}"))
         found = []
         for line in rows.splitlines():
-            calls, total, mean, query = line.split("|", 3)
-            found.append({"calls_per_delivery": int(calls) / deliveries,
+            queryid, calls, total, mean, query = line.split("|", 4)
+            found.append({"queryid": queryid, "calls_per_delivery": int(calls) / deliveries,
                           "total_ms": float(total), "mean_ms": float(mean), "query": query})
         return found
 
-    def check(self, sock: Path, stats: dict[str, Any], expected: int) -> list[str]:
+    def check(self, sock: Path, stats: dict[str, Any], expected: int,
+              log_path: Path) -> list[str]:
         problems = []
         if stats["unique"] != expected:
             problems.append(f"received {stats['unique']} of {expected} events")
@@ -181,17 +183,22 @@ class Run:
             time.sleep(0.1)
         if db.get("succeeded") != expected or db.get("failed") or db.get("pending"):
             problems.append(f"delivery store: {db}")
+        text = log_path.read_text(errors="replace")
+        for event in ("delivery_attempt_crashed", "delivery_attempt_unrecorded",
+                      "delivery_paused"):
+            if text.count(event):
+                problems.append(f"{text.count(event)} {event} in the daemon log")
         return problems
 
 
 def summarize(rounds: list[dict[str, Any]], engines: Sequence[str]) -> dict[str, Any]:
     by_engine = {engine: medians([r[engine] for r in rounds]) for engine in engines}
-    base = by_engine["sqlite"]
+    base = by_engine.get("sqlite", {})
     ratios = {
         engine: {key: (None if not base.get(key) or by_engine[engine].get(key) is None
                        else by_engine[engine][key] / base[key])  # type: ignore[operator]
                  for key in ("per_s", "cpu_ms_per_delivery", "total_cpu_ms_per_delivery")}
-        for engine in engines if engine != "sqlite"
+        for engine in engines if engine != "sqlite" and base
     }
     statements = {}
     for engine in engines:
@@ -201,10 +208,10 @@ def summarize(rounds: list[dict[str, Any]], engines: Sequence[str]) -> dict[str,
         statements[engine] = [
             {**item, "mean_ms": statistics.median(
                 next((s["mean_ms"] for s in r[engine]["statements"]
-                      if s["query"] == item["query"]), item["mean_ms"]) for r in rounds)}
+                      if s["queryid"] == item["queryid"]), item["mean_ms"]) for r in rounds)}
             for item in last]
-    targets = check_targets({"postgres/sqlite deliveries/s": ratios["postgres"]["per_s"]},
-                            TARGETS)
+    targets = (check_targets({"postgres/sqlite deliveries/s": ratios["postgres"]["per_s"]},
+                             TARGETS) if "postgres" in ratios else [])
     problems = [f"round {i + 1} {engine}: {p}" for i, r in enumerate(rounds)
                 for engine in engines for p in r[engine]["problems"]]
     return {"by_engine": by_engine, "ratios": ratios, "statements": statements,
@@ -255,8 +262,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--deadline", type=float, default=180.0)
     parser.add_argument("--palyra", type=Path, default=DEFAULT_PALYRA)
     parser.add_argument("--tmp-dir", type=Path, default=None)
+    parser.add_argument("--engines", default="sqlite,postgres",
+                        help="comma-separated, from sqlite, postgres (sqlite,postgres)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if not args.engines or not set(args.engines) <= {"sqlite", "postgres"}:
+        parser.error("--engines: sqlite and/or postgres")
     for name in ("events", "subscriptions", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -269,7 +282,7 @@ def benchmark(args: argparse.Namespace, children: Children) -> dict[str, Any]:
     bin_dir = find_binaries()
     if bin_dir is None:
         raise BenchError("PostgreSQL binaries not installed: apt-get install postgresql")
-    engines = ["sqlite", "postgres", *(["postgres-auto"] if args.generic_plans else [])]
+    engines = [*args.engines, *(["postgres-auto"] if args.generic_plans else [])]
     load_start, started_at = list(os.getloadavg()), datetime.now(UTC)
     work = Path(tempfile.mkdtemp(prefix="palyra-bench-pgdeliv-", dir=args.tmp_dir))
     server = PgServer.create(bin_dir, settings=[
@@ -307,7 +320,10 @@ def benchmark(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         }
     finally:
         server.remove()
-        shutil.rmtree(work, ignore_errors=True)
+        if args.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
