@@ -13,7 +13,7 @@ import pytest
 
 from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring
 from tests import leakcheck
-from tests.fault_helpers import admin_session
+from tests.fault_helpers import admin_session, publish
 from tests.pg import PgServer
 from tests.test_secrets_cluster import answer, database, new_key, node
 
@@ -34,9 +34,10 @@ async def test_subscription_and_token_secrets_are_db_secrets_every_node_reads(
     async with node(pg_server, db, clock, keyring_a, secrets__key_ref=key_ref,
                     delivery__allow_private_networks=True) as a, \
             admin_session(a.socket_path) as admin_a, \
-            node(pg_server, db, clock, keyring_b, secrets__key_ref=key_ref) as b:
+            node(pg_server, db, clock, keyring_b, secrets__key_ref=key_ref,
+                 delivery__allow_private_networks=True) as b:
         added = await answer(admin_a, "POST", "/v1/subscriptions", subscription_id="ci",
-                             url=receiver.url, events=["palyra.*"],
+                             url=receiver.url, events=["app.*"],
                              headers={"Authorization": "Bearer tok-0123456789abcdef"})
         leakcheck.WATCH.remember(added["secret"])
         leakcheck.WATCH.remember("Bearer tok-0123456789abcdef")
@@ -57,11 +58,12 @@ async def test_subscription_and_token_secrets_are_db_secrets_every_node_reads(
         assert (b.secrets.resolve("db:subscription-header:ci:authorization")
                 == "Bearer tok-0123456789abcdef")
 
-        # The node that holds the subscription signs and sends with them.
-        tested = await answer(admin_a, "POST", "/v1/subscriptions/ci/test")
-        assert tested["attempt"]["status_code"] == 200, tested
+        # Whichever node holds the subscription's lease signs and sends with them.
+        status, body = await publish(admin_a, "app.built", n=1)
+        assert status in (200, 201, 202), body
         got = (await receiver.wait_for(1))[0]
         assert got.headers["Authorization"] == "Bearer tok-0123456789abcdef"
+        assert "webhook-signature" in {k.lower() for k in got.headers}
 
         rotated = await answer(admin_a, "POST", "/v1/subscriptions/ci/rotate-secret",
                                grace_s=3600)

@@ -12,7 +12,6 @@ import asyncio
 import base64
 import json
 import os
-import shutil
 import signal
 import sqlite3
 import subprocess
@@ -164,7 +163,7 @@ async def installation(tmp_path: Path, receiver: CapturingReceiver,
 
 async def test_a_copy_holds_the_same_rows_verifies_and_a_daemon_runs_on_it(
     installation: tuple[Path, dict[str, str]], target: str, tmp_path: Path,
-    http: aiohttp.ClientSession,
+    http: aiohttp.ClientSession, receiver: CapturingReceiver,
 ) -> None:
     state, secrets = installation
     key_ref = new_key(tmp_path)
@@ -187,13 +186,17 @@ async def test_a_copy_holds_the_same_rows_verifies_and_a_daemon_runs_on_it(
     assert 'backend = "postgres"' in report["settings"]
     assert f'key_ref = "{key_ref}"' in report["settings"]
 
-    # The state dir is as it was, but for the rewritten registry beside it.
+    # The state dir is as it was; the registry, its references moved to db:, is the
+    # database's.
     assert {p.name: p.read_bytes() for p in state.iterdir()
             if p.name in files_before} == files_before
-    copied_registry = (state / "webhooks.postgres.toml").read_text()
+    assert (state / "webhooks.toml").read_text() == registry_before
+    [(copied_registry, version)] = await rows(
+        target, "SELECT document, version FROM palyra_registry")
+    assert version == 1
     assert 'secret_ref = "db:webhook:gh"' in copied_registry
     assert "keyring:" not in copied_registry
-    assert (state / "webhooks.toml").read_text() == registry_before
+    assert copied_registry.replace("db:", "keyring:") == registry_before
 
     # The same rows, exactly.
     assert await rows(target, JOURNAL_SQL) == journal_rows
@@ -216,8 +219,6 @@ async def test_a_copy_holds_the_same_rows_verifies_and_a_daemon_runs_on_it(
     # Switch, as the report says, and run a daemon on the copy.
     (state / "palyra.toml").write_text(
         f'[storage]\nbackend = "postgres"\ndsn = "{target}"\n\n[secrets]\nkey_ref = "{key_ref}"\n')
-    shutil.move(state / "webhooks.toml", state / "webhooks.sqlite.toml")
-    shutil.move(state / "webhooks.postgres.toml", state / "webhooks.toml")
     async with running_daemon(state, clock=ManualClock(),
                               keyring=StateDirKeyring(tmp_path / "empty-keyring.json"),
                               delivery__allow_private_networks=True) as daemon, \
@@ -240,6 +241,13 @@ async def test_a_copy_holds_the_same_rows_verifies_and_a_daemon_runs_on_it(
         assert (status, body["status"]) == (200, "duplicate"), body
         first_push = next(r for r in journal_rows if (r[6], r[7]) == ("gh", "push"))
         assert (body["seq"], body["event_id"]) == first_push[:2]
+        # The deliveries are the copy's, and the subscription goes on from its cursor:
+        # the new event is delivered, signed with the subscription's db: secret.
+        async with admin.get("/v1/deliveries", params={"limit": "1000"}) as resp:
+            listed_deliveries = (await resp.json())["deliveries"]
+        assert sorted(d["delivery_id"] for d in listed_deliveries)[:6] == [
+            r[0] for r in sqlite_rows(state / "deliveries.db", DELIVERIES_SQL)]
+        await receiver.wait_for(7)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "palyra_py", "system", "events", "verify",
             "--state-dir", str(state), env=child_env(state),
@@ -376,12 +384,14 @@ async def test_migrate_applies_and_shows_every_store(target: str, tmp_path: Path
         done = palyra(state, "storage", "migrate", "--status", "--json")
         assert done.returncode == 4, done.stderr  # everything pending
         pending = {s["store"]: s["pending"] for s in json.loads(done.stdout)["stores"]}
-        assert pending == {"journal": [1], "deliveries": [1], "secrets": [1]}
+        assert pending == {"journal": [1], "deliveries": [1], "secrets": [1],
+                           "registry": [1], "cluster": [1]}
         done = palyra(state, "storage", "migrate", "--json")
         assert done.returncode == 0, done.stderr
         assert PASSWORD not in done.stdout + done.stderr
         applied = {s["store"]: s["applied_now"] for s in json.loads(done.stdout)["stores"]}
-        assert applied == {"journal": [1], "deliveries": [1], "secrets": [1]}
+        assert applied == {"journal": [1], "deliveries": [1], "secrets": [1],
+                           "registry": [1], "cluster": [1]}
         done = palyra(state, "storage", "migrate", "--status")
         assert done.returncode == 0, done.stderr
         assert "***" in done.stderr and PASSWORD not in done.stdout + done.stderr

@@ -79,7 +79,7 @@ class DeliveriesApi:
         if found[0].status == "succeeded":
             raise ApiError(409, "conflict", "the delivery already succeeded")
         delivery = await self.ctx.deliveries.retry(delivery_id, self.ctx.time.now_ms())
-        self.ctx.dispatcher.wake()
+        self.ctx.dispatcher.wake(everywhere=True)
         assert delivery is not None
         return web.json_response({"delivery": delivery.to_dict()})
 
@@ -96,7 +96,7 @@ class DeliveriesApi:
         until = parse_time_ms(str(body["until"]), "until") if body.get("until") else None
         count = await self.ctx.deliveries.recover(subscription_id, since, until,
                                                   self.ctx.time.now_ms())
-        self.ctx.dispatcher.wake()
+        self.ctx.dispatcher.wake(everywhere=True)
         return web.json_response({"recovered": count})
 
     async def stats(self, request: web.Request) -> web.Response:

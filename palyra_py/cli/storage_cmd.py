@@ -83,9 +83,9 @@ def copy(
     copy and a provider's retry of an old delivery is still a duplicate), the
     deliveries with their attempts, the cursors and health, and the secrets: each
     keyring: secret the registry names is sealed as db:NAME under [secrets] key_ref
-    (--key-ref), and the registry, with those references rewritten, is written to
-    webhooks.postgres.toml beside webhooks.toml. Nothing in the state dir is changed:
-    until you switch, the installation runs as before.
+    (--key-ref), and the registry, with those references rewritten, becomes the
+    registry in the database. Nothing in the state dir is changed: until you switch,
+    the installation runs as before.
 
     The daemon must be stopped (the copy holds the state dir's lock; a daemon cannot
     start meanwhile). The target must be empty, or hold an interrupted copy of this

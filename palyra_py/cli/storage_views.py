@@ -44,7 +44,6 @@ def copy_document(report: CopyReport, target: str, to_ref: str | None, key_ref: 
         "stores": [{**done._asdict(), "notes": list(done.notes)} for done in report.stores],
         "chain": report.chain._asdict(),
         "verified": report.chain.first_broken_seq is None,
-        "registry_file": None if report.registry_file is None else str(report.registry_file),
         "settings": switch_settings(to_ref, key_ref),
     }
 
@@ -65,9 +64,7 @@ def print_copy_report(report: CopyReport, target: str, to_ref: str | None, key_r
                    f" ({chain.checked} events, seq {chain.first_seq}..{chain.last_seq}).")
     steps = [f"To switch this node to the copy, with the daemon stopped, put in"
              f" {state_dir / 'palyra.toml'}:", "", switch_settings(to_ref, key_ref), ""]
-    if report.registry_file is not None:
-        steps += ["and move the rewritten registry in place (keep the old one aside):",
-                  f"  mv {state_dir / 'webhooks.toml'} {state_dir / 'webhooks.sqlite.toml'}",
-                  f"  mv {report.registry_file} {state_dir / 'webhooks.toml'}", ""]
-    steps.append("then start the daemon and run `palyra system events verify`.")
+    steps.append("then start the daemon and run `palyra system events verify`. The registry is"
+                 " the database's from then on (`palyra registry export` shows it); "
+                 f"{state_dir / 'webhooks.toml'} stays as it was, for the way back.")
     output.console().print(Text("\n".join(steps)))

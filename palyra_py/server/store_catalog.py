@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+from palyra_py.cluster import postgres as cluster_pg
 from palyra_py.delivery import postgres as delivery_pg
 from palyra_py.delivery.postgres_import import DeliveryImport
 from palyra_py.delivery.sqlite_export import DeliveryExport
@@ -27,6 +28,7 @@ from palyra_py.journal.postgres_import import JournalImport
 from palyra_py.journal.sqlite_export import JournalExport
 from palyra_py.journal.transfer import BATCH_ROWS, JournalCopier, source_identity
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE
+from palyra_py.registry import postgres as registry_pg
 from palyra_py.registry.secret_refs import refs_of_kind
 from palyra_py.registry.transfer import RegistryCopier
 from palyra_py.secrets import postgres as secrets_pg
@@ -65,7 +67,11 @@ SCHEMAS: tuple[StoreSchema, ...] = (
     StoreSchema(delivery_pg.STORE, delivery_pg.MIGRATIONS,
                 ("deliveries", "delivery_cursors", "subscription_health")),
     StoreSchema(secrets_pg.STORE, secrets_pg.MIGRATIONS, ("palyra_secrets",)),
-    # HOOK(registry in the database, branch pg/registry): its StoreSchema here.
+    StoreSchema(registry_pg.STORE, registry_pg.MIGRATIONS,
+                ("palyra_registry", "palyra_registry_history")),
+    # Nodes and leases are a running cluster's, never copied; a database where nodes
+    # have run is not empty.
+    StoreSchema(cluster_pg.STORE, cluster_pg.MIGRATIONS, ("cluster_nodes", "cluster_leases")),
 )
 
 
@@ -114,8 +120,6 @@ class CopyReport(NamedTuple):
     stores: tuple[CopyDone, ...]
     chain: ChainWalk
     """The target's chain, walked after the copy (``first_broken_seq`` None: it verifies)."""
-    registry_file: Path | None
-    """The rewritten registry (``webhooks.postgres.toml``), if one was written."""
 
 
 def copiers(state_dir: Path, conn: Any, *, dsn: str, keys: Keys | None,
@@ -123,7 +127,9 @@ def copiers(state_dir: Path, conn: Any, *, dsn: str, keys: Keys | None,
             batch_rows: int = BATCH_ROWS) -> list[Copier]:
     """The stores' copiers over a target connection (migrated), in the order they run:
     the journal, the deliveries (their seqs name its events), the secrets, the registry
-    (its references rewritten to the secrets' new ones)."""
+    (its references rewritten to the secrets' new ones). Nodes and leases are not
+    copied: a cluster makes its own."""
+    from palyra_py.registry.postgres import PostgresRegistry
     from palyra_py.secrets.postgres import PostgresSecrets
 
     registry = state_dir / REGISTRY_FILE
@@ -139,8 +145,8 @@ def copiers(state_dir: Path, conn: Any, *, dsn: str, keys: Keys | None,
                        DeliveryImport(conn),
                        batch=max(1, batch_rows // 2)),
         secrets,
-        # HOOK(registry in the database, branch pg/registry): its copier writes the table.
-        RegistryCopier(registry, lambda: secrets.moved),
+        RegistryCopier(registry, lambda: secrets.moved, PostgresRegistry(lambda: dsn),
+                       by=f"storage copy from {socket.gethostname()}:{state_dir}"),
     ]
 
 
@@ -198,8 +204,7 @@ async def copy_installation(state_dir: Path, dsn: str, *, keys: Keys | None,
             raise copy_error(exc, "the copied journal", "check") from None
     finally:
         await _close(conn)
-    registry = next((c.written for c in runs if isinstance(c, RegistryCopier)), None)
-    return CopyReport(label, resumed, tuple(done), chain, registry)
+    return CopyReport(label, resumed, tuple(done), chain)
 
 
 async def _accept_target(conn: Any, identity: str, source_head: str, label: str) -> bool:
