@@ -88,6 +88,7 @@ from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsag
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen, parse_workers
 from palyra_py.storage.ownership import ForeignOwner, check_path_owner
 from palyra_py.storage.sqlite import related_files
+from palyra_py.storage.state_lock import StateDirBusy, StateDirLock
 from palyra_py.stream.hub import StreamHub
 from palyra_py.times import format_rfc3339
 
@@ -259,6 +260,7 @@ class Daemon:
         self.cluster: ClusterNode | None = None
         """Cluster mode: this node's heartbeat and delivery leases."""
         self._notices: Notices | None = None
+        self._state_lock = StateDirLock(self.state_dir, "a palyra daemon")
 
     def _journal_backend(self) -> JournalBackend:
         """The journal's engine, as ``[storage] backend`` says."""
@@ -788,16 +790,25 @@ class Daemon:
         return budget
 
     async def start(self) -> None:
+        prepare_state_dir(self.state_dir)
+        if self.role != "worker":  # the control process holds it for them all
+            try:
+                self._state_lock.acquire()
+            except StateDirBusy as exc:
+                raise DaemonError(f"{exc}; stop it first") from None
         try:
             await self._start()
         except BaseException:
-            # Whatever stopped the start, the registry's connection does not outlive it.
-            await self.registry_keeper.close()
+            # Whatever stopped the start, the registry's connection does not outlive it,
+            # nor the state dir's lock.
+            try:
+                await self.registry_keeper.close()
+            finally:
+                self._state_lock.release()
             raise
 
     async def _start(self) -> None:
         hide_server_version()
-        prepare_state_dir(self.state_dir)
         self.fd_budget = budget = self._fit_open_file_limit()
         ssl_ctx = self._ssl_context()
         host, port = parse_listen(self.settings.get("daemon", "listen"))
@@ -1134,6 +1145,7 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             if self.listeners:
                 self.socket_path.unlink()
+        self._state_lock.release()
         log.info("daemon_stopped")
 
     async def _flush_rejections_forever(self) -> None:
