@@ -231,8 +231,9 @@ async def test_nodes_share_the_subscriptions_fairly_one_holder_each_and_hand_ove
         a = await a_life.enter_async_context(node(pg_server, db, clock, "na"))
         await add_subscriptions(a, SUBS, url)
         await _until(lambda: delivering(a) == [SUBS], "A alone delivers everything")
+        # B reads the subscriptions A added from the registry in the database.
         b = await b_life.enter_async_context(node(pg_server, db, clock, "nb"))
-        await add_subscriptions(b, SUBS, url)
+        assert sorted(b.registry.subscriptions) == SUBS
         # B's join is a notice: A gives up what is over its share of 2, B takes it.
         await _until(lambda: sorted(delivering(a)[0] + delivering(b)[0]) == SUBS
                      and len(delivering(a)[0]) == 2 == len(delivering(b)[0]),
