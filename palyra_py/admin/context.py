@@ -224,7 +224,8 @@ class StatusContext:
     admin_socket: Path
     registry_path: Path
     journal_path: Path
-    deliveries_path: Path
+    deliveries_location: str
+    """The path of ``deliveries.db``, or on PostgreSQL the URI without its password."""
 
 
 @dataclass(frozen=True, slots=True)

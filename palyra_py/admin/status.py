@@ -74,8 +74,9 @@ class AdminApi:
             "processes": processes,
             "admin_socket": str(ctx.admin_socket),
             "registry": str(ctx.registry_path),
-            "deliveries": {"path": str(ctx.deliveries_path),
-                           "problem": ctx.deliveries.check_file()},
+            "deliveries": {"path": ctx.deliveries_location, "storage": storage,
+                           "problem": (ctx.deliveries.check_file()
+                                       or ctx.deliveries.down_reason)},
             "journal": {
                 # On PostgreSQL: the URI without its password.
                 "path": (str(ctx.journal_path) if storage == "sqlite" else storage),

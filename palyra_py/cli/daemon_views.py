@@ -99,6 +99,7 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("last seq", output.text(journal.get("last_seq"))),
         *([("journal problem", f"[red]{output.text(journal['problem'])}[/]")]
           if journal.get("problem") else []),
+        ("deliveries", output.text(deliveries.get("path"))),
         *([("deliveries problem", f"[red]{output.text(deliveries['problem'])}[/]")]
           if deliveries.get("problem") else []),
         ("retention", output.text(journal.get("retention"))),

@@ -14,7 +14,10 @@ sent wrote nothing: the batch runs once more on a new connection; one lost durin
 COMMIT fails the batch (it may or may not be committed: enqueueing again skips what
 exists, and the dispatcher reads the queue back from the store). The next write connects
 again, so the store recovers by itself once the server is back: nothing is ever
-"unavailable until a restart", and there is no file to check.
+"unavailable until a restart", and there is no file to check. While the server is lost
+(a write or read found it unreachable), ``down_reason`` says so and the writer tries it
+every ``PROBE_INTERVAL_S``, so that readiness comes back without waiting for a write; the
+loss and the recovery are logged once each.
 """
 
 from __future__ import annotations
@@ -64,6 +67,8 @@ _T = TypeVar("_T")
 _PRUNE_CHUNK = 2000
 _READERS_MAX = 4
 DEFAULT_MAX_PENDING = 10_000
+PROBE_INTERVAL_S = 1.0
+"""While the server is unreachable, how often the idle writer tries it again."""
 _WHAT = "delivery store"
 
 
@@ -125,6 +130,7 @@ class PostgresDeliveries:
         self._pending = 0
         self._started = False
         self._closed = False
+        self._down: str | None = None
         self.commits = 0
         """Write transactions committed so far, for tests and benchmarks."""
         self.write_jobs = 0
@@ -143,6 +149,22 @@ class PostgresDeliveries:
         """Nothing to check: PostgreSQL keeps its own files, and a lost connection is
         retried by the next call. Always ``None``."""
         return None
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why the store fails now (the server found unreachable by the last write, read
+        or probe), else ``None``; cleared by the next one that reaches it."""
+        return None if self._closed else self._down
+
+    def _unreachable(self, reason: str) -> None:
+        if self._down is None and not self._closed:
+            _log.warning("delivery store: PostgreSQL unreachable: %s", reason)
+        self._down = reason
+
+    def _reached(self) -> None:
+        if self._down is not None:
+            _log.warning("delivery store: PostgreSQL reachable again")
+        self._down = None
 
     # -- life --------------------------------------------------------------------------
 
@@ -221,10 +243,33 @@ class PostgresDeliveries:
         finally:
             self._pending -= 1
 
+    async def _next_job(self) -> _Job | None:
+        """The next job; while the server is down, try it every ``PROBE_INTERVAL_S``
+        meanwhile."""
+        while self._down is not None:
+            try:
+                return await asyncio.wait_for(self._queue.get(), PROBE_INTERVAL_S)
+            except TimeoutError:
+                await self._probe()
+        return await self._queue.get()
+
+    async def _probe(self) -> None:
+        try:
+            conn = await self._connection()
+            await conn.fetchval("SELECT 1")
+        except _Unreachable as exc:
+            self._unreachable(describe_pg_error(exc.cause, _WHAT, "write"))
+            return
+        except DRIVER_ERRORS as exc:
+            self._drop_writer()
+            self._unreachable(describe_pg_error(exc, _WHAT, "write"))
+            return
+        self._reached()
+
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = await self._queue.get()
+            job = await self._next_job()
             if job is None:
                 break
             batch = [job]
@@ -253,8 +298,13 @@ class PostgresDeliveries:
             return
         except DRIVER_ERRORS as exc:
             error = DeliveryStoreUnavailable(describe_pg_error(exc, _WHAT, "write"))
-            _log.warning("delivery store write failed: %s", error)
+            if is_connection_lost(exc):
+                self._unreachable(str(error))  # logged once, until it is reached again
+            else:
+                _log.warning("delivery store write failed: %s", error)
             outcomes = [error] * len(jobs)
+        else:
+            self._reached()
         for job, outcome in zip(jobs, outcomes, strict=True):
             job.settle(outcome)
 
@@ -341,14 +391,21 @@ class PostgresDeliveries:
             try:
                 async with readers.acquire() as conn:
                     if not snapshot:
-                        return await fn(DeliveryPgSql(conn))
-                    async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        return await fn(DeliveryPgSql(conn))
+                        found = await fn(DeliveryPgSql(conn))
+                    else:
+                        async with conn.transaction(isolation="repeatable_read",
+                                                    readonly=True):
+                            found = await fn(DeliveryPgSql(conn))
             except DRIVER_ERRORS as exc:
                 # A pooled connection the server dropped meanwhile: reads are safe to repeat.
                 if attempt == 1 and is_connection_lost(exc):
                     continue
-                raise DeliveryStoreUnavailable(describe_pg_error(exc, _WHAT, "read")) from exc
+                reason = describe_pg_error(exc, _WHAT, "read")
+                if is_connection_lost(exc):
+                    self._unreachable(reason)
+                raise DeliveryStoreUnavailable(reason) from exc
+            self._reached()
+            return found
         raise AssertionError("unreachable")
 
     async def resume_seq(self) -> int | None:

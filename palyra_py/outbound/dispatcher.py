@@ -132,6 +132,8 @@ class Dispatcher:
         self._gauges_at = 0.0
         self._stopping = False
         self._halted = asyncio.Event()  # never set: a halted loop waits for the stop
+        self._paused: dict[str, str] = {}
+        """Per loop (``enqueue``, ``schedule``): why its last pass failed, until one works."""
 
     # -- control -------------------------------------------------------------------------
 
@@ -231,15 +233,31 @@ class Dispatcher:
                 progressed = await self.enqueue_once()
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
                 # Nothing moved (deliveries and cursor commit together): try again shortly.
-                log.warning("delivery_enqueue_failed", error=str(exc), retry_in_s=RETRY_S)
+                self._paused_by("enqueue", exc)
                 await self._pause()
                 continue
+            self._resumed("enqueue")
             if not progressed:
                 await self._bus.wait_beyond(self._lowest_cursor())
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.Event().wait(), RETRY_S)
+
+    def paused(self) -> dict[str, str]:
+        """The loops whose last pass failed on the store or the journal (``enqueue``,
+        ``schedule``) and why; each tries again every ``RETRY_S`` until one works."""
+        return dict(self._paused)
+
+    def _paused_by(self, loop: str, exc: Exception) -> None:
+        # Logged once per pause, not once per try: a server down for an hour is one line.
+        if loop not in self._paused:
+            log.warning("delivery_paused", loop=loop, error=str(exc), retry_every_s=RETRY_S)
+        self._paused[loop] = str(exc)
+
+    def _resumed(self, loop: str) -> None:
+        if self._paused.pop(loop, None) is not None:
+            log.warning("delivery_resumed", loop=loop)
 
     def _lowest_cursor(self) -> int:
         active = [self._cursors.get(s.subscription_id, 0)
@@ -324,9 +342,10 @@ class Dispatcher:
             try:
                 next_ms = await self._schedule(refresh=False)
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
-                log.warning("delivery_schedule_failed", error=str(exc), retry_in_s=RETRY_S)
+                self._paused_by("schedule", exc)
                 await self._pause()
                 continue
+            self._resumed("schedule")
             timeout = None if next_ms is None else max(0.0, (next_ms - self.now_ms()) / 1000)
             # asyncio.timeout, not wait_for: no task per wait.
             with contextlib.suppress(TimeoutError):
@@ -342,6 +361,10 @@ class Dispatcher:
         async with self._pass_lock:
             if self.halted():
                 return None
+            down = self._store.down_reason
+            if down is not None:
+                # Nothing launched from memory either: its outcome could not be stored.
+                raise DeliveryStoreUnavailable(down)
             if refresh:
                 self._ready.invalidate()
             subs = self._subscriptions()
@@ -501,9 +524,15 @@ class Dispatcher:
                 self._ready.invalidate()  # the store says whether it is still due
                 self._settled(launched, None)  # it starts a pass
             # (Settled before: its slot went to the next delivery, or it started a pass.)
-            if not t.cancelled() and t.exception() is not None:
+            error = None if t.cancelled() else t.exception()
+            if isinstance(error, DeliveryStoreUnavailable):
+                # Sent, but its outcome could not be stored: it stays pending in the store
+                # and is attempted again (the receiver may see it twice).
+                log.warning("delivery_attempt_unrecorded", delivery_id=launched.delivery_id,
+                            error=str(error))
+            elif error is not None:
                 log.error("delivery_attempt_crashed", delivery_id=launched.delivery_id,
-                          error=repr(t.exception()))
+                          error=repr(error))
 
         task.add_done_callback(finished)
 
@@ -558,7 +587,8 @@ class Dispatcher:
         if (sub.ordered or not sub.enabled or self._stopping
                 or self._ready.queued(sub.subscription_id) == 0
                 or not self._has_slot(sub, state)
-                or self._store.unavailable_reason is not None):
+                or self._store.unavailable_reason is not None
+                or self._store.down_reason is not None):
             return False
         now_ms = self.now_ms()
         if (self._ready.needs_full_read(now_ms)

@@ -41,8 +41,8 @@ from palyra_py.admin.subscriptions import SubscriptionsApi
 from palyra_py.admin.webhooks import WebhooksApi
 from palyra_py.bus.local import SeqBus
 from palyra_py.bus.socket import HeadRelay
+from palyra_py.delivery.backend import DeliveryBackend, DeliveryStoreUnavailable
 from palyra_py.delivery.start import DeliveriesFrom, parse_deliveries_from
-from palyra_py.delivery.store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
 from palyra_py.inbound.ingress import ActiveIntegration, Ingress
 from palyra_py.inbound.listener import CappedTCPSite, ConnectionCap
 from palyra_py.inbound.rejections import RejectionLog
@@ -76,6 +76,7 @@ from palyra_py.server.admin_relay import relay_to_admin_socket
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.metrics_view import merge_expositions
 from palyra_py.server.registry_keeper import RegistryKeeper, node_name, open_db_registry
+from palyra_py.server.stores import delivery_backend, delivery_file, delivery_location
 from palyra_py.server.supervisor import (
     Supervisor,
     WorkerSlot,
@@ -179,10 +180,10 @@ class Daemon:
         flags: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
         """``deliveries_from``: where deliveries resume if ``deliveries.db`` is missing
-        (``palyra daemon run --deliveries-from``). The role follows ``daemon.workers``
-        (1: ``single``, more: ``control``), or is ``worker`` when ``worker_of`` (the
-        control process's listening socket) is given. ``flags``: the ``daemon run`` flags,
-        passed on to the workers."""
+        (``palyra daemon run --deliveries-from``; ignored on PostgreSQL). The role follows
+        ``daemon.workers`` (1: ``single``, more: ``control``), or is ``worker`` when
+        ``worker_of`` (the control process's listening socket) is given. ``flags``: the
+        ``daemon run`` flags, passed on to the workers."""
         self.settings = settings
         self.workers = parse_workers(settings.get("daemon", "workers"))
         self.role: Role = ("worker" if worker_of is not None
@@ -218,8 +219,12 @@ class Daemon:
         """The registry's source (the file; in cluster mode the database) and its watch."""
         self.active: dict[str, ActiveIntegration] = {}
         self.journal = Journal(self._journal_backend())
-        self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
-        self.deliveries.on_unavailable = self._delivery_store_unavailable
+        # A worker builds one too, and never starts it: the control process delivers.
+        self.deliveries: DeliveryBackend = delivery_backend(
+            settings, self.state_dir, dsn=self._storage_dsn,
+            on_file_lost=self._delivery_store_unavailable)
+        self._deliveries_file = delivery_file(self.deliveries)
+        """``deliveries.db`` (SQLite), else ``None``."""
         cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
                  if c.strip()]
         self.sender = Sender(
@@ -365,7 +370,8 @@ class Daemon:
         journal = self.journal.check_file()
         if journal is not None:
             return "journal_unavailable", journal
-        deliveries = None if self.role == "worker" else self.deliveries.check_file()
+        deliveries = (None if self.role == "worker"
+                      else self.deliveries.check_file() or self.deliveries.down_reason)
         if deliveries is not None:
             return "deliveries_unavailable", deliveries
         return None
@@ -465,14 +471,14 @@ class Daemon:
                             cursor=cursor, journal_head=head,
                             reason="the journal is behind the cursor: it was replaced")
 
-    async def _without_delivery_store(self) -> None:
-        """``deliveries.db`` is missing. A first start (empty journal) or one without
-        subscriptions has nothing to lose; otherwise the file was lost and where deliveries
-        resume is the operator's choice, never a guess."""
+    async def _without_delivery_store(self, path: Path) -> None:
+        """``deliveries.db`` (``path``) is missing. A first start (empty journal) or one
+        without subscriptions has nothing to lose; otherwise the file was lost and where
+        deliveries resume is the operator's choice, never a guess."""
         head = await self.journal.last_seq()
         if head > 0 and self.registry.subscriptions and self._deliveries_from is None:
             raise DaemonError(
-                f"{self.deliveries.path} is missing, but the journal has events (head seq "
+                f"{path} is missing, but the journal has events (head seq "
                 f"{head}) and there are {len(self.registry.subscriptions)} subscriptions: the "
                 "delivery store (pending retries and each subscription's cursor) was removed "
                 "or lost, and palyra will not guess where deliveries resume. Restore it from "
@@ -482,7 +488,7 @@ class Daemon:
                 "2026-12-07T10:00Z (re-deliver from that time). If the daemon logged "
                 "delivery_store_removed, its deliveries_from says where nothing is lost",
                 exit_code=EXIT_DELIVERIES_MISSING)
-        for orphan in related_files(self.deliveries.path)[1:]:
+        for orphan in related_files(path)[1:]:
             if orphan.exists():  # a WAL without its database would be replayed into a new one
                 aside = orphan.with_name(f"{orphan.name}.orphaned-{int(self.clock())}")
                 orphan.rename(aside)
@@ -707,7 +713,7 @@ class Daemon:
             ingress_stats=self.ingress.stats, rejections=self.rejections,
             settings=self.settings, state_dir=self.state_dir, admin_socket=self.socket_path,
             registry_path=self.registry_file.path, journal_path=self.journal_path,
-            deliveries_path=self.deliveries.path,
+            deliveries_location=delivery_location(self.settings, self.deliveries),
         )
 
     def _webhooks_context(self) -> WebhooksContext:
@@ -823,16 +829,18 @@ class Daemon:
         if self.role == "worker":
             await self._start_worker(budget, ssl_ctx, host, port)
             return
-        deliveries_missing = not self.deliveries.path.exists()
-        if deliveries_missing:
+        file = self._deliveries_file
+        deliveries_missing = file is not None and not file.exists()
+        if file is not None and deliveries_missing:
             try:
-                await self._without_delivery_store()
+                await self._without_delivery_store(file)
             except DaemonError:
                 await self.journal.close()
                 raise
         elif self._deliveries_from is not None:
             log.warning("deliveries_from_ignored", deliveries_from=self._deliveries_from.describe(),
-                        reason=f"{self.deliveries.path} exists: its cursors stay")
+                        reason=(f"{file} exists: its cursors stay" if file is not None else
+                                "the delivery store is in PostgreSQL: its cursors stay"))
         self._start_stream_hub(budget)
         try:
             await self.deliveries.start()

@@ -9,7 +9,7 @@ missing, in order, in one transaction, and records them in ``palyra_schema``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 import asyncpg
@@ -24,6 +24,7 @@ __all__ = [
     "describe_pg_error",
     "is_connection_lost",
     "migrate",
+    "session_settings",
 ]
 
 CONNECT_TIMEOUT_S = 5.0
@@ -35,11 +36,13 @@ MIGRATION_LOCK = 0x70616C797261_01
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
 """What a call into the driver may raise for a storage failure (ConnectionError is an
-OSError)."""
+OSError; ``InternalClientError`` is the driver's own protocol state gone wrong, as when a
+connection dies in the middle of an answer)."""
 
 
 class Migration(NamedTuple):
@@ -50,19 +53,29 @@ class Migration(NamedTuple):
     statements: tuple[str, ...]
 
 
-async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> asyncpg.Connection:
+def session_settings(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The session settings of every palyra connection (``application_name``), and
+    ``extra``."""
+    return {"application_name": "palyra", **(extra or {})}
+
+
+async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
+                  settings: Mapping[str, str] | None = None) -> asyncpg.Connection:
     """A connection with bounded waits: ``timeout_s`` to connect, ``COMMAND_TIMEOUT_S`` per
-    statement (a server that stops answering fails the call instead of hanging it)."""
+    statement (a server that stops answering fails the call instead of hanging it);
+    ``settings``: more session settings (``session_settings``)."""
     conn: asyncpg.Connection = await asyncpg.connect(
         dsn, timeout=timeout_s, command_timeout=COMMAND_TIMEOUT_S,
-        server_settings={"application_name": "palyra"},
+        server_settings=session_settings(settings),
     )
     return conn
 
 
 def is_connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection is gone (reconnect before the next call)."""
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
+                  | asyncpg.InternalClientError):
+        # The driver's protocol state is not to be trusted after an InternalClientError.
         return True
     if isinstance(exc, asyncpg.PostgresError):
         # Class 08: connection exception; 57P0x: the server is shutting down or cut us off.
@@ -78,7 +91,7 @@ def describe_pg_error(exc: BaseException, what: str, action: str) -> str:
     code = f", SQLSTATE {state}" if state else ""
     if isinstance(exc, TimeoutError):
         kind = "timed out"
-    elif isinstance(exc, OSError | asyncpg.InterfaceError) or is_connection_lost(exc):
+    elif is_connection_lost(exc):
         kind = "PostgreSQL unreachable or the connection was lost"
     else:
         kind = "PostgreSQL refused it"
