@@ -131,7 +131,7 @@ async def test_a_stored_document_that_does_not_validate_stops_the_start_and_clos
         pass
     pg_server.psql(database, "UPDATE palyra_registry SET document = 'version = [',"
                              " version = version + 1")
-    with pytest.raises(DaemonError, match="cannot read the registry: .*TOML syntax error"):
+    with pytest.raises(DaemonError, match=r"cannot read the registry: .*TOML syntax error"):
         async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
                                   storage__backend="postgres", storage__dsn=dsn):
             pass
