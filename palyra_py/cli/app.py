@@ -50,6 +50,7 @@ GROUPS: dict[str, str] = {
     "tokens": "palyra_py.cli.tokens_cmd",
     "secrets": "palyra_py.cli.secrets_cmd",
     "registry": "palyra_py.cli.registry_cmd",
+    "storage": "palyra_py.cli.storage_cmd",
 }
 
 

@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import structlog
 import tomlkit
@@ -88,8 +88,13 @@ from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsag
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen, parse_workers
 from palyra_py.storage.ownership import ForeignOwner, check_path_owner
 from palyra_py.storage.sqlite import related_files
+from palyra_py.storage.state_lock import StateDirBusy, StateDirLock
 from palyra_py.stream.hub import StreamHub
 from palyra_py.times import format_rfc3339
+
+if TYPE_CHECKING:
+    from palyra_py.cluster.node import ClusterNode
+    from palyra_py.server.cluster import Notices
 
 log = structlog.get_logger("palyra.daemon")
 
@@ -252,6 +257,10 @@ class Daemon:
         self.token_usage = TokenUsage(self.state_dir / USAGE_FILE)
         self.db_secrets: DbSecrets | None = None
         """Cluster mode with ``[secrets] key_ref``: the shared ``db:`` secrets."""
+        self.cluster: ClusterNode | None = None
+        """Cluster mode: this node's heartbeat and delivery leases."""
+        self._notices: Notices | None = None
+        self._state_lock = StateDirLock(self.state_dir, "a palyra daemon")
 
     def _journal_backend(self) -> JournalBackend:
         """The journal's engine, as ``[storage] backend`` says."""
@@ -440,6 +449,8 @@ class Daemon:
         self.registry, self.active = registry, active
         if self._dispatcher is not None:
             self._dispatcher.wake()
+        if self.cluster is not None:
+            self.cluster.poke()
 
     async def disable_subscription(self, subscription_id: str, reason: str) -> None:
         """Disable (410 Gone, days of failures, an operator) and journal why."""
@@ -779,16 +790,25 @@ class Daemon:
         return budget
 
     async def start(self) -> None:
+        prepare_state_dir(self.state_dir)
+        if self.role != "worker":  # the control process holds it for them all
+            try:
+                self._state_lock.acquire()
+            except StateDirBusy as exc:
+                raise DaemonError(f"{exc}; stop it first") from None
         try:
             await self._start()
         except BaseException:
-            # Whatever stopped the start, the registry's connection does not outlive it.
-            await self.registry_keeper.close()
+            # Whatever stopped the start, the registry's connection does not outlive it,
+            # nor the state dir's lock.
+            try:
+                await self.registry_keeper.close()
+            finally:
+                self._state_lock.release()
             raise
 
     async def _start(self) -> None:
         hide_server_version()
-        prepare_state_dir(self.state_dir)
         self.fd_budget = budget = self._fit_open_file_limit()
         ssl_ctx = self._ssl_context()
         host, port = parse_listen(self.settings.get("daemon", "listen"))
@@ -850,6 +870,11 @@ class Daemon:
         if deliveries_missing and self._deliveries_from is not None:
             await self._place_cursors(self._deliveries_from)
         await self._check_cursors()
+        cluster_mode = self.settings.get("storage", "backend") == "postgres"
+        if cluster_mode:
+            from palyra_py.server.cluster import Notices  # asyncpg: cluster mode only
+
+            self._notices = Notices()
         self._dispatcher = Dispatcher(
             journal=self.journal, bus=self.bus, store=self.deliveries, sender=self.sender,
             subscriptions=lambda: self.registry.subscriptions, secrets=self.secrets,
@@ -859,8 +884,11 @@ class Daemon:
             disable_after_s=self.settings.get("delivery", "disable_after_s"),
             max_in_flight_total=self.settings.get("delivery", "max_in_flight_total"),
             https_only=self.settings.get("delivery", "https_only"),
+            leased=cluster_mode, peers=self._notices,
         )
         self._tasks.append(asyncio.create_task(self._dispatcher.run()))
+        if cluster_mode:
+            await self._join_cluster()
         if self.role == "control":
             self._build_ingress(budget)
             await self._start_workers(host, port, ssl_ctx)
@@ -894,6 +922,27 @@ class Daemon:
                  admin_socket=str(sock_path), state_dir=str(self.state_dir),
                  registry_integrations=len(self.registry.integrations),
                  workers=len(self._worker_slots()))
+
+    async def _join_cluster(self) -> None:
+        """Cluster mode: take this node's place (heartbeat, delivery leases); the
+        dispatcher delivers the subscriptions it leases."""
+        from palyra_py.server.cluster import ClusterJoinFailed, join_cluster
+
+        assert self._notices is not None
+        try:
+            self.cluster = await join_cluster(
+                self.settings, self._storage_dsn, subscriptions=self._enabled_subscriptions,
+                control=self.dispatcher, notices=self._notices, metrics=self.metrics,
+                clock=None if self.clock is time.time else self.clock)
+        except ClusterJoinFailed as exc:
+            await self.stop()
+            raise DaemonError(f"cannot join the cluster: {exc}") from None
+
+    def _enabled_subscriptions(self) -> list[str]:
+        return [s for s, sub in self.registry.subscriptions.items() if sub.enabled]
+
+    async def cluster_view(self) -> dict[str, Any] | None:
+        return None if self.cluster is None else await self.cluster.view()
 
     def _start_stream_hub(self, budget: FdBudget) -> None:
         self.stream_hub = StreamHub(
@@ -1059,6 +1108,12 @@ class Daemon:
             # Workers first: each drains its requests and streams while the control
             # process still takes their admin edits' journal events and dispatches.
             await self.supervisor.stop()
+        if self._notices is not None:
+            await self._notices.drain()
+        if self.cluster is not None:
+            # Before the dispatcher stops: what is in flight finishes, then every lease is
+            # released and the other nodes told, so they take over at once.
+            await self.cluster.leave()
         for task in [*self._tasks, *self.streams]:
             task.cancel()
         for task in self._tasks:
@@ -1090,6 +1145,7 @@ class Daemon:
         with contextlib.suppress(FileNotFoundError):
             if self.listeners:
                 self.socket_path.unlink()
+        self._state_lock.release()
         log.info("daemon_stopped")
 
     async def _flush_rejections_forever(self) -> None:
