@@ -94,20 +94,45 @@ async def test_a_stored_document_that_does_not_validate_leaves_the_last_good_in_
         assert keeper.version == 3
 
 
-async def test_a_failed_start_closes_the_registrys_connection(
+def registry_connections(pg: PgServer, database: str) -> str:
+    """How many connections to ``database`` last ran a registry statement."""
+    return pg.psql("postgres", (
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = '" + database + "'"
+        " AND query ILIKE '%palyra_registry%' AND pid <> pg_backend_pid()"))
+
+
+async def test_a_start_that_fails_after_the_registry_closes_its_connection(
     pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
 ) -> None:
     dsn = pg_server.new_database("regf")
-    # The delivery store cannot open (a directory where its file goes): the start fails
-    # after the registry was read from the database.
-    (state_dir / "deliveries.db").mkdir()
+    database = database_of(dsn)
+    # The delivery store cannot open (its schema is newer than this palyra): the start
+    # fails after the registry was seeded and read from the database.
+    pg_server.psql(database, (
+        "CREATE TABLE palyra_schema (store text NOT NULL, version integer NOT NULL,"
+        " name text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now(),"
+        " PRIMARY KEY (store, version));"
+        " INSERT INTO palyra_schema (store, version, name) VALUES ('deliveries', 99, 'x')"))
     with pytest.raises(DaemonError, match="delivery store"):
         async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
                                   storage__backend="postgres", storage__dsn=dsn):
             pass
-    database = database_of(dsn)
     assert pg_server.psql(database, "SELECT version FROM palyra_registry") == "1"
-    still_open = pg_server.psql("postgres", (
-        "SELECT count(*) FROM pg_stat_activity WHERE datname = '" + database + "'"
-        " AND query ILIKE '%palyra_registry%' AND pid <> pg_backend_pid()"))
-    assert still_open == "0"
+    assert registry_connections(pg_server, database) == "0"
+
+
+async def test_a_stored_document_that_does_not_validate_stops_the_start_and_closes(
+    pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+) -> None:
+    dsn = pg_server.new_database("regs")
+    database = database_of(dsn)
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              storage__backend="postgres", storage__dsn=dsn):
+        pass
+    pg_server.psql(database, "UPDATE palyra_registry SET document = 'version = [',"
+                             " version = version + 1")
+    with pytest.raises(DaemonError, match=r"cannot read the registry: .*TOML syntax error"):
+        async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                                  storage__backend="postgres", storage__dsn=dsn):
+            pass
+    assert registry_connections(pg_server, database) == "0"

@@ -83,7 +83,10 @@ class RegistryApi:
         status = "dry_run" if dry_run else "imported" if outcome.applied else "unchanged"
         if status == "imported":
             await self.appender.append(
-                kind="registry.imported", source="admin", event_type="registry.imported",
+                # A daemon type: never delivered to a catch-all subscription, and no
+                # publisher may forge it (POST /v1/events refuses the prefix).
+                kind="daemon.registry_imported", source="admin",
+                event_type="daemon.registry_imported",
                 payload={"version": outcome.document.version,
                          "previous_version": outcome.previous.version,
                          "changes": {kind: {what: len(ids) for what, ids in lists.items()}

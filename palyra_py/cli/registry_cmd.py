@@ -70,7 +70,7 @@ def import_(
     and nothing changes); the integrations, subscriptions and tokens it adds (+),
     removes (-) and changes (~) are listed. Without --dry-run it replaces the registry
     at once (in cluster mode: a new version, in force on every node within 1 s) and
-    journals registry.imported. Secrets are not in the document: a secret_ref it names
+    journals daemon.registry_imported. Secrets are not in the document: a secret_ref it names
     must exist where it points. The daemon takes documents up to admin.max_body_bytes
     (default 1 MiB). Exits 0 when imported (or unchanged), 1 when refused.
 
