@@ -50,12 +50,14 @@ class Migration(NamedTuple):
     statements: tuple[str, ...]
 
 
-async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S) -> asyncpg.Connection:
+async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
+                  application_name: str = "palyra") -> asyncpg.Connection:
     """A connection with bounded waits: ``timeout_s`` to connect, ``COMMAND_TIMEOUT_S`` per
-    statement (a server that stops answering fails the call instead of hanging it)."""
+    statement (a server that stops answering fails the call instead of hanging it).
+    ``application_name`` is what ``pg_stat_activity`` shows for it."""
     conn: asyncpg.Connection = await asyncpg.connect(
         dsn, timeout=timeout_s, command_timeout=COMMAND_TIMEOUT_S,
-        server_settings={"application_name": "palyra"},
+        server_settings={"application_name": application_name},
     )
     return conn
 
