@@ -35,11 +35,14 @@ MIGRATION_LOCK = 0x70616C797261_01
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
     asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
     OSError,
     TimeoutError,
 )
 """What a call into the driver may raise for a storage failure (ConnectionError is an
-OSError)."""
+OSError). ``InternalClientError`` is what a pooled connection raises when the server's
+goodbye (``pg_terminate_backend``, a restart) reached it but the close did not yet: "cannot
+switch to state ...; another operation is in progress"."""
 
 
 class Migration(NamedTuple):
@@ -64,7 +67,8 @@ async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
 
 def is_connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection is gone (reconnect before the next call)."""
-    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+    if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
+                  | asyncpg.InternalClientError):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         # Class 08: connection exception; 57P0x: the server is shutting down or cut us off.
