@@ -1,7 +1,8 @@
 """Two nodes on one PostgreSQL (tests/pg.py), each a real daemon with its own state dir:
 a webhook acknowledged by node A reaches, within 1 s, node B's SSE stream on its ingress,
 ``palyra system events tail -f`` on B (the CLI as a child process) and B's dispatcher (a
-subscription of B delivers it). Each node listens on one connection of its own."""
+subscription of B delivers it). Each node listens on one connection of its own, also one
+with worker processes, whose streams get what their control process hears."""
 
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from palyra_py.bus.postgres import APPLICATION_NAME
 from palyra_py.server.daemon import Daemon
 from palyra_py.testing import CapturingReceiver, ManualClock, MemoryKeyring, running_daemon
 from tests import leakcheck
+from tests.daemon_process import DaemonProcess
 from tests.fault_helpers import admin_session, publish, subscribe
 from tests.helpers import add_integration, create_token, send_signed
 from tests.pg import PgServer
@@ -119,3 +121,47 @@ async def test_a_webhook_on_node_a_is_streamed_and_delivered_by_node_b(
         assert (delivered["type"], delivered["data"]["delivery"]) == ("github.push", delivery)
         # Both nodes stream from one journal: the same seq on each.
         assert b.bus.head >= event["seq"] and a.bus.head >= event["seq"]
+
+
+async def test_a_node_with_workers_listens_once_and_its_workers_stream_what_it_hears(
+    pg_server: PgServer, clock: ManualClock, memory_keyring: MemoryKeyring,
+    http: aiohttp.ClientSession,
+) -> None:
+    pg_server.new_database("workers")
+    database = pg_server.databases[-1]
+    dsn = pg_server.dsn(database)
+    with leakcheck.checked_state_dir("pb-proc-") as state:
+        b = await DaemonProcess(state, workers="2", env={
+            "PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": dsn}).start()
+        try:
+            async with node(pg_server, database, clock, memory_keyring) as a, \
+                    admin_session(a.socket_path) as admin_a, \
+                    admin_session(state / "palyra.sock") as admin_b:
+                # One LISTEN connection per node, whatever its number of processes.
+                assert pg_server.psql(database, (
+                    "SELECT count(*) FROM pg_stat_activity"
+                    f" WHERE application_name = '{APPLICATION_NAME}'"
+                    f" AND datname = '{database}'")) == "2"
+                token = await create_token(admin_b, "reader", scopes=["read:app.*"])
+                streams = []
+                async with contextlib.AsyncExitStack() as stack:
+                    # Each on its own connection: the workers take them in turn.
+                    for _ in range(4):
+                        session = await stack.enter_async_context(aiohttp.ClientSession())
+                        resp = await stack.enter_async_context(session.get(
+                            f"{b.ingress}/v1/events/stream", headers=token.bearer))
+                        assert resp.status == 200
+                        streams.append(asyncio.create_task(first_app_event(resp)))
+                    status, answer = await publish(admin_a, "app.seen", n=1)
+                    assert status == 201, answer
+                    seen = await asyncio.wait_for(asyncio.gather(*streams), WITHIN_S)
+                assert {event["seq"] for event in seen} == {answer["seq"]}
+        finally:
+            assert await b.stop() == 0
+
+
+async def first_app_event(resp: aiohttp.ClientResponse) -> dict[str, Any]:
+    async for event in sse_events(resp):
+        if event["kind"] == "app.seen":
+            return event
+    raise AssertionError("the stream ended")
