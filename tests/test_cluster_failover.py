@@ -39,13 +39,13 @@ SLACK_S = 1.5
 read and one write on a loaded 2-core box."""
 
 
-def node_env(pg: PgServer, database: str, name: str, key_ref: str,
+def node_env(pg: PgServer, database: str, name: str, key_ref: str | None = None,
              lease_s: float = LEASE_S) -> dict[str, str]:
     """A node's settings. ``key_ref``: the nodes' shared ``[secrets]`` key, so that the
     signing secret a subscription gets on one node is a ``db:`` secret every node signs
     with (a keyring secret would be on the first node only)."""
-    return {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": pg.dsn(database),
-            "PALYRA_SECRETS_KEY_REF": key_ref,
+    key = {} if key_ref is None else {"PALYRA_SECRETS_KEY_REF": key_ref}
+    return {**key, "PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": pg.dsn(database),
             "PALYRA_DELIVERY_ALLOW_PRIVATE_NETWORKS": "true",
             "PALYRA_DELIVERY_MAX_SUBSCRIPTIONS_PER_OWNER": "10",
             "PALYRA_CLUSTER_NODE_ID": name, "PALYRA_CLUSTER_LEASE_S": str(lease_s),
