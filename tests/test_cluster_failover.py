@@ -7,12 +7,14 @@ sees twice stays within the documented bound; a graceful stop hands over at once
 nodes share the subscriptions fairly; a retry or a recovery made on a node that does not
 hold the subscription is delivered by the one that does.
 
-The registry is still per node here: each node is given the same subscriptions."""
+The registry is in the database: the subscriptions are added on one node and awaited on
+every other."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -29,6 +31,7 @@ from tests.daemon_process import DaemonProcess
 from tests.fault_helpers import admin_session, publish, subscribe
 from tests.pg import PgServer
 from tests.test_cli_e2e import palyra, palyra_json
+from tests.test_storage_copy import new_key
 
 LEASE_S, HEARTBEAT_S = 3.0, 0.5
 SLACK_S = 1.5
@@ -36,9 +39,13 @@ SLACK_S = 1.5
 read and one write on a loaded 2-core box."""
 
 
-def node_env(pg: PgServer, database: str, name: str, lease_s: float = LEASE_S
-             ) -> dict[str, str]:
-    return {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": pg.dsn(database),
+def node_env(pg: PgServer, database: str, name: str, key_ref: str | None = None,
+             lease_s: float = LEASE_S) -> dict[str, str]:
+    """A node's settings. ``key_ref``: the nodes' shared ``[secrets]`` key, so that the
+    signing secret a subscription gets on one node is a ``db:`` secret every node signs
+    with (a keyring secret would be on the first node only)."""
+    key = {} if key_ref is None else {"PALYRA_SECRETS_KEY_REF": key_ref}
+    return {**key, "PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": pg.dsn(database),
             "PALYRA_DELIVERY_ALLOW_PRIVATE_NETWORKS": "true",
             "PALYRA_DELIVERY_MAX_SUBSCRIPTIONS_PER_OWNER": "10",
             "PALYRA_CLUSTER_NODE_ID": name, "PALYRA_CLUSTER_LEASE_S": str(lease_s),
@@ -70,10 +77,12 @@ async def cluster(pg: PgServer, names: list[str], lease_s: float = LEASE_S
     pg.new_database("nodes")
     database = pg.databases[-1]
     async with contextlib.AsyncExitStack() as stack:
+        key_dir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="pt-key-")))
+        key_ref = new_key(key_dir)
         nodes: dict[str, Node] = {}
         for name in names:
             state = stack.enter_context(leakcheck.checked_state_dir(f"pt-{name}-"))
-            process = await DaemonProcess(state, env=node_env(pg, database, name, lease_s)
+            process = await DaemonProcess(state, env=node_env(pg, database, name, key_ref, lease_s)
                                           ).start()
             stack.push_async_callback(_stopped, process)
             nodes[name] = Node(name, state, process)
@@ -105,11 +114,19 @@ def holders(pg: PgServer, database: str) -> dict[str, str]:
 
 async def subscribe_everywhere(nodes: dict[str, Node], receiver: CapturingReceiver,
                                subs: dict[str, dict[str, Any]]) -> None:
+    """Add the subscriptions on the first node (the registry is in the database), then
+    wait until every node has them in force."""
+    first = next(iter(nodes.values()))
+    async with first.admin() as admin:
+        for sid, fields in subs.items():
+            await subscribe(admin, sid, f"{receiver.url}/{sid}", events=["job.*"],
+                            **fields)
     for node in nodes.values():
-        async with node.admin() as admin:
-            for sid, fields in subs.items():
-                await subscribe(admin, sid, f"{receiver.url}/{sid}", events=["job.*"],
-                                **fields)
+        async def has_all(node: Node = node) -> bool:
+            async with node.admin() as admin, admin.get("/v1/subscriptions") as resp:
+                listed = (await resp.json())["subscriptions"]
+                return set(subs) <= {s["subscription_id"] for s in listed}
+        await until(has_all, f"the subscriptions in force on {node.name}", timeout=5.0)
 
 
 async def publish_on(node: Node, first: int, count: int) -> list[str]:

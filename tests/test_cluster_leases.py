@@ -232,8 +232,9 @@ async def test_nodes_share_the_subscriptions_fairly_one_holder_each_and_hand_ove
         a = await a_life.enter_async_context(node(pg_server, db, clock, "na"))
         await add_subscriptions(a, SUBS, url)
         await _until(lambda: delivering(a) == [SUBS], "A alone delivers everything")
+        # B reads the subscriptions A added from the registry in the database.
         b = await b_life.enter_async_context(node(pg_server, db, clock, "nb"))
-        await add_subscriptions(b, SUBS, url)
+        assert sorted(b.registry.subscriptions) == SUBS
         # B's join is a notice: A gives up what is over its share of 2, B takes it.
         await _until(lambda: sorted(delivering(a)[0] + delivering(b)[0]) == SUBS
                      and len(delivering(a)[0]) == 2 == len(delivering(b)[0]),
@@ -314,8 +315,9 @@ async def test_a_cursor_moved_on_another_node_is_read_again_by_the_holder(
     async with contextlib.AsyncExitStack() as stack:
         a = await stack.enter_async_context(node(pg_server, db, clock, "ca"))
         b = await stack.enter_async_context(node(pg_server, db, clock, "cb"))
-        for daemon in (a, b):
-            await add_subscriptions(daemon, ["only"], "http://127.0.0.1:9")
+        # The registry is in the database: added on A, in force on B within a second.
+        await add_subscriptions(a, ["only"], "http://127.0.0.1:9")
+        await _until(lambda: "only" in b.registry.subscriptions, "B has the subscription")
         await _until(lambda: sorted(delivering(a)[0] + delivering(b)[0]) == ["only"],
                      "one node delivers it")
         holder, other = (a, b) if delivering(a)[0] else (b, a)
@@ -343,8 +345,9 @@ async def test_cut_connections_are_replaced_and_the_leases_stay_where_they_are(
         a = await stack.enter_async_context(node(pg_server, db, clock, "ta"))
         b_life = await stack.enter_async_context(contextlib.AsyncExitStack())
         b = await b_life.enter_async_context(node(pg_server, db, clock, "tb"))
-        for daemon in (a, b):
-            await add_subscriptions(daemon, SUBS[:2], "http://127.0.0.1:9")
+        await add_subscriptions(a, SUBS[:2], "http://127.0.0.1:9")
+        await _until(lambda: sorted(b.registry.subscriptions) == SUBS[:2],
+                     "B has the subscriptions")
         await _until(lambda: len(delivering(a)[0]) == 1 == len(delivering(b)[0]),
                      "one each")
         before = holders(pg_server, db)

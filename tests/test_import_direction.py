@@ -79,6 +79,8 @@ LAYERS: dict[str, int] = {
     "palyra_py.testing": COMPOSITION,
     "palyra_py.__main__": COMPOSITION,
     "palyra_py.cli.daemon_cmd": COMPOSITION,  # `palyra daemon run` starts the daemon
+    "palyra_py.cli.storage_cmd": COMPOSITION,  # `palyra storage copy` composes every store
+    "palyra_py.cli.storage_views": COMPOSITION,  # and shows its report
 }
 
 STAGE_PACKAGES = ("palyra_py.inbound", "palyra_py.outbound", "palyra_py.stream")

@@ -28,6 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -58,6 +59,7 @@ from palyra_py.storage.postgres import (
     describe_pg_error,
     is_connection_lost,
     migrate,
+    session_settings,
 )
 
 __all__ = ["PostgresDeliveries"]
@@ -69,6 +71,11 @@ _READERS_MAX = 4
 DEFAULT_MAX_PENDING = 10_000
 PROBE_INTERVAL_S = 1.0
 """While the server is unreachable, how often the idle writer tries it again."""
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+"""On every connection of the store, unless the URI sets it (``?plan_cache_mode=auto``).
+Every statement is planned for its own values: after five runs of a prepared statement
+PostgreSQL may keep a generic plan, made without the values, and the store's statements
+take arrays of ids whose length varies with each batch (BENCHMARKS.md, issue 11)."""
 _WHAT = "delivery store"
 
 
@@ -79,6 +86,14 @@ class _Job:
 
     run: Callable[[DeliveryPgSql], Awaitable[Any]]
     settle: Callable[[Any], None]
+
+
+def session_settings_for(dsn: str) -> dict[str, str]:
+    """``SESSION_SETTINGS`` less what the URI's own query sets (the URI wins)."""
+    with contextlib.suppress(ValueError):
+        given = {key for key, _ in parse_qsl(urlsplit(dsn).query)}
+        return {k: v for k, v in SESSION_SETTINGS.items() if k not in given}
+    return dict(SESSION_SETTINGS)
 
 
 def _settle_future(future: asyncio.Future[Any]) -> Callable[[Any], None]:
@@ -131,6 +146,7 @@ class PostgresDeliveries:
         self._started = False
         self._closed = False
         self._down: str | None = None
+        self._settings: dict[str, str] = {}
         self.commits = 0
         """Write transactions committed so far, for tests and benchmarks."""
         self.write_jobs = 0
@@ -181,14 +197,14 @@ class PostgresDeliveries:
                 self._dsn = self._dsn_source()
             except Exception as exc:
                 raise DeliveryStoreUnavailable(f"delivery store start failed: {exc}") from None
+        self._settings = session_settings_for(self._dsn)
         try:
-            self._writer = await connect(self._dsn, timeout_s=self._connect_timeout_s)
-            self._writer.add_query_logger(self._sent)
+            self._writer = await self._connect()
             await migrate(self._writer, STORE, MIGRATIONS)
             self._readers = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=_READERS_MAX, timeout=self._connect_timeout_s,
                 command_timeout=COMMAND_TIMEOUT_S,
-                server_settings={"application_name": "palyra"},
+                server_settings=session_settings(self._settings),
             )
         except DRIVER_ERRORS as exc:
             await self._release()
@@ -365,12 +381,17 @@ class PostgresDeliveries:
         if self._writer is None or self._writer.is_closed():
             self._drop_writer()
             try:
-                self._writer = await connect(self._dsn, timeout_s=self._connect_timeout_s)
+                self._writer = await self._connect()
             except DRIVER_ERRORS as exc:
                 # Nothing was sent: the caller's batch fails as unreachable.
                 raise _Unreachable(exc) from exc
-            self._writer.add_query_logger(self._sent)
         return self._writer
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await connect(self._dsn, timeout_s=self._connect_timeout_s,
+                             settings=self._settings)
+        conn.add_query_logger(self._sent)
+        return conn
 
     def _sent(self, _query: Any) -> None:
         self.statements += 1

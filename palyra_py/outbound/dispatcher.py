@@ -68,8 +68,6 @@ ENQUEUE_ROWS = 500
 """Deliveries one enqueue transaction creates at most (a page of events x subscriptions):
 the attempts recorded meanwhile wait for it, and keep their places in the record budget."""
 RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
-LEASED_POLL_S = 0.5
-"""Cluster mode: how often an idle enqueuer looks for events other nodes journaled."""
 RESEND_FACTOR = 2
 """Attempts launched and not yet recorded per subscription: at most this many times its
 ``max_in_flight`` (those open at the receiver, and as many answered whose outcome waits for
@@ -362,10 +360,10 @@ class Dispatcher:
                     await self._bus.wait_beyond(self._lowest_cursor())
 
     async def _wait_leased(self, low: int) -> None:
-        """Cluster mode: until an event beyond ``low`` is committed here, a lease is
-        acquired (:meth:`start_delivering`), or ``LEASED_POLL_S`` passed: events another
-        node journals reach this one's bus only through the poll."""
-        waits = [asyncio.ensure_future(self._bus.wait_beyond(low, timeout=LEASED_POLL_S)),
+        """Cluster mode: until an event beyond ``low`` is on the bus (journaled here or,
+        through the bus across nodes, elsewhere) or a lease is acquired
+        (:meth:`start_delivering`): the subscription then has a cursor to catch up from."""
+        waits = [asyncio.ensure_future(self._bus.wait_beyond(low)),
                  asyncio.ensure_future(self._enqueue_kick.wait())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
