@@ -245,8 +245,9 @@ async def test_a_copy_holds_the_same_rows_verifies_and_a_daemon_runs_on_it(
         # the new event is delivered, signed with the subscription's db: secret.
         async with admin.get("/v1/deliveries", params={"limit": "1000"}) as resp:
             listed_deliveries = (await resp.json())["deliveries"]
-        assert sorted(d["delivery_id"] for d in listed_deliveries)[:6] == [
-            r[0] for r in sqlite_rows(state / "deliveries.db", DELIVERIES_SQL)]
+        by_id = {d["delivery_id"]: d for d in listed_deliveries}
+        for row in sqlite_rows(state / "deliveries.db", DELIVERIES_SQL):
+            assert (by_id[row[0]]["event_seq"], by_id[row[0]]["attempts"]) == (row[2], row[5])
         await receiver.wait_for(7)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "palyra_py", "system", "events", "verify",
