@@ -465,3 +465,31 @@ async def test_a_copy_stopped_inside_the_deliveries_resumes_after_its_last_batch
             == sqlite_rows(state / "deliveries.db", DELIVERIES_SQL))
     assert (await rows(target, ATTEMPTS_SQL.format("delivery_attempts"))
             == sqlite_rows(state / "deliveries.db", ATTEMPTS_SQL.format("attempts")))
+
+
+async def test_a_target_named_by_a_reference_is_shown_by_it_and_a_newer_schema_refused(
+    target: str, pg_server: PgServer,
+) -> None:
+    with leakcheck.checked_state_dir("pt-copyf-") as state:
+        await small_installation(state, 2)
+        done = palyra(state, "storage", "copy", "--to-ref", "env:COPY_TARGET_DSN", "--json",
+                      env={"COPY_TARGET_DSN": target})
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["target"] == "env:COPY_TARGET_DSN"
+        assert 'dsn_ref = "env:COPY_TARGET_DSN"' in report["settings"]
+        assert PASSWORD not in done.stdout + done.stderr
+        # An unset variable: a usage error naming the reference.
+        done = palyra(state, "storage", "copy", "--to-ref", "env:NO_SUCH_DSN_VAR")
+        assert done.returncode == 2 and "NO_SUCH_DSN_VAR" in done.stderr
+
+        # A schema newer than this palyra knows: migrate refuses, naming the store.
+        pg_server.psql(pg_server.databases[-1],
+                       "INSERT INTO palyra_schema (store, version, name)"
+                       " VALUES ('journal', 99, 'from the future')")
+        (state / "palyra.toml").write_text(
+            f'[storage]\nbackend = "postgres"\ndsn = "{target}"\n')
+        done = palyra(state, "storage", "migrate")
+        assert done.returncode == 2, done.stderr
+        assert "journal schema in PostgreSQL is at version 99" in done.stderr
+        assert PASSWORD not in done.stdout + done.stderr
