@@ -63,6 +63,7 @@ class AdminApi:
         processes = await ctx.runtime.processes()  # first: it refreshes the workers' figures
         started_at = ctx.runtime.started_at
         connections = ctx.listener.connections
+        cluster = await ctx.runtime.cluster_view()
         return web.json_response({
             "version": __version__,
             "pid": os.getpid(),
@@ -100,6 +101,7 @@ class AdminApi:
                         "fallback": ctx.secrets.is_fallback},
             "open_files": open_files(ctx.runtime),
             "settings": ctx.settings.table(),
+            **({} if cluster is None else {"cluster": cluster}),
         })
 
     async def reload(self, request: web.Request) -> web.Response:
