@@ -448,7 +448,8 @@ class Dispatcher:
             self._ordered_check.add(sub.subscription_id)
         else:
             self._ready.add_created(sub.subscription_id, [
-                ReadyEntry(d, events.get(d.event_seq)) for d in created])
+                ReadyEntry(d, events.get(d.event_seq)) for d in created],
+                in_flight=self._in_flight_ids)
         self._nudge()
 
     @staticmethod
