@@ -39,13 +39,13 @@ SLACK_S = 1.5
 read and one write on a loaded 2-core box."""
 
 
-def node_env(pg: PgServer, database: str, name: str, key_ref: str,
+def node_env(pg: PgServer, database: str, name: str, key_ref: str | None = None,
              lease_s: float = LEASE_S) -> dict[str, str]:
     """A node's settings. ``key_ref``: the nodes' shared ``[secrets]`` key, so that the
     signing secret a subscription gets on one node is a ``db:`` secret every node signs
     with (a keyring secret would be on the first node only)."""
-    return {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": pg.dsn(database),
-            "PALYRA_SECRETS_KEY_REF": key_ref,
+    key = {} if key_ref is None else {"PALYRA_SECRETS_KEY_REF": key_ref}
+    return {**key, "PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": pg.dsn(database),
             "PALYRA_DELIVERY_ALLOW_PRIVATE_NETWORKS": "true",
             "PALYRA_DELIVERY_MAX_SUBSCRIPTIONS_PER_OWNER": "10",
             "PALYRA_CLUSTER_NODE_ID": name, "PALYRA_CLUSTER_LEASE_S": str(lease_s),
@@ -326,3 +326,24 @@ async def test_three_nodes_share_fairly_and_a_retry_on_a_non_holder_is_delivered
         await until(recovered, "the recovered delivery, by the holder", timeout=10)
         s1 = [r.headers["webhook-id"] for r in receiver.received if sub_of(r) == "s1"]
         assert s1 == [event_id] * 2
+
+
+async def test_a_second_live_node_with_the_same_id_refuses_to_start(
+    pg_server: PgServer,
+) -> None:
+    async with cluster(pg_server, ["twin"]) as (db, _nodes):
+        with leakcheck.checked_state_dir("pt-twin2-") as state:
+            began = time.monotonic()
+            second = DaemonProcess(state, env=node_env(pg_server, db, "twin"))
+            try:
+                await second.start()
+            except RuntimeError:
+                pass
+            else:
+                await second.stop()
+                raise AssertionError("a second node with the same id started")
+            assert second.proc is not None and await second.proc.wait() != 0
+            (refused,) = [r for r in second.log if r.get("event") == "daemon_cannot_start"]
+            assert "cannot join the cluster: node id twin is in use" in refused["error"]
+            # It waited for the first one's heartbeat to lapse, which it never did.
+            assert time.monotonic() - began >= LEASE_S

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog.testing
 import yaml
 
 from palyra_py.cluster.identity import NODE_ID_FILE, node_id_for
@@ -304,3 +305,63 @@ async def test_status_has_no_cluster_section_on_sqlite(state_dir: Path, clock: M
         assert daemon.cluster is None
 
 
+
+
+async def test_a_cursor_moved_on_another_node_is_read_again_by_the_holder(
+    pg_server: PgServer, clock: ManualClock,
+) -> None:
+    pg_server.new_database("cursor")
+    db = pg_server.databases[-1]
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(node(pg_server, db, clock, "ca"))
+        b = await stack.enter_async_context(node(pg_server, db, clock, "cb"))
+        await add_subscriptions(a, ["only"], "http://127.0.0.1:9")  # in force on b too
+        await _until(lambda: sorted(delivering(a)[0] + delivering(b)[0]) == ["only"],
+                     "one node delivers it")
+        holder, other = (a, b) if delivering(a)[0] else (b, a)
+        with structlog.testing.capture_logs() as logs:
+            # Enabled without catch-up on the node that does not hold it: the cursor moves
+            # to the head there; the holder is told, and reads it from the store.
+            async with admin_session(other.socket_path) as admin, admin.post(
+                    "/v1/subscriptions/only/enable", json={"catch_up": False}) as resp:
+                assert resp.status == 200, await resp.text()
+            assert holder.cluster is not None
+            await _until(lambda: any(e["event"] == "cursor_reread" for e in logs),
+                         "the holder to read the cursor again")
+        # (Two notices: the cursor set at the head, then the edit's forgetting.)
+        rereads = {(e["node_id"], e["subscription_id"]) for e in logs
+                   if e["event"] == "cursor_reread"}
+        assert rereads == {(holder.cluster.node_id, "only")}
+
+
+async def test_cut_connections_are_replaced_and_the_leases_stay_where_they_are(
+    pg_server: PgServer, clock: ManualClock,
+) -> None:
+    pg_server.new_database("cut")
+    db = pg_server.databases[-1]
+    async with contextlib.AsyncExitStack() as stack:
+        a = await stack.enter_async_context(node(pg_server, db, clock, "ta"))
+        b_life = await stack.enter_async_context(contextlib.AsyncExitStack())
+        b = await b_life.enter_async_context(node(pg_server, db, clock, "tb"))
+        await add_subscriptions(a, SUBS[:2], "http://127.0.0.1:9")  # in force on b too
+        await _until(lambda: len(delivering(a)[0]) == 1 == len(delivering(b)[0]),
+                     "one each")
+        before = holders(pg_server, db)
+        assert pg_server.terminate_backends(db) > 0
+        assert a.cluster is not None and b.cluster is not None
+        beats = (a.cluster.leases.renewed_at, b.cluster.leases.renewed_at)
+
+        def renewed_since() -> bool:
+            assert a.cluster is not None and b.cluster is not None
+            return (a.cluster.leases.renewed_at, b.cluster.leases.renewed_at) != beats
+        # The clock is the test's: a renewal that went through moves renewed_at only when
+        # the clock moved, so move it a little.
+        clock.advance(0.01)
+        await _until(renewed_since, "both nodes to renew on new connections")
+        assert holders(pg_server, db) == before
+        assert a.cluster.takeovers == b.cluster.takeovers == 0
+        # The notices still arrive (the listener came back with the connection): B's
+        # stop hands its subscription to A at once.
+        await b_life.aclose()
+        await _until(lambda: delivering(a) == [SUBS[:2]], "A took B's subscription")
+        assert a.cluster.takeovers == 0

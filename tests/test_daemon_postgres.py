@@ -329,3 +329,29 @@ async def test_a_restart_after_sigkill_resumes_from_the_cursor_in_postgresql(
     resent = len(ids) - len(set(ids))
     assert max_in_flight <= resent <= 2 * max_in_flight, resent
     assert unanswered <= {r.headers["webhook-id"] for r in receiver.received[before_restart:]}
+
+
+async def test_the_delivery_store_reads_its_uri_from_dsn_ref(
+    pg_server: PgServer, state_dir: Path, tmp_path: Path, clock: ManualClock,
+    memory_keyring: MemoryKeyring, receiver: CapturingReceiver,
+) -> None:
+    """``[storage] dsn_ref`` (a ``file:`` secret): the delivery store connects with the
+    URI it names, as the journal does, and status shows the reference, not the URI."""
+    pg_server.new_database("dsnref")
+    database = pg_server.databases[-1]
+    secret = tmp_path / "dsn"
+    secret.write_text(pg_server.dsn(database, user=f"palyra:{PASSWORD}") + "\n")
+    secret.chmod(0o600)
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              storage__backend="postgres", storage__dsn_ref=f"file:{secret}",
+                              delivery__allow_private_networks=True) as daemon, \
+            admin_session(daemon.socket_path) as admin:
+        await subscribe(admin, "app", receiver.url)
+        event_id = (await publish(admin, "job.done"))[1]["event_id"]
+        await wait_until(all_succeeded(admin, 1), "the delivery")
+        assert [r.headers["webhook-id"] for r in receiver.received] == [event_id]
+        assert pg_server.psql(database, "SELECT count(*) FROM deliveries") == "1"
+        async with admin.get("/v1/status") as resp:
+            shown = await resp.text()
+        assert PASSWORD not in shown
+        assert json.loads(shown)["deliveries"]["storage"] == f"postgres file:{secret}"

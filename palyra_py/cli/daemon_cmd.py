@@ -83,7 +83,8 @@ def run(
             metavar="head|seq:N|TIME",
             help="Only when deliveries.db is missing but the journal has events: start every "
             "subscription at the journal head (head), or re-deliver from seq N or from TIME "
-            "(RFC 3339, e.g. 2026-12-07T10:00Z).",
+            "(RFC 3339, e.g. 2026-12-07T10:00Z). Ignored on PostgreSQL, where each "
+            "subscription's cursor is in the database.",
         ),
     ] = None,
     workers: Annotated[

@@ -128,6 +128,8 @@ class ClusterNode:
         kind, _, arg = payload.partition(":")
         if kind == "cursor":
             if arg in self.leases.held:
+                log.info("cursor_reread", node_id=self.node_id, subscription_id=arg,
+                         reason="moved on another node")
                 self._control.resume_from_store(arg)
         elif kind == "wake":
             self._control.wake()
@@ -154,12 +156,12 @@ class ClusterNode:
         heartbeat to lapse), then run the loops. ``IdInUse`` when another live process
         keeps heartbeating under the id; ``ClusterUnavailable`` when the tables cannot
         be reached."""
-        started = self._clock()
+        started = time.monotonic()  # a real wait for another process, whatever the clock
         while True:
             age = await self.store.join(self.host, self.pid, dead=self._dead_here)
             if age is None:
                 break
-            if self._clock() - started > self.lease_s + self.heartbeat_s:
+            if time.monotonic() - started > self.lease_s + self.heartbeat_s:
                 raise IdInUse(
                     f"node id {self.node_id} is in use by another live node (heartbeat"
                     f" {age:.1f} s ago): give each node its own [cluster] node_id")
@@ -174,11 +176,14 @@ class ClusterNode:
     def _dead_here(self, host: str, pid: int) -> bool:
         """Whether the process that held the id is gone: the id is this state dir's (this
         daemon holds its admin socket, so no other runs on it), it ran on this host and
-        its pid is not alive. A restart after a crash then need not wait for the old
-        heartbeat to lapse. A configured id (which a copy of the settings on another box
-        may share, even with the same host name) always waits."""
-        if not self._id_of_state_dir or host != self.host or pid == self.pid:
+        its pid is not alive (or is this process's own: a container's pid 1 restarted). A
+        restart after a crash then need not wait for the old heartbeat to lapse. A
+        configured id (which a copy of the settings on another box may share, even with
+        the same host name) always waits."""
+        if not self._id_of_state_dir or host != self.host:
             return False
+        if pid == self.pid:
+            return True
         try:
             os.kill(pid, 0)
         except ProcessLookupError:

@@ -37,6 +37,7 @@ from palyra_py.journal.chain import (
 from palyra_py.storage.postgres import Migration
 
 __all__ = [
+    "HEAD_CHANNEL",
     "MIGRATIONS",
     "STORE",
     "JournalSql",
@@ -46,6 +47,9 @@ __all__ = [
 ]
 
 STORE = "journal"
+HEAD_CHANNEL = "palyra_journal_head"
+"""Each append transaction that writes rows NOTIFYs its new head seq (decimal) here;
+PostgreSQL delivers it to the listeners (``bus.postgres``) only once it committed."""
 RETENTION_LOCK = 0x70616C797261_02
 """Advisory lock of a retention run: one node at a time; the others skip theirs."""
 
@@ -128,8 +132,8 @@ _LIVE_KEYS = """
       ON r.integration_id = k.integration_id AND r.delivery_id = k.delivery_id
     WHERE r.expires_at_ms > $1
 """
-# The rows, their keys (an expired key with the same identity gives way) and the new head
-# in one statement.
+# The rows, their keys (an expired key with the same identity gives way), the new head and
+# its notification (sent by the server at COMMIT, only if it commits) in one statement.
 _WRITE = f"""
     WITH ev AS (
         INSERT INTO journal_events ({_COLS})
@@ -143,6 +147,7 @@ _WRITE = f"""
             expires_at_ms = EXCLUDED.expires_at_ms
     )
     UPDATE journal_head SET seq = $19, hash = $20 WHERE id = 1
+    RETURNING pg_notify('{HEAD_CHANNEL}', seq::text)
 """  # noqa: S608 (constants and placeholders only)
 _TAKEN_IDS = "SELECT event_id FROM journal_events WHERE event_id = ANY($1::text[])"
 _SIZE = (

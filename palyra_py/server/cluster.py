@@ -16,7 +16,12 @@ from palyra_py.cluster.postgres import PostgresCluster
 from palyra_py.metrics import Metrics
 from palyra_py.settings import Settings
 
-__all__ = ["ClusterJoinFailed", "Notices", "join_cluster"]
+__all__ = ["CALL_TIMEOUT_S", "ClusterJoinFailed", "Notices", "join_cluster"]
+
+CALL_TIMEOUT_S = 2.0
+"""The longest wait for one call to the cluster tables (a connect, a heartbeat). Safety
+does not hang on it: the watchdog stops delivery at the local deadline whatever a call
+is waiting for."""
 
 
 class ClusterJoinFailed(Exception):
@@ -62,7 +67,8 @@ async def join_cluster(settings: Settings, dsn: Callable[[], str], *,
             node.heard(payload)
 
     store = PostgresCluster(dsn, node_id=node_id, instance=secrets.token_hex(8),
-                            lease_s=lease_s, timeout_s=heartbeat_s, on_notice=heard)
+                            lease_s=lease_s, timeout_s=max(CALL_TIMEOUT_S, heartbeat_s),
+                            on_notice=heard)
     node = ClusterNode(store, lease_s=lease_s, heartbeat_s=heartbeat_s,
                        subscriptions=subscriptions, control=control,
                        clock=clock or time.monotonic, metrics=metrics,

@@ -73,6 +73,7 @@ from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.shared import DbSecrets, DbSecretsUnavailable
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 from palyra_py.server.admin_relay import relay_to_admin_socket
+from palyra_py.server.cluster_bus import start_head_feed
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.metrics_view import merge_expositions
 from palyra_py.server.registry_keeper import RegistryKeeper, node_name, open_db_registry
@@ -92,7 +93,8 @@ from palyra_py.storage.state_lock import StateDirBusy, StateDirLock
 from palyra_py.stream.hub import StreamHub
 from palyra_py.times import format_rfc3339
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # the driver is imported in cluster mode only
+    from palyra_py.bus.postgres import PostgresHeadFeed
     from palyra_py.cluster.node import ClusterNode
     from palyra_py.server.cluster import Notices
 
@@ -198,6 +200,8 @@ class Daemon:
         self.supervisor: Supervisor | None = None
         self.relay: HeadRelay | None = None
         """The bus across this daemon's processes (not in a single process)."""
+        self.head_feed: PostgresHeadFeed | None = None
+        """On PostgreSQL, the bus across nodes (LISTEN/NOTIFY; not in a worker)."""
         self.metrics_view: Callable[[], Awaitable[bytes]] | None = None
         """What ``/metrics`` answers when it is more than this process's registry (every
         process's, merged)."""
@@ -846,6 +850,8 @@ class Daemon:
         if self.role != "single":
             self.relay = HeadRelay(self.state_dir, self.bus, self.journal.last_seq)
             await self.relay.start()
+        if self.settings.get("storage", "backend") == "postgres" and self.role != "worker":
+            self.head_feed = await start_head_feed(self._storage_dsn, self.bus, self.relay)
         if self.role == "worker":
             await self._start_worker(budget, ssl_ctx, host, port)
             return
@@ -1132,6 +1138,8 @@ class Daemon:
                                                    payload={"pid": os.getpid()}))
         if self.role != "worker":  # a worker's uses go to the control process
             await asyncio.to_thread(self.token_usage.flush, set(self.registry.tokens))
+        if self.head_feed is not None:
+            await self.head_feed.close()
         if self.relay is not None:
             await self.relay.close()
         if self._listen_socket is not None and self.role == "control":

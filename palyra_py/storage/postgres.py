@@ -51,8 +51,10 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 """What a call into the driver may raise for a storage failure (ConnectionError is an
-OSError; ``InternalClientError`` is the driver's own protocol state gone wrong, as when a
-connection dies in the middle of an answer)."""
+OSError). ``InternalClientError`` is the driver's own protocol state gone wrong: a
+connection that died in the middle of an answer, or a pooled one whose server's goodbye
+(``pg_terminate_backend``, a restart) reached it before the close did ("cannot switch to
+state ...; another operation is in progress")."""
 
 
 class Migration(NamedTuple):
@@ -63,20 +65,22 @@ class Migration(NamedTuple):
     statements: tuple[str, ...]
 
 
-def session_settings(extra: Mapping[str, str] | None = None) -> dict[str, str]:
-    """The session settings of every palyra connection (``application_name``), and
-    ``extra``."""
-    return {"application_name": "palyra", **(extra or {})}
+def session_settings(extra: Mapping[str, str] | None = None, *,
+                     application_name: str = "palyra") -> dict[str, str]:
+    """The session settings of every palyra connection (``application_name``, what
+    ``pg_stat_activity`` shows), and ``extra``."""
+    return {"application_name": application_name, **(extra or {})}
 
 
 async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
-                  settings: Mapping[str, str] | None = None) -> asyncpg.Connection:
+                  settings: Mapping[str, str] | None = None,
+                  application_name: str = "palyra") -> asyncpg.Connection:
     """A connection with bounded waits: ``timeout_s`` to connect, ``COMMAND_TIMEOUT_S`` per
     statement (a server that stops answering fails the call instead of hanging it);
     ``settings``: more session settings (``session_settings``)."""
     conn: asyncpg.Connection = await asyncpg.connect(
         dsn, timeout=timeout_s, command_timeout=COMMAND_TIMEOUT_S,
-        server_settings=session_settings(settings),
+        server_settings=session_settings(settings, application_name=application_name),
     )
     return conn
 
