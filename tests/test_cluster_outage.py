@@ -100,8 +100,11 @@ async def test_a_server_outage_refuses_webhooks_then_both_nodes_heal_by_themselv
     async with node(pg_server, database, clock, memory_keyring) as a, \
             node(pg_server, database, clock, memory_keyring) as b, \
             admin_session(a.socket_path) as admin_a, admin_session(b.socket_path) as admin_b:
-        for admin in (admin_a, admin_b):
-            await add_integration(admin, "gh")
+        await add_integration(admin_a, "gh")  # the registry is shared: in force on b soon
+        deadline = time.monotonic() + 5
+        while "gh" not in b.active:
+            assert time.monotonic() < deadline, "the integration never reached node b"
+            await asyncio.sleep(0.02)  # polling a condition under a deadline
         token = await create_token(admin_b, "reader", scopes=["read:github.*"])
         async with http.get(f"http://127.0.0.1:{b.ingress_port}/v1/events/stream",
                             headers=token.bearer) as resp:

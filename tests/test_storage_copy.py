@@ -245,8 +245,9 @@ async def test_a_copy_holds_the_same_rows_verifies_and_a_daemon_runs_on_it(
         # the new event is delivered, signed with the subscription's db: secret.
         async with admin.get("/v1/deliveries", params={"limit": "1000"}) as resp:
             listed_deliveries = (await resp.json())["deliveries"]
-        assert sorted(d["delivery_id"] for d in listed_deliveries)[:6] == [
-            r[0] for r in sqlite_rows(state / "deliveries.db", DELIVERIES_SQL)]
+        by_id = {d["delivery_id"]: d for d in listed_deliveries}
+        for row in sqlite_rows(state / "deliveries.db", DELIVERIES_SQL):
+            assert (by_id[row[0]]["event_seq"], by_id[row[0]]["attempts"]) == (row[2], row[5])
         await receiver.wait_for(7)
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "palyra_py", "system", "events", "verify",
@@ -464,3 +465,31 @@ async def test_a_copy_stopped_inside_the_deliveries_resumes_after_its_last_batch
             == sqlite_rows(state / "deliveries.db", DELIVERIES_SQL))
     assert (await rows(target, ATTEMPTS_SQL.format("delivery_attempts"))
             == sqlite_rows(state / "deliveries.db", ATTEMPTS_SQL.format("attempts")))
+
+
+async def test_a_target_named_by_a_reference_is_shown_by_it_and_a_newer_schema_refused(
+    target: str, pg_server: PgServer,
+) -> None:
+    with leakcheck.checked_state_dir("pt-copyf-") as state:
+        await small_installation(state, 2)
+        done = palyra(state, "storage", "copy", "--to-ref", "env:COPY_TARGET_DSN", "--json",
+                      env={"COPY_TARGET_DSN": target})
+        assert done.returncode == 0, done.stderr
+        report = json.loads(done.stdout)
+        assert report["target"] == "env:COPY_TARGET_DSN"
+        assert 'dsn_ref = "env:COPY_TARGET_DSN"' in report["settings"]
+        assert PASSWORD not in done.stdout + done.stderr
+        # An unset variable: a usage error naming the reference.
+        done = palyra(state, "storage", "copy", "--to-ref", "env:NO_SUCH_DSN_VAR")
+        assert done.returncode == 2 and "NO_SUCH_DSN_VAR" in done.stderr
+
+        # A schema newer than this palyra knows: migrate refuses, naming the store.
+        pg_server.psql(pg_server.databases[-1],
+                       "INSERT INTO palyra_schema (store, version, name)"
+                       " VALUES ('journal', 99, 'from the future')")
+        (state / "palyra.toml").write_text(
+            f'[storage]\nbackend = "postgres"\ndsn = "{target}"\n')
+        done = palyra(state, "storage", "migrate")
+        assert done.returncode == 2, done.stderr
+        assert "journal schema in PostgreSQL is at version 99" in done.stderr
+        assert PASSWORD not in done.stdout + done.stderr
