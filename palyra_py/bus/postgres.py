@@ -86,7 +86,9 @@ class PostgresHeadFeed:
 
     @property
     def problem(self) -> str | None:
-        """Why the feed is not listening (worded without values), else ``None``."""
+        """Why the feed cannot listen (worded without values): set when a connection
+        attempt failed (a cut connection is tried again at once first), cleared by the
+        next that succeeds; else ``None``."""
         return self._down
 
     @property
@@ -160,6 +162,7 @@ class PostgresHeadFeed:
             conn.terminate()  # LISTEN ends with the session; nothing to wait for
 
     async def _run(self, first: asyncio.Future[None]) -> None:
+        was_up = False
         try:
             while True:
                 try:
@@ -169,6 +172,7 @@ class PostgresHeadFeed:
                     # Heads committed while nobody listened: read at once, not at the poll.
                     await self._catch_up(self._conn)
                     self.listening.set()
+                    was_up = True
                     if self._down is not None:
                         _log.warning("bus: listening to PostgreSQL again")
                     self._down = None
@@ -181,11 +185,16 @@ class PostgresHeadFeed:
                             raise ConnectionResetError("the LISTEN connection was closed")
                         await self._catch_up(self._conn)
                 except DRIVER_ERRORS as exc:
+                    await self._drop()
+                    if was_up:
+                        # A connection that worked was cut (pg_terminate_backend, a pooler,
+                        # a restart): once more at once, before calling the server away.
+                        was_up = False
+                        continue
                     reason = describe_pg_error(exc, "bus", "listen")
                     if self._down is None:
                         _log.warning("%s; retrying every %ss", reason, self._retry_s)
                     self._down = reason
-                    await self._drop()
                     if not first.done():
                         first.set_result(None)
                     await asyncio.sleep(self._retry_s)  # the server is away: try again later
