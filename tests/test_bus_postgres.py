@@ -152,3 +152,25 @@ async def test_a_feed_started_while_the_server_is_down_listens_once_it_is_back(
         assert bus.head == first.seq
     finally:
         await feed.close()
+
+
+async def test_a_cut_listen_connection_is_made_again_at_once(dsn: str, journal: Journal) -> None:
+    bus = SeqBus()
+    # Neither the poll nor the retry interval can come within the test: only the
+    # immediate reconnect (and its catch-up read) can tell the bus.
+    feed = PostgresHeadFeed(dsn, bus, poll_s=NO_BACKSTOP_S, retry_s=NO_BACKSTOP_S)
+    await feed.start()
+    conn = await asyncpg.connect(dsn)
+    try:
+        pid = feed.server_pid
+        assert pid is not None
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        during = await journal.append(event())
+        assert await asyncio.wait_for(bus.wait_beyond(0), 30) == during.seq
+        await until(lambda: feed.connects == 2)
+        assert feed.problem is None and feed.server_pid != pid
+        after = await journal.append(event())
+        assert await asyncio.wait_for(bus.wait_beyond(during.seq), 30) == after.seq
+    finally:
+        await conn.close()
+        await feed.close()
