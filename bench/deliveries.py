@@ -192,7 +192,8 @@ class Bench:
 
     def check(self, daemon: DaemonProc, stats: dict[str, Any], expected: int) -> list[str]:
         """What went wrong, if anything: missing or repeated deliveries, deliveries the
-        store does not show as succeeded, attempts that crashed in the daemon."""
+        store does not show as succeeded, attempts that crashed in the daemon or whose
+        outcome it could not store."""
         problems = []
         if stats["unique"] != expected:
             problems.append(f"received {stats['unique']} of {expected} events")
@@ -206,9 +207,10 @@ class Bench:
             time.sleep(0.1)
         if db.get("succeeded") != expected or db.get("failed") or db.get("pending"):
             problems.append(f"delivery store: {db}")
-        crashed = daemon.log_path.read_text(errors="replace").count("delivery_attempt_crashed")
-        if crashed:
-            problems.append(f"{crashed} delivery_attempt_crashed in the daemon log")
+        text = daemon.log_path.read_text(errors="replace")
+        for event in ("delivery_attempt_crashed", "delivery_attempt_unrecorded"):
+            if text.count(event):
+                problems.append(f"{text.count(event)} {event} in the daemon log")
         return problems
 
     def palyra_throughput(self, tag: str, workers: str) -> dict[str, Any]:

@@ -84,6 +84,12 @@ class Metrics:
         self._delivery_durations = Children(self.delivery_attempt_seconds)
         self.sse_clients = Gauge(
             "palyra_sse_clients", "Connected Server-Sent Events clients", registry=r)
+        self.leases_held = Gauge(
+            "palyra_leases_held", "Delivery leases this node holds (cluster mode)",
+            registry=r)
+        self.lease_takeovers = Counter(
+            "palyra_lease_takeovers", "Delivery leases this node took over from a node"
+            " whose lease ran out (cluster mode)", registry=r)
         self.token_refusals = Counter(
             "palyra_token_refusals", "Token routes' refusals (unauthorized, token_expired,"
             " scope_denied) by reason", ["reason"], registry=r)

@@ -109,6 +109,22 @@ ANSWERS: dict[Reason, Answer] = {
 }
 
 
+REGISTRY_ANSWERS: dict[str, Answer] = {
+    "registry_conflict": Answer(
+        409, "error",
+        "The registry changed under the write: an import's expected_version is not the"
+        " stored version (export again, redo the change, import again).",
+    ),
+    "registry_unavailable": Answer(
+        503, "error",
+        "Cluster mode: the registry's database cannot be read or written now; nothing was"
+        " changed and the registry in force stays. Retry once PostgreSQL is back.",
+    ),
+}
+"""The admin API's refusals of a registry edit or import that depend on where the
+registry is kept (``docs/admin-api.md``); ``registry_invalid`` (422) is the document's."""
+
+
 class Rejection(Exception):
     """A typed refusal of an inbound request. ``detail`` never holds a secret or signature."""
 

@@ -5,6 +5,7 @@ environment variables < ``daemon run`` flags. Every effective value remembers it
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -178,6 +179,22 @@ SPECS: tuple[SettingSpec, ...] = (
         "Comma-separated env:/file: refs of older keys still accepted for reading db:"
         " secrets (key rotation: palyra secrets reencrypt)",
     ),
+    SettingSpec(
+        "cluster", "node_id", str, "",
+        "With backend = postgres: this node's name in the cluster (letters, digits, . _ -);"
+        " empty: one generated at the first start and kept in <state-dir>/node_id",
+    ),
+    SettingSpec(
+        "cluster", "lease_s", float, 10.0,
+        "With backend = postgres: how long a node's delivery lease on a subscription lasts"
+        " without a renewal; a dead node's subscriptions are taken over within it",
+        minimum=1.0,
+    ),
+    SettingSpec(
+        "cluster", "heartbeat_s", float, 2.0,
+        "With backend = postgres: how often a node renews its heartbeat and leases (at most"
+        " lease_s / 3)", minimum=0.1,
+    ),
 )
 
 _BY_NAME = {(s.section, s.key): s for s in SPECS}
@@ -294,6 +311,7 @@ def load_settings(
         values[name] = Setting(spec.section, spec.key, value, source)  # type: ignore[arg-type]
     parse_workers(values[("daemon", "workers")].value)
     check_storage(values)
+    check_cluster(values)
     return Settings(state_dir=state_dir, values=values)
 
 
@@ -317,6 +335,34 @@ def check_storage(values: Mapping[tuple[str, str], Setting]) -> None:
         raise SettingsError(
             'storage.backend = "postgres" needs storage.dsn or storage.dsn_ref'
             " (environment PALYRA_STORAGE_DSN or PALYRA_STORAGE_DSN_REF)")
+
+
+NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def node_id_problem(node_id: str) -> str | None:
+    """Why ``node_id`` cannot name a cluster node, else ``None``."""
+    if NODE_ID_PATTERN.fullmatch(node_id) is None:
+        return ("must be 1 to 63 letters, digits, '.', '_' or '-', starting with a letter"
+                " or digit")
+    return None
+
+
+def check_cluster(values: Mapping[tuple[str, str], Setting]) -> None:
+    """``cluster.node_id`` (when given) is a valid name; ``cluster.heartbeat_s`` is at
+    most a third of ``cluster.lease_s``, so that two heartbeats in a row may fail before a
+    node stops trusting its leases (at 0.8 x ``lease_s``). Raises ``SettingsError``."""
+    node_id = values[("cluster", "node_id")]
+    if node_id.value:
+        problem = node_id_problem(node_id.value)
+        if problem is not None:
+            raise SettingsError(f"cluster.node_id (from {_origin(node_id)}) {problem},"
+                                f" got {node_id.value!r}")
+    lease, beat = values[("cluster", "lease_s")], values[("cluster", "heartbeat_s")]
+    if beat.value * 3 > lease.value:
+        raise SettingsError(
+            f"cluster.heartbeat_s (from {_origin(beat)}) must be at most a third of"
+            f" cluster.lease_s (from {_origin(lease)}): got {beat.value} and {lease.value}")
 
 
 def storage_location(settings: Settings) -> str:

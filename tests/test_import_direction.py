@@ -57,12 +57,14 @@ LAYERS: dict[str, int] = {
     "palyra_py.registry.positions": PURE,
     "palyra_py.registry.fields": PURE,
     "palyra_py.secrets.refs": PURE,
+    "palyra_py.cluster.leases": PURE,
     # Stores and configuration.
     "palyra_py.journal": STORES,
     "palyra_py.delivery": STORES,
     "palyra_py.bus": STORES,
     "palyra_py.registry": STORES,
     "palyra_py.secrets": STORES,
+    "palyra_py.cluster": STORES,  # nodes, heartbeats, delivery leases
     # Stages of the request path.
     "palyra_py.inbound": STAGES,
     "palyra_py.outbound": STAGES,
@@ -77,6 +79,8 @@ LAYERS: dict[str, int] = {
     "palyra_py.testing": COMPOSITION,
     "palyra_py.__main__": COMPOSITION,
     "palyra_py.cli.daemon_cmd": COMPOSITION,  # `palyra daemon run` starts the daemon
+    "palyra_py.cli.storage_cmd": COMPOSITION,  # `palyra storage copy` composes every store
+    "palyra_py.cli.storage_views": COMPOSITION,  # and shows its report
 }
 
 STAGE_PACKAGES = ("palyra_py.inbound", "palyra_py.outbound", "palyra_py.stream")

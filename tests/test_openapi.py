@@ -147,7 +147,8 @@ async def test_tcp_listener_extension_lists_the_ingress_routes(
     assert {r["path"] for r in listed} == registered
     tokened = {(r["method"], r["path"]) for r in listed if r["auth"] == "palyraToken"}
     assert tokened == {("POST", "/v1/events"), ("GET", "/v1/events"),
-                       ("GET", "/v1/events/stream")}
+                       ("GET", "/v1/events/stream"), ("GET", "/v1/registry"),
+                       ("POST", "/v1/registry/import")}
     assert all(r["path"] in spec["paths"] for r in listed if r["auth"] == "palyraToken")
     assert "/metrics" not in spec["paths"]
     assert spec["components"]["securitySchemes"]["palyraToken"]["scheme"] == "bearer"
@@ -266,6 +267,22 @@ async def test_answers_match_the_spec(
     assert limit["field"] == "limit"
     verified = await api.call("POST", "/v1/journal/verify", 200)
     assert verified["ok"] is True
+
+    exported = await api.call("GET", "/v1/registry", 200)
+    assert (exported["source"], exported["version"]) == ("file", None)
+    assert exported["counts"]["integrations"] == 2
+    reviewed = exported["document"] + "\n# reviewed in git\n"
+    dry = await api.call("POST", "/v1/registry/import", 200,
+                         json={"document": reviewed, "dry_run": True})
+    assert dry["status"] == "dry_run"
+    assert dry["changes"]["integrations"] == {"added": [], "removed": [], "changed": []}
+    invalid_doc = await api.call("POST", "/v1/registry/import", 422, json={
+        "document": reviewed + '[[webhooks]]\nintegration_id = "x"\nprovider = "nope"\n'})
+    assert invalid_doc["location"].startswith(f"{daemon.registry_file.path}:")
+    assert daemon.registry_file.path.read_text() == exported["document"]
+    imported = await api.call("POST", "/v1/registry/import", 200, json={"document": reviewed})
+    assert imported["status"] == "imported"
+    assert daemon.registry_file.path.read_text() == reviewed
 
     reloaded = await api.call("POST", "/v1/reload", 200)
     assert reloaded["integrations"] == 2

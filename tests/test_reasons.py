@@ -23,3 +23,14 @@ def test_every_setting_is_documented() -> None:
     text = (DOC.parent / "settings.md").read_text()
     for spec in SPECS:
         assert f"| `{spec.section}.{spec.key}` | `PALYRA_{spec.section.upper()}_" in text, spec
+
+
+def test_the_registry_refusals_are_documented_with_their_status() -> None:
+    from palyra_py.reasons import REGISTRY_ANSWERS
+
+    prose = (DOC.parent / "admin-api.md").read_text()
+    spec = (DOC.parent / "openapi.yaml").read_text()
+    for code, answer in REGISTRY_ANSWERS.items():
+        assert answer.key == "error" and answer.status >= 400, code
+        assert f"`{code}` ({answer.status})" in prose, code
+        assert f"| {answer.status} |" in spec and f"`{code}`" in spec, code

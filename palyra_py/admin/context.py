@@ -197,6 +197,11 @@ class DaemonRuntime(Protocol):
         public listener, summed over the processes that serve it."""
         ...
 
+    async def cluster_view(self) -> dict[str, Any] | None:
+        """Cluster mode: the nodes, their heartbeats and the leases each holds, as this
+        node reads them now; ``None`` on SQLite."""
+        ...
+
     def journal_commits(self) -> int:
         """Journal commits (one fsync each) since start, summed over the processes."""
         ...
@@ -224,7 +229,8 @@ class StatusContext:
     admin_socket: Path
     registry_path: Path
     journal_path: Path
-    deliveries_path: Path
+    deliveries_location: str
+    """The path of ``deliveries.db``, or on PostgreSQL the URI without its password."""
 
 
 @dataclass(frozen=True, slots=True)

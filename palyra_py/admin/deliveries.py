@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import secrets as random_secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,7 +12,7 @@ from palyra_py.admin.context import DeliveriesContext
 from palyra_py.admin.errors import ApiError, invalid, not_found, read_json_object
 from palyra_py.admin.events import parse_int, parse_time_ms
 from palyra_py.admin.records import registry_error
-from palyra_py.admin.secrets import store_secret
+from palyra_py.admin.secrets import delete_ref, store_secret
 from palyra_py.delivery.store import MAX_LIMIT, STATUSES
 from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.tokens import (
@@ -80,7 +79,7 @@ class DeliveriesApi:
         if found[0].status == "succeeded":
             raise ApiError(409, "conflict", "the delivery already succeeded")
         delivery = await self.ctx.deliveries.retry(delivery_id, self.ctx.time.now_ms())
-        self.ctx.dispatcher.wake()
+        self.ctx.dispatcher.wake(everywhere=True)
         assert delivery is not None
         return web.json_response({"delivery": delivery.to_dict()})
 
@@ -97,7 +96,7 @@ class DeliveriesApi:
         until = parse_time_ms(str(body["until"]), "until") if body.get("until") else None
         count = await self.ctx.deliveries.recover(subscription_id, since, until,
                                                   self.ctx.time.now_ms())
-        self.ctx.dispatcher.wake()
+        self.ctx.dispatcher.wake(everywhere=True)
         return web.json_response({"recovered": count})
 
     async def stats(self, request: web.Request) -> web.Response:
@@ -152,11 +151,13 @@ class DeliveriesApi:
         except RegistryError as exc:
             raise registry_error(exc) from None
         secret = format_token(token_id, random_secrets.token_urlsafe(32))
-        fields["secret_ref"] = await store_secret(self.ctx.secrets, f"token:{token_id}", secret)
+        # In cluster mode with [secrets] key_ref a db: secret, so every node checks it.
+        fields["secret_ref"] = await store_secret(self.ctx.secrets, f"token:{token_id}", secret,
+                                                  self.ctx.secrets.new_secret_kind)
         try:
             await self.ctx.editor.edit_registry(lambda doc: add_token(doc, fields, now))
         except RegistryError as exc:
-            await asyncio.to_thread(self.ctx.secrets.delete, f"token:{token_id}")
+            await delete_ref(self.ctx.secrets, fields["secret_ref"])
             raise registry_error(exc) from None
         token = self.ctx.editor.registry.tokens[token_id]
         await self.ctx.appender.append(kind="daemon.token_created", source="admin",
@@ -169,12 +170,14 @@ class DeliveriesApi:
         token_id = request.match_info["id"]
         if token_id not in self.ctx.editor.registry.tokens:
             raise not_found(f"no token {token_id[:40]!r}")
+        ref = self.ctx.editor.registry.tokens[token_id].secret_ref
         try:
             await self.ctx.editor.edit_registry(lambda doc: remove_token(doc, token_id))
         except RegistryError as exc:
             raise registry_error(exc) from None
-        await asyncio.to_thread(self.ctx.secrets.delete, f"token:{token_id}")
-        self.ctx.secrets.forget_cached(f"keyring:token:{token_id}")
+        # The secret this daemon stored for it (the keyring's or a db: one), never another.
+        if ref in (f"keyring:token:{token_id}", f"db:token:{token_id}"):
+            await delete_ref(self.ctx.secrets, ref)
         await self.ctx.appender.append(kind="daemon.token_revoked", source="admin",
                                        payload={"token_id": token_id})
         return web.json_response({"status": "revoked", "token_id": token_id})

@@ -84,6 +84,21 @@ async def store_secret(store: SecretStore, name: str, value: str,
         ) from None
 
 
+async def delete_ref(store: SecretStore, ref: str | None) -> None:
+    """Remove what a ``keyring:`` or ``db:`` reference names (an ``env:`` or ``file:`` one
+    is the operator's, and a malformed one names nothing); an absent one is not an
+    error."""
+    if ref is None:
+        return
+    try:
+        kind, name = parse_secret_ref(ref)
+    except SecretRefError:
+        return
+    if kind in ("keyring", "db"):
+        await delete_secret(store, kind, name)
+    store.forget_cached(ref)
+
+
 async def delete_secret(store: SecretStore, kind: str, name: str) -> None:
     """Remove ``kind:name`` (``keyring`` or ``db``); an absent one is not an error."""
     if kind == "db":

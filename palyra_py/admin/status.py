@@ -63,6 +63,7 @@ class AdminApi:
         processes = await ctx.runtime.processes()  # first: it refreshes the workers' figures
         started_at = ctx.runtime.started_at
         connections = ctx.listener.connections
+        cluster = await ctx.runtime.cluster_view()
         return web.json_response({
             "version": __version__,
             "pid": os.getpid(),
@@ -74,8 +75,9 @@ class AdminApi:
             "processes": processes,
             "admin_socket": str(ctx.admin_socket),
             "registry": str(ctx.registry_path),
-            "deliveries": {"path": str(ctx.deliveries_path),
-                           "problem": ctx.deliveries.check_file()},
+            "deliveries": {"path": ctx.deliveries_location, "storage": storage,
+                           "problem": (ctx.deliveries.check_file()
+                                       or ctx.deliveries.down_reason)},
             "journal": {
                 # On PostgreSQL: the URI without its password.
                 "path": (str(ctx.journal_path) if storage == "sqlite" else storage),
@@ -99,6 +101,7 @@ class AdminApi:
                         "fallback": ctx.secrets.is_fallback},
             "open_files": open_files(ctx.runtime),
             "settings": ctx.settings.table(),
+            **({} if cluster is None else {"cluster": cluster}),
         })
 
     async def reload(self, request: web.Request) -> web.Response:

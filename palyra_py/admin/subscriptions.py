@@ -7,7 +7,7 @@ import contextlib
 import hashlib
 import re
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -17,6 +17,8 @@ from palyra_py.admin.errors import ApiError, invalid, read_json_object
 from palyra_py.admin.records import edit_registry, path_id, refuse_fields, validated
 from palyra_py.admin.secrets import (
     SecretChoice,
+    delete_ref,
+    delete_secret,
     grace_seconds,
     rfc3339,
     rotate,
@@ -135,11 +137,25 @@ class SubscriptionsApi:
         await edit_registry(self.ctx.editor, change, noun="subscription")
         self.ctx.dispatcher.wake()
 
+    @property
+    def _kind(self) -> Literal["keyring", "db"]:
+        """Where this node keeps the secrets it is given or makes: ``db`` in cluster mode
+        with ``[secrets] key_ref`` (every node reads them), else the keyring."""
+        return self.ctx.secrets.new_secret_kind
+
     async def _store_url(self, subscription_id: str, url: str) -> str:
-        """Keep ``url`` in the keyring; return the reference the registry holds instead."""
-        ref = await store_secret(self.ctx.secrets, url_keyring_name(subscription_id), url)
+        """Keep ``url`` as a secret; return the reference the registry holds instead."""
+        ref = await store_secret(self.ctx.secrets, url_keyring_name(subscription_id), url,
+                                 self._kind)
         self.ctx.secrets.forget_cached(ref)
         return ref
+
+    async def _drop_new(self, subscription_id: str, secret: bool, url: bool) -> None:
+        """Delete the signing secret and the URL an add stored, when the add fails."""
+        for name, stored in ((keyring_name(subscription_id), secret),
+                             (url_keyring_name(subscription_id), url)):
+            if stored:
+                await delete_secret(self.ctx.secrets, self._kind, name)
 
     async def _held(self, ref: str) -> str | None:
         with contextlib.suppress(SecretNotFound, SecretRefError):
@@ -147,13 +163,13 @@ class SubscriptionsApi:
         return None
 
     async def _undo_writes(self, writes: list[tuple[str, str | None]]) -> None:
-        """Put keyring entries back as they were (``None``: there was none)."""
+        """Put the secrets back as they were (``None``: there was none)."""
         for name, before in reversed(writes):
             if before is None:
                 with contextlib.suppress(Exception):
-                    await asyncio.to_thread(self.ctx.secrets.delete, name)
+                    await delete_secret(self.ctx.secrets, self._kind, name)
             else:
-                await store_secret(self.ctx.secrets, name, before)
+                await store_secret(self.ctx.secrets, name, before, self._kind)
         self.ctx.secrets.forget_cached()
 
     async def _keep_headers(
@@ -170,9 +186,9 @@ class SubscriptionsApi:
                 if is_ref(value) or not is_credential_header(header, value):
                     continue
                 name = header_keyring_name(subscription_id, header)
-                ref = f"keyring:{name}"
+                ref = f"{self._kind}:{name}"
                 writes.append((name, await self._held(ref) if ref in current.values() else None))
-                out[header] = await store_secret(self.ctx.secrets, name, value)
+                out[header] = await store_secret(self.ctx.secrets, name, value, self._kind)
                 self.ctx.secrets.forget_cached(ref)
         except ApiError:
             await self._undo_writes(writes)
@@ -181,12 +197,13 @@ class SubscriptionsApi:
 
     async def _drop_header_secrets(self, subscription_id: str, before: Mapping[str, str],
                                    after: Mapping[str, str]) -> None:
-        """Delete the keyring entries of header values ``before`` held and ``after`` does
-        not (a header removed, or given a value of its own)."""
-        prefix = f"keyring:subscription-header:{subscription_id}:"
+        """Delete the secrets of header values ``before`` held and ``after`` does not (a
+        header removed, or given a value of its own): those this daemon stored."""
+        own = tuple(f"{kind}:subscription-header:{subscription_id}:"
+                    for kind in ("keyring", "db"))
         for value in set(before.values()) - set(after.values()):
-            if value.startswith(prefix):
-                await asyncio.to_thread(self.ctx.secrets.delete, value.removeprefix("keyring:"))
+            if value.startswith(own):
+                await delete_ref(self.ctx.secrets, value)
 
     def _check_https_only(self, url: str) -> None:
         # A reference is checked once resolved, at send time.
@@ -230,7 +247,8 @@ class SubscriptionsApi:
             generate_subscription_secret(), None, True)
         ref = choice.ref
         if choice.value is not None:
-            ref = await store_secret(self.ctx.secrets, keyring_name(subscription_id), choice.value)
+            ref = await store_secret(self.ctx.secrets, keyring_name(subscription_id),
+                                     choice.value, self._kind)
             self.ctx.secrets.forget_cached(ref)
         fields["secret_ref"] = ref
         header_writes: list[tuple[str, str | None]] = []
@@ -241,10 +259,7 @@ class SubscriptionsApi:
                 fields["headers"], header_writes = await self._keep_headers(
                     subscription_id, fields["headers"], {})
         except ApiError:
-            for name, stored in ((keyring_name(subscription_id), choice.value is not None),
-                                 (url_keyring_name(subscription_id), keep_url)):
-                if stored:
-                    await asyncio.to_thread(self.ctx.secrets.delete, name)
+            await self._drop_new(subscription_id, choice.value is not None, keep_url)
             raise
         # The subscription starts with the next event, not with the journal's history.
         await self.ctx.dispatcher.start_at_head(subscription_id)
@@ -252,10 +267,7 @@ class SubscriptionsApi:
         try:
             await self._edit(lambda doc: add_subscription(doc, fields, now))
         except ApiError:
-            for name, stored in ((keyring_name(subscription_id), choice.value is not None),
-                                 (url_keyring_name(subscription_id), keep_url)):
-                if stored:
-                    await asyncio.to_thread(self.ctx.secrets.delete, name)
+            await self._drop_new(subscription_id, choice.value is not None, keep_url)
             await self._undo_writes(header_writes)
             raise
         # Any token may read the journal: a reference, or the URL's origin only.
@@ -287,7 +299,7 @@ class SubscriptionsApi:
                 and not is_url_ref(normalised["url"])
                 and url_in_keyring(body, normalised.get("format", "standard"),
                                    normalised["url"])):
-            ref = f"keyring:{url_keyring_name(subscription_id)}"
+            ref = f"{self._kind}:{url_keyring_name(subscription_id)}"
             before = None
             if current["url"] == ref:
                 with contextlib.suppress(SecretNotFound, SecretRefError):
@@ -309,7 +321,7 @@ class SubscriptionsApi:
                 if before is not None:
                     await self._store_url(subscription_id, before)
                 else:
-                    await asyncio.to_thread(self.ctx.secrets.delete, ref.removeprefix("keyring:"))
+                    await delete_ref(self.ctx.secrets, ref)
             await self._undo_writes(header_writes)
             raise
         if "headers" in changes:
@@ -328,10 +340,11 @@ class SubscriptionsApi:
                                                       now_ms=self.ctx.time.now_ms())
         self.ctx.dispatcher.forget_cursor(subscription_id)
         name = keyring_name(subscription_id)
-        for ref in (f"keyring:{name}", f"keyring:{name}:previous",
-                    f"keyring:{url_keyring_name(subscription_id)}"):
-            if ref in (sub.secret_ref, sub.previous_secret_ref, sub.url):
-                await asyncio.to_thread(self.ctx.secrets.delete, ref.removeprefix("keyring:"))
+        own = {f"{kind}:{n}" for kind in ("keyring", "db")
+               for n in (name, f"{name}:previous", url_keyring_name(subscription_id))}
+        for ref in (sub.secret_ref, sub.previous_secret_ref, sub.url):
+            if ref in own:
+                await delete_ref(self.ctx.secrets, ref)
         await self._drop_header_secrets(subscription_id, sub.headers, {})
         self.ctx.secrets.forget_cached()
         await self._journal("subscription.deleted", subscription_id, {})
@@ -370,7 +383,7 @@ class SubscriptionsApi:
             lambda changes: self._edit(
                 lambda doc: update_subscription(doc, subscription_id, changes, now)),
             current_name=keyring_name(subscription_id), old_ref=sub.secret_ref, choice=choice,
-            grace_s=grace, now=now)
+            grace_s=grace, now=now, kind=self._kind)
         self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.secret_rotated", subscription_id,
                             {"grace_s": grace, "previous_valid_until": rfc3339(rotation.until)})

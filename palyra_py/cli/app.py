@@ -49,6 +49,8 @@ GROUPS: dict[str, str] = {
     "deliveries": "palyra_py.cli.deliveries_cmd",
     "tokens": "palyra_py.cli.tokens_cmd",
     "secrets": "palyra_py.cli.secrets_cmd",
+    "registry": "palyra_py.cli.registry_cmd",
+    "storage": "palyra_py.cli.storage_cmd",
 }
 
 

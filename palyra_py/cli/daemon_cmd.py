@@ -83,7 +83,8 @@ def run(
             metavar="head|seq:N|TIME",
             help="Only when deliveries.db is missing but the journal has events: start every "
             "subscription at the journal head (head), or re-deliver from seq N or from TIME "
-            "(RFC 3339, e.g. 2026-12-07T10:00Z).",
+            "(RFC 3339, e.g. 2026-12-07T10:00Z). Ignored on PostgreSQL, where each "
+            "subscription's cursor is in the database.",
         ),
     ] = None,
     workers: Annotated[
@@ -169,7 +170,9 @@ def reload(state_dir: StateDirOption = None, json_output: JsonOption = False) ->
     """Re-read webhooks.toml after a hand edit (same as SIGHUP).
 
     If the file does not validate, the daemon keeps the registry it has and the
-    error names the line and column (exit code 1).
+    error names the line and column (exit code 1). In cluster mode ([storage]
+    backend = "postgres") the registry is the document in the database, which this
+    re-reads instead: change it with palyra registry import (webhooks.toml is not read).
 
     Example:
 

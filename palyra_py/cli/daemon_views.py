@@ -68,6 +68,37 @@ def _processes(value: Any) -> str:
     return "\n".join(lines)
 
 
+def _cluster_rows(cluster: Any) -> list[tuple[str, str]]:
+    """Cluster mode: this node, then one line per node (state, heartbeat age, leases)."""
+    if not isinstance(cluster, dict):
+        return []
+    rows = [("cluster node", f"{output.text(cluster.get('node_id'))}  lease "
+             f"{output.text(cluster.get('lease_s'))} s, heartbeat "
+             f"{output.text(cluster.get('heartbeat_s'))} s, fair share "
+             f"{output.text(cluster.get('fair_share'))}, takeovers "
+             f"{output.text(cluster.get('lease_takeovers'))}")]
+    lines = []
+    for node in cluster.get("nodes") or []:
+        if not isinstance(node, dict):
+            continue
+        state = output.text(node.get("state"))
+        if state != "live":
+            state = f"[yellow]{state}[/]"
+        leases = [output.text(x.get("subscription_id")) for x in node.get("leases") or []
+                  if isinstance(x, dict)]
+        this = " (this node)" if node.get("this_node") else ""
+        line = (f"{output.text(node.get('node_id'))}{this}"
+                f"  {state}  heartbeat {output.text(node.get('heartbeat_age_s'))} s ago"
+                f"  {output.text(node.get('host'))} pid {output.text(node.get('pid'))}"
+                f"  leases {len(leases)}{': ' + ', '.join(leases) if leases else ''}")
+        lines.append(line)
+    rows.append(("cluster nodes", "\n".join(lines) or "-"))
+    if cluster.get("problem"):
+        rows.append(("cluster problem",
+                     f"[red]{output.text(cluster['problem'])} (as last read)[/]"))
+    return rows
+
+
 def show_status(answer: Mapping[str, Any]) -> int:
     """``palyra daemon status`` for people; the exit code."""
     journal = answer.get("journal") or {}
@@ -99,6 +130,7 @@ def show_status(answer: Mapping[str, Any]) -> int:
         ("last seq", output.text(journal.get("last_seq"))),
         *([("journal problem", f"[red]{output.text(journal['problem'])}[/]")]
           if journal.get("problem") else []),
+        ("deliveries", output.text(deliveries.get("path"))),
         *([("deliveries problem", f"[red]{output.text(deliveries['problem'])}[/]")]
           if deliveries.get("problem") else []),
         ("retention", output.text(journal.get("retention"))),
@@ -107,6 +139,7 @@ def show_status(answer: Mapping[str, Any]) -> int:
            f"[yellow]{output.text(w.get('warning'))}[/]")
           for w in integrations.get("warnings") or []],
         ("keyring", keyring_text),
+        *_cluster_rows(answer.get("cluster")),
     ]
     settings = answer.get("settings") or []
     settings_table = output.table(

@@ -302,6 +302,16 @@ class AdminClient:
     def reload(self) -> JsonObject:
         return self.request("POST", "/v1/reload")
 
+    def registry_document(self) -> JsonObject:
+        return self.request("GET", "/v1/registry")
+
+    def import_registry(self, document: str, *, dry_run: bool = False,
+                        expected_version: int | None = None) -> JsonObject:
+        body: JsonObject = {"document": document, "dry_run": dry_run}
+        if expected_version is not None:
+            body["expected_version"] = expected_version
+        return self.request("POST", "/v1/registry/import", body=body)
+
     def list_webhooks(self) -> JsonObject:
         return self.request("GET", "/v1/webhooks")
 

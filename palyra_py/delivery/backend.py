@@ -41,6 +41,13 @@ class DeliveryQueue(Protocol):
         refused, if any."""
         ...
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why reads and writes fail now for a cause that heals by itself (a database
+        server found unreachable), else ``None``. Unlike ``check_file``, nothing stops:
+        callers retry."""
+        ...
+
     async def cursor(self, subscription_id: str) -> int | None:
         """The last journal seq considered for the subscription; ``None`` if it has
         none."""
@@ -110,6 +117,13 @@ class DeliveryLog(Protocol):
     def check_file(self) -> str | None:
         """Check now that the storage is still the one written; the reason writes are
         refused, if any."""
+        ...
+
+    @property
+    def down_reason(self) -> str | None:
+        """Why reads and writes fail now for a cause that heals by itself (a database
+        server found unreachable), else ``None``. Unlike ``check_file``, nothing stops:
+        callers retry."""
         ...
 
     async def get(self, delivery_id: str) -> tuple[Delivery, list[AttemptRecord]] | None:

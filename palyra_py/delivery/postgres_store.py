@@ -14,7 +14,10 @@ sent wrote nothing: the batch runs once more on a new connection; one lost durin
 COMMIT fails the batch (it may or may not be committed: enqueueing again skips what
 exists, and the dispatcher reads the queue back from the store). The next write connects
 again, so the store recovers by itself once the server is back: nothing is ever
-"unavailable until a restart", and there is no file to check.
+"unavailable until a restart", and there is no file to check. While the server is lost
+(a write or read found it unreachable), ``down_reason`` says so and the writer tries it
+every ``PROBE_INTERVAL_S``, so that readiness comes back without waiting for a write; the
+loss and the recovery are logged once each.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -55,6 +59,7 @@ from palyra_py.storage.postgres import (
     describe_pg_error,
     is_connection_lost,
     migrate,
+    session_settings,
 )
 
 __all__ = ["PostgresDeliveries"]
@@ -64,6 +69,13 @@ _T = TypeVar("_T")
 _PRUNE_CHUNK = 2000
 _READERS_MAX = 4
 DEFAULT_MAX_PENDING = 10_000
+PROBE_INTERVAL_S = 1.0
+"""While the server is unreachable, how often the idle writer tries it again."""
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+"""On every connection of the store, unless the URI sets it (``?plan_cache_mode=auto``).
+Every statement is planned for its own values: after five runs of a prepared statement
+PostgreSQL may keep a generic plan, made without the values, and the store's statements
+take arrays of ids whose length varies with each batch (BENCHMARKS.md, issue 11)."""
 _WHAT = "delivery store"
 
 
@@ -74,6 +86,14 @@ class _Job:
 
     run: Callable[[DeliveryPgSql], Awaitable[Any]]
     settle: Callable[[Any], None]
+
+
+def session_settings_for(dsn: str) -> dict[str, str]:
+    """``SESSION_SETTINGS`` less what the URI's own query sets (the URI wins)."""
+    with contextlib.suppress(ValueError):
+        given = {key for key, _ in parse_qsl(urlsplit(dsn).query)}
+        return {k: v for k, v in SESSION_SETTINGS.items() if k not in given}
+    return dict(SESSION_SETTINGS)
 
 
 def _settle_future(future: asyncio.Future[Any]) -> Callable[[Any], None]:
@@ -125,6 +145,8 @@ class PostgresDeliveries:
         self._pending = 0
         self._started = False
         self._closed = False
+        self._down: str | None = None
+        self._settings: dict[str, str] = {}
         self.commits = 0
         """Write transactions committed so far, for tests and benchmarks."""
         self.write_jobs = 0
@@ -144,6 +166,22 @@ class PostgresDeliveries:
         retried by the next call. Always ``None``."""
         return None
 
+    @property
+    def down_reason(self) -> str | None:
+        """Why the store fails now (the server found unreachable by the last write, read
+        or probe), else ``None``; cleared by the next one that reaches it."""
+        return None if self._closed else self._down
+
+    def _unreachable(self, reason: str) -> None:
+        if self._down is None and not self._closed:
+            _log.warning("delivery store: PostgreSQL unreachable: %s", reason)
+        self._down = reason
+
+    def _reached(self) -> None:
+        if self._down is not None:
+            _log.warning("delivery store: PostgreSQL reachable again")
+        self._down = None
+
     # -- life --------------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -159,14 +197,14 @@ class PostgresDeliveries:
                 self._dsn = self._dsn_source()
             except Exception as exc:
                 raise DeliveryStoreUnavailable(f"delivery store start failed: {exc}") from None
+        self._settings = session_settings_for(self._dsn)
         try:
-            self._writer = await connect(self._dsn, timeout_s=self._connect_timeout_s)
-            self._writer.add_query_logger(self._sent)
+            self._writer = await self._connect()
             await migrate(self._writer, STORE, MIGRATIONS)
             self._readers = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=_READERS_MAX, timeout=self._connect_timeout_s,
                 command_timeout=COMMAND_TIMEOUT_S,
-                server_settings={"application_name": "palyra"},
+                server_settings=session_settings(self._settings),
             )
         except DRIVER_ERRORS as exc:
             await self._release()
@@ -221,10 +259,33 @@ class PostgresDeliveries:
         finally:
             self._pending -= 1
 
+    async def _next_job(self) -> _Job | None:
+        """The next job; while the server is down, try it every ``PROBE_INTERVAL_S``
+        meanwhile."""
+        while self._down is not None:
+            try:
+                return await asyncio.wait_for(self._queue.get(), PROBE_INTERVAL_S)
+            except TimeoutError:
+                await self._probe()
+        return await self._queue.get()
+
+    async def _probe(self) -> None:
+        try:
+            conn = await self._connection()
+            await conn.fetchval("SELECT 1")
+        except _Unreachable as exc:
+            self._unreachable(describe_pg_error(exc.cause, _WHAT, "write"))
+            return
+        except DRIVER_ERRORS as exc:
+            self._drop_writer()
+            self._unreachable(describe_pg_error(exc, _WHAT, "write"))
+            return
+        self._reached()
+
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = await self._queue.get()
+            job = await self._next_job()
             if job is None:
                 break
             batch = [job]
@@ -253,8 +314,13 @@ class PostgresDeliveries:
             return
         except DRIVER_ERRORS as exc:
             error = DeliveryStoreUnavailable(describe_pg_error(exc, _WHAT, "write"))
-            _log.warning("delivery store write failed: %s", error)
+            if is_connection_lost(exc):
+                self._unreachable(str(error))  # logged once, until it is reached again
+            else:
+                _log.warning("delivery store write failed: %s", error)
             outcomes = [error] * len(jobs)
+        else:
+            self._reached()
         for job, outcome in zip(jobs, outcomes, strict=True):
             job.settle(outcome)
 
@@ -315,12 +381,17 @@ class PostgresDeliveries:
         if self._writer is None or self._writer.is_closed():
             self._drop_writer()
             try:
-                self._writer = await connect(self._dsn, timeout_s=self._connect_timeout_s)
+                self._writer = await self._connect()
             except DRIVER_ERRORS as exc:
                 # Nothing was sent: the caller's batch fails as unreachable.
                 raise _Unreachable(exc) from exc
-            self._writer.add_query_logger(self._sent)
         return self._writer
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn = await connect(self._dsn, timeout_s=self._connect_timeout_s,
+                             settings=self._settings)
+        conn.add_query_logger(self._sent)
+        return conn
 
     def _sent(self, _query: Any) -> None:
         self.statements += 1
@@ -341,14 +412,21 @@ class PostgresDeliveries:
             try:
                 async with readers.acquire() as conn:
                     if not snapshot:
-                        return await fn(DeliveryPgSql(conn))
-                    async with conn.transaction(isolation="repeatable_read", readonly=True):
-                        return await fn(DeliveryPgSql(conn))
+                        found = await fn(DeliveryPgSql(conn))
+                    else:
+                        async with conn.transaction(isolation="repeatable_read",
+                                                    readonly=True):
+                            found = await fn(DeliveryPgSql(conn))
             except DRIVER_ERRORS as exc:
                 # A pooled connection the server dropped meanwhile: reads are safe to repeat.
                 if attempt == 1 and is_connection_lost(exc):
                     continue
-                raise DeliveryStoreUnavailable(describe_pg_error(exc, _WHAT, "read")) from exc
+                reason = describe_pg_error(exc, _WHAT, "read")
+                if is_connection_lost(exc):
+                    self._unreachable(reason)
+                raise DeliveryStoreUnavailable(reason) from exc
+            self._reached()
+            return found
         raise AssertionError("unreachable")
 
     async def resume_seq(self) -> int | None:

@@ -100,6 +100,11 @@ class DeliveryStore:
         the reason writes are refused, if any."""
         return None if self._writer is None else self._writer.check_file()
 
+    @property
+    def down_reason(self) -> str | None:
+        """Always ``None``: a file is there or it is not (``check_file``)."""
+        return None
+
     async def resume_seq(self) -> int | None:
         """The first journal seq from which re-delivering loses nothing: the lowest of any
         pending delivery's seq and every cursor + 1 (``None``: no cursor, nothing pending).

@@ -18,6 +18,13 @@ outcome is committed. The global slots (``max_in_flight_total``) are shared fair
 subscriptions and owners (``dispatch_fair``): a receiver that never answers holds at most
 its share of them while others deliver. Time comes from the injected clock only; tests move
 it and call :meth:`Dispatcher.wake`.
+
+With several nodes (``leased=True``) the dispatcher delivers only the subscriptions its
+node holds a lease on: the cluster calls :meth:`start_delivering` when it acquires one
+(delivery resumes from the store's durable cursor and pending deliveries, nothing cached)
+and :meth:`stop_delivering` when it releases or loses one. ``peers`` carries notices to
+the other nodes: a cursor moved here (``cursor:<id>``) and a retry made here (``wake``),
+so that the holder does not go on from what it cached.
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import asyncio
 import contextlib
 import random
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
@@ -61,6 +68,8 @@ ENQUEUE_ROWS = 500
 """Deliveries one enqueue transaction creates at most (a page of events x subscriptions):
 the attempts recorded meanwhile wait for it, and keep their places in the record budget."""
 RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
+LEASED_POLL_S = 0.5
+"""Cluster mode: how often an idle enqueuer looks for events other nodes journaled."""
 RESEND_FACTOR = 2
 """Attempts launched and not yet recorded per subscription: at most this many times its
 ``max_in_flight`` (those open at the receiver, and as many answered whose outcome waits for
@@ -100,11 +109,22 @@ class Dispatcher:
         disable_after_s: float = 5 * 86400,
         max_in_flight_total: int = 256,
         https_only: bool = False,
+        leased: bool = False,
+        peers: Callable[[str], None] | None = None,
     ) -> None:
+        """``leased``: deliver only the subscriptions given by :meth:`start_delivering`
+        (cluster mode); else every enabled one. ``peers``: sends a notice to the other
+        nodes (cluster mode)."""
         self._journal = journal
         self._bus = bus
         self._store = store
-        self._subscriptions = subscriptions
+        self._registry_subs = subscriptions
+        self._leased = leased
+        self.peers = peers
+        self._delivering: set[str] = set()
+        self._delivering_version = 0
+        self._filtered: Mapping[str, Subscription] = {}
+        self._filtered_of: tuple[Mapping[str, Subscription] | None, int] = (None, -1)
         self._clock = clock
         self._metrics = metrics
         self._events = PreparedEvents(journal)
@@ -132,14 +152,81 @@ class Dispatcher:
         self._gauges_at = 0.0
         self._stopping = False
         self._halted = asyncio.Event()  # never set: a halted loop waits for the stop
+        self._task_subs: dict[asyncio.Task[None], str] = {}
+        self._enqueue_kick = asyncio.Event()  # cluster mode: a lease was acquired
+        self.loop_crashes = 0
+        """Times one of the loops crashed and was started again (logged each time)."""
+        self._paused: dict[str, str] = {}
+        """Per loop (``enqueue``, ``schedule``): why its last pass failed, until one works."""
 
     # -- control -------------------------------------------------------------------------
 
-    def wake(self) -> None:
+    def wake(self, *, everywhere: bool = False) -> None:
         """Re-check everything now (after the clock moved, a registry change, a retry):
-        the next pass reads the due deliveries from the store again."""
+        the next pass reads the due deliveries from the store again. ``everywhere``: the
+        other nodes too (a retry or recovery made here, for the node that holds the
+        subscription's lease)."""
         self._ready.invalidate()
         self._wake.set()
+        if everywhere and self.peers is not None:
+            self.peers("wake")
+
+    def _subscriptions(self) -> Mapping[str, Subscription]:
+        """The subscriptions this dispatcher delivers: the registry's, or with leases
+        those of them this node holds (one mapping per registry version and lease change,
+        as the passes compare them by identity)."""
+        subs = self._registry_subs()
+        if not self._leased:
+            return subs
+        if self._filtered_of != (subs, self._delivering_version):
+            self._filtered = {k: v for k, v in subs.items() if k in self._delivering}
+            self._filtered_of = (subs, self._delivering_version)
+        return self._filtered
+
+    def delivering(self) -> list[str]:
+        """With leases: the subscriptions this node delivers now."""
+        return sorted(self._delivering)
+
+    def start_delivering(self, subscription_id: str) -> None:
+        """Cluster mode: this node holds the lease now. Delivery resumes from the store
+        (:meth:`resume_from_store`). Calling it again changes nothing more."""
+        if subscription_id not in self._delivering:
+            self._delivering.add(subscription_id)
+            self._delivering_version += 1
+        self.resume_from_store(subscription_id)
+
+    def resume_from_store(self, subscription_id: str) -> None:
+        """Forget the cursor and the queued deliveries cached for the subscription: the
+        next passes read its durable cursor and its pending deliveries from the store
+        (after a lease is acquired, or a cursor moved by another node)."""
+        self._cursors.pop(subscription_id, None)
+        self._ready.forget(subscription_id)
+        self._ordered_check.add(subscription_id)
+        self._enqueue_kick.set()
+        self.wake()
+
+    async def stop_delivering(self, subscription_id: str, *, grace_s: float) -> None:
+        """Cluster mode: launch nothing more for the subscription; give its attempts in
+        flight up to ``grace_s`` to be recorded, then cancel those left (they stay
+        pending: the next holder attempts them again). Returns once none is left."""
+        if subscription_id in self._delivering:
+            self._delivering.discard(subscription_id)
+            self._delivering_version += 1
+        self._cursors.pop(subscription_id, None)
+        self._ready.forget(subscription_id)
+        self._ordered_check.discard(subscription_id)
+        tasks = [t for t, s in self._task_subs.items() if s == subscription_id]
+        if tasks and grace_s > 0:
+            await asyncio.wait(tasks, timeout=grace_s)
+        left = [t for t in tasks if not t.done()]
+        for task in left:
+            task.cancel()
+        for task in left:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if left:
+            log.warning("delivery_attempts_cancelled", subscription_id=subscription_id,
+                        attempts=len(left), reason="lease given up")
 
     def _nudge(self) -> None:
         # A slot freed or deliveries were queued: a pass from memory is enough.
@@ -168,12 +255,15 @@ class Dispatcher:
         await self._store.set_cursor(subscription_id, head)
         self._cursors[subscription_id] = head
         self.wake()
+        if self.peers is not None:
+            self.peers(f"cursor:{subscription_id}")
 
     async def run(self) -> None:
         """Run until cancelled; in-flight attempts are cancelled with it (they stay pending
         and are attempted again after a restart: at most one extra attempt)."""
         try:
-            await asyncio.gather(self._enqueue_forever(), self._schedule_forever())
+            await asyncio.gather(self._guarded("enqueuer", self._enqueue_forever),
+                                 self._guarded("scheduler", self._schedule_forever))
         finally:
             self._stopping = True  # a cancelled attempt's freed slot starts nothing new
             for task in list(self._tasks):
@@ -181,6 +271,20 @@ class Dispatcher:
             for task in list(self._tasks):
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+
+    async def _guarded(self, name: str, loop: Callable[[], Awaitable[None]]) -> None:
+        """Run ``loop``; one that crashes is logged and started again after a pause (one
+        loop dying silently would stop delivery while the other goes on)."""
+        while True:
+            try:
+                await loop()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                self.loop_crashes += 1
+                log.exception("dispatcher_loop_crashed", loop=name, restart_in_s=RETRY_S)
+                self._ready.invalidate()
+                await self._pause()
 
     # -- enqueuer ------------------------------------------------------------------------
 
@@ -209,10 +313,14 @@ class Dispatcher:
         return cursor
 
     def forget_cursor(self, subscription_id: str) -> None:
+        """Forget what is cached for the subscription (after an admin edit); with
+        ``peers``, its holder forgets its cached cursor too."""
         self._cursors.pop(subscription_id, None)
         self._states.pop(subscription_id, None)
         self._ready.forget(subscription_id)
         self._ordered_check.discard(subscription_id)
+        if self.peers is not None:
+            self.peers(f"cursor:{subscription_id}")
 
     def halted(self) -> bool:
         """The delivery store's file was removed or replaced: nothing written to it would be
@@ -227,19 +335,51 @@ class Dispatcher:
         while True:
             if self._halted_already():
                 await self._halted.wait()
+            self._enqueue_kick.clear()
             try:
                 progressed = await self.enqueue_once()
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
                 # Nothing moved (deliveries and cursor commit together): try again shortly.
-                log.warning("delivery_enqueue_failed", error=str(exc), retry_in_s=RETRY_S)
+                self._paused_by("enqueue", exc)
                 await self._pause()
                 continue
+            self._resumed("enqueue")
             if not progressed:
-                await self._bus.wait_beyond(self._lowest_cursor())
+                if self._leased:
+                    await self._wait_leased(self._lowest_cursor())
+                else:
+                    await self._bus.wait_beyond(self._lowest_cursor())
+
+    async def _wait_leased(self, low: int) -> None:
+        """Cluster mode: until an event beyond ``low`` is committed here, a lease is
+        acquired (:meth:`start_delivering`), or ``LEASED_POLL_S`` passed: events another
+        node journals reach this one's bus only through the poll."""
+        waits = [asyncio.ensure_future(self._bus.wait_beyond(low, timeout=LEASED_POLL_S)),
+                 asyncio.ensure_future(self._enqueue_kick.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
 
     async def _pause(self) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(asyncio.Event().wait(), RETRY_S)
+
+    def paused(self) -> dict[str, str]:
+        """The loops whose last pass failed on the store or the journal (``enqueue``,
+        ``schedule``) and why; each tries again every ``RETRY_S`` until one works."""
+        return dict(self._paused)
+
+    def _paused_by(self, loop: str, exc: Exception) -> None:
+        # Logged once per pause, not once per try: a server down for an hour is one line.
+        if loop not in self._paused:
+            log.warning("delivery_paused", loop=loop, error=str(exc), retry_every_s=RETRY_S)
+        self._paused[loop] = str(exc)
+
+    def _resumed(self, loop: str) -> None:
+        if self._paused.pop(loop, None) is not None:
+            log.warning("delivery_resumed", loop=loop)
 
     def _lowest_cursor(self) -> int:
         active = [self._cursors.get(s.subscription_id, 0)
@@ -324,9 +464,10 @@ class Dispatcher:
             try:
                 next_ms = await self._schedule(refresh=False)
             except (DeliveryStoreUnavailable, JournalUnavailable) as exc:
-                log.warning("delivery_schedule_failed", error=str(exc), retry_in_s=RETRY_S)
+                self._paused_by("schedule", exc)
                 await self._pause()
                 continue
+            self._resumed("schedule")
             timeout = None if next_ms is None else max(0.0, (next_ms - self.now_ms()) / 1000)
             # asyncio.timeout, not wait_for: no task per wait.
             with contextlib.suppress(TimeoutError):
@@ -342,6 +483,10 @@ class Dispatcher:
         async with self._pass_lock:
             if self.halted():
                 return None
+            down = self._store.down_reason
+            if down is not None:
+                # Nothing launched from memory either: its outcome could not be stored.
+                raise DeliveryStoreUnavailable(down)
             if refresh:
                 self._ready.invalidate()
             subs = self._subscriptions()
@@ -353,13 +498,16 @@ class Dispatcher:
                 await self._read_due(unordered, now_ms, full=True)
                 self._ordered_check.update(s for s, sub in subs.items()
                                            if sub.enabled and sub.ordered)
+                subs = self._subscriptions()
             wait_until = self._launch_queued(subs, now_ms)
             hungry = [s for s, sub in subs.items()
                       if sub.enabled and not sub.ordered and self._ready.hungry(s)
                       and self._has_slot(sub, self._state(sub))]
             if hungry and self._slots.free > 0:
                 await self._read_due(hungry, now_ms, full=False)
-                wait_until = _earliest(wait_until, self._launch_queued(subs, now_ms))
+                # Read again after the wait: a lease may have been given up meanwhile.
+                wait_until = _earliest(wait_until,
+                                       self._launch_queued(self._subscriptions(), now_ms))
             if self._ordered_check:
                 wait_until = _earliest(wait_until, await self._launch_ordered(subs, now_ms))
             await self._update_gauges(now_ms)
@@ -407,6 +555,8 @@ class Dispatcher:
         """Launch queued deliveries of ``sub`` while it has slots (at most ``capacity``);
         how many, and when a rate limit lets the next one go."""
         launched = 0
+        if self._leased and sub.subscription_id not in self._delivering:
+            return 0, None  # its lease was given up since the pass began
         while launched < capacity and self._has_slot(sub, state):
             entry = self._ready.peek(sub.subscription_id, self._in_flight_ids)
             if entry is None:
@@ -494,16 +644,24 @@ class Dispatcher:
             delivery, prepared, state, answered=lambda: self._answered(launched),
             settled=lambda next_ms: self._settled(launched, next_ms)))
         self._tasks.add(task)
+        self._task_subs[task] = sub.subscription_id
 
         def finished(t: asyncio.Task[None]) -> None:
             self._tasks.discard(t)
+            self._task_subs.pop(t, None)
             if not launched.settled:  # not recorded (crashed, cancelled)
                 self._ready.invalidate()  # the store says whether it is still due
                 self._settled(launched, None)  # it starts a pass
             # (Settled before: its slot went to the next delivery, or it started a pass.)
-            if not t.cancelled() and t.exception() is not None:
+            error = None if t.cancelled() else t.exception()
+            if isinstance(error, DeliveryStoreUnavailable):
+                # Sent, but its outcome could not be stored: it stays pending in the store
+                # and is attempted again (the receiver may see it twice).
+                log.warning("delivery_attempt_unrecorded", delivery_id=launched.delivery_id,
+                            error=str(error))
+            elif error is not None:
                 log.error("delivery_attempt_crashed", delivery_id=launched.delivery_id,
-                          error=repr(t.exception()))
+                          error=repr(error))
 
         task.add_done_callback(finished)
 
@@ -558,7 +716,8 @@ class Dispatcher:
         if (sub.ordered or not sub.enabled or self._stopping
                 or self._ready.queued(sub.subscription_id) == 0
                 or not self._has_slot(sub, state)
-                or self._store.unavailable_reason is not None):
+                or self._store.unavailable_reason is not None
+                or self._store.down_reason is not None):
             return False
         now_ms = self.now_ms()
         if (self._ready.needs_full_read(now_ms)

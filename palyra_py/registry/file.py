@@ -15,16 +15,19 @@ from pathlib import Path
 
 import tomlkit
 
-from palyra_py.registry.document import REGISTRY_VERSION, Registry, parse_registry
+from palyra_py.registry.apply import (
+    MAX_REGISTRY_BYTES,
+    NEW_REGISTRY_TEXT,
+    apply_change,
+    check_document,
+)
+from palyra_py.registry.document import Registry, parse_registry
 from palyra_py.registry.positions import RegistryError
 from palyra_py.storage.files import exclusive_lock, write_atomic
 from palyra_py.storage.ownership import ForeignOwner, check_owner
 
-MAX_REGISTRY_BYTES = 16 * 1024 * 1024
-NEW_REGISTRY_TEXT = (
-    "# palyra-py webhook registry. Every field is explained in webhooks.example.toml.\n"
-    f"version = {REGISTRY_VERSION}\n"
-)
+__all__ = ["MAX_REGISTRY_BYTES", "NEW_REGISTRY_TEXT", "RegistryFile"]
+
 
 
 class RegistryFile:
@@ -76,57 +79,24 @@ class RegistryFile:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         with self._lock, exclusive_lock(self.lock_path):
             text = self._read_text()
-            exists = text is not None
-            if text is None:
-                text = NEW_REGISTRY_TEXT
-            # Validate what is on disk first: if the change leaves a hand-made error in
-            # place, that error is reported with its true line and column.
-            try:
-                parse_registry(text, self.path)
-                on_disk_error: RegistryError | None = None
-            except RegistryError as exc:
-                if exc.field is None:  # not even TOML: there is no document to change
-                    raise
-                on_disk_error = exc
-            doc = tomlkit.parse(text)
-            if exists and doc.as_string() != text:
-                # A hand-made error first: the file needs a hand edit either way.
-                raise on_disk_error or _layout_error(text, doc.as_string(), self.path)
-            change(doc)
-            new_text = doc.as_string()
-            try:
-                registry = parse_registry(new_text, self.path)
-            except RegistryError as exc:
-                if on_disk_error is not None and on_disk_error.message == exc.message:
-                    raise on_disk_error from None
-                # Positions would point into text that was never written: leave them out.
-                raise RegistryError(exc.message, path=self.path, field=exc.field) from None
-            if not exists or new_text != text:
+            new_text, registry = apply_change(text, change, self.path)
+            if text is None or new_text != text:
                 write_atomic(self.path, new_text.encode("utf-8"))
             return registry
 
+    def read_text(self) -> str | None:
+        """The file's text as it is on disk (``None``: there is no file). Raises
+        ``RegistryError`` for a file that cannot be read (owner, size, encoding)."""
+        return self._read_text()
 
-def _layout_error(text: str, rewritten: str, path: Path) -> RegistryError:
-    """The file cannot be edited without rewriting parts the edit is not about: tomlkit
-    keeps an array of tables together, so records of one kind written after records of
-    another kind would move (with the comments above them). Say where, and what to do."""
-    seen: list[str] = []
-    for number, line in enumerate(text.splitlines(), start=1):
-        header = line.strip()
-        if not (header.startswith("[[") and "]]" in header):
-            continue
-        kind = header[2:header.index("]]")].strip()
-        if seen and kind != seen[-1] and kind in seen:
-            return RegistryError(
-                f"[[{kind}]] here comes after [[{seen[-1]}]] records, below other [[{kind}]]"
-                f" records: an edit would move it next to them. Put the records of each kind"
-                f" together (all [[{kind}]] records in one run), then retry; nothing was"
-                f" changed", path=path, line=number, col=1)
-        seen.append(kind)
-    old_lines, new_lines = text.splitlines(), rewritten.splitlines()
-    first = next((i for i, (a, b) in enumerate(zip(old_lines, new_lines, strict=False)) if a != b),
-                 min(len(old_lines), len(new_lines)))
-    return RegistryError(
-        "an edit would also rewrite parts of the file it is not about (tomlkit cannot keep"
-        " their layout); nothing was changed", path=path, line=first + 1, col=1)
+    def replace(self, text: str) -> Registry:
+        """Under the lock: write ``text`` in place of the file (an import), if it passes
+        ``check_document``; else raise ``RegistryError`` and write nothing."""
+        registry = check_document(text, self.path)
+        self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with self._lock, exclusive_lock(self.lock_path):
+            if self._read_text() != text:
+                write_atomic(self.path, text.encode("utf-8"))
+        return registry
+
 

@@ -134,19 +134,20 @@ def format_duration(seconds: float) -> str:
 # Field checks: (value, field name) -> normalised value, or RegistryError naming the field.
 
 
-URL_REF_PREFIXES = ("keyring:", "env:", "file:")
+URL_REF_PREFIXES = ("keyring:", "db:", "env:", "file:")
 
 
 def is_url_ref(url: str) -> bool:
     """True when a subscription's ``url`` is a secret reference (``keyring:NAME``,
-    ``env:VAR``, ``file:PATH``) whose value is the URL: for URLs that carry their own
-    credential, as Slack's and Discord's incoming-webhook URLs do."""
+    ``db:NAME``, ``env:VAR``, ``file:PATH``) whose value is the URL: for URLs that carry
+    their own credential, as Slack's and Discord's incoming-webhook URLs do."""
     return url.startswith(URL_REF_PREFIXES)
 
 
 def is_ref(value: str) -> bool:
     """True when a ``url`` or a header value is a secret reference (``keyring:NAME``,
-    ``env:VAR``, ``file:PATH``) whose value the daemon reads when it delivers."""
+    ``db:NAME``, ``env:VAR``, ``file:PATH``) whose value the daemon reads when it
+    delivers."""
     return value.startswith(URL_REF_PREFIXES)
 
 

@@ -337,3 +337,9 @@ class Principal:
     @property
     def can_scrape_metrics(self) -> bool:
         return self.scopes is not None and ("metrics" in self.scopes or "admin" in self.scopes)
+
+    @property
+    def can_administer(self) -> bool:
+        """The ``admin`` scope: the registry's export and import on the TCP listener
+        (never a legacy token)."""
+        return self.scopes is not None and "admin" in self.scopes

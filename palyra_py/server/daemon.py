@@ -35,13 +35,14 @@ from palyra_py.admin.context import (
 from palyra_py.admin.deliveries import DeliveriesApi
 from palyra_py.admin.errors import ApiError, error_middleware
 from palyra_py.admin.events import PRINCIPAL, EventsApi, body_capped
+from palyra_py.admin.registry import RegistryApi
 from palyra_py.admin.status import AdminApi
 from palyra_py.admin.subscriptions import SubscriptionsApi
 from palyra_py.admin.webhooks import WebhooksApi
 from palyra_py.bus.local import SeqBus
 from palyra_py.bus.socket import HeadRelay
+from palyra_py.delivery.backend import DeliveryBackend, DeliveryStoreUnavailable
 from palyra_py.delivery.start import DeliveriesFrom, parse_deliveries_from
-from palyra_py.delivery.store import DELIVERIES_FILE, DeliveryStore, DeliveryStoreUnavailable
 from palyra_py.inbound.ingress import ActiveIntegration, Ingress
 from palyra_py.inbound.listener import CappedTCPSite, ConnectionCap
 from palyra_py.inbound.rejections import RejectionLog
@@ -64,15 +65,19 @@ from palyra_py.registry.document import Registry
 from palyra_py.registry.file import RegistryFile
 from palyra_py.registry.integrations import Integration
 from palyra_py.registry.positions import RegistryError
+from palyra_py.registry.source import FileSource, RegistryUnavailable
 from palyra_py.registry.subscriptions import update_subscription
 from palyra_py.registry.tokens import Principal, split_token, token_matches
 from palyra_py.secrets.dsn import storage_dsn
 from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.shared import DbSecrets, DbSecretsUnavailable
 from palyra_py.secrets.store import SecretNotFound, SecretStore
+from palyra_py.server.admin_relay import relay_to_admin_socket
 from palyra_py.server.cluster_bus import start_head_feed
 from palyra_py.server.fd_limits import FdBudget, FdLimitError, fit_open_file_limit
 from palyra_py.server.metrics_view import merge_expositions
+from palyra_py.server.registry_keeper import RegistryKeeper, node_name, open_db_registry
+from palyra_py.server.stores import delivery_backend, delivery_file, delivery_location
 from palyra_py.server.supervisor import (
     Supervisor,
     WorkerSlot,
@@ -84,11 +89,14 @@ from palyra_py.server.token_usage import FLUSH_INTERVAL_S, USAGE_FILE, TokenUsag
 from palyra_py.settings import Settings, SettingsError, load_settings, parse_listen, parse_workers
 from palyra_py.storage.ownership import ForeignOwner, check_path_owner
 from palyra_py.storage.sqlite import related_files
+from palyra_py.storage.state_lock import StateDirBusy, StateDirLock
 from palyra_py.stream.hub import StreamHub
 from palyra_py.times import format_rfc3339
 
 if TYPE_CHECKING:  # the driver is imported in cluster mode only
     from palyra_py.bus.postgres import PostgresHeadFeed
+    from palyra_py.cluster.node import ClusterNode
+    from palyra_py.server.cluster import Notices
 
 log = structlog.get_logger("palyra.daemon")
 
@@ -179,10 +187,10 @@ class Daemon:
         flags: Mapping[tuple[str, str], Any] | None = None,
     ) -> None:
         """``deliveries_from``: where deliveries resume if ``deliveries.db`` is missing
-        (``palyra daemon run --deliveries-from``). The role follows ``daemon.workers``
-        (1: ``single``, more: ``control``), or is ``worker`` when ``worker_of`` (the
-        control process's listening socket) is given. ``flags``: the ``daemon run`` flags,
-        passed on to the workers."""
+        (``palyra daemon run --deliveries-from``; ignored on PostgreSQL). The role follows
+        ``daemon.workers`` (1: ``single``, more: ``control``), or is ``worker`` when
+        ``worker_of`` (the control process's listening socket) is given. ``flags``: the
+        ``daemon run`` flags, passed on to the workers."""
         self.settings = settings
         self.workers = parse_workers(settings.get("daemon", "workers"))
         self.role: Role = ("worker" if worker_of is not None
@@ -212,10 +220,20 @@ class Daemon:
         self.rejections = RejectionLog()
         self.registry_file = RegistryFile(self.state_dir / REGISTRY_FILE)
         self.registry = Registry(self.registry_file.path, {})
+        self._edit_lock = asyncio.Lock()
+        self.registry_keeper = RegistryKeeper(
+            FileSource(self.registry_file), node=node_name(self.state_dir), lock=self._edit_lock,
+            activate=self._activate, refresh_secrets=self._forget_secrets,
+            everywhere=self._in_force_everywhere)
+        """The registry's source (the file; in cluster mode the database) and its watch."""
         self.active: dict[str, ActiveIntegration] = {}
         self.journal = Journal(self._journal_backend())
-        self.deliveries = DeliveryStore(self.state_dir / DELIVERIES_FILE)
-        self.deliveries.on_unavailable = self._delivery_store_unavailable
+        # A worker builds one too, and never starts it: the control process delivers.
+        self.deliveries: DeliveryBackend = delivery_backend(
+            settings, self.state_dir, dsn=self._storage_dsn,
+            on_file_lost=self._delivery_store_unavailable)
+        self._deliveries_file = delivery_file(self.deliveries)
+        """``deliveries.db`` (SQLite), else ``None``."""
         cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
                  if c.strip()]
         self.sender = Sender(
@@ -227,7 +245,6 @@ class Daemon:
         self.started_at = 0.0
         self._runners: list[web.AppRunner] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._edit_lock = asyncio.Lock()
         self._ingress: Ingress | None = None
         self.ingress_port = 0
         self.connections = ConnectionCap(0, 0)  # replaced when the listener starts
@@ -244,6 +261,10 @@ class Daemon:
         self.token_usage = TokenUsage(self.state_dir / USAGE_FILE)
         self.db_secrets: DbSecrets | None = None
         """Cluster mode with ``[secrets] key_ref``: the shared ``db:`` secrets."""
+        self.cluster: ClusterNode | None = None
+        """Cluster mode: this node's heartbeat and delivery leases."""
+        self._notices: Notices | None = None
+        self._state_lock = StateDirLock(self.state_dir, "a palyra daemon")
 
     def _journal_backend(self) -> JournalBackend:
         """The journal's engine, as ``[storage] backend`` says."""
@@ -288,6 +309,24 @@ class Daemon:
             raise DaemonError(f"cannot read the db: secrets: {exc}") from None
         if self.db_secrets is not None:
             self._tasks.append(asyncio.create_task(self.db_secrets.run()))
+
+    async def _start_db_registry(self) -> None:
+        """Cluster mode: the registry in the database (seeded from this node's file if it
+        has none), and in the control process its watch."""
+        keeper = self.registry_keeper
+        try:
+            keeper.source = await open_db_registry(
+                self._storage_dsn, self.registry_file, node=keeper.node,
+                seed=self.role != "worker", on_notify=keeper.notified)
+            await keeper.load()
+        except (RegistryError, RegistryUnavailable) as exc:
+            await keeper.close()
+            if self.db_secrets is not None:
+                await self.db_secrets.close()
+            await self.journal.close()
+            raise DaemonError(f"cannot read the registry: {exc}") from None
+        if self.role != "worker":
+            self._tasks.append(asyncio.create_task(keeper.watch()))
 
     def _db_secrets_changed(self, names: frozenset[str]) -> None:
         """``db:`` secrets changed (here or on another node): what the ingress resolved
@@ -344,7 +383,8 @@ class Daemon:
         journal = self.journal.check_file()
         if journal is not None:
             return "journal_unavailable", journal
-        deliveries = None if self.role == "worker" else self.deliveries.check_file()
+        deliveries = (None if self.role == "worker"
+                      else self.deliveries.check_file() or self.deliveries.down_reason)
         if deliveries is not None:
             return "deliveries_unavailable", deliveries
         return None
@@ -413,6 +453,8 @@ class Daemon:
         self.registry, self.active = registry, active
         if self._dispatcher is not None:
             self._dispatcher.wake()
+        if self.cluster is not None:
+            self.cluster.poke()
 
     async def disable_subscription(self, subscription_id: str, reason: str) -> None:
         """Disable (410 Gone, days of failures, an operator) and journal why."""
@@ -422,7 +464,7 @@ class Daemon:
         try:
             await self.edit_registry(lambda doc: update_subscription(
                 doc, subscription_id, {"enabled": False, "disabled_reason": reason[:240]}, now))
-        except (RegistryError, KeyError) as exc:
+        except (RegistryError, KeyError, ApiError) as exc:
             log.error("subscription_disable_failed", subscription_id=subscription_id,
                       error=str(exc))
             return
@@ -444,14 +486,14 @@ class Daemon:
                             cursor=cursor, journal_head=head,
                             reason="the journal is behind the cursor: it was replaced")
 
-    async def _without_delivery_store(self) -> None:
-        """``deliveries.db`` is missing. A first start (empty journal) or one without
-        subscriptions has nothing to lose; otherwise the file was lost and where deliveries
-        resume is the operator's choice, never a guess."""
+    async def _without_delivery_store(self, path: Path) -> None:
+        """``deliveries.db`` (``path``) is missing. A first start (empty journal) or one
+        without subscriptions has nothing to lose; otherwise the file was lost and where
+        deliveries resume is the operator's choice, never a guess."""
         head = await self.journal.last_seq()
         if head > 0 and self.registry.subscriptions and self._deliveries_from is None:
             raise DaemonError(
-                f"{self.deliveries.path} is missing, but the journal has events (head seq "
+                f"{path} is missing, but the journal has events (head seq "
                 f"{head}) and there are {len(self.registry.subscriptions)} subscriptions: the "
                 "delivery store (pending retries and each subscription's cursor) was removed "
                 "or lost, and palyra will not guess where deliveries resume. Restore it from "
@@ -461,7 +503,7 @@ class Daemon:
                 "2026-12-07T10:00Z (re-deliver from that time). If the daemon logged "
                 "delivery_store_removed, its deliveries_from says where nothing is lost",
                 exit_code=EXIT_DELIVERIES_MISSING)
-        for orphan in related_files(self.deliveries.path)[1:]:
+        for orphan in related_files(path)[1:]:
             if orphan.exists():  # a WAL without its database would be replayed into a new one
                 aside = orphan.with_name(f"{orphan.name}.orphaned-{int(self.clock())}")
                 orphan.rename(aside)
@@ -539,6 +581,8 @@ class Daemon:
     def _registry_vanished(self) -> bool:
         """The file is gone while the registry in force is not empty: reading it as empty
         would drop every integration, subscription and token at once."""
+        if self.registry_keeper.clustered:  # the file is not the source
+            return False
         current = self.registry
         in_force = bool(current.integrations or current.subscriptions or current.tokens)
         return in_force and not self.registry_file.path.exists()
@@ -554,22 +598,14 @@ class Daemon:
     async def edit_registry(self, change: Callable[[tomlkit.TOMLDocument], None]) -> Registry:
         async with self._edit_lock:
             self._refuse_if_vanished()
-            registry = await asyncio.to_thread(self.registry_file.edit, change)
-            self._activate(registry)
-            await self._in_force_everywhere()
-            return registry
+            return await self.registry_keeper.edit(change)
 
     async def reload(self) -> Registry:
-        """Re-read ``webhooks.toml``. An invalid file raises ``RegistryError`` and the last
-        good registry stays in force."""
+        """Re-read the registry (``webhooks.toml``; in cluster mode the database's). An
+        invalid one raises ``RegistryError`` and the last good registry stays in force."""
         async with self._edit_lock:
             self._refuse_if_vanished()
-            registry = await asyncio.to_thread(self.registry_file.load)
-            self.secrets.forget_cached()
-            for entry in self.active.values():
-                entry.secrets.forget()
-            self._activate(registry)
-            await self._in_force_everywhere()
+            registry = await self.registry_keeper.reload()
         await self.append(kind="daemon.reloaded", source="daemon",
                           payload={"integrations": len(registry.integrations)})
         return registry
@@ -580,23 +616,22 @@ class Daemon:
         if self.supervisor is not None:
             await self.supervisor.broadcast_reload()
 
+    async def _forget_secrets(self) -> None:
+        """Before a registry read anew is put in force: the ``db:`` secrets an edit (here
+        or on another node) wrote are read again, and every cached secret is forgotten."""
+        if self.db_secrets is not None:
+            with contextlib.suppress(DbSecretsUnavailable):
+                await self.db_secrets.refresh()
+        self.secrets.forget_cached()
+        for entry in self.active.values():
+            entry.secrets.forget()
+
     async def refresh_registry(self) -> None:
-        """A worker, told by the control process: re-read ``webhooks.toml`` and forget every
-        cached secret. A file that does not validate (a hand edit the control process
+        """A worker, told by the control process: re-read the registry and forget every
+        cached secret. A document that does not validate (a hand edit the control process
         refused too) leaves the registry in force."""
         async with self._edit_lock:
-            try:
-                registry = await asyncio.to_thread(self.registry_file.load)
-            except RegistryError as exc:
-                log.error("registry_refresh_refused", error=str(exc))
-                return
-            if self.db_secrets is not None:  # a db: secret the edit wrote, in force now
-                with contextlib.suppress(DbSecretsUnavailable):
-                    await self.db_secrets.refresh()
-            self.secrets.forget_cached()
-            for entry in self.active.values():
-                entry.secrets.forget()
-            self._activate(registry)
+            await self.registry_keeper.refresh()
 
     # -- journal -------------------------------------------------------------------------
 
@@ -649,6 +684,20 @@ class Daemon:
             web.get("/v1/events/stream",
                     self._token_required(body_capped(events.stream), "read", can_read)),
         ])
+        def can_administer(principal: Principal) -> bool:
+            return principal.can_administer
+
+        if self.role == "worker":  # the control process writes the registry
+            show = update = relay_to_admin_socket(self.socket_path)
+        else:
+            registry = RegistryApi(self.registry_keeper, self)
+            show, update = registry.show, registry.import_document
+        import_limit = self.settings.get("admin", "max_body_bytes")
+        app.add_routes([
+            web.get("/v1/registry", self._token_required(show, "admin", can_administer)),
+            web.post("/v1/registry/import", self._token_required(
+                body_capped(update, import_limit), "admin", can_administer)),
+        ])
         metrics = (self._metrics if self.settings.get("metrics", "public")
                    else self._token_required(self._metrics, "metrics", can_scrape))
         app.add_routes([web.get("/healthz", self._healthz), web.get("/readyz", self._readyz),
@@ -665,6 +714,7 @@ class Daemon:
         app.add_routes(EventsApi(self._events_context()).routes())
         app.add_routes(SubscriptionsApi(self._subscriptions_context()).routes())
         app.add_routes(DeliveriesApi(self._deliveries_context()).routes())
+        app.add_routes(RegistryApi(self.registry_keeper, self).routes())
         return app
 
     # -- the admin handlers' contexts: the parts each uses, never the daemon itself --------
@@ -678,7 +728,7 @@ class Daemon:
             ingress_stats=self.ingress.stats, rejections=self.rejections,
             settings=self.settings, state_dir=self.state_dir, admin_socket=self.socket_path,
             registry_path=self.registry_file.path, journal_path=self.journal_path,
-            deliveries_path=self.deliveries.path,
+            deliveries_location=delivery_location(self.settings, self.deliveries),
         )
 
     def _webhooks_context(self) -> WebhooksContext:
@@ -744,8 +794,25 @@ class Daemon:
         return budget
 
     async def start(self) -> None:
-        hide_server_version()
         prepare_state_dir(self.state_dir)
+        if self.role != "worker":  # the control process holds it for them all
+            try:
+                self._state_lock.acquire()
+            except StateDirBusy as exc:
+                raise DaemonError(f"{exc}; stop it first") from None
+        try:
+            await self._start()
+        except BaseException:
+            # Whatever stopped the start, the registry's connection does not outlive it,
+            # nor the state dir's lock.
+            try:
+                await self.registry_keeper.close()
+            finally:
+                self._state_lock.release()
+            raise
+
+    async def _start(self) -> None:
+        hide_server_version()
         self.fd_budget = budget = self._fit_open_file_limit()
         ssl_ctx = self._ssl_context()
         host, port = parse_listen(self.settings.get("daemon", "listen"))
@@ -757,11 +824,12 @@ class Daemon:
         if self.secrets.is_fallback and self.role != "worker":
             log.warning("keyring_fallback", backend=self.secrets.backend_name,
                         hint="no usable OS keyring; secrets are kept in a 0600 file")
-        try:
-            registry = self.registry_file.load()
-        except RegistryError as exc:
-            raise DaemonError(f"registry invalid: {exc}") from None
-        self._activate(registry)
+        cluster = self.settings.get("storage", "backend") == "postgres"
+        if not cluster:
+            try:
+                await self.registry_keeper.load()
+            except RegistryError as exc:
+                raise DaemonError(f"registry invalid: {exc}") from None
         self.token_usage.load()
         try:
             await self.journal.start()
@@ -770,8 +838,9 @@ class Daemon:
                               exit_code=EXIT_JOURNAL_DAMAGED) from None
         except Exception as exc:
             raise DaemonError(f"cannot open the journal: {exc}") from None
-        if self.settings.get("storage", "backend") == "postgres":
+        if cluster:
             await self._start_db_secrets()
+            await self._start_db_registry()
         if self.journal.start_check == "incomplete":
             log.warning("journal_check_incomplete",
                         checked_s=self.settings.get("journal", "start_check_s"),
@@ -786,16 +855,18 @@ class Daemon:
         if self.role == "worker":
             await self._start_worker(budget, ssl_ctx, host, port)
             return
-        deliveries_missing = not self.deliveries.path.exists()
-        if deliveries_missing:
+        file = self._deliveries_file
+        deliveries_missing = file is not None and not file.exists()
+        if file is not None and deliveries_missing:
             try:
-                await self._without_delivery_store()
+                await self._without_delivery_store(file)
             except DaemonError:
                 await self.journal.close()
                 raise
         elif self._deliveries_from is not None:
             log.warning("deliveries_from_ignored", deliveries_from=self._deliveries_from.describe(),
-                        reason=f"{self.deliveries.path} exists: its cursors stay")
+                        reason=(f"{file} exists: its cursors stay" if file is not None else
+                                "the delivery store is in PostgreSQL: its cursors stay"))
         self._start_stream_hub(budget)
         try:
             await self.deliveries.start()
@@ -805,6 +876,11 @@ class Daemon:
         if deliveries_missing and self._deliveries_from is not None:
             await self._place_cursors(self._deliveries_from)
         await self._check_cursors()
+        cluster_mode = self.settings.get("storage", "backend") == "postgres"
+        if cluster_mode:
+            from palyra_py.server.cluster import Notices  # asyncpg: cluster mode only
+
+            self._notices = Notices()
         self._dispatcher = Dispatcher(
             journal=self.journal, bus=self.bus, store=self.deliveries, sender=self.sender,
             subscriptions=lambda: self.registry.subscriptions, secrets=self.secrets,
@@ -814,8 +890,11 @@ class Daemon:
             disable_after_s=self.settings.get("delivery", "disable_after_s"),
             max_in_flight_total=self.settings.get("delivery", "max_in_flight_total"),
             https_only=self.settings.get("delivery", "https_only"),
+            leased=cluster_mode, peers=self._notices,
         )
         self._tasks.append(asyncio.create_task(self._dispatcher.run()))
+        if cluster_mode:
+            await self._join_cluster()
         if self.role == "control":
             self._build_ingress(budget)
             await self._start_workers(host, port, ssl_ctx)
@@ -849,6 +928,27 @@ class Daemon:
                  admin_socket=str(sock_path), state_dir=str(self.state_dir),
                  registry_integrations=len(self.registry.integrations),
                  workers=len(self._worker_slots()))
+
+    async def _join_cluster(self) -> None:
+        """Cluster mode: take this node's place (heartbeat, delivery leases); the
+        dispatcher delivers the subscriptions it leases."""
+        from palyra_py.server.cluster import ClusterJoinFailed, join_cluster
+
+        assert self._notices is not None
+        try:
+            self.cluster = await join_cluster(
+                self.settings, self._storage_dsn, subscriptions=self._enabled_subscriptions,
+                control=self.dispatcher, notices=self._notices, metrics=self.metrics,
+                clock=None if self.clock is time.time else self.clock)
+        except ClusterJoinFailed as exc:
+            await self.stop()
+            raise DaemonError(f"cannot join the cluster: {exc}") from None
+
+    def _enabled_subscriptions(self) -> list[str]:
+        return [s for s, sub in self.registry.subscriptions.items() if sub.enabled]
+
+    async def cluster_view(self) -> dict[str, Any] | None:
+        return None if self.cluster is None else await self.cluster.view()
 
     def _start_stream_hub(self, budget: FdBudget) -> None:
         self.stream_hub = StreamHub(
@@ -1014,6 +1114,12 @@ class Daemon:
             # Workers first: each drains its requests and streams while the control
             # process still takes their admin edits' journal events and dispatches.
             await self.supervisor.stop()
+        if self._notices is not None:
+            await self._notices.drain()
+        if self.cluster is not None:
+            # Before the dispatcher stops: what is in flight finishes, then every lease is
+            # released and the other nodes told, so they take over at once.
+            await self.cluster.leave()
         for task in [*self._tasks, *self.streams]:
             task.cancel()
         for task in self._tasks:
@@ -1042,10 +1148,12 @@ class Daemon:
         await self.deliveries.close()
         if self.db_secrets is not None:
             await self.db_secrets.close()
+        await self.registry_keeper.close()
         await self.journal.close()
         with contextlib.suppress(FileNotFoundError):
             if self.listeners:
                 self.socket_path.unlink()
+        self._state_lock.release()
         log.info("daemon_stopped")
 
     async def _flush_rejections_forever(self) -> None:

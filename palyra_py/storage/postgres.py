@@ -9,21 +9,30 @@ missing, in order, in one transaction, and records them in ``palyra_schema``.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 import asyncpg
 
 __all__ = [
     "CONNECT_TIMEOUT_S",
+    "COPY_LOCK",
     "DRIVER_ERRORS",
     "MIGRATION_LOCK",
+    "CopyMarker",
     "Migration",
     "applied_versions",
+    "claim_copy",
     "connect",
+    "copy_error",
     "describe_pg_error",
+    "finish_copy",
     "is_connection_lost",
     "migrate",
+    "read_copy_marker",
+    "session_settings",
+    "tables_with_rows",
 ]
 
 CONNECT_TIMEOUT_S = 5.0
@@ -31,6 +40,8 @@ COMMAND_TIMEOUT_S = 30.0
 
 MIGRATION_LOCK = 0x70616C797261_01
 """The advisory lock every node takes around its migrations ("palyra" and 1)."""
+COPY_LOCK = 0x70616C797261_03
+"""The advisory lock ``palyra storage copy`` holds for its whole run: one copy at a time."""
 
 DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     asyncpg.PostgresError,
@@ -40,9 +51,10 @@ DRIVER_ERRORS: tuple[type[BaseException], ...] = (
     TimeoutError,
 )
 """What a call into the driver may raise for a storage failure (ConnectionError is an
-OSError). ``InternalClientError`` is what a pooled connection raises when the server's
-goodbye (``pg_terminate_backend``, a restart) reached it but the close did not yet: "cannot
-switch to state ...; another operation is in progress"."""
+OSError). ``InternalClientError`` is the driver's own protocol state gone wrong: a
+connection that died in the middle of an answer, or a pooled one whose server's goodbye
+(``pg_terminate_backend``, a restart) reached it before the close did ("cannot switch to
+state ...; another operation is in progress")."""
 
 
 class Migration(NamedTuple):
@@ -53,14 +65,22 @@ class Migration(NamedTuple):
     statements: tuple[str, ...]
 
 
+def session_settings(extra: Mapping[str, str] | None = None, *,
+                     application_name: str = "palyra") -> dict[str, str]:
+    """The session settings of every palyra connection (``application_name``, what
+    ``pg_stat_activity`` shows), and ``extra``."""
+    return {"application_name": application_name, **(extra or {})}
+
+
 async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
+                  settings: Mapping[str, str] | None = None,
                   application_name: str = "palyra") -> asyncpg.Connection:
     """A connection with bounded waits: ``timeout_s`` to connect, ``COMMAND_TIMEOUT_S`` per
-    statement (a server that stops answering fails the call instead of hanging it).
-    ``application_name`` is what ``pg_stat_activity`` shows for it."""
+    statement (a server that stops answering fails the call instead of hanging it);
+    ``settings``: more session settings (``session_settings``)."""
     conn: asyncpg.Connection = await asyncpg.connect(
         dsn, timeout=timeout_s, command_timeout=COMMAND_TIMEOUT_S,
-        server_settings={"application_name": application_name},
+        server_settings=session_settings(settings, application_name=application_name),
     )
     return conn
 
@@ -69,6 +89,7 @@ def is_connection_lost(exc: BaseException) -> bool:
     """Whether ``exc`` means the connection is gone (reconnect before the next call)."""
     if isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError
                   | asyncpg.InternalClientError):
+        # The driver's protocol state is not to be trusted after an InternalClientError.
         return True
     if isinstance(exc, asyncpg.PostgresError):
         # Class 08: connection exception; 57P0x: the server is shutting down or cut us off.
@@ -84,7 +105,7 @@ def describe_pg_error(exc: BaseException, what: str, action: str) -> str:
     code = f", SQLSTATE {state}" if state else ""
     if isinstance(exc, TimeoutError):
         kind = "timed out"
-    elif isinstance(exc, OSError | asyncpg.InterfaceError) or is_connection_lost(exc):
+    elif is_connection_lost(exc):
         kind = "PostgreSQL unreachable or the connection was lost"
     else:
         kind = "PostgreSQL refused it"
@@ -136,3 +157,78 @@ async def migrate(conn: asyncpg.Connection, store: str, migrations: Sequence[Mig
             )
             applied_now.append(migration.version)
     return applied_now
+
+
+# -- `palyra storage copy` bookkeeping ----------------------------------------------------
+
+class CopyMarker(NamedTuple):
+    """What ``palyra storage copy`` records in the target before it writes any row: which
+    installation it copies, so that only a copy of the same one resumes there."""
+
+    source: str
+    """The installation's identity (the hash its journal's chain starts from)."""
+    source_head: str
+    """``seq:hash`` of the source journal's newest row when the copy began: a source
+    that moved since (its daemon ran again) is not resumed, it is copied afresh."""
+    label: str
+    """Where it was copied from (host and state dir), for messages."""
+    started_at: datetime
+    finished_at: datetime | None
+
+
+_COPY_TABLE = (
+    "CREATE TABLE IF NOT EXISTS palyra_copy ("
+    " id integer PRIMARY KEY CHECK (id = 1), source text NOT NULL,"
+    " source_head text NOT NULL, label text NOT NULL,"
+    " started_at timestamptz NOT NULL DEFAULT now(), finished_at timestamptz)"
+)
+
+
+async def read_copy_marker(conn: asyncpg.Connection) -> CopyMarker | None:
+    """The copy recorded in this database, if any."""
+    if not await conn.fetchval("SELECT to_regclass('palyra_copy') IS NOT NULL"):
+        return None
+    found = await conn.fetchrow(
+        "SELECT source, source_head, label, started_at, finished_at FROM palyra_copy"
+        " WHERE id = 1")
+    if found is None:
+        return None
+    return CopyMarker(str(found["source"]), str(found["source_head"]), str(found["label"]),
+                      found["started_at"], found["finished_at"])
+
+
+async def claim_copy(conn: asyncpg.Connection, source: str, source_head: str, label: str
+                     ) -> None:
+    """Record (or record again, for a fresh start) the copy of ``source``."""
+    async with conn.transaction():
+        await conn.execute(_COPY_TABLE)
+        await conn.execute(
+            "INSERT INTO palyra_copy (id, source, source_head, label) VALUES (1, $1, $2, $3)"
+            " ON CONFLICT (id) DO UPDATE SET source = EXCLUDED.source,"
+            " source_head = EXCLUDED.source_head, label = EXCLUDED.label,"
+            " started_at = now(), finished_at = NULL", source, source_head, label)
+
+
+async def finish_copy(conn: asyncpg.Connection) -> None:
+    await conn.execute("UPDATE palyra_copy SET finished_at = now() WHERE id = 1")
+
+
+async def tables_with_rows(conn: asyncpg.Connection, tables: Sequence[str]) -> list[str]:
+    """Those of ``tables`` that exist and hold at least one row (``tables`` are our own
+    constant names)."""
+    found: list[str] = []
+    for table in tables:
+        if not await conn.fetchval("SELECT to_regclass($1) IS NOT NULL", table):
+            continue
+        if await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {table})"):  # noqa: S608
+            found.append(table)
+    return found
+
+
+def copy_error(exc: BaseException, what: str, action: str) -> Exception:
+    """A driver failure during a copy as ``CopyUnreachable`` (the connection is gone: a
+    later run resumes) or ``CopyFailed``; the message holds no value."""
+    from palyra_py.storage.copying import CopyFailed, CopyUnreachable
+
+    message = describe_pg_error(exc, what, action)
+    return CopyUnreachable(message) if is_connection_lost(exc) else CopyFailed(message)
