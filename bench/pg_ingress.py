@@ -6,7 +6,9 @@ Each round runs, in an order that rotates from round to round, with the same ``-
 - ``pg-1``: one daemon on a fresh database of a throwaway PostgreSQL (tests/pg.py: Unix
   socket, fsync and synchronous_commit on, ``pg_stat_statements`` loaded);
 - ``pg-3``: three daemons (three state dirs, node ids ``n1``..``n3``) on one fresh database,
-  sharing a ``[secrets] key_ref`` so that the integration's ``db:`` secret verifies on all.
+  sharing a ``[secrets] key_ref`` so that the integration's ``db:`` secret verifies on all;
+- ``pg-1-pglz`` (only when asked): ``pg-1`` with the journal's payloads compressed by
+  PostgreSQL's default, pglz, as before journal migration 2 (lz4): the before/after.
 
 The load is bench/ingress.py's: wrk with ``wrk_github.lua`` (a GitHub push, the real
 ``X-Hub-Signature-256``, a distinct ``X-GitHub-Delivery`` and body per request). With
@@ -22,7 +24,7 @@ calls per request, mean ms). Ratios are against ``sqlite-1``; the issue-11 targe
 ``pg-1`` req/s >= 0.7x ``sqlite-1``.
 
     flock /tmp/bench.lock .venv/bin/python bench/pg_ingress.py [--rounds 3] [--duration 10]
-        [--warmup 2] [--workers 1] [--variants sqlite-1,pg-1,pg-3] [--json]
+        [--warmup 2] [--workers 1] [--variants sqlite-1,pg-1,pg-3[,pg-1-pglz]] [--json]
 
 Results are printed and saved under bench/results/ (gitignored). Everything listens on
 127.0.0.1 or a Unix socket; every child process is stopped on exit.
@@ -74,7 +76,7 @@ from pg_journal import server_cpu_s  # noqa: E402
 from tests.pg import PgServer, find_binaries  # noqa: E402
 
 LUA = Path(__file__).resolve().parent / "wrk_github.lua"
-VARIANTS = ("sqlite-1", "pg-1", "pg-3")
+VARIANTS = ("sqlite-1", "pg-1", "pg-3", "pg-1-pglz")
 TARGETS = {"pg-1/sqlite-1 req/s": (0.7, "min"), "pg-1 p99 ms": (10.0, "max")}
 TOP_STATEMENTS = 8
 WAL_KEYS = ("wal_records", "wal_fpi", "wal_bytes", "wal_buffers_full", "wal_write",
@@ -117,7 +119,7 @@ class Run:
     # -- starting and checking a variant ---------------------------------------------------
 
     def start(self, variant: str, tag: str) -> Cluster:
-        engine, count = variant.split("-")
+        engine, count = variant.split("-")[:2]
         settings: dict[str, str] = {}
         database = None
         if engine == "pg":
@@ -134,6 +136,10 @@ class Run:
                     self.children, self.args.palyra, self.work / f"state-{tag}-n{i + 1}",
                     self.work / f"palyra-{tag}-n{i + 1}.log", settings=settings | node,
                     many_files=True, workers=self.args.workers))
+            if variant.endswith("-pglz"):  # before journal migration 2: PostgreSQL's default
+                assert database is not None
+                self.server.psql(database, "ALTER TABLE journal_events ALTER COLUMN"
+                                 " payload_json SET COMPRESSION pglz")
             status, answer = admin(nodes[0].socket, "POST", "/v1/webhooks", {
                 "integration_id": INTEGRATION_ID, "provider": "github",
                 "secret": {"value": self.secret.decode()}})
@@ -403,7 +409,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="wrk -t, a multiple of the largest node count (3)")
     parser.add_argument("--connections", type=int, default=33, help="wrk -c (33)")
     parser.add_argument("--workers", default="1", help="palyra's --workers, every node (1)")
-    parser.add_argument("--variants", default=",".join(VARIANTS),
+    parser.add_argument("--variants", default=",".join(VARIANTS[:3]),
                         help=f"comma-separated, from {', '.join(VARIANTS)}")
     parser.add_argument("--palyra", type=Path, default=DEFAULT_PALYRA)
     parser.add_argument("--tmp-dir", type=Path, default=None)
