@@ -15,6 +15,7 @@ import ulid
 from palyra_py.events import AppendResult, EventFilter
 from palyra_py.journal.backend import JournalUnavailable, PendingRow
 from palyra_py.journal.chain import encode_payload
+from palyra_py.journal.postgres import JournalSql
 from palyra_py.journal.postgres_journal import PostgresJournal
 from palyra_py.testing import ManualClock
 from tests.pg import PgServer
@@ -89,6 +90,25 @@ async def test_payloads_are_stored_compressed_with_lz4_and_read_back_whole(
     stored = await journal.read_events(EventFilter(), after_seq=0, limit=10)
     assert [r.payload_json for r in stored] == [big.payload_json]
     assert (await journal.verify()).reason == "ok"
+
+
+async def test_the_journal_plans_each_statement_for_its_values_unless_the_uri_says(
+    dsn: str, clock: ManualClock
+) -> None:
+    async def mode(journal: PostgresJournal) -> str:
+        async def show(sql: JournalSql) -> str:
+            return str(await sql.conn.fetchval("SHOW plan_cache_mode"))
+        return await journal._read(show)
+
+    for uri, expected in ((dsn, "force_custom_plan"), (dsn + "&plan_cache_mode=auto", "auto")):
+        journal = PostgresJournal(uri, clock=clock)
+        await journal.start()
+        try:
+            assert await mode(journal) == expected
+            assert journal._writer is not None
+            assert await journal._writer.fetchval("SHOW plan_cache_mode") == expected
+        finally:
+            await journal.close()
 
 
 async def test_a_schema_newer_than_the_code_is_refused(dsn: str, pg_server: PgServer,
