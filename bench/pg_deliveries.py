@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import shutil
 import statistics
@@ -47,6 +48,7 @@ from _common import (  # noqa: E402
     DEFAULT_PALYRA,
     BenchError,
     Children,
+    DaemonProc,
     Window,
     admin_ok,
     check_targets,
@@ -69,6 +71,7 @@ from tests.pg import PgServer, find_binaries  # noqa: E402
 
 TARGETS = {"postgres/sqlite deliveries/s": (0.7, "min")}
 TOP_STATEMENTS = 6
+ENGINES = ("sqlite", "postgres", "postgres-3")
 
 
 class Run:
@@ -79,6 +82,10 @@ class Run:
         self.children = children
         self.server = server
         self.port = receiver_port
+        key = work / "secrets.key"
+        key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        key.chmod(0o600)
+        self.key_ref = f"file:{key}"
 
     def settings(self, engine: str, tag: str) -> tuple[dict[str, str], str | None]:
         settings = {
@@ -90,7 +97,10 @@ class Run:
         dsn = self.server.new_database(f"bench_{tag.replace('-', '_')}")
         if engine == "postgres-auto":
             dsn += "&plan_cache_mode=auto"
-        settings |= {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": dsn}
+        # The nodes' shared [secrets] key: the subscriptions' signing secrets are db: refs
+        # then, which every node can read (a keyring secret is per node).
+        settings |= {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": dsn,
+                     "PALYRA_SECRETS_KEY_REF": self.key_ref}
         return settings, self.server.databases[-1]
 
     def wait_received(self, expected: int) -> dict[str, Any]:
@@ -104,10 +114,15 @@ class Run:
     def one(self, engine: str, tag: str) -> dict[str, Any]:
         args = self.args
         settings, database = self.settings(engine, tag)
-        daemon = start_daemon(self.children, args.palyra, self.work / f"state-{tag}",
-                              self.work / f"palyra-{tag}.log", settings=settings,
-                              many_files=True, workers=args.workers)
+        nodes: list[DaemonProc] = []
         try:
+            for n in range(3 if engine == "postgres-3" else 1):
+                node = {"PALYRA_CLUSTER_NODE_ID": f"n{n + 1}"} if database else {}
+                nodes.append(start_daemon(
+                    self.children, args.palyra, self.work / f"state-{tag}-n{n + 1}",
+                    self.work / f"palyra-{tag}-n{n + 1}.log", settings=settings | node,
+                    many_files=True, workers=args.workers))
+            daemon = nodes[0]
             subs = [f"bench-{k}" for k in range(args.subscriptions)]
             for sub in subs:
                 admin_ok(daemon.socket, "POST", "/v1/subscriptions", {
@@ -125,12 +140,15 @@ class Run:
             if database is not None:
                 self.server.psql("postgres", "SELECT pg_stat_statements_reset()")
             server = self.server if database is not None else None
-            window, srv0, started = Window(daemon.pid), server_cpu_s(server), time.time()
+            windows = [Window(n.pid) for n in nodes]
+            srv0, started = server_cpu_s(server), time.time()
             for sub in subs:
                 admin_ok(daemon.socket, "POST", f"/v1/subscriptions/{sub}/enable",
                          {"catch_up": True})
             stats = self.wait_received(expected)
-            used = window.close()
+            closed = [w.close() for w in windows]
+            used = {"cpu_s": sum(c["cpu_s"] for c in closed), **{
+                key: closed[0][key] for key in ("loop_on_cpu", "loop_waiting_for_cpu")}}
             server_s = server_cpu_s(server) - srv0
             done = max(1, stats["unique"])
             elapsed = stats["last_at"] - started if stats["unique"] else float("nan")
@@ -144,13 +162,20 @@ class Run:
                 "loop_on_cpu": used["loop_on_cpu"],
                 "loop_waiting_for_cpu": used["loop_waiting_for_cpu"],
                 "publish_per_s": published.rate,
+                "node_cpu_shares": [c["cpu_s"] / max(1e-9, used["cpu_s"]) for c in closed],
             }
+            if len(nodes) > 1:  # how the leases spread over the nodes
+                out["leases_by_node"] = [
+                    len(admin_ok(n.socket, "GET", "/v1/status")["cluster"]["leases_held"])
+                    for n in nodes]
             if database is not None:
                 out["statements"] = self.statements(database, done)
-            out["problems"] = self.check(daemon.socket, stats, expected, daemon.log_path)
+            out["problems"] = self.check(daemon.socket, stats, expected,
+                                         [n.log_path for n in nodes])
             return out
         finally:
-            self.children.stop(daemon.proc)
+            for n in nodes:
+                self.children.stop(n.proc)
 
     def statements(self, database: str, deliveries: int) -> list[dict[str, Any]]:
         """The statements that took the most server time since the reset."""
@@ -169,7 +194,7 @@ class Run:
         return found
 
     def check(self, sock: Path, stats: dict[str, Any], expected: int,
-              log_path: Path) -> list[str]:
+              log_paths: list[Path]) -> list[str]:
         problems = []
         if stats["unique"] != expected:
             problems.append(f"received {stats['unique']} of {expected} events")
@@ -183,7 +208,7 @@ class Run:
             time.sleep(0.1)
         if db.get("succeeded") != expected or db.get("failed") or db.get("pending"):
             problems.append(f"delivery store: {db}")
-        text = log_path.read_text(errors="replace")
+        text = "".join(p.read_text(errors="replace") for p in log_paths)
         for event in ("delivery_attempt_crashed", "delivery_attempt_unrecorded",
                       "delivery_paused"):
             if text.count(event):
@@ -263,13 +288,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--palyra", type=Path, default=DEFAULT_PALYRA)
     parser.add_argument("--tmp-dir", type=Path, default=None)
     parser.add_argument("--engines", default="sqlite,postgres",
-                        help="comma-separated, from sqlite, postgres (sqlite,postgres)")
+                        help="comma-separated, from sqlite, postgres, postgres-3 (three"
+                        " nodes on one database; use >= 6 subscriptions) (sqlite,postgres)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if not args.engines or not set(args.engines) <= {"sqlite", "postgres"}:
-        parser.error("--engines: sqlite and/or postgres")
+    if not args.engines or not set(args.engines) <= set(ENGINES):
+        parser.error(f"--engines: from {', '.join(ENGINES)}")
     for name in ("events", "subscriptions", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
