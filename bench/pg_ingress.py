@@ -8,7 +8,9 @@ Each round runs, in an order that rotates from round to round, with the same ``-
 - ``pg-3``: three daemons (three state dirs, node ids ``n1``..``n3``) on one fresh database,
   sharing a ``[secrets] key_ref`` so that the integration's ``db:`` secret verifies on all;
 - ``pg-1-pglz`` (only when asked): ``pg-1`` with the journal's payloads compressed by
-  PostgreSQL's default, pglz, as before journal migration 2 (lz4): the before/after.
+  PostgreSQL's default, pglz, as before journal migration 2 (lz4): the before/after;
+- ``pg-1-auto`` (only when asked): ``pg-1`` with ``?plan_cache_mode=auto`` in the URI
+  (PostgreSQL's default; the journal's sessions otherwise ask for custom plans).
 
 The load is bench/ingress.py's: wrk with ``wrk_github.lua`` (a GitHub push, the real
 ``X-Hub-Signature-256``, a distinct ``X-GitHub-Delivery`` and body per request). With
@@ -24,7 +26,8 @@ calls per request, mean ms). Ratios are against ``sqlite-1``; the issue-11 targe
 ``pg-1`` req/s >= 0.7x ``sqlite-1``.
 
     flock /tmp/bench.lock .venv/bin/python bench/pg_ingress.py [--rounds 3] [--duration 10]
-        [--warmup 2] [--workers 1] [--variants sqlite-1,pg-1,pg-3[,pg-1-pglz]] [--json]
+        [--warmup 2] [--workers 1] [--variants sqlite-1,pg-1,pg-3[,pg-1-pglz,pg-1-auto]]
+        [--json]
 
 Results are printed and saved under bench/results/ (gitignored). Everything listens on
 127.0.0.1 or a Unix socket; every child process is stopped on exit.
@@ -76,7 +79,7 @@ from pg_journal import server_cpu_s  # noqa: E402
 from tests.pg import PgServer, find_binaries  # noqa: E402
 
 LUA = Path(__file__).resolve().parent / "wrk_github.lua"
-VARIANTS = ("sqlite-1", "pg-1", "pg-3", "pg-1-pglz")
+VARIANTS = ("sqlite-1", "pg-1", "pg-3", "pg-1-pglz", "pg-1-auto")
 TARGETS = {"pg-1/sqlite-1 req/s": (0.7, "min"), "pg-1 p99 ms": (10.0, "max")}
 TOP_STATEMENTS = 8
 WAL_KEYS = ("wal_records", "wal_fpi", "wal_bytes", "wal_buffers_full", "wal_write",
@@ -125,6 +128,8 @@ class Run:
         if engine == "pg":
             dsn = self.server.new_database(f"ingest_{tag.replace('-', '_')}")
             database = self.server.databases[-1]
+            if variant.endswith("-auto"):  # PostgreSQL's default plan cache mode
+                dsn += "&plan_cache_mode=auto"
             settings = {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": dsn,
                         "PALYRA_SECRETS_KEY_REF": self.key_ref}
         nodes: list[DaemonProc] = []
