@@ -135,7 +135,8 @@ class Run:
             self.start_nodes(engine, tag, nodes)
             admin_ok(nodes[0].socket, "POST", "/v1/subscriptions", {
                 "subscription_id": "latency", "url": f"http://127.0.0.1:{self.port}/r/lat",
-                "events": [LATENCY_TYPE], "enabled": True}, expect=201)
+                "events": [LATENCY_TYPE], "max_in_flight": args.in_flight, "enabled": True},
+                expect=201)
             holder = None
             deadline = time.monotonic() + 20
             while holder is None and time.monotonic() < deadline:  # its lease is taken
