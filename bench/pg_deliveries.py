@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import shutil
 import statistics
@@ -47,6 +48,7 @@ from _common import (  # noqa: E402
     DEFAULT_PALYRA,
     BenchError,
     Children,
+    DaemonProc,
     Window,
     admin_ok,
     check_targets,
@@ -55,6 +57,8 @@ from _common import (  # noqa: E402
     log,
     machine,
     medians,
+    ms,
+    percentile,
     port_open,
     publish_events,
     render_targets,
@@ -62,13 +66,15 @@ from _common import (  # noqa: E402
     start_daemon,
     wait_until,
 )
-from deliveries import THROUGHPUT_TYPE, event_data  # noqa: E402
+from deliveries import LATENCY_TYPE, THROUGHPUT_TYPE, event_data  # noqa: E402
 from pg_journal import server_cpu_s  # noqa: E402
 
 from tests.pg import PgServer, find_binaries  # noqa: E402
 
-TARGETS = {"postgres/sqlite deliveries/s": (0.7, "min")}
+TARGETS = {"postgres/sqlite deliveries/s": (0.7, "min"),
+           "postgres latency p99 ms": (50.0, "max")}  # issue 10: p99 at 1,000 events/s
 TOP_STATEMENTS = 6
+ENGINES = ("sqlite", "postgres", "postgres-3")
 
 
 class Run:
@@ -79,6 +85,10 @@ class Run:
         self.children = children
         self.server = server
         self.port = receiver_port
+        key = work / "secrets.key"
+        key.write_text(base64.b64encode(os.urandom(32)).decode() + "\n")
+        key.chmod(0o600)
+        self.key_ref = f"file:{key}"
 
     def settings(self, engine: str, tag: str) -> tuple[dict[str, str], str | None]:
         settings = {
@@ -90,7 +100,10 @@ class Run:
         dsn = self.server.new_database(f"bench_{tag.replace('-', '_')}")
         if engine == "postgres-auto":
             dsn += "&plan_cache_mode=auto"
-        settings |= {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": dsn}
+        # The nodes' shared [secrets] key: the subscriptions' signing secrets are db: refs
+        # then, which every node can read (a keyring secret is per node).
+        settings |= {"PALYRA_STORAGE_BACKEND": "postgres", "PALYRA_STORAGE_DSN": dsn,
+                     "PALYRA_SECRETS_KEY_REF": self.key_ref}
         return settings, self.server.databases[-1]
 
     def wait_received(self, expected: int) -> dict[str, Any]:
@@ -101,13 +114,69 @@ class Run:
                 return stats
             time.sleep(0.05)
 
+    def start_nodes(self, engine: str, tag: str, nodes: list[DaemonProc]) -> str | None:
+        """Start the engine's daemons (three for ``postgres-3``) into ``nodes``; the
+        database's name (None: SQLite)."""
+        settings, database = self.settings(engine, tag)
+        for n in range(3 if engine == "postgres-3" else 1):
+            node = {"PALYRA_CLUSTER_NODE_ID": f"n{n + 1}"} if database else {}
+            nodes.append(start_daemon(
+                self.children, self.args.palyra, self.work / f"state-{tag}-n{n + 1}",
+                self.work / f"palyra-{tag}-n{n + 1}.log", settings=settings | node,
+                many_files=True, workers=self.args.workers))
+        return database
+
+    def latency(self, engine: str, tag: str) -> dict[str, Any]:
+        """``--rate`` events/s for ``--latency`` s published on node 1 to one subscription
+        (with three nodes, delivered by whichever holds its lease); publish -> arrival."""
+        args = self.args
+        nodes: list[DaemonProc] = []
+        try:
+            self.start_nodes(engine, tag, nodes)
+            admin_ok(nodes[0].socket, "POST", "/v1/subscriptions", {
+                "subscription_id": "latency", "url": f"http://127.0.0.1:{self.port}/r/lat",
+                "events": [LATENCY_TYPE], "max_in_flight": args.in_flight, "enabled": True},
+                expect=201)
+            holder = None
+            deadline = time.monotonic() + 20
+            while holder is None and time.monotonic() < deadline:  # its lease is taken
+                for i, n in enumerate(nodes):
+                    info = admin_ok(n.socket, "GET", "/v1/status")
+                    if "cluster" not in info or "latency" in info["cluster"]["leases_held"]:
+                        holder = i
+                if holder is None:
+                    time.sleep(0.1)
+            if holder is None:
+                raise BenchError(f"{engine}: no node took the latency subscription's lease")
+            local_json(self.port, "POST", "/_reset", {"capture": False})
+            count = int(args.rate * args.latency)
+            published = asyncio.run(publish_events(
+                nodes[0].socket, LATENCY_TYPE, count, event_data(args.pad), rate=args.rate,
+                concurrency=256, deadline_s=args.latency + args.deadline))
+            stats = self.wait_received(len(published.seqs))
+            ordered = sorted(local_json(self.port, "GET", "/_samples")["latency_ms"])
+            out: dict[str, Any] = {
+                "published": len(published.seqs), "received": stats["unique"],
+                "duplicates": stats["duplicates"], "publish_per_s": published.rate,
+                "delivering_node": holder + 1,
+                **{f"latency_p{q}_ms": percentile(ordered, q) for q in (50, 90, 99)},
+                "latency_max_ms": ordered[-1] if ordered else None,
+            }
+            out["problems"] = [p for p in (
+                f"received {stats['unique']} of {count}" if stats["unique"] != count else "",
+                f"{stats['duplicates']} duplicates" if stats["duplicates"] else "",
+                f"publish failures {published.failures}" if published.failures else "") if p]
+            return out
+        finally:
+            for n in nodes:
+                self.children.stop(n.proc)
+
     def one(self, engine: str, tag: str) -> dict[str, Any]:
         args = self.args
-        settings, database = self.settings(engine, tag)
-        daemon = start_daemon(self.children, args.palyra, self.work / f"state-{tag}",
-                              self.work / f"palyra-{tag}.log", settings=settings,
-                              many_files=True, workers=args.workers)
+        nodes: list[DaemonProc] = []
         try:
+            database = self.start_nodes(engine, tag, nodes)
+            daemon = nodes[0]
             subs = [f"bench-{k}" for k in range(args.subscriptions)]
             for sub in subs:
                 admin_ok(daemon.socket, "POST", "/v1/subscriptions", {
@@ -125,12 +194,15 @@ class Run:
             if database is not None:
                 self.server.psql("postgres", "SELECT pg_stat_statements_reset()")
             server = self.server if database is not None else None
-            window, srv0, started = Window(daemon.pid), server_cpu_s(server), time.time()
+            windows = [Window(n.pid) for n in nodes]
+            srv0, started = server_cpu_s(server), time.time()
             for sub in subs:
                 admin_ok(daemon.socket, "POST", f"/v1/subscriptions/{sub}/enable",
                          {"catch_up": True})
             stats = self.wait_received(expected)
-            used = window.close()
+            closed = [w.close() for w in windows]
+            used = {"cpu_s": sum(c["cpu_s"] for c in closed), **{
+                key: closed[0][key] for key in ("loop_on_cpu", "loop_waiting_for_cpu")}}
             server_s = server_cpu_s(server) - srv0
             done = max(1, stats["unique"])
             elapsed = stats["last_at"] - started if stats["unique"] else float("nan")
@@ -144,13 +216,20 @@ class Run:
                 "loop_on_cpu": used["loop_on_cpu"],
                 "loop_waiting_for_cpu": used["loop_waiting_for_cpu"],
                 "publish_per_s": published.rate,
+                "node_cpu_shares": [c["cpu_s"] / max(1e-9, used["cpu_s"]) for c in closed],
             }
+            if len(nodes) > 1:  # how the leases spread over the nodes
+                out["leases_by_node"] = [
+                    len(admin_ok(n.socket, "GET", "/v1/status")["cluster"]["leases_held"])
+                    for n in nodes]
             if database is not None:
                 out["statements"] = self.statements(database, done)
-            out["problems"] = self.check(daemon.socket, stats, expected, daemon.log_path)
+            out["problems"] = self.check(daemon.socket, stats, expected,
+                                         [n.log_path for n in nodes])
             return out
         finally:
-            self.children.stop(daemon.proc)
+            for n in nodes:
+                self.children.stop(n.proc)
 
     def statements(self, database: str, deliveries: int) -> list[dict[str, Any]]:
         """The statements that took the most server time since the reset."""
@@ -169,7 +248,7 @@ class Run:
         return found
 
     def check(self, sock: Path, stats: dict[str, Any], expected: int,
-              log_path: Path) -> list[str]:
+              log_paths: list[Path]) -> list[str]:
         problems = []
         if stats["unique"] != expected:
             problems.append(f"received {stats['unique']} of {expected} events")
@@ -183,7 +262,7 @@ class Run:
             time.sleep(0.1)
         if db.get("succeeded") != expected or db.get("failed") or db.get("pending"):
             problems.append(f"delivery store: {db}")
-        text = log_path.read_text(errors="replace")
+        text = "".join(p.read_text(errors="replace") for p in log_paths)
         for event in ("delivery_attempt_crashed", "delivery_attempt_unrecorded",
                       "delivery_paused"):
             if text.count(event):
@@ -210,12 +289,18 @@ def summarize(rounds: list[dict[str, Any]], engines: Sequence[str]) -> dict[str,
                 next((s["mean_ms"] for s in r[engine]["statements"]
                       if s["queryid"] == item["queryid"]), item["mean_ms"]) for r in rounds)}
             for item in last]
-    targets = (check_targets({"postgres/sqlite deliveries/s": ratios["postgres"]["per_s"]},
-                             TARGETS) if "postgres" in ratios else [])
-    problems = [f"round {i + 1} {engine}: {p}" for i, r in enumerate(rounds)
-                for engine in engines for p in r[engine]["problems"]]
+    latency = {engine: medians([r[f"latency-{engine}"] for r in rounds]) for engine in engines
+               if f"latency-{engine}" in rounds[0]}
+    values: dict[str, float | None] = {}
+    if "postgres" in ratios:
+        values["postgres/sqlite deliveries/s"] = ratios["postgres"]["per_s"]
+    if "postgres" in latency:
+        values["postgres latency p99 ms"] = latency["postgres"]["latency_p99_ms"]
+    problems = [f"round {i + 1} {part}: {p}" for i, r in enumerate(rounds)
+                for part in r if isinstance(r[part], dict) for p in r[part]["problems"]]
     return {"by_engine": by_engine, "ratios": ratios, "statements": statements,
-            "targets": targets, "problems": problems}
+            "latency": latency, "targets": check_targets(values, TARGETS),
+            "problems": problems}
 
 
 def render(result: dict[str, Any]) -> str:
@@ -242,6 +327,14 @@ def render(result: dict[str, Any]) -> str:
                   " over rounds)"]
         lines += [f"    {s['calls_per_delivery']:6.3f}  {s['mean_ms']:8.4f} ms  {s['query']}"
                   for s in items]
+    if summary["latency"]:
+        lines += ["", f"  publish -> delivery at {cfg['rate']:g} events/s for {cfg['latency']:g} s"
+                  " to one subscription (medians):"]
+        for engine, lat in summary["latency"].items():
+            lines.append(f"    {engine:<14} p50 {ms(lat['latency_p50_ms'])}, p90"
+                         f" {ms(lat['latency_p90_ms'])}, p99 {ms(lat['latency_p99_ms'])}, max"
+                         f" {ms(lat['latency_max_ms'])}; p99 by round " + " / ".join(
+                             ms(r[f'latency-{engine}']['latency_p99_ms']) for r in rounds))
     lines += ["", *render_targets(summary["targets"])]
     if summary["problems"]:
         lines += ["", "PROBLEMS:"] + [f"  {x}" for x in summary["problems"]]
@@ -260,16 +353,21 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--generic-plans", action="store_true",
                         help="also run PostgreSQL with plan_cache_mode=auto in the URI")
     parser.add_argument("--deadline", type=float, default=180.0)
+    parser.add_argument("--latency", type=float, default=0.0, metavar="S",
+                        help="also publish --rate events/s for S seconds to one subscription"
+                        " per engine and round: publish -> delivery latency (0: not)")
+    parser.add_argument("--rate", type=float, default=1000.0, help="events/s (--latency)")
     parser.add_argument("--palyra", type=Path, default=DEFAULT_PALYRA)
     parser.add_argument("--tmp-dir", type=Path, default=None)
     parser.add_argument("--engines", default="sqlite,postgres",
-                        help="comma-separated, from sqlite, postgres (sqlite,postgres)")
+                        help="comma-separated, from sqlite, postgres, postgres-3 (three"
+                        " nodes on one database; use >= 6 subscriptions) (sqlite,postgres)")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir and logs")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     args.engines = [e.strip() for e in args.engines.split(",") if e.strip()]
-    if not args.engines or not set(args.engines) <= {"sqlite", "postgres"}:
-        parser.error("--engines: sqlite and/or postgres")
+    if not args.engines or not set(args.engines) <= set(ENGINES):
+        parser.error(f"--engines: from {', '.join(ENGINES)}")
     for name in ("events", "subscriptions", "rounds"):
         if getattr(args, name) < 1:
             parser.error(f"--{name} must be at least 1")
@@ -300,6 +398,12 @@ def benchmark(args: argparse.Namespace, children: Children) -> dict[str, Any]:
         for index in range(args.rounds):
             order = engines if index % 2 == 0 else list(reversed(engines))
             rnd = {engine: run.one(engine, f"r{index + 1}-{engine}") for engine in order}
+            if args.latency > 0:
+                for engine in order:
+                    rnd[f"latency-{engine}"] = run.latency(engine, f"r{index + 1}-lat-{engine}")
+                    log(f"[round {index + 1}/{args.rounds}] latency {engine}: p50 "
+                        f"{rnd[f'latency-{engine}']['latency_p50_ms']:.1f} ms, p99 "
+                        f"{rnd[f'latency-{engine}']['latency_p99_ms']:.1f} ms")
             log(f"[round {index + 1}/{args.rounds}] " + "  ".join(
                 f"{engine} {rnd[engine]['per_s']:,.0f}/s"
                 f" ({rnd[engine]['total_cpu_ms_per_delivery']:.3f} ms CPU)"
@@ -314,6 +418,7 @@ def benchmark(args: argparse.Namespace, children: Children) -> dict[str, Any]:
             "config": {"events": args.events, "subscriptions": args.subscriptions,
                        "in_flight": args.in_flight, "pad": args.pad, "rounds": args.rounds,
                        "workers": args.workers, "engines": engines,
+                       "latency": args.latency, "rate": args.rate,
                        "postgres": bin_dir.parent.name},
             "rounds": rounds, "summary": summarize(rounds, engines),
             "loadavg_start": load_start, "loadavg_end": list(os.getloadavg()),

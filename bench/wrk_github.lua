@@ -13,6 +13,11 @@
 -- run replays another's ids or bodies), the thread number, then the thread's counter. The
 -- secret is read from a file so that it never shows on a command line.
 --
+-- Several servers (bench/pg_ingress.py, a cluster's nodes): BENCH_ADDRS in the environment,
+-- "host:port host:port ...", gives thread i (from 1) the address i modulo their count, so
+-- with as many threads as servers (or a multiple) each server gets the same connections.
+-- The URL on the command line still gives the path and the Host header.
+--
 -- done() prints one line "BENCH_RESULT {json}" that bench/ingress.py parses; latencies are
 -- in microseconds, as wrk keeps them.
 
@@ -103,8 +108,17 @@ local function xor_block(key, pad)
 end
 
 local threads = {}
+local addrs = {}
+for hostport in string.gmatch(os.getenv("BENCH_ADDRS") or "", "%S+") do
+  local host, port = string.match(hostport, "^(.+):(%d+)$")
+  assert(host, "BENCH_ADDRS: host:port expected, got " .. hostport)
+  table.insert(addrs, wrk.lookup(host, port)[1])
+end
 
 function setup(thread)
+  if #addrs > 0 then
+    thread.addr = addrs[#threads % #addrs + 1]
+  end
   thread:set("tid", #threads + 1)
   table.insert(threads, thread)
 end

@@ -15,6 +15,7 @@ import ulid
 from palyra_py.events import AppendResult, EventFilter
 from palyra_py.journal.backend import JournalUnavailable, PendingRow
 from palyra_py.journal.chain import encode_payload
+from palyra_py.journal.postgres import JournalSql
 from palyra_py.journal.postgres_journal import PostgresJournal
 from palyra_py.testing import ManualClock
 from tests.pg import PgServer
@@ -67,12 +68,47 @@ async def test_the_schema_is_migrated_once_and_the_table_refuses_edits(
     await journal.append(row(1))
     database = pg_server.databases[-1]
     assert pg_server.psql(database, "SELECT store || ':' || version FROM palyra_schema"
-                          ) == "journal:1"
+                          " ORDER BY version") == "journal:1\njournal:2"
     for statement in ("UPDATE journal_events SET kind = 'x'", "DELETE FROM journal_events",
                       "TRUNCATE journal_events"):
         with pytest.raises(RuntimeError, match="journal is append-only"):
             pg_server.psql(database, statement)
     assert (await journal.verify()).reason == "ok"
+
+
+async def test_payloads_are_stored_compressed_with_lz4_and_read_back_whole(
+    journal: PostgresJournal, pg_server: PgServer
+) -> None:
+    database = pg_server.databases[-1]
+    assert pg_server.psql(database, "SELECT attcompression FROM pg_attribute WHERE attrelid ="
+                          " 'journal_events'::regclass AND attname = 'payload_json'") == "l"
+    big = PendingRow(str(ulid.ULID()), "test.event", "test", None, None, None, "info",
+                     encode_payload({"text": "webhook body " * 1000}), False, None)
+    await journal.append(big)
+    assert pg_server.psql(database, "SELECT pg_column_compression(payload_json)"
+                          " FROM journal_events") == "lz4"
+    stored = await journal.read_events(EventFilter(), after_seq=0, limit=10)
+    assert [r.payload_json for r in stored] == [big.payload_json]
+    assert (await journal.verify()).reason == "ok"
+
+
+async def test_the_journal_plans_each_statement_for_its_values_unless_the_uri_says(
+    dsn: str, clock: ManualClock
+) -> None:
+    async def mode(journal: PostgresJournal) -> str:
+        async def show(sql: JournalSql) -> str:
+            return str(await sql.conn.fetchval("SHOW plan_cache_mode"))
+        return await journal._read(show)
+
+    for uri, expected in ((dsn, "force_custom_plan"), (dsn + "&plan_cache_mode=auto", "auto")):
+        journal = PostgresJournal(uri, clock=clock)
+        await journal.start()
+        try:
+            assert await mode(journal) == expected
+            assert journal._writer is not None
+            assert await journal._writer.fetchval("SHOW plan_cache_mode") == expected
+        finally:
+            await journal.close()
 
 
 async def test_a_schema_newer_than_the_code_is_refused(dsn: str, pg_server: PgServer,

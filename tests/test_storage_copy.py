@@ -385,13 +385,13 @@ async def test_migrate_applies_and_shows_every_store(target: str, tmp_path: Path
         done = palyra(state, "storage", "migrate", "--status", "--json")
         assert done.returncode == 4, done.stderr  # everything pending
         pending = {s["store"]: s["pending"] for s in json.loads(done.stdout)["stores"]}
-        assert pending == {"journal": [1], "deliveries": [1], "secrets": [1],
+        assert pending == {"journal": [1, 2], "deliveries": [1], "secrets": [1],
                            "registry": [1], "cluster": [1]}
         done = palyra(state, "storage", "migrate", "--json")
         assert done.returncode == 0, done.stderr
         assert PASSWORD not in done.stdout + done.stderr
         applied = {s["store"]: s["applied_now"] for s in json.loads(done.stdout)["stores"]}
-        assert applied == {"journal": [1], "deliveries": [1], "secrets": [1],
+        assert applied == {"journal": [1, 2], "deliveries": [1], "secrets": [1],
                            "registry": [1], "cluster": [1]}
         done = palyra(state, "storage", "migrate", "--status")
         assert done.returncode == 0, done.stderr

@@ -45,6 +45,8 @@ from palyra_py.storage.postgres import (
     describe_pg_error,
     is_connection_lost,
     migrate,
+    session_settings,
+    settings_unless_in_uri,
 )
 
 __all__ = ["PostgresJournal"]
@@ -57,6 +59,12 @@ PROBE_INTERVAL_S = 1.0
 readiness comes back without waiting for an append)."""
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, RuntimeError)
 _READERS_MAX = 4
+SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
+"""On every connection of the journal, unless the URI sets it. After five runs of a
+prepared statement PostgreSQL may keep a generic plan, made without the values: for the
+replay-key check (``unnest`` of the batch's keys joined to ``replay_keys``) that plan was
+a sequential scan of the table, so the server's CPU per append grew with the number of
+live keys (0.057 to 0.15 ms over the first 18,000; BENCHMARKS.md, issue 11)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +109,8 @@ class PostgresJournal:
         its appenders resumes."""
         self._dsn_source = dsn
         self._dsn = dsn if isinstance(dsn, str) else ""
+        self._settings: dict[str, str] = {}
+        """The session settings: ``SESSION_SETTINGS`` less what the URI sets."""
         self._clock = clock
         self._batch_max = batch_max
         self._on_commit = on_commit
@@ -169,12 +179,13 @@ class PostgresJournal:
             except Exception as exc:
                 raise JournalUnavailable(f"journal start failed: {exc}") from None
         try:
+            self._settings = settings_unless_in_uri(self._dsn, SESSION_SETTINGS)
             self._writer = await self._connect_writer()
             await migrate(self._writer, STORE, MIGRATIONS)
             self._size = await JournalSql(self._writer).size_bytes()
             self._readers = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=_READERS_MAX, timeout=self._connect_timeout_s,
-                command_timeout=30, server_settings={"application_name": "palyra"},
+                command_timeout=30, server_settings=session_settings(self._settings),
             )
         except DRIVER_ERRORS as exc:
             await self._release()
@@ -303,7 +314,8 @@ class PostgresJournal:
         return self._writer
 
     async def _connect_writer(self) -> asyncpg.Connection:
-        conn = await connect(self._dsn, timeout_s=self._connect_timeout_s)
+        conn = await connect(self._dsn, timeout_s=self._connect_timeout_s,
+                             settings=self._settings)
         conn.add_termination_listener(self._writer_closed)
         return conn
 
@@ -440,7 +452,8 @@ class PostgresJournal:
         """On a connection of its own, in one snapshot, so appends go on meanwhile; also
         after ``close``."""
         try:
-            conn = await connect(self._dsn, timeout_s=self._connect_timeout_s)
+            conn = await connect(self._dsn, timeout_s=self._connect_timeout_s,
+                                 settings=self._settings)
         except DRIVER_ERRORS as exc:
             raise JournalUnavailable(describe_pg_error(exc, "journal", "verify")) from exc
         try:

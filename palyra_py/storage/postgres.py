@@ -9,9 +9,11 @@ missing, in order, in one transaction, and records them in ``palyra_schema``.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import NamedTuple
+from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -32,6 +34,7 @@ __all__ = [
     "migrate",
     "read_copy_marker",
     "session_settings",
+    "settings_unless_in_uri",
     "tables_with_rows",
 ]
 
@@ -70,6 +73,15 @@ def session_settings(extra: Mapping[str, str] | None = None, *,
     """The session settings of every palyra connection (``application_name``, what
     ``pg_stat_activity`` shows), and ``extra``."""
     return {"application_name": application_name, **(extra or {})}
+
+
+def settings_unless_in_uri(dsn: str, settings: Mapping[str, str]) -> dict[str, str]:
+    """``settings`` less the ones the URI's own query sets (``?plan_cache_mode=auto``: the
+    URI wins)."""
+    with contextlib.suppress(ValueError):
+        given = {key for key, _ in parse_qsl(urlsplit(dsn).query)}
+        return {k: v for k, v in settings.items() if k not in given}
+    return dict(settings)
 
 
 async def connect(dsn: str, *, timeout_s: float = CONNECT_TIMEOUT_S,
