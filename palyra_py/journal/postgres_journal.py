@@ -45,6 +45,7 @@ from palyra_py.storage.postgres import (
     describe_pg_error,
     is_connection_lost,
     migrate,
+    session_settings,
 )
 
 __all__ = ["PostgresJournal"]
@@ -169,7 +170,7 @@ class PostgresJournal:
             self._size = await JournalSql(self._writer).size_bytes()
             self._readers = await asyncpg.create_pool(
                 self._dsn, min_size=1, max_size=_READERS_MAX, timeout=self._connect_timeout_s,
-                command_timeout=30, server_settings={"application_name": "palyra"},
+                command_timeout=30, server_settings=session_settings(),
             )
         except DRIVER_ERRORS as exc:
             await self._release()
