@@ -124,3 +124,21 @@ def test_ready_subscriptions_come_earliest_head_first() -> None:
     q.forget("c")
     assert list(q.subscriptions_ready()) == ["b", "a"] and q.hungry("c")
     assert q.peek("b", in_flight={d(7, "b").delivery_id}) is None  # dropped on the way
+
+
+def test_a_delivery_a_read_already_brought_is_not_queued_again_by_the_enqueuer() -> None:
+    """Readers see a commit before its writer resumes: a read can queue the deliveries an
+    enqueue just created before the enqueuer adds them itself. Each stays queued once, and
+    one already launched from the read's queue is not queued again (it was sent twice, and
+    its second record refused as 'attempt 1 ... already recorded')."""
+    q: ReadyQueues[str] = ReadyQueues()
+    full_read(q, ["a"], [d(1), d(2)])
+    q.add_created("a", entries(d(2), d(3)))
+    assert drain(q, "a") == [1, 2, 3]
+
+    full_read(q, ["a"], [d(4), d(5)])
+    launched = q.peek("a")
+    assert launched is not None
+    q.pop("a")
+    q.add_created("a", entries(d(4), d(5), d(6)), in_flight={launched.delivery.delivery_id})
+    assert drain(q, "a") == [5, 6]

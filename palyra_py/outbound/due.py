@@ -8,7 +8,9 @@ only decide when the scheduler must read it again.
   subscription than the queue holds; the deliveries the enqueuer creates are appended only
   to complete queues (the others get them from the store, in order, when they run dry).
   Those created while a read of their subscription runs are held, and added after it
-  unless the read brought them already.
+  unless the read brought them already. A read may also show them before the enqueuer
+  hears of its own commit (readers see a commit before the committer resumes): the
+  enqueuer's add skips what is queued or in flight already.
 - Time makes deliveries due (retries): ``next_due_ms`` is the earliest future
   ``next_attempt_ms`` the store reported, lowered by every retry recorded since; once it
   has passed, or after ``invalidate`` (the operator, a registry change, a clock the tests
@@ -144,12 +146,19 @@ class ReadyQueues(Generic[E]):
         self._reading, self._recorded_during, self._held = None, set(), {}
         self._stale = True
 
-    def add_created(self, subscription_id: str, entries: Sequence[ReadyEntry[E]]) -> None:
-        """Deliveries the enqueuer just created (due now) for the subscription."""
+    def add_created(self, subscription_id: str, entries: Sequence[ReadyEntry[E]],
+                    in_flight: Collection[str] = frozenset()) -> None:
+        """Deliveries the enqueuer just created (due now) for the subscription; those a
+        read already queued, or that are ``in_flight`` (launched from what it queued), are
+        not queued again."""
         if self._reading is not None and subscription_id in self._reading:
             self._held.setdefault(subscription_id, []).extend(entries)
         elif subscription_id in self._complete:
-            self._extend(subscription_id, entries)
+            queue = self._queues.get(subscription_id)
+            queued = {e.delivery.delivery_id for e in queue} if queue else set()
+            self._extend(subscription_id, [
+                e for e in entries if e.delivery.delivery_id not in queued
+                and e.delivery.delivery_id not in in_flight])
 
     def _extend(self, subscription_id: str, entries: Sequence[ReadyEntry[E]]) -> None:
         queue = self._queues.get(subscription_id)
