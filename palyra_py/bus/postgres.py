@@ -189,8 +189,12 @@ class PostgresHeadFeed:
                     if not first.done():
                         first.set_result(None)
                     while True:
+                        # asyncio.timeout, not wait_for: on 3.11 wait_for drops a
+                        # cancellation that comes as the event is set (a notice as the
+                        # node stops), and the feed would go on polling forever.
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                            async with asyncio.timeout(self._poll_s):
+                                await self._wake.wait()
                         self._wake.clear()
                         if self._cut.is_set():
                             raise ConnectionResetError("the LISTEN connection was closed")
