@@ -139,6 +139,8 @@ def show_status(answer: Mapping[str, Any]) -> int:
            f"[yellow]{output.text(w.get('warning'))}[/]")
           for w in integrations.get("warnings") or []],
         ("keyring", keyring_text),
+        *([("warning secrets", f"[yellow]{output.text(keyring['warning'])}[/]")]
+          if keyring.get("warning") else []),
         *_cluster_rows(answer.get("cluster")),
     ]
     settings = answer.get("settings") or []

@@ -29,6 +29,7 @@ from palyra_py.secrets.sealing import KeyFormatError, Keys, Sealed, UnsealError,
 from palyra_py.settings import Settings, SettingsError
 
 __all__ = [
+    "NO_SHARED_KEY_WARNING",
     "POLL_INTERVAL_S",
     "REFRESH_BOUND_S",
     "DbSecretNotFound",
@@ -50,6 +51,13 @@ PER_NODE_WARNING = (
     "keyring secrets are per node: {ref} resolves on this node only, so the other nodes"
     " cannot verify with it; move it to db: (palyra webhooks rotate-secret ID with"
     " [secrets] key_ref set stores the new one as db:NAME)"
+)
+
+NO_SHARED_KEY_WARNING = (
+    "cluster mode without [secrets] key_ref: the secrets this daemon generates or is given"
+    " (webhooks add and rotate-secret, subscriptions, tokens) go to this node's keyring,"
+    " so the other nodes cannot verify or sign with them; set the same [secrets] key_ref"
+    " on every node (docs/cluster.md#secrets)"
 )
 
 

@@ -30,7 +30,12 @@ from keyring.errors import PasswordDeleteError
 from palyra_py.providers import secret_format
 from palyra_py.secrets.keyring_file import StateDirKeyring
 from palyra_py.secrets.refs import SecretRefError, parse_secret_ref
-from palyra_py.secrets.shared import DbSecretNotFound, DbSecrets, per_node_warning
+from palyra_py.secrets.shared import (
+    NO_SHARED_KEY_WARNING,
+    DbSecretNotFound,
+    DbSecrets,
+    per_node_warning,
+)
 from palyra_py.storage.ownership import ForeignOwner, check_owner
 
 KEYRING_SERVICE = "palyra"
@@ -161,6 +166,11 @@ class SecretStore:
         """Where the daemon stores a secret it generates or is given: ``db`` when the
         ``db:`` secrets are attached, else the keyring."""
         return "db" if self.db is not None else "keyring"
+
+    def new_secrets_warning(self) -> str | None:
+        """In cluster mode without ``db:`` secrets (no ``[secrets] key_ref``): the warning
+        that the secrets the daemon stores are per node; else ``None``."""
+        return NO_SHARED_KEY_WARNING if self.cluster and self.db is None else None
 
     def per_node_warning(self, ref: str | None) -> str | None:
         """In cluster mode, the warning for a ``keyring:`` reference (it resolves on this

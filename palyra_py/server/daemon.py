@@ -309,6 +309,8 @@ class Daemon:
             raise DaemonError(f"cannot read the db: secrets: {exc}") from None
         if self.db_secrets is not None:
             self._tasks.append(asyncio.create_task(self.db_secrets.run()))
+        elif self.role != "worker" and (warning := self.secrets.new_secrets_warning()):
+            log.warning("secrets_per_node", hint=warning)
 
     async def _start_db_registry(self) -> None:
         """Cluster mode: the registry in the database (seeded from this node's file if it

@@ -21,6 +21,7 @@ __all__ = [
     "CONNECT_TIMEOUT_S",
     "COPY_LOCK",
     "DRIVER_ERRORS",
+    "IDLE_IN_TRANSACTION_S",
     "MIGRATION_LOCK",
     "CopyMarker",
     "Migration",
@@ -40,6 +41,15 @@ __all__ = [
 
 CONNECT_TIMEOUT_S = 5.0
 COMMAND_TIMEOUT_S = 30.0
+IDLE_IN_TRANSACTION_S = 5
+"""``idle_in_transaction_session_timeout`` of every palyra session: the server ends a
+session whose transaction waits that long for its next statement. palyra's transactions
+send their statements back to back, so only a client that is gone (a node cut off from
+the server, frozen or killed mid-transaction, whose TCP connection the server cannot see
+drop) idles there; without it, its row locks (the journal's head: every node's appends)
+would be held until the server's TCP keepalive gives up, by default hours later. What the
+ended transaction held was not committed, and its node sends it again on a new
+connection."""
 
 MIGRATION_LOCK = 0x70616C797261_01
 """The advisory lock every node takes around its migrations ("palyra" and 1)."""
@@ -71,8 +81,10 @@ class Migration(NamedTuple):
 def session_settings(extra: Mapping[str, str] | None = None, *,
                      application_name: str = "palyra") -> dict[str, str]:
     """The session settings of every palyra connection (``application_name``, what
-    ``pg_stat_activity`` shows), and ``extra``."""
-    return {"application_name": application_name, **(extra or {})}
+    ``pg_stat_activity`` shows; ``IDLE_IN_TRANSACTION_S``), and ``extra``."""
+    return {"application_name": application_name,
+            "idle_in_transaction_session_timeout": f"{IDLE_IN_TRANSACTION_S}s",
+            **(extra or {})}
 
 
 def settings_unless_in_uri(dsn: str, settings: Mapping[str, str]) -> dict[str, str]:
