@@ -31,8 +31,11 @@ class SeqBus:
         or the unchanged head after ``timeout`` seconds."""
         while self._head <= seq:
             changed = self._changed
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
+            # comes as the event is set, and a stopping reader would wait on.
             try:
-                await asyncio.wait_for(changed.wait(), timeout)
+                async with asyncio.timeout(timeout):
+                    await changed.wait()
             except TimeoutError:
                 break
         return self._head

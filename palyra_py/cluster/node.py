@@ -229,8 +229,11 @@ class ClusterNode:
 
     async def _pause(self, seconds: float) -> None:
         """A pause that a notice ends early."""
+        # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that comes
+        # as the event is set (a notice as the node stops), and the loop would go on.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._notice.wait(), max(0.0, seconds))
+            async with asyncio.timeout(max(0.0, seconds)):
+                await self._notice.wait()
 
     # -- heartbeat -----------------------------------------------------------------------
 

@@ -237,8 +237,11 @@ class RegistryKeeper:
             self.polls += 1
             polled, self._polled = self._polled, asyncio.Event()
             polled.set()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for drops a cancellation that
+            # comes as the event is set (a notice as the daemon stops).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
+                async with asyncio.timeout(self.poll_interval_s):
+                    await self._wake.wait()
 
     async def _poll(self) -> None:
         assert isinstance(self.source, DbRegistry)
