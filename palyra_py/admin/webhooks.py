@@ -36,6 +36,7 @@ from palyra_py.secrets.store import SecretNotFound, generate_secret
 EDITABLE = (
     "display_name", "allowed_events", "allowed_sources", "enabled", "signature_required",
     "max_payload_bytes", "timestamp_tolerance_s", "replay_window_s", "provider_options",
+    "response", "response_command", "response_timeout_s",
 )
 TEST_OUTCOMES = {
     "accepted": "accepted",

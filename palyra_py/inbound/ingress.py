@@ -36,6 +36,7 @@ from palyra_py.inbound.envelope import (
     validate_envelope,
 )
 from palyra_py.inbound.rejections import RejectionLog
+from palyra_py.inbound.replies import Replies, wants_reply
 from palyra_py.journal.journal import (
     EncodedPayload,
     Journal,
@@ -243,6 +244,7 @@ class Ingress:
         self.stats = IngressStats(metrics=metrics)
         self._metrics = metrics
         self._ids = UlidSource()
+        self._replies = Replies()
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.route("*", "/hooks/{integration_id}", self.handle)]
@@ -311,6 +313,10 @@ class Ingress:
             self._metrics.journal_append_seconds.observe(time.perf_counter() - started)
         reason = Reason.DUPLICATE if result.duplicate else Reason.ACCEPTED
         self.stats.count(reason, integ.integration_id)
+        if wants_reply(integ):
+            return await self._replies.answer(
+                integ, event, result, lambda: stored_answer(reason, result.event_id, result.seq)
+            )
         return stored_answer(reason, result.event_id, result.seq)
 
     def _new_event(
