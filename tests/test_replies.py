@@ -19,6 +19,7 @@ from slack_sdk.signature import SignatureVerifier
 from palyra_py.server.daemon import Daemon
 from tests.daemon_process import DaemonProcess
 from tests.helpers import add_integration, events
+from tests.test_cli_e2e import palyra, palyra_json
 
 SECRET = "8f742231b10e8888abcd99yyyzzz85a5"
 FORM = "application/x-www-form-urlencoded"
@@ -279,3 +280,35 @@ async def test_with_two_workers_each_answers_with_the_command(
         assert len(seqs) == 6
     finally:
         await process.stop()
+
+
+async def test_cli_add_and_update_set_the_answer(
+    daemon: Daemon, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    sd = daemon.state_dir
+    added = await palyra_json(
+        sd, "webhooks", "add", "sl", "--provider", "slack", "--secret-stdin",
+        "--response-body", "On it.", "--response-status", "200",
+        "--response-command", "/bin/echo", "--response-arg", "--from", "--response-arg", "cli",
+        "--response-timeout", "1.5", stdin=f"{SECRET}\n".encode())
+    hook = added["webhook"]
+    assert hook["response"] == {"status": 200, "body": "On it.",
+                                "content_type": "text/plain; charset=utf-8"}
+    assert (hook["response_command"], hook["response_timeout_s"]) == (["/bin/echo", "--from",
+                                                                       "cli"], 1.5)
+    url = daemon.ingress_url_for("sl", local=True)
+    status, body, _ = await post_slash(http, url, SLASH, daemon.clock())
+    assert (status, body) == (200, b"--from cli\n")
+
+    updated = await palyra_json(sd, "webhooks", "update", "sl", "--no-response-command",
+                                "--response-content-type", "text/markdown")
+    assert updated["webhook"]["response_command"] == []
+    assert updated["webhook"]["response"] == {"status": 200, "body": "On it.",
+                                              "content_type": "text/markdown"}
+    status, body, headers = await post_slash(http, url, {**SLASH, "text": "2"}, daemon.clock())
+    assert (status, body, headers["Content-Type"]) == (200, b"On it.", "text/markdown")
+
+    code, _, err = await palyra(sd, "webhooks", "update", "sl", "--response-arg", "x")
+    assert code == 2 and "--response-command" in err
+    code, _, err = await palyra(sd, "webhooks", "update", "sl", "--response-status", "500")
+    assert code == 2
