@@ -312,3 +312,4 @@ async def test_cli_add_and_update_set_the_answer(
     assert code == 2 and "--response-command" in err
     code, _, err = await palyra(sd, "webhooks", "update", "sl", "--response-status", "500")
     assert code == 2
+
