@@ -308,6 +308,8 @@ async def test_cli_add_and_update_set_the_answer(
     status, body, headers = await post_slash(http, url, {**SLASH, "text": "2"}, daemon.clock())
     assert (status, body, headers["Content-Type"]) == (200, b"On it.", "text/markdown")
 
+    code, out, _ = await palyra(sd, "webhooks", "show", "sl", columns=200)
+    assert code == 0 and "text/markdown" in out and "response_timeout_s" in out
     code, _, err = await palyra(sd, "webhooks", "update", "sl", "--response-arg", "x")
     assert code == 2 and "--response-command" in err
     code, _, err = await palyra(sd, "webhooks", "update", "sl", "--response-status", "500")

@@ -4,7 +4,8 @@ Order of checks (cheapest and least trusting first): integration known → sourc
 allowed → integration enabled → Content-Length within bounds (before any byte is read) →
 media type → body read with a hard cap and deadline → signature (on the raw bytes) → JSON →
 event type allowed → envelope schema → journal append with the replay key in the same commit.
-Only after the append's commit (fsync) is anything answered 2xx.
+Only after the append's commit (fsync) is anything answered 2xx; an integration with a
+``response`` or ``response_command`` then answers as ``inbound.replies`` says.
 """
 
 from __future__ import annotations
