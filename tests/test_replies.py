@@ -315,3 +315,18 @@ async def test_cli_add_and_update_set_the_answer(
     code, _, err = await palyra(sd, "webhooks", "update", "sl", "--response-status", "500")
     assert code == 2
 
+
+
+def test_openapi_schemas_hold_the_response_fields() -> None:
+    import yaml
+
+    from tests.test_openapi import SPEC_FILE, schema_validator
+
+    spec = yaml.safe_load(SPEC_FILE.read_text(encoding="utf-8"))
+    new = schema_validator(spec, "/components/schemas/NewIntegration")
+    base = {"integration_id": "sl", "provider": "slack", "secret": {"value": "x"}}
+    assert new.is_valid({**base, "response": STATIC, "response_command": ["/bin/echo"],
+                         "response_timeout_s": 2.5})
+    assert not new.is_valid({**base, "response": {"status": 500}})
+    assert not new.is_valid({**base, "response": {"headers": {}}})
+    assert not new.is_valid({**base, "response_timeout_s": 11})
