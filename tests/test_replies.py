@@ -75,6 +75,7 @@ async def test_static_response_answers_and_the_event_is_journaled(
     (event,) = await events(admin, type="webhook.received")
     assert headers["Palyra-Event-Id"] == event["payload"]["id"]
     assert headers["Palyra-Seq"] == str(event["seq"])
+    assert headers["Palyra-Status"] == "accepted"
     assert event["payload"]["payload"] == SLASH
 
 
@@ -196,6 +197,7 @@ async def test_a_replayed_request_gets_the_fallback_and_no_second_run(
     assert (first[0], first[1]) == (200, b"ran\n")
     assert (again[0], again[1]) == (200, b"On it.")
     assert again[2]["Palyra-Event-Id"] == first[2]["Palyra-Event-Id"]
+    assert again[2]["Palyra-Status"] == "duplicate"
     assert runs.read_text() == "run\n"
     assert len(await events(admin, type="webhook.received")) == 1
 
@@ -330,3 +332,15 @@ def test_openapi_schemas_hold_the_response_fields() -> None:
     assert not new.is_valid({**base, "response": {"status": 500}})
     assert not new.is_valid({**base, "response": {"headers": {}}})
     assert not new.is_valid({**base, "response_timeout_s": 11})
+
+
+async def test_webhooks_test_reads_the_outcome_of_a_custom_answer(
+    daemon: Daemon, admin: aiohttp.ClientSession
+) -> None:
+    await slack_hook(admin, response=STATIC, response_command=["/bin/echo", "custom"])
+    async with admin.post("/v1/webhooks/sl/test", json={}) as resp:
+        verdict = await resp.json()
+        assert resp.status == 200, verdict
+    (event,) = await events(admin, type="webhook.received")
+    assert (verdict["outcome"], verdict["status_code"]) == ("accepted", 200)
+    assert (verdict["seq"], verdict["event_id"]) == (event["seq"], event["payload"]["id"])

@@ -13,7 +13,8 @@ Called only after the journal's commit: whatever the answer, the event is journa
 - A duplicate (a replay of one delivery) never runs the command again: it gets the
   fallback (the static ``response``, else the usual 200 ``duplicate`` answer).
 
-Every custom answer carries ``Palyra-Event-Id`` and ``Palyra-Seq`` headers.
+Every custom answer carries ``Palyra-Event-Id``, ``Palyra-Seq`` and ``Palyra-Status``
+(``accepted`` or ``duplicate``) headers: ``webhooks test`` reads its outcome there.
 """
 
 from __future__ import annotations
@@ -45,7 +46,8 @@ def wants_reply(integ: Integration) -> bool:
 
 def _headers(result: AppendResult, content_type: str) -> dict[str, str]:
     return {"Content-Type": content_type, "Palyra-Event-Id": result.event_id,
-            "Palyra-Seq": str(result.seq)}
+            "Palyra-Seq": str(result.seq),
+            "Palyra-Status": "duplicate" if result.duplicate else "accepted"}
 
 
 def static_answer(integ: Integration, result: AppendResult) -> web.Response | None:
