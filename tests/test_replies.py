@@ -344,3 +344,16 @@ async def test_webhooks_test_reads_the_outcome_of_a_custom_answer(
     (event,) = await events(admin, type="webhook.received")
     assert (verdict["outcome"], verdict["status_code"]) == ("accepted", 200)
     assert (verdict["seq"], verdict["event_id"]) == (event["seq"], event["payload"]["id"])
+
+
+async def test_an_ignored_event_type_runs_nothing(
+    daemon: Daemon, admin: aiohttp.ClientSession, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    runs = tmp_path / "runs"
+    counter = script(tmp_path, "count.sh", f"#!/bin/sh\necho run >> {runs}\n")
+    await slack_hook(admin, response=STATIC, response_command=[counter],
+                     allowed_events=["/status"])
+    status, body, _ = await post_slash(
+        http, daemon.ingress_url_for("sl", local=True), SLASH, daemon.clock())
+    assert (status, json.loads(body)["status"]) == (200, "ignored")
+    assert not runs.exists()
