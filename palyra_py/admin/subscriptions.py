@@ -29,6 +29,7 @@ from palyra_py.ids import new_ulid
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import (
+    COMMAND_FIELDS,
     add_subscription,
     is_credential_header,
     is_credential_url,
@@ -45,7 +46,7 @@ from palyra_py.times import format_unix_ms
 EDITABLE = (
     "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
     "ordered", "format", "signature_format", "timeout_s", "retry_schedule", "headers",
-    "description",
+    "description", *COMMAND_FIELDS,
 )
 
 
@@ -229,10 +230,12 @@ class SubscriptionsApi:
         refuse_fields(set(body) - set(fields) - {"secret", "url_in_keyring"},
                       "unknown field(s)")
         fields = validated(validate_subscription_fields, fields)
-        self._check_https_only(fields["url"])
+        url = fields.get("url", "")
+        if url:
+            self._check_https_only(url)
         subscription_id = fields["subscription_id"]
-        keep_url = (not is_url_ref(fields["url"])
-                    and url_in_keyring(body, fields.get("format", "standard"), fields["url"]))
+        keep_url = bool(url) and (not is_url_ref(url) and url_in_keyring(
+            body, fields.get("format", "standard"), url))
         if subscription_id in self.ctx.editor.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
                            field="subscription_id")
@@ -271,9 +274,11 @@ class SubscriptionsApi:
             await self._undo_writes(header_writes)
             raise
         # Any token may read the journal: a reference, or the URL's origin only.
+        # A command's arguments may say more than its program: only the program.
+        where = ({"url": journal_url(fields["url"])} if "url" in fields
+                 else {"command": fields["command"][0]})
         await self._journal("subscription.created", subscription_id,
-                            {"url": journal_url(fields["url"]),
-                             "events": list(fields.get("events", ()))})
+                            {**where, "events": list(fields.get("events", ()))})
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
         if choice.generated:
             answer["secret"] = choice.value
@@ -285,17 +290,19 @@ class SubscriptionsApi:
         refuse_fields(set(body) - set(EDITABLE) - {"url_in_keyring"},
                       "field(s) not editable here")
         current = self.ctx.editor.registry.subscriptions[subscription_id].to_dict()
-        merged = {**current, **{k: v for k, v in body.items() if v is not None}}
+        # null resets a field (a destination switched from url to command: "url": null).
+        merged = {**current, **body}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
         normalised = validated(validate_subscription_fields, check)
         changes = {k: (None if body[k] is None else normalised.get(k)) for k in body
                    if k != "url_in_keyring"}
-        if "url" in changes:
+        if changes.get("url"):
             self._check_https_only(normalised["url"])
         # A URL given, or one already there that the new format (or url_in_keyring) wants
         # kept in the keyring, goes there.
         stored: tuple[str, str | None] | None = None  # (the reference, what it held before)
         if (({"url", "format", "url_in_keyring"} & set(body))
+                and normalised.get("url")
                 and not is_url_ref(normalised["url"])
                 and url_in_keyring(body, normalised.get("format", "standard"),
                                    normalised["url"])):

@@ -630,7 +630,7 @@ class Dispatcher:
         if sub.ordered:
             own = state.in_flight == 0
         else:
-            cap = sub.max_in_flight
+            cap = sub.concurrency
             own = state.open < cap and state.in_flight < RESEND_FACTOR * cap
         return own and self._slots.may_take(sub.subscription_id, sub.owner)
 
@@ -679,7 +679,7 @@ class Dispatcher:
         if not launch or self._launch_next(state):
             return
         sub = state.subscription
-        if not sub.ordered and state.in_flight >= RESEND_FACTOR * sub.max_in_flight:
+        if not sub.ordered and state.in_flight >= RESEND_FACTOR * sub.concurrency:
             return  # no launch before a record: each one launches or starts a pass
         self._nudge()
 
