@@ -22,8 +22,10 @@ from palyra_py.outbound.placeholders import TemplateError, check_template, rende
 from palyra_py.registry.positions import RegistryError
 from palyra_py.registry.subscriptions import validate_subscription_fields
 from palyra_py.server.daemon import Daemon
-from palyra_py.testing import ManualClock, MemoryKeyring
+from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
+from tests.fault_helpers import admin_session
 from tests.helpers import add_integration, create_token, events, send_signed
+from tests.pg import PgServer
 
 # -- the placeholders (pure) -----------------------------------------------------------
 
@@ -453,3 +455,73 @@ async def test_github_push_on_main_runs_the_deploy_script(
     (run,) = recorded(runs)
     assert run["argv"][1:] == ["refs/heads/main", "9f2c1e0"]
     assert run["env"]["PALYRA_EVENT_TYPE"] == "github.push"
+
+
+async def test_on_postgresql_a_run_is_delivered_under_its_lease_and_logged(
+    pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    tmp_path: Path,
+) -> None:
+    pg_server.new_database("cmd")
+    database = pg_server.databases[-1]
+    count = tmp_path / "count"
+    flaky = script(tmp_path / "flaky.sh", f"""#!/bin/sh
+n=$(cat {count} 2>/dev/null || echo 0)
+echo $((n + 1)) > {count}
+[ "$n" = 0 ] && {{ echo "first run fails" >&2; exit 2; }}
+echo "ran for $1"
+""")
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              storage__backend="postgres",
+                              storage__dsn=pg_server.dsn(database)) as daemon, \
+            admin_session(daemon.socket_path) as admin:
+        await subscribe(admin, "pg-deploy", [str(flaky), "{data.ref}"], events=["d.*"],
+                        retry_schedule=["0s", "10s"])
+        await publish(admin, "d.push", data={"ref": "main"})
+        await daemon.dispatcher.wait_for_attempts(1)
+        clock.advance(15)
+        daemon.dispatcher.wake()
+        await daemon.dispatcher.wait_for_attempts(2)
+        ((first, second),) = [d["attempts"] for d in await shown(admin)]
+    assert (first["status_code"], first["error_class"]) == (2, "command_exit")
+    assert (second["status_code"], second["error_class"]) == (0, None)
+    # The attempt log is PostgreSQL's.
+    stored = pg_server.psql(database, "SELECT string_agg(response_excerpt, '|' ORDER BY"
+                                      " attempt_no) FROM delivery_attempts")
+    assert "first run fails" in stored and "ran for main" in stored
+
+
+async def test_the_cli_adds_a_command_subscription_and_shows_its_runs(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, http: aiohttp.ClientSession,
+    recorder: Path, runs: Path,
+) -> None:
+    from tests.test_cli_e2e import palyra, palyra_json
+
+    sd = outbound.state_dir
+    await add_integration(admin_o, "gh")
+    code, out, err = await palyra(
+        sd, "subscriptions", "add", "ci-deploy", "--command", str(recorder),
+        "--arg", "{data.ref}", "--events", "github.push",
+        "--filter", "data.ref=refs/heads/main", "--env", "STAGE=prod", columns=200)
+    assert code == 0, err
+    assert "ci-deploy" in out and str(recorder) in out
+    shown_sub = (await palyra_json(sd, "subscriptions", "show", "ci-deploy"))["subscription"]
+    assert shown_sub["command"] == [str(recorder), "{data.ref}"]
+    assert (shown_sub["url"], shown_sub["max_concurrent"], shown_sub["env"]) == (
+        "", 1, {"STAGE": "prod"})
+    status, _, _ = await send_signed(http, outbound, "gh",
+                                     json.dumps({"ref": "refs/heads/main"}).encode())
+    assert status == 202
+    await outbound.dispatcher.wait_for_attempts(1)
+    assert [r["argv"][1:] for r in recorded(runs)] == [["refs/heads/main"]]
+    listed = await palyra_json(sd, "deliveries", "list", "--subscription", "ci-deploy")
+    delivery_id = listed["deliveries"][0]["delivery_id"]
+    code, out, err = await palyra(sd, "deliveries", "show", delivery_id, columns=200)
+    assert code == 0, err
+    assert "exit 0" in out and "ran 0 for ['refs/heads/main']" in out
+    # Both destinations, or neither: usage errors.
+    code, _, err = await palyra(sd, "subscriptions", "add", "x", "--command", "/bin/true",
+                                "--url", "https://x.example/")
+    assert code == 2 and "exactly one of --url and --command" in err
+    code, _, err = await palyra(sd, "subscriptions", "add", "y", "--url",
+                                "https://x.example/", "--arg", "a")
+    assert code == 2 and "--arg is for --command" in err
