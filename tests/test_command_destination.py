@@ -220,6 +220,24 @@ async def test_a_run_gets_the_argv_the_event_on_stdin_and_a_clean_environment(
     assert "tok-3f9a" not in journal
 
 
+async def test_a_credential_env_value_given_plainly_goes_to_the_keyring(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, recorder: Path, runs: Path,
+    memory_keyring: MemoryKeyring,
+) -> None:
+    created = await subscribe(admin_o, "ci", [str(recorder)], events=["k.*"],
+                              env={"DEPLOY_TOKEN": "plain-9b7c", "STAGE": "prod"})
+    env = created["subscription"]["env"]
+    assert env == {"DEPLOY_TOKEN": "keyring:subscription-env:ci:DEPLOY_TOKEN", "STAGE": "prod"}
+    assert "plain-9b7c" not in (outbound.state_dir / "webhooks.toml").read_text()
+    await publish(admin_o, "k.x")
+    await outbound.dispatcher.wait_for_attempts(1)
+    (run,) = recorded(runs)
+    assert run["env"]["DEPLOY_TOKEN"] == "plain-9b7c"
+    async with admin_o.delete("/v1/subscriptions/ci") as resp:
+        assert resp.status == 200
+    assert memory_keyring.get_password("palyra", "subscription-env:ci:DEPLOY_TOKEN") is None
+
+
 HOSTILE = ["$(touch {marker})", "`touch {marker}`", "; touch {marker}; rm -rf /",
            "a\nb; touch {marker}", "' \" | & > {marker}", "--help", "-rf /", "*", "~"]
 
@@ -392,6 +410,27 @@ rmdir {busy}
     assert all(a["error_class"] is None for a in attempts)
 
 
+async def test_ordered_runs_keep_the_event_order(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, tmp_path: Path, clock: ManualClock,
+) -> None:
+    log = tmp_path / "log"
+    # The first run of event 0 fails: the later events wait for its retry.
+    step = script(tmp_path / "step.sh", f"""#!/bin/sh
+if [ "$1" = 0 ] && [ "$PALYRA_ATTEMPT" = 1 ]; then exit 1; fi
+echo "$1" >> {log}
+""")
+    await subscribe(admin_o, "ordered", [str(step), "{data.n}"], events=["o.*"],
+                    ordered=True, retry_schedule=["0s", "10s"])
+    for n in range(3):
+        await publish(admin_o, "o.x", data={"n": n})
+    await outbound.dispatcher.wait_for_attempts(1)
+    assert not log.exists()
+    clock.advance(15)
+    outbound.dispatcher.wake()
+    await outbound.dispatcher.wait_for_attempts(4)
+    assert log.read_text().split() == ["0", "1", "2"]
+
+
 async def test_a_token_cannot_set_a_command_but_the_socket_can(
     outbound: Daemon, admin_o: aiohttp.ClientSession, http: aiohttp.ClientSession,
     recorder: Path, runs: Path,
@@ -518,6 +557,16 @@ async def test_the_cli_adds_a_command_subscription_and_shows_its_runs(
     code, out, err = await palyra(sd, "deliveries", "show", delivery_id, columns=200)
     assert code == 0, err
     assert "exit 0" in out and "ran 0 for ['refs/heads/main']" in out
+    # subscriptions test: a palyra.test event to it alone, its run shown.
+    code, out, err = await palyra(sd, "subscriptions", "add", "probe", "--command",
+                                  str(recorder), "--arg", "{type}")
+    assert code == 0, err
+    code, out, err = await palyra(sd, "subscriptions", "test", "probe", columns=200)
+    assert code == 0, out + err
+    assert "exit code" in out and "ran 1 for ['palyra.test']" in out
+    # The test event has no data.ref: a clear failure, exit code 4.
+    code, out, err = await palyra(sd, "subscriptions", "test", "ci-deploy", columns=200)
+    assert code == 4 and "command_template" in out, out + err
     # Both destinations, or neither: usage errors.
     code, _, err = await palyra(sd, "subscriptions", "add", "x", "--command", "/bin/true",
                                 "--url", "https://x.example/")

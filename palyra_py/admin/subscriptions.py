@@ -71,6 +71,19 @@ def header_keyring_name(subscription_id: str, header: str) -> str:
     return f"subscription-header:{subscription_id}:{slug}"
 
 
+def env_keyring_name(subscription_id: str, variable: str) -> str:
+    """Where a credential ``env`` value of a command subscription is kept:
+    ``subscription-env:<id>:<VARIABLE>`` (variable names are keyring-safe)."""
+    return f"subscription-env:{subscription_id}:{variable}"
+
+
+def is_credential_env(variable: str) -> bool:
+    """Whether an ``env`` variable's name says it holds a credential (``*TOKEN*``,
+    ``*SECRET*``, ``*PASSWORD*``, ``*KEY*``, ``*AUTH*``...): its plain value is then kept
+    in the keyring and the registry holds the reference."""
+    return is_credential_header(variable.replace("_", "-"), "")
+
+
 def journal_url(url: str) -> str:
     """What the journal may say of a subscription's URL (any token that reads the journal
     sees it): a secret reference as is; a plain URL as its scheme, host and port, the
@@ -174,7 +187,8 @@ class SubscriptionsApi:
         self.ctx.secrets.forget_cached()
 
     async def _keep_headers(
-        self, subscription_id: str, headers: Mapping[str, str], current: Mapping[str, str]
+        self, subscription_id: str, headers: Mapping[str, str], current: Mapping[str, str],
+        *, kind: Literal["header", "env"] = "header",
     ) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
         """``headers`` with each credential-looking plain value (``Authorization``,
         ``X-Api-Key``, ``*token*``, ``Bearer ...``) stored in the keyring and replaced by
@@ -184,9 +198,12 @@ class SubscriptionsApi:
         writes: list[tuple[str, str | None]] = []
         try:
             for header, value in headers.items():
-                if is_ref(value) or not is_credential_header(header, value):
+                credential = (is_credential_header(header, value) if kind == "header"
+                              else is_credential_env(header))
+                if is_ref(value) or not credential:
                     continue
-                name = header_keyring_name(subscription_id, header)
+                name = (header_keyring_name(subscription_id, header) if kind == "header"
+                        else env_keyring_name(subscription_id, header))
                 ref = f"{self._kind}:{name}"
                 writes.append((name, await self._held(ref) if ref in current.values() else None))
                 out[header] = await store_secret(self.ctx.secrets, name, value, self._kind)
@@ -197,11 +214,11 @@ class SubscriptionsApi:
         return out, writes
 
     async def _drop_header_secrets(self, subscription_id: str, before: Mapping[str, str],
-                                   after: Mapping[str, str]) -> None:
+                                   after: Mapping[str, str], kind: str = "header") -> None:
         """Delete the secrets of header values ``before`` held and ``after`` does not (a
         header removed, or given a value of its own): those this daemon stored."""
-        own = tuple(f"{kind}:subscription-header:{subscription_id}:"
-                    for kind in ("keyring", "db"))
+        own = tuple(f"{store}:subscription-{kind}:{subscription_id}:"
+                    for store in ("keyring", "db"))
         for value in set(before.values()) - set(after.values()):
             if value.startswith(own):
                 await delete_ref(self.ctx.secrets, value)
@@ -261,6 +278,10 @@ class SubscriptionsApi:
             if fields.get("headers"):
                 fields["headers"], header_writes = await self._keep_headers(
                     subscription_id, fields["headers"], {})
+            if fields.get("env"):
+                fields["env"], env_writes = await self._keep_headers(
+                    subscription_id, fields["env"], {}, kind="env")
+                header_writes += env_writes
         except ApiError:
             await self._drop_new(subscription_id, choice.value is not None, keep_url)
             raise
@@ -319,6 +340,16 @@ class SubscriptionsApi:
         if given_headers:
             changes["headers"], header_writes = await self._keep_headers(
                 subscription_id, given_headers, old_headers)
+        old_env = self.ctx.editor.registry.subscriptions[subscription_id].env
+        given_env = changes.get("env")
+        if given_env:
+            try:
+                changes["env"], env_writes = await self._keep_headers(
+                    subscription_id, given_env, old_env, kind="env")
+            except ApiError:
+                await self._undo_writes(header_writes)
+                raise
+            header_writes += env_writes
         now = self.ctx.time.now_dt()
         try:
             await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
@@ -334,6 +365,9 @@ class SubscriptionsApi:
         if "headers" in changes:
             await self._drop_header_secrets(subscription_id, old_headers,
                                             changes["headers"] or {})
+        if "env" in changes:
+            await self._drop_header_secrets(subscription_id, old_env, changes["env"] or {},
+                                            kind="env")
         self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.updated", subscription_id,
                             {"changed": sorted(changes)})
@@ -353,6 +387,7 @@ class SubscriptionsApi:
             if ref in own:
                 await delete_ref(self.ctx.secrets, ref)
         await self._drop_header_secrets(subscription_id, sub.headers, {})
+        await self._drop_header_secrets(subscription_id, sub.env, {}, kind="env")
         self.ctx.secrets.forget_cached()
         await self._journal("subscription.deleted", subscription_id, {})
         return web.json_response({"status": "deleted", "subscription_id": subscription_id})

@@ -346,11 +346,13 @@ def test_result(answer: Mapping[str, Any], subscription_id: str) -> Panel:
     if isinstance(attempt, Mapping):
         rows += [
             ("result", attempt_result(attempt)),
-            ("status code", output.text(attempt.get("status_code"))),
+            ("exit code" if is_command_attempt(attempt) else "status code",
+             output.text(attempt.get("status_code"))),
             ("duration", milliseconds(attempt.get("duration_ms"))),
             ("error class", output.text(attempt.get("error_class"))),
             ("error", untrusted(attempt.get("error_detail"))),
-            ("response", untrusted(attempt.get("response_excerpt"))),
+            ("output" if is_command_attempt(attempt) else "response",
+             untrusted(attempt.get("response_excerpt"))),
         ]
     else:
         rows.append(("attempt", "[yellow]none yet (the daemon stopped waiting)[/]"))
