@@ -1,7 +1,8 @@
 """The PostgreSQL bus (``bus.postgres``) on a real server: a notice from another node's
 commit moves the bus (no poll needed); a node already holding a head is not woken by it
-again; a payload that is not a seq is ignored; a server restart costs the LISTEN
-connection, which comes back by itself and catches up from the journal's head at once.
+again; a notice is a hint, the head is read from the journal (a forged one moves
+nothing); a server restart costs the LISTEN connection, which comes back by itself and
+catches up from the journal's head at once; a cut connection is made again at once.
 (The cross-node behaviour every engine shares is tests/contract/test_bus.py's.)"""
 
 from __future__ import annotations
@@ -93,16 +94,23 @@ async def test_each_head_moves_the_bus_once_told_by_the_node_or_the_server(dsn: 
         await journal.close()
 
 
-async def test_a_payload_that_is_not_a_seq_is_ignored(dsn: str, journal: Journal) -> None:
+async def test_a_notice_is_a_hint_the_head_is_read_from_the_journal(
+    dsn: str, journal: Journal
+) -> None:
     bus = SeqBus()
     feed = PostgresHeadFeed(dsn, bus, poll_s=NO_BACKSTOP_S)
     await feed.start()
     conn = await asyncpg.connect(dsn)
     try:
+        # Anyone who may connect may NOTIFY: a stray or forged head moves nothing.
         await conn.execute("SELECT pg_notify($1, 'not a seq')", HEAD_CHANNEL)
-        result = await journal.append(event())  # its notice comes after the stray one
+        await conn.execute("SELECT pg_notify($1, '999999999')", HEAD_CHANNEL)
+        result = await journal.append(event())
         assert await asyncio.wait_for(bus.wait_beyond(0), 30) == result.seq
-        assert feed.heard == 1
+        await conn.execute("SELECT pg_notify($1, '999999999')", HEAD_CHANNEL)
+        second = await journal.append(event())  # its notice comes after the forged one
+        assert await asyncio.wait_for(bus.wait_beyond(result.seq), 30) == second.seq
+        assert bus.head == second.seq
     finally:
         await conn.close()
         await feed.close()
@@ -151,4 +159,26 @@ async def test_a_feed_started_while_the_server_is_down_listens_once_it_is_back(
         await asyncio.wait_for(feed.listening.wait(), 30)
         assert bus.head == first.seq
     finally:
+        await feed.close()
+
+
+async def test_a_cut_listen_connection_is_made_again_at_once(dsn: str, journal: Journal) -> None:
+    bus = SeqBus()
+    # Neither the poll nor the retry interval can come within the test: only the
+    # immediate reconnect (and its catch-up read) can tell the bus.
+    feed = PostgresHeadFeed(dsn, bus, poll_s=NO_BACKSTOP_S, retry_s=NO_BACKSTOP_S)
+    await feed.start()
+    conn = await asyncpg.connect(dsn)
+    try:
+        pid = feed.server_pid
+        assert pid is not None
+        assert await conn.fetchval("SELECT pg_terminate_backend($1)", pid)
+        during = await journal.append(event())
+        assert await asyncio.wait_for(bus.wait_beyond(0), 30) == during.seq
+        await until(lambda: feed.connects == 2)
+        assert feed.problem is None and feed.server_pid != pid
+        after = await journal.append(event())
+        assert await asyncio.wait_for(bus.wait_beyond(during.seq), 30) == after.seq
+    finally:
+        await conn.close()
         await feed.close()

@@ -315,7 +315,9 @@ async def test_a_cursor_moved_on_another_node_is_read_again_by_the_holder(
     async with contextlib.AsyncExitStack() as stack:
         a = await stack.enter_async_context(node(pg_server, db, clock, "ca"))
         b = await stack.enter_async_context(node(pg_server, db, clock, "cb"))
-        await add_subscriptions(a, ["only"], "http://127.0.0.1:9")  # in force on b too
+        # The registry is in the database: added on A, in force on B within a second.
+        await add_subscriptions(a, ["only"], "http://127.0.0.1:9")
+        await _until(lambda: "only" in b.registry.subscriptions, "B has the subscription")
         await _until(lambda: sorted(delivering(a)[0] + delivering(b)[0]) == ["only"],
                      "one node delivers it")
         holder, other = (a, b) if delivering(a)[0] else (b, a)
@@ -343,7 +345,9 @@ async def test_cut_connections_are_replaced_and_the_leases_stay_where_they_are(
         a = await stack.enter_async_context(node(pg_server, db, clock, "ta"))
         b_life = await stack.enter_async_context(contextlib.AsyncExitStack())
         b = await b_life.enter_async_context(node(pg_server, db, clock, "tb"))
-        await add_subscriptions(a, SUBS[:2], "http://127.0.0.1:9")  # in force on b too
+        await add_subscriptions(a, SUBS[:2], "http://127.0.0.1:9")
+        await _until(lambda: sorted(b.registry.subscriptions) == SUBS[:2],
+                     "B has the subscriptions")
         await _until(lambda: len(delivering(a)[0]) == 1 == len(delivering(b)[0]),
                      "one each")
         before = holders(pg_server, db)

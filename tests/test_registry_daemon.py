@@ -75,8 +75,8 @@ async def test_a_stored_document_that_does_not_validate_leaves_the_last_good_in_
         assert keeper.version == 1
         pg_server.psql(database_of(dsn), "UPDATE palyra_registry SET document = 'version = [',"
                                          " version = version + 1")
-        for _ in range(3):  # the NOTIFY wakes it, the poll is the backstop
-            await keeper.next_poll()
+        for _ in range(3):  # the poll finds it (SQL by hand sends no NOTIFY)
+            await asyncio.wait_for(keeper.next_poll(), 10)
         assert keeper.version == 1
         assert list(daemon.registry.integrations) == ["gh"]
         async with admin.get("/v1/registry") as resp:
@@ -136,3 +136,45 @@ async def test_a_stored_document_that_does_not_validate_stops_the_start_and_clos
                                   storage__backend="postgres", storage__dsn=dsn):
             pass
     assert registry_connections(pg_server, database) == "0"
+
+
+async def test_a_notify_wakes_the_watch_and_the_poll_is_its_backstop(
+    pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    tmp_path: Path,
+) -> None:
+    from palyra_py.registry.integrations import add_integration
+    from palyra_py.registry.postgres import postgres_registry
+
+    dsn = pg_server.new_database("regn")
+    (state_dir / "webhooks.toml").write_text(SEED)
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              storage__backend="postgres", storage__dsn=dsn) as daemon:
+        keeper = daemon.registry_keeper
+        # Another node's write, with its NOTIFY: the watch, polling only hourly now,
+        # wakes for it.
+        keeper.poll_interval_s = 3600.0
+        # The wait that began with the old interval ends.
+        await asyncio.wait_for(keeper.next_poll(), 10)
+        other = postgres_registry(lambda: dsn, tmp_path / "other.toml")
+        try:
+            await other.edit(lambda doc: add_integration(doc, {
+                "integration_id": "notified", "provider": "github",
+                "secret_ref": "env:X"}, daemon.now_dt()), by="another node")
+        finally:
+            await other.close()
+        while keeper.version != 2:
+            await asyncio.wait_for(keeper.next_poll(), 10)
+        assert "notified" in daemon.registry.integrations
+
+        # A write without a NOTIFY (SQL by hand): the poll finds it.
+        keeper.poll_interval_s = 0.25
+        keeper.notified()  # end the hourly wait
+        text = SEED.replace('"gh"', '"polled"')
+        pg_server.psql(database_of(dsn), (
+            "UPDATE palyra_registry SET version = version + 1, document = $doc$"
+            + text + "$doc$"))
+        for _ in range(8):
+            if keeper.version == 3:
+                break
+            await asyncio.wait_for(keeper.next_poll(), 10)
+        assert list(daemon.registry.integrations) == ["polled"]

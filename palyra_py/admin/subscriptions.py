@@ -25,6 +25,7 @@ from palyra_py.admin.secrets import (
     secret_choice,
     store_secret,
 )
+from palyra_py.delivery.records import AttemptRecord
 from palyra_py.ids import new_ulid
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.outbound.urls import check_url
@@ -42,6 +43,10 @@ from palyra_py.registry.subscriptions import (
 from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.store import SecretNotFound
 from palyra_py.times import format_unix_ms
+
+TEST_POLL_S = 0.1
+"""Cluster mode, a test asked of a node that does not deliver the subscription: how often
+it looks for the first attempt in the shared store."""
 
 EDITABLE = (
     "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
@@ -412,6 +417,30 @@ class SubscriptionsApi:
         await self.ctx.switch.disable_subscription(subscription_id, "disabled by an operator")
         return web.json_response({"subscription": await self._public(subscription_id)})
 
+    async def _first_attempt(self, first: asyncio.Future[AttemptRecord], subscription_id: str,
+                             event_id: str, since_ms: int) -> AttemptRecord:
+        """The test event's first attempt: as this node's dispatcher makes it or, in
+        cluster mode while another node holds the subscription's lease, as that node
+        recorded it in the shared delivery store (looked for every 0.1 s)."""
+        while True:
+            if not self.ctx.dispatcher.delivers(subscription_id):
+                recorded = await self._recorded_first(subscription_id, event_id, since_ms)
+                if recorded is not None:
+                    return recorded
+            with contextlib.suppress(TimeoutError):
+                return await asyncio.wait_for(asyncio.shield(first), TEST_POLL_S)
+
+    async def _recorded_first(self, subscription_id: str, event_id: str, since_ms: int
+                              ) -> AttemptRecord | None:
+        made = await self.ctx.deliveries.list(subscription_id=subscription_id,
+                                              since_ms=since_ms, limit=1000)
+        for delivery in made:
+            if delivery.event_id == event_id and delivery.attempts > 0:
+                found = await self.ctx.deliveries.get(delivery.delivery_id)
+                if found is not None and found[1]:
+                    return found[1][0]
+        return None
+
     async def rotate_secret(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
         sub = self.ctx.editor.registry.subscriptions[subscription_id]
@@ -446,6 +475,7 @@ class SubscriptionsApi:
         if not isinstance(data, dict):
             raise invalid("data must be a JSON object", "data")
         event_id = new_ulid()
+        since_ms = self.ctx.time.now_ms()
         first = self.ctx.dispatcher.first_attempt(event_id)
         try:
             result = await self.ctx.appender.append(
@@ -457,8 +487,14 @@ class SubscriptionsApi:
             raise
         self.ctx.dispatcher.wake()
         attempt = None
-        with contextlib.suppress(TimeoutError):
-            attempt = await asyncio.wait_for(asyncio.shield(first), sub.timeout_s + 5)
+        try:
+            attempt = await asyncio.wait_for(
+                self._first_attempt(first, subscription_id, event_id, since_ms),
+                sub.timeout_s + 5)
+        except TimeoutError:
+            pass
+        finally:
+            self.ctx.dispatcher.forget_first_attempt(event_id)
         delivery = None
         if attempt is not None:
             found = await self.ctx.deliveries.get(attempt.delivery_id)

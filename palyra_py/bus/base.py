@@ -5,7 +5,8 @@ journal from its own cursor, so a notice that never arrives (a process restartin
 dropped datagram, a lost connection) costs a delay, never an event: engines that can lose
 notices pair them with a poll of the journal's head (the poll backstop), and readers that
 cannot wait for it read the journal after a bounded wait. Engines: ``bus.local`` (one
-process).
+process), fed by ``bus.socket`` (the processes of one node) and ``bus.postgres`` (every
+node on one PostgreSQL).
 """
 
 from __future__ import annotations

@@ -3,12 +3,15 @@
 Every append transaction of the journal ends with ``pg_notify(HEAD_CHANNEL, head seq)``;
 PostgreSQL delivers a notification only once its transaction committed, so only committed
 heads are announced. Each node holds one :class:`PostgresHeadFeed`: one dedicated
-connection that LISTENs on the channel and publishes what it hears on the node's local
+connection that LISTENs on the channel; on a notification it reads the journal's head row
+(the payload is only a hint: anyone who may connect may NOTIFY, and a head that ran ahead
+of the journal would never come back) and publishes it on the node's local
 :class:`SeqBus` (whose readers, dispatcher and streams, then read the journal from their
 own cursors), and passes it to the node's other processes (``on_head``: the socket relay).
+Notifications that arrive during a read share the next one.
 
 A notification can be lost (the connection cut, the server restarted, a node that was not
-listening yet), so the feed also reads the journal's head row itself:
+listening yet), so the feed also reads the head row without one:
 
 - at once after every (re)connect, before the first notification could arrive;
 - every ``poll_s`` seconds (the poll backstop), on the same connection, which doubles as
@@ -73,12 +76,14 @@ class PostgresHeadFeed:
         self._connect_timeout_s = connect_timeout_s
         self._conn: asyncpg.Connection | None = None
         self._cut = asyncio.Event()
+        self._wake = asyncio.Event()
+        self._notices = 0
         self._task: asyncio.Task[None] | None = None
         self._down: str | None = None
         self.listening = asyncio.Event()
         """Set while the LISTEN connection is up (after its catch-up read)."""
         self.heard = 0
-        """Notifications that moved the bus."""
+        """Head reads after a notification that moved the bus."""
         self.polled = 0
         """Head reads (catch-up or backstop) that moved the bus: a notice was missed."""
         self.connects = 0
@@ -86,7 +91,9 @@ class PostgresHeadFeed:
 
     @property
     def problem(self) -> str | None:
-        """Why the feed is not listening (worded without values), else ``None``."""
+        """Why the feed cannot listen (worded without values): set when a connection
+        attempt failed (a cut connection is tried again at once first), cleared by the
+        next that succeeds; else ``None``."""
         return self._down
 
     @property
@@ -125,16 +132,16 @@ class PostgresHeadFeed:
             self._on_head(seq)
         return True
 
-    def _notified(self, _conn: object, _pid: int, _channel: str, payload: object) -> None:
-        try:
-            seq = int(str(payload))
-        except ValueError:
-            return  # not ours (anyone may NOTIFY on a channel): the poll is the truth
-        if self._publish(seq):
-            self.heard += 1
+    def _notified(self, _conn: object, _pid: int, _channel: str, _payload: object) -> None:
+        # The payload (the head seq) is only a hint: anyone who may connect may NOTIFY on
+        # the channel, so the head is read from the journal before it is published
+        # (notices that arrive meanwhile share that read).
+        self._notices += 1
+        self._wake.set()
 
     def _terminated(self, _conn: object) -> None:
         self._cut.set()
+        self._wake.set()
 
     async def _listen(self) -> asyncpg.Connection:
         dsn = self._dsn if isinstance(self._dsn, str) else self._dsn()
@@ -148,10 +155,13 @@ class PostgresHeadFeed:
             raise
         return conn
 
-    async def _catch_up(self, conn: asyncpg.Connection) -> None:
+    async def _catch_up(self, conn: asyncpg.Connection, *, told: bool = False) -> None:
         head = (await JournalSql(conn).head()).seq
         if self._publish(head):
-            self.polled += 1
+            if told:
+                self.heard += 1
+            else:
+                self.polled += 1
 
     async def _drop(self) -> None:
         conn, self._conn = self._conn, None
@@ -160,15 +170,19 @@ class PostgresHeadFeed:
             conn.terminate()  # LISTEN ends with the session; nothing to wait for
 
     async def _run(self, first: asyncio.Future[None]) -> None:
+        was_up = False
         try:
             while True:
                 try:
                     self._cut.clear()
+                    self._wake.clear()
+                    self._notices = 0
                     self._conn = await self._listen()
                     self.connects += 1
                     # Heads committed while nobody listened: read at once, not at the poll.
                     await self._catch_up(self._conn)
                     self.listening.set()
+                    was_up = True
                     if self._down is not None:
                         _log.warning("bus: listening to PostgreSQL again")
                     self._down = None
@@ -176,16 +190,23 @@ class PostgresHeadFeed:
                         first.set_result(None)
                     while True:
                         with contextlib.suppress(TimeoutError):
-                            await asyncio.wait_for(self._cut.wait(), self._poll_s)
+                            await asyncio.wait_for(self._wake.wait(), self._poll_s)
+                        self._wake.clear()
                         if self._cut.is_set():
                             raise ConnectionResetError("the LISTEN connection was closed")
-                        await self._catch_up(self._conn)
+                        told, self._notices = self._notices > 0, 0
+                        await self._catch_up(self._conn, told=told)
                 except DRIVER_ERRORS as exc:
+                    await self._drop()
+                    if was_up:
+                        # A connection that worked was cut (pg_terminate_backend, a pooler,
+                        # a restart): once more at once, before calling the server away.
+                        was_up = False
+                        continue
                     reason = describe_pg_error(exc, "bus", "listen")
                     if self._down is None:
                         _log.warning("%s; retrying every %ss", reason, self._retry_s)
                     self._down = reason
-                    await self._drop()
                     if not first.done():
                         first.set_result(None)
                     await asyncio.sleep(self._retry_s)  # the server is away: try again later

@@ -72,7 +72,12 @@ class _Retention:
     future: asyncio.Future[int]
 
 
-_Job = _Append | _Retention
+@dataclass(frozen=True, slots=True)
+class _Probe:
+    """Try the server now: the writer's connection was closed under it."""
+
+
+_Job = _Append | _Retention | _Probe
 
 
 class PostgresJournal:
@@ -164,7 +169,7 @@ class PostgresJournal:
             except Exception as exc:
                 raise JournalUnavailable(f"journal start failed: {exc}") from None
         try:
-            self._writer = await connect(self._dsn, timeout_s=self._connect_timeout_s)
+            self._writer = await self._connect_writer()
             await migrate(self._writer, STORE, MIGRATIONS)
             self._size = await JournalSql(self._writer).size_bytes()
             self._readers = await asyncpg.create_pool(
@@ -282,7 +287,10 @@ class PostgresJournal:
                 if appends:  # queue order holds: appends queued before retention first
                     await self._commit(appends)
                     appends = []
-                await self._retain(item)
+                if isinstance(item, _Probe):
+                    await self._probe()
+                else:
+                    await self._retain(item)
             if appends:
                 await self._commit(appends)
 
@@ -291,8 +299,20 @@ class PostgresJournal:
             if self._writer is not None:
                 self._writer.terminate()
             self._writer = None
-            self._writer = await connect(self._dsn, timeout_s=self._connect_timeout_s)
+            self._writer = await self._connect_writer()
         return self._writer
+
+    async def _connect_writer(self) -> asyncpg.Connection:
+        conn = await connect(self._dsn, timeout_s=self._connect_timeout_s)
+        conn.add_termination_listener(self._writer_closed)
+        return conn
+
+    def _writer_closed(self, _conn: object) -> None:
+        """The writer's connection closed (the server stopping or restarting, the
+        connection terminated, or we dropped it): try the server at once, so that
+        readiness is false while it is away even when nothing is appended."""
+        if not self._closed and self._down is None and self._task is not None:
+            self._queue.put_nowait(_Probe())
 
     def _lost(self, exc: BaseException) -> None:
         """After a failure: drop a connection that cannot be trusted any more."""

@@ -70,8 +70,6 @@ ENQUEUE_ROWS = 500
 """Deliveries one enqueue transaction creates at most (a page of events x subscriptions):
 the attempts recorded meanwhile wait for it, and keep their places in the record budget."""
 RETRY_S = 1.0  # after a failed store read or write; a wall-clock pause, not the event clock
-LEASED_POLL_S = 0.5
-"""Cluster mode: how often an idle enqueuer looks for events other nodes journaled."""
 RESEND_FACTOR = 2
 """Attempts launched and not yet recorded per subscription: at most this many times its
 ``max_in_flight`` (those open at the receiver, and as many answered whose outcome waits for
@@ -241,6 +239,17 @@ class Dispatcher:
         """A future for the first attempt of any delivery of ``event_id`` (subscription test)."""
         return self._runner.first_attempt(event_id)
 
+    def forget_first_attempt(self, event_id: str) -> None:
+        """Drop the future of :meth:`first_attempt` (its event was attempted elsewhere)."""
+        waiter = self._runner.stats.waiters.pop(event_id, None)
+        if waiter is not None:
+            waiter.cancel()
+
+    def delivers(self, subscription_id: str) -> bool:
+        """Whether this dispatcher delivers the subscription now: always without leases;
+        with them, while its node holds the lease."""
+        return not self._leased or subscription_id in self._delivering
+
     def in_flight(self, subscription_id: str) -> tuple[int, int]:
         """``(unrecorded, open)``: the subscription's attempts launched and not yet recorded,
         and of those the requests still waiting for their answer."""
@@ -353,10 +362,10 @@ class Dispatcher:
                     await self._bus.wait_beyond(self._lowest_cursor())
 
     async def _wait_leased(self, low: int) -> None:
-        """Cluster mode: until an event beyond ``low`` is committed here, a lease is
-        acquired (:meth:`start_delivering`), or ``LEASED_POLL_S`` passed: events another
-        node journals reach this one's bus only through the poll."""
-        waits = [asyncio.ensure_future(self._bus.wait_beyond(low, timeout=LEASED_POLL_S)),
+        """Cluster mode: until an event beyond ``low`` is on the bus (journaled here or,
+        through the bus across nodes, elsewhere) or a lease is acquired
+        (:meth:`start_delivering`): the subscription then has a cursor to catch up from."""
+        waits = [asyncio.ensure_future(self._bus.wait_beyond(low)),
                  asyncio.ensure_future(self._enqueue_kick.wait())]
         try:
             await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -91,7 +91,8 @@ class RegistryKeeper:
         self._activate = activate
         self._refresh_secrets = refresh_secrets
         self._everywhere = everywhere
-        self._poll_interval_s = poll_interval_s
+        self.poll_interval_s = poll_interval_s
+        """Seconds between two polls of the version when no NOTIFY wakes the watch."""
         self._wake = asyncio.Event()
         self._polled = asyncio.Event()
         self._refused_version: int | None = None
@@ -230,11 +231,14 @@ class RegistryKeeper:
                                 hint="the registry in force stays; edits answer 503"
                                      " registry_unavailable until the database is back")
                 self.unavailable = str(exc)
+            except Exception:
+                # The watch is how this node hears of other nodes' edits: it never stops.
+                log.exception("registry_watch_failed", version=self.version)
             self.polls += 1
             polled, self._polled = self._polled, asyncio.Event()
             polled.set()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), self._poll_interval_s)
+                await asyncio.wait_for(self._wake.wait(), self.poll_interval_s)
 
     async def _poll(self) -> None:
         assert isinstance(self.source, DbRegistry)

@@ -39,6 +39,10 @@ log = structlog.get_logger("palyra.stream")
 # of the 100 ms p99 the stream is meant to keep with 1,000 clients at 200 events/s.
 PASS_S_PER_CLIENT = 20e-6
 MAX_PASS_INTERVAL_S = 0.025
+READ_RETRY_S = 0.5
+"""The pause after a failed read of the journal (PostgreSQL unreachable): the head the bus
+told is still ahead of the cursor, so without it the hub would read again at once, in a
+loop, for as long as the server is away."""
 MIN_SLEEP_S = 0.001  # a shorter wait is not worth a timer
 
 
@@ -302,8 +306,9 @@ class StreamHub:
             try:
                 events = await self._journal.list(EventFilter(), after_seq=self._cursor,
                                                   limit=PAGE)
-            except JournalUnavailable as exc:  # pragma: no cover - logged, retried next wake
-                log.warning("stream_read_failed", error=str(exc))
+            except JournalUnavailable as exc:
+                log.warning("stream_read_failed", error=str(exc), retry_in_s=READ_RETRY_S)
+                await self._sleep(READ_RETRY_S)
                 continue
             if events:
                 self._cursor = events[-1].seq

@@ -93,8 +93,8 @@ class Engine:
         return backend
 
     def bus(self) -> Bus:
-        """A bus as a reader in this process sees it (on PostgreSQL too, until its
-        LISTEN/NOTIFY bus: the journal's tests there are what runs on the server)."""
+        """A bus as a reader in one process sees it, told of nothing else (what crosses
+        processes and nodes is :meth:`node`'s)."""
         bus: Bus = SeqBus()
         return bus
 
