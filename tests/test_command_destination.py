@@ -574,3 +574,30 @@ async def test_the_cli_adds_a_command_subscription_and_shows_its_runs(
     code, _, err = await palyra(sd, "subscriptions", "add", "y", "--url",
                                 "https://x.example/", "--arg", "a")
     assert code == 2 and "--arg is for --command" in err
+
+
+async def test_a_run_in_flight_is_killed_with_its_group_when_the_daemon_stops(
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring, tmp_path: Path,
+) -> None:
+    pids = tmp_path / "pids"
+    long = script(tmp_path / "long.sh", f"""#!/bin/sh
+sleep 300 &
+echo "$$ $!" > {pids}.tmp && mv {pids}.tmp {pids}
+wait
+""")
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring) as daemon, \
+            admin_session(daemon.socket_path) as admin:
+        await subscribe(admin, "long", [str(long)], events=["l.*"], timeout_s=600)
+        await publish(admin, "l.x")
+        await until(pids.exists)
+        leader, child = (int(p) for p in pids.read_text().split())
+    # Stopped: the run is cancelled (it stays pending for the next start) and killed.
+
+    def gone(pid: int) -> bool:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        return False
+
+    await until(lambda: gone(leader) and gone(child))

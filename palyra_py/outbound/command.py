@@ -16,15 +16,16 @@ is an ``AttemptOutcome``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import pwd
 import signal
+import subprocess
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from palyra_py.outbound.http import AttemptOutcome
+from palyra_py.outbound.process import ChildProcess, StreamTail, kill_group
 
 __all__ = [
     "KILL_GRACE_S",
@@ -64,23 +65,7 @@ class CommandRun:
     run_as: str | None
 
 
-class _Tail:
-    """The last ``limit`` bytes of a stream, and how many came in all."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.data = bytearray()
-        self.total = 0
-
-    async def drain(self, stream: asyncio.StreamReader | None) -> None:
-        if stream is None:
-            return
-        while chunk := await stream.read(65536):
-            self.total += len(chunk)
-            self.data += chunk
-            if len(self.data) > self.limit:
-                del self.data[: len(self.data) - self.limit]
-
+class _Tail(StreamTail):
     def text(self, limit: int) -> str:
         data = bytes(self.data[-limit:]) if limit > 0 else b""
         text = data.decode("utf-8", "replace")
@@ -102,31 +87,15 @@ def output_excerpt(stdout: _Tail, stderr: _Tail, budget: int = EXCERPT_BYTES) ->
     return text.encode("utf-8", "replace")[:budget].decode("utf-8", "ignore")
 
 
-async def _spawn(run: CommandRun) -> asyncio.subprocess.Process:
+async def _spawn(run: CommandRun, stdout: _Tail, stderr: _Tail) -> ChildProcess:
     extra: dict[str, Any] = {}
     if run.run_as is not None:
-        extra["user"] = run.run_as
-        extra["extra_groups"] = os.getgrouplist(run.run_as, pwd.getpwnam(run.run_as).pw_gid)
-        extra["group"] = pwd.getpwnam(run.run_as).pw_gid
-    return await asyncio.create_subprocess_exec(
-        *run.argv, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE, cwd=run.working_dir, env=run.env,
-        start_new_session=True, close_fds=True, **extra)
-
-
-def _kill_group(pid: int, sig: signal.Signals) -> None:
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, sig)
-
-
-async def _feed(proc: asyncio.subprocess.Process, data: bytes) -> None:
-    """Write the event to stdin and close it; a command that does not read it is fine."""
-    assert proc.stdin is not None
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-        proc.stdin.write(data)
-        await proc.stdin.drain()
-    with contextlib.suppress(BrokenPipeError, ConnectionResetError, OSError):
-        proc.stdin.close()
+        entry = pwd.getpwnam(run.run_as)
+        extra = {"user": run.run_as, "group": entry.pw_gid,
+                 "extra_groups": os.getgrouplist(run.run_as, entry.pw_gid)}
+    return await ChildProcess.start(run.argv, run.stdin, stdout, stderr,
+                                    cwd=run.working_dir, env=run.env, close_fds=True,
+                                    **extra)
 
 
 def _exit_outcome(code: int, run: CommandRun, excerpt: str, elapsed: int) -> AttemptOutcome:
@@ -159,51 +128,44 @@ async def run_command(run: CommandRun) -> AttemptOutcome:
         return AttemptOutcome(None, "command_unavailable",
                               f"run_as = {run.run_as!r} needs the daemon to run as root",
                               None, elapsed(), None)
+    stdout, stderr = _Tail(OUTPUT_TAIL_BYTES), _Tail(OUTPUT_TAIL_BYTES)
     try:
-        proc = await _spawn(run)
-    except (OSError, KeyError, ValueError) as exc:
+        child = await _spawn(run, stdout, stderr)
+    except (OSError, KeyError, ValueError, subprocess.SubprocessError) as exc:
         return AttemptOutcome(None, "command_unavailable", _spawn_error(run, exc), None,
                               elapsed(), None)
-    stdout, stderr = _Tail(OUTPUT_TAIL_BYTES), _Tail(OUTPUT_TAIL_BYTES)
-    readers = asyncio.gather(stdout.drain(proc.stdout), stderr.drain(proc.stderr),
-                             _feed(proc, run.stdin))
     timed_out = False
+    code: int | None = None
     try:
         try:
             async with asyncio.timeout(run.timeout_s):
-                await proc.wait()
+                code = await asyncio.shield(child.exited)
         except TimeoutError:
             timed_out = True
-            _kill_group(proc.pid, signal.SIGTERM)
+            kill_group(child.pid, signal.SIGTERM)
             try:
                 async with asyncio.timeout(KILL_GRACE_S):
-                    await proc.wait()
+                    code = await asyncio.shield(child.exited)
             except TimeoutError:
-                pass
-            _kill_group(proc.pid, signal.SIGKILL)
-            await proc.wait()
+                kill_group(child.pid, signal.SIGKILL)
+                code = await asyncio.shield(child.exited)
         # What it left running may hold the pipes: not for long.
         try:
             async with asyncio.timeout(PIPE_GRACE_S):
-                await asyncio.shield(readers)
+                await asyncio.shield(child.drained)
         except TimeoutError:
-            _kill_group(proc.pid, signal.SIGKILL)
+            kill_group(child.pid, signal.SIGKILL)
     finally:
-        if proc.returncode is None:  # cancelled (daemon stopping, lease lost)
-            _kill_group(proc.pid, signal.SIGKILL)
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-        if not readers.done():
-            readers.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await readers
+        if code is None:  # cancelled (the daemon stops, the lease moves)
+            kill_group(child.pid, signal.SIGKILL)
+        child.close()
     excerpt = output_excerpt(stdout, stderr)
     if timed_out:
         return AttemptOutcome(None, "timeout",
                               f"no exit within {run.timeout_s:g} s: the process group was"
                               " sent SIGTERM, then SIGKILL", excerpt, elapsed(), None)
-    assert proc.returncode is not None
-    return _exit_outcome(proc.returncode, run, excerpt, elapsed())
+    assert code is not None
+    return _exit_outcome(code, run, excerpt, elapsed())
 
 
 
