@@ -3,9 +3,9 @@ event loop directly (pipes read and written with ``add_reader`` / ``add_writer``
 seen through a pidfd; without pidfds, a thread waits for it).
 
 Why not ``asyncio.create_subprocess_exec``: it forks and execs on the loop's thread, and
-on Python 3.11 starts one more thread per child to wait for it; ``/bin/true`` ran about
-3.4 times as often per second this way on the 2-core test machine (bench/command_dest.py,
-BENCHMARKS.md). Nothing here is global: no child watcher, no SIGCHLD handler; only this
+on Python 3.11 starts one more thread per child to wait for it; ``/bin/true`` with 8
+runs at once ran about 1.6 times as often per second this way on the 2-core test machine
+(BENCHMARKS.md, issue 12). Nothing here is global: no child watcher, no SIGCHLD handler; only this
 child is ever waited for.
 """
 
