@@ -30,6 +30,7 @@ from palyra_py.ids import new_ulid
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import (
+    COMMAND_FIELDS,
     add_subscription,
     is_credential_header,
     is_credential_url,
@@ -50,7 +51,7 @@ it looks for the first attempt in the shared store."""
 EDITABLE = (
     "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
     "ordered", "format", "signature_format", "timeout_s", "retry_schedule", "headers",
-    "description",
+    "description", *COMMAND_FIELDS,
 )
 
 
@@ -73,6 +74,19 @@ def header_keyring_name(subscription_id: str, header: str) -> str:
     slug = lower if _HEADER_SLUG.fullmatch(lower) else (
         "h-" + hashlib.sha256(lower.encode()).hexdigest()[:16])
     return f"subscription-header:{subscription_id}:{slug}"
+
+
+def env_keyring_name(subscription_id: str, variable: str) -> str:
+    """Where a credential ``env`` value of a command subscription is kept:
+    ``subscription-env:<id>:<VARIABLE>`` (variable names are keyring-safe)."""
+    return f"subscription-env:{subscription_id}:{variable}"
+
+
+def is_credential_env(variable: str) -> bool:
+    """Whether an ``env`` variable's name says it holds a credential (``*TOKEN*``,
+    ``*SECRET*``, ``*PASSWORD*``, ``*KEY*``, ``*AUTH*``...): its plain value is then kept
+    in the keyring and the registry holds the reference."""
+    return is_credential_header(variable.replace("_", "-"), "")
 
 
 def journal_url(url: str) -> str:
@@ -178,7 +192,8 @@ class SubscriptionsApi:
         self.ctx.secrets.forget_cached()
 
     async def _keep_headers(
-        self, subscription_id: str, headers: Mapping[str, str], current: Mapping[str, str]
+        self, subscription_id: str, headers: Mapping[str, str], current: Mapping[str, str],
+        *, kind: Literal["header", "env"] = "header",
     ) -> tuple[dict[str, str], list[tuple[str, str | None]]]:
         """``headers`` with each credential-looking plain value (``Authorization``,
         ``X-Api-Key``, ``*token*``, ``Bearer ...``) stored in the keyring and replaced by
@@ -188,9 +203,12 @@ class SubscriptionsApi:
         writes: list[tuple[str, str | None]] = []
         try:
             for header, value in headers.items():
-                if is_ref(value) or not is_credential_header(header, value):
+                credential = (is_credential_header(header, value) if kind == "header"
+                              else is_credential_env(header))
+                if is_ref(value) or not credential:
                     continue
-                name = header_keyring_name(subscription_id, header)
+                name = (header_keyring_name(subscription_id, header) if kind == "header"
+                        else env_keyring_name(subscription_id, header))
                 ref = f"{self._kind}:{name}"
                 writes.append((name, await self._held(ref) if ref in current.values() else None))
                 out[header] = await store_secret(self.ctx.secrets, name, value, self._kind)
@@ -201,11 +219,11 @@ class SubscriptionsApi:
         return out, writes
 
     async def _drop_header_secrets(self, subscription_id: str, before: Mapping[str, str],
-                                   after: Mapping[str, str]) -> None:
+                                   after: Mapping[str, str], kind: str = "header") -> None:
         """Delete the secrets of header values ``before`` held and ``after`` does not (a
         header removed, or given a value of its own): those this daemon stored."""
-        own = tuple(f"{kind}:subscription-header:{subscription_id}:"
-                    for kind in ("keyring", "db"))
+        own = tuple(f"{store}:subscription-{kind}:{subscription_id}:"
+                    for store in ("keyring", "db"))
         for value in set(before.values()) - set(after.values()):
             if value.startswith(own):
                 await delete_ref(self.ctx.secrets, value)
@@ -234,10 +252,12 @@ class SubscriptionsApi:
         refuse_fields(set(body) - set(fields) - {"secret", "url_in_keyring"},
                       "unknown field(s)")
         fields = validated(validate_subscription_fields, fields)
-        self._check_https_only(fields["url"])
+        url = fields.get("url", "")
+        if url:
+            self._check_https_only(url)
         subscription_id = fields["subscription_id"]
-        keep_url = (not is_url_ref(fields["url"])
-                    and url_in_keyring(body, fields.get("format", "standard"), fields["url"]))
+        keep_url = bool(url) and (not is_url_ref(url) and url_in_keyring(
+            body, fields.get("format", "standard"), url))
         if subscription_id in self.ctx.editor.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
                            field="subscription_id")
@@ -263,6 +283,10 @@ class SubscriptionsApi:
             if fields.get("headers"):
                 fields["headers"], header_writes = await self._keep_headers(
                     subscription_id, fields["headers"], {})
+            if fields.get("env"):
+                fields["env"], env_writes = await self._keep_headers(
+                    subscription_id, fields["env"], {}, kind="env")
+                header_writes += env_writes
         except ApiError:
             await self._drop_new(subscription_id, choice.value is not None, keep_url)
             raise
@@ -276,9 +300,11 @@ class SubscriptionsApi:
             await self._undo_writes(header_writes)
             raise
         # Any token may read the journal: a reference, or the URL's origin only.
+        # A command's arguments may say more than its program: only the program.
+        where = ({"url": journal_url(fields["url"])} if "url" in fields
+                 else {"command": fields["command"][0]})
         await self._journal("subscription.created", subscription_id,
-                            {"url": journal_url(fields["url"]),
-                             "events": list(fields.get("events", ()))})
+                            {**where, "events": list(fields.get("events", ()))})
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
         if choice.generated:
             answer["secret"] = choice.value
@@ -290,17 +316,19 @@ class SubscriptionsApi:
         refuse_fields(set(body) - set(EDITABLE) - {"url_in_keyring"},
                       "field(s) not editable here")
         current = self.ctx.editor.registry.subscriptions[subscription_id].to_dict()
-        merged = {**current, **{k: v for k, v in body.items() if v is not None}}
+        # null resets a field (a destination switched from url to command: "url": null).
+        merged = {**current, **body}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
         normalised = validated(validate_subscription_fields, check)
         changes = {k: (None if body[k] is None else normalised.get(k)) for k in body
                    if k != "url_in_keyring"}
-        if "url" in changes:
+        if changes.get("url"):
             self._check_https_only(normalised["url"])
         # A URL given, or one already there that the new format (or url_in_keyring) wants
         # kept in the keyring, goes there.
         stored: tuple[str, str | None] | None = None  # (the reference, what it held before)
         if (({"url", "format", "url_in_keyring"} & set(body))
+                and normalised.get("url")
                 and not is_url_ref(normalised["url"])
                 and url_in_keyring(body, normalised.get("format", "standard"),
                                    normalised["url"])):
@@ -317,6 +345,16 @@ class SubscriptionsApi:
         if given_headers:
             changes["headers"], header_writes = await self._keep_headers(
                 subscription_id, given_headers, old_headers)
+        old_env = self.ctx.editor.registry.subscriptions[subscription_id].env
+        given_env = changes.get("env")
+        if given_env:
+            try:
+                changes["env"], env_writes = await self._keep_headers(
+                    subscription_id, given_env, old_env, kind="env")
+            except ApiError:
+                await self._undo_writes(header_writes)
+                raise
+            header_writes += env_writes
         now = self.ctx.time.now_dt()
         try:
             await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
@@ -332,6 +370,9 @@ class SubscriptionsApi:
         if "headers" in changes:
             await self._drop_header_secrets(subscription_id, old_headers,
                                             changes["headers"] or {})
+        if "env" in changes:
+            await self._drop_header_secrets(subscription_id, old_env, changes["env"] or {},
+                                            kind="env")
         self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.updated", subscription_id,
                             {"changed": sorted(changes)})
@@ -351,6 +392,7 @@ class SubscriptionsApi:
             if ref in own:
                 await delete_ref(self.ctx.secrets, ref)
         await self._drop_header_secrets(subscription_id, sub.headers, {})
+        await self._drop_header_secrets(subscription_id, sub.env, {}, kind="env")
         self.ctx.secrets.forget_cached()
         await self._journal("subscription.deleted", subscription_id, {})
         return web.json_response({"status": "deleted", "subscription_id": subscription_id})

@@ -31,6 +31,12 @@ MASK = "***"
 SUBSCRIPTION_FIELDS = (
     "subscription_id",
     "url",
+    "command",
+    "env",
+    "working_dir",
+    "max_concurrent",
+    "success_exit_codes",
+    "run_as",
     "enabled",
     "disabled_reason",
     "health",
@@ -135,11 +141,24 @@ def attempt_result(attempt: Mapping[str, Any]) -> str:
     code, error = attempt.get("status_code"), attempt.get("error_class")
     if code is None:
         return output.text(error)
-    text = f"HTTP {output.text(code)}"
+    text = f"{'exit' if is_command_attempt(attempt) else 'HTTP'} {output.text(code)}"
     if error and error != "http_status":
         text += f" ({output.text(error)})"
-    ok = isinstance(code, int) and 200 <= code < 300 and not error
+    ok = not error and (is_command_attempt(attempt) or (isinstance(code, int)
+                                                         and 200 <= code < 300))
     return f"[green]{text}[/]" if ok else f"[red]{text}[/]"
+
+
+COMMAND_OUTPUT_MARK = "--- stdout ---\n"
+"""How the attempt log's excerpt of a command run begins (outbound.command)."""
+
+
+def is_command_attempt(attempt: Mapping[str, Any]) -> bool:
+    """An attempt of a command destination: its excerpt holds the run's output."""
+    excerpt = attempt.get("response_excerpt")
+    error = attempt.get("error_class")
+    return (isinstance(excerpt, str) and excerpt.startswith(COMMAND_OUTPUT_MARK)) or (
+        isinstance(error, str) and error.startswith("command_"))
 
 
 # --- subscriptions --------------------------------------------------------------------
@@ -176,7 +195,7 @@ def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:
     rows = (
         (
             output.text(sub.get("subscription_id")),
-            output.text(sub.get("url")),
+            output.text(sub.get("url") or command_text(sub.get("command"))),
             output.text(sub.get("enabled")),
             output.text(sub.get("events")) if sub.get("events") else "all",
             output.text(sub.get("format")),
@@ -186,10 +205,27 @@ def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:
         for sub in subs
     )
     return output.table(
-        ("id", "url", "enabled", "events", "format", "pending", "health"),
+        ("id", "url / command", "enabled", "events", "format", "pending", "health"),
         rows,
         no_wrap=("id",),
     )
+
+
+def command_text(argv: Any) -> str:
+    """A command's argv as a person reads it (shell-quoted, though no shell runs it)."""
+    if not isinstance(argv, list) or not argv:
+        return ""
+    return " ".join(shlex.quote(str(arg)) for arg in argv)
+
+
+def _other_destination(sub: Mapping[str, Any], name: str) -> bool:
+    """A field of the destination the subscription does not have (``url: ""`` of a
+    command, ``command: []`` of a url ...): not shown."""
+    command_fields = ("command", "env", "working_dir", "max_concurrent",
+                      "success_exit_codes", "run_as")
+    if sub.get("command"):
+        return name in ("url", "headers", "max_in_flight", "format", "signature_format")
+    return name in command_fields
 
 
 def subscription_details(sub: Mapping[str, Any]) -> Panel:
@@ -197,9 +233,12 @@ def subscription_details(sub: Mapping[str, Any]) -> Panel:
 
     rows: list[tuple[str, str]] = []
     for name in (*SUBSCRIPTION_FIELDS, *sorted(set(sub) - set(SUBSCRIPTION_FIELDS))):
-        if name not in sub:
+        if name not in sub or _other_destination(sub, name):
             continue
         value = sub[name]
+        if name == "command":
+            rows.append((name, output.text(command_text(value))))
+            continue
         if name == "health":
             rendered = health(sub)
             info = value if isinstance(value, Mapping) else {}
@@ -307,11 +346,13 @@ def test_result(answer: Mapping[str, Any], subscription_id: str) -> Panel:
     if isinstance(attempt, Mapping):
         rows += [
             ("result", attempt_result(attempt)),
-            ("status code", output.text(attempt.get("status_code"))),
+            ("exit code" if is_command_attempt(attempt) else "status code",
+             output.text(attempt.get("status_code"))),
             ("duration", milliseconds(attempt.get("duration_ms"))),
             ("error class", output.text(attempt.get("error_class"))),
             ("error", untrusted(attempt.get("error_detail"))),
-            ("response", untrusted(attempt.get("response_excerpt"))),
+            ("output" if is_command_attempt(attempt) else "response",
+             untrusted(attempt.get("response_excerpt"))),
         ]
     else:
         rows.append(("attempt", "[yellow]none yet (the daemon stopped waiting)[/]"))
@@ -363,7 +404,8 @@ def attempts_table(attempts: Sequence[Mapping[str, Any]]) -> Table:
             milliseconds(item.get("duration_ms")),
             attempt_result(item),
             untrusted(item.get("error_detail"), 120),
-            untrusted(item.get("response_excerpt"), 120),
+            "(output below)" if is_command_attempt(item) and item.get("response_excerpt")
+            else untrusted(item.get("response_excerpt"), 120),
         )
         for item in attempts
     )
@@ -402,6 +444,13 @@ def delivery_details(delivery: Mapping[str, Any], attempts: Sequence[Mapping[str
     )
     parts: list[RenderableType] = [panel]
     parts.append(attempts_table(attempts) if attempts else Text("No attempt yet.", style="dim"))
+    for item in attempts:
+        excerpt = item.get("response_excerpt")
+        if is_command_attempt(item) and excerpt:
+            # What the command printed: untrusted text, escaped like a receiver's answer.
+            parts.append(Panel(untrusted(excerpt, 4096), expand=False,
+                               title=output.text(f"attempt {item.get('attempt_no')}: output"
+                                                 " (the tails of stdout and stderr)")))
     return Group(*parts)
 
 

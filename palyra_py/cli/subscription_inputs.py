@@ -1,5 +1,5 @@
-"""Turning ``palyra subscriptions`` flags into API fields: ``--filter``, ``--header`` and
-``--retry-schedule``. Every refusal is a usage error (exit code 2)."""
+"""Turning ``palyra subscriptions`` flags into API fields: ``--filter``, ``--header``,
+``--env`` and ``--retry-schedule``. Every refusal is a usage error (exit code 2)."""
 
 from __future__ import annotations
 
@@ -54,6 +54,23 @@ def parse_headers(values: list[str] | None) -> dict[str, str] | None:
         seen.add(name.lower())
         headers[name] = value
     return headers
+
+
+def parse_env(values: list[str] | None) -> dict[str, str] | None:
+    """``--env NAME=VALUE`` (repeatable) -> the API's ``env`` object. The daemon checks
+    names and values; here only the shape and duplicates."""
+    if not values:
+        return None
+    env: dict[str, str] = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        name = name.strip()
+        if not sep or not name:
+            usage_error(f"{item[:60]!r} is not NAME=VALUE", param="--env")
+        if name in env:
+            usage_error(f"{name!r} is given twice", param="--env")
+        env[name] = value
+    return env
 
 
 def parse_retry_schedule(value: str | None) -> list[str] | None:

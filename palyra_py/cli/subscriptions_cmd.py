@@ -17,13 +17,20 @@ from palyra_py.cli.session import (
     check_failed,
     confirm_or_exit,
     run_read,
+    usage_error,
 )
-from palyra_py.cli.subscription_inputs import parse_filters, parse_headers, parse_retry_schedule
+from palyra_py.cli.subscription_inputs import (
+    parse_env,
+    parse_filters,
+    parse_headers,
+    parse_retry_schedule,
+)
 from palyra_py.cli.webhook_inputs import duration_option, secret_source, split_list
 from palyra_py.clients.admin import JsonObject
 
 app = typer.Typer(
-    help="Outbound subscriptions: HTTP endpoints that receive published events, signed.",
+    help="Outbound subscriptions: HTTP endpoints (signed) or local commands that receive"
+    " published events.",
     no_args_is_help=True,
 )
 
@@ -70,12 +77,55 @@ SecretRefOption = Annotated[
 def add(
     subscription_id: IdArgument,
     url: Annotated[
-        str,
+        str | None,
         typer.Option("--url", metavar="URL",
                      help="http(s) endpoint to POST to, or a reference the daemon resolves: "
-                     "keyring:NAME, env:VAR, file:/path.",
+                     "keyring:NAME, env:VAR, file:/path. Give --url or --command.",
                      show_default=False),
-    ],
+    ] = None,
+    command: Annotated[
+        str | None,
+        typer.Option("--command", metavar="PROGRAM",
+                     help="Run this program for each event instead of POSTing (never through "
+                     "a shell); the event's JSON is on its standard input.",
+                     show_default=False),
+    ] = None,
+    args: Annotated[
+        list[str] | None,
+        typer.Option("--arg", metavar="ARG",
+                     help="An argument of --command (repeatable, in order), with "
+                     "placeholders: '{data.ref}', '{id}', '{type}', '{data.ref:-main}'.",
+                     show_default=False),
+    ] = None,
+    env: Annotated[
+        list[str] | None,
+        typer.Option("--env", metavar="NAME=VALUE",
+                     help="An environment variable of --command (repeatable); VALUE may be "
+                     "keyring:NAME, env:VAR or file:/path, read at run time.",
+                     show_default=False),
+    ] = None,
+    working_dir: Annotated[
+        str | None,
+        typer.Option("--working-dir", metavar="DIR",
+                     help="Where --command runs (an absolute path).", show_default=False),
+    ] = None,
+    max_concurrent: Annotated[
+        int | None,
+        typer.Option("--max-concurrent", min=1, metavar="N",
+                     help="Runs of --command at once (1-32, default 1).", show_default=False),
+    ] = None,
+    success_exit_codes: Annotated[
+        list[int] | None,
+        typer.Option("--success-exit-code", metavar="CODE",
+                     help="An exit code of --command that means success (repeatable; "
+                     "default 0).", show_default=False),
+    ] = None,
+    run_as: Annotated[
+        str | None,
+        typer.Option("--run-as", metavar="USER",
+                     help="Run --command as this user (the daemon must run as root).",
+                     show_default=False),
+    ] = None,
     url_in_keyring: Annotated[
         bool | None,
         typer.Option("--url-in-keyring/--url-in-registry",
@@ -128,7 +178,9 @@ def add(
     ] = None,
     timeout: Annotated[
         float | None,
-        typer.Option("--timeout", min=1, metavar="S", help="Seconds per attempt (1-60)."),
+        typer.Option("--timeout", min=1, metavar="S",
+                     help="Seconds per attempt (1-60; a command 1-86400, then its process "
+                     "group is killed)."),
     ] = None,
     retry_schedule: Annotated[
         str | None,
@@ -163,12 +215,14 @@ def add(
     state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Subscribe an HTTP endpoint to published events.
+    """Subscribe an HTTP endpoint, or a local command, to published events.
 
     Each delivery is a POST signed the Standard Webhooks way with the
     subscription's secret: generated unless --secret-stdin or --secret-ref
     is given, and then printed once with how the receiver verifies it.
-    Failed deliveries are retried on the schedule.
+    With --command each delivery is a run of the program instead (its
+    arguments from --arg, never a shell). Failed deliveries and runs are
+    retried on the schedule.
 
     Examples:
 
@@ -176,13 +230,17 @@ def add(
     $ palyra subscriptions add kb --url https://x.example/h --filter data.kb=docs
     $ palyra subscriptions add chat --url "$SLACK_HOOK_URL" --format slack
     $ palyra subscriptions add ops --url env:OPS_HOOK_URL
+    $ palyra subscriptions add ci-deploy --command /usr/local/bin/deploy
+      --arg '{data.ref}' --events github.push --filter data.ref=refs/heads/main
 
     A Slack or Discord URL, or one with a token in its query, is kept in the
     keyring (the registry holds keyring:subscription-url:ID), and so is a
     credential header value (keyring:subscription-header:ID:NAME).
     """
+    destination = destination_fields(url, command, args, env, working_dir, max_concurrent,
+                                     success_exit_codes, run_as)
     secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
-    fields: JsonObject = {"subscription_id": subscription_id, "url": url, "secret": secret}
+    fields: JsonObject = {"subscription_id": subscription_id, **destination, "secret": secret}
     optional: dict[str, Any] = {
         "events": split_list(events),
         "filter": parse_filters(filters),
@@ -207,18 +265,45 @@ def add(
         return
     sub = answer.get("subscription") or {}
     state = "enabled" if sub.get("enabled", True) else "disabled"
+    target = sub.get("url") or " ".join(sub.get("command") or ()) or url or command
     output.success(
         f"Added subscription {sub.get('subscription_id', subscription_id)} "
-        f"-> {sub.get('url', url)} ({state})."
+        f"-> {target} ({state})."
     )
     console = output.console()
     new_secret = answer.get("secret")
-    if isinstance(new_secret, str) and new_secret:
+    if isinstance(new_secret, str) and new_secret and not command:
         console.print(outbound_views.secret_panel(
             new_secret, str(sub.get("subscription_id", subscription_id)),
             sub.get("signature_format"),
         ))
     console.print(outbound_views.subscription_next_steps(sub))
+
+
+def destination_fields(url: str | None, command: str | None, args: list[str] | None,
+                       env: list[str] | None, working_dir: str | None,
+                       max_concurrent: int | None, success_exit_codes: list[int] | None,
+                       run_as: str | None) -> JsonObject:
+    """The destination's API fields: exactly one of ``--url`` and ``--command``, and the
+    command's options only with ``--command`` (usage errors, exit code 2)."""
+    command_options = {"--arg": args, "--env": env, "--working-dir": working_dir,
+                       "--max-concurrent": max_concurrent,
+                       "--success-exit-code": success_exit_codes, "--run-as": run_as}
+    if (url is None) == (command is None):
+        usage_error("give exactly one of --url and --command", param="--url")
+    if url is not None:
+        for flag, value in command_options.items():
+            if value:
+                usage_error(f"{flag} is for --command", param=flag)
+        return {"url": url}
+    assert command is not None
+    fields: JsonObject = {"command": [command, *(args or ())]}
+    optional: dict[str, Any] = {
+        "env": parse_env(env), "working_dir": working_dir, "max_concurrent": max_concurrent,
+        "success_exit_codes": success_exit_codes or None, "run_as": run_as,
+    }
+    fields.update({key: value for key, value in optional.items() if value is not None})
+    return fields
 
 
 @app.command("list")
@@ -375,7 +460,8 @@ def rotate_secret(
 
 
 def delivered(answer: JsonObject) -> bool:
-    """The test delivery succeeded: the daemon says so, or its first attempt got a 2xx."""
+    """The test delivery succeeded: the daemon says so, or its first attempt got a 2xx (a
+    command: exited with one of its success codes)."""
     delivery = answer.get("delivery") or {}
     if delivery.get("status") == "succeeded":
         return True
@@ -383,6 +469,8 @@ def delivered(answer: JsonObject) -> bool:
     if not isinstance(attempt, dict):
         return False
     code = attempt.get("status_code")
+    if outbound_views.is_command_attempt(attempt):  # a run: its exit code was a success
+        return isinstance(code, int) and not attempt.get("error_class")
     return isinstance(code, int) and 200 <= code < 300 and not attempt.get("error_class")
 
 

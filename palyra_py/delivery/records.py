@@ -92,9 +92,11 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """One HTTP attempt. ``error_class`` is ``None`` exactly for a successful (2xx)
-    attempt: ``stats`` counts successes that way. The store keeps ``error_detail`` to 512
-    characters and ``response_excerpt`` to 4096 bytes of UTF-8 (longer ones are cut)."""
+    """One attempt: an HTTP request, or a command's run (then ``status_code`` is its exit
+    code and ``response_excerpt`` the tails of its output). ``error_class`` is ``None``
+    exactly for a successful (2xx, or a success exit code) attempt: ``stats`` counts
+    successes that way. The store keeps ``error_detail`` to 512 characters and
+    ``response_excerpt`` to 4096 bytes of UTF-8 (longer ones are cut)."""
 
     delivery_id: str
     attempt_no: int

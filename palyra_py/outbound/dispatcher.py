@@ -1,4 +1,5 @@
-"""Outbound delivery: journal events → subscriptions' HTTP endpoints, signed, retried.
+"""Outbound delivery: journal events → subscriptions' destinations (HTTP endpoints, signed;
+local commands: ``outbound.destinations``), retried.
 
 Two loops share one wake-up event:
 - the *enqueuer* follows the journal head and, per subscription, turns matching events into
@@ -8,7 +9,8 @@ Two loops share one wake-up event:
   of due deliveries (``dispatch_queue``), reading the store in pages, only when those
   queues may be out of date.
 
-A subscription has at most ``max_in_flight`` requests open at its receiver. An attempt's
+A subscription has at most ``max_in_flight`` requests open at its receiver (a command:
+``max_concurrent`` runs; ``Subscription.concurrency``). An attempt's
 slot is given back when its answer is in, and goes straight to that subscription's next
 queued delivery; the outcome is committed meanwhile (group commit, one fsync for many).
 Attempts answered and not yet committed are bounded too: at most ``max_in_flight`` more, so
@@ -639,7 +641,7 @@ class Dispatcher:
         if sub.ordered:
             own = state.in_flight == 0
         else:
-            cap = sub.max_in_flight
+            cap = sub.concurrency
             own = state.open < cap and state.in_flight < RESEND_FACTOR * cap
         return own and self._slots.may_take(sub.subscription_id, sub.owner)
 
@@ -688,7 +690,7 @@ class Dispatcher:
         if not launch or self._launch_next(state):
             return
         sub = state.subscription
-        if not sub.ordered and state.in_flight >= RESEND_FACTOR * sub.max_in_flight:
+        if not sub.ordered and state.in_flight >= RESEND_FACTOR * sub.concurrency:
             return  # no launch before a record: each one launches or starts a pass
         self._nudge()
 

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlsplit
 import tomlkit
 
 from palyra_py.filters import MAX_PATTERN_CHARS, validate_event_patterns, validate_filter_table
+from palyra_py.outbound.placeholders import TemplateError, check_template
 from palyra_py.outbound.retry import (
     DEFAULT_SCHEDULE,
     MAX_DELAY_S,
@@ -57,6 +58,18 @@ Scalar = str | int | float | bool
 DEFAULT_MAX_IN_FLIGHT = 10
 DEFAULT_TIMEOUT_S = 15.0
 DEFAULT_OWNER = "default"
+DEFAULT_MAX_CONCURRENT = 1
+MAX_CONCURRENT = 32
+MAX_COMMAND_ARGS = 256
+MAX_COMMAND_ARG_CHARS = 4096
+MAX_COMMAND_TIMEOUT_S = 86_400.0
+MAX_ENV = 64
+MAX_ENV_VALUE_CHARS = 8192
+COMMAND_FIELDS = ("command", "env", "working_dir", "max_concurrent", "success_exit_codes",
+                  "run_as")
+"""The fields of the command destination; set only through the registry's owner (the CLI
+on the admin socket, or the file), never with a token (docs/outbound.md)."""
+DESTINATIONS = ("url", "command")
 MAX_SUBSCRIPTIONS = 1024
 MAX_IN_FLIGHT = 100
 MIN_TIMEOUT_S = 1.0
@@ -80,7 +93,8 @@ RESERVED_HEADER_PREFIXES = ("webhook-", "x-hub-signature")
 @dataclass(frozen=True, slots=True)
 class Subscription:
     subscription_id: str
-    url: str
+    url: str = ""
+    """The HTTP destination; ``""`` for a subscription with another destination."""
     events: tuple[str, ...] = ()
     filter: Mapping[str, Scalar] = field(default_factory=dict)
     secret_ref: str | None = None
@@ -100,6 +114,24 @@ class Subscription:
     created_at: datetime | None = None
     updated_at: datetime | None = None
     disabled_reason: str | None = None
+    # The command destination (outbound.command); ``()`` for an HTTP subscription.
+    command: tuple[str, ...] = ()
+    env: Mapping[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+    success_exit_codes: tuple[int, ...] = (0,)
+    run_as: str | None = None
+
+    @property
+    def destination(self) -> Literal["url", "command"]:
+        """Which destination the subscription has (exactly one of them is set)."""
+        return "command" if self.command else "url"
+
+    @property
+    def concurrency(self) -> int:
+        """Most attempts open at once: ``max_concurrent`` runs of a command, else
+        ``max_in_flight`` requests."""
+        return self.max_concurrent if self.command else self.max_in_flight
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready (datetimes RFC 3339 Z; retry_schedule as duration strings)."""
@@ -112,7 +144,7 @@ FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Subscription)
 DEFAULTS: dict[str, Any] = record_defaults(Subscription)
 # Written in a new record even at their defaults (`events = []` says "every event").
 ALWAYS_WRITTEN = frozenset(
-    {"subscription_id", "url", "events", "secret_ref", "enabled", "created_at", "updated_at"}
+    {"subscription_id", "events", "secret_ref", "enabled", "created_at", "updated_at"}
 )
 
 
@@ -350,6 +382,94 @@ def _text(limit: int) -> Check:
     return check
 
 
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,127}")
+_USER_NAME = re.compile(r"[a-z_][a-z0-9_.-]{0,31}")
+
+
+def _check_timeout(value: Any, name: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not ok or not MIN_TIMEOUT_S <= value <= MAX_COMMAND_TIMEOUT_S:
+        raise fail(name, f"must be a number from {MIN_TIMEOUT_S:g} to {MAX_TIMEOUT_S:g}"
+                         f" (a command: to {MAX_COMMAND_TIMEOUT_S:g}), got {show(value)}")
+    return float(value)
+
+
+def _check_command(value: Any, name: str) -> tuple[str, ...]:
+    rule = (f"must be an array of 1 to {MAX_COMMAND_ARGS} strings: the program (an absolute"
+            " path, or a name looked up in PATH) and its arguments; never run by a shell")
+    if isinstance(value, str) or not isinstance(value, (list, tuple)):
+        raise fail(name, f"{rule}, got {show(value)}")
+    if not 1 <= len(value) <= MAX_COMMAND_ARGS:
+        raise fail(name, f"{rule}, got {len(value)} entries")
+    out: list[str] = []
+    for index, arg in enumerate(value):
+        if not isinstance(arg, str) or len(arg) > MAX_COMMAND_ARG_CHARS or "\x00" in arg:
+            raise fail(f"{name}[{index}]", f"must be a string of at most"
+                                           f" {MAX_COMMAND_ARG_CHARS} characters, no NUL")
+        try:
+            check_template(arg)
+        except TemplateError as exc:
+            raise fail(f"{name}[{index}]", str(exc)) from None
+        out.append(arg)
+    program = out[0]
+    if not program.strip() or "{" in program or "}" in program:
+        raise fail(f"{name}[0]", "the program must be a fixed, non-empty path (no"
+                                 " placeholders): only its arguments may come from events")
+    return tuple(out)
+
+
+def _check_env(value: Any, name: str) -> dict[str, str]:
+    if not isinstance(value, Mapping):
+        raise fail(name, f"must be a table of NAME = value, got {show(value)}")
+    if len(value) > MAX_ENV:
+        raise fail(name, f"at most {MAX_ENV} variables, got {len(value)}")
+    out: dict[str, str] = {}
+    for key, raw in value.items():
+        var = str(key)
+        if not _ENV_NAME.fullmatch(var):
+            raise fail(name, f"{show(var)} is not a variable name (A-Z a-z 0-9 _, not"
+                             " starting with a digit)")
+        if var.upper().startswith("PALYRA_"):
+            raise fail(name, f"{var}: PALYRA_* variables are set by palyra")
+        # The value is never shown: it may be a credential.
+        if not isinstance(raw, str) or len(raw) > MAX_ENV_VALUE_CHARS or "\x00" in raw:
+            raise fail(name, f"{var}: the value must be a string of at most"
+                             f" {MAX_ENV_VALUE_CHARS} characters, no NUL, or a secret"
+                             " reference (keyring:NAME, db:NAME, env:VAR, file:/absolute/path)")
+        if is_ref(raw):
+            try:
+                parse_secret_ref(raw)
+            except SecretRefError as exc:
+                raise fail(name, f"{var}: {exc}") from None
+        out[var] = raw
+    return out
+
+
+def _check_working_dir(value: Any, name: str) -> str:
+    if (not isinstance(value, str) or not value.startswith("/") or len(value) > 4096
+            or CONTROL_CHARS.search(value)):
+        raise fail(name, f"must be an absolute directory path, got {show(value)}")
+    return value
+
+
+def _check_exit_codes(value: Any, name: str) -> tuple[int, ...]:
+    rule = "must be an array of 1 to 32 exit codes (integers from 0 to 255)"
+    if isinstance(value, (str, bool)) or not isinstance(value, (list, tuple)) or not (
+            1 <= len(value) <= 32):
+        raise fail(name, f"{rule}, got {show(value)}")
+    codes: dict[int, None] = {}
+    for index, code in enumerate(value):
+        codes.setdefault(int_range(0, 255)(code, f"{name}[{index}]"), None)
+    return tuple(codes)
+
+
+def _check_user(value: Any, name: str) -> str:
+    norm = value.strip() if isinstance(value, str) else ""
+    if not _USER_NAME.fullmatch(norm):
+        raise fail(name, f"must be a user name (a-z 0-9 _ . -, at most 32), got {show(value)}")
+    return norm
+
+
 CHECKS: dict[str, Check] = {
     "subscription_id": lambda value, name: normalize_id(value, field=name),
     "url": _check_url,
@@ -365,13 +485,19 @@ CHECKS: dict[str, Check] = {
     "ordered": check_bool,
     "format": _choice(FORMATS),
     "signature_format": _choice(SIGNATURE_FORMATS),
-    "timeout_s": _float_range(MIN_TIMEOUT_S, MAX_TIMEOUT_S),
+    "timeout_s": _check_timeout,  # a url's at most 60 s: see _check_destination
     "retry_schedule": _check_schedule,
     "headers": _check_headers,
     "description": _text(MAX_DESCRIPTION_CHARS),
     "created_at": check_datetime,
     "updated_at": check_datetime,
     "disabled_reason": _text(MAX_DISABLED_REASON_CHARS),
+    "command": _check_command,
+    "env": _check_env,
+    "working_dir": _check_working_dir,
+    "max_concurrent": int_range(1, MAX_CONCURRENT),
+    "success_exit_codes": _check_exit_codes,
+    "run_as": _check_user,
 }
 assert tuple(CHECKS) == FIELDS
 
@@ -379,7 +505,8 @@ assert tuple(CHECKS) == FIELDS
 def validate_subscription_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
     """Normalise and check a dict of subscription fields (from the admin API, from TOML, or
     ``Subscription.to_dict()``); return the normalised dict; raise ``RegistryError`` naming
-    the field. ``subscription_id`` and ``url`` are required; ``None`` counts as absent and
+    the field. ``subscription_id`` and exactly one destination (``url`` or ``command``, with
+    the command's own fields only beside it) are required; ``None`` counts as absent and
     absent keys stay absent (``Subscription(**result)`` fills the defaults).
 
     Normalised: ids and ``owner`` trimmed and lowercased, ``events`` a tuple without
@@ -391,9 +518,57 @@ def validate_subscription_fields(fields: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _validate(fields: Mapping[str, Any], prefix: str) -> dict[str, Any]:
-    out = check_record(fields, prefix, CHECKS, ("subscription_id", "url"))
+    out = check_record(_unset_dropped(fields), prefix, CHECKS, ("subscription_id",))
     check_rotation_pair(out, prefix)
+    _check_destination(out, prefix)
     return out
+
+
+def _unset_dropped(fields: Mapping[str, Any]) -> Mapping[str, Any]:
+    """``fields`` without what ``to_dict`` gives for the destination a subscription does not
+    have (``url = ""``, ``command = []``, the other's fields at their defaults), so that a
+    record's ``to_dict`` validates back to it."""
+    if not isinstance(fields, Mapping):
+        return fields
+    unset: dict[str, Any] = {"url": "", "command": (), "env": {}, "headers": {}}
+    if fields.get("command"):
+        unset["max_in_flight"] = DEFAULT_MAX_IN_FLIGHT
+    else:
+        unset["max_concurrent"] = DEFAULT_MAX_CONCURRENT
+        unset["success_exit_codes"] = (0,)
+    dropped = {}
+    for key, value in fields.items():
+        if key in unset and not isinstance(value, bool):
+            empty = unset[key]
+            if (value == empty or (isinstance(empty, tuple) and isinstance(value, list)
+                                   and tuple(value) == empty)):
+                continue
+        dropped[key] = value
+    return dropped
+
+
+def _check_destination(out: Mapping[str, Any], prefix: str) -> None:
+    """Exactly one destination, and only the fields of the one given."""
+    given = [key for key in DESTINATIONS if key in out]
+    if not given:
+        raise fail(f"{prefix}url", "is required (or command: give exactly one destination)")
+    if len(given) > 1:
+        raise fail(f"{prefix}{given[1]}", f"give exactly one destination, not both"
+                                          f" {' and '.join(given)}")
+    if "command" in out:
+        for key in ("headers", "max_in_flight"):
+            if key in out:
+                hint = " (use max_concurrent)" if key == "max_in_flight" else ""
+                raise fail(f"{prefix}{key}", f"is for a url destination{hint}")
+        return
+    for key in COMMAND_FIELDS[1:]:
+        if key in out:
+            raise fail(f"{prefix}{key}", "is for a command destination")
+    if out.get("timeout_s", DEFAULT_TIMEOUT_S) > MAX_TIMEOUT_S:
+        raise fail(f"{prefix}timeout_s", f"must be a number from {MIN_TIMEOUT_S:g} to"
+                                         f" {MAX_TIMEOUT_S:g} (a command: to"
+                                         f" {MAX_COMMAND_TIMEOUT_S:g}), got"
+                                         f" {show(out['timeout_s'])}")
 
 
 def parse_subscriptions(data: Mapping[str, Any]) -> dict[str, Subscription]:

@@ -25,6 +25,7 @@ import tomlkit
 from aiohttp import web, web_response
 
 from palyra_py import __version__
+from palyra_py.admin.command_guard import refuse_command_edits
 from palyra_py.admin.context import (
     DeliveriesContext,
     EventsContext,
@@ -698,7 +699,8 @@ class Daemon:
         app.add_routes([
             web.get("/v1/registry", self._token_required(show, "admin", can_administer)),
             web.post("/v1/registry/import", self._token_required(
-                body_capped(update, import_limit), "admin", can_administer)),
+                body_capped(refuse_command_edits(update, lambda: self.registry.subscriptions),
+                            import_limit), "admin", can_administer)),
         ])
         metrics = (self._metrics if self.settings.get("metrics", "public")
                    else self._token_required(self._metrics, "metrics", can_scrape))
