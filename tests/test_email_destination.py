@@ -26,6 +26,7 @@ from palyra_py.server.daemon import Daemon
 from palyra_py.settings import SettingsError
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
+from tests.pg import PgServer
 
 # AUTH over plain text on loopback is what security = "none" is for (docs/settings.md).
 pytestmark = pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS")
@@ -308,3 +309,40 @@ async def test_the_cli_adds_an_email_subscription(
         "--url", "https://x.example/", columns=200)
     assert code == 2
     assert "exactly one of --url and --command, or --email" in " ".join((out + err).split())
+
+
+async def test_from_the_registry_file_on_postgresql_retried_under_its_lease(
+    pg_server: PgServer, state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    smtp: tuple[Mailbox, int],
+) -> None:
+    mailbox, port = smtp
+    mailbox.answers.append("421 4.7.0 Try again later")
+    memory_keyring.set_password("palyra", "smtp-password", "s3cret-smtp-pw")
+    (state_dir / "webhooks.toml").write_text(
+        '[[subscriptions]]\nsubscription_id = "pg-mail"\nemail = ["ops@example.com"]\n'
+        'events = ["backup.*"]\nretry_schedule = ["0s", "10s"]\n')
+    pg_server.new_database("mail")
+    database = pg_server.databases[-1]
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              storage__backend="postgres",
+                              storage__dsn=pg_server.dsn(database),
+                              email__host="127.0.0.1", email__port=port,
+                              email__security="none", email__username="palyra",
+                              email__password_ref="keyring:smtp-password",
+                              email__from="palyra@example.com") as daemon, \
+            admin_session(daemon.socket_path) as admin:
+        assert daemon.registry.subscriptions["pg-mail"].email == ("ops@example.com",)
+        await publish(admin, "backup.failed", data={"host": "db1"})
+        await daemon.dispatcher.wait_for_attempts(1)
+        clock.advance(15)
+        daemon.dispatcher.wake()
+        await daemon.dispatcher.wait_for_attempts(2)
+        ((first, second),) = [d["attempts"] for d in await shown(admin)]
+    assert (first["status_code"], first["error_class"]) == (421, "smtp_status")
+    assert (second["status_code"], second["error_class"]) == (250, None)
+    ((_, msg),) = mailbox.messages
+    assert '"host": "db1"' in msg.get_content()
+    # The attempt log is PostgreSQL's.
+    stored = pg_server.psql(database, "SELECT string_agg(response_excerpt, '|' ORDER BY"
+                                      " attempt_no) FROM delivery_attempts")
+    assert stored == "SMTP 421 4.7.0 Try again later|SMTP 250 2.0.0 Ok: queued as 4F2A"
