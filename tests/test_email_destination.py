@@ -304,6 +304,14 @@ async def test_the_cli_adds_an_email_subscription(
     assert sub.events == ("github.*",)
     text = (mailer.state_dir / "webhooks.toml").read_text()
     assert 'email = ["ops@example.com", "dev@example.com"]' in text
+    # subscriptions test: a real message, its SMTP reply shown; exit 0.
+    code, out, err = await palyra(mailer.state_dir, "subscriptions", "test", "ops-mail",
+                                  columns=200)
+    assert code == 0, (out, err)
+    assert "SMTP 250" in out and "HTTP" not in out, out
+    ((envelope, msg),) = smtp[0].messages
+    assert envelope.rcpt_tos == ["ops@example.com", "dev@example.com"]
+    assert msg["Subject"].startswith("[palyra] palyra.test from ")
     code, out, err = await palyra(
         mailer.state_dir, "subscriptions", "add", "both", "--email", "ops@example.com",
         "--url", "https://x.example/", columns=200)

@@ -471,7 +471,7 @@ def rotate_secret(
 
 def delivered(answer: JsonObject) -> bool:
     """The test delivery succeeded: the daemon says so, or its first attempt got a 2xx (a
-    command: exited with one of its success codes)."""
+    command: exited with one of its success codes; an email: the server took it)."""
     delivery = answer.get("delivery") or {}
     if delivery.get("status") == "succeeded":
         return True
@@ -479,7 +479,7 @@ def delivered(answer: JsonObject) -> bool:
     if not isinstance(attempt, dict):
         return False
     code = attempt.get("status_code")
-    if outbound_views.is_command_attempt(attempt):  # a run: its exit code was a success
+    if outbound_views.is_command_attempt(attempt) or outbound_views.is_email_attempt(attempt):
         return isinstance(code, int) and not attempt.get("error_class")
     return isinstance(code, int) and 200 <= code < 300 and not attempt.get("error_class")
 
