@@ -202,6 +202,11 @@ SPECS: tuple[SettingSpec, ...] = (
     SettingSpec("email", "from", str, "", "The From address of every message (required"
                 " with host)"),
     SettingSpec(
+        "email", "ca_file", str, "",
+        "PEM file of the CA certificates to trust for the SMTP server instead of the"
+        " system's (a relay with a private CA)",
+    ),
+    SettingSpec(
         "email", "timeout_s", float, 30.0, "Longest wait for each SMTP reply", minimum=1.0,
     ),
     SettingSpec(

@@ -7,6 +7,8 @@ import email
 import email.policy
 import json
 import socket
+import ssl
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -354,3 +356,58 @@ async def test_from_the_registry_file_on_postgresql_retried_under_its_lease(
     stored = pg_server.psql(database, "SELECT string_agg(response_excerpt, '|' ORDER BY"
                                       " attempt_no) FROM delivery_attempts")
     assert stored == "SMTP 421 4.7.0 Try again later|SMTP 250 2.0.0 Ok: queued as 4F2A"
+
+
+@pytest.fixture
+def tls_smtp(tmp_path: Path) -> Iterator[tuple[Mailbox, int, Path]]:
+    """An SMTP server that requires STARTTLS (a self-signed certificate for 127.0.0.1)
+    before AUTH PLAIN."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout",
+                    str(key), "-out", str(cert), "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"], check=True,
+                   capture_output=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    mailbox = Mailbox()
+    controller = Controller(mailbox, hostname="127.0.0.1", port=free_port(),
+                            authenticator=Authenticator(mailbox, "s3cret-smtp-pw"),
+                            tls_context=context, require_starttls=True,
+                            auth_require_tls=True, auth_required=True)
+    controller.start()
+    try:
+        yield mailbox, controller.port, cert
+    finally:
+        controller.stop()
+
+
+async def test_starttls_then_auth_plain_with_the_servers_ca(
+    state_dir: Path, clock: ManualClock, memory_keyring: MemoryKeyring,
+    tls_smtp: tuple[Mailbox, int, Path],
+) -> None:
+    mailbox, port, cert = tls_smtp
+    memory_keyring.set_password("palyra", "smtp-password", "s3cret-smtp-pw")
+    settings = {"email__host": "127.0.0.1", "email__port": port,
+                "email__security": "starttls", "email__username": "palyra",
+                "email__password_ref": "keyring:smtp-password",
+                "email__from": "palyra@example.com"}
+    # The system's CAs do not know the server's certificate: a tls failure, retried.
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              **settings) as daemon, \
+            admin_session(daemon.socket_path) as admin:
+        await subscribe(admin, "ops-mail", ["ops@example.com"], events=["backup.*"])
+        await publish(admin, "backup.failed", data={"host": "db1"})
+        await daemon.dispatcher.wait_for_attempts(1)
+        ((attempt,),) = [d["attempts"] for d in await shown(admin)]
+        assert attempt["error_class"] == "tls", attempt
+        assert mailbox.messages == [] and mailbox.logins == []
+    # Trusting its CA: STARTTLS, AUTH PLAIN, delivered.
+    async with running_daemon(state_dir, clock=clock, keyring=memory_keyring,
+                              email__ca_file=str(cert), **settings) as daemon, \
+            admin_session(daemon.socket_path) as admin:
+        await publish(admin, "backup.failed", data={"host": "db2"})
+        await daemon.dispatcher.wait_for_attempts(1)
+        ((envelope, msg),) = mailbox.messages
+        assert mailbox.logins == ["palyra"]
+        assert envelope.rcpt_tos == ["ops@example.com"]
+        assert '"host": "db2"' in msg.get_content()

@@ -44,6 +44,7 @@ class EmailSettings:
     password_ref: str
     sender: str
     timeout_s: float
+    ca_file: str = ""
 
     @classmethod
     def from_settings(cls, get: Any) -> EmailSettings | None:
@@ -55,7 +56,7 @@ class EmailSettings:
         port = get("email", "port") or {"tls": 465, "starttls": 587}.get(security, 25)
         return cls(host, port, security, get("email", "username"),
                    get("email", "password_ref"), get("email", "from"),
-                   get("email", "timeout_s"))
+                   get("email", "timeout_s"), get("email", "ca_file"))
 
 
 def _subject(event: PublishedEvent) -> str:
@@ -105,7 +106,7 @@ def _reply(code: int, text: bytes | str) -> str:
 def _send(settings: EmailSettings, password: str | None, msg: EmailMessage,
           to: tuple[str, ...]) -> tuple[int, str]:
     """One SMTP session; the final reply (code, text). Raises smtplib/OS errors."""
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=settings.ca_file or None)
     client: smtplib.SMTP
     if settings.security == "tls":
         client = smtplib.SMTP_SSL(settings.host, settings.port, timeout=settings.timeout_s,
