@@ -180,6 +180,36 @@ SPECS: tuple[SettingSpec, ...] = (
         " secrets (key rotation: palyra secrets reencrypt)",
     ),
     SettingSpec(
+        "email", "host", str, "",
+        "SMTP server of the email destination (empty: subscriptions with email are refused)",
+    ),
+    SettingSpec(
+        "email", "port", int, 0,
+        "SMTP port (0: 587 with starttls, 465 with tls, 25 with none)", minimum=0,
+    ),
+    SettingSpec(
+        "email", "security", str, "starttls",
+        "starttls (upgrade, refused if the server cannot), tls (implicit TLS) or none"
+        " (plain text: only for a relay on loopback or in tests)",
+        choices=("starttls", "tls", "none"),
+    ),
+    SettingSpec("email", "username", str, "", "SMTP AUTH user (empty: no AUTH)"),
+    SettingSpec(
+        "email", "password_ref", str, "",
+        "Secret reference (env:VAR, file:PATH, keyring:NAME or db:NAME) holding the SMTP"
+        " password; never logged",
+    ),
+    SettingSpec("email", "from", str, "", "The From address of every message (required"
+                " with host)"),
+    SettingSpec(
+        "email", "ca_file", str, "",
+        "PEM file of the CA certificates to trust for the SMTP server instead of the"
+        " system's (a relay with a private CA)",
+    ),
+    SettingSpec(
+        "email", "timeout_s", float, 30.0, "Longest wait for each SMTP reply", minimum=1.0,
+    ),
+    SettingSpec(
         "cluster", "node_id", str, "",
         "With backend = postgres: this node's name in the cluster (letters, digits, . _ -);"
         " empty: one generated at the first start and kept in <state-dir>/node_id",
@@ -312,6 +342,7 @@ def load_settings(
     parse_workers(values[("daemon", "workers")].value)
     check_storage(values)
     check_cluster(values)
+    check_email(values)
     return Settings(state_dir=state_dir, values=values)
 
 
@@ -338,6 +369,22 @@ def check_storage(values: Mapping[tuple[str, str], Setting]) -> None:
 
 
 NODE_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+
+
+def check_email(values: Mapping[tuple[str, str], Setting]) -> None:
+    """With ``email.host`` set, ``email.from`` is an address and ``password_ref`` (when
+    given) a secret reference, never a password."""
+    if not values[("email", "host")].value:
+        return
+    sender = values[("email", "from")].value
+    if not re.fullmatch(r"[^@\s<>,]+@[^@\s<>,]+", sender):
+        raise SettingsError(f"email.from (from {_origin(values[('email', 'from')])}): must be"
+                            f" an address such as palyra@example.com, got {sender!r}")
+    ref = values[("email", "password_ref")]
+    if ref.value and not str(ref.value).startswith(("env:", "file:", "keyring:", "db:")):
+        raise SettingsError(f"email.password_ref (from {_origin(ref)}): must be a secret"
+                            " reference (env:VAR, file:PATH, keyring:NAME, db:NAME), not the"
+                            " password itself")
 
 
 def node_id_problem(node_id: str) -> str | None:

@@ -51,7 +51,7 @@ it looks for the first attempt in the shared store."""
 EDITABLE = (
     "url", "events", "filter", "enabled", "owner", "rate_limit_per_s", "max_in_flight",
     "ordered", "format", "signature_format", "timeout_s", "retry_schedule", "headers",
-    "description", *COMMAND_FIELDS,
+    "description", *COMMAND_FIELDS, "email",
 )
 
 
@@ -228,6 +228,11 @@ class SubscriptionsApi:
             if value.startswith(own):
                 await delete_ref(self.ctx.secrets, value)
 
+    def _check_email_configured(self, fields: Mapping[str, Any]) -> None:
+        if fields.get("email") and not self.ctx.settings.get("email", "host"):
+            raise invalid("email: this daemon has no SMTP server: set [email] host and from"
+                          " in palyra.toml (docs/settings.md) first", field="email")
+
     def _check_https_only(self, url: str) -> None:
         # A reference is checked once resolved, at send time.
         if self.ctx.settings.get("delivery", "https_only") and not is_url_ref(url):
@@ -252,6 +257,7 @@ class SubscriptionsApi:
         refuse_fields(set(body) - set(fields) - {"secret", "url_in_keyring"},
                       "unknown field(s)")
         fields = validated(validate_subscription_fields, fields)
+        self._check_email_configured(fields)
         url = fields.get("url", "")
         if url:
             self._check_https_only(url)
@@ -301,8 +307,10 @@ class SubscriptionsApi:
             raise
         # Any token may read the journal: a reference, or the URL's origin only.
         # A command's arguments may say more than its program: only the program.
-        where = ({"url": journal_url(fields["url"])} if "url" in fields
-                 else {"command": fields["command"][0]})
+        where: dict[str, Any] = (
+            {"url": journal_url(fields["url"])} if "url" in fields
+            else {"email": list(fields["email"])} if "email" in fields
+            else {"command": fields["command"][0]})
         await self._journal("subscription.created", subscription_id,
                             {**where, "events": list(fields.get("events", ()))})
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
@@ -322,6 +330,8 @@ class SubscriptionsApi:
         normalised = validated(validate_subscription_fields, check)
         changes = {k: (None if body[k] is None else normalised.get(k)) for k in body
                    if k != "url_in_keyring"}
+        if changes.get("email"):
+            self._check_email_configured(normalised)
         if changes.get("url"):
             self._check_https_only(normalised["url"])
         # A URL given, or one already there that the new format (or url_in_keyring) wants

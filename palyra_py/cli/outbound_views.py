@@ -141,11 +141,12 @@ def attempt_result(attempt: Mapping[str, Any]) -> str:
     code, error = attempt.get("status_code"), attempt.get("error_class")
     if code is None:
         return output.text(error)
-    text = f"{'exit' if is_command_attempt(attempt) else 'HTTP'} {output.text(code)}"
-    if error and error != "http_status":
+    kind = ("exit" if is_command_attempt(attempt) else "SMTP" if is_email_attempt(attempt)
+            else "HTTP")
+    text = f"{kind} {output.text(code)}"
+    if error and error not in ("http_status", "smtp_status"):
         text += f" ({output.text(error)})"
-    ok = not error and (is_command_attempt(attempt) or (isinstance(code, int)
-                                                         and 200 <= code < 300))
+    ok = not error and (kind != "HTTP" or (isinstance(code, int) and 200 <= code < 300))
     return f"[green]{text}[/]" if ok else f"[red]{text}[/]"
 
 
@@ -159,6 +160,14 @@ def is_command_attempt(attempt: Mapping[str, Any]) -> bool:
     error = attempt.get("error_class")
     return (isinstance(excerpt, str) and excerpt.startswith(COMMAND_OUTPUT_MARK)) or (
         isinstance(error, str) and error.startswith("command_"))
+
+
+def is_email_attempt(attempt: Mapping[str, Any]) -> bool:
+    """An attempt of an email destination: its excerpt is the SMTP server's reply."""
+    excerpt = attempt.get("response_excerpt")
+    error = attempt.get("error_class")
+    return (isinstance(excerpt, str) and excerpt.startswith("SMTP ")) or (
+        isinstance(error, str) and error in ("smtp_status", "email_unavailable"))
 
 
 # --- subscriptions --------------------------------------------------------------------
@@ -195,7 +204,8 @@ def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:
     rows = (
         (
             output.text(sub.get("subscription_id")),
-            output.text(sub.get("url") or command_text(sub.get("command"))),
+            output.text(sub.get("url") or command_text(sub.get("command"))
+                        or ", ".join(sub.get("email") or ())),
             output.text(sub.get("enabled")),
             output.text(sub.get("events")) if sub.get("events") else "all",
             output.text(sub.get("format")),
@@ -205,7 +215,7 @@ def subscriptions_table(subs: Sequence[Mapping[str, Any]]) -> Table:
         for sub in subs
     )
     return output.table(
-        ("id", "url / command", "enabled", "events", "format", "pending", "health"),
+        ("id", "url / command / email", "enabled", "events", "format", "pending", "health"),
         rows,
         no_wrap=("id",),
     )
@@ -224,8 +234,11 @@ def _other_destination(sub: Mapping[str, Any], name: str) -> bool:
     command_fields = ("command", "env", "working_dir", "max_concurrent",
                       "success_exit_codes", "run_as")
     if sub.get("command"):
-        return name in ("url", "headers", "max_in_flight", "format", "signature_format")
-    return name in command_fields
+        return name in ("url", "headers", "max_in_flight", "format", "signature_format",
+                        "email")
+    if sub.get("email"):
+        return name in ("url", "headers", "format", "signature_format", *command_fields)
+    return name in (*command_fields, "email")
 
 
 def subscription_details(sub: Mapping[str, Any]) -> Panel:

@@ -80,7 +80,7 @@ def add(
         str | None,
         typer.Option("--url", metavar="URL",
                      help="http(s) endpoint to POST to, or a reference the daemon resolves: "
-                     "keyring:NAME, env:VAR, file:/path. Give --url or --command.",
+                     "keyring:NAME, env:VAR, file:/path. Give --url, --command or --email.",
                      show_default=False),
     ] = None,
     command: Annotated[
@@ -89,6 +89,12 @@ def add(
                      help="Run this program for each event instead of POSTing (never through "
                      "a shell); the event's JSON is on its standard input.",
                      show_default=False),
+    ] = None,
+    email: Annotated[
+        list[str] | None,
+        typer.Option("--email", metavar="ADDRESS",
+                     help="Mail each event to this address instead (repeatable, at most 20);"
+                     " SMTP is set in [email] of palyra.toml.", show_default=False),
     ] = None,
     args: Annotated[
         list[str] | None,
@@ -215,14 +221,15 @@ def add(
     state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Subscribe an HTTP endpoint, or a local command, to published events.
+    """Subscribe an HTTP endpoint, a local command or email addresses to events.
 
     Each delivery is a POST signed the Standard Webhooks way with the
     subscription's secret: generated unless --secret-stdin or --secret-ref
     is given, and then printed once with how the receiver verifies it.
     With --command each delivery is a run of the program instead (its
-    arguments from --arg, never a shell). Failed deliveries and runs are
-    retried on the schedule.
+    arguments from --arg, never a shell); with --email each delivery is a
+    plain-text message over the SMTP server of [email] in palyra.toml.
+    Failed deliveries, runs and messages are retried on the schedule.
 
     Examples:
 
@@ -232,13 +239,14 @@ def add(
     $ palyra subscriptions add ops --url env:OPS_HOOK_URL
     $ palyra subscriptions add ci-deploy --command /usr/local/bin/deploy
       --arg '{data.ref}' --events github.push --filter data.ref=refs/heads/main
+    $ palyra subscriptions add ops-mail --email ops@example.com -e 'github.*'
 
     A Slack or Discord URL, or one with a token in its query, is kept in the
     keyring (the registry holds keyring:subscription-url:ID), and so is a
     credential header value (keyring:subscription-header:ID:NAME).
     """
     destination = destination_fields(url, command, args, env, working_dir, max_concurrent,
-                                     success_exit_codes, run_as)
+                                     success_exit_codes, run_as, email)
     secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
     fields: JsonObject = {"subscription_id": subscription_id, **destination, "secret": secret}
     optional: dict[str, Any] = {
@@ -265,14 +273,15 @@ def add(
         return
     sub = answer.get("subscription") or {}
     state = "enabled" if sub.get("enabled", True) else "disabled"
-    target = sub.get("url") or " ".join(sub.get("command") or ()) or url or command
+    target = (sub.get("url") or " ".join(sub.get("command") or ())
+              or ", ".join(sub.get("email") or ()) or url or command)
     output.success(
         f"Added subscription {sub.get('subscription_id', subscription_id)} "
         f"-> {target} ({state})."
     )
     console = output.console()
     new_secret = answer.get("secret")
-    if isinstance(new_secret, str) and new_secret and not command:
+    if isinstance(new_secret, str) and new_secret and not command and not email:
         console.print(outbound_views.secret_panel(
             new_secret, str(sub.get("subscription_id", subscription_id)),
             sub.get("signature_format"),
@@ -283,19 +292,20 @@ def add(
 def destination_fields(url: str | None, command: str | None, args: list[str] | None,
                        env: list[str] | None, working_dir: str | None,
                        max_concurrent: int | None, success_exit_codes: list[int] | None,
-                       run_as: str | None) -> JsonObject:
-    """The destination's API fields: exactly one of ``--url`` and ``--command``, and the
-    command's options only with ``--command`` (usage errors, exit code 2)."""
+                       run_as: str | None, email: list[str] | None = None) -> JsonObject:
+    """The destination's API fields: exactly one of ``--url``, ``--command`` and
+    ``--email``, and the command's options only with ``--command`` (usage errors, exit
+    code 2)."""
     command_options = {"--arg": args, "--env": env, "--working-dir": working_dir,
                        "--max-concurrent": max_concurrent,
                        "--success-exit-code": success_exit_codes, "--run-as": run_as}
-    if (url is None) == (command is None):
-        usage_error("give exactly one of --url and --command", param="--url")
-    if url is not None:
+    if sum(given is not None for given in (url, command, email)) != 1:
+        usage_error("give exactly one of --url and --command, or --email", param="--url")
+    if command is None:
         for flag, value in command_options.items():
             if value:
                 usage_error(f"{flag} is for --command", param=flag)
-        return {"url": url}
+        return {"url": url} if url is not None else {"email": email}
     assert command is not None
     fields: JsonObject = {"command": [command, *(args or ())]}
     optional: dict[str, Any] = {
@@ -461,7 +471,7 @@ def rotate_secret(
 
 def delivered(answer: JsonObject) -> bool:
     """The test delivery succeeded: the daemon says so, or its first attempt got a 2xx (a
-    command: exited with one of its success codes)."""
+    command: exited with one of its success codes; an email: the server took it)."""
     delivery = answer.get("delivery") or {}
     if delivery.get("status") == "succeeded":
         return True
@@ -469,7 +479,7 @@ def delivered(answer: JsonObject) -> bool:
     if not isinstance(attempt, dict):
         return False
     code = attempt.get("status_code")
-    if outbound_views.is_command_attempt(attempt):  # a run: its exit code was a success
+    if outbound_views.is_command_attempt(attempt) or outbound_views.is_email_attempt(attempt):
         return isinstance(code, int) and not attempt.get("error_class")
     return isinstance(code, int) and 200 <= code < 300 and not attempt.get("error_class")
 

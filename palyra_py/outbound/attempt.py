@@ -16,6 +16,7 @@ from palyra_py.delivery.backend import DeliveryQueue
 from palyra_py.delivery.records import AttemptRecord, Delivery, DeliveryStatus
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.destinations import Destinations
+from palyra_py.outbound.email import EmailSettings
 from palyra_py.outbound.formats import PreparedEvent
 from palyra_py.outbound.http import AttemptOutcome, Sender
 from palyra_py.outbound.retry import next_attempt_delay, parse_retry_after
@@ -79,10 +80,11 @@ class AttemptRunner:
         disable_after_ms: int,
         event: EventLookup,
         https_only: bool = False,
+        email: EmailSettings | None = None,
     ) -> None:
         self._store = store
         self._destinations = Destinations(sender=sender, secrets=secrets, event=event,
-                                          https_only=https_only)
+                                          https_only=https_only, email=email, clock=clock)
         self._journal_event = journal_event
         self._disable = disable_subscription
         self._clock = clock

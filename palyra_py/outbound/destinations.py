@@ -17,6 +17,7 @@ from typing import Protocol
 
 from palyra_py.delivery.records import Delivery
 from palyra_py.outbound.command import CommandRun, clean_environment, run_command
+from palyra_py.outbound.email import EmailSettings, build_message, send_message
 from palyra_py.outbound.formats import PreparedEvent
 from palyra_py.outbound.http import AttemptOutcome, Sender
 from palyra_py.outbound.placeholders import TemplateError, render_argv
@@ -25,7 +26,8 @@ from palyra_py.registry.subscriptions import Subscription, is_ref
 from palyra_py.secrets.refs import SecretRefError
 from palyra_py.secrets.store import SecretNotFound, SecretStore
 
-__all__ = ["CommandDestination", "Destination", "Destinations", "HttpDestination"]
+__all__ = ["CommandDestination", "Destination", "Destinations", "EmailDestination",
+           "HttpDestination"]
 
 EventLookup = Callable[[int], Awaitable[PreparedEvent | None]]
 
@@ -140,15 +142,52 @@ class CommandDestination:
         return await run_command(run)
 
 
+class EmailDestination:
+    """``email``: one message per event over SMTP (``outbound.email``, ``[email]``)."""
+
+    def __init__(self, settings: EmailSettings | None, secrets: SecretStore,
+                 event: EventLookup, clock: Callable[[], float]) -> None:
+        self._settings = settings
+        self._secrets = secrets
+        self._event = event
+        self._clock = clock
+
+    async def attempt(self, delivery: Delivery, prepared: PreparedEvent | None,
+                      state: SubState, now: float) -> AttemptOutcome:
+        settings = self._settings
+        if settings is None:
+            return _failed("email_unavailable", "[email] host is not set in palyra.toml")
+        password = None
+        if settings.username and settings.password_ref:
+            try:  # the store caches it; the value is never logged
+                password = (await asyncio.to_thread(self._secrets.resolve,
+                                                    settings.password_ref)).strip()
+            except (SecretNotFound, SecretRefError) as exc:
+                return _failed("email_unavailable",
+                               f"[email] password_ref unavailable: {exc}")
+        if prepared is None:
+            prepared = await self._event(delivery.event_seq)
+        if prepared is None:
+            return _failed("email_unavailable", "event no longer in the journal")
+        sub = state.subscription
+        msg = build_message(prepared.event, sub.subscription_id, settings.sender, sub.email,
+                            now)
+        return await send_message(settings, password, msg, sub.email)
+
+
 class Destinations:
     """The destination of each kind, built once per dispatcher."""
 
     def __init__(self, *, sender: Sender, secrets: SecretStore, event: EventLookup,
-                 https_only: bool) -> None:
+                 https_only: bool, email: EmailSettings | None = None,
+                 clock: Callable[[], float] | None = None) -> None:
         self.http = HttpDestination(sender, secrets, event, https_only)
         self.command = CommandDestination(secrets, event)
+        self.email = EmailDestination(email, secrets, event, clock or (lambda: 0.0))
 
     def of(self, sub: Subscription) -> Destination:
+        if sub.email:
+            return self.email
         if sub.command:
             return self.command
         return self.http

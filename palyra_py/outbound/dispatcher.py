@@ -54,6 +54,7 @@ from palyra_py.outbound.attempt import (
     SubState,
 )
 from palyra_py.outbound.due import ReadyEntry, ReadyQueues
+from palyra_py.outbound.email import EmailSettings
 from palyra_py.outbound.fair import FairShare
 from palyra_py.outbound.formats import PreparedEvent
 from palyra_py.outbound.http import Sender
@@ -109,6 +110,7 @@ class Dispatcher:
         disable_after_s: float = 5 * 86400,
         max_in_flight_total: int = 256,
         https_only: bool = False,
+        email: EmailSettings | None = None,
         leased: bool = False,
         peers: Callable[[str], None] | None = None,
     ) -> None:
@@ -133,7 +135,7 @@ class Dispatcher:
             disable_subscription=disable_subscription, clock=clock, metrics=metrics,
             rand=rand or random.Random(),  # noqa: S311 (jitter, not cryptography)
             disable_after_ms=int(disable_after_s * 1000), event=self._events.get,
-            https_only=https_only,
+            https_only=https_only, email=email,
         )
         self.stats = self._runner.stats
         self._wake = asyncio.Event()

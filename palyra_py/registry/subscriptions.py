@@ -69,7 +69,9 @@ COMMAND_FIELDS = ("command", "env", "working_dir", "max_concurrent", "success_ex
                   "run_as")
 """The fields of the command destination; set only through the registry's owner (the CLI
 on the admin socket, or the file), never with a token (docs/outbound.md)."""
-DESTINATIONS = ("url", "command")
+DESTINATIONS = ("url", "command", "email")
+MAX_EMAIL_RECIPIENTS = 20
+MAX_EMAIL_CHARS = 254
 MAX_SUBSCRIPTIONS = 1024
 MAX_IN_FLIGHT = 100
 MIN_TIMEOUT_S = 1.0
@@ -121,10 +123,14 @@ class Subscription:
     max_concurrent: int = DEFAULT_MAX_CONCURRENT
     success_exit_codes: tuple[int, ...] = (0,)
     run_as: str | None = None
+    # The email destination (outbound.email): its recipients; ``()`` for another one.
+    email: tuple[str, ...] = ()
 
     @property
-    def destination(self) -> Literal["url", "command"]:
+    def destination(self) -> Literal["url", "command", "email"]:
         """Which destination the subscription has (exactly one of them is set)."""
+        if self.email:
+            return "email"
         return "command" if self.command else "url"
 
     @property
@@ -463,6 +469,29 @@ def _check_exit_codes(value: Any, name: str) -> tuple[int, ...]:
     return tuple(codes)
 
 
+_ADDRESS = re.compile(r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]{1,64}@"
+                      r"(?=.{1,253}$)[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+                      r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*")
+
+
+def _check_email(value: Any, name: str) -> tuple[str, ...]:
+    rule = (f"must be an array of 1 to {MAX_EMAIL_RECIPIENTS} addresses such as"
+            ' ["ops@example.com"] (local@domain, no display names)')
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, (list, tuple)) or not 1 <= len(value) <= MAX_EMAIL_RECIPIENTS:
+        raise fail(name, f"{rule}, got {show(value)}")
+    out: dict[str, None] = {}
+    for index, entry in enumerate(value):
+        norm = entry.strip() if isinstance(entry, str) else ""
+        if len(norm) > MAX_EMAIL_CHARS or not _ADDRESS.fullmatch(norm):
+            raise fail(f"{name}[{index}]", f"is not an email address (local@domain, at most"
+                                           f" {MAX_EMAIL_CHARS} characters), got"
+                                           f" {show(entry)}")
+        out.setdefault(norm, None)
+    return tuple(out)
+
+
 def _check_user(value: Any, name: str) -> str:
     norm = value.strip() if isinstance(value, str) else ""
     if not _USER_NAME.fullmatch(norm):
@@ -498,6 +527,7 @@ CHECKS: dict[str, Check] = {
     "max_concurrent": int_range(1, MAX_CONCURRENT),
     "success_exit_codes": _check_exit_codes,
     "run_as": _check_user,
+    "email": _check_email,
 }
 assert tuple(CHECKS) == FIELDS
 
@@ -530,7 +560,8 @@ def _unset_dropped(fields: Mapping[str, Any]) -> Mapping[str, Any]:
     record's ``to_dict`` validates back to it."""
     if not isinstance(fields, Mapping):
         return fields
-    unset: dict[str, Any] = {"url": "", "command": (), "env": {}, "headers": {}}
+    unset: dict[str, Any] = {"url": "", "command": (), "env": {}, "headers": {},
+                             "email": ()}
     if fields.get("command"):
         unset["max_in_flight"] = DEFAULT_MAX_IN_FLIGHT
     else:
@@ -551,10 +582,11 @@ def _check_destination(out: Mapping[str, Any], prefix: str) -> None:
     """Exactly one destination, and only the fields of the one given."""
     given = [key for key in DESTINATIONS if key in out]
     if not given:
-        raise fail(f"{prefix}url", "is required (or command: give exactly one destination)")
+        raise fail(f"{prefix}url", "is required (or command, or email: give exactly one"
+                                   " destination)")
     if len(given) > 1:
-        raise fail(f"{prefix}{given[1]}", f"give exactly one destination, not both"
-                                          f" {' and '.join(given)}")
+        raise fail(f"{prefix}{given[1]}", f"give exactly one destination (url, command or"
+                                          f" email), not {' and '.join(given)}")
     if "command" in out:
         for key in ("headers", "max_in_flight"):
             if key in out:
@@ -564,6 +596,10 @@ def _check_destination(out: Mapping[str, Any], prefix: str) -> None:
     for key in COMMAND_FIELDS[1:]:
         if key in out:
             raise fail(f"{prefix}{key}", "is for a command destination")
+    if "email" in out:
+        for key in ("headers", "format", "signature_format"):
+            if (key == "headers" and key in out) or out.get(key, "standard") != "standard":
+                raise fail(f"{prefix}{key}", "is for a url destination")
     if out.get("timeout_s", DEFAULT_TIMEOUT_S) > MAX_TIMEOUT_S:
         raise fail(f"{prefix}timeout_s", f"must be a number from {MIN_TIMEOUT_S:g} to"
                                          f" {MAX_TIMEOUT_S:g} (a command: to"

@@ -59,6 +59,7 @@ from palyra_py.journal.journal import (
 from palyra_py.journal.sqlite_journal import SqliteJournal
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.dispatcher import Dispatcher
+from palyra_py.outbound.email import EmailSettings
 from palyra_py.outbound.http import Sender
 from palyra_py.outbound.ssrf import AddressPolicy
 from palyra_py.paths import JOURNAL_FILE, REGISTRY_FILE, resolve_state_dir, socket_path
@@ -894,6 +895,7 @@ class Daemon:
             disable_after_s=self.settings.get("delivery", "disable_after_s"),
             max_in_flight_total=self.settings.get("delivery", "max_in_flight_total"),
             https_only=self.settings.get("delivery", "https_only"),
+            email=EmailSettings.from_settings(self.settings.get),
             leased=cluster_mode, peers=self._notices,
         )
         self._tasks.append(asyncio.create_task(self._dispatcher.run()))
