@@ -7,8 +7,17 @@ from __future__ import annotations
 
 import asyncpg
 
-from palyra_py.delivery.postgres_store import session_settings_for
-from palyra_py.storage.postgres import DRIVER_ERRORS, describe_pg_error, is_connection_lost
+from palyra_py.delivery.postgres_store import SESSION_SETTINGS
+from palyra_py.storage.postgres import (
+    DRIVER_ERRORS,
+    describe_pg_error,
+    is_connection_lost,
+    settings_unless_in_uri,
+)
+
+
+def session_settings_for(dsn: str) -> dict[str, str]:
+    return settings_unless_in_uri(dsn, SESSION_SETTINGS)
 
 
 def test_every_session_plans_for_its_own_values() -> None:

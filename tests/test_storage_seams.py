@@ -56,7 +56,7 @@ def _imported(tree: ast.Module) -> set[str]:
 def _is_engine_module(name: str, engine: str = "sqlite") -> bool:
     """An engine module of a store: ``<store>/sqlite*.py`` (``<store>/postgres*.py``)."""
     folder, _, file = name.rpartition("/")
-    stores = (("journal", "delivery", "bus", "secrets", "registry", "cluster")
+    stores = (("journal", "delivery", "bus", "secrets", "registry", "cluster", "storage")
               if engine == "postgres"
               else ("journal", "delivery"))
     return folder in stores and file.startswith(engine)

@@ -16,8 +16,8 @@ exists, and the dispatcher reads the queue back from the store). The next write 
 again, so the store recovers by itself once the server is back: nothing is ever
 "unavailable until a restart", and there is no file to check. While the server is lost
 (a write or read found it unreachable), ``down_reason`` says so and the writer tries it
-every ``PROBE_INTERVAL_S``, so that readiness comes back without waiting for a write; the
-loss and the recovery are logged once each.
+every ``storage.postgres_writer.PROBE_INTERVAL_S``, so that readiness comes back without waiting
+for a write; the loss and the recovery are logged once each.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import logging
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
-from urllib.parse import parse_qsl, urlsplit
 
 import asyncpg
 
@@ -52,14 +51,20 @@ from palyra_py.delivery.records import (
 )
 from palyra_py.ids import UlidSource
 from palyra_py.storage.postgres import (
-    COMMAND_TIMEOUT_S,
     CONNECT_TIMEOUT_S,
     DRIVER_ERRORS,
     connect,
     describe_pg_error,
     is_connection_lost,
     migrate,
-    session_settings,
+    settings_unless_in_uri,
+)
+from palyra_py.storage.postgres_writer import (
+    close_connections,
+    drain_batch,
+    next_job,
+    open_read_pool,
+    resolve_dsn,
 )
 
 __all__ = ["PostgresDeliveries"]
@@ -67,10 +72,7 @@ __all__ = ["PostgresDeliveries"]
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _PRUNE_CHUNK = 2000
-_READERS_MAX = 4
 DEFAULT_MAX_PENDING = 10_000
-PROBE_INTERVAL_S = 1.0
-"""While the server is unreachable, how often the idle writer tries it again."""
 SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 """On every connection of the store, unless the URI sets it (``?plan_cache_mode=auto``).
 Every statement is planned for its own values: after five runs of a prepared statement
@@ -86,14 +88,6 @@ class _Job:
 
     run: Callable[[DeliveryPgSql], Awaitable[Any]]
     settle: Callable[[Any], None]
-
-
-def session_settings_for(dsn: str) -> dict[str, str]:
-    """``SESSION_SETTINGS`` less what the URI's own query sets (the URI wins)."""
-    with contextlib.suppress(ValueError):
-        given = {key for key, _ in parse_qsl(urlsplit(dsn).query)}
-        return {k: v for k, v in SESSION_SETTINGS.items() if k not in given}
-    return dict(SESSION_SETTINGS)
 
 
 def _settle_future(future: asyncio.Future[Any]) -> Callable[[Any], None]:
@@ -192,20 +186,13 @@ class PostgresDeliveries:
             raise DeliveryStoreUnavailable("delivery store is closed")
         if self._started:
             return
-        if not isinstance(self._dsn_source, str):
-            try:
-                self._dsn = self._dsn_source()
-            except Exception as exc:
-                raise DeliveryStoreUnavailable(f"delivery store start failed: {exc}") from None
-        self._settings = session_settings_for(self._dsn)
+        self._dsn = resolve_dsn(self._dsn_source, DeliveryStoreUnavailable, _WHAT)
+        self._settings = settings_unless_in_uri(self._dsn, SESSION_SETTINGS)
         try:
             self._writer = await self._connect()
             await migrate(self._writer, STORE, MIGRATIONS)
-            self._readers = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=_READERS_MAX, timeout=self._connect_timeout_s,
-                command_timeout=COMMAND_TIMEOUT_S,
-                server_settings=session_settings(self._settings),
-            )
+            self._readers = await open_read_pool(
+                self._dsn, timeout_s=self._connect_timeout_s, settings=self._settings)
         except DRIVER_ERRORS as exc:
             await self._release()
             raise DeliveryStoreUnavailable(describe_pg_error(exc, _WHAT, "start")) from exc
@@ -233,13 +220,7 @@ class PostgresDeliveries:
     async def _release(self) -> None:
         writer, readers = self._writer, self._readers
         self._writer = self._readers = None
-        if writer is not None:
-            with contextlib.suppress(*DRIVER_ERRORS):
-                await writer.close(timeout=2)
-        if readers is not None:
-            with contextlib.suppress(*DRIVER_ERRORS):
-                await asyncio.wait_for(readers.close(), 2)
-            readers.terminate()
+        await close_connections(writer, readers)
 
     # -- the writer --------------------------------------------------------------------
 
@@ -259,16 +240,6 @@ class PostgresDeliveries:
         finally:
             self._pending -= 1
 
-    async def _next_job(self) -> _Job | None:
-        """The next job; while the server is down, try it every ``PROBE_INTERVAL_S``
-        meanwhile."""
-        while self._down is not None:
-            try:
-                return await asyncio.wait_for(self._queue.get(), PROBE_INTERVAL_S)
-            except TimeoutError:
-                await self._probe()
-        return await self._queue.get()
-
     async def _probe(self) -> None:
         try:
             conn = await self._connection()
@@ -285,16 +256,11 @@ class PostgresDeliveries:
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = await self._next_job()
+            job = await next_job(self._queue, down=lambda: self._down is not None,
+                                 probe=self._probe)
             if job is None:
                 break
-            batch = [job]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
+            batch, stopping = drain_batch(self._queue, job, self._batch_max)
             try:
                 await self._run_batch(batch)
             except Exception:  # never let the writer die: fail this batch only

@@ -45,8 +45,14 @@ from palyra_py.storage.postgres import (
     describe_pg_error,
     is_connection_lost,
     migrate,
-    session_settings,
     settings_unless_in_uri,
+)
+from palyra_py.storage.postgres_writer import (
+    close_connections,
+    drain_batch,
+    next_job,
+    open_read_pool,
+    resolve_dsn,
 )
 
 __all__ = ["PostgresJournal"]
@@ -54,11 +60,7 @@ __all__ = ["PostgresJournal"]
 _log = logging.getLogger(__name__)
 _T = TypeVar("_T")
 _SIZE_EVERY_COMMITS = 256
-PROBE_INTERVAL_S = 1.0
-"""While the server is unreachable, how often the idle writer tries it again (so that
-readiness comes back without waiting for an append)."""
 _WRITE_ERRORS: tuple[type[BaseException], ...] = (*DRIVER_ERRORS, RuntimeError)
-_READERS_MAX = 4
 SESSION_SETTINGS = {"plan_cache_mode": "force_custom_plan"}
 """On every connection of the journal, unless the URI sets it. After five runs of a
 prepared statement PostgreSQL may keep a generic plan, made without the values: for the
@@ -173,20 +175,15 @@ class PostgresJournal:
             raise JournalUnavailable("journal is closed")
         if self._started:
             return
-        if not isinstance(self._dsn_source, str):
-            try:
-                self._dsn = self._dsn_source()
-            except Exception as exc:
-                raise JournalUnavailable(f"journal start failed: {exc}") from None
+        self._dsn = resolve_dsn(self._dsn_source, JournalUnavailable, "journal")
         try:
             self._settings = settings_unless_in_uri(self._dsn, SESSION_SETTINGS)
             self._writer = await self._connect_writer()
             await migrate(self._writer, STORE, MIGRATIONS)
             self._size = await JournalSql(self._writer).size_bytes()
-            self._readers = await asyncpg.create_pool(
-                self._dsn, min_size=1, max_size=_READERS_MAX, timeout=self._connect_timeout_s,
-                command_timeout=30, server_settings=session_settings(self._settings),
-            )
+            self._readers = await open_read_pool(
+                self._dsn, timeout_s=self._connect_timeout_s, settings=self._settings,
+                command_timeout_s=30)
         except DRIVER_ERRORS as exc:
             await self._release()
             raise JournalUnavailable(describe_pg_error(exc, "journal", "start")) from exc
@@ -215,13 +212,7 @@ class PostgresJournal:
     async def _release(self) -> None:
         writer, readers = self._writer, self._readers
         self._writer = self._readers = None
-        if writer is not None:
-            with contextlib.suppress(*DRIVER_ERRORS):
-                await writer.close(timeout=2)
-        if readers is not None:
-            with contextlib.suppress(*DRIVER_ERRORS):
-                await asyncio.wait_for(readers.close(), 2)
-            readers.terminate()
+        await close_connections(writer, readers)
 
     # -- appends -----------------------------------------------------------------------
 
@@ -247,16 +238,6 @@ class PostgresJournal:
         self._queue.put_nowait(_Retention(max_age_s, max_bytes, future))
         return await future
 
-    async def _next_job(self) -> _Job | None:
-        """The next job; while the server is down, try it every ``PROBE_INTERVAL_S``
-        meanwhile."""
-        while self._down is not None:
-            try:
-                return await asyncio.wait_for(self._queue.get(), PROBE_INTERVAL_S)
-            except TimeoutError:
-                await self._probe()
-        return await self._queue.get()
-
     async def _probe(self) -> None:
         try:
             conn = await self._connection()
@@ -280,16 +261,12 @@ class PostgresJournal:
     async def _run(self) -> None:
         stopping = False
         while not stopping:
-            job = await self._next_job()
+            job: _Job | None = await next_job(
+                self._queue, down=lambda: self._down is not None, probe=self._probe)
             if job is None:
                 break
-            batch: list[_Job] = [job]
-            while len(batch) < self._batch_max and not self._queue.empty():
-                more = self._queue.get_nowait()
-                if more is None:
-                    stopping = True
-                    break
-                batch.append(more)
+            batch: list[_Job]
+            batch, stopping = drain_batch(self._queue, job, self._batch_max)
             appends: list[_Append] = []
             for item in batch:
                 if isinstance(item, _Append):
