@@ -3,44 +3,24 @@ file is opened query-only and never written; each call runs in a thread."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from palyra_py.delivery.records import AttemptRow, DeliveryRow, Health
 from palyra_py.delivery.transfer import SubscriptionState
-from palyra_py.storage.copying import CopyFailed
-from palyra_py.storage.sqlite import describe_sqlite_error, open_database, scalar
+from palyra_py.storage.sqlite import QueryOnlyFile, scalar
 
 __all__ = ["DeliveryExport"]
 
 _D_COLS = ", ".join(DeliveryRow._fields)
 _A_COLS = ", ".join(AttemptRow._fields)
-_T = TypeVar("_T")
 
 
-class DeliveryExport:
+class DeliveryExport(QueryOnlyFile):
     """The ``DeliverySource`` of a copy, over one query-only connection."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-
-    def _open(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = open_database(self.path, busy_timeout_ms=5000, create=False,
-                                       label="delivery store")
-        return self._conn
-
-    async def _call(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        def run() -> _T:
-            return fn(self._open())
-        try:
-            return await asyncio.to_thread(run)
-        except sqlite3.Error as exc:
-            raise CopyFailed(describe_sqlite_error(exc, "deliveries.db", action)) from None
+        super().__init__(path, label="delivery store", file_name="deliveries.db")
 
     async def count(self) -> int:
         return await self._call("read", lambda conn: int(scalar(conn.execute(
@@ -71,15 +51,3 @@ class DeliveryExport:
             return [SubscriptionState(sub, cursors.get(sub), health.get(sub))
                     for sub in sorted(cursors.keys() | health.keys())]
         return await self._call("read", read)
-
-    async def schema_version(self) -> int | None:
-        """The file's schema version (``None`` when there is no file)."""
-        if not self.path.exists():
-            return None
-        return await self._call("read", lambda conn: int(scalar(
-            conn.execute("PRAGMA user_version"))))
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None

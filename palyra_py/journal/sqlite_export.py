@@ -4,45 +4,25 @@ written; each call runs in a thread, off the event loop."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
-from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
 
 from palyra_py.journal.backend import ChainHead, EventRow
 from palyra_py.journal.chain import EVENT_COLUMNS, ZERO_HASH
 from palyra_py.journal.sqlite_chain import read_checkpoint
 from palyra_py.journal.transfer import ReplayKeyRow
-from palyra_py.storage.copying import CopyFailed
-from palyra_py.storage.sqlite import describe_sqlite_error, open_database, optional_int, scalar
+from palyra_py.storage.sqlite import QueryOnlyFile, scalar
 
 __all__ = ["JournalExport"]
 
 _COLS = ", ".join(EVENT_COLUMNS)
-_T = TypeVar("_T")
 
 
-class JournalExport:
+class JournalExport(QueryOnlyFile):
     """The ``JournalSource`` of a copy, over one query-only connection."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self._conn: sqlite3.Connection | None = None
-
-    def _open(self) -> sqlite3.Connection:
-        if self._conn is None:
-            self._conn = open_database(self.path, busy_timeout_ms=5000, create=False,
-                                       label="journal")
-        return self._conn
-
-    async def _call(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
-        def run() -> _T:
-            return fn(self._open())
-        try:
-            return await asyncio.to_thread(run)
-        except sqlite3.Error as exc:
-            raise CopyFailed(describe_sqlite_error(exc, "journal.db", action)) from None
+        super().__init__(path, label="journal", file_name="journal.db")
 
     async def checkpoint(self) -> ChainHead | None:
         return await self._call("read", read_checkpoint)
@@ -89,15 +69,3 @@ class JournalExport:
             ReplayKeyRow(str(i), str(d), int(s), str(e), int(x)) for i, d, s, e, x in
             conn.execute("SELECT integration_id, delivery_id, seq, event_id, expires_at_ms"
                          " FROM replay_keys WHERE expires_at_ms > ? ORDER BY seq", (now_ms,))])
-
-    async def schema_version(self) -> int | None:
-        """The file's schema version (``None`` when there is no file)."""
-        if not self.path.exists():
-            return None
-        return await self._call("read", lambda conn: optional_int(scalar(
-            conn.execute("PRAGMA user_version"))))
-
-    def close(self) -> None:
-        if self._conn is not None:
-            self._conn.close()
-            self._conn = None

@@ -1,7 +1,7 @@
 """What the SQLite stores (journal, deliveries) share about their files and writer thread:
 opening a database 0600 in WAL with ``synchronous=FULL`` and a busy timeout, keeping the
 -wal/-shm files 0600, applying a versioned schema, and the one writer thread that drains a
-job queue in batches.
+job queue in batches; and the query-only reading of a file for a copy (``QueryOnlyFile``).
 
 The SQL of each store (its schema statements included) stays in its own module.
 """
@@ -16,10 +16,13 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+from palyra_py.storage.copying import CopyFailed
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
+_T = TypeVar("_T")
 
 Outcome = tuple["asyncio.Future[Any]", Any]
 """A job's future and what to settle it with: a value, or an exception to raise."""
@@ -301,3 +304,41 @@ class QueueWriterThread(threading.Thread):
 
     def _close(self) -> None:
         raise NotImplementedError
+
+
+class QueryOnlyFile:
+    """A SQLite file read for a copy to another engine (the stores' ``*Export``): one
+    connection, opened on first use without creating the file, never written; each call
+    runs in a thread, off the event loop, and an SQLite error becomes ``CopyFailed``."""
+
+    def __init__(self, path: Path, *, label: str, file_name: str) -> None:
+        self.path = path
+        self._label = label
+        self._file_name = file_name
+        self._conn: sqlite3.Connection | None = None
+
+    def _open(self) -> sqlite3.Connection:
+        if self._conn is None:
+            self._conn = open_database(self.path, busy_timeout_ms=5000, create=False,
+                                       label=self._label)
+        return self._conn
+
+    async def _call(self, action: str, fn: Callable[[sqlite3.Connection], _T]) -> _T:
+        def run() -> _T:
+            return fn(self._open())
+        try:
+            return await asyncio.to_thread(run)
+        except sqlite3.Error as exc:
+            raise CopyFailed(describe_sqlite_error(exc, self._file_name, action)) from None
+
+    async def schema_version(self) -> int | None:
+        """The file's schema version (``None`` when there is no file)."""
+        if not self.path.exists():
+            return None
+        return await self._call("read", lambda conn: optional_int(scalar(
+            conn.execute("PRAGMA user_version"))))
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
