@@ -4,6 +4,7 @@ environment variables < ``daemon run`` flags. Every effective value remembers it
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -102,6 +103,11 @@ SPECS: tuple[SettingSpec, ...] = (
         "Most ingress connections from one address (IPv6: one /64); past it, 503"
         " too_many_source_connections for that address only",
         minimum=1,
+    ),
+    SettingSpec(
+        "ingress", "trusted_proxies", str, "",
+        "Comma-separated CIDRs of load balancers whose X-Forwarded-For names the sender"
+        " (for allowed_sources and rejection samples); empty: the connected address",
     ),
     SettingSpec(
         "stream", "max_clients", int, 2000, "Most live stream (SSE) clients at once", minimum=1
@@ -343,7 +349,28 @@ def load_settings(
     check_storage(values)
     check_cluster(values)
     check_email(values)
+    check_cidr_lists(values)
     return Settings(state_dir=state_dir, values=values)
+
+
+CIDR_LISTS = (("delivery", "allow_cidrs"), ("ingress", "trusted_proxies"))
+
+
+def check_cidr_lists(values: Mapping[tuple[str, str], Setting]) -> None:
+    """Every comma-separated item of ``CIDR_LISTS`` is a CIDR or an address: a typo
+    stops the start with the setting named, not a traceback."""
+    for name in CIDR_LISTS:
+        setting = values[name]
+        for part in str(setting.value).split(","):
+            cidr = part.strip()
+            if not cidr:
+                continue
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise SettingsError(
+                    f"{name[0]}.{name[1]} (from {_origin(setting)}): {cidr[:64]!r} is not a"
+                    " CIDR such as 10.0.0.0/8 or an address") from None
 
 
 def check_storage(values: Mapping[tuple[str, str], Setting]) -> None:

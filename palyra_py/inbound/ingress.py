@@ -36,6 +36,7 @@ from palyra_py.inbound.envelope import (
     make_nonce,
     validate_envelope,
 )
+from palyra_py.inbound.forwarded import ClientAddress
 from palyra_py.inbound.rejections import RejectionLog
 from palyra_py.inbound.replies import Replies, wants_reply
 from palyra_py.journal.journal import (
@@ -234,8 +235,12 @@ class Ingress:
         body_timeout_s: float = 30.0,
         retry_after_s: int = 60,
         metrics: Metrics | None = None,
+        client_address: ClientAddress | None = None,
     ) -> None:
+        """``client_address``: how to tell the sender behind trusted proxies
+        (``[ingress] trusted_proxies``; default: the connected peer)."""
         self._integrations = integrations
+        self._client_address = client_address or ClientAddress()
         self._secrets = secrets
         self._journal = journal
         self._rejections = rejections
@@ -250,6 +255,12 @@ class Ingress:
     def routes(self) -> Sequence[web.AbstractRouteDef]:
         return [web.route("*", "/hooks/{integration_id}", self.handle)]
 
+    def _sender(self, request: web.Request) -> str | None:
+        """The sender's address (``forwarded``): costs a transport lookup, so only
+        asked when a rule or a rejection needs it."""
+        return self._client_address.sender(request.remote,
+                                           request.headers.get("X-Forwarded-For"))
+
     async def handle(self, request: web.Request) -> web.StreamResponse:
         requested = request.match_info["integration_id"]
         active = self._integrations().get(requested)
@@ -258,8 +269,9 @@ class Ingress:
         except Rejection as rej:
             now_ms = int(self._clock() * 1000)
             integ_id = active.integration.integration_id if active else None
+            remote = self._sender(request)
             first = self._rejections.record(
-                integ_id, rej.reason, request.remote, now_ms,
+                integ_id, rej.reason, remote, now_ms,
                 requested_id=None if active else requested,
             )
             self.stats.count(rej.reason, integ_id)
@@ -267,7 +279,7 @@ class Ingress:
             # their count at the window's end (rejections.flush): a flood cannot fill logs.
             (log.info if first else log.debug)(
                 "webhook_rejected", integration_id=integ_id, reason=rej.reason.value,
-                detail=rej.detail, remote=request.remote,
+                detail=rej.detail, remote=remote,
             )
             retry = self._retry_after_s if rej.status == 503 else None
             extra = {"detail": rej.detail} if rej.detail else None
@@ -282,8 +294,7 @@ class Ingress:
         integ = active.integration
         if request.method != "POST":
             raise Rejection(Reason.METHOD_NOT_ALLOWED, f"{request.method[:16]} is not POST")
-        # request.remote costs a transport lookup: only asked when a rule needs it.
-        if active.networks and not active.source_allowed(request.remote):
+        if active.networks and not active.source_allowed(self._sender(request)):
             raise Rejection(Reason.SOURCE_NOT_ALLOWED)
         if not integ.enabled:
             raise Rejection(Reason.INTEGRATION_DISABLED)

@@ -44,6 +44,7 @@ from palyra_py.bus.local import SeqBus
 from palyra_py.bus.socket import HeadRelay
 from palyra_py.delivery.backend import DeliveryBackend, DeliveryStoreUnavailable
 from palyra_py.delivery.start import DeliveriesFrom, parse_deliveries_from
+from palyra_py.inbound.forwarded import ClientAddress, parse_proxies
 from palyra_py.inbound.ingress import ActiveIntegration, Ingress
 from palyra_py.inbound.listener import CappedTCPSite, ConnectionCap
 from palyra_py.inbound.rejections import RejectionLog
@@ -238,6 +239,7 @@ class Daemon:
         """``deliveries.db`` (SQLite), else ``None``."""
         cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
                  if c.strip()]
+        self._trusted_proxies = parse_proxies(settings.get("ingress", "trusted_proxies"))
         self.sender = Sender(
             AddressPolicy(settings.get("delivery", "allow_private_networks"), cidrs),
             max_connections=settings.get("delivery", "max_in_flight_total"),
@@ -975,6 +977,7 @@ class Daemon:
             body_timeout_s=self.settings.get("ingress", "body_timeout_s"),
             retry_after_s=self.settings.get("ingress", "retry_after_s"),
             metrics=self.metrics,
+            client_address=ClientAddress(self._trusted_proxies),
         )
         self.connections = ConnectionCap(
             budget.max_connections,
