@@ -316,6 +316,32 @@ async def test_missing_unexecutable_and_failing_programs_fail_the_attempt_only(
     assert len(recorded(runs)) == 4
 
 
+async def test_run_as_switches_user_only_for_root_and_an_unknown_user_fails_the_attempt(
+    outbound: Daemon, admin_o: aiohttp.ClientSession,
+) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    await subscribe(admin_o, "as-nobody", ["/usr/bin/id", "-u"], events=["u.*"],
+                    run_as="nobody", retry_schedule=["0s"])
+    await subscribe(admin_o, "as-ghost", ["/usr/bin/id", "-u"], events=["u.*"],
+                    run_as="no-such-user-here", retry_schedule=["0s"])
+    await publish(admin_o, "u.x")
+    await outbound.dispatcher.wait_for_attempts(2)
+    attempts = {d["delivery"]["subscription_id"]: d["attempts"][0]
+                for d in await shown(admin_o)}
+    ghost = attempts["as-ghost"]
+    assert ghost["error_class"] == "command_unavailable"
+    assert "no user 'no-such-user-here'" in ghost["error_detail"]
+    ran = attempts["as-nobody"]
+    if os.geteuid() == 0:
+        assert (ran["error_class"], ran["status_code"]) == (None, 0), ran
+        assert f"--- stdout ---\n{nobody.pw_uid}" in ran["response_excerpt"]
+    else:  # never a run as the daemon's own user instead
+        assert ran["error_class"] == "command_unavailable"
+        assert "needs the daemon to run as root" in ran["error_detail"]
+
+
 async def test_a_hanging_command_is_killed_with_its_process_group(
     outbound: Daemon, admin_o: aiohttp.ClientSession, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
