@@ -477,3 +477,21 @@ async def test_a_token_cannot_choose_recipients_but_the_socket_can(
             assert resp.status == 200, await resp.json()
         assert "ops-mail" not in mailer.registry.subscriptions
     assert smtp[0].messages == []
+
+
+async def test_an_email_subscription_has_no_signing_secret(
+    mailer: Daemon, admin_m: aiohttp.ClientSession, memory_keyring: MemoryKeyring,
+) -> None:
+    from tests.test_cli_e2e import palyra
+
+    created = await subscribe(admin_m, "ops-mail", ["ops@example.com"])
+    assert "secret" not in created and created["subscription"]["secret_ref"] is None
+    assert not [n for _, n in memory_keyring.passwords if n.startswith("subscription:")]
+    async with admin_m.post("/v1/subscriptions/ops-mail/rotate-secret", json={}) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (409, "not_signed"), answer
+        assert "email destination" in answer["message"]
+    code, out, err = await palyra(mailer.state_dir, "subscriptions", "show", "ops-mail",
+                                  columns=200)
+    assert code == 0, err
+    assert "none (messages are not signed)" in out
