@@ -126,6 +126,12 @@ REGISTRY_ANSWERS: dict[str, Answer] = {
         " command destination: commands are set only on the admin socket (the CLI) or in the"
         " file; nothing was changed.",
     ),
+    "email_needs_socket": Answer(
+        403, "error",
+        "An import with a token (the TCP listener) adds or changes a subscription with an"
+        " email destination: recipients are set only on the admin socket (the CLI) or in the"
+        " file; nothing was changed.",
+    ),
 }
 """The admin API's refusals of a registry edit or import that depend on where the
 registry is kept (``docs/admin-api.md``); ``registry_invalid`` (422) is the document's."""

@@ -316,6 +316,32 @@ async def test_missing_unexecutable_and_failing_programs_fail_the_attempt_only(
     assert len(recorded(runs)) == 4
 
 
+async def test_run_as_switches_user_only_for_root_and_an_unknown_user_fails_the_attempt(
+    outbound: Daemon, admin_o: aiohttp.ClientSession,
+) -> None:
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    await subscribe(admin_o, "as-nobody", ["/usr/bin/id", "-u"], events=["u.*"],
+                    run_as="nobody", retry_schedule=["0s"])
+    await subscribe(admin_o, "as-ghost", ["/usr/bin/id", "-u"], events=["u.*"],
+                    run_as="no-such-user-here", retry_schedule=["0s"])
+    await publish(admin_o, "u.x")
+    await outbound.dispatcher.wait_for_attempts(2)
+    attempts = {d["delivery"]["subscription_id"]: d["attempts"][0]
+                for d in await shown(admin_o)}
+    ghost = attempts["as-ghost"]
+    assert ghost["error_class"] == "command_unavailable"
+    assert "no user 'no-such-user-here'" in ghost["error_detail"]
+    ran = attempts["as-nobody"]
+    if os.geteuid() == 0:
+        assert (ran["error_class"], ran["status_code"]) == (None, 0), ran
+        assert f"--- stdout ---\n{nobody.pw_uid}" in ran["response_excerpt"]
+    else:  # never a run as the daemon's own user instead
+        assert ran["error_class"] == "command_unavailable"
+        assert "needs the daemon to run as root" in ran["error_detail"]
+
+
 async def test_a_hanging_command_is_killed_with_its_process_group(
     outbound: Daemon, admin_o: aiohttp.ClientSession, tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -468,6 +494,64 @@ async def test_a_token_cannot_set_a_command_but_the_socket_can(
     async with http.post(f"{base}/v1/registry/import", headers=token.bearer,
                          json={"document": exported}) as resp:
         assert resp.status == 200, await resp.json()
+
+
+async def test_a_command_subscription_has_no_signing_secret(
+    outbound: Daemon, admin_o: aiohttp.ClientSession, memory_keyring: MemoryKeyring,
+    recorder: Path,
+) -> None:
+    from tests.test_cli_e2e import palyra
+
+    def stored() -> set[str]:
+        return {name for _, name in memory_keyring.passwords
+                if name.startswith("subscription:")}
+
+    created = await subscribe(admin_o, "ci-deploy", [str(recorder)], events=["g.*"])
+    assert "secret" not in created and created["subscription"]["secret_ref"] is None
+    assert stored() == set()
+    assert "secret_ref" not in (outbound.state_dir / "webhooks.toml").read_text()
+    async with admin_o.post("/v1/subscriptions", json={
+            "subscription_id": "signed-run", "command": [str(recorder)],
+            "secret": {"generate": True}}) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"], answer["field"]) == (
+            400, "invalid_request", "secret"), answer
+        assert "not signed" in answer["message"]
+    async with admin_o.post("/v1/subscriptions/ci-deploy/rotate-secret", json={}) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (409, "not_signed"), answer
+    assert stored() == set()
+
+    state = outbound.state_dir
+    code, out, err = await palyra(state, "subscriptions", "show", "ci-deploy", columns=200)
+    assert code == 0, err
+    assert "none (runs are not signed)" in out and "previous_secret_ref" not in out
+    code, out, err = await palyra(state, "subscriptions", "rotate-secret", "ci-deploy")
+    assert code == 1 and "[not_signed]" in " ".join((out + err).split()), (out, err)
+    code, out, err = await palyra(state, "subscriptions", "add", "again", "--command",
+                                  str(recorder), "--generate-secret", columns=200)
+    assert code == 2 and "not signed" in out + err, (out, err)
+
+    # A URL switched to a command loses its secret; a command switched to a URL gets one,
+    # shown this once.
+    async with admin_o.post("/v1/subscriptions", json={
+            "subscription_id": "hooked", "url": "https://hooks.example.com/x"}) as resp:
+        assert resp.status == 201
+    assert stored() == {"subscription:hooked"}
+    async with admin_o.patch("/v1/subscriptions/hooked",
+                             json={"url": None, "command": [str(recorder)]}) as resp:
+        answer = await resp.json()
+        assert resp.status == 200, answer
+    assert answer["subscription"]["secret_ref"] is None and "secret" not in answer
+    assert stored() == set()
+    async with admin_o.patch("/v1/subscriptions/hooked",
+                             json={"command": None, "url": "https://hooks.example.com/y"}
+                             ) as resp:
+        answer = await resp.json()
+        assert resp.status == 200, answer
+    assert answer["secret"].startswith("whsec_")
+    assert answer["subscription"]["secret_ref"] == "keyring:subscription:hooked"
+    assert memory_keyring.get_password("palyra", "subscription:hooked") == answer["secret"]
 
 
 async def test_github_push_on_main_runs_the_deploy_script(

@@ -28,6 +28,7 @@ from palyra_py.server.daemon import Daemon
 from palyra_py.settings import SettingsError
 from palyra_py.testing import ManualClock, MemoryKeyring, running_daemon
 from tests.fault_helpers import admin_session
+from tests.helpers import create_token
 from tests.pg import PgServer
 
 # AUTH over plain text on loopback is what security = "none" is for (docs/settings.md).
@@ -77,6 +78,19 @@ def test_the_message_says_what_happened_and_bounds_the_payload() -> None:
     assert "Event id:     01J0000000000000000000000A" in body
     assert '"ref": "refs/heads/main"' in body
     assert "[truncated:" in body and len(body.encode()) < BODY_PAYLOAD_BYTES + 2048
+
+
+def test_line_breaks_in_an_events_fields_add_no_header() -> None:
+    event = PublishedEvent(id="01J0000000000000000000000B", type="app.note",
+                           timestamp="2026-01-01T00:00:00.000Z",
+                           data={"note": "x\r\nBcc: victim@elsewhere.example"},
+                           source="app\r\nBcc: victim@elsewhere.example\r\n", actor=None,
+                           seq=8)
+    msg = build_message(event, "ops-mail", "palyra@example.com", ("a@example.com",), 0.0)
+    assert msg["Bcc"] is None
+    assert msg["Subject"] == "[palyra] app.note from app Bcc: victim@elsewhere.example"
+    head = msg.as_bytes().split(b"\r\n\r\n", 1)[0].split(b"\n\n", 1)[0]
+    assert not any(line.lower().startswith(b"bcc") for line in head.splitlines())
 
 
 def test_the_email_settings_are_checked(tmp_path: Path) -> None:
@@ -414,3 +428,70 @@ async def test_starttls_then_auth_plain_with_the_servers_ca(
         assert mailbox.logins == ["palyra"]
         assert envelope.rcpt_tos == ["ops@example.com"]
         assert '"host": "db2"' in msg.get_content()
+
+
+async def test_a_token_cannot_choose_recipients_but_the_socket_can(
+    mailer: Daemon, admin_m: aiohttp.ClientSession, smtp: tuple[Mailbox, int],
+) -> None:
+    token = await create_token(admin_m, "ci", scopes=["admin"])
+    base = mailer.ingress_url_for("x", local=True).rsplit("/hooks/", 1)[0]
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{base}/v1/registry", headers=token.bearer) as resp:
+            exported = (await resp.json())["document"]
+        added = exported + ('\n[[subscriptions]]\nsubscription_id = "leak"\n'
+                            'email = ["someone@elsewhere.example"]\n')
+        for dry_run in (True, False):
+            async with http.post(f"{base}/v1/registry/import", headers=token.bearer,
+                                 json={"document": added, "dry_run": dry_run}) as resp:
+                answer = await resp.json()
+                assert (resp.status, answer["error"]) == (403, "email_needs_socket"), answer
+                assert "leak" in answer["message"]
+        assert "leak" not in mailer.registry.subscriptions
+
+        # On the socket: allowed; the token may then neither add a recipient nor turn a
+        # URL subscription into mail, but may re-import it unchanged or remove it.
+        await subscribe(admin_m, "ops-mail", ["ops@example.com"])
+        async with admin_m.post("/v1/subscriptions", json={
+                "subscription_id": "hooked", "url": "https://hooks.example.com/x"}) as resp:
+            assert resp.status == 201, await resp.json()
+        async with http.get(f"{base}/v1/registry", headers=token.bearer) as resp:
+            exported = (await resp.json())["document"]
+        widened = exported.replace('"ops@example.com"',
+                                   '"ops@example.com", "someone@elsewhere.example"')
+        switched = exported.replace('url = "https://hooks.example.com/x"',
+                                    'email = ["someone@elsewhere.example"]')
+        for document in (widened, switched):
+            assert document != exported
+            async with http.post(f"{base}/v1/registry/import", headers=token.bearer,
+                                 json={"document": document}) as resp:
+                assert (resp.status, (await resp.json())["error"]) == (
+                    403, "email_needs_socket")
+        assert mailer.registry.subscriptions["ops-mail"].email == ("ops@example.com",)
+        assert mailer.registry.subscriptions["hooked"].destination == "url"
+        async with http.post(f"{base}/v1/registry/import", headers=token.bearer,
+                             json={"document": exported}) as resp:
+            assert resp.status == 200, await resp.json()
+        removed = exported.split("[[subscriptions]]")[0]
+        async with http.post(f"{base}/v1/registry/import", headers=token.bearer,
+                             json={"document": removed}) as resp:
+            assert resp.status == 200, await resp.json()
+        assert "ops-mail" not in mailer.registry.subscriptions
+    assert smtp[0].messages == []
+
+
+async def test_an_email_subscription_has_no_signing_secret(
+    mailer: Daemon, admin_m: aiohttp.ClientSession, memory_keyring: MemoryKeyring,
+) -> None:
+    from tests.test_cli_e2e import palyra
+
+    created = await subscribe(admin_m, "ops-mail", ["ops@example.com"])
+    assert "secret" not in created and created["subscription"]["secret_ref"] is None
+    assert not [n for _, n in memory_keyring.passwords if n.startswith("subscription:")]
+    async with admin_m.post("/v1/subscriptions/ops-mail/rotate-secret", json={}) as resp:
+        answer = await resp.json()
+        assert (resp.status, answer["error"]) == (409, "not_signed"), answer
+        assert "email destination" in answer["message"]
+    code, out, err = await palyra(mailer.state_dir, "subscriptions", "show", "ops-mail",
+                                  columns=200)
+    assert code == 0, err
+    assert "none (messages are not signed)" in out

@@ -116,6 +116,12 @@ def url_in_keyring(body: dict[str, Any], payload_format: str, url: str = "") -> 
     return choice
 
 
+def unsigned_noun(fields: Mapping[str, Any]) -> str:
+    """What a subscription without signing sends, for messages: a command's run or an
+    email."""
+    return "a command destination" if fields.get("command") else "an email destination"
+
+
 def check_whsec(value: str) -> None:
     StandardWebhooksSigner([value])  # raises ValueError for anything but whsec_<base64>
 
@@ -251,6 +257,30 @@ class SubscriptionsApi:
     async def show(self, request: web.Request) -> web.Response:
         return web.json_response({"subscription": await self._public(self._id(request))})
 
+    @staticmethod
+    def _signing_choice(body: Mapping[str, Any], fields: Mapping[str, Any]
+                        ) -> SecretChoice | None:
+        """The signing secret of a new subscription: given or generated for a URL; none for
+        a command or an email destination (nothing is signed: 400 for a ``secret``)."""
+        if "url" not in fields:
+            if body.get("secret") is not None:
+                raise invalid(f"{unsigned_noun(fields)} is not signed: give no secret",
+                              "secret")
+            return None
+        return secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
+            generate_subscription_secret(), None, True)
+
+    async def _drop_own_secrets(self, subscription_id: str, *refs: str | None) -> None:
+        """Delete the signing secrets and URL among ``refs`` that the daemon stored for
+        this subscription (the keyring's or ``db:``); references to secrets kept
+        elsewhere are left alone."""
+        name = keyring_name(subscription_id)
+        own = {f"{kind}:{n}" for kind in ("keyring", "db")
+               for n in (name, f"{name}:previous", url_keyring_name(subscription_id))}
+        for ref in refs:
+            if ref in own:
+                await delete_ref(self.ctx.secrets, ref)
+
     async def add(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)
         fields = {k: body[k] for k in ("subscription_id", *EDITABLE) if k in body}
@@ -274,14 +304,15 @@ class SubscriptionsApi:
             raise ApiError(422, "limit_reached",
                            f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
                            "([delivery] max_subscriptions_per_owner)", field="owner")
-        choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
-            generate_subscription_secret(), None, True)
-        ref = choice.ref
-        if choice.value is not None:
-            ref = await store_secret(self.ctx.secrets, keyring_name(subscription_id),
-                                     choice.value, self._kind)
-            self.ctx.secrets.forget_cached(ref)
-        fields["secret_ref"] = ref
+        choice = self._signing_choice(body, fields)
+        if choice is not None:
+            ref = choice.ref
+            if choice.value is not None:
+                ref = await store_secret(self.ctx.secrets, keyring_name(subscription_id),
+                                         choice.value, self._kind)
+                self.ctx.secrets.forget_cached(ref)
+            fields["secret_ref"] = ref
+        stored_secret = choice is not None and choice.value is not None
         header_writes: list[tuple[str, str | None]] = []
         try:
             if keep_url:
@@ -294,7 +325,7 @@ class SubscriptionsApi:
                     subscription_id, fields["env"], {}, kind="env")
                 header_writes += env_writes
         except ApiError:
-            await self._drop_new(subscription_id, choice.value is not None, keep_url)
+            await self._drop_new(subscription_id, stored_secret, keep_url)
             raise
         # The subscription starts with the next event, not with the journal's history.
         await self.ctx.dispatcher.start_at_head(subscription_id)
@@ -302,7 +333,7 @@ class SubscriptionsApi:
         try:
             await self._edit(lambda doc: add_subscription(doc, fields, now))
         except ApiError:
-            await self._drop_new(subscription_id, choice.value is not None, keep_url)
+            await self._drop_new(subscription_id, stored_secret, keep_url)
             await self._undo_writes(header_writes)
             raise
         # Any token may read the journal: a reference, or the URL's origin only.
@@ -314,7 +345,7 @@ class SubscriptionsApi:
         await self._journal("subscription.created", subscription_id,
                             {**where, "events": list(fields.get("events", ()))})
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
-        if choice.generated:
+        if choice is not None and choice.generated:
             answer["secret"] = choice.value
         return web.json_response(answer, status=201)
 
@@ -349,7 +380,17 @@ class SubscriptionsApi:
                     before = await asyncio.to_thread(self.ctx.secrets.resolve, ref)
             changes["url"] = await self._store_url(subscription_id, normalised["url"])
             stored = (ref, before)
-        old_headers = self.ctx.editor.registry.subscriptions[subscription_id].headers
+        old_sub = self.ctx.editor.registry.subscriptions[subscription_id]
+        # A switch of destination: a URL gets a signing secret, the others have none.
+        new_secret: str | None = None
+        dropped: tuple[str | None, ...] = ()
+        if "url" in normalised and old_sub.destination != "url" and old_sub.secret_ref is None:
+            new_secret = generate_subscription_secret()  # stored just before the edit
+        elif "url" not in normalised and (old_sub.secret_ref or old_sub.previous_secret_ref):
+            dropped = (old_sub.secret_ref, old_sub.previous_secret_ref)
+            changes.update(secret_ref=None, previous_secret_ref=None,
+                           previous_valid_until=None)
+        old_headers = old_sub.headers
         header_writes: list[tuple[str, str | None]] = []
         given_headers = changes.get("headers")
         if given_headers:
@@ -365,6 +406,14 @@ class SubscriptionsApi:
                 await self._undo_writes(header_writes)
                 raise
             header_writes += env_writes
+        if new_secret is not None:
+            try:
+                changes["secret_ref"] = await store_secret(
+                    self.ctx.secrets, keyring_name(subscription_id), new_secret, self._kind)
+            except ApiError:
+                await self._undo_writes(header_writes)
+                raise
+            self.ctx.secrets.forget_cached(changes["secret_ref"])
         now = self.ctx.time.now_dt()
         try:
             await self._edit(lambda doc: update_subscription(doc, subscription_id, changes, now))
@@ -376,7 +425,10 @@ class SubscriptionsApi:
                 else:
                     await delete_ref(self.ctx.secrets, ref)
             await self._undo_writes(header_writes)
+            if new_secret is not None:
+                await self._drop_own_secrets(subscription_id, changes["secret_ref"])
             raise
+        await self._drop_own_secrets(subscription_id, *dropped)
         if "headers" in changes:
             await self._drop_header_secrets(subscription_id, old_headers,
                                             changes["headers"] or {})
@@ -386,7 +438,10 @@ class SubscriptionsApi:
         self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.updated", subscription_id,
                             {"changed": sorted(changes)})
-        return web.json_response({"subscription": await self._public(subscription_id)})
+        answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
+        if new_secret is not None:
+            answer["secret"] = new_secret  # shown this once, as on an add
+        return web.json_response(answer)
 
     async def remove(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
@@ -395,12 +450,8 @@ class SubscriptionsApi:
         await self.ctx.deliveries.forget_subscription(subscription_id,
                                                       now_ms=self.ctx.time.now_ms())
         self.ctx.dispatcher.forget_cursor(subscription_id)
-        name = keyring_name(subscription_id)
-        own = {f"{kind}:{n}" for kind in ("keyring", "db")
-               for n in (name, f"{name}:previous", url_keyring_name(subscription_id))}
-        for ref in (sub.secret_ref, sub.previous_secret_ref, sub.url):
-            if ref in own:
-                await delete_ref(self.ctx.secrets, ref)
+        await self._drop_own_secrets(subscription_id, sub.secret_ref, sub.previous_secret_ref,
+                                     sub.url)
         await self._drop_header_secrets(subscription_id, sub.headers, {})
         await self._drop_header_secrets(subscription_id, sub.env, {}, kind="env")
         self.ctx.secrets.forget_cached()
@@ -454,6 +505,11 @@ class SubscriptionsApi:
     async def rotate_secret(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
         sub = self.ctx.editor.registry.subscriptions[subscription_id]
+        if sub.destination != "url":
+            raise ApiError(409, "not_signed",
+                           f"subscription {subscription_id!r} has a {sub.destination}"
+                           " destination: nothing it sends is signed, so it has no secret to"
+                           " rotate")
         body = await read_json_object(request)
         grace = grace_seconds(body)
         choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(

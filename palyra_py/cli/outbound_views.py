@@ -233,11 +233,14 @@ def _other_destination(sub: Mapping[str, Any], name: str) -> bool:
     command, ``command: []`` of a url ...): not shown."""
     command_fields = ("command", "env", "working_dir", "max_concurrent",
                       "success_exit_codes", "run_as")
+    # Only a URL delivery is signed: the others show "secret_ref: none" and no rotation.
+    rotation = ("previous_secret_ref", "previous_valid_until")
     if sub.get("command"):
         return name in ("url", "headers", "max_in_flight", "format", "signature_format",
-                        "email")
+                        "email", *rotation)
     if sub.get("email"):
-        return name in ("url", "headers", "format", "signature_format", *command_fields)
+        return name in ("url", "headers", "format", "signature_format", *command_fields,
+                        *rotation)
     return name in (*command_fields, "email")
 
 
@@ -261,6 +264,10 @@ def subscription_details(sub: Mapping[str, Any]) -> Panel:
             rendered = "all but the daemon's own (name those to get them)"
         elif name == "headers":
             rendered = headers_text(value)
+        elif name == "secret_ref" and not value:
+            rendered = ("none (runs are not signed)" if sub.get("command")
+                        else "none (messages are not signed)" if sub.get("email")
+                        else "none")
         elif name in ("created_at", "updated_at", "previous_valid_until"):
             rendered = output.moment(value)
         else:

@@ -229,7 +229,8 @@ def add(
     With --command each delivery is a run of the program instead (its
     arguments from --arg, never a shell); with --email each delivery is a
     plain-text message over the SMTP server of [email] in palyra.toml.
-    Failed deliveries, runs and messages are retried on the schedule.
+    Runs and messages are not signed: they have no secret. Failed
+    deliveries, runs and messages are retried on the schedule.
 
     Examples:
 
@@ -247,8 +248,13 @@ def add(
     """
     destination = destination_fields(url, command, args, env, working_dir, max_concurrent,
                                      success_exit_codes, run_as, email)
-    secret = secret_source(generate_secret, secret_stdin, secret_ref, default_generate=True)
-    fields: JsonObject = {"subscription_id": subscription_id, **destination, "secret": secret}
+    fields: JsonObject = {"subscription_id": subscription_id, **destination}
+    if url is not None:
+        fields["secret"] = secret_source(generate_secret, secret_stdin, secret_ref,
+                                         default_generate=True)
+    elif generate_secret or secret_stdin or secret_ref is not None:
+        usage_error("a command or an email destination is not signed: a secret source is"
+                    " for --url only")
     optional: dict[str, Any] = {
         "events": split_list(events),
         "filter": parse_filters(filters),
@@ -281,7 +287,7 @@ def add(
     )
     console = output.console()
     new_secret = answer.get("secret")
-    if isinstance(new_secret, str) and new_secret and not command and not email:
+    if isinstance(new_secret, str) and new_secret:
         console.print(outbound_views.secret_panel(
             new_secret, str(sub.get("subscription_id", subscription_id)),
             sub.get("signature_format"),
@@ -441,7 +447,8 @@ def rotate_secret(
 
     During --grace every delivery carries a signature from each secret, so
     the receiver can switch at its own pace. Without a source flag a new
-    secret is generated and printed once.
+    secret is generated and printed once. Only a --url subscription has a
+    secret: for a command or an email one the daemon answers not_signed.
 
     Examples:
 

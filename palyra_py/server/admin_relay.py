@@ -33,7 +33,7 @@ def relay_to_admin_socket(socket: Path) -> Handler:
 
     async def relay(request: web.Request) -> web.StreamResponse:
         # body_exists, not can_read_body: a guard before it may have read (and so cached)
-        # the body already (admin.command_guard).
+        # the body already (admin.destination_guard).
         body = await request.read() if request.body_exists else None
         connector = aiohttp.UnixConnector(path=str(socket))
         timeout = aiohttp.ClientTimeout(total=RELAY_TIMEOUT_S)

@@ -25,7 +25,6 @@ import tomlkit
 from aiohttp import web, web_response
 
 from palyra_py import __version__
-from palyra_py.admin.command_guard import refuse_command_edits
 from palyra_py.admin.context import (
     DeliveriesContext,
     EventsContext,
@@ -34,6 +33,7 @@ from palyra_py.admin.context import (
     WebhooksContext,
 )
 from palyra_py.admin.deliveries import DeliveriesApi
+from palyra_py.admin.destination_guard import refuse_guarded_edits
 from palyra_py.admin.errors import ApiError, error_middleware
 from palyra_py.admin.events import PRINCIPAL, EventsApi, body_capped
 from palyra_py.admin.registry import RegistryApi
@@ -702,7 +702,7 @@ class Daemon:
         app.add_routes([
             web.get("/v1/registry", self._token_required(show, "admin", can_administer)),
             web.post("/v1/registry/import", self._token_required(
-                body_capped(refuse_command_edits(update, lambda: self.registry.subscriptions),
+                body_capped(refuse_guarded_edits(update, lambda: self.registry.subscriptions),
                             import_limit), "admin", can_administer)),
         ])
         metrics = (self._metrics if self.settings.get("metrics", "public")
