@@ -36,6 +36,7 @@ from palyra_py.registry.subscriptions import (
     is_credential_url,
     is_ref,
     is_url_ref,
+    left_behind,
     remove_subscription,
     update_subscription,
     validate_subscription_fields,
@@ -323,8 +324,11 @@ class SubscriptionsApi:
         body = await read_json_object(request)
         refuse_fields(set(body) - set(EDITABLE) - {"url_in_keyring"},
                       "field(s) not editable here")
-        current = self.ctx.editor.registry.subscriptions[subscription_id].to_dict()
-        # null resets a field (a destination switched from url to command: "url": null).
+        sub = self.ctx.editor.registry.subscriptions[subscription_id]
+        current = sub.to_dict()
+        # null resets a field; a new destination drops the old one's fields (its url or
+        # command, and what only it may have) unless the body says otherwise.
+        body.update(dict.fromkeys(left_behind(sub, body)))
         merged = {**current, **body}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
         normalised = validated(validate_subscription_fields, check)
@@ -377,6 +381,9 @@ class SubscriptionsApi:
                     await delete_ref(self.ctx.secrets, ref)
             await self._undo_writes(header_writes)
             raise
+        own_url = {f"{kind}:{url_keyring_name(subscription_id)}" for kind in ("keyring", "db")}
+        if sub.url in own_url and changes.get("url", sub.url) != sub.url:
+            await delete_ref(self.ctx.secrets, sub.url)  # switched to another destination
         if "headers" in changes:
             await self._drop_header_secrets(subscription_id, old_headers,
                                             changes["headers"] or {})
