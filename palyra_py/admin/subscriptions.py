@@ -31,6 +31,7 @@ from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscrip
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import (
     COMMAND_FIELDS,
+    DEFAULT_OWNER,
     add_subscription,
     is_credential_header,
     is_credential_url,
@@ -234,6 +235,18 @@ class SubscriptionsApi:
             raise invalid("email: this daemon has no SMTP server: set [email] host and from"
                           " in palyra.toml (docs/settings.md) first", field="email")
 
+    def _check_owner_limit(self, owner: str) -> None:
+        """Refuse one more subscription for ``owner`` when ``[delivery]
+        max_subscriptions_per_owner`` is set (0, the default: no limit) and reached."""
+        limit = self.ctx.settings.get("delivery", "max_subscriptions_per_owner")
+        if not limit:
+            return
+        owned = sum(1 for s in self.ctx.editor.registry.subscriptions.values() if s.owner == owner)
+        if owned >= limit:
+            raise ApiError(422, "limit_reached",
+                           f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
+                           "([delivery] max_subscriptions_per_owner)", field="owner")
+
     def _check_https_only(self, url: str) -> None:
         # A reference is checked once resolved, at send time.
         if self.ctx.settings.get("delivery", "https_only") and not is_url_ref(url):
@@ -268,13 +281,7 @@ class SubscriptionsApi:
         if subscription_id in self.ctx.editor.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
                            field="subscription_id")
-        owner = fields.get("owner", "default")
-        limit = self.ctx.settings.get("delivery", "max_subscriptions_per_owner")
-        owned = sum(1 for s in self.ctx.editor.registry.subscriptions.values() if s.owner == owner)
-        if owned >= limit:
-            raise ApiError(422, "limit_reached",
-                           f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
-                           "([delivery] max_subscriptions_per_owner)", field="owner")
+        self._check_owner_limit(fields.get("owner", DEFAULT_OWNER))
         choice = secret_choice(body, generate_subscription_secret, check_whsec) or SecretChoice(
             generate_subscription_secret(), None, True)
         ref = choice.ref
@@ -334,6 +341,9 @@ class SubscriptionsApi:
         normalised = validated(validate_subscription_fields, check)
         changes = {k: (None if body[k] is None else normalised.get(k)) for k in body
                    if k != "url_in_keyring"}
+        new_owner = normalised.get("owner", DEFAULT_OWNER)
+        if "owner" in changes and new_owner != sub.owner:
+            self._check_owner_limit(new_owner)
         if changes.get("email"):
             self._check_email_configured(normalised)
         if changes.get("url"):
