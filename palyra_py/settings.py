@@ -147,8 +147,9 @@ SPECS: tuple[SettingSpec, ...] = (
         "Disable a subscription that has failed without a success for this long", minimum=60,
     ),
     SettingSpec(
-        "delivery", "max_subscriptions_per_owner", int, 5, "Subscriptions one owner may have",
-        minimum=1,
+        "delivery", "max_subscriptions_per_owner", int, 0,
+        "Subscriptions one owner may have (0: no limit; the registry holds at most 1024)",
+        minimum=0,
     ),
     SettingSpec(
         "delivery", "max_in_flight_total", int, 256,

@@ -31,11 +31,13 @@ from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscrip
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import (
     COMMAND_FIELDS,
+    DEFAULT_OWNER,
     add_subscription,
     is_credential_header,
     is_credential_url,
     is_ref,
     is_url_ref,
+    left_behind,
     remove_subscription,
     update_subscription,
     validate_subscription_fields,
@@ -239,6 +241,18 @@ class SubscriptionsApi:
             raise invalid("email: this daemon has no SMTP server: set [email] host and from"
                           " in palyra.toml (docs/settings.md) first", field="email")
 
+    def _check_owner_limit(self, owner: str) -> None:
+        """Refuse one more subscription for ``owner`` when ``[delivery]
+        max_subscriptions_per_owner`` is set (0, the default: no limit) and reached."""
+        limit = self.ctx.settings.get("delivery", "max_subscriptions_per_owner")
+        if not limit:
+            return
+        owned = sum(1 for s in self.ctx.editor.registry.subscriptions.values() if s.owner == owner)
+        if owned >= limit:
+            raise ApiError(422, "limit_reached",
+                           f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
+                           "([delivery] max_subscriptions_per_owner)", field="owner")
+
     def _check_https_only(self, url: str) -> None:
         # A reference is checked once resolved, at send time.
         if self.ctx.settings.get("delivery", "https_only") and not is_url_ref(url):
@@ -297,13 +311,7 @@ class SubscriptionsApi:
         if subscription_id in self.ctx.editor.registry.subscriptions:
             raise ApiError(409, "conflict", f"subscription {subscription_id!r} already exists",
                            field="subscription_id")
-        owner = fields.get("owner", "default")
-        limit = self.ctx.settings.get("delivery", "max_subscriptions_per_owner")
-        owned = sum(1 for s in self.ctx.editor.registry.subscriptions.values() if s.owner == owner)
-        if owned >= limit:
-            raise ApiError(422, "limit_reached",
-                           f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
-                           "([delivery] max_subscriptions_per_owner)", field="owner")
+        self._check_owner_limit(fields.get("owner", DEFAULT_OWNER))
         choice = self._signing_choice(body, fields)
         if choice is not None:
             ref = choice.ref
@@ -354,13 +362,19 @@ class SubscriptionsApi:
         body = await read_json_object(request)
         refuse_fields(set(body) - set(EDITABLE) - {"url_in_keyring"},
                       "field(s) not editable here")
-        current = self.ctx.editor.registry.subscriptions[subscription_id].to_dict()
-        # null resets a field (a destination switched from url to command: "url": null).
+        sub = self.ctx.editor.registry.subscriptions[subscription_id]
+        current = sub.to_dict()
+        # null resets a field; a new destination drops the old one's fields (its url or
+        # command, and what only it may have) unless the body says otherwise.
+        body.update(dict.fromkeys(left_behind(sub, body)))
         merged = {**current, **body}
         check = {k: merged[k] for k in ("subscription_id", *EDITABLE) if k in merged}
         normalised = validated(validate_subscription_fields, check)
         changes = {k: (None if body[k] is None else normalised.get(k)) for k in body
                    if k != "url_in_keyring"}
+        new_owner = normalised.get("owner", DEFAULT_OWNER)
+        if "owner" in changes and new_owner != sub.owner:
+            self._check_owner_limit(new_owner)
         if changes.get("email"):
             self._check_email_configured(normalised)
         if changes.get("url"):
@@ -429,6 +443,8 @@ class SubscriptionsApi:
                 await self._drop_own_secrets(subscription_id, changes["secret_ref"])
             raise
         await self._drop_own_secrets(subscription_id, *dropped)
+        if changes.get("url", sub.url) != sub.url:
+            await self._drop_own_secrets(subscription_id, sub.url)  # another destination now
         if "headers" in changes:
             await self._drop_header_secrets(subscription_id, old_headers,
                                             changes["headers"] or {})

@@ -3,7 +3,6 @@
 # No `from __future__ import annotations`: Typer would evaluate each command's annotation
 # strings four times on every run (see palyra_py.cli.main); real ones cost that once.
 
-from enum import StrEnum
 from typing import Annotated, Any
 
 import typer
@@ -25,6 +24,12 @@ from palyra_py.cli.subscription_inputs import (
     parse_headers,
     parse_retry_schedule,
 )
+from palyra_py.cli.subscriptions_update import (
+    IdArgument,
+    PayloadFormat,
+    SignatureFormat,
+    update,
+)
 from palyra_py.cli.webhook_inputs import duration_option, secret_source, split_list
 from palyra_py.clients.admin import JsonObject
 
@@ -35,20 +40,6 @@ app = typer.Typer(
 )
 
 
-class PayloadFormat(StrEnum):
-    standard = "standard"
-    slack = "slack"
-    discord = "discord"
-
-
-class SignatureFormat(StrEnum):
-    standard = "standard"
-    github = "github"
-
-
-IdArgument = Annotated[
-    str, typer.Argument(metavar="ID", help="Subscription id.", show_default=False)
-]
 GenerateSecretOption = Annotated[
     bool,
     typer.Option(
@@ -320,6 +311,9 @@ def destination_fields(url: str | None, command: str | None, args: list[str] | N
     }
     fields.update({key: value for key, value in optional.items() if value is not None})
     return fields
+
+
+app.command("update")(update)
 
 
 @app.command("list")

@@ -16,7 +16,6 @@ from palyra_py.cli.session import (
     check_failed,
     confirm_or_exit,
     run_read,
-    usage_error,
 )
 from palyra_py.cli.webhook_inputs import (
     duration_option,
@@ -26,6 +25,21 @@ from palyra_py.cli.webhook_inputs import (
     secret_source,
     split_list,
 )
+from palyra_py.cli.webhook_options import (
+    DisplayNameOption,
+    IdArgument,
+    MaxPayloadOption,
+    ReplayWindowOption,
+    ResponseArgOption,
+    ResponseBodyOption,
+    ResponseCommandOption,
+    ResponseContentTypeOption,
+    ResponseStatusOption,
+    ResponseTimeoutOption,
+    SourcesOption,
+    TimestampToleranceOption,
+)
+from palyra_py.cli.webhooks_update import update
 from palyra_py.clients.admin import JsonObject
 
 app = typer.Typer(
@@ -33,9 +47,6 @@ app = typer.Typer(
     no_args_is_help=True,
 )
 
-IdArgument = Annotated[
-    str, typer.Argument(metavar="ID", help="Integration id.", show_default=False)
-]
 GenerateSecretOption = Annotated[
     bool,
     typer.Option(
@@ -57,38 +68,6 @@ SecretRefOption = Annotated[
         metavar="REF",
         help="Use a secret kept elsewhere: keyring:NAME, db:NAME, env:VAR or file:PATH.",
     ),
-]
-
-ResponseStatusOption = Annotated[
-    int | None,
-    typer.Option("--response-status", min=200, max=299, metavar="2XX",
-                 help="Status of the answer to the sender (2xx only; default 200)."),
-]
-ResponseBodyOption = Annotated[
-    str | None,
-    typer.Option("--response-body", metavar="TEXT",
-                 help="Static answer to the sender; also the fallback of --response-command."),
-]
-ResponseContentTypeOption = Annotated[
-    str | None,
-    typer.Option("--response-content-type", metavar="TYPE",
-                 help="Content type of the answer (default text/plain; charset=utf-8)."),
-]
-ResponseCommandOption = Annotated[
-    str | None,
-    typer.Option("--response-command", metavar="PROGRAM",
-                 help="Run PROGRAM (never a shell) with the payload on stdin once the event"
-                      " is journaled; its stdout is the answer."),
-]
-ResponseArgOption = Annotated[
-    list[str] | None,
-    typer.Option("--response-arg", metavar="ARG",
-                 help="An argument of --response-command (repeatable, in order, as given)."),
-]
-ResponseTimeoutOption = Annotated[
-    float | None,
-    typer.Option("--response-timeout", metavar="SECONDS", min=0.001, max=10.0,
-                 help="How long --response-command may take (at most 10; default 2.5)."),
 ]
 
 READY_ENOUGH = frozenset({"ready", "disabled"})
@@ -116,9 +95,7 @@ def add(
             show_default=False,
         ),
     ],
-    display_name: Annotated[
-        str | None, typer.Option("--display-name", help="A human name for listings.")
-    ] = None,
+    display_name: DisplayNameOption = None,
     events: Annotated[
         list[str] | None,
         typer.Option(
@@ -128,33 +105,10 @@ def add(
             help="Accept only these event types (repeatable or comma-separated). Default: all.",
         ),
     ] = None,
-    sources: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--sources",
-            metavar="CIDR",
-            help="Accept only from these addresses (repeatable). Default: anywhere.",
-        ),
-    ] = None,
-    max_payload_bytes: Annotated[
-        int | None, typer.Option("--max-payload-bytes", min=1, metavar="N", help="Body limit.")
-    ] = None,
-    timestamp_tolerance: Annotated[
-        str | None,
-        typer.Option(
-            "--timestamp-tolerance",
-            metavar="DURATION",
-            help="Largest clock skew for signed timestamps (300, 5m).",
-        ),
-    ] = None,
-    replay_window: Annotated[
-        str | None,
-        typer.Option(
-            "--replay-window",
-            metavar="DURATION",
-            help="How long delivery ids are remembered to drop duplicates (7d).",
-        ),
-    ] = None,
+    sources: SourcesOption = None,
+    max_payload_bytes: MaxPayloadOption = None,
+    timestamp_tolerance: TimestampToleranceOption = None,
+    replay_window: ReplayWindowOption = None,
     no_signature_required: Annotated[
         bool,
         typer.Option(
@@ -233,67 +187,7 @@ def add(
     _show_secret_answer(answer)
 
 
-@app.command("update")
-def update(
-    integration_id: IdArgument,
-    display_name: Annotated[
-        str | None, typer.Option("--display-name", help="A human name for listings.")
-    ] = None,
-    response_status: ResponseStatusOption = None,
-    response_body: ResponseBodyOption = None,
-    response_content_type: ResponseContentTypeOption = None,
-    response_command: ResponseCommandOption = None,
-    response_arg: ResponseArgOption = None,
-    response_timeout: ResponseTimeoutOption = None,
-    no_response: Annotated[
-        bool, typer.Option("--no-response", help="Remove the static answer.")
-    ] = False,
-    no_response_command: Annotated[
-        bool, typer.Option("--no-response-command", help="Remove the response command.")
-    ] = False,
-    state_dir: StateDirOption = None,
-    json_output: JsonOption = False,
-) -> None:
-    """Change an integration's name or its answer to the sender.
-
-    --response-status/--response-body/--response-content-type change only
-    the parts given; --response-command (with its --response-arg list)
-    replaces the whole command.
-
-    Examples:
-
-    $ palyra webhooks update deploy --response-body 'Deploying...'
-    $ palyra webhooks update deploy --response-command /usr/local/bin/reply --response-timeout 2
-    $ palyra webhooks update deploy --no-response-command
-    """
-    static_given = any(v is not None for v in (response_status, response_body,
-                                                 response_content_type))
-    if no_response and static_given:
-        usage_error("--no-response and a --response-status/-body/-content-type exclude"
-                    " each other", param="--no-response")
-    if no_response_command and (response_command is not None or response_arg):
-        usage_error("--no-response-command and --response-command exclude each other",
-                    param="--no-response-command")
-    with admin_session(state_dir, json_output=json_output) as client:
-        current = None
-        if static_given:
-            hook = client.get_webhook(integration_id).get("webhook") or {}
-            current = hook.get("response")
-        fields = response_fields(response_status, response_body, response_content_type,
-                                 response_command, response_arg, response_timeout, current)
-        if display_name is not None:
-            fields["display_name"] = display_name
-        if no_response:
-            fields["response"] = None
-        if no_response_command:
-            fields["response_command"] = None
-        if not fields:
-            usage_error("nothing to change: give at least one option")
-        answer = client.update_webhook(integration_id, fields)
-    if json_output:
-        output.print_json(answer)
-        return
-    output.success(f"Updated {integration_id}.")
+app.command("update")(update)
 
 
 @app.command("list")

@@ -607,6 +607,26 @@ def _check_destination(out: Mapping[str, Any], prefix: str) -> None:
                                          f" {show(out['timeout_s'])}")
 
 
+# What a destination cannot have beside it: dropped when a subscription is switched to it.
+_NOT_BESIDE: dict[str, tuple[str, ...]] = {
+    "url": (*COMMAND_FIELDS, "email"),
+    "command": ("url", "email", "headers", "max_in_flight"),
+    "email": ("url", *COMMAND_FIELDS, "headers", "format", "signature_format"),
+}
+
+
+def left_behind(sub: Subscription, changes: Mapping[str, Any]) -> tuple[str, ...]:
+    """When ``changes`` (an edit) give ``sub`` another destination, the fields of the old one
+    that the new one cannot have beside it and that ``sub`` sets (not at their defaults),
+    which ``changes`` do not mention: the edit removes them, so ``--url`` alone switches a
+    command subscription to HTTP. ``()`` when the destination stays."""
+    given = [key for key in DESTINATIONS if changes.get(key)]
+    if len(given) != 1 or given[0] == sub.destination:
+        return ()
+    return tuple(key for key in _NOT_BESIDE[given[0]]
+                 if key not in changes and getattr(sub, key) != DEFAULTS.get(key))
+
+
 def parse_subscriptions(data: Mapping[str, Any]) -> dict[str, Subscription]:
     """The ``[[subscriptions]]`` of parsed registry TOML by id, in file order: at most
     1024, ids unique. Field names in errors are ``subscriptions[i].key``."""
