@@ -400,10 +400,20 @@ async def test_outbound_answers_match_the_spec(
     retried = await api.call("POST", "/v1/deliveries/{id}/retry", 200, id=delivery_id)
     assert retried["delivery"]["status"] == "pending"
     await outbound.dispatcher.wait_for_attempts(3)
-    again = await api.call("POST", "/v1/deliveries/{id}/retry", 409, id=delivery_id)
-    assert again["error"] == "conflict"
+    # Succeeded: delivered again (a redelivery), one more attempt.
+    again = await api.call("POST", "/v1/deliveries/{id}/retry", 200, id=delivery_id)
+    assert again["delivery"]["status"] == "pending"
+    await outbound.dispatcher.wait_for_attempts(4)
     done = await api.call("GET", "/v1/deliveries", 200, params={"status": "succeeded"})
-    assert [d["attempts"] for d in done["deliveries"]] == [3]
+    assert [d["attempts"] for d in done["deliveries"]] == [4]
+    bulk = await api.call("POST", "/v1/deliveries/retry", 200,
+                          json={"subscription_id": "r", "status": "failed"})
+    assert bulk == {"retried": 0, "next_after": None}
+    bad_bulk = await api.call("POST", "/v1/deliveries/retry", 400,
+                              json={"subscription_id": "r", "status": "succeeded"})
+    assert bad_bulk["field"] == "status"
+    await api.call("POST", "/v1/deliveries/retry", 404,
+                   json={"subscription_id": "nope", "status": "failed"})
     healthy = await api.call("GET", "/v1/subscriptions/{id}", 200, id="r")
     assert healthy["subscription"]["health"]["failing_since"] is None
     assert healthy["subscription"]["health"]["last_success_at"] is not None

@@ -406,6 +406,15 @@ class AdminClient:
     def retry_delivery(self, delivery_id: str) -> JsonObject:
         return self.request("POST", f"/v1/deliveries/{_segment(delivery_id)}/retry")
 
+    def retry_deliveries(self, subscription_id: str, status: str, *, after: str | None = None,
+                         limit: int = 100) -> JsonObject:
+        """One page of a bulk retry: ``{retried, next_after}``."""
+        body: JsonObject = {"subscription_id": subscription_id, "status": status,
+                            "limit": limit}
+        if after is not None:
+            body["after"] = after
+        return self.request("POST", "/v1/deliveries/retry", body=body)
+
     def recover_deliveries(
         self, subscription_id: str, *, since: str, until: str | None = None
     ) -> JsonObject:

@@ -131,15 +131,16 @@ class DeliveryLog(Protocol):
         ...
 
     async def retry(self, delivery_id: str, now_ms: int) -> Delivery | None:
-        """Make a failed (or pending) delivery pending and due at ``now_ms``; a succeeded
-        one is returned unchanged; ``None`` if there is no such delivery."""
+        """Make a delivery pending and due at ``now_ms``, whatever its status (a
+        succeeded one is sent again, same ids); ``None`` if there is no such delivery."""
         ...
 
     async def recover(
         self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
     ) -> int:
         """Make every failed delivery of the subscription created in ``[since_ms,
-        until_ms)`` pending and due at ``now_ms``; returns how many."""
+        until_ms)`` pending and due at ``now_ms``, and every pending one of them with
+        failed attempts waiting for a later retry due at ``now_ms``; returns how many."""
         ...
 
     async def forget_subscription(self, subscription_id: str, now_ms: int) -> int:

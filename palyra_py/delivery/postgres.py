@@ -283,21 +283,22 @@ class DeliveryPgSql:
         return [AttemptRow(*record) for record in found]
 
     async def make_pending(self, delivery_id: str, now_ms: int) -> DeliveryRow | None:
-        """A delivery not succeeded made pending and due at ``now_ms``; the row as it is
-        then (unchanged if succeeded), ``None`` if there is none."""
+        """The delivery made pending and due at ``now_ms``, whatever its status (a
+        succeeded one is sent again); the row as it is then, ``None`` if there is none."""
         found = await self.conn.fetchrow(
             f"UPDATE deliveries SET status = 'pending', next_attempt_ms = $2,"  # noqa: S608
-            f" updated_ms = $2 WHERE delivery_id = $1 AND status <> 'succeeded'"
-            f" RETURNING {_D_COLS}",
+            f" updated_ms = $2 WHERE delivery_id = $1 RETURNING {_D_COLS}",
             delivery_id, now_ms,
         )
-        return DeliveryRow(*found) if found is not None else await self.delivery(delivery_id)
+        return None if found is None else DeliveryRow(*found)
 
     async def recover(self, subscription_id: str, since_ms: int, until_ms: int | None,
                       now_ms: int) -> int:
         where = Where(2)
         where.add("subscription_id = {}", subscription_id)
-        where.add("status = 'failed'")
+        # Failed ones, and pending ones that failed and wait for their next retry.
+        where.add("(status = 'failed' OR (status = 'pending' AND attempts > 0"
+                  " AND next_attempt_ms > $1))")
         where.add("created_ms >= {}", since_ms)
         if until_ms is not None:
             where.add("created_ms < {}", until_ms)

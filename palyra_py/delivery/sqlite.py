@@ -327,7 +327,9 @@ class DeliverySql(DeliveryStatsQueries):
     ) -> int:
         where = Where()
         where.add("subscription_id = ?", subscription_id)
-        where.add("status = 'failed'")
+        # Failed ones, and pending ones that failed and wait for their next retry.
+        where.add("(status = 'failed' OR (status = 'pending' AND attempts > 0"
+                  " AND next_attempt_ms > ?))", now_ms)
         where.add("created_ms >= ?", since_ms)
         if until_ms is not None:
             where.add("created_ms < ?", until_ms)

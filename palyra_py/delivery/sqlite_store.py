@@ -404,18 +404,16 @@ class DeliveryStore:
     # -- operator actions --------------------------------------------------------------
 
     async def retry(self, delivery_id: str, now_ms: int) -> Delivery | None:
-        """Make a failed (or pending) delivery pending and due at ``now_ms``, keeping its
-        attempt count and last error. A succeeded delivery is returned unchanged (the
-        caller tells by its status); ``None`` if there is no such delivery."""
+        """Make a delivery pending and due at ``now_ms``, whatever its status (a succeeded
+        one is sent again: a redelivery, with the same event and delivery id), keeping its
+        attempt count and last error; ``None`` if there is no such delivery."""
 
         def run(sql: DeliverySql) -> Delivery | None:
-            current = sql.delivery(delivery_id)
-            if current is None:
+            if sql.delivery(delivery_id) is None:
                 return None
-            if current.status != "succeeded":
-                sql.make_pending(delivery_id, now_ms)
-                current = sql.delivery(delivery_id)
-                assert current is not None
+            sql.make_pending(delivery_id, now_ms)
+            current = sql.delivery(delivery_id)
+            assert current is not None
             return delivery_from_row(current)
 
         return await self._write(run)
@@ -424,7 +422,8 @@ class DeliveryStore:
         self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
     ) -> int:
         """Make every failed delivery of the subscription created in ``[since_ms,
-        until_ms)`` pending and due at ``now_ms``; returns how many."""
+        until_ms)`` pending and due at ``now_ms``, and every pending one of them that has
+        failed attempts and waits for a later retry due at ``now_ms``; returns how many."""
         return await self._write(
             lambda sql: sql.recover(subscription_id, since_ms, until_ms, now_ms)
         )
