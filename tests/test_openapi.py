@@ -414,6 +414,13 @@ async def test_outbound_answers_match_the_spec(
     assert bad_bulk["field"] == "status"
     await api.call("POST", "/v1/deliveries/retry", 404,
                    json={"subscription_id": "nope", "status": "failed"})
+    replayed = await api.call("POST", "/v1/subscriptions/{id}/replay", 200, id="r",
+                              json={"from_seq": 1, "limit": 2})
+    assert replayed["scanned"] == 2 and replayed["next_from_seq"] == 3
+    no_start = await api.call("POST", "/v1/subscriptions/{id}/replay", 400, id="r", json={})
+    assert no_start["field"] == "from_seq"
+    await api.call("POST", "/v1/subscriptions/{id}/replay", 404, id="nope",
+                   json={"from_seq": 1})
     healthy = await api.call("GET", "/v1/subscriptions/{id}", 200, id="r")
     assert healthy["subscription"]["health"]["failing_since"] is None
     assert healthy["subscription"]["health"]["last_success_at"] is not None

@@ -395,6 +395,12 @@ class AdminClient:
         path = f"/v1/subscriptions/{_segment(subscription_id)}/test"
         return self.request("POST", path, body=body, timeout=timeout)
 
+    def replay_subscription(self, subscription_id: str, body: JsonObject) -> JsonObject:
+        """One page of a replay: ``{replayed, scanned, to_seq, next_from_seq}``."""
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/replay"
+        return self.request("POST", path, body={k: v for k, v in body.items()
+                                                if v is not None})
+
     # -- outbound: deliveries --
 
     def list_deliveries(self, query: Mapping[str, QueryValue]) -> JsonObject:

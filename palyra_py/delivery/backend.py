@@ -143,6 +143,13 @@ class DeliveryLog(Protocol):
         failed attempts waiting for a later retry due at ``now_ms``; returns how many."""
         ...
 
+    async def replay(self, subscription_id: str, deliveries: Sequence[NewDelivery],
+                     now_ms: int) -> int:
+        """In one transaction: create each of ``deliveries`` as pending, or make the
+        existing delivery of that event to the subscription pending and due at the given
+        ``next_attempt_ms``; the cursor does not move. Returns how many were written."""
+        ...
+
     async def forget_subscription(self, subscription_id: str, now_ms: int) -> int:
         """For a removed subscription: drop its cursor and health, end its pending
         deliveries as failed (``subscription_removed``); returns how many were ended."""

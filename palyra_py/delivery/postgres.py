@@ -199,6 +199,20 @@ _ENQUEUE = f"""
 """  # noqa: S608 (constants and placeholders only)
 
 
+# A replay: each event's delivery created, or the one it has made pending and due again.
+_REPLAY = f"""
+    INSERT INTO deliveries AS d ({_D_COLS})
+    SELECT n.delivery_id, n.subscription_id, n.event_seq, n.event_id, n.event_type,
+           'pending', 0, n.next_attempt_ms, n.created_ms, n.created_ms, NULL, NULL
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                $6::bigint[], $7::bigint[])
+        AS n(delivery_id, subscription_id, event_seq, event_id, event_type,
+             next_attempt_ms, created_ms)
+    ON CONFLICT (subscription_id, event_id) DO UPDATE SET status = 'pending',
+        next_attempt_ms = EXCLUDED.next_attempt_ms, updated_ms = EXCLUDED.created_ms
+"""  # noqa: S608 (constants and placeholders only)
+
+
 class DeliveryPgSql:
     """The delivery store's SQL over one connection, which the caller does not share
     meanwhile."""
@@ -230,6 +244,15 @@ class DeliveryPgSql:
         cols = _columns(rows, len(NewDeliveryRow._fields))
         found = await self.conn.fetch(_ENQUEUE, *cols, subscription_id, new_cursor)
         return {str(record["delivery_id"]) for record in found}
+
+    async def replay(self, rows: Sequence[NewDeliveryRow]) -> int:
+        """Insert ``rows`` as pending; where the event's delivery exists, make it pending
+        and due at the row's ``next_attempt_ms`` instead. The cursor is left alone.
+        Returns how many rows were written (each one, inserted or updated)."""
+        if not rows:
+            return 0
+        return _count(await self.conn.execute(
+            _REPLAY, *_columns(rows, len(NewDeliveryRow._fields))))
 
     async def delivery(self, delivery_id: str) -> DeliveryRow | None:
         found = await self.conn.fetchrow(

@@ -418,6 +418,21 @@ class DeliveryStore:
 
         return await self._write(run)
 
+    async def replay(self, subscription_id: str, deliveries: Sequence[NewDelivery],
+                     now_ms: int) -> int:
+        """In one transaction: create each of ``deliveries`` as pending (``created_ms`` =
+        ``now_ms``), or, where that event's delivery to the subscription exists, make it
+        pending and due at the given ``next_attempt_ms`` (sent again: a redelivery). The
+        cursor does not move: the journal's later events are enqueued as before, and one
+        replayed here is not created twice. Returns how many were written."""
+        if any(d.subscription_id != subscription_id for d in deliveries):
+            raise ValueError("every delivery must be for the subscription being replayed")
+        items = tuple(deliveries)
+        ids = self._ids
+        return await self._write(lambda sql: sql.replay([
+            NewDeliveryRow(ids.new(now_ms), subscription_id, d.event_seq, d.event_id,
+                           d.event_type, d.next_attempt_ms, now_ms) for d in items]))
+
     async def recover(
         self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
     ) -> int:
