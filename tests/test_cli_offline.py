@@ -821,7 +821,7 @@ def test_deliveries_show_retry_recover(canned: CannedDaemon) -> None:
     recover = cli(canned, "deliveries", "recover", "ci", "--since", "1714564800",
                   "--until", "2024-05-01T14:00:00+02:00")
     assert recover.exit_code == 0, recover.output
-    assert "Re-sending 12 failed deliveries of ci" in flat(recover.stdout)
+    assert "Re-sending 12 failed or waiting deliveries of ci" in flat(recover.stdout)
     assert canned.requests[-1]["body"] == {
         "subscription_id": "ci", "since": "2024-05-01T12:00:00.000Z",
         "until": "2024-05-01T12:00:00.000Z",

@@ -400,10 +400,27 @@ async def test_outbound_answers_match_the_spec(
     retried = await api.call("POST", "/v1/deliveries/{id}/retry", 200, id=delivery_id)
     assert retried["delivery"]["status"] == "pending"
     await outbound.dispatcher.wait_for_attempts(3)
-    again = await api.call("POST", "/v1/deliveries/{id}/retry", 409, id=delivery_id)
-    assert again["error"] == "conflict"
+    # Succeeded: delivered again (a redelivery), one more attempt.
+    again = await api.call("POST", "/v1/deliveries/{id}/retry", 200, id=delivery_id)
+    assert again["delivery"]["status"] == "pending"
+    await outbound.dispatcher.wait_for_attempts(4)
     done = await api.call("GET", "/v1/deliveries", 200, params={"status": "succeeded"})
-    assert [d["attempts"] for d in done["deliveries"]] == [3]
+    assert [d["attempts"] for d in done["deliveries"]] == [4]
+    bulk = await api.call("POST", "/v1/deliveries/retry", 200,
+                          json={"subscription_id": "r", "status": "failed"})
+    assert bulk == {"retried": 0, "next_after": None}
+    bad_bulk = await api.call("POST", "/v1/deliveries/retry", 400,
+                              json={"subscription_id": "r", "status": "succeeded"})
+    assert bad_bulk["field"] == "status"
+    await api.call("POST", "/v1/deliveries/retry", 404,
+                   json={"subscription_id": "nope", "status": "failed"})
+    replayed = await api.call("POST", "/v1/subscriptions/{id}/replay", 200, id="r",
+                              json={"from_seq": 1, "limit": 2})
+    assert replayed["scanned"] == 2 and replayed["next_from_seq"] == 3
+    no_start = await api.call("POST", "/v1/subscriptions/{id}/replay", 400, id="r", json={})
+    assert no_start["field"] == "from_seq"
+    await api.call("POST", "/v1/subscriptions/{id}/replay", 404, id="nope",
+                   json={"from_seq": 1})
     healthy = await api.call("GET", "/v1/subscriptions/{id}", 200, id="r")
     assert healthy["subscription"]["health"]["failing_since"] is None
     assert healthy["subscription"]["health"]["last_success_at"] is not None

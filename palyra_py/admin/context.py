@@ -273,6 +273,17 @@ class DeliveriesContext:
 
 
 @dataclass(frozen=True, slots=True)
+class ReplayContext:
+    """For ``ReplayApi``: past journal events delivered to a subscription."""
+
+    registry_view: RegistryView
+    journal: Journal
+    deliveries: DeliveryLog
+    dispatcher: Dispatcher
+    time: Clock
+
+
+@dataclass(frozen=True, slots=True)
 class EventsContext:
     """For ``EventsApi``: the journal's routes, on the admin socket and (behind a token)
     on the public listener."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import secrets as random_secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,6 +39,7 @@ class DeliveriesApi:
             web.get("/v1/deliveries", self.list),
             web.get("/v1/deliveries/stats", self.stats),
             web.post("/v1/deliveries/recover", self.recover),
+            web.post("/v1/deliveries/retry", self.retry_many),
             web.get("/v1/deliveries/{id}", self.show),
             web.post("/v1/deliveries/{id}/retry", self.retry),
             web.get("/v1/tokens", self.list_tokens),
@@ -76,12 +78,42 @@ class DeliveriesApi:
             raise not_found(f"no delivery {delivery_id[:40]!r}")
         if found[0].subscription_id not in self.ctx.editor.registry.subscriptions:
             raise ApiError(409, "conflict", "its subscription no longer exists")
-        if found[0].status == "succeeded":
-            raise ApiError(409, "conflict", "the delivery already succeeded")
+        # A succeeded one too: a redelivery (same webhook-id), as GitHub's "Redeliver".
         delivery = await self.ctx.deliveries.retry(delivery_id, self.ctx.time.now_ms())
         self.ctx.dispatcher.wake(everywhere=True)
         assert delivery is not None
         return web.json_response({"delivery": delivery.to_dict()})
+
+    async def retry_many(self, request: web.Request) -> web.Response:
+        """One page of a bulk retry: the deliveries of a subscription in one status after
+        ``after`` (in id order), at most ``limit``, each made pending and due now."""
+        body = await read_json_object(request)
+        subscription_id = body.get("subscription_id")
+        if not isinstance(subscription_id, str) or (
+            subscription_id not in self.ctx.editor.registry.subscriptions
+        ):
+            raise not_found(f"no subscription {str(subscription_id)[:64]!r}")
+        status = body.get("status")
+        if status not in ("pending", "failed"):
+            raise invalid("status: pending or failed", "status")
+        after = body.get("after")
+        if after is not None and not isinstance(after, str):
+            raise invalid("after: a delivery id", "after")
+        limit = body.get("limit", 100)
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_LIMIT:
+            raise invalid(f"limit: an integer from 1 to {MAX_LIMIT}", "limit")
+        page = await self.ctx.deliveries.list(subscription_id=subscription_id, status=status,
+                                              after=after, limit=limit)
+        now_ms = self.ctx.time.now_ms()
+        # Issued together: the SQLite writer commits them in one transaction.
+        retried = await asyncio.gather(*(self.ctx.deliveries.retry(d.delivery_id, now_ms)
+                                         for d in page))
+        if page:
+            self.ctx.dispatcher.wake(everywhere=True)
+        return web.json_response({
+            "retried": sum(1 for d in retried if d is not None),
+            "next_after": page[-1].delivery_id if len(page) == limit else None,
+        })
 
     async def recover(self, request: web.Request) -> web.Response:
         body = await read_json_object(request)

@@ -7,6 +7,7 @@ and statistics."""
 from collections.abc import Iterator, Mapping
 from datetime import UTC, datetime
 from enum import StrEnum
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -18,6 +19,7 @@ from palyra_py.cli.session import (
     admin_session,
     run_read,
     time_option,
+    usage_error,
 )
 from palyra_py.clients.admin import AdminClient, JsonObject, QueryValue
 
@@ -138,15 +140,77 @@ def show(delivery_id: IdArgument, state_dir: StateDirOption = None,
     run_read(("deliveries", "show"), state_dir, json_output, delivery_id)
 
 
-@app.command("retry")
-def retry(delivery_id: IdArgument, state_dir: StateDirOption = None,
-          json_output: JsonOption = False) -> None:
-    """Put a delivery back to pending and attempt it at once.
+class RetryStatus(StrEnum):
+    pending = "pending"
+    failed = "failed"
 
-    Example:
+
+@app.command("retry")
+def retry(
+    delivery_id: Annotated[
+        str | None,
+        typer.Argument(metavar="[ID]", help="Delivery id (or --subscription and --status).",
+                       show_default=False),
+    ] = None,
+    subscription: Annotated[
+        str | None,
+        typer.Option("--subscription", "-s", metavar="ID",
+                     help="Retry every delivery of this subscription in --status."),
+    ] = None,
+    status: Annotated[
+        RetryStatus | None,
+        typer.Option("--status", help="With --subscription: which deliveries to retry."),
+    ] = None,
+    state_dir: StateDirOption = None,
+    json_output: JsonOption = False,
+) -> None:
+    """Send a delivery again at once, whatever its state, or many of them.
+
+    A failed or pending delivery goes back to pending, due now. A succeeded
+    one is delivered again (a redelivery, as GitHub's Redeliver): the same
+    webhook-id and delivery id, one more attempt in its log.
+
+    With --subscription and --status, every pending (due now instead of at
+    its next retry) or failed delivery of that subscription, with a progress
+    bar; --json prints {"retried": N}.
+
+    Examples:
 
     $ palyra deliveries retry 01J9ZQ4V7D0S8M1W6Y3K2B5N4C
+    $ palyra deliveries retry --subscription ci --status failed
     """
+    if delivery_id is not None:
+        if subscription is not None or status is not None:
+            usage_error("give a delivery id, or --subscription with --status, not both")
+        _retry_one(delivery_id, state_dir, json_output)
+        return
+    if subscription is None or status is None:
+        usage_error("give a delivery id, or --subscription with --status")
+    with admin_session(state_dir, json_output=json_output) as client:
+        counts = client.delivery_stats({"subscription": subscription}).get("deliveries") or {}
+        total = counts.get(status.value)
+        retried, after = 0, None
+        with output.progress_bar(f"Retrying {status.value} deliveries of {subscription}",
+                                 total if isinstance(total, int) else None,
+                                 quiet=json_output) as advance:
+            while True:
+                page = client.retry_deliveries(subscription, status.value, after=after,
+                                               limit=MAX_PAGE)
+                count = int(page.get("retried") or 0)
+                retried += count
+                advance(count)
+                next_after = page.get("next_after")
+                if next_after is None or next_after == after:
+                    break
+                after = str(next_after)
+    if json_output:
+        output.print_json({"retried": retried})
+        return
+    output.success(f"Re-sending {retried} {status.value} deliver"
+                   f"{'y' if retried == 1 else 'ies'} of {subscription} at once.")
+
+
+def _retry_one(delivery_id: str, state_dir: Path | None, json_output: bool) -> None:
     with admin_session(state_dir, json_output=json_output) as client:
         answer = client.retry_delivery(delivery_id)
     if json_output:
@@ -174,10 +238,11 @@ def recover(
     state_dir: StateDirOption = None,
     json_output: JsonOption = False,
 ) -> None:
-    """Re-send every failed delivery of a subscription created in a time range.
+    """Re-send the failed and waiting deliveries of a subscription created in a time range.
 
     For after an outage of the receiver: each failed delivery goes back to
-    pending with a fresh schedule.
+    pending, and each pending one that failed and waits for its next retry
+    (5 min, 2 h...) is due now.
 
     Example:
 
@@ -194,7 +259,8 @@ def recover(
         return
     count = answer.get("recovered", 0)
     output.success(
-        f"Re-sending {count} failed deliver{'y' if count == 1 else 'ies'} of {subscription_id} "
+        f"Re-sending {count} failed or waiting deliver{'y' if count == 1 else 'ies'} of "
+        f"{subscription_id} "
         f"created since {since_at}{f' until {until_at}' if until_at else ''}."
     )
 

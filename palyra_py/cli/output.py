@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from typing import TYPE_CHECKING, Any
@@ -153,6 +154,25 @@ def print_listing(items: Any, render: Callable[[Sequence[Any]], Table], empty: s
     else:
         console().print(render(items))
     return 0
+
+
+@contextmanager
+def progress_bar(description: str, total: int | None, *, quiet: bool = False
+                 ) -> Iterator[Callable[[int], None]]:
+    """A progress bar on stderr (stdout stays for results) for a long operation in steps:
+    yields ``advance(n)``. ``total`` ``None``: no known end. ``quiet`` (``--json``): no
+    bar at all; ``advance`` does nothing."""
+    if quiet:
+        yield lambda _n: None
+        return
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    bar = Progress(TextColumn(printable(description)), BarColumn(), MofNCompleteColumn(),
+                   console=Console(stderr=True), transient=False)
+    with bar:
+        task = bar.add_task(printable(description), total=total)
+        yield lambda n: bar.advance(task, n)
 
 
 def success(message: str) -> None:

@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from palyra_py.cli import outbound_views, output
+from palyra_py.cli import outbound_views, output, replay_cmd
 from palyra_py.cli.events_cmd import load_data
 from palyra_py.cli.session import (
     JsonOption,
@@ -38,6 +38,7 @@ app = typer.Typer(
     " published events.",
     no_args_is_help=True,
 )
+app.command("replay")(replay_cmd.replay)
 
 
 GenerateSecretOption = Annotated[

@@ -395,6 +395,12 @@ class AdminClient:
         path = f"/v1/subscriptions/{_segment(subscription_id)}/test"
         return self.request("POST", path, body=body, timeout=timeout)
 
+    def replay_subscription(self, subscription_id: str, body: JsonObject) -> JsonObject:
+        """One page of a replay: ``{replayed, scanned, to_seq, next_from_seq}``."""
+        path = f"/v1/subscriptions/{_segment(subscription_id)}/replay"
+        return self.request("POST", path, body={k: v for k, v in body.items()
+                                                if v is not None})
+
     # -- outbound: deliveries --
 
     def list_deliveries(self, query: Mapping[str, QueryValue]) -> JsonObject:
@@ -405,6 +411,15 @@ class AdminClient:
 
     def retry_delivery(self, delivery_id: str) -> JsonObject:
         return self.request("POST", f"/v1/deliveries/{_segment(delivery_id)}/retry")
+
+    def retry_deliveries(self, subscription_id: str, status: str, *, after: str | None = None,
+                         limit: int = 100) -> JsonObject:
+        """One page of a bulk retry: ``{retried, next_after}``."""
+        body: JsonObject = {"subscription_id": subscription_id, "status": status,
+                            "limit": limit}
+        if after is not None:
+            body["after"] = after
+        return self.request("POST", "/v1/deliveries/retry", body=body)
 
     def recover_deliveries(
         self, subscription_id: str, *, since: str, until: str | None = None

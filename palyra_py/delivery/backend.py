@@ -131,15 +131,23 @@ class DeliveryLog(Protocol):
         ...
 
     async def retry(self, delivery_id: str, now_ms: int) -> Delivery | None:
-        """Make a failed (or pending) delivery pending and due at ``now_ms``; a succeeded
-        one is returned unchanged; ``None`` if there is no such delivery."""
+        """Make a delivery pending and due at ``now_ms``, whatever its status (a
+        succeeded one is sent again, same ids); ``None`` if there is no such delivery."""
         ...
 
     async def recover(
         self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
     ) -> int:
         """Make every failed delivery of the subscription created in ``[since_ms,
-        until_ms)`` pending and due at ``now_ms``; returns how many."""
+        until_ms)`` pending and due at ``now_ms``, and every pending one of them with
+        failed attempts waiting for a later retry due at ``now_ms``; returns how many."""
+        ...
+
+    async def replay(self, subscription_id: str, deliveries: Sequence[NewDelivery],
+                     now_ms: int) -> int:
+        """In one transaction: create each of ``deliveries`` as pending, or make the
+        existing delivery of that event to the subscription pending and due at the given
+        ``next_attempt_ms``; the cursor does not move. Returns how many were written."""
         ...
 
     async def forget_subscription(self, subscription_id: str, now_ms: int) -> int:

@@ -199,6 +199,20 @@ _ENQUEUE = f"""
 """  # noqa: S608 (constants and placeholders only)
 
 
+# A replay: each event's delivery created, or the one it has made pending and due again.
+_REPLAY = f"""
+    INSERT INTO deliveries AS d ({_D_COLS})
+    SELECT n.delivery_id, n.subscription_id, n.event_seq, n.event_id, n.event_type,
+           'pending', 0, n.next_attempt_ms, n.created_ms, n.created_ms, NULL, NULL
+    FROM unnest($1::text[], $2::text[], $3::bigint[], $4::text[], $5::text[],
+                $6::bigint[], $7::bigint[])
+        AS n(delivery_id, subscription_id, event_seq, event_id, event_type,
+             next_attempt_ms, created_ms)
+    ON CONFLICT (subscription_id, event_id) DO UPDATE SET status = 'pending',
+        next_attempt_ms = EXCLUDED.next_attempt_ms, updated_ms = EXCLUDED.created_ms
+"""  # noqa: S608 (constants and placeholders only)
+
+
 class DeliveryPgSql:
     """The delivery store's SQL over one connection, which the caller does not share
     meanwhile."""
@@ -230,6 +244,15 @@ class DeliveryPgSql:
         cols = _columns(rows, len(NewDeliveryRow._fields))
         found = await self.conn.fetch(_ENQUEUE, *cols, subscription_id, new_cursor)
         return {str(record["delivery_id"]) for record in found}
+
+    async def replay(self, rows: Sequence[NewDeliveryRow]) -> int:
+        """Insert ``rows`` as pending; where the event's delivery exists, make it pending
+        and due at the row's ``next_attempt_ms`` instead. The cursor is left alone.
+        Returns how many rows were written (each one, inserted or updated)."""
+        if not rows:
+            return 0
+        return _count(await self.conn.execute(
+            _REPLAY, *_columns(rows, len(NewDeliveryRow._fields))))
 
     async def delivery(self, delivery_id: str) -> DeliveryRow | None:
         found = await self.conn.fetchrow(
@@ -283,21 +306,22 @@ class DeliveryPgSql:
         return [AttemptRow(*record) for record in found]
 
     async def make_pending(self, delivery_id: str, now_ms: int) -> DeliveryRow | None:
-        """A delivery not succeeded made pending and due at ``now_ms``; the row as it is
-        then (unchanged if succeeded), ``None`` if there is none."""
+        """The delivery made pending and due at ``now_ms``, whatever its status (a
+        succeeded one is sent again); the row as it is then, ``None`` if there is none."""
         found = await self.conn.fetchrow(
             f"UPDATE deliveries SET status = 'pending', next_attempt_ms = $2,"  # noqa: S608
-            f" updated_ms = $2 WHERE delivery_id = $1 AND status <> 'succeeded'"
-            f" RETURNING {_D_COLS}",
+            f" updated_ms = $2 WHERE delivery_id = $1 RETURNING {_D_COLS}",
             delivery_id, now_ms,
         )
-        return DeliveryRow(*found) if found is not None else await self.delivery(delivery_id)
+        return None if found is None else DeliveryRow(*found)
 
     async def recover(self, subscription_id: str, since_ms: int, until_ms: int | None,
                       now_ms: int) -> int:
         where = Where(2)
         where.add("subscription_id = {}", subscription_id)
-        where.add("status = 'failed'")
+        # Failed ones, and pending ones that failed and wait for their next retry.
+        where.add("(status = 'failed' OR (status = 'pending' AND attempts > 0"
+                  " AND next_attempt_ms > $1))")
         where.add("created_ms >= {}", since_ms)
         if until_ms is not None:
             where.add("created_ms < {}", until_ms)

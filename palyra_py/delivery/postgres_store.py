@@ -535,6 +535,20 @@ class PostgresDeliveries:
 
         return await self._write(run)
 
+    async def replay(self, subscription_id: str, deliveries: Sequence[NewDelivery],
+                     now_ms: int) -> int:
+        if any(d.subscription_id != subscription_id for d in deliveries):
+            raise ValueError("every delivery must be for the subscription being replayed")
+        items = tuple(deliveries)
+        ids = self._ids
+
+        async def run(sql: DeliveryPgSql) -> int:
+            return await sql.replay([
+                NewDeliveryRow(ids.new(now_ms), subscription_id, d.event_seq, d.event_id,
+                               d.event_type, d.next_attempt_ms, now_ms) for d in items])
+
+        return await self._write(run)
+
     async def recover(
         self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
     ) -> int:

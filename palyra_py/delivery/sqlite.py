@@ -242,6 +242,20 @@ class DeliverySql(DeliveryStatsQueries):
             )
         return max(cur.rowcount, 0)
 
+    def replay(self, rows: Sequence[NewDeliveryRow]) -> int:
+        """Insert ``rows`` as pending; where the event's delivery exists, make it pending
+        and due at the row's ``next_attempt_ms`` instead. The cursor is left alone.
+        Returns how many rows were written (each one, inserted or updated)."""
+        self._conn.executemany(
+            "INSERT INTO deliveries (delivery_id, subscription_id, event_seq, event_id,"
+            " event_type, status, attempts, next_attempt_ms, created_ms, updated_ms)"
+            " VALUES (?1, ?2, ?3, ?4, ?5, 'pending', 0, ?6, ?7, ?7)"
+            " ON CONFLICT (subscription_id, event_id) DO UPDATE SET status = 'pending',"
+            " next_attempt_ms = excluded.next_attempt_ms, updated_ms = excluded.updated_ms",
+            rows,
+        )
+        return len(rows)
+
     def delivery(self, delivery_id: str) -> DeliveryRow | None:
         found = self._conn.execute(
             f"SELECT {_D_COLS} FROM deliveries WHERE delivery_id = ?",  # noqa: S608
@@ -327,7 +341,9 @@ class DeliverySql(DeliveryStatsQueries):
     ) -> int:
         where = Where()
         where.add("subscription_id = ?", subscription_id)
-        where.add("status = 'failed'")
+        # Failed ones, and pending ones that failed and wait for their next retry.
+        where.add("(status = 'failed' OR (status = 'pending' AND attempts > 0"
+                  " AND next_attempt_ms > ?))", now_ms)
         where.add("created_ms >= ?", since_ms)
         if until_ms is not None:
             where.add("created_ms < ?", until_ms)

@@ -404,27 +404,41 @@ class DeliveryStore:
     # -- operator actions --------------------------------------------------------------
 
     async def retry(self, delivery_id: str, now_ms: int) -> Delivery | None:
-        """Make a failed (or pending) delivery pending and due at ``now_ms``, keeping its
-        attempt count and last error. A succeeded delivery is returned unchanged (the
-        caller tells by its status); ``None`` if there is no such delivery."""
+        """Make a delivery pending and due at ``now_ms``, whatever its status (a succeeded
+        one is sent again: a redelivery, with the same event and delivery id), keeping its
+        attempt count and last error; ``None`` if there is no such delivery."""
 
         def run(sql: DeliverySql) -> Delivery | None:
-            current = sql.delivery(delivery_id)
-            if current is None:
+            if sql.delivery(delivery_id) is None:
                 return None
-            if current.status != "succeeded":
-                sql.make_pending(delivery_id, now_ms)
-                current = sql.delivery(delivery_id)
-                assert current is not None
+            sql.make_pending(delivery_id, now_ms)
+            current = sql.delivery(delivery_id)
+            assert current is not None
             return delivery_from_row(current)
 
         return await self._write(run)
+
+    async def replay(self, subscription_id: str, deliveries: Sequence[NewDelivery],
+                     now_ms: int) -> int:
+        """In one transaction: create each of ``deliveries`` as pending (``created_ms`` =
+        ``now_ms``), or, where that event's delivery to the subscription exists, make it
+        pending and due at the given ``next_attempt_ms`` (sent again: a redelivery). The
+        cursor does not move: the journal's later events are enqueued as before, and one
+        replayed here is not created twice. Returns how many were written."""
+        if any(d.subscription_id != subscription_id for d in deliveries):
+            raise ValueError("every delivery must be for the subscription being replayed")
+        items = tuple(deliveries)
+        ids = self._ids
+        return await self._write(lambda sql: sql.replay([
+            NewDeliveryRow(ids.new(now_ms), subscription_id, d.event_seq, d.event_id,
+                           d.event_type, d.next_attempt_ms, now_ms) for d in items]))
 
     async def recover(
         self, subscription_id: str, since_ms: int, until_ms: int | None, now_ms: int
     ) -> int:
         """Make every failed delivery of the subscription created in ``[since_ms,
-        until_ms)`` pending and due at ``now_ms``; returns how many."""
+        until_ms)`` pending and due at ``now_ms``, and every pending one of them that has
+        failed attempts and waits for a later retry due at ``now_ms``; returns how many."""
         return await self._write(
             lambda sql: sql.recover(subscription_id, since_ms, until_ms, now_ms)
         )

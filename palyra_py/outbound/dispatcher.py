@@ -43,8 +43,7 @@ import structlog
 from palyra_py.bus.base import Bus
 from palyra_py.delivery.backend import DeliveryQueue, DeliveryStoreUnavailable
 from palyra_py.delivery.records import AttemptRecord, Delivery, NewDelivery
-from palyra_py.events import PublishedEvent, is_reserved, target_subscription
-from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
+from palyra_py.journal.journal import EventFilter, Journal, JournalUnavailable
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.attempt import (
     AttemptRunner,
@@ -423,7 +422,7 @@ class Dispatcher:
             new = [
                 NewDelivery(sub.subscription_id, e.seq, e.event_id, p.event.type, now_ms)
                 for e, p in published
-                if e.seq > cursor and p is not None and self._wanted(sub, state, e, p.event)
+                if e.seq > cursor and p is not None and state.wants(e, p.event)
             ]
             targets.append(sub)
             writes.append(self._store.enqueue_created(sub.subscription_id, page[-1].seq, new,
@@ -455,18 +454,6 @@ class Dispatcher:
                 ReadyEntry(d, events.get(d.event_seq)) for d in created],
                 in_flight=self._in_flight_ids)
         self._nudge()
-
-    @staticmethod
-    def _wanted(sub: Subscription, state: SubState, event: JournalEvent,
-                published: PublishedEvent) -> bool:
-        target = target_subscription(event)
-        if target is not None:
-            return target == sub.subscription_id
-        if not sub.events and is_reserved(published.type):
-            # No patterns means "application events and received webhooks"; the daemon's own
-            # events (integration.*, subscription.*, daemon.* ...) go only where named.
-            return False
-        return state.matcher.matches(published)
 
     # -- scheduler -----------------------------------------------------------------------
 

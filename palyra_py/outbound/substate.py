@@ -9,7 +9,9 @@ import asyncio
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
+from palyra_py.events import PublishedEvent, is_reserved, target_subscription
 from palyra_py.filters import EventMatcher
+from palyra_py.journal.journal import JournalEvent
 from palyra_py.outbound.formats import PreparedEvent
 from palyra_py.outbound.retry import RateLimiter
 from palyra_py.outbound.signing import (
@@ -56,6 +58,19 @@ class SubState:
                                    sub.previous_valid_until)
         return cls(EventMatcher(sub.events, sub.filter), RateLimiter(sub.rate_limit_per_s),
                    sub, headers, rotation)
+
+    def wants(self, event: JournalEvent, published: PublishedEvent) -> bool:
+        """Whether this subscription is to receive the journal event ``event`` (published
+        as ``published``): a ``palyra.test`` only to the subscription it names; without
+        ``events`` patterns, application events and received webhooks but not the
+        daemon's own (``integration.*``, ``subscription.*``...), which go only where
+        named; then the patterns and the filter. The dispatcher and replays ask it."""
+        target = target_subscription(event)
+        if target is not None:
+            return target == self.subscription.subscription_id
+        if not self.subscription.events and is_reserved(published.type):
+            return False
+        return self.matcher.matches(published)
 
     def signer_cached(self, now: float) -> bool:
         """Whether ``signer`` is what ``load_secrets`` would return at ``now`` (no await)."""

@@ -28,6 +28,7 @@ from palyra_py import __version__
 from palyra_py.admin.context import (
     DeliveriesContext,
     EventsContext,
+    ReplayContext,
     StatusContext,
     SubscriptionsContext,
     WebhooksContext,
@@ -37,6 +38,7 @@ from palyra_py.admin.destination_guard import refuse_guarded_edits
 from palyra_py.admin.errors import ApiError, error_middleware
 from palyra_py.admin.events import PRINCIPAL, EventsApi, body_capped
 from palyra_py.admin.registry import RegistryApi
+from palyra_py.admin.replay import ReplayApi
 from palyra_py.admin.status import AdminApi
 from palyra_py.admin.subscriptions import SubscriptionsApi
 from palyra_py.admin.webhooks import WebhooksApi
@@ -721,6 +723,9 @@ class Daemon:
         app.add_routes(EventsApi(self._events_context()).routes())
         app.add_routes(SubscriptionsApi(self._subscriptions_context()).routes())
         app.add_routes(DeliveriesApi(self._deliveries_context()).routes())
+        app.add_routes(ReplayApi(ReplayContext(
+            registry_view=self, journal=self.journal, deliveries=self.deliveries,
+            dispatcher=self.dispatcher, time=self)).routes())
         app.add_routes(RegistryApi(self.registry_keeper, self).routes())
         return app
 

@@ -193,6 +193,48 @@ async def test_the_log_lists_retries_and_recovers(store: DeliveryBackend) -> Non
     assert log.check_file() is None
 
 
+async def test_anything_can_be_sent_again(store: DeliveryBackend) -> None:
+    done, waiting, fresh, _ = await create(store, "s1", [1, 2, 3, 4], cursor=4)
+    await attempt(store, done, at=T0 + 10, status="succeeded")
+    await attempt(store, waiting, at=T0 + 10, status="pending", code=503,
+                  error_class="http_5xx", next_ms=T0 + 3_600_000)
+    # A succeeded delivery goes back to pending (a redelivery), its attempts kept.
+    again = await store.retry(done.delivery_id, T0 + 20)
+    assert again is not None
+    assert (again.status, again.next_attempt_ms, again.attempts) == ("pending", T0 + 20, 1)
+    # recover: the pending one that failed and waits an hour is due now; one never tried
+    # (fresh) and one due already are left as they are.
+    assert await store.recover("s1", T0, None, T0 + 30) == 1
+    found = await store.get(waiting.delivery_id)
+    assert found is not None and found[0].next_attempt_ms == T0 + 30
+    found = await store.get(fresh.delivery_id)
+    assert found is not None and found[0].next_attempt_ms == T0
+    due, _ = await store.due_page(T0 + 30, 10, ["s1"])
+    assert {d.event_seq for d in due} == {1, 2, 3, 4}
+
+
+async def test_a_replay_creates_or_resends_and_leaves_the_cursor(
+    store: DeliveryBackend,
+) -> None:
+    (done,) = await create(store, "s1", [5], cursor=9)
+    await attempt(store, done, at=T0 + 10, status="succeeded")
+    assert await store.replay("s1", [new(2, next_ms=T0 + 50), new(5, next_ms=T0 + 50)],
+                              T0 + 50) == 2
+    assert await store.cursor("s1") == 9
+    listed = {d.event_seq: d for d in await store.list(subscription_id="s1")}
+    assert set(listed) == {2, 5}
+    assert listed[5].delivery_id == done.delivery_id  # the same delivery, sent again
+    assert (listed[5].status, listed[5].attempts, listed[5].next_attempt_ms) == (
+        "pending", 1, T0 + 50)
+    assert (listed[2].status, listed[2].attempts) == ("pending", 0)
+    # The enqueuer reaching an event replayed before it does not create it twice.
+    assert [d.event_seq for d in await create(store, "s1", [2, 11], cursor=11)] == [11]
+    assert len(await store.list(subscription_id="s1")) == 3
+    assert await store.replay("s1", [], T0) == 0
+    with pytest.raises(ValueError):
+        await store.replay("s1", [new(1, "s2")], T0)
+
+
 async def test_the_figures(store: DeliveryBackend) -> None:
     a1, a2 = await create(store, "a", [1, 2], cursor=2)
     (b1,) = await create(store, "b", [1], cursor=1)
