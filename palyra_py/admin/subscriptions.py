@@ -28,6 +28,7 @@ from palyra_py.admin.secrets import (
 from palyra_py.delivery.records import AttemptRecord
 from palyra_py.ids import new_ulid
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
+from palyra_py.outbound.ssrf import AddressPolicy, blocked_detail, literal_address
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import (
     COMMAND_FIELDS,
@@ -233,12 +234,27 @@ class SubscriptionsApi:
             raise invalid("email: this daemon has no SMTP server: set [email] host and from"
                           " in palyra.toml (docs/settings.md) first", field="email")
 
-    def _check_https_only(self, url: str) -> None:
-        # A reference is checked once resolved, at send time.
-        if self.ctx.settings.get("delivery", "https_only") and not is_url_ref(url):
+    def _check_url_settings(self, url: str) -> list[str]:
+        """Refuse what the settings never deliver to (``https_only``; a cloud metadata
+        address: 400 ``ssrf_blocked``); the warnings for an address delivery is refused to
+        until a setting allows it (loopback, private...). A host name is judged when it is
+        resolved, at send time; so is a reference, once resolved."""
+        if is_url_ref(url):
+            return []
+        if self.ctx.settings.get("delivery", "https_only"):
             problem = check_url(url, https_only=True)
             if problem is not None:
                 raise invalid(f"url: {problem}", field="url")
+        address = literal_address(urlsplit(url).hostname or "")
+        reason = None if address is None else (
+            AddressPolicy.from_settings(self.ctx.settings.get).check(address))
+        if address is None or reason is None:
+            return []
+        if reason == "metadata":
+            raise ApiError(400, "ssrf_blocked", f"url: {blocked_detail(address, reason)}",
+                           field="url")
+        return [f"url: {blocked_detail(address, reason)}; until then every delivery fails"
+                " at once with ssrf_blocked"]
 
     async def _journal(self, kind: str, subscription_id: str, payload: dict[str, Any]) -> None:
         await self.ctx.appender.append(kind=kind, source="admin", event_type=kind,
@@ -259,8 +275,7 @@ class SubscriptionsApi:
         fields = validated(validate_subscription_fields, fields)
         self._check_email_configured(fields)
         url = fields.get("url", "")
-        if url:
-            self._check_https_only(url)
+        warnings = self._check_url_settings(url) if url else []
         subscription_id = fields["subscription_id"]
         keep_url = bool(url) and (not is_url_ref(url) and url_in_keyring(
             body, fields.get("format", "standard"), url))
@@ -316,6 +331,8 @@ class SubscriptionsApi:
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
         if choice.generated:
             answer["secret"] = choice.value
+        if warnings:
+            answer["warnings"] = warnings
         return web.json_response(answer, status=201)
 
     async def patch(self, request: web.Request) -> web.Response:
@@ -332,8 +349,7 @@ class SubscriptionsApi:
                    if k != "url_in_keyring"}
         if changes.get("email"):
             self._check_email_configured(normalised)
-        if changes.get("url"):
-            self._check_https_only(normalised["url"])
+        warnings = self._check_url_settings(normalised["url"]) if changes.get("url") else []
         # A URL given, or one already there that the new format (or url_in_keyring) wants
         # kept in the keyring, goes there.
         stored: tuple[str, str | None] | None = None  # (the reference, what it held before)
@@ -386,7 +402,10 @@ class SubscriptionsApi:
         self.ctx.dispatcher.forget_cursor(subscription_id)
         await self._journal("subscription.updated", subscription_id,
                             {"changed": sorted(changes)})
-        return web.json_response({"subscription": await self._public(subscription_id)})
+        answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
+        if warnings:
+            answer["warnings"] = warnings
+        return web.json_response(answer)
 
     async def remove(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)

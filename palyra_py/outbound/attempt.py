@@ -33,6 +33,10 @@ JournalHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 DisableHook = Callable[[str, str], Awaitable[None]]
 EventLookup = Callable[[int], Awaitable[PreparedEvent | None]]
 THROTTLE_STATUSES = frozenset({429, 502, 503, 504})
+PERMANENT_ERRORS = frozenset({"ssrf_blocked"})
+"""Error classes that fail the delivery at the first attempt: a policy refusal (the
+address, ``https_only``) gives the same answer on every retry until the settings change,
+and then ``deliveries retry`` sends it again."""
 
 
 @dataclass(slots=True)
@@ -48,10 +52,10 @@ def decide(schedule: tuple[float, ...], attempt_no: int, outcome: AttemptOutcome
     """The delivery's status after attempt ``attempt_no`` and, while ``pending``, when
     (unix ms) the next attempt is due: ``succeeded`` on 2xx; ``failed`` on 410 or when the
     schedule is spent; otherwise the schedule's next delay (jittered), at least what a
-    ``Retry-After`` on 429/502/503/504 asks."""
+    ``Retry-After`` on 429/502/503/504 asks. A ``PERMANENT_ERRORS`` class fails at once."""
     if outcome.ok:
         return "succeeded", None
-    if outcome.status_code == 410:
+    if outcome.status_code == 410 or outcome.error_class in PERMANENT_ERRORS:
         return "failed", None
     delay = next_attempt_delay(schedule, attempt_no, rand)
     if delay is None:

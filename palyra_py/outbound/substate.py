@@ -92,7 +92,8 @@ class SubState:
                 raise UrlUnavailable(f"url reference does not hold a delivery URL: {problem}")
         if https_only and urlsplit(url).scheme.lower() != "https":
             # Added before [delivery] https_only was set, edited by hand, or from a reference.
-            raise UrlUnavailable("https_only is set and the URL is not https", "ssrf_blocked")
+            raise UrlUnavailable("the URL is not https and [delivery] https_only is set",
+                                 "ssrf_blocked")
         self.target = url
         return url
 

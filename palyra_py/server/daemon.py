@@ -236,10 +236,8 @@ class Daemon:
             on_file_lost=self._delivery_store_unavailable)
         self._deliveries_file = delivery_file(self.deliveries)
         """``deliveries.db`` (SQLite), else ``None``."""
-        cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
-                 if c.strip()]
         self.sender = Sender(
-            AddressPolicy(settings.get("delivery", "allow_private_networks"), cidrs),
+            AddressPolicy.from_settings(settings.get),
             max_connections=settings.get("delivery", "max_in_flight_total"),
         )
         self._dispatcher: Dispatcher | None = None
