@@ -443,7 +443,8 @@ class SubscriptionsApi:
 
     async def disable(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
-        await self.ctx.switch.disable_subscription(subscription_id, "disabled by an operator")
+        await self.ctx.switch.disable_subscription(subscription_id, "disabled by an operator",
+                                                   severity="warn")
         return web.json_response({"subscription": await self._public(subscription_id)})
 
     async def _first_attempt(self, first: asyncio.Future[AttemptRecord], subscription_id: str,

@@ -43,7 +43,7 @@ import structlog
 from palyra_py.bus.base import Bus
 from palyra_py.delivery.backend import DeliveryQueue, DeliveryStoreUnavailable
 from palyra_py.delivery.records import AttemptRecord, Delivery, NewDelivery
-from palyra_py.events import PublishedEvent, is_reserved, target_subscription
+from palyra_py.events import PublishedEvent, alert_routable, is_reserved, target_subscription
 from palyra_py.journal.journal import EventFilter, Journal, JournalEvent, JournalUnavailable
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.attempt import (
@@ -217,6 +217,7 @@ class Dispatcher:
         self._cursors.pop(subscription_id, None)
         self._ready.forget(subscription_id)
         self._ordered_check.discard(subscription_id)
+        self._runner.failure_classes.forget(subscription_id)  # the next holder's now
         tasks = [t for t, s in self._task_subs.items() if s == subscription_id]
         if tasks and grace_s > 0:
             await asyncio.wait(tasks, timeout=grace_s)
@@ -462,6 +463,8 @@ class Dispatcher:
         target = target_subscription(event)
         if target is not None:
             return target == sub.subscription_id
+        if not alert_routable(event, sub.subscription_id):
+            return False
         if not sub.events and is_reserved(published.type):
             # No patterns means "application events and received webhooks"; the daemon's own
             # events (integration.*, subscription.*, daemon.* ...) go only where named.
