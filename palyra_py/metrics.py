@@ -84,6 +84,8 @@ class Metrics:
         self._delivery_durations = Children(self.delivery_attempt_seconds)
         self.sse_clients = Gauge(
             "palyra_sse_clients", "Connected Server-Sent Events clients", registry=r)
+        self.ws_clients = Gauge(
+            "palyra_ws_clients", "Connected WebSocket stream clients", registry=r)
         self.leases_held = Gauge(
             "palyra_leases_held", "Delivery leases this node holds (cluster mode)",
             registry=r)

@@ -110,7 +110,8 @@ SPECS: tuple[SettingSpec, ...] = (
         " (for allowed_sources and rejection samples); empty: the connected address",
     ),
     SettingSpec(
-        "stream", "max_clients", int, 2000, "Most live stream (SSE) clients at once", minimum=1
+        "stream", "max_clients", int, 2000,
+        "Most live stream clients (SSE and WebSocket together) at once", minimum=1
     ),
     SettingSpec(
         "stream", "max_per_token", int, 16,

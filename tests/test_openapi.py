@@ -147,7 +147,8 @@ async def test_tcp_listener_extension_lists_the_ingress_routes(
     assert {r["path"] for r in listed} == registered
     tokened = {(r["method"], r["path"]) for r in listed if r["auth"] == "palyraToken"}
     assert tokened == {("POST", "/v1/events"), ("GET", "/v1/events"),
-                       ("GET", "/v1/events/stream"), ("GET", "/v1/registry"),
+                       ("GET", "/v1/events/stream"), ("GET", "/v1/events/ws"),
+                       ("GET", "/v1/registry"),
                        ("POST", "/v1/registry/import")}
     assert all(r["path"] in spec["paths"] for r in listed if r["auth"] == "palyraToken")
     assert "/metrics" not in spec["paths"]
@@ -295,11 +296,11 @@ async def test_answers_match_the_spec(
     daemon.registry_file.path.write_text("version = [\n", encoding="utf-8")
     broken = await api.call("POST", "/v1/reload", 422)
     assert broken["location"].startswith(f"{daemon.registry_file.path}:")
-    # Every JSON operation was checked with a success answer (the stream has its own test,
-    # the outbound operations the next one).
+    # Every JSON operation was checked with a success answer (the streams have their own
+    # tests, the outbound operations the next one).
     inbound = {op for op in operations(spec) if not op[1].startswith(OUTBOUND_PREFIXES)}
     succeeded = {(method, path) for method, path, code in api.checked if code < 300}
-    assert inbound - succeeded == {("GET", "/v1/events/stream")}
+    assert inbound - succeeded == {("GET", "/v1/events/stream"), ("GET", "/v1/events/ws")}
 
 
 @pytest.fixture
@@ -514,3 +515,17 @@ async def test_stream_frames_carry_events_of_the_spec(
     errors = [e.message for e in validator.iter_errors(event)]
     assert not errors, errors
     assert frame["id"] == str(event["seq"]) and frame["event"] == event["kind"]
+
+
+async def test_websocket_messages_carry_events_of_the_spec(
+    daemon: Daemon, admin: aiohttp.ClientSession, spec: dict[str, Any]
+) -> None:
+    validator = schema_validator(spec, "/components/schemas/Event")
+    assert "101" in spec["paths"]["/v1/events/ws"]["get"]["responses"]
+    async with admin.ws_connect("/v1/events/ws", params={"after_seq": "0"}) as ws:
+        opened = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+        assert opened == {"type": "open", "after_seq": 0}
+        message = json.loads((await asyncio.wait_for(ws.receive(), 10)).data)
+    assert message["type"] == "event"
+    errors = [e.message for e in validator.iter_errors(message["event"])]
+    assert not errors, errors

@@ -24,6 +24,7 @@ from palyra_py.stream.hub import (
     TooManyOwnerStreams,
     wildcard_chars,
 )
+from palyra_py.stream.ws import MAX_CLIENT_MESSAGE_BYTES, serve_websocket
 from palyra_py.times import InvalidTime, parse_rfc3339_ms
 
 EVENT_NAME = re.compile(r"^[a-z0-9._:-]{1,64}$")
@@ -164,6 +165,7 @@ class EventsApi:
         return [
             web.get("/v1/events", self.list),
             web.get("/v1/events/stream", self.stream),
+            web.get("/v1/events/ws", self.websocket),
             web.post("/v1/events", self.emit),
             web.post("/v1/journal/verify", self.verify),
         ]
@@ -181,17 +183,23 @@ class EventsApi:
             {"events": [e.to_dict() for e in events], "next_after_seq": next_after}
         )
 
-    async def stream(self, request: web.Request) -> web.StreamResponse:
-        """Server-Sent Events: replay from the cursor, then follow the journal head. The
-        journal is read by seq, so a reconnect with ``Last-Event-ID`` never misses one."""
+    async def _stream_start(self, request: web.Request) -> tuple[EventFilter, int]:
+        """A stream's filter (bounded: ``check_stream_patterns``) and its cursor: the
+        query's ``after_seq``, else the journal's head."""
         flt = filter_from_query(request)
         check_stream_patterns(flt, self.ctx.settings.get("stream", "max_patterns"))
-        last_id = request.headers.get("Last-Event-ID", "")
         try:
             default_after = await self.ctx.journal.last_seq()
         except JournalUnavailable as exc:
             raise ApiError(503, "journal_unavailable", f"journal unavailable: {exc}") from None
-        cursor = parse_int(request.query.get("after_seq"), "after_seq", default_after, 0, 2**62)
+        return flt, parse_int(request.query.get("after_seq"), "after_seq", default_after, 0,
+                              2**62)
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        """Server-Sent Events: replay from the cursor, then follow the journal head. The
+        journal is read by seq, so a reconnect with ``Last-Event-ID`` never misses one."""
+        flt, cursor = await self._stream_start(request)
+        last_id = request.headers.get("Last-Event-ID", "")
         if last_id.strip():
             cursor = parse_int(last_id.strip(), "Last-Event-ID", cursor, 0, 2**62)
         response = web.StreamResponse(
@@ -232,6 +240,37 @@ class EventsApi:
         except TooManyClients as exc:
             raise ApiError(503, "too_many_streams", str(exc)) from None
         return response
+
+    async def websocket(self, request: web.Request) -> web.StreamResponse:
+        """The stream as WebSocket messages (``palyra_py.stream.ws``): the SSE stream's
+        filters, cursor (``after_seq``), caps and overflow rule."""
+        flt, cursor = await self._stream_start(request)
+        ws = web.WebSocketResponse(heartbeat=HEARTBEAT_S,
+                                   max_msg_size=MAX_CLIENT_MESSAGE_BYTES)
+        if not ws.can_prepare(request).ok:
+            raise invalid("expected a WebSocket upgrade (Connection: Upgrade, Upgrade:"
+                          " websocket); GET /v1/events/stream serves Server-Sent Events")
+        task = asyncio.current_task()
+        assert task is not None
+        principal = request.get(PRINCIPAL)
+        owner = None if principal is None else principal.tag
+        try:
+            async with self.ctx.stream_hub.subscribe(flt, cursor, owner) as feed:
+                # The client's frames (pongs, its close) must still be read.
+                self.ctx.listener.connections.to_stream(request.transport, reads=True)
+                await ws.prepare(request)
+                self.ctx.streams.add(task)
+                self.ctx.metrics.ws_clients.inc()
+                try:
+                    await serve_websocket(ws, feed, cursor, HEARTBEAT_S)
+                finally:
+                    self.ctx.streams.discard(task)
+                    self.ctx.metrics.ws_clients.dec()
+        except TooManyOwnerStreams as exc:
+            raise ApiError(429, "too_many_streams_for_token", str(exc)) from None
+        except TooManyClients as exc:
+            raise ApiError(503, "too_many_streams", str(exc)) from None
+        return ws
 
     async def emit(self, request: web.Request) -> web.Response:
         """Publish an event (``palyra system events emit``, the Python client, apps)."""

@@ -11,7 +11,7 @@ connections of its listener in a :class:`ConnectionCap`:
   at most ``per_source`` (``ingress.max_connections_per_source``) of them; past that its new
   connections are answered ``503 too_many_source_connections`` the same way, and every
   other address is still served.
-- A connection whose handler has become a live stream (SSE) leaves the pool
+- A connection whose handler has become a live stream (SSE, WebSocket) leaves the pool
   (:meth:`ConnectionCap.to_stream`): streams are bounded by ``stream.max_clients`` instead,
   so they can never take the slots providers' webhooks need.
 - The bytes of a request head (request line and header lines, up to the blank line) are
@@ -19,8 +19,8 @@ connections of its listener in a :class:`ConnectionCap`:
   answered ``431 head_too_large`` and the connection closed, before aiohttp's parser has
   held more than that of it. Body bytes are not counted (their own limits apply); where a
   body ends is taken from aiohttp's own parse of the head, so the count and the parser
-  agree on the framing. What a stream's client sends once its stream has begun is
-  dropped unread.
+  agree on the framing. What an SSE client sends once its stream has begun is dropped
+  unread; a WebSocket's frames (pongs, its close) go on to aiohttp, which bounds them.
 
 Idle connections, and those whose request head is still arriving, are closed by aiohttp's
 keep-alive timeout (``ingress.idle_timeout_s``), which it arms from the moment a connection
@@ -127,11 +127,13 @@ class ConnectionCap:
 
         return build
 
-    def to_stream(self, transport: asyncio.BaseTransport | None) -> bool:
+    def to_stream(self, transport: asyncio.BaseTransport | None, *,
+                  reads: bool = False) -> bool:
         """The connection on ``transport`` now serves a live stream: it leaves the pool
-        (and its source's share) for good. False when it is not one of this listener's."""
+        (and its source's share) for good; with ``reads`` (a WebSocket) what its client
+        sends still reaches the handler. False when it is not one of this listener's."""
         conn = self._by_transport.get(transport) if transport is not None else None
-        return conn is not None and conn.become_stream()
+        return conn is not None and conn.become_stream(reads)
 
     def _refused(self, reason: Reason) -> bytes:
         self.refused += 1
@@ -166,8 +168,8 @@ class _Counted(asyncio.Protocol):
     request heads measured as they arrive; every event goes on to aiohttp's handler."""
 
     __slots__ = ("_body_left", "_body_reader", "_cap", "_closing", "_head", "_inner",
-                 "_make", "_passthrough", "_seen", "_source", "_state", "_tail",
-                 "_transport")
+                 "_make", "_passthrough", "_seen", "_source", "_state", "_stream_reads",
+                 "_tail", "_transport")
 
     def __init__(self, make: Callable[[], RequestHandler], cap: ConnectionCap) -> None:
         self._make = make
@@ -187,6 +189,7 @@ class _Counted(asyncio.Protocol):
         self._body_reader: StreamReader | None = None
         self._seen = 0  # heads aiohttp has parsed on this connection
         self._passthrough = False  # upgraded or refused by the parser: nothing to count
+        self._stream_reads = False  # a stream whose client's bytes still matter (WebSocket)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.WriteTransport)
@@ -203,10 +206,11 @@ class _Counted(asyncio.Protocol):
         self._inner = self._make()
         self._inner.connection_made(transport)
 
-    def become_stream(self) -> bool:
+    def become_stream(self, reads: bool = False) -> bool:
         if self._state != _POOLED:
             return self._state == _STREAM
         self._state = _STREAM
+        self._stream_reads = reads
         self._cap._release(self._source)
         self._cap.streams += 1
         return True
@@ -226,8 +230,9 @@ class _Counted(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         inner = self._inner
-        if inner is None or self._closing or self._state == _STREAM:
-            return  # refused, or a stream (whose client has nothing more to say): dropped
+        if inner is None or self._closing or (self._state == _STREAM
+                                              and not self._stream_reads):
+            return  # refused, or an SSE stream (its client has nothing more to say): dropped
         limit = self._cap.max_head_bytes
         while data and limit is not None and not self._passthrough:
             if self._body_left:

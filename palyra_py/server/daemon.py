@@ -693,6 +693,8 @@ class Daemon:
                                                        can_read)),
             web.get("/v1/events/stream",
                     self._token_required(body_capped(events.stream), "read", can_read)),
+            web.get("/v1/events/ws",
+                    self._token_required(body_capped(events.websocket), "read", can_read)),
         ])
         def can_administer(principal: Principal) -> bool:
             return principal.can_administer

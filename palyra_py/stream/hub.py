@@ -374,11 +374,14 @@ class StreamHub:
                 del self._owned[owner]
 
     @contextlib.asynccontextmanager
-    async def subscribe(self, flt: EventFilter, after_seq: int) -> AsyncIterator[Feed]:
-        """A :class:`Feed` of matching events with ``seq > after_seq``, read one by one.
-        Raises :class:`TooManyClients` at ``max_clients``."""
+    async def subscribe(self, flt: EventFilter, after_seq: int,
+                        owner: str | None = None) -> AsyncIterator[Feed]:
+        """A :class:`Feed` of matching events with ``seq > after_seq``, read one by one
+        (the WebSocket stream, ``palyra_py.stream.ws``). Raises
+        :class:`TooManyOwnerStreams` when ``owner`` (a token; None: unbounded) has
+        ``max_per_owner`` streams open, :class:`TooManyClients` at ``max_clients``."""
         client = QueueClient(group_key(flt), self.buffer)
-        client.joined_at_seq = self._join(client)
+        client.joined_at_seq = self._join(client, owner)
         try:
             yield Feed(self._journal, client, after_seq, self.buffer)
         finally:
