@@ -293,7 +293,10 @@ async def test_retry_brings_a_delivery_back_and_keeps_its_attempts(
 
     done = await play(store, retried, at=T0 + 800, duration=1, code=200, error_class=None,
                       status="succeeded")
-    assert await store.retry(done.delivery_id, T0 + 900) == done  # unchanged
+    again = await store.retry(done.delivery_id, T0 + 900)  # a redelivery: the same ids
+    assert again is not None and (again.delivery_id, again.event_seq) == (
+        done.delivery_id, done.event_seq)
+    assert (again.status, again.next_attempt_ms, again.attempts) == ("pending", T0 + 900, 2)
     assert await store.retry("01HF7YAT3VHNPC1W9WCRC07483", T0) is None
 
 
