@@ -157,17 +157,8 @@ SYSTEM_SOURCES = frozenset({"daemon", "admin", "ingress"})
 event through ``POST /v1/events`` and keeps its data under ``payload["data"]``."""
 
 NOT_PUBLISHED_PREFIX = "delivery."
-"""Delivery events are not published (delivering them would feed the dispatcher its own
-output), except the alerts."""
-
-ALERT_KINDS: tuple[str, ...] = (
-    "delivery.exhausted", "delivery.failing", "delivery.recovered", "subscription.disabled",
-)
-"""Operational alerts, about one subscription (``payload["subscription_id"]``): published,
-and delivered where a subscription names them in its ``events``, never to the subscription
-they are about, and never at all when they are about the delivery of an alert
-(``payload["event_type"]`` an alert kind): two alert subscriptions failing each other's
-alerts would otherwise alert each other for ever (``alert_routable``)."""
+"""Delivery events are not published: delivering them would feed the dispatcher its own
+output."""
 
 TEST_KIND = "palyra.test"
 
@@ -221,9 +212,8 @@ def published_type(event: JournalEvent) -> str:
 
 
 def from_journal(event: JournalEvent) -> PublishedEvent | None:
-    """The published form of a journal event; ``None`` for ``delivery.*`` events but the
-    alerts (``ALERT_KINDS``)."""
-    if event.kind.startswith(NOT_PUBLISHED_PREFIX) and event.kind not in ALERT_KINDS:
+    """The published form of a journal event; ``None`` for ``delivery.*`` events."""
+    if event.kind.startswith(NOT_PUBLISHED_PREFIX):
         return None
     payload = event.payload
     published_by: str | None = None
@@ -256,16 +246,6 @@ def target_subscription(event: JournalEvent | PublishedEvent) -> str | None:
             return None
         found = event.data.get("subscription_id")
     return found if isinstance(found, str) and found else None
-
-
-def alert_routable(event: JournalEvent, subscription_id: str) -> bool:
-    """Whether the event may go to ``subscription_id`` as far as alerts go: every event
-    but an alert about that subscription, or about the delivery of an alert."""
-    if event.kind not in ALERT_KINDS:
-        return True
-    payload = event.payload
-    return (payload.get("subscription_id") != subscription_id
-            and payload.get("event_type") not in ALERT_KINDS)
 
 
 def validate_event_type(name: str) -> str:

@@ -204,13 +204,13 @@ async def test_ssrf_guard_refuses_internal_addresses_by_default(
 ) -> None:
     async with running_daemon(state_dir) as d:
         async with admin_session(d.socket_path) as admin:
-            # A metadata address is refused when added (tests/test_ssrf_policy.py).
-            for sid, url in (("local", receiver.url), ("lan", "http://10.0.0.1/x")):
+            for sid, url in (("local", receiver.url), ("lan", "http://10.0.0.1/x"),
+                             ("meta", "http://169.254.169.254/latest/meta-data/")):
                 await subscribe(admin, sid, url, retry_schedule=["0s"])
             await publish(admin, "x.y")
-            await d.dispatcher.wait_for_attempts(2)
+            await d.dispatcher.wait_for_attempts(3)
             rows = await deliveries(admin, status="failed")
-            assert len(rows) == 2 and {r["last_error_class"] for r in rows} == {"ssrf_blocked"}
+            assert len(rows) == 3 and {r["last_error_class"] for r in rows} == {"ssrf_blocked"}
     assert receiver.received == []
 
 
@@ -241,20 +241,15 @@ async def test_https_only_refuses_http_urls_on_add_and_at_send_time(
     assert receiver.received == []
 
 
-async def test_owner_limit_and_validation(state_dir: Path,
-                                          memory_keyring: MemoryKeyring) -> None:
-    async with running_daemon(state_dir, keyring=memory_keyring,
-                              delivery__max_subscriptions_per_owner=5) as d, \
-            admin_session(d.socket_path) as admin:
-        for i in range(5):
-            await subscribe(admin, f"s{i}", f"https://example.com/{i}", owner="team-a")
-        async with admin.post("/v1/subscriptions", json={
-            "subscription_id": "s5", "url": "https://example.com/5", "owner": "team-a"}
-                              ) as resp:
-            assert resp.status == 422 and (await resp.json())["error"] == "limit_reached"
-        async with admin.post("/v1/subscriptions", json={
-            "subscription_id": "bad", "url": "ftp://example.com/"}) as resp:
-            assert resp.status == 400 and (await resp.json())["field"] == "url"
+async def test_owner_limit_and_validation(admin_o: aiohttp.ClientSession) -> None:
+    for i in range(5):
+        await subscribe(admin_o, f"s{i}", f"https://example.com/{i}", owner="team-a")
+    async with admin_o.post("/v1/subscriptions", json={
+        "subscription_id": "s5", "url": "https://example.com/5", "owner": "team-a"}) as resp:
+        assert resp.status == 422 and (await resp.json())["error"] == "limit_reached"
+    async with admin_o.post("/v1/subscriptions", json={
+        "subscription_id": "bad", "url": "ftp://example.com/"}) as resp:
+        assert resp.status == 400 and (await resp.json())["field"] == "url"
 
 
 async def test_subscription_test_reports_the_attempt(

@@ -54,7 +54,6 @@ LAYERS: dict[str, int] = {
     "palyra_py.outbound.formats": PURE,
     "palyra_py.outbound.signing": PURE,
     "palyra_py.outbound.fair": PURE,
-    "palyra_py.outbound.failure_classes": PURE,
     "palyra_py.outbound.placeholders": PURE,
     "palyra_py.registry.positions": PURE,
     "palyra_py.registry.fields": PURE,

@@ -6,10 +6,8 @@ from typing import Any
 import pytest
 
 from palyra_py.events import (
-    ALERT_KINDS,
     RESERVED_PREFIXES,
     PublishedEvent,
-    alert_routable,
     from_journal,
     is_reserved,
     publish_type,
@@ -84,23 +82,9 @@ def test_system_events_publish_the_whole_payload(source: str) -> None:
     assert published.data == payload
 
 
-@pytest.mark.parametrize("kind", ["delivery.attempted", "delivery.other"])
+@pytest.mark.parametrize("kind", ["delivery.attempted", "delivery.exhausted"])
 def test_delivery_events_are_not_published(kind: str) -> None:
     assert from_journal(journal_event(kind, "daemon", {})) is None
-
-
-@pytest.mark.parametrize("kind", ALERT_KINDS)
-def test_alerts_are_published_and_never_routed_back(kind: str) -> None:
-    about_app = {"subscription_id": "app", "event_type": "app.one"}
-    published = from_journal(journal_event(kind, "daemon", about_app))
-    assert published is not None and published.data == about_app
-    alert = journal_event(kind, "daemon", about_app)
-    assert alert_routable(alert, "ops") and not alert_routable(alert, "app")
-    # About the delivery of an alert: delivered nowhere (two alert sinks would ping-pong).
-    about_alert = journal_event(kind, "daemon", {"subscription_id": "ops",
-                                                 "event_type": "delivery.failing"})
-    assert not alert_routable(about_alert, "pager")
-    assert alert_routable(journal_event("app.one", "operator", about_app), "app")
 
 
 def test_target_subscription_only_for_test_events() -> None:

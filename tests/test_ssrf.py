@@ -15,7 +15,6 @@ from palyra_py.outbound.ssrf import (
     GuardedConnector,
     GuardedResolver,
     SsrfBlocked,
-    blocked_detail,
     check_url,
     find_ssrf_blocked,
 )
@@ -246,14 +245,6 @@ def test_find_ssrf_blocked_on_unrelated_errors() -> None:
     assert found is not None and found.reason == "private"
 
 
-def test_the_blocked_detail_names_the_setting_that_allows_it() -> None:
-    assert blocked_detail("10.0.0.1", "private") == (
-        "10.0.0.1 is private: refused unless [delivery] allow_private_networks = true, or"
-        " an allow_cidrs entry holding the address")
-    assert "allow_cidrs entry naming exactly this address" in blocked_detail(
-        "169.254.169.254", "metadata")
-
-
 async def test_sender_refuses_an_ip_literal_on_every_attempt(local_server: TestServer) -> None:
     # The verdict on an IP literal is kept per URL; the refusal still answers every attempt,
     # and an allowed literal still reaches the server.
@@ -264,7 +255,7 @@ async def test_sender_refuses_an_ip_literal_on_every_attempt(local_server: TestS
         for _ in range(2):
             outcome = await sender.post(url, b"{}", {}, 5)
             assert (outcome.error_class, outcome.error_detail) == (
-                "ssrf_blocked", blocked_detail("127.0.0.1", "loopback"))
+                "ssrf_blocked", "127.0.0.1 is loopback")
         for n in range(LITERAL_VERDICTS + 5):  # past the memo's bound it starts again
             await sender.post(f"http://10.0.0.{n % 250}:{n}/x", b"{}", {}, 5)
         outcome = await sender.post(url, b"{}", {}, 5)
@@ -334,7 +325,7 @@ async def test_metadata_stays_blocked_under_every_spelling_with_allow_private(ho
         await sender.close()
     assert not outcome.ok and outcome.status_code is None and outcome.excerpt is None
     if outcome.error_class == "ssrf_blocked":
-        assert outcome.error_detail is not None and " is metadata (" in outcome.error_detail
+        assert outcome.error_detail is not None and outcome.error_detail.endswith("metadata")
     else:  # the HTTP client itself refuses legacy spellings (2852039166, 0251.0376...)
         assert outcome.error_class == "connect" and "canonical" in (outcome.error_detail or "")
 

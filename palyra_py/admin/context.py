@@ -118,10 +118,9 @@ class IngressView(Protocol):
 
 
 class SubscriptionSwitch(Protocol):
-    async def disable_subscription(self, subscription_id: str, reason: str,
-                                   severity: str = "error") -> None:
-        """Disable the subscription with ``reason`` and journal it at ``severity``; nothing
-        when it is gone (a refused edit is logged, not raised)."""
+    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
+        """Disable the subscription with ``reason`` and journal it; nothing when it is gone
+        (a refused edit is logged, not raised)."""
         ...
 
 

@@ -28,7 +28,6 @@ from palyra_py.admin.secrets import (
 from palyra_py.delivery.records import AttemptRecord
 from palyra_py.ids import new_ulid
 from palyra_py.outbound.signing import StandardWebhooksSigner, generate_subscription_secret
-from palyra_py.outbound.ssrf import AddressPolicy, blocked_detail, literal_address
 from palyra_py.outbound.urls import check_url
 from palyra_py.registry.subscriptions import (
     COMMAND_FIELDS,
@@ -254,27 +253,12 @@ class SubscriptionsApi:
                            f"owner {owner!r} has {owned} subscriptions; the limit is {limit} "
                            "([delivery] max_subscriptions_per_owner)", field="owner")
 
-    def _check_url_settings(self, url: str) -> list[str]:
-        """Refuse what the settings never deliver to (``https_only``; a cloud metadata
-        address: 400 ``ssrf_blocked``); the warnings for an address delivery is refused to
-        until a setting allows it (loopback, private...). A host name is judged when it is
-        resolved, at send time; so is a reference, once resolved."""
-        if is_url_ref(url):
-            return []
-        if self.ctx.settings.get("delivery", "https_only"):
+    def _check_https_only(self, url: str) -> None:
+        # A reference is checked once resolved, at send time.
+        if self.ctx.settings.get("delivery", "https_only") and not is_url_ref(url):
             problem = check_url(url, https_only=True)
             if problem is not None:
                 raise invalid(f"url: {problem}", field="url")
-        address = literal_address(urlsplit(url).hostname or "")
-        reason = None if address is None else (
-            AddressPolicy.from_settings(self.ctx.settings.get).check(address))
-        if address is None or reason is None:
-            return []
-        if reason == "metadata":
-            raise ApiError(400, "ssrf_blocked", f"url: {blocked_detail(address, reason)}",
-                           field="url")
-        return [f"url: {blocked_detail(address, reason)}; until then every delivery fails"
-                " at once with ssrf_blocked"]
 
     async def _journal(self, kind: str, subscription_id: str, payload: dict[str, Any]) -> None:
         await self.ctx.appender.append(kind=kind, source="admin", event_type=kind,
@@ -319,7 +303,8 @@ class SubscriptionsApi:
         fields = validated(validate_subscription_fields, fields)
         self._check_email_configured(fields)
         url = fields.get("url", "")
-        warnings = self._check_url_settings(url) if url else []
+        if url:
+            self._check_https_only(url)
         subscription_id = fields["subscription_id"]
         keep_url = bool(url) and (not is_url_ref(url) and url_in_keyring(
             body, fields.get("format", "standard"), url))
@@ -370,8 +355,6 @@ class SubscriptionsApi:
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
         if choice is not None and choice.generated:
             answer["secret"] = choice.value
-        if warnings:
-            answer["warnings"] = warnings
         return web.json_response(answer, status=201)
 
     async def patch(self, request: web.Request) -> web.Response:
@@ -394,7 +377,8 @@ class SubscriptionsApi:
             self._check_owner_limit(new_owner)
         if changes.get("email"):
             self._check_email_configured(normalised)
-        warnings = self._check_url_settings(normalised["url"]) if changes.get("url") else []
+        if changes.get("url"):
+            self._check_https_only(normalised["url"])
         # A URL given, or one already there that the new format (or url_in_keyring) wants
         # kept in the keyring, goes there.
         stored: tuple[str, str | None] | None = None  # (the reference, what it held before)
@@ -473,8 +457,6 @@ class SubscriptionsApi:
         answer: dict[str, Any] = {"subscription": await self._public(subscription_id)}
         if new_secret is not None:
             answer["secret"] = new_secret  # shown this once, as on an add
-        if warnings:
-            answer["warnings"] = warnings
         return web.json_response(answer)
 
     async def remove(self, request: web.Request) -> web.Response:
@@ -509,8 +491,7 @@ class SubscriptionsApi:
 
     async def disable(self, request: web.Request) -> web.Response:
         subscription_id = self._id(request)
-        await self.ctx.switch.disable_subscription(subscription_id, "disabled by an operator",
-                                                   severity="warn")
+        await self.ctx.switch.disable_subscription(subscription_id, "disabled by an operator")
         return web.json_response({"subscription": await self._public(subscription_id)})
 
     async def _first_attempt(self, first: asyncio.Future[AttemptRecord], subscription_id: str,

@@ -141,18 +141,6 @@ def error(message: str) -> None:
     note(f"palyra: {message}")
 
 
-def warn(message: str) -> None:
-    """A warning the command still succeeded with (stderr, also under ``--json``)."""
-    note(f"palyra: warning: {message}")
-
-
-def warnings(answer: Any) -> None:
-    """Each of an answer's ``warnings`` (:func:`warn`)."""
-    found = answer.get("warnings") if isinstance(answer, dict) else None
-    for message in found if isinstance(found, list) else ():
-        warn(str(message))
-
-
 def note(message: str) -> None:
     sys.stderr.write(printable(message) + "\n")
     sys.stderr.flush()

@@ -266,7 +266,6 @@ def add(
     fields.update({key: value for key, value in optional.items() if value is not None})
     with admin_session(state_dir, json_output=json_output) as client:
         answer = client.add_subscription(fields)
-    output.warnings(answer)
     if json_output:
         output.print_json(answer)
         return

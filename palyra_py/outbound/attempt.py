@@ -12,14 +12,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import structlog
-
 from palyra_py.delivery.backend import DeliveryQueue
 from palyra_py.delivery.records import AttemptRecord, Delivery, DeliveryStatus
 from palyra_py.metrics import Metrics
 from palyra_py.outbound.destinations import Destinations
 from palyra_py.outbound.email import EmailSettings
-from palyra_py.outbound.failure_classes import FailureChange, FailureClasses
 from palyra_py.outbound.formats import PreparedEvent
 from palyra_py.outbound.http import AttemptOutcome, Sender
 from palyra_py.outbound.retry import next_attempt_delay, parse_retry_after
@@ -32,17 +29,10 @@ __all__ = [
     "UrlUnavailable", "decide", "prepare_request",
 ]
 
-log = structlog.get_logger("palyra.dispatcher")
-
-JournalHook = Callable[[str, dict[str, Any], str], Awaitable[None]]
-"""Journal a daemon event: its kind, payload and severity."""
+JournalHook = Callable[[str, dict[str, Any]], Awaitable[None]]
 DisableHook = Callable[[str, str], Awaitable[None]]
 EventLookup = Callable[[int], Awaitable[PreparedEvent | None]]
 THROTTLE_STATUSES = frozenset({429, 502, 503, 504})
-PERMANENT_ERRORS = frozenset({"ssrf_blocked"})
-"""Error classes that fail the delivery at the first attempt: a policy refusal (the
-address, ``https_only``) gives the same answer on every retry until the settings change,
-and then ``deliveries retry`` sends it again."""
 
 
 @dataclass(slots=True)
@@ -58,10 +48,10 @@ def decide(schedule: tuple[float, ...], attempt_no: int, outcome: AttemptOutcome
     """The delivery's status after attempt ``attempt_no`` and, while ``pending``, when
     (unix ms) the next attempt is due: ``succeeded`` on 2xx; ``failed`` on 410 or when the
     schedule is spent; otherwise the schedule's next delay (jittered), at least what a
-    ``Retry-After`` on 429/502/503/504 asks. A ``PERMANENT_ERRORS`` class fails at once."""
+    ``Retry-After`` on 429/502/503/504 asks."""
     if outcome.ok:
         return "succeeded", None
-    if outcome.status_code == 410 or outcome.error_class in PERMANENT_ERRORS:
+    if outcome.status_code == 410:
         return "failed", None
     delay = next_attempt_delay(schedule, attempt_no, rand)
     if delay is None:
@@ -102,7 +92,6 @@ class AttemptRunner:
         self._rand = rand
         self._disable_after_ms = disable_after_ms
         self.stats = DispatcherStats()
-        self.failure_classes = FailureClasses()
         self._recorded = asyncio.Condition()
         self._attempt_waiters = 0
 
@@ -151,28 +140,21 @@ class AttemptRunner:
         now_ms = int(now * 1000)
         gone = outcome.status_code == 410
         status, next_ms = decide(sub.retry_schedule, attempt_no, outcome, now, self._rand)
-        classes = self.failure_classes
-        if not classes.known(sub.subscription_id):  # once per subscription and process
-            _, failing_since = await self._store.health(sub.subscription_id)
-            classes.seed(sub.subscription_id, failing_since is not None)
         # settled as soon as the commit is seen, not when this coroutine's turn comes.
         updated = await self._store.record_attempt(
             record, status=status, next_attempt_ms=next_ms, now_ms=now_ms,
             on_committed=lambda _: settled(next_ms))
-        change = classes.observe(sub.subscription_id, outcome.error_class)
         self._count(sub, outcome, status)
         waiter = self.stats.waiters.pop(delivery.event_id, None)
         if waiter is not None and not waiter.done():
             waiter.set_result(record)
-        about = {"subscription_id": sub.subscription_id, "delivery_id": delivery.delivery_id,
-                 "event_id": delivery.event_id, "event_type": delivery.event_type}
-        if change is not None:
-            await self._failure_changed(change, about, attempt_no, outcome)
         if status == "failed" and not gone:
             await self._journal_event("delivery.exhausted", {
-                **about, "attempts": updated.attempts, "last_status_code": outcome.status_code,
+                "delivery_id": delivery.delivery_id, "subscription_id": sub.subscription_id,
+                "event_id": delivery.event_id, "event_type": delivery.event_type,
+                "attempts": updated.attempts, "last_status_code": outcome.status_code,
                 "last_error_class": outcome.error_class,
-            }, "error")
+            })
         if gone:
             await self._disable(sub.subscription_id, "the endpoint answered 410 Gone")
         elif not outcome.ok:
@@ -185,27 +167,6 @@ class AttemptRunner:
         if self._attempt_waiters:
             async with self._recorded:
                 self._recorded.notify_all()
-
-    async def _failure_changed(self, change: FailureChange, about: dict[str, Any],
-                               attempt_no: int, outcome: AttemptOutcome) -> None:
-        """One log line per change of a subscription's failure class; the start and the
-        end of a failure are journaled too (``delivery.failing``, ``delivery.recovered``:
-        ``events.ALERT_KINDS``)."""
-        if change.kind == "recovered":
-            log.warning("delivery_recovered", **about, attempt=attempt_no,
-                        previous_error_class=change.previous, status_code=outcome.status_code)
-            await self._journal_event("delivery.recovered", {
-                **about, "attempt": attempt_no, "previous_error_class": change.previous,
-                "status_code": outcome.status_code}, "warn")
-            return
-        log.warning("delivery_failing", **about, attempt=attempt_no,
-                    error_class=change.current, previous_error_class=change.previous,
-                    status_code=outcome.status_code, detail=outcome.error_detail)
-        if change.kind == "failing":
-            await self._journal_event("delivery.failing", {
-                **about, "attempt": attempt_no, "error_class": change.current,
-                "status_code": outcome.status_code, "error_detail": outcome.error_detail},
-                "warn")
 
     def _count(self, sub: Subscription, outcome: AttemptOutcome, status: str) -> None:
         self.stats.attempts += 1

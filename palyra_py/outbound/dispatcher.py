@@ -216,7 +216,6 @@ class Dispatcher:
         self._cursors.pop(subscription_id, None)
         self._ready.forget(subscription_id)
         self._ordered_check.discard(subscription_id)
-        self._runner.failure_classes.forget(subscription_id)  # the next holder's now
         tasks = [t for t, s in self._task_subs.items() if s == subscription_id]
         if tasks and grace_s > 0:
             await asyncio.wait(tasks, timeout=grace_s)

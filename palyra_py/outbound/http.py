@@ -18,13 +18,7 @@ import aiohttp
 from yarl import URL
 
 from palyra_py import __version__
-from palyra_py.outbound.ssrf import (
-    AddressPolicy,
-    GuardedConnector,
-    SsrfBlocked,
-    blocked_detail,
-    find_ssrf_blocked,
-)
+from palyra_py.outbound.ssrf import AddressPolicy, GuardedConnector, SsrfBlocked, find_ssrf_blocked
 
 EXCERPT_BYTES = 4096
 USER_AGENT = f"palyra-py/{__version__} (+webhooks)"
@@ -93,7 +87,7 @@ class Sender:
         except ValueError:
             return done(None, "connect", "the HTTP client cannot parse the URL")
         if isinstance(target, tuple):
-            return done(None, "ssrf_blocked", blocked_detail(*target))
+            return done(None, "ssrf_blocked", f"{target[0]} is {target[1]}")
         try:
             # The URL judged is the URL sent: the same parse, handed over as is.
             async with asyncio.timeout(timeout_s), self._session.post(
@@ -111,14 +105,14 @@ class Sender:
         except aiohttp.ClientConnectorDNSError as exc:
             blocked = find_ssrf_blocked(exc)
             if blocked is not None:
-                return done(None, "ssrf_blocked", blocked_detail(blocked.ip, blocked.reason))
+                return done(None, "ssrf_blocked", f"{blocked.ip} is {blocked.reason}")
             return done(None, "dns", f"cannot resolve {exc.host}")
         except (aiohttp.ClientConnectorCertificateError, aiohttp.ClientSSLError) as exc:
             return done(None, "tls", type(exc).__name__)
         except (aiohttp.ClientError, OSError) as exc:
             blocked = find_ssrf_blocked(exc)
             if blocked is not None:
-                return done(None, "ssrf_blocked", blocked_detail(blocked.ip, blocked.reason))
+                return done(None, "ssrf_blocked", f"{blocked.ip} is {blocked.reason}")
             return done(None, "connect", f"{type(exc).__name__}: {exc}"[:200])
 
     def _literal_verdict(self, url: str) -> URL | tuple[str, str]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import errno
 import ipaddress
 import socket
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import TCPConnector, ThreadedResolver
@@ -67,37 +67,6 @@ _MAPPED = ipaddress.ip_network("::ffff:0:0/96")
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _SIX_TO_FOUR = ipaddress.ip_network("2002::/16")
 _COMPATIBLE = ipaddress.ip_network("::/96")  # IPv4-compatible ::a.b.c.d (deprecated)
-
-
-ALLOW_SETTING = ("[delivery] allow_private_networks = true, or an allow_cidrs entry holding"
-                 " the address")
-"""What allows a refused address that is not a metadata one."""
-METADATA_SETTING = "only a [delivery] allow_cidrs entry naming exactly this address (/32, /128)"
-"""What allows a metadata address (nothing else does)."""
-
-
-def blocked_detail(ip: str, reason: str) -> str:
-    """The ``ssrf_blocked`` detail of an attempt (and the warning of ``subscriptions
-    add``): the address, why it is refused and the setting that would allow it."""
-    if reason == "metadata":
-        return (f"{ip} is metadata (a cloud metadata address hands out credentials): refused"
-                f" even with allow_private_networks; {METADATA_SETTING} allows it")
-    return f"{ip} is {reason}: refused unless {ALLOW_SETTING}"
-
-
-def literal_address(host: str) -> str | None:
-    """The IP address a URL's host spells literally (brackets and an IPv6 zone dropped),
-    ``127.0.0.1`` for ``localhost`` and ``*.localhost`` (RFC 6761: always loopback),
-    else ``None`` (a host name, judged when it is resolved)."""
-    bare = host.strip().rstrip(".").lower()
-    if bare.startswith("[") and bare.endswith("]"):
-        bare = bare[1:-1]
-    if bare == "localhost" or bare.endswith(".localhost"):
-        return "127.0.0.1"
-    try:
-        return str(ipaddress.ip_address(bare.split("%", 1)[0]))
-    except ValueError:
-        return None
 
 
 class SsrfBlocked(OSError):
@@ -154,14 +123,6 @@ class AddressPolicy:
             except ValueError as exc:
                 raise ValueError(f"allow_cidrs: {cidr[:64]!r} is not a CIDR ({exc})") from None
         self.allow_cidrs: tuple[Network, ...] = tuple(networks)
-
-    @classmethod
-    def from_settings(cls, get: Callable[[str, str], Any]) -> AddressPolicy:
-        """The policy ``[delivery] allow_private_networks`` and ``allow_cidrs`` (comma
-        separated) set; ``get`` is ``Settings.get``."""
-        cidrs = [c.strip() for c in str(get("delivery", "allow_cidrs")).split(",")
-                 if c.strip()]
-        return cls(bool(get("delivery", "allow_private_networks")), cidrs)
 
     def check(self, ip: str) -> str | None:
         """``None`` when a delivery may connect to ``ip``, else a short reason (``invalid``

@@ -9,7 +9,7 @@ import asyncio
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
-from palyra_py.events import PublishedEvent, alert_routable, is_reserved, target_subscription
+from palyra_py.events import PublishedEvent, is_reserved, target_subscription
 from palyra_py.filters import EventMatcher
 from palyra_py.journal.journal import JournalEvent
 from palyra_py.outbound.formats import PreparedEvent
@@ -64,13 +64,10 @@ class SubState:
         as ``published``): a ``palyra.test`` only to the subscription it names; without
         ``events`` patterns, application events and received webhooks but not the
         daemon's own (``integration.*``, ``subscription.*``...), which go only where
-        named; never an alert about its own deliveries (no loops); then the patterns and the
-        filter. The dispatcher and replays ask it."""
+        named; then the patterns and the filter. The dispatcher and replays ask it."""
         target = target_subscription(event)
         if target is not None:
             return target == self.subscription.subscription_id
-        if not alert_routable(event, self.subscription.subscription_id):
-            return False  # an alert about this subscription, or about an alert's delivery
         if not self.subscription.events and is_reserved(published.type):
             return False
         return self.matcher.matches(published)
@@ -110,8 +107,7 @@ class SubState:
                 raise UrlUnavailable(f"url reference does not hold a delivery URL: {problem}")
         if https_only and urlsplit(url).scheme.lower() != "https":
             # Added before [delivery] https_only was set, edited by hand, or from a reference.
-            raise UrlUnavailable("the URL is not https and [delivery] https_only is set",
-                                 "ssrf_blocked")
+            raise UrlUnavailable("https_only is set and the URL is not https", "ssrf_blocked")
         self.target = url
         return url
 

@@ -239,9 +239,11 @@ class Daemon:
             on_file_lost=self._delivery_store_unavailable)
         self._deliveries_file = delivery_file(self.deliveries)
         """``deliveries.db`` (SQLite), else ``None``."""
+        cidrs = [c.strip() for c in settings.get("delivery", "allow_cidrs").split(",")
+                 if c.strip()]
         self._trusted_proxies = parse_proxies(settings.get("ingress", "trusted_proxies"))
         self.sender = Sender(
-            AddressPolicy.from_settings(settings.get),
+            AddressPolicy(settings.get("delivery", "allow_private_networks"), cidrs),
             max_connections=settings.get("delivery", "max_in_flight_total"),
         )
         self._dispatcher: Dispatcher | None = None
@@ -462,10 +464,8 @@ class Daemon:
         if self.cluster is not None:
             self.cluster.poke()
 
-    async def disable_subscription(self, subscription_id: str, reason: str,
-                                   severity: str = "error") -> None:
-        """Disable (410 Gone, days of failures, an operator: ``severity`` ``warn``) and
-        journal why (``subscription.disabled``, an alert: ``events.ALERT_KINDS``)."""
+    async def disable_subscription(self, subscription_id: str, reason: str) -> None:
+        """Disable (410 Gone, days of failures, an operator) and journal why."""
         if subscription_id not in self.registry.subscriptions:
             return
         now = self.now_dt()
@@ -477,7 +477,7 @@ class Daemon:
                       error=str(exc))
             return
         await self.append(kind="subscription.disabled", source="daemon",
-                          event_type="subscription.disabled", severity=severity,
+                          event_type="subscription.disabled",
                           payload={"subscription_id": subscription_id, "reason": reason})
         log.warning("subscription_disabled", subscription_id=subscription_id, reason=reason)
 
@@ -533,11 +533,9 @@ class Daemon:
                     cursor=cursor, journal_head=head,
                     subscriptions=len(self.registry.subscriptions))
 
-    async def _journal_from_dispatcher(self, kind: str, payload: dict[str, Any],
-                                       severity: str) -> None:
+    async def _journal_from_dispatcher(self, kind: str, payload: dict[str, Any]) -> None:
         with contextlib.suppress(ApiError):
-            await self.append(kind=kind, source="daemon", event_type=kind, payload=payload,
-                              severity=severity)
+            await self.append(kind=kind, source="daemon", event_type=kind, payload=payload)
 
     # -- tokens (publishing and streaming over TCP) ---------------------------------------
 
