@@ -241,15 +241,20 @@ async def test_https_only_refuses_http_urls_on_add_and_at_send_time(
     assert receiver.received == []
 
 
-async def test_owner_limit_and_validation(admin_o: aiohttp.ClientSession) -> None:
-    for i in range(5):
-        await subscribe(admin_o, f"s{i}", f"https://example.com/{i}", owner="team-a")
-    async with admin_o.post("/v1/subscriptions", json={
-        "subscription_id": "s5", "url": "https://example.com/5", "owner": "team-a"}) as resp:
-        assert resp.status == 422 and (await resp.json())["error"] == "limit_reached"
-    async with admin_o.post("/v1/subscriptions", json={
-        "subscription_id": "bad", "url": "ftp://example.com/"}) as resp:
-        assert resp.status == 400 and (await resp.json())["field"] == "url"
+async def test_owner_limit_and_validation(state_dir: Path,
+                                          memory_keyring: MemoryKeyring) -> None:
+    async with running_daemon(state_dir, keyring=memory_keyring,
+                              delivery__max_subscriptions_per_owner=5) as d, \
+            admin_session(d.socket_path) as admin:
+        for i in range(5):
+            await subscribe(admin, f"s{i}", f"https://example.com/{i}", owner="team-a")
+        async with admin.post("/v1/subscriptions", json={
+            "subscription_id": "s5", "url": "https://example.com/5", "owner": "team-a"}
+                              ) as resp:
+            assert resp.status == 422 and (await resp.json())["error"] == "limit_reached"
+        async with admin.post("/v1/subscriptions", json={
+            "subscription_id": "bad", "url": "ftp://example.com/"}) as resp:
+            assert resp.status == 400 and (await resp.json())["field"] == "url"
 
 
 async def test_subscription_test_reports_the_attempt(
